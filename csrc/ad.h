@@ -1,0 +1,123 @@
+/* pyautodiff C core: public API.
+ *
+ * Conventions (one rule each, so bindings never guess):
+ *  - Tensors are integer handles (int64_t > 0). A handle encodes its tape, its arena slot and the
+ *    slot's generation, so a stale or foreign handle is detected and reported, never dereferenced.
+ *  - Functions that create a tensor return its handle, or a negative ad_status on failure.
+ *    Other fallible functions return an ad_status (AD_OK == 0).
+ *  - ad_last_error() gives the message of the calling thread's last failure.
+ *  - Every thread records onto its own tape, created on first use. A tensor may be read,
+ *    released and have its grad read on any thread; it takes part in ops only on its own thread.
+ *  - No function aborts on caller input: bad shapes, axes, handles and out-of-memory are statuses.
+ */
+#ifndef AD_H
+#define AD_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+#define AD_MAXDIM 8
+
+typedef enum {
+    AD_OK = 0,
+    AD_ERR_VALUE = 1,    /* bad shape, axis, size: Python ValueError */
+    AD_ERR_TYPE = 2,     /* bad dtype or op kind: TypeError */
+    AD_ERR_RUNTIME = 3,  /* misuse of the graph (released graph, no grad): RuntimeError */
+    AD_ERR_MEMORY = 4,   /* allocation failed: MemoryError */
+    AD_ERR_INDEX = 5,    /* index out of range: IndexError */
+    AD_ERR_HANDLE = 6,   /* stale, foreign or malformed handle: RuntimeError */
+    AD_ERR_FLOAT = 7     /* NaN produced while anomaly detection is on: FloatingPointError */
+} ad_status;
+
+typedef enum { AD_F32 = 0, AD_F64 = 1 } ad_dtype;
+
+/* Op codes: the tape stores these, so a recorded node can be re-executed from code + inputs. */
+typedef enum {
+    AD_OP_LEAF = 0,
+    /* unary */
+    AD_OP_NEG, AD_OP_EXP, AD_OP_LOG, AD_OP_SQRT, AD_OP_ABS, AD_OP_SIN, AD_OP_COS, AD_OP_TANH,
+    AD_OP_SIGMOID, AD_OP_RELU,
+    /* binary, broadcasting */
+    AD_OP_ADD, AD_OP_SUB, AD_OP_MUL, AD_OP_DIV, AD_OP_POW, AD_OP_MAXIMUM, AD_OP_MINIMUM,
+    /* tensor with a Python scalar c: x+c, x*c, c-x, x/c, c/x, x**c, c**x */
+    AD_OP_ADD_S, AD_OP_MUL_S, AD_OP_RSUB_S, AD_OP_DIV_S, AD_OP_RDIV_S, AD_OP_POW_S, AD_OP_RPOW_S,
+    /* reductions */
+    AD_OP_SUM, AD_OP_MEAN, AD_OP_MAX, AD_OP_MIN,
+    /* linear algebra and layout */
+    AD_OP_MATMUL, AD_OP_RESHAPE, AD_OP_TRANSPOSE, AD_OP_BROADCAST_TO, AD_OP_CAST,
+    AD_OP_COUNT
+} ad_op;
+
+typedef struct {
+    int dtype;                 /* ad_dtype */
+    int ndim;
+    int64_t shape[AD_MAXDIM];
+    int64_t size;              /* number of elements */
+    void *data;                /* contiguous C-order values; valid while the handle is held */
+    int requires_grad;
+    int is_leaf;
+    int graph_released;        /* backward() without retain_graph went through this node */
+} ad_info_t;
+
+typedef struct {
+    int64_t live_nodes;        /* nodes held by this thread's tape */
+    int64_t live_bytes;        /* bytes of node records and value/adjoint buffers in use */
+    int64_t pooled_bytes;      /* freed buffers kept for reuse (bounded) */
+    int64_t tape_length;       /* entries in the creation-order tape, incl. not yet compacted */
+} ad_stats_t;
+
+/* Message of the calling thread's last error. */
+const char *ad_last_error(void);
+
+/* New leaf from contiguous data (copied); data NULL gives zeros. */
+int64_t ad_tensor_new(int dtype, int ndim, const int64_t *shape, const void *data, int requires_grad);
+/* New leaf filled with value. */
+int64_t ad_full(int dtype, int ndim, const int64_t *shape, double value, int requires_grad);
+/* Add / drop one reference held by the caller; the node (and any graph only it kept) is freed at zero. */
+int ad_retain(int64_t h);
+int ad_release(int64_t h);
+/* Shape, dtype, data pointer and flags of a tensor. */
+int ad_info(int64_t h, ad_info_t *out);
+/* Mark a leaf as requiring grad (or not). */
+int ad_set_requires_grad(int64_t h, int flag);
+/* New leaf with a copy of h's values and no graph. */
+int64_t ad_detach(int64_t h);
+
+/* Ops. Each computes its value now and, when grad mode is on and an input requires grad,
+ * records a node for the backward sweep. */
+int64_t ad_unary(int op, int64_t x);
+int64_t ad_binary(int op, int64_t a, int64_t b);
+int64_t ad_scalar(int op, int64_t x, double c);
+/* naxes < 0 reduces every axis; axes may be negative; duplicates are an error. */
+int64_t ad_reduce(int op, int64_t x, int naxes, const int64_t *axes, int keepdims);
+int64_t ad_matmul(int64_t a, int64_t b);
+/* One entry of shape may be -1. */
+int64_t ad_reshape(int64_t x, int ndim, const int64_t *shape);
+/* naxes < 0 reverses the axes. */
+int64_t ad_transpose(int64_t x, int naxes, const int64_t *perm);
+int64_t ad_broadcast_to(int64_t x, int ndim, const int64_t *shape);
+int64_t ad_cast(int64_t x, int dtype);
+
+/* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
+ * accumulate into their grad; without retain_graph the swept graph is released. */
+int ad_backward(int64_t root, int64_t seed, int retain_graph);
+/* The grad of a leaf as a new reference (0 when it has none). */
+int64_t ad_grad(int64_t h);
+/* Replace the grad of a leaf (g == 0 clears it); g must match h's shape and dtype. */
+int ad_set_grad(int64_t h, int64_t g);
+
+/* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */
+int ad_grad_enabled(void);
+int ad_set_grad_enabled(int enabled);
+
+/* Counters of the calling thread's tape. */
+int ad_stats(ad_stats_t *out);
+
+/* gemm used by matmul: pointers with the Fortran BLAS signature (e.g. from scipy.linalg.cython_blas).
+ * Without them matmul uses a blocked C loop. */
+int ad_set_blas(void *dgemm, void *sgemm);
+
+/* Records an n-node chain of scalar adds and returns the backward sweep's nanoseconds per node. */
+double ad_bench_sweep(int64_t n);
+
+#endif

@@ -1,0 +1,195 @@
+/* Layout ops: reshape, transpose, broadcast_to, cast. Values are copied into the new layout, so
+ * every tensor stays contiguous and kernels never see strides from the user. */
+#include "../core.h"
+#include <string.h>
+
+static int64_t start(ad_tape **T, int64_t hx, ad_node **x)
+{
+    int64_t st = ad_lock_current(T);
+    if (st) return st;
+    if ((st = ad_resolve(*T, hx, x))) ad_unlock(*T);
+    return st;
+}
+
+int64_t ad_reshape(int64_t hx, int ndim, const int64_t *shape)
+{
+    ad_tape *T;
+    ad_node *x, *n;
+    int64_t st = start(&T, hx, &x);
+    if (st) return st;
+    char b1[160], b2[160];
+    int64_t sh[AD_MAXDIM], known = 1;
+    int infer = -1;
+    if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && !shape)) {
+        st = ad_err(AD_ERR_VALUE, "reshape: new shape must have 0 to %d dimensions, got %d", AD_MAXDIM, ndim);
+        goto out;
+    }
+    for (int i = 0; i < ndim; i++) {
+        sh[i] = shape[i];
+        if (shape[i] == -1) {
+            if (infer >= 0) { st = ad_err(AD_ERR_VALUE, "reshape: can only specify one unknown dimension (-1)"); goto out; }
+            infer = i;
+        } else if (shape[i] < 0) {
+            st = ad_err(AD_ERR_VALUE, "reshape: negative dimension %lld in new shape", (long long)shape[i]);
+            goto out;
+        } else {
+            if (shape[i] && known > INT64_MAX / shape[i]) { st = ad_err(AD_ERR_VALUE, "reshape: new shape is too large"); goto out; }
+            known *= shape[i];
+        }
+    }
+    if (infer >= 0) {
+        if (known == 0 || x->size % known) {
+            st = ad_err(AD_ERR_VALUE, "reshape: cannot reshape tensor of size %lld (shape %s) into shape %s",
+                        (long long)x->size, ad_shape_str(b1, sizeof b1, x->ndim, x->shape), ad_shape_str(b2, sizeof b2, ndim, shape));
+            goto out;
+        }
+        sh[infer] = x->size / known;
+        known = x->size;
+    }
+    if (known != x->size) {
+        st = ad_err(AD_ERR_VALUE, "reshape: cannot reshape tensor of size %lld (shape %s) into shape %s",
+                    (long long)x->size, ad_shape_str(b1, sizeof b1, x->ndim, x->shape), ad_shape_str(b2, sizeof b2, ndim, shape));
+        goto out;
+    }
+    if ((st = ad_node_new(T, AD_OP_RESHAPE, x->dtype, ndim, sh, &n))) goto out;
+    memcpy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+    st = ad_finish(T, n, 1, &x);
+out:
+    ad_unlock(T);
+    return st;
+}
+
+int64_t ad_transpose(int64_t hx, int naxes, const int64_t *perm)
+{
+    ad_tape *T;
+    ad_node *x, *n;
+    int64_t st = start(&T, hx, &x);
+    if (st) return st;
+    int64_t p[AD_MAXDIM], sh[AD_MAXDIM], xs[AD_MAXDIM], src[AD_MAXDIM];
+    if (naxes < 0) {
+        for (int i = 0; i < x->ndim; i++) p[i] = x->ndim - 1 - i;
+    } else {
+        uint64_t seen = 0;
+        if (naxes != x->ndim) {
+            st = ad_err(AD_ERR_VALUE, "transpose: axes has %d entries but the tensor has %d dimensions", naxes, x->ndim);
+            goto out;
+        }
+        for (int i = 0; i < naxes; i++) {
+            int64_t a = perm[i];
+            if (a < -(int64_t)x->ndim || a >= x->ndim) {
+                st = ad_err(AD_ERR_VALUE, "transpose: axis %lld is out of bounds for a tensor of dimension %d", (long long)a, x->ndim);
+                goto out;
+            }
+            if (a < 0) a += x->ndim;
+            if (seen & ((uint64_t)1 << a)) { st = ad_err(AD_ERR_VALUE, "transpose: repeated axis %lld in axes", (long long)a); goto out; }
+            seen |= (uint64_t)1 << a;
+            p[i] = a;
+        }
+    }
+    ad_contig_strides(x->ndim, x->shape, xs);
+    for (int i = 0; i < x->ndim; i++) { sh[i] = x->shape[p[i]]; src[i] = xs[p[i]]; }
+    if ((st = ad_node_new(T, AD_OP_TRANSPOSE, x->dtype, x->ndim, sh, &n))) goto out;
+    ad_copy_strided(x->dtype, n->data, x->data, x->ndim, sh, src);
+    if (x->ndim) {
+        n->aux = ad_buf_alloc(T, (size_t)x->ndim * sizeof(int64_t));
+        if (!n->aux) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "transpose: out of memory"); goto out; }
+        memcpy(n->aux, p, (size_t)x->ndim * sizeof(int64_t));
+        n->aux_len = x->ndim;
+    }
+    st = ad_finish(T, n, 1, &x);
+out:
+    ad_unlock(T);
+    return st;
+}
+
+int64_t ad_broadcast_to(int64_t hx, int ndim, const int64_t *shape)
+{
+    ad_tape *T;
+    ad_node *x, *n;
+    int64_t st = start(&T, hx, &x);
+    if (st) return st;
+    char b1[160], b2[160];
+    int ok = ndim >= x->ndim && ndim <= AD_MAXDIM && (ndim == 0 || shape);
+    for (int i = 0; ok && i < ndim; i++) {
+        int j = i - (ndim - x->ndim);
+        if (shape[i] < 0 || (j >= 0 && x->shape[j] != 1 && x->shape[j] != shape[i])) ok = 0;
+    }
+    if (!ok) {
+        st = ad_err(AD_ERR_VALUE, "broadcast_to: cannot broadcast a tensor of shape %s to shape %s",
+                    ad_shape_str(b1, sizeof b1, x->ndim, x->shape),
+                    ad_shape_str(b2, sizeof b2, ndim > AD_MAXDIM || ndim < 0 ? 0 : ndim, shape));
+        goto out;
+    }
+    int64_t src[AD_MAXDIM];
+    ad_bcast_strides(x->ndim, x->shape, ndim, shape, src);
+    if ((st = ad_node_new(T, AD_OP_BROADCAST_TO, x->dtype, ndim, shape, &n))) goto out;
+    ad_copy_strided(x->dtype, n->data, x->data, ndim, shape, src);
+    st = ad_finish(T, n, 1, &x);
+out:
+    ad_unlock(T);
+    return st;
+}
+
+static void convert(int to, void *dst, int from, const void *src, int64_t size, int accumulate)
+{
+    if (to == from) {
+        if (!accumulate) { memcpy(dst, src, (size_t)size * ad_itemsize(to)); return; }
+    }
+#define CONV(TD, TS) do { TD *d = dst; const TS *s = src;                                 \
+        if (accumulate) for (int64_t i = 0; i < size; i++) d[i] += (TD)s[i];             \
+        else for (int64_t i = 0; i < size; i++) d[i] = (TD)s[i]; } while (0)
+    if (to == AD_F64 && from == AD_F64) CONV(double, double);
+    else if (to == AD_F64) CONV(double, float);
+    else if (from == AD_F64) CONV(float, double);
+    else CONV(float, float);
+#undef CONV
+}
+
+int64_t ad_cast(int64_t hx, int dtype)
+{
+    if (dtype != AD_F32 && dtype != AD_F64)
+        return ad_err(AD_ERR_TYPE, "cast: dtype code %d is not float32 (0) or float64 (1)", dtype);
+    ad_tape *T;
+    ad_node *x, *n;
+    int64_t st = start(&T, hx, &x);
+    if (st) return st;
+    if (!(st = ad_node_new(T, AD_OP_CAST, dtype, x->ndim, x->shape, &n))) {
+        convert(dtype, n->data, x->dtype, x->data, x->size, 0);
+        st = ad_finish(T, n, 1, &x);
+    }
+    ad_unlock(T);
+    return st;
+}
+
+int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+{
+    (void)T; (void)which;
+    const ad_node *x = n->in[0];
+    switch (n->op) {
+    case AD_OP_RESHAPE:
+    case AD_OP_BROADCAST_TO:   /* contribution is output-shaped: the sweep sums the broadcast axes */
+    case AD_OP_CAST:
+        convert(x->dtype, s->dst, n->dtype, g, s->size, s->accumulate);
+        return AD_OK;
+    case AD_OP_TRANSPOSE: {
+        /* walk the cotangent in output order, writing to the input position of each element */
+        int64_t xs[AD_MAXDIM], ds[AD_MAXDIM], gs[AD_MAXDIM];
+        ad_contig_strides(x->ndim, x->shape, xs);
+        ad_contig_strides(n->ndim, n->shape, gs);
+        for (int i = 0; i < n->ndim; i++) ds[i] = xs[n->aux[i]];
+        int64_t *strides[2] = {ds, gs};
+        ad_iter it;
+        ad_iter_init(&it, 2, n->ndim, n->shape, strides);
+        int64_t len = it.shape[it.ndim - 1], dd = it.st[0][it.ndim - 1], dg = it.st[1][it.ndim - 1];
+#define TR(TT) do { TT *D = s->dst; const TT *G = g;                                       \
+        AD_ITER_FOR(it, od, og, o2) { (void)o2;                                          \
+            if (s->accumulate) for (int64_t i = 0; i < len; i++) D[od + i * dd] += G[og + i * dg]; \
+            else for (int64_t i = 0; i < len; i++) D[od + i * dd] = G[og + i * dg]; } } while (0)
+        if (n->dtype == AD_F64) TR(double); else TR(float);
+#undef TR
+        return AD_OK;
+    }
+    default:
+        return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
+    }
+}

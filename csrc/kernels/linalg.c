@@ -1,0 +1,209 @@
+/* matmul with NumPy semantics (1-D, 2-D, batched with broadcast batch axes). The products run in
+ * an optimized gemm when the bindings hand one over (SciPy's BLAS); a blocked C loop otherwise.
+ * VJP: dA = G @ B^T and dB = A^T @ G per batch; broadcast batch axes are summed by the sweep. */
+#include "../core.h"
+#include <string.h>
+#include <limits.h>
+
+typedef void (*dgemm_t)(const char *, const char *, const int *, const int *, const int *, const double *,
+                        const double *, const int *, const double *, const int *, const double *, double *,
+                        const int *);
+typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *, const float *,
+                        const float *, const int *, const float *, const int *, const float *, float *,
+                        const int *);
+static dgemm_t g_dgemm;
+static sgemm_t g_sgemm;
+
+int ad_set_blas(void *dgemm, void *sgemm)
+{
+    g_dgemm = (dgemm_t)dgemm;
+    g_sgemm = (sgemm_t)sgemm;
+    return AD_OK;
+}
+
+/* C (m x n, row-major, ldc) = [C +] op(A) op(B), row-major operands. */
+#define GEMM_LOOP(T) do {                                                                  \
+        const T *a = A, *b = B; T *c = C;                                                 \
+        for (int64_t i = 0; i < m; i++) {                                                 \
+            T *ci = c + i * ldc;                                                          \
+            if (!beta_one) for (int64_t j = 0; j < n; j++) ci[j] = 0;                     \
+            for (int64_t p = 0; p < k; p++) {                                             \
+                T aip = transA ? a[p * lda + i] : a[i * lda + p];                         \
+                if (aip == 0) continue;                                                   \
+                if (!transB) { const T *bp = b + p * ldb; for (int64_t j = 0; j < n; j++) ci[j] += aip * bp[j]; } \
+                else for (int64_t j = 0; j < n; j++) ci[j] += aip * b[j * ldb + p];       \
+            }                                                                             \
+        }                                                                                 \
+    } while (0)
+
+int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
+            int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc)
+{
+    if (m == 0 || n == 0) return AD_OK;
+    if (k == 0) {
+        if (!beta_one) for (int64_t i = 0; i < m; i++) memset((char *)C + (size_t)(i * ldc) * ad_itemsize(dtype), 0, (size_t)n * ad_itemsize(dtype));
+        return AD_OK;
+    }
+    int fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX;
+    /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T */
+    if (fits && dtype == AD_F64 && g_dgemm) {
+        int M = (int)n, N = (int)m, K = (int)k, LDA = (int)ldb, LDB = (int)lda, LDC = (int)ldc;
+        double one = 1, beta = beta_one ? 1 : 0;
+        g_dgemm(transB ? "T" : "N", transA ? "T" : "N", &M, &N, &K, &one, B, &LDA, A, &LDB, &beta, C, &LDC);
+        return AD_OK;
+    }
+    if (fits && dtype == AD_F32 && g_sgemm) {
+        int M = (int)n, N = (int)m, K = (int)k, LDA = (int)ldb, LDB = (int)lda, LDC = (int)ldc;
+        float one = 1, beta = beta_one ? 1 : 0;
+        g_sgemm(transB ? "T" : "N", transA ? "T" : "N", &M, &N, &K, &one, B, &LDA, A, &LDB, &beta, C, &LDC);
+        return AD_OK;
+    }
+    if (dtype == AD_F64) GEMM_LOOP(double); else GEMM_LOOP(float);
+    return AD_OK;
+}
+
+/* Matrix view of an operand: 1-D a is a row (1, k), 1-D b a column (k, 1). */
+typedef struct { int nb; int64_t batch[AD_MAXDIM]; int64_t rows, cols; } mview;
+
+static void view_of(const ad_node *x, int is_b, mview *v)
+{
+    if (x->ndim == 1) {
+        v->nb = 0;
+        v->rows = is_b ? x->shape[0] : 1;
+        v->cols = is_b ? 1 : x->shape[0];
+        return;
+    }
+    v->nb = x->ndim - 2;
+    for (int i = 0; i < v->nb; i++) v->batch[i] = x->shape[i];
+    v->rows = x->shape[x->ndim - 2];
+    v->cols = x->shape[x->ndim - 1];
+}
+
+/* Output batch shape and, per output batch index, the matrix offsets of a and b. */
+typedef struct { int nb; int64_t shape[AD_MAXDIM]; int64_t sa[AD_MAXDIM], sb[AD_MAXDIM]; int64_t count; } bplan;
+
+static int plan_batches(const mview *va, const mview *vb, bplan *p)
+{
+    int st = ad_broadcast_shapes("matmul", va->nb, va->batch, vb->nb, vb->batch, &p->nb, p->shape);
+    if (st) return st;
+    ad_bcast_strides(va->nb, va->batch, p->nb, p->shape, p->sa);
+    ad_bcast_strides(vb->nb, vb->batch, p->nb, p->shape, p->sb);
+    p->count = ad_shape_size(p->nb, p->shape);
+    return AD_OK;
+}
+
+static void batch_offsets(const bplan *p, int64_t t, int64_t *ia, int64_t *ib)
+{
+    *ia = 0; *ib = 0;
+    for (int d = p->nb - 1; d >= 0; d--) {
+        int64_t i = t % p->shape[d];
+        t /= p->shape[d];
+        *ia += i * p->sa[d];
+        *ib += i * p->sb[d];
+    }
+}
+
+int64_t ad_matmul(int64_t ha, int64_t hb)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *a, *b, *n, *tmp = NULL;
+    char b1[160], b2[160];
+    if ((st = ad_resolve(T, ha, &a)) || (st = ad_resolve(T, hb, &b))) goto out;
+    if (a->ndim == 0 || b->ndim == 0) {
+        st = ad_err(AD_ERR_VALUE, "matmul: operands must have at least 1 dimension, got shapes %s and %s "
+                    "(use * to multiply by a scalar)",
+                    ad_shape_str(b1, sizeof b1, a->ndim, a->shape), ad_shape_str(b2, sizeof b2, b->ndim, b->shape));
+        goto out;
+    }
+    mview va, vb;
+    view_of(a, 0, &va);
+    view_of(b, 1, &vb);
+    if (va.cols != vb.rows) {
+        st = ad_err(AD_ERR_VALUE, "matmul: inner dimensions do not match: shapes %s and %s (%lld != %lld)",
+                    ad_shape_str(b1, sizeof b1, a->ndim, a->shape), ad_shape_str(b2, sizeof b2, b->ndim, b->shape),
+                    (long long)va.cols, (long long)vb.rows);
+        goto out;
+    }
+    bplan p;
+    if ((st = plan_batches(&va, &vb, &p))) goto out;
+    int64_t oshape[AD_MAXDIM + 2];
+    int ond = p.nb;
+    memcpy(oshape, p.shape, (size_t)p.nb * sizeof(int64_t));
+    if (a->ndim > 1) oshape[ond++] = va.rows;
+    if (b->ndim > 1) oshape[ond++] = vb.cols;
+    if (ond > AD_MAXDIM) {
+        st = ad_err(AD_ERR_VALUE, "matmul: result would have more than %d dimensions", AD_MAXDIM);
+        goto out;
+    }
+    /* promote float32 with float64 to float64 by reusing the binary ops' cast */
+    if (a->dtype != b->dtype) {
+        ad_node **lo = a->dtype == AD_F32 ? &a : &b;
+        if ((st = ad_node_new(T, AD_OP_CAST, AD_F64, (*lo)->ndim, (*lo)->shape, &tmp))) goto out;
+        const float *src = (*lo)->data;
+        double *dst = tmp->data;
+        for (int64_t i = 0; i < tmp->size; i++) dst[i] = src[i];
+        if ((st = ad_node_link(T, tmp, 1, lo))) { ad_node_discard(T, tmp); tmp = NULL; goto out; }
+        *lo = tmp;
+    }
+    if ((st = ad_node_new(T, AD_OP_MATMUL, a->dtype, ond, oshape, &n))) goto out;
+    int64_t m = va.rows, k = va.cols, nn = vb.cols;
+    size_t isz = ad_itemsize(a->dtype);
+    for (int64_t t = 0; t < p.count; t++) {
+        int64_t ia, ib;
+        batch_offsets(&p, t, &ia, &ib);
+        ad_gemm(a->dtype, 0, 0, m, nn, k, (char *)a->data + (size_t)(ia * m * k) * isz, k,
+                (char *)b->data + (size_t)(ib * k * nn) * isz, nn, 0, (char *)n->data + (size_t)(t * m * nn) * isz, nn);
+    }
+    ad_node *ins[2] = {a, b};
+    st = ad_finish(T, n, 2, ins);
+out:
+    if (tmp) ad_node_unref(T, tmp);
+    ad_unlock(T);
+    return st;
+}
+
+/* contribution for input `which`: the output's batch axes + the input's own matrix axes */
+void ad_contrib_matmul(const ad_node *n, int which, int *ndim, int64_t *shape)
+{
+    const ad_node *x = n->in[which];
+    mview va, vb;
+    bplan p;
+    view_of(n->in[0], 0, &va);
+    view_of(n->in[1], 1, &vb);
+    plan_batches(&va, &vb, &p);
+    int k = 0;
+    for (int i = 0; i < p.nb; i++) shape[k++] = p.shape[i];
+    if (x->ndim == 1) shape[k++] = x->shape[0];
+    else { shape[k++] = x->shape[x->ndim - 2]; shape[k++] = x->shape[x->ndim - 1]; }
+    *ndim = k;
+}
+
+int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+{
+    (void)T;
+    const ad_node *a = n->in[0], *b = n->in[1];
+    mview va, vb;
+    bplan p;
+    view_of(a, 0, &va);
+    view_of(b, 1, &vb);
+    plan_batches(&va, &vb, &p);
+    int64_t m = va.rows, k = va.cols, nn = vb.cols;
+    size_t isz = ad_itemsize(n->dtype);
+    for (int64_t t = 0; t < p.count; t++) {
+        int64_t ia, ib;
+        batch_offsets(&p, t, &ia, &ib);
+        const char *G = (const char *)g + (size_t)(t * m * nn) * isz;
+        if (which == 0) {
+            /* dA (m x k) = G (m x n) @ B^T */
+            ad_gemm(n->dtype, 0, 1, m, k, nn, G, nn, (const char *)b->data + (size_t)(ib * k * nn) * isz, nn,
+                    s->accumulate, (char *)s->dst + (size_t)(t * m * k) * isz, k);
+        } else {
+            /* dB (k x n) = A^T @ G */
+            ad_gemm(n->dtype, 1, 0, k, nn, m, (const char *)a->data + (size_t)(ia * m * k) * isz, k, G, nn,
+                    s->accumulate, (char *)s->dst + (size_t)(t * k * nn) * isz, nn);
+        }
+    }
+    return AD_OK;
+}

@@ -1,0 +1,33 @@
+/* The op table: one row per op code, naming its VJP and the shape its contributions take. */
+#include "../core.h"
+
+void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape)
+{
+    (void)which;
+    *ndim = n->ndim;
+    for (int i = 0; i < n->ndim; i++) shape[i] = n->shape[i];
+}
+
+#define U(name) {name, ad_vjp_unary, 0}
+#define B(name) {name, ad_vjp_binary, ad_contrib_output}
+#define S(name) {name, ad_vjp_scalar, 0}
+#define R(name) {name, ad_vjp_reduce, 0}
+
+const ad_opdef ad_ops[AD_OP_COUNT] = {
+    [AD_OP_LEAF] = {"tensor", 0, 0},
+    [AD_OP_NEG] = U("negative"), [AD_OP_EXP] = U("exp"), [AD_OP_LOG] = U("log"),
+    [AD_OP_SQRT] = U("sqrt"), [AD_OP_ABS] = U("abs"), [AD_OP_SIN] = U("sin"), [AD_OP_COS] = U("cos"),
+    [AD_OP_TANH] = U("tanh"), [AD_OP_SIGMOID] = U("sigmoid"), [AD_OP_RELU] = U("relu"),
+    [AD_OP_ADD] = B("add"), [AD_OP_SUB] = B("subtract"), [AD_OP_MUL] = B("multiply"),
+    [AD_OP_DIV] = B("divide"), [AD_OP_POW] = B("power"), [AD_OP_MAXIMUM] = B("maximum"),
+    [AD_OP_MINIMUM] = B("minimum"),
+    [AD_OP_ADD_S] = S("add"), [AD_OP_MUL_S] = S("multiply"), [AD_OP_RSUB_S] = S("subtract"),
+    [AD_OP_DIV_S] = S("divide"), [AD_OP_RDIV_S] = S("divide"), [AD_OP_POW_S] = S("power"),
+    [AD_OP_RPOW_S] = S("power"),
+    [AD_OP_SUM] = R("sum"), [AD_OP_MEAN] = R("mean"), [AD_OP_MAX] = R("max"), [AD_OP_MIN] = R("min"),
+    [AD_OP_MATMUL] = {"matmul", ad_vjp_matmul, ad_contrib_matmul},
+    [AD_OP_RESHAPE] = {"reshape", ad_vjp_layout, 0},
+    [AD_OP_TRANSPOSE] = {"transpose", ad_vjp_layout, 0},
+    [AD_OP_BROADCAST_TO] = {"broadcast_to", ad_vjp_layout, ad_contrib_output},
+    [AD_OP_CAST] = {"cast", ad_vjp_layout, 0},
+};

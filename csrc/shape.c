@@ -1,0 +1,182 @@
+/* Shapes, strides, NumPy broadcasting, reduction axes and the strided iterator every kernel
+ * loops with. */
+#include "core.h"
+#include <string.h>
+
+int64_t ad_shape_size(int ndim, const int64_t *shape)
+{
+    int64_t s = 1;
+    for (int i = 0; i < ndim; i++) s *= shape[i];
+    return s;
+}
+
+int ad_broadcast_shapes(const char *op, int na, const int64_t *sa, int nb, const int64_t *sb,
+                        int *nout, int64_t *sout)
+{
+    int n = na > nb ? na : nb;
+    for (int i = 0; i < n; i++) {
+        int64_t a = i < n - na ? 1 : sa[i - (n - na)];
+        int64_t b = i < n - nb ? 1 : sb[i - (n - nb)];
+        if (a != b && a != 1 && b != 1) {
+            char b1[160], b2[160];
+            return ad_err(AD_ERR_VALUE, "%s: operands could not be broadcast together with shapes %s %s",
+                          op, ad_shape_str(b1, sizeof b1, na, sa), ad_shape_str(b2, sizeof b2, nb, sb));
+        }
+        sout[i] = a == 1 ? b : a;
+    }
+    *nout = n;
+    return AD_OK;
+}
+
+void ad_contig_strides(int ndim, const int64_t *shape, int64_t *st)
+{
+    int64_t s = 1;
+    for (int i = ndim - 1; i >= 0; i--) { st[i] = s; s *= shape[i]; }
+}
+
+void ad_bcast_strides(int ndim, const int64_t *shape, int nout, const int64_t *out, int64_t *st)
+{
+    (void)out;
+    int64_t s = 1;
+    for (int i = nout - 1; i >= 0; i--) {
+        int j = i - (nout - ndim);
+        if (j < 0 || shape[j] == 1) {
+            st[i] = 0;   /* missing or size-1 axes never advance */
+        } else {
+            st[i] = s;
+            s *= shape[j];
+        }
+    }
+}
+
+int ad_normalize_axes(const char *op, int ndim, int naxes, const int64_t *axes, uint64_t *mask)
+{
+    uint64_t m = 0;
+    if (naxes < 0) {
+        for (int i = 0; i < ndim; i++) m |= (uint64_t)1 << i;
+        *mask = m;
+        return AD_OK;
+    }
+    if (naxes > 0 && !axes) return ad_err(AD_ERR_VALUE, "%s: axes is NULL", op);
+    for (int i = 0; i < naxes; i++) {
+        int64_t a = axes[i];
+        if (a < -(int64_t)ndim || a >= ndim)
+            return ad_err(AD_ERR_VALUE, "%s: axis %lld is out of bounds for a tensor of dimension %d", op, (long long)a, ndim);
+        if (a < 0) a += ndim;
+        if (m & ((uint64_t)1 << a))
+            return ad_err(AD_ERR_VALUE, "%s: duplicate value in axis (axis %lld given twice)", op, (long long)a);
+        m |= (uint64_t)1 << a;
+    }
+    *mask = m;
+    return AD_OK;
+}
+
+/* Merge axes that are contiguous for every operand, drop size-1 axes: most elementwise work
+ * becomes one flat inner loop. */
+void ad_iter_init(ad_iter *it, int nop, int ndim, const int64_t *shape, int64_t *const *strides)
+{
+    it->nop = nop;
+    int k = 0;
+    int64_t total = 1;
+    for (int i = 0; i < ndim; i++) total *= shape[i];
+    if (total == 0) {
+        it->ndim = 1;
+        it->shape[0] = 0;
+        for (int o = 0; o < 3; o++) it->st[o][0] = 0;
+        return;
+    }
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] == 1) continue;
+        if (k > 0) {
+            int merge = 1;
+            for (int o = 0; o < nop; o++)
+                if (it->st[o][k - 1] != strides[o][i] * shape[i]) { merge = 0; break; }
+            if (merge) {
+                it->shape[k - 1] *= shape[i];
+                for (int o = 0; o < nop; o++) it->st[o][k - 1] = strides[o][i];
+                continue;
+            }
+        }
+        it->shape[k] = shape[i];
+        for (int o = 0; o < nop; o++) it->st[o][k] = strides[o][i];
+        k++;
+    }
+    if (k == 0) {
+        it->shape[0] = 1;
+        for (int o = 0; o < 3; o++) it->st[o][0] = 0;
+        k = 1;
+    }
+    for (int o = nop; o < 3; o++)
+        for (int i = 0; i < k; i++) it->st[o][i] = 0;
+    it->ndim = k;
+}
+
+int ad_iter_next(const ad_iter *it, int64_t *idx, int64_t *o0, int64_t *o1, int64_t *o2)
+{
+    for (int d = it->ndim - 2; d >= 0; d--) {
+        if (++idx[d] < it->shape[d]) {
+            *o0 += it->st[0][d]; *o1 += it->st[1][d]; *o2 += it->st[2][d];
+            return 0;
+        }
+        *o0 -= it->st[0][d] * (it->shape[d] - 1);
+        *o1 -= it->st[1][d] * (it->shape[d] - 1);
+        *o2 -= it->st[2][d] * (it->shape[d] - 1);
+        idx[d] = 0;
+    }
+    return 1;
+}
+
+#define UNBROADCAST(T)                                                                     \
+    do {                                                                                   \
+        T *a = adj; const T *s = src;                                                      \
+        if (!accumulate) memset(a, 0, (size_t)ad_shape_size(nin, in_shape) * sizeof(T)); \
+        int64_t sa[AD_MAXDIM], ss[AD_MAXDIM];                                              \
+        ad_bcast_strides(nin, in_shape, nout, out_shape, sa);                              \
+        ad_contig_strides(nout, out_shape, ss);                                            \
+        int64_t *strides[2] = {sa, ss};                                                    \
+        ad_iter it;                                                                        \
+        ad_iter_init(&it, 2, nout, out_shape, strides);                                    \
+        int64_t len = it.shape[it.ndim - 1], ia = it.st[0][it.ndim - 1],                   \
+                is = it.st[1][it.ndim - 1];                                                \
+        AD_ITER_FOR(it, oa, os, o2) {                                                      \
+            (void)o2;                                                                      \
+            if (ia == 0) {                                                                 \
+                double acc = 0;                                                            \
+                for (int64_t i = 0; i < len; i++) acc += s[os + i * is];                   \
+                a[oa] += (T)acc;                                                           \
+            } else {                                                                       \
+                for (int64_t i = 0; i < len; i++) a[oa + i * ia] += s[os + i * is];        \
+            }                                                                              \
+        }                                                                                  \
+    } while (0)
+
+void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const int64_t *in_shape,
+                         const void *src, int nout, const int64_t *out_shape)
+{
+    if (dtype == AD_F64) UNBROADCAST(double);
+    else UNBROADCAST(float);
+}
+
+#define COPY_STRIDED(T)                                                                   \
+    do {                                                                                  \
+        T *d = dst; const T *s = src;                                                     \
+        int64_t sd[AD_MAXDIM], ss[AD_MAXDIM];                                             \
+        ad_contig_strides(ndim, shape, sd);                                               \
+        for (int i = 0; i < ndim; i++) ss[i] = src_strides[i];                            \
+        int64_t *strides[2] = {sd, ss};                                                   \
+        ad_iter it;                                                                       \
+        ad_iter_init(&it, 2, ndim, shape, strides);                                       \
+        int64_t len = it.shape[it.ndim - 1], id = it.st[0][it.ndim - 1],                  \
+                is = it.st[1][it.ndim - 1];                                               \
+        AD_ITER_FOR(it, od, os, o2) {                                                     \
+            (void)o2;                                                                     \
+            for (int64_t i = 0; i < len; i++) d[od + i * id] = s[os + i * is];            \
+        }                                                                                 \
+    } while (0)
+
+void ad_copy_strided(int dtype, void *dst, const void *src, int ndim, const int64_t *shape,
+                     const int64_t *src_strides)
+{
+    if (dtype == AD_F64) COPY_STRIDED(double);
+    else COPY_STRIDED(float);
+}

@@ -1,0 +1,662 @@
+/* The tape and the node arena: handles, reference counts, buffers, errors, per-thread tapes.
+ *
+ * Memory: node records live in fixed chunks (pointers stay valid as the arena grows) and are
+ * recycled through a free list; value and adjoint buffers come from power-of-two size classes
+ * kept on free lists up to a bound. A node is freed when its last reference goes: the caller's
+ * handles, its consumers, and an active sweep each hold one. Freeing cascades through a worklist,
+ * never recursion, so a 10^6-node chain is released in a loop. */
+#define _GNU_SOURCE
+#include "core.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdatomic.h>
+
+/* handle = tape id (15 bits) | generation (22 bits) | slot (26 bits); always > 0 */
+#define SLOT_BITS 26
+#define GEN_BITS 22
+#define TAPE_BITS 15
+#define MAX_SLOTS (1u << SLOT_BITS)
+#define GEN_MASK ((1u << GEN_BITS) - 1)
+#define MAX_TAPES (1u << TAPE_BITS)
+#define CHUNK_BITS 12
+#define CHUNK (1u << CHUNK_BITS)
+
+#define NCLASS 24          /* size classes 2^4 .. 2^27 bytes; larger buffers go straight to malloc */
+#define MIN_CLASS 4
+#define POOL_CAP ((int64_t)64 << 20)
+
+struct ad_tape {
+    pthread_mutex_t lock;
+    uint32_t id;
+    int grad_enabled;
+    int orphaned;              /* owner thread exited; the tape is reused by a new thread when empty */
+    ad_node **chunks;
+    uint32_t nchunks, nslots;  /* slots handed out so far */
+    ad_node *free_nodes;
+    ad_node **order;           /* creation order; NULL = released entry awaiting compaction */
+    int64_t order_len, order_cap, order_dead;
+    void *pool[NCLASS];
+    int64_t pooled_bytes, live_bytes, live_nodes;
+    ad_node **work;            /* release worklist */
+    int64_t work_cap;
+};
+
+static _Thread_local char t_errmsg[1024];
+static _Thread_local ad_tape *t_tape;
+static _Atomic(ad_tape *) g_tapes[MAX_TAPES];
+static pthread_mutex_t g_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_key_t g_key;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static uint32_t g_next_id = 1;
+
+const char *ad_last_error(void) { return t_errmsg; }
+
+int ad_err(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(t_errmsg, sizeof t_errmsg, fmt, ap);
+    va_end(ap);
+    return -code;
+}
+
+const char *ad_dtype_name(int dtype) { return dtype == AD_F32 ? "float32" : "float64"; }
+
+const char *ad_shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
+{
+    size_t k = (size_t)snprintf(buf, n, "(");
+    for (int i = 0; i < ndim && k < n; i++)
+        k += (size_t)snprintf(buf + k, n - k, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (k < n) snprintf(buf + k, n - k, ndim == 1 ? ",)" : ")");
+    return buf;
+}
+
+/* ---------- buffers ---------- */
+
+static int size_class(size_t bytes)
+{
+    int c = MIN_CLASS;
+    while (((size_t)1 << c) < bytes) c++;
+    return c - MIN_CLASS;
+}
+
+void *ad_buf_alloc(ad_tape *T, size_t bytes)
+{
+    if (bytes == 0) bytes = 1;
+    int c = size_class(bytes);
+    void *p;
+    if (c < NCLASS) {
+        size_t cb = (size_t)1 << (c + MIN_CLASS);
+        if (T->pool[c]) {
+            p = T->pool[c];
+            T->pool[c] = *(void **)p;
+            T->pooled_bytes -= (int64_t)cb;
+        } else {
+            p = malloc(cb);
+        }
+        if (p) T->live_bytes += (int64_t)cb;
+    } else {
+        p = malloc(bytes);
+        if (p) T->live_bytes += (int64_t)bytes;
+    }
+    return p;
+}
+
+void ad_buf_free(ad_tape *T, void *p, size_t bytes)
+{
+    if (!p) return;
+    if (bytes == 0) bytes = 1;
+    int c = size_class(bytes);
+    if (c < NCLASS) {
+        size_t cb = (size_t)1 << (c + MIN_CLASS);
+        T->live_bytes -= (int64_t)cb;
+        if (T->pooled_bytes + (int64_t)cb <= POOL_CAP) {
+            *(void **)p = T->pool[c];
+            T->pool[c] = p;
+            T->pooled_bytes += (int64_t)cb;
+            return;
+        }
+    } else {
+        T->live_bytes -= (int64_t)bytes;
+    }
+    free(p);
+}
+
+static void pool_trim(ad_tape *T)
+{
+    for (int c = 0; c < NCLASS; c++) {
+        while (T->pool[c]) {
+            void *p = T->pool[c];
+            T->pool[c] = *(void **)p;
+            free(p);
+        }
+    }
+    T->pooled_bytes = 0;
+}
+
+/* ---------- tapes ---------- */
+
+static void tape_thread_exit(void *p)
+{
+    ad_tape *T = p;
+    pthread_mutex_lock(&T->lock);
+    T->orphaned = 1;
+    if (T->live_nodes == 0) pool_trim(T);
+    pthread_mutex_unlock(&T->lock);
+}
+
+static void make_key(void) { pthread_key_create(&g_key, tape_thread_exit); }
+
+ad_tape *ad_tape_current(void)
+{
+    if (t_tape) return t_tape;
+    pthread_once(&g_once, make_key);
+    pthread_mutex_lock(&g_reg_lock);
+    ad_tape *T = NULL;
+    /* An empty tape whose thread exited is reused: no handle into it can still exist. */
+    for (uint32_t i = 1; i < g_next_id && !T; i++) {
+        ad_tape *c = atomic_load(&g_tapes[i]);
+        if (!c) continue;
+        pthread_mutex_lock(&c->lock);
+        if (c->orphaned && c->live_nodes == 0) {
+            c->orphaned = 0;
+            c->grad_enabled = 1;
+            T = c;
+        }
+        pthread_mutex_unlock(&c->lock);
+    }
+    if (!T) {
+        if (g_next_id >= MAX_TAPES) {
+            pthread_mutex_unlock(&g_reg_lock);
+            ad_err(AD_ERR_RUNTIME, "too many threads hold live tensors (at most %u tapes)", MAX_TAPES - 1);
+            return NULL;
+        }
+        T = calloc(1, sizeof *T);
+        if (!T) {
+            pthread_mutex_unlock(&g_reg_lock);
+            ad_err(AD_ERR_MEMORY, "out of memory creating the thread's tape");
+            return NULL;
+        }
+        pthread_mutex_init(&T->lock, NULL);
+        T->grad_enabled = 1;
+        T->id = g_next_id++;
+        atomic_store(&g_tapes[T->id], T);
+    }
+    pthread_mutex_unlock(&g_reg_lock);
+    pthread_setspecific(g_key, T);
+    t_tape = T;
+    return T;
+}
+
+int ad_lock_current(ad_tape **out)
+{
+    ad_tape *T = ad_tape_current();
+    if (!T) return -AD_ERR_MEMORY;
+    pthread_mutex_lock(&T->lock);
+    *out = T;
+    return AD_OK;
+}
+
+void ad_unlock(ad_tape *T) { pthread_mutex_unlock(&T->lock); }
+
+int ad_grad_mode(ad_tape *T) { return T->grad_enabled; }
+
+static inline ad_node *slot_node(ad_tape *T, uint32_t slot)
+{
+    return &T->chunks[slot >> CHUNK_BITS][slot & (CHUNK - 1)];
+}
+
+int64_t ad_handle(ad_tape *T, ad_node *n)
+{
+    return ((int64_t)T->id << (SLOT_BITS + GEN_BITS)) | ((int64_t)n->gen << SLOT_BITS) | n->slot;
+}
+
+static ad_tape *handle_tape(int64_t h)
+{
+    if (h <= 0) return NULL;
+    uint64_t id = (uint64_t)h >> (SLOT_BITS + GEN_BITS);
+    if (id == 0 || id >= MAX_TAPES) return NULL;
+    return atomic_load(&g_tapes[id]);
+}
+
+static int resolve_any(ad_tape *T, int64_t h, ad_node **out)
+{
+    uint32_t slot = (uint32_t)(h & (MAX_SLOTS - 1));
+    uint32_t gen = (uint32_t)((h >> SLOT_BITS) & GEN_MASK);
+    if (slot >= T->nslots)
+        return ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)h);
+    ad_node *n = slot_node(T, slot);
+    if (!(n->flags & F_IN_USE) || n->gen != gen)
+        return ad_err(AD_ERR_HANDLE, "tensor handle %lld refers to a released node", (long long)h);
+    *out = n;
+    return AD_OK;
+}
+
+int ad_resolve(ad_tape *T, int64_t h, ad_node **out)
+{
+    if (h <= 0) return ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)h);
+    if (handle_tape(h) != T) {
+        if (!handle_tape(h)) return ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)h);
+        return ad_err(AD_ERR_RUNTIME, "tensor was created on another thread; each thread records on "
+                      "its own tape, so use tensors in ops only on the thread that made them "
+                      "(or pass its values, e.g. t.numpy())");
+    }
+    return resolve_any(T, h, out);
+}
+
+/* Lock the tape a handle belongs to (any thread), for reads and releases. */
+static int lock_handle(int64_t h, ad_tape **T, ad_node **n)
+{
+    ad_tape *t = handle_tape(h);
+    if (!t) return ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)h);
+    pthread_mutex_lock(&t->lock);
+    int st = resolve_any(t, h, n);
+    if (st) { pthread_mutex_unlock(&t->lock); return st; }
+    *T = t;
+    return AD_OK;
+}
+
+/* ---------- nodes ---------- */
+
+static int order_push(ad_tape *T, ad_node *n)
+{
+    if (T->order_len == T->order_cap) {
+        if (T->order_dead > T->order_len / 2) {
+            /* compaction keeps the tape as long as the live graph, so loops run in flat memory */
+            int64_t k = 0;
+            for (int64_t i = 0; i < T->order_len; i++) {
+                ad_node *m = T->order[i];
+                if (m) { m->pos = k; T->order[k++] = m; }
+            }
+            T->order_len = k;
+            T->order_dead = 0;
+        }
+        if (T->order_len == T->order_cap) {
+            int64_t cap = T->order_cap ? T->order_cap * 2 : 1024;
+            ad_node **o = realloc(T->order, (size_t)cap * sizeof *o);
+            if (!o) return ad_err(AD_ERR_MEMORY, "out of memory growing the tape to %lld entries", (long long)cap);
+            T->order = o;
+            T->order_cap = cap;
+        }
+    }
+    n->pos = T->order_len;
+    T->order[T->order_len++] = n;
+    return AD_OK;
+}
+
+static ad_node *node_take(ad_tape *T)
+{
+    if (T->free_nodes) {
+        ad_node *n = T->free_nodes;
+        T->free_nodes = n->next_free;
+        return n;
+    }
+    if (T->nslots == T->nchunks * CHUNK) {
+        if (T->nslots >= MAX_SLOTS) {
+            ad_err(AD_ERR_MEMORY, "node arena full (%u live nodes)", MAX_SLOTS);
+            return NULL;
+        }
+        ad_node **c = realloc(T->chunks, (T->nchunks + 1) * sizeof *c);
+        if (!c) { ad_err(AD_ERR_MEMORY, "out of memory growing the node arena"); return NULL; }
+        T->chunks = c;
+        c[T->nchunks] = calloc(CHUNK, sizeof(ad_node));
+        if (!c[T->nchunks]) { ad_err(AD_ERR_MEMORY, "out of memory growing the node arena"); return NULL; }
+        T->nchunks++;
+    }
+    ad_node *n = slot_node(T, T->nslots);
+    n->slot = T->nslots++;
+    return n;
+}
+
+int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, ad_node **out)
+{
+    if (ndim < 0 || ndim > AD_MAXDIM)
+        return ad_err(AD_ERR_VALUE, "%s: tensors have at most %d dimensions, got %d", ad_ops[op].name, AD_MAXDIM, ndim);
+    int64_t size = 1;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return ad_err(AD_ERR_VALUE, "%s: negative dimension %lld in shape", ad_ops[op].name, (long long)shape[i]);
+        if (shape[i] && size > (INT64_MAX / 8) / shape[i])
+            return ad_err(AD_ERR_VALUE, "%s: shape has too many elements to address", ad_ops[op].name);
+        size *= shape[i];
+    }
+    size_t bytes = (size_t)size * ad_itemsize(dtype);
+    if (size > 0 && (uint64_t)size > ((uint64_t)1 << 56) / ad_itemsize(dtype))
+        return ad_err(AD_ERR_MEMORY, "%s: cannot allocate %lld elements", ad_ops[op].name, (long long)size);
+    void *data = ad_buf_alloc(T, bytes);
+    if (!data)
+        return ad_err(AD_ERR_MEMORY, "%s: out of memory allocating %zu bytes", ad_ops[op].name, bytes);
+    ad_node *n = node_take(T);
+    if (!n) { ad_buf_free(T, data, bytes); return -AD_ERR_MEMORY; }
+    uint32_t gen = (n->gen + 1) & GEN_MASK;
+    uint32_t slot = n->slot;
+    memset(n, 0, sizeof *n);
+    n->gen = gen ? gen : 1;
+    n->slot = slot;
+    n->refs = 1;
+    n->op = (uint16_t)op;
+    n->dtype = (uint8_t)dtype;
+    n->flags = F_IN_USE | F_LEAF;
+    n->ndim = ndim;
+    n->size = size;
+    for (int i = 0; i < ndim; i++) n->shape[i] = shape[i];
+    n->data = data;
+    n->in = n->in_inline;
+    int st = order_push(T, n);
+    if (st) {
+        ad_buf_free(T, data, bytes);
+        n->flags = 0;
+        n->next_free = T->free_nodes;
+        T->free_nodes = n;
+        return st;
+    }
+    T->live_nodes++;
+    T->live_bytes += (int64_t)sizeof(ad_node);
+    *out = n;
+    return AD_OK;
+}
+
+int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
+{
+    int any = 0;
+    for (int i = 0; i < nin; i++) any |= ins[i]->flags & F_REQUIRES_GRAD;
+    if (!any || !T->grad_enabled) {
+        /* nothing to differentiate: a constant, free of its inputs and parameters */
+        if (n->aux) { ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t)); n->aux = NULL; n->aux_len = 0; }
+        n->op = AD_OP_LEAF;
+        return AD_OK;
+    }
+    if (nin > AD_MAXIN_INLINE) {
+        n->in = ad_buf_alloc(T, (size_t)nin * sizeof(ad_node *));
+        if (!n->in) { n->in = n->in_inline; return ad_err(AD_ERR_MEMORY, "out of memory recording %s", ad_ops[n->op].name); }
+    }
+    for (int i = 0; i < nin; i++) { n->in[i] = ins[i]; ins[i]->refs++; }
+    n->nin = nin;
+    n->flags = (uint8_t)((n->flags & ~F_LEAF) | F_REQUIRES_GRAD);
+    return AD_OK;
+}
+
+int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins)
+{
+    int st = ad_node_link(T, n, nin, ins);
+    if (st) { ad_node_discard(T, n); return st; }
+    return ad_handle(T, n);
+}
+
+static int work_push(ad_tape *T, ad_node *n, int64_t *len)
+{
+    if (*len == T->work_cap) {
+        int64_t cap = T->work_cap ? T->work_cap * 2 : 256;
+        ad_node **w = realloc(T->work, (size_t)cap * sizeof *w);
+        if (!w) return -1;
+        T->work = w;
+        T->work_cap = cap;
+    }
+    T->work[(*len)++] = n;
+    return 0;
+}
+
+static void node_free_one(ad_tape *T, ad_node *n)
+{
+    ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
+    if (n->adj) ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
+    if (n->aux) ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t));
+    if (n->in != n->in_inline) ad_buf_free(T, n->in, (size_t)n->nin * sizeof(ad_node *));
+    T->order[n->pos] = NULL;
+    T->order_dead++;
+    n->flags = 0;
+    n->gen = (n->gen + 1) & GEN_MASK;
+    n->next_free = T->free_nodes;
+    T->free_nodes = n;
+    T->live_nodes--;
+    T->live_bytes -= (int64_t)sizeof(ad_node);
+}
+
+/* Drop one reference; whatever reaches zero is freed, and so are the inputs it alone kept. */
+void ad_node_unref(ad_tape *T, ad_node *n)
+{
+    if (--n->refs > 0) return;
+    int64_t len = 0;
+    ad_node *cur = n;
+    for (;;) {
+        for (int i = 0; i < cur->nin; i++) {
+            ad_node *m = cur->in[i];
+            if (--m->refs == 0 && work_push(T, m, &len)) {
+                /* no memory for the worklist: keep the node (a leak beats a crash) */
+                m->refs = 1;
+            }
+        }
+        if (cur->grad) {
+            ad_node *g = cur->grad;
+            if (--g->refs == 0 && work_push(T, g, &len)) g->refs = 1;
+        }
+        node_free_one(T, cur);
+        if (!len) break;
+        cur = T->work[--len];
+    }
+    if (T->orphaned && T->live_nodes == 0) pool_trim(T);
+}
+
+void ad_node_drop_graph(ad_tape *T, ad_node *n)
+{
+    int nin = n->nin;
+    ad_node *ins_inline[AD_MAXIN_INLINE];
+    ad_node **ins = n->in;
+    if (n->in == n->in_inline) { memcpy(ins_inline, n->in_inline, sizeof ins_inline); ins = ins_inline; }
+    n->nin = 0;
+    n->in = n->in_inline;
+    if (n->aux) { ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t)); n->aux = NULL; n->aux_len = 0; }
+    n->flags |= F_RELEASED;
+    for (int i = 0; i < nin; i++) ad_node_unref(T, ins[i]);
+    if (ins != ins_inline) ad_buf_free(T, ins, (size_t)nin * sizeof(ad_node *));
+}
+
+void ad_node_discard(ad_tape *T, ad_node *n)
+{
+    n->refs = 1;
+    ad_node_unref(T, n);
+}
+
+int ad_tape_grow_adj(ad_tape *T, ad_node *n)
+{
+    size_t bytes = (size_t)n->size * ad_itemsize(n->dtype);
+    n->adj = ad_buf_alloc(T, bytes);
+    if (!n->adj) return ad_err(AD_ERR_MEMORY, "out of memory for the adjoint of a %s node (%zu bytes)", ad_ops[n->op].name, bytes);
+    return AD_OK;
+}
+
+/* ---------- public: lifetime and inspection ---------- */
+
+static int check_dtype(const char *op, int dtype)
+{
+    if (dtype != AD_F32 && dtype != AD_F64)
+        return ad_err(AD_ERR_TYPE, "%s: dtype code %d is not float32 (0) or float64 (1)", op, dtype);
+    return AD_OK;
+}
+
+int64_t ad_tensor_new(int dtype, int ndim, const int64_t *shape, const void *data, int requires_grad)
+{
+    int st = check_dtype("tensor", dtype);
+    if (st) return st;
+    if (ndim > 0 && !shape) return ad_err(AD_ERR_VALUE, "tensor: shape is NULL");
+    ad_tape *T;
+    if ((st = ad_lock_current(&T))) return st;
+    ad_node *n;
+    st = ad_node_new(T, AD_OP_LEAF, dtype, ndim, shape, &n);
+    if (!st) {
+        size_t bytes = (size_t)n->size * ad_itemsize(dtype);
+        if (data) memcpy(n->data, data, bytes);
+        else memset(n->data, 0, bytes);
+        if (requires_grad) n->flags |= F_REQUIRES_GRAD;
+        st = (int)0;
+    }
+    int64_t h = st ? st : ad_handle(T, n);
+    ad_unlock(T);
+    return h;
+}
+
+int64_t ad_full(int dtype, int ndim, const int64_t *shape, double value, int requires_grad)
+{
+    int st = check_dtype("full", dtype);
+    if (st) return st;
+    if (ndim > 0 && !shape) return ad_err(AD_ERR_VALUE, "full: shape is NULL");
+    ad_tape *T;
+    if ((st = ad_lock_current(&T))) return st;
+    ad_node *n;
+    st = ad_node_new(T, AD_OP_LEAF, dtype, ndim, shape, &n);
+    int64_t h = st;
+    if (!st) {
+        if (dtype == AD_F64) { double *d = n->data; for (int64_t i = 0; i < n->size; i++) d[i] = value; }
+        else { float *d = n->data; float v = (float)value; for (int64_t i = 0; i < n->size; i++) d[i] = v; }
+        if (requires_grad) n->flags |= F_REQUIRES_GRAD;
+        h = ad_handle(T, n);
+    }
+    ad_unlock(T);
+    return h;
+}
+
+int ad_retain(int64_t h)
+{
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    n->refs++;
+    ad_unlock(T);
+    return AD_OK;
+}
+
+int ad_release(int64_t h)
+{
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    ad_node_unref(T, n);
+    ad_unlock(T);
+    return AD_OK;
+}
+
+int ad_info(int64_t h, ad_info_t *out)
+{
+    if (!out) return ad_err(AD_ERR_VALUE, "info: out is NULL");
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    out->dtype = n->dtype;
+    out->ndim = n->ndim;
+    for (int i = 0; i < n->ndim; i++) out->shape[i] = n->shape[i];
+    out->size = n->size;
+    out->data = n->data;
+    out->requires_grad = !!(n->flags & F_REQUIRES_GRAD);
+    out->is_leaf = !!(n->flags & F_LEAF);
+    out->graph_released = !!(n->flags & F_RELEASED);
+    ad_unlock(T);
+    return AD_OK;
+}
+
+int ad_set_requires_grad(int64_t h, int flag)
+{
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    if (!(n->flags & F_LEAF)) {
+        st = ad_err(AD_ERR_RUNTIME, "requires_grad can only be changed on leaf tensors; use detach() "
+                    "to make a leaf from a computed tensor");
+    } else if (flag) {
+        n->flags |= F_REQUIRES_GRAD;
+    } else {
+        n->flags &= (uint8_t)~F_REQUIRES_GRAD;
+    }
+    ad_unlock(T);
+    return st;
+}
+
+int64_t ad_detach(int64_t h)
+{
+    ad_tape *T; ad_node *x, *n;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    int64_t r = ad_resolve(T, h, &x);
+    if (!r) {
+        r = ad_node_new(T, AD_OP_LEAF, x->dtype, x->ndim, x->shape, &n);
+        if (!r) {
+            memcpy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+            r = ad_handle(T, n);
+        }
+    }
+    ad_unlock(T);
+    return r;
+}
+
+int64_t ad_grad(int64_t h)
+{
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    int64_t r = 0;
+    if (n->grad) { n->grad->refs++; r = ad_handle(T, n->grad); }
+    ad_unlock(T);
+    return r;
+}
+
+int ad_set_grad(int64_t h, int64_t gh)
+{
+    ad_tape *T; ad_node *n, *g = NULL;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    if (gh) {
+        if ((st = resolve_any(T, gh, &g))) {
+            if (handle_tape(gh) != T)
+                st = ad_err(AD_ERR_RUNTIME, "grad: the new grad belongs to another thread's tape");
+            ad_unlock(T);
+            return st;
+        }
+        char b1[128], b2[128];
+        if (g->ndim != n->ndim || memcmp(g->shape, n->shape, (size_t)n->ndim * sizeof(int64_t)) || g->dtype != n->dtype) {
+            st = ad_err(AD_ERR_VALUE, "grad: assigned grad has shape %s and dtype %s, but the tensor has shape %s and dtype %s",
+                        ad_shape_str(b1, sizeof b1, g->ndim, g->shape), ad_dtype_name(g->dtype),
+                        ad_shape_str(b2, sizeof b2, n->ndim, n->shape), ad_dtype_name(n->dtype));
+            ad_unlock(T);
+            return st;
+        }
+        g->refs++;
+    }
+    if (n->grad) ad_node_unref(T, n->grad);
+    n->grad = g;
+    ad_unlock(T);
+    return AD_OK;
+}
+
+int ad_grad_enabled(void)
+{
+    ad_tape *T = ad_tape_current();
+    return T ? T->grad_enabled : 1;
+}
+
+int ad_set_grad_enabled(int enabled)
+{
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    int prev = T->grad_enabled;
+    T->grad_enabled = !!enabled;
+    ad_unlock(T);
+    return prev;
+}
+
+int ad_stats(ad_stats_t *out)
+{
+    if (!out) return ad_err(AD_ERR_VALUE, "stats: out is NULL");
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    out->live_nodes = T->live_nodes;
+    out->live_bytes = T->live_bytes;
+    out->pooled_bytes = T->pooled_bytes;
+    out->tape_length = T->order_len;
+    ad_unlock(T);
+    return AD_OK;
+}
+
+/* sweep.c needs to walk the creation order */
+ad_node **ad_tape_order(ad_tape *T) { return T->order; }

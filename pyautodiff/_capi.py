@@ -1,0 +1,106 @@
+"""The one door to the compiled core: the cffi module, status -> exception, and array hand-over.
+
+Everything that crosses into C passes through here: `raise_status` is the only place a C status
+becomes a Python exception, and `as_float_array` the only place user data is validated and
+converted (dtype, contiguity, byte order) before C reads it, because cffi itself checks nothing.
+"""
+import ctypes
+
+import numpy as np
+
+from ._core import ffi, lib
+
+F32, F64 = lib.AD_F32, lib.AD_F64
+MAXDIM = lib.AD_MAXDIM
+float32 = np.dtype(np.float32)
+float64 = np.dtype(np.float64)
+DEFAULT_DTYPE = float64
+_CODE = {float32: F32, float64: F64}
+_DTYPE = {F32: float32, F64: float64}
+
+_EXC = {
+    lib.AD_ERR_VALUE: ValueError,
+    lib.AD_ERR_TYPE: TypeError,
+    lib.AD_ERR_RUNTIME: RuntimeError,
+    lib.AD_ERR_MEMORY: MemoryError,
+    lib.AD_ERR_INDEX: IndexError,
+    lib.AD_ERR_HANDLE: RuntimeError,
+    lib.AD_ERR_FLOAT: FloatingPointError,
+}
+
+
+def raise_status(status):
+    """Raise the exception for a negative (or positive) status returned by the core."""
+    code = -int(status) if status < 0 else int(status)
+    message = ffi.string(lib.ad_last_error()).decode("utf-8", "replace")
+    raise _EXC.get(code, RuntimeError)(message or f"pyautodiff core error {code}")
+
+
+def check(status):
+    if status:
+        raise_status(status)
+    return status
+
+
+def dtype_code(dtype):
+    return _CODE[dtype]
+
+
+def dtype_of(code):
+    return _DTYPE[code]
+
+
+def resolve_dtype(dtype):
+    """np.float32, "float32", np.dtype(...), ad.float32 -> np.dtype; anything else is a TypeError."""
+    try:
+        d = np.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from e
+    if d not in _CODE:
+        raise TypeError(f"dtype must be float32 or float64, got {d}")
+    return d
+
+
+def as_float_array(data, dtype=None, what="tensor"):
+    """Validate user data and return a C-contiguous, native-order float32/float64 array.
+
+    float32 input stays float32 unless a dtype is given; ints and bools become float64 (the
+    default float dtype); complex, object and string data are TypeErrors; ragged nested
+    sequences are ValueErrors."""
+    if dtype is not None:
+        dtype = resolve_dtype(dtype)
+    try:
+        arr = np.asarray(data)
+    except ValueError as e:
+        raise ValueError(f"{what}: cannot make a tensor from ragged or inhomogeneous data ({e})") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{what}: complex data (dtype {arr.dtype}) is not supported; use float32 or float64")
+    if kind not in "fiub":
+        raise TypeError(f"{what}: cannot make a tensor from data of dtype {arr.dtype} "
+                        f"(type {type(data).__name__}); expected real numbers")
+    if arr.ndim > MAXDIM:
+        raise ValueError(f"{what}: tensors have at most {MAXDIM} dimensions, got shape {arr.shape}")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype in _CODE else (float32 if arr.dtype == np.float16 else DEFAULT_DTYPE)
+    # copies when the dtype, byte order or layout differs (e.g. negative strides, big-endian)
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _gemm_pointer(name):
+    """Address of SciPy's BLAS ?gemm (its cython_blas C-API), or NULL when SciPy is absent."""
+    try:
+        from scipy.linalg import cython_blas
+    except ImportError:
+        return ffi.NULL
+    capsule = cython_blas.__pyx_capi__[name]
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype = ctypes.c_char_p
+    get_name.argtypes = [ctypes.py_object]
+    get_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    get_ptr.restype = ctypes.c_void_p
+    get_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return ffi.cast("void *", get_ptr(capsule, get_name(capsule)))
+
+
+lib.ad_set_blas(_gemm_pointer("dgemm"), _gemm_pointer("sgemm"))

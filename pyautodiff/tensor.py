@@ -1,0 +1,462 @@
+"""Tensor: a handle into the C tape plus operator overloads. No math happens here.
+
+Every op is one call into the core, which computes the value at once and records the node when
+gradients are wanted. A Tensor owns one reference to its node and drops it in __del__, so a graph
+nobody holds any more is freed by the core without the user doing anything.
+
+Threads: each thread records on its own tape. A tensor can be read (numpy, item, shape, grad) and
+dropped on any thread, but takes part in ops, backward and no_grad only on the thread that made
+it; using it in an op on another thread is a RuntimeError.
+"""
+import numpy as np
+
+from ._capi import ffi, lib, raise_status, check, as_float_array, dtype_code, dtype_of, resolve_dtype
+
+_new = object.__new__
+_binary = lib.ad_binary
+_scalar = lib.ad_scalar
+_unary = lib.ad_unary
+_matmul = lib.ad_matmul
+_release = lib.ad_release
+
+ADD, SUB, MUL, DIV, POW = lib.AD_OP_ADD, lib.AD_OP_SUB, lib.AD_OP_MUL, lib.AD_OP_DIV, lib.AD_OP_POW
+ADD_S, MUL_S, RSUB_S, DIV_S = lib.AD_OP_ADD_S, lib.AD_OP_MUL_S, lib.AD_OP_RSUB_S, lib.AD_OP_DIV_S
+RDIV_S, POW_S, RPOW_S = lib.AD_OP_RDIV_S, lib.AD_OP_POW_S, lib.AD_OP_RPOW_S
+NEG = lib.AD_OP_NEG
+_PY_SCALARS = (float, int, bool)
+
+
+def _wrap(h):
+    if h < 0:
+        raise_status(h)
+    t = _new(Tensor)
+    t._h = h
+    return t
+
+
+def _from_array(arr, requires_grad=False):
+    """Leaf from an array that as_float_array already validated."""
+    shape = ffi.new("int64_t[]", arr.shape or (0,))
+    ptr = ffi.from_buffer(arr, require_writable=False) if arr.size else ffi.NULL
+    return _wrap(lib.ad_tensor_new(dtype_code(arr.dtype), arr.ndim, shape, ptr, 1 if requires_grad else 0))
+
+
+def as_tensor(x, dtype=None):
+    """Tensors pass through; arrays, lists and NumPy scalars become constant leaves (copied)."""
+    if isinstance(x, Tensor):
+        return x
+    return _from_array(as_float_array(x, dtype, what="operand"))
+
+
+def _operand_error(op, other):
+    raise TypeError(f"unsupported operand type for {op}: Tensor and {type(other).__name__}")
+
+
+def _other(op, other):
+    """The non-Python-scalar operand of a binary operator as a Tensor (None: not ours to handle)."""
+    if isinstance(other, (np.ndarray, np.generic, list, tuple)):
+        return as_tensor(other)
+    return None
+
+
+class Tensor:
+    """An n-dimensional float32/float64 array on the autodiff tape (see ad.tensor)."""
+
+    __slots__ = ("_h", "__weakref__")
+    # make NumPy defer to our reflected operators: ndarray @ Tensor calls Tensor.__rmatmul__
+    __array_ufunc__ = None
+    __array_priority__ = 1000
+
+    def __init__(self, data, dtype=None, requires_grad=False):
+        self._h = 0
+        arr = as_float_array(data, dtype)
+        t = _from_array(arr, requires_grad)
+        self._h, t._h = t._h, 0
+
+    def __del__(self, _release=_release):
+        if self._h:
+            _release(self._h)
+
+    # ---- inspection ----
+    def _info(self):
+        info = ffi.new("ad_info_t *")
+        check(lib.ad_info(self._h, info))
+        return info
+
+    @property
+    def shape(self):
+        info = self._info()
+        return tuple(info.shape[i] for i in range(info.ndim))
+
+    @property
+    def ndim(self):
+        return self._info().ndim
+
+    @property
+    def size(self):
+        return self._info().size
+
+    @property
+    def dtype(self):
+        return dtype_of(self._info().dtype)
+
+    @property
+    def requires_grad(self):
+        return bool(self._info().requires_grad)
+
+    @requires_grad.setter
+    def requires_grad(self, flag):
+        check(lib.ad_set_requires_grad(self._h, 1 if flag else 0))
+
+    @property
+    def is_leaf(self):
+        return bool(self._info().is_leaf)
+
+    def numpy(self):
+        """A copy of the values: writing to it never changes the tensor."""
+        info = self._info()
+        dt = dtype_of(info.dtype)
+        shape = tuple(info.shape[i] for i in range(info.ndim))
+        if info.size == 0:
+            return np.zeros(shape, dt)
+        buf = ffi.buffer(info.data, info.size * dt.itemsize)
+        return np.frombuffer(buf, dtype=dt).reshape(shape).copy()
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+    def item(self):
+        info = self._info()
+        if info.size != 1:
+            raise ValueError(f"item(): only a tensor with one element can be converted to a Python "
+                             f"scalar, this one has shape {self.shape}")
+        if info.dtype == lib.AD_F64:
+            return float(ffi.cast("double *", info.data)[0])
+        return float(ffi.cast("float *", info.data)[0])
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def __len__(self):
+        shape = self.shape
+        if not shape:
+            raise TypeError("len() of a 0-d tensor")
+        return shape[0]
+
+    def __bool__(self):
+        if self.size != 1:
+            raise ValueError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
+        return bool(self.item())
+
+    def __float__(self):
+        return self.item()
+
+    def __repr__(self):
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        extra = []
+        if self.dtype != np.float64:
+            extra.append(f"dtype={self.dtype}")
+        info = self._info()
+        if info.requires_grad:
+            extra.append("requires_grad=True" if info.is_leaf else "grad_fn=<recorded>")
+        return "tensor(" + body + "".join(", " + e for e in extra) + ")"
+
+    __hash__ = object.__hash__
+
+    # ---- autodiff ----
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf), weighted by grad, into every leaf's .grad."""
+        if grad is None:
+            check(lib.ad_backward(self._h, 0, 1 if retain_graph else 0))
+            return
+        if not isinstance(grad, Tensor):
+            arr = np.asarray(grad)
+            if arr.dtype.kind not in "fiub":
+                raise TypeError(f"backward: grad must be real numbers, got dtype {arr.dtype}")
+            grad = as_tensor(arr, self.dtype if arr.dtype.kind != "f" else None)
+        check(lib.ad_backward(self._h, grad._h, 1 if retain_graph else 0))
+
+    @property
+    def grad(self):
+        h = lib.ad_grad(self._h)
+        if h == 0:
+            return None
+        return _wrap(h)
+
+    @grad.setter
+    def grad(self, value):
+        if value is None:
+            check(lib.ad_set_grad(self._h, 0))
+            return
+        if not isinstance(value, Tensor):
+            value = as_tensor(value, self.dtype)
+        check(lib.ad_set_grad(self._h, value._h))
+
+    def zero_grad(self):
+        """Clear .grad (set it to None, as PyTorch's zero_grad(set_to_none=True) does)."""
+        check(lib.ad_set_grad(self._h, 0))
+
+    def detach(self):
+        """A new leaf with the same values and no graph."""
+        return _wrap(lib.ad_detach(self._h))
+
+    # ---- arithmetic: one C call each ----
+    def __add__(self, other):
+        if type(other) is Tensor:
+            h = _binary(ADD, self._h, other._h)
+        elif type(other) in _PY_SCALARS:
+            h = _scalar(ADD_S, self._h, other)
+        else:
+            o = _other("+", other)
+            if o is None:
+                return NotImplemented
+            h = _binary(ADD, self._h, o._h)
+        if h < 0:
+            raise_status(h)
+        t = _new(Tensor)
+        t._h = h
+        return t
+
+    def __radd__(self, other):
+        if type(other) in _PY_SCALARS:
+            return _wrap(_scalar(ADD_S, self._h, other))
+        o = _other("+", other)
+        return NotImplemented if o is None else _wrap(_binary(ADD, o._h, self._h))
+
+    def __sub__(self, other):
+        if type(other) is Tensor:
+            h = _binary(SUB, self._h, other._h)
+        elif type(other) in _PY_SCALARS:
+            h = _scalar(ADD_S, self._h, -other)   # x - c == x + (-c) exactly in IEEE arithmetic
+        else:
+            o = _other("-", other)
+            if o is None:
+                return NotImplemented
+            h = _binary(SUB, self._h, o._h)
+        if h < 0:
+            raise_status(h)
+        t = _new(Tensor)
+        t._h = h
+        return t
+
+    def __rsub__(self, other):
+        if type(other) in _PY_SCALARS:
+            return _wrap(_scalar(RSUB_S, self._h, other))
+        o = _other("-", other)
+        return NotImplemented if o is None else _wrap(_binary(SUB, o._h, self._h))
+
+    def __mul__(self, other):
+        if type(other) is Tensor:
+            h = _binary(MUL, self._h, other._h)
+        elif type(other) in _PY_SCALARS:
+            h = _scalar(MUL_S, self._h, other)
+        else:
+            o = _other("*", other)
+            if o is None:
+                return NotImplemented
+            h = _binary(MUL, self._h, o._h)
+        if h < 0:
+            raise_status(h)
+        t = _new(Tensor)
+        t._h = h
+        return t
+
+    def __rmul__(self, other):
+        if type(other) in _PY_SCALARS:
+            return _wrap(_scalar(MUL_S, self._h, other))
+        o = _other("*", other)
+        return NotImplemented if o is None else _wrap(_binary(MUL, o._h, self._h))
+
+    def __truediv__(self, other):
+        if type(other) is Tensor:
+            h = _binary(DIV, self._h, other._h)
+        elif type(other) in _PY_SCALARS:
+            h = _scalar(DIV_S, self._h, other)
+        else:
+            o = _other("/", other)
+            if o is None:
+                return NotImplemented
+            h = _binary(DIV, self._h, o._h)
+        if h < 0:
+            raise_status(h)
+        t = _new(Tensor)
+        t._h = h
+        return t
+
+    def __rtruediv__(self, other):
+        if type(other) in _PY_SCALARS:
+            return _wrap(_scalar(RDIV_S, self._h, other))
+        o = _other("/", other)
+        return NotImplemented if o is None else _wrap(_binary(DIV, o._h, self._h))
+
+    def __pow__(self, other):
+        if type(other) in _PY_SCALARS:
+            return _wrap(_scalar(POW_S, self._h, other))
+        o = other if type(other) is Tensor else _other("**", other)
+        return NotImplemented if o is None else _wrap(_binary(POW, self._h, o._h))
+
+    def __rpow__(self, other):
+        if type(other) in _PY_SCALARS:
+            return _wrap(_scalar(RPOW_S, self._h, other))
+        o = _other("**", other)
+        return NotImplemented if o is None else _wrap(_binary(POW, o._h, self._h))
+
+    def __matmul__(self, other):
+        o = other if type(other) is Tensor else _other("@", other)
+        return NotImplemented if o is None else _wrap(_matmul(self._h, o._h))
+
+    def __rmatmul__(self, other):
+        o = _other("@", other)
+        return NotImplemented if o is None else _wrap(_matmul(o._h, self._h))
+
+    def __neg__(self):
+        h = _unary(NEG, self._h)
+        if h < 0:
+            raise_status(h)
+        t = _new(Tensor)
+        t._h = h
+        return t
+
+    def __pos__(self):
+        return self
+
+    def __abs__(self):
+        return _wrap(_unary(lib.AD_OP_ABS, self._h))
+
+    # ---- comparisons: NumPy bool arrays, no gradient ----
+    def __lt__(self, other):
+        return np.asarray(self) < _plain(other)
+
+    def __le__(self, other):
+        return np.asarray(self) <= _plain(other)
+
+    def __gt__(self, other):
+        return np.asarray(self) > _plain(other)
+
+    def __ge__(self, other):
+        return np.asarray(self) >= _plain(other)
+
+    def __eq__(self, other):
+        return np.asarray(self) == _plain(other)
+
+    def __ne__(self, other):
+        return np.asarray(self) != _plain(other)
+
+    # ---- NumPy-style methods (the functions live in ops.py) ----
+    @property
+    def T(self):
+        return _wrap(lib.ad_transpose(self._h, -1, ffi.NULL))
+
+    def sum(self, axis=None, keepdims=False):
+        from .ops import sum as f
+        return f(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        from .ops import mean as f
+        return f(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        from .ops import max as f
+        return f(self, axis, keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        from .ops import min as f
+        return f(self, axis, keepdims)
+
+    def reshape(self, *shape):
+        from .ops import reshape as f
+        return f(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+
+    def transpose(self, *axes):
+        from .ops import transpose as f
+        if len(axes) == 1 and not isinstance(axes[0], int):
+            axes = axes[0]
+        return f(self, axes if axes else None)
+
+    def astype(self, dtype):
+        from .ops import astype as f
+        return f(self, dtype)
+
+
+def _plain(x):
+    return x.numpy() if isinstance(x, Tensor) else x
+
+
+def tensor(data, dtype=None, requires_grad=False):
+    """A new leaf tensor holding a copy of data (float64 by default; float32 arrays stay float32;
+    ints and bools become float64)."""
+    if isinstance(data, Tensor):
+        data = data.numpy()
+    return _from_array(as_float_array(data, dtype), requires_grad)
+
+
+def _shape_arg(shape):
+    if isinstance(shape, (int, np.integer)):
+        shape = (int(shape),)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) > lib.AD_MAXDIM:
+        raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
+    return shape
+
+
+def full(shape, fill_value, dtype=None, requires_grad=False):
+    shape = _shape_arg(shape)
+    dt = resolve_dtype(dtype) if dtype is not None else np.dtype(np.float64)
+    c = ffi.new("int64_t[]", shape or (0,))
+    return _wrap(lib.ad_full(dtype_code(dt), len(shape), c, float(fill_value), 1 if requires_grad else 0))
+
+
+def zeros(shape, dtype=None, requires_grad=False):
+    return full(shape, 0.0, dtype, requires_grad)
+
+
+def ones(shape, dtype=None, requires_grad=False):
+    return full(shape, 1.0, dtype, requires_grad)
+
+
+def zeros_like(t, dtype=None, requires_grad=False):
+    t = as_tensor(t)
+    return full(t.shape, 0.0, dtype or t.dtype, requires_grad)
+
+
+def ones_like(t, dtype=None, requires_grad=False):
+    t = as_tensor(t)
+    return full(t.shape, 1.0, dtype or t.dtype, requires_grad)
+
+
+class no_grad:
+    """Context manager (and decorator): ops inside record nothing. Nests; restores on exceptions."""
+
+    __slots__ = ("_prev",)
+
+    def __enter__(self):
+        self._prev = lib.ad_set_grad_enabled(0)
+        if self._prev < 0:
+            raise_status(self._prev)
+        return self
+
+    def __exit__(self, *exc):
+        lib.ad_set_grad_enabled(self._prev)
+        return False
+
+    def __call__(self, fn):
+        import functools
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with no_grad():
+                return fn(*args, **kwargs)
+        return wrapper
+
+
+def is_grad_enabled():
+    return bool(lib.ad_grad_enabled())
+
+
+def tape_stats():
+    """Counters of this thread's tape: live_nodes, live_bytes, pooled_bytes, tape_length."""
+    s = ffi.new("ad_stats_t *")
+    check(lib.ad_stats(s))
+    return {"live_nodes": s.live_nodes, "live_bytes": s.live_bytes,
+            "pooled_bytes": s.pooled_bytes, "tape_length": s.tape_length}
