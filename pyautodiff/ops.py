@@ -1,6 +1,7 @@
 """The public op functions. Each converts its arguments and makes one call into the core, where the
 value is computed and the node recorded; the gradient rules live beside the kernels in csrc/kernels/."""
 import builtins
+import operator
 
 import numpy as np
 
@@ -12,7 +13,8 @@ _PY_SCALARS = (float, int, bool)
 
 def _unary_op(code, name, doc):
     def op(x):
-        return _wrap(lib.ad_unary(code, as_tensor(x)._h))
+        x = as_tensor(x)
+        return _wrap(lib.ad_unary(code, x._h))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -30,6 +32,20 @@ sigmoid = _unary_op(lib.AD_OP_SIGMOID, "sigmoid", "1 / (1 + exp(-x)), computed w
 relu = _unary_op(lib.AD_OP_RELU, "relu", "max(x, 0) elementwise; its gradient at 0 is 0.")
 
 
+# Operands converted with as_tensor are bound to locals before their handles go to C: a temporary
+# Tensor dies (and releases its node) as soon as `._h` is read from it.
+def _operands(a, b):
+    """Both operands as Tensors. A Python scalar facing a tensor takes the tensor's dtype, as NumPy
+    treats Python scalars as weak (np.maximum(float32 array, 0.0) stays float32)."""
+    if type(a) in _PY_SCALARS and type(b) not in _PY_SCALARS:
+        b = as_tensor(b)
+        return as_tensor(a, b.dtype), b
+    a = as_tensor(a)
+    if type(b) in _PY_SCALARS:
+        return a, as_tensor(b, a.dtype)
+    return a, as_tensor(b)
+
+
 def _binary_op(code, name, scalar_rhs, scalar_lhs, doc):
     """A binary op on Tensors/arrays; with a Python scalar on either side it uses the scalar kernel
     (scalar_rhs(c) -> (op, c') for x op c; scalar_lhs for c op x), so Python numbers never become
@@ -37,11 +53,14 @@ def _binary_op(code, name, scalar_rhs, scalar_lhs, doc):
     def op(a, b):
         if type(b) in _PY_SCALARS and scalar_rhs and type(a) not in _PY_SCALARS:
             k, c = scalar_rhs(b)
-            return _wrap(lib.ad_scalar(k, as_tensor(a)._h, c))
+            a = as_tensor(a)
+            return _wrap(lib.ad_scalar(k, a._h, c))
         if type(a) in _PY_SCALARS and scalar_lhs and type(b) not in _PY_SCALARS:
             k, c = scalar_lhs(a)
-            return _wrap(lib.ad_scalar(k, as_tensor(b)._h, c))
-        return _wrap(lib.ad_binary(code, as_tensor(a)._h, as_tensor(b)._h))
+            b = as_tensor(b)
+            return _wrap(lib.ad_scalar(k, b._h, c))
+        a, b = _operands(a, b)
+        return _wrap(lib.ad_binary(code, a._h, b._h))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -65,7 +84,8 @@ minimum = _binary_op(lib.AD_OP_MINIMUM, "minimum", None, None,
 
 def matmul(a, b):
     """NumPy matmul: 1-D, 2-D and batched N-D operands with broadcast batch axes."""
-    return _wrap(lib.ad_matmul(as_tensor(a)._h, as_tensor(b)._h))
+    a, b = as_tensor(a), as_tensor(b)
+    return _wrap(lib.ad_matmul(a._h, b._h))
 
 
 def _axes(axis):
@@ -74,7 +94,8 @@ def _axes(axis):
     if isinstance(axis, (int, np.integer)):
         axis = (int(axis),)
     try:
-        axis = tuple(int(a) for a in axis)
+        # operator.index, not int(): a float axis is a TypeError (as in NumPy), not truncated
+        axis = tuple(operator.index(a) for a in axis)
     except TypeError:
         raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}") from None
     return len(axis), ffi.new("int64_t[]", axis or (0,))
@@ -83,7 +104,8 @@ def _axes(axis):
 def _reduction(code, name, doc):
     def op(x, axis=None, keepdims=False):
         n, axes = _axes(axis)
-        return _wrap(lib.ad_reduce(code, as_tensor(x)._h, n, axes, 1 if keepdims else 0))
+        x = as_tensor(x)
+        return _wrap(lib.ad_reduce(code, x._h, n, axes, 1 if keepdims else 0))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -98,7 +120,10 @@ min = _reduction(lib.AD_OP_MIN, "min", "Min over axis; tied minima share the gra
 def _shape(shape):
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(int(s) for s in shape)
+    try:
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return len(shape), ffi.new("int64_t[]", shape or (0,))
@@ -107,23 +132,28 @@ def _shape(shape):
 def reshape(x, shape):
     """Same values in a new shape (one entry may be -1)."""
     n, c = _shape(shape)
-    return _wrap(lib.ad_reshape(as_tensor(x)._h, n, c))
+    x = as_tensor(x)
+    return _wrap(lib.ad_reshape(x._h, n, c))
 
 
 def transpose(x, axes=None):
     """Permute axes (None reverses them), as numpy.transpose."""
+    x = as_tensor(x)
     if axes is None:
-        return _wrap(lib.ad_transpose(as_tensor(x)._h, -1, ffi.NULL))
+        return _wrap(lib.ad_transpose(x._h, -1, ffi.NULL))
     n, c = _shape(axes)
-    return _wrap(lib.ad_transpose(as_tensor(x)._h, n, c))
+    return _wrap(lib.ad_transpose(x._h, n, c))
 
 
 def broadcast_to(x, shape):
     """Repeat x along broadcast axes; its gradient sums them back (sum and broadcast are duals)."""
     n, c = _shape(shape)
-    return _wrap(lib.ad_broadcast_to(as_tensor(x)._h, n, c))
+    x = as_tensor(x)
+    return _wrap(lib.ad_broadcast_to(x._h, n, c))
 
 
 def astype(x, dtype):
     """x converted to float32 or float64; the gradient is converted back."""
-    return _wrap(lib.ad_cast(as_tensor(x)._h, dtype_code(resolve_dtype(dtype))))
+    code = dtype_code(resolve_dtype(dtype))
+    x = as_tensor(x)
+    return _wrap(lib.ad_cast(x._h, code))

@@ -8,6 +8,8 @@ Threads: each thread records on its own tape. A tensor can be read (numpy, item,
 dropped on any thread, but takes part in ops, backward and no_grad only on the thread that made
 it; using it in an op on another thread is a RuntimeError.
 """
+import operator
+
 import numpy as np
 
 from ._capi import ffi, lib, raise_status, check, as_float_array, dtype_code, dtype_of, resolve_dtype
@@ -163,6 +165,12 @@ class Tensor:
         return "tensor(" + body + "".join(", " + e for e in extra) + ")"
 
     __hash__ = object.__hash__
+
+    def __reduce__(self):
+        # copy.copy, copy.deepcopy and pickle would otherwise copy the slot `_h` without taking a
+        # reference: two objects sharing one, the first to die freeing the other's node. A copy
+        # is a new leaf holding a copy of the values (the graph and grad are not copied).
+        return (tensor, (self.numpy(), None, self.requires_grad))
 
     # ---- autodiff ----
     def backward(self, grad=None, retain_graph=False):
@@ -394,7 +402,10 @@ def tensor(data, dtype=None, requires_grad=False):
 def _shape_arg(shape):
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(int(s) for s in shape)
+    try:
+        shape = tuple(operator.index(s) for s in shape)   # 2.5 is a TypeError, not 2
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return shape

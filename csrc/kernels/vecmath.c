@@ -3,8 +3,7 @@
  * Why: glibc's scalar tanh costs ~18 ns per element here, 13x NumPy's SIMD tanh, and exp 4x, so
  * an elementwise graph on large arrays was bound by libm. glibc's libmvec has vector versions
  * (SSE2 / AVX2 / AVX-512, at most 4 ulp error); declaring the functions `omp declare simd` lets the
- * compiler call them from vectorised loops, and target_clones picks the widest ISA at load time,
- * so the wheel stays free of -march=native. The build defines AD_HAVE_LIBMVEC only where a probe
+ * compiler call them from vectorised loops, and AD_SIMD's clones pick the widest ISA at load time. The build defines AD_HAVE_LIBMVEC only where a probe
  * links against libmvec; elsewhere these loops fall back to scalar libm. */
 #include "../core.h"
 #include <math.h>
@@ -12,11 +11,9 @@
 #if defined(AD_HAVE_LIBMVEC) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
 #define VEC_DECL _Pragma("omp declare simd notinbranch")
 #define VEC_LOOP _Pragma("omp simd")
-#define VEC_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define VEC_DECL
 #define VEC_LOOP
-#define VEC_CLONES
 #endif
 
 VEC_DECL extern double exp(double);
@@ -31,9 +28,9 @@ VEC_DECL extern float cosf(float);
 VEC_DECL extern float tanhf(float);
 
 #define DEF_LOOPS(NAME, TD, EXPR_D, EXPR_F)                                                    \
-    VEC_CLONES static void NAME##_d(const double *x, double *y, int64_t n)                    \
+    AD_SIMD static void NAME##_d(const double *x, double *y, int64_t n)                    \
     { VEC_LOOP for (int64_t i = 0; i < n; i++) { double v = x[i]; y[i] = EXPR_D; } }           \
-    VEC_CLONES static void NAME##_f(const float *x, float *y, int64_t n)                      \
+    AD_SIMD static void NAME##_f(const float *x, float *y, int64_t n)                      \
     { VEC_LOOP for (int64_t i = 0; i < n; i++) { float v = x[i]; y[i] = EXPR_F; } }
 
 DEF_LOOPS(v_exp, double, exp(v), expf(v))
