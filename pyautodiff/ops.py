@@ -1,5 +1,8 @@
 """The public op functions. Each converts its arguments and makes one call into the core, where the
-value is computed and the node recorded; the gradient rules live beside the kernels in csrc/kernels/."""
+value is computed and the node recorded; the gradient rules live beside the kernels in csrc/kernels/.
+
+A converted argument is bound to a name before its handle goes to C: `as_tensor(x)._h` alone would
+let the temporary Tensor be freed (and its node released) before the call reads the handle."""
 import builtins
 import operator
 
@@ -13,7 +16,8 @@ _PY_SCALARS = (float, int, bool)
 
 def _unary_op(code, name, doc):
     def op(x):
-        return _wrap(lib.ad_unary(code, as_tensor(x)._h))
+        x = as_tensor(x)
+        return _wrap(lib.ad_unary(code, x._h))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -38,11 +42,14 @@ def _binary_op(code, name, scalar_rhs, scalar_lhs, doc):
     def op(a, b):
         if type(b) in _PY_SCALARS and scalar_rhs and type(a) not in _PY_SCALARS:
             k, c = scalar_rhs(b)
-            return _wrap(lib.ad_scalar(k, as_tensor(a)._h, c))
+            a = as_tensor(a)
+            return _wrap(lib.ad_scalar(k, a._h, c))
         if type(a) in _PY_SCALARS and scalar_lhs and type(b) not in _PY_SCALARS:
             k, c = scalar_lhs(a)
-            return _wrap(lib.ad_scalar(k, as_tensor(b)._h, c))
-        return _wrap(lib.ad_binary(code, as_tensor(a)._h, as_tensor(b)._h))
+            b = as_tensor(b)
+            return _wrap(lib.ad_scalar(k, b._h, c))
+        a, b = as_tensor(a), as_tensor(b)
+        return _wrap(lib.ad_binary(code, a._h, b._h))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -66,7 +73,8 @@ minimum = _binary_op(lib.AD_OP_MINIMUM, "minimum", None, None,
 
 def matmul(a, b):
     """NumPy matmul: 1-D, 2-D and batched N-D operands with broadcast batch axes."""
-    return _wrap(lib.ad_matmul(as_tensor(a)._h, as_tensor(b)._h))
+    a, b = as_tensor(a), as_tensor(b)
+    return _wrap(lib.ad_matmul(a._h, b._h))
 
 
 def _axes(axis):
@@ -84,7 +92,8 @@ def _axes(axis):
 def _reduction(code, name, doc):
     def op(x, axis=None, keepdims=False):
         n, axes = _axes(axis)
-        return _wrap(lib.ad_reduce(code, as_tensor(x)._h, n, axes, 1 if keepdims else 0))
+        x = as_tensor(x)
+        return _wrap(lib.ad_reduce(code, x._h, n, axes, 1 if keepdims else 0))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -108,26 +117,31 @@ def _shape(shape):
 def reshape(x, shape):
     """Same values in a new shape (one entry may be -1)."""
     n, c = _shape(shape)
-    return _wrap(lib.ad_reshape(as_tensor(x)._h, n, c))
+    x = as_tensor(x)
+    return _wrap(lib.ad_reshape(x._h, n, c))
 
 
 def transpose(x, axes=None):
     """Permute axes (None reverses them), as numpy.transpose."""
     if axes is None:
-        return _wrap(lib.ad_transpose(as_tensor(x)._h, -1, ffi.NULL))
+        x = as_tensor(x)
+        return _wrap(lib.ad_transpose(x._h, -1, ffi.NULL))
     n, c = _shape(axes)
-    return _wrap(lib.ad_transpose(as_tensor(x)._h, n, c))
+    x = as_tensor(x)
+    return _wrap(lib.ad_transpose(x._h, n, c))
 
 
 def broadcast_to(x, shape):
     """Repeat x along broadcast axes; its gradient sums them back (sum and broadcast are duals)."""
     n, c = _shape(shape)
-    return _wrap(lib.ad_broadcast_to(as_tensor(x)._h, n, c))
+    x = as_tensor(x)
+    return _wrap(lib.ad_broadcast_to(x._h, n, c))
 
 
 def astype(x, dtype):
     """x converted to float32 or float64; the gradient is converted back."""
-    return _wrap(lib.ad_cast(as_tensor(x)._h, dtype_code(resolve_dtype(dtype))))
+    x = as_tensor(x)
+    return _wrap(lib.ad_cast(x._h, dtype_code(resolve_dtype(dtype))))
 
 
 # ---- indexing and selection (csrc/kernels/index.c) ----
@@ -156,6 +170,13 @@ def split(t, indices_or_sections, axis=0):
     Each part is a gather of t, so the parts' gradients scatter back into one adjoint of t. NumPy
     splits a grid of flat positions once, which gives numpy.split's exact semantics and errors."""
     t = as_tensor(t)
+    if isinstance(indices_or_sections, (int, np.integer)) and indices_or_sections <= 0:
+        # NumPy itself fails with ZeroDivisionError here
+        raise ValueError(f"split: number of sections must be larger than 0, got {indices_or_sections}")
+    axis, ndim = operator.index(axis), t.ndim
+    if not -ndim <= axis < ndim:
+        # AxisError is a ValueError, like every other bad axis here (np.split's own is an IndexError)
+        raise np.exceptions.AxisError(axis, ndim, msg_prefix="split")
     return [_gather(t, part) for part in np.split(_index_grid(t), indices_or_sections, axis)]
 
 
@@ -195,7 +216,8 @@ def _bound(v, name, default):
 def clip(t, lo=None, hi=None):
     """Values limited to [lo, hi], as numpy.clip (None: no bound on that side). The gradient is 1
     on the closed interval, boundaries included (as PyTorch's clamp), and 0 strictly outside."""
-    return _wrap(lib.ad_clip(as_tensor(t)._h, _bound(lo, "lo", -np.inf), _bound(hi, "hi", np.inf)))
+    t = as_tensor(t)
+    return _wrap(lib.ad_clip(t._h, _bound(lo, "lo", -np.inf), _bound(hi, "hi", np.inf)))
 
 
 # ---- normalisers (csrc/kernels/softmax.c): max-shifted, finite at +-1000 ----
@@ -204,17 +226,20 @@ def logsumexp(t, axis=None, keepdims=False):
     """log(sum(exp(t))) over axis, computed as m + log(sum(exp(t - m))) with m the max, so it
     neither overflows nor underflows. Its gradient is softmax(t)."""
     n, axes = _axes(axis)
-    return _wrap(lib.ad_softmax(lib.AD_OP_LOGSUMEXP, as_tensor(t)._h, n, axes, 1 if keepdims else 0))
+    t = as_tensor(t)
+    return _wrap(lib.ad_softmax(lib.AD_OP_LOGSUMEXP, t._h, n, axes, 1 if keepdims else 0))
 
 
 def softmax(t, axis=-1):
     """exp(t) / sum(exp(t)) over axis (an int, a tuple, or None for all), max-shifted."""
     n, axes = _axes(axis)
-    return _wrap(lib.ad_softmax(lib.AD_OP_SOFTMAX, as_tensor(t)._h, n, axes, 0))
+    t = as_tensor(t)
+    return _wrap(lib.ad_softmax(lib.AD_OP_SOFTMAX, t._h, n, axes, 0))
 
 
 def log_softmax(t, axis=-1):
     """t - logsumexp(t) over axis, computed without forming softmax, so it stays finite where
     softmax underflows to 0."""
     n, axes = _axes(axis)
-    return _wrap(lib.ad_softmax(lib.AD_OP_LOG_SOFTMAX, as_tensor(t)._h, n, axes, 0))
+    t = as_tensor(t)
+    return _wrap(lib.ad_softmax(lib.AD_OP_LOG_SOFTMAX, t._h, n, axes, 0))
