@@ -5,7 +5,7 @@
  * (all -inf, +inf, NaN, or empty) is not shifted, since inf - inf would invent a NaN: its
  * logsumexp is then -inf, +inf or NaN, as in SciPy. Sums and logs run in double for both dtypes.
  *
- * VJPs (out = the op's output):  logsumexp  dx = g * exp(x - out)
+ * VJPs (out = the op's output):  logsumexp  dx = g * softmax(x)
  *                                softmax    dx = out * (g - sum(g * out))
  *                                log_softmax dx = g - exp(out) * sum(g)
  * each written so that a zero cotangent contributes exactly 0 (the NaN-safety rule). */
@@ -50,13 +50,13 @@ static int64_t reduced_strides(const ad_node *x, uint64_t mask, int64_t *ost)
         }                                                                                \
     } while (0)
 
-/* m[io] = shift of each slice, s[io] = sum exp(x - m) */
-#define SHIFT_AND_SUM(TT) do {                                                           \
-        const TT *X = x->data;                                                           \
-        for (int64_t i = 0; i < nslices; i++) { m[i] = -INFINITY; s[i] = 0; }            \
-        SLICE_WALK(x, mask, { double v = X[ix]; if (v > m[io] || v != v) m[io] = v; });  \
-        for (int64_t i = 0; i < nslices; i++) if (!isfinite(m[i])) m[i] = 0;             \
-        SLICE_WALK(x, mask, s[io] += exp((double)X[ix] - m[io]));                        \
+/* M[io] = shift of each slice, S[io] = sum exp(x - M) */
+#define SHIFT_AND_SUM(TT, M, S) do {                                                     \
+        const TT *X_ = x->data;                                                          \
+        for (int64_t i = 0; i < nslices; i++) { M[i] = -INFINITY; S[i] = 0; }            \
+        SLICE_WALK(x, mask, { double v = X_[ix]; if (v > M[io] || v != v) M[io] = v; }); \
+        for (int64_t i = 0; i < nslices; i++) if (!isfinite(M[i])) M[i] = 0;             \
+        SLICE_WALK(x, mask, S[io] += exp((double)X_[ix] - M[io]));                       \
     } while (0)
 
 #define FINISH(TT) do {                                                                  \
@@ -100,8 +100,8 @@ int64_t ad_softmax(int op, int64_t hx, int naxes, const int64_t *axes, int keepd
     double *m = ad_buf_alloc(T, tmp_bytes);
     if (!m) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); goto out; }
     double *s = m + (nslices ? nslices : 1);
-    if (x->dtype == AD_F64) { SHIFT_AND_SUM(double); FINISH(double); }
-    else { SHIFT_AND_SUM(float); FINISH(float); }
+    if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
+    else { SHIFT_AND_SUM(float, m, s); FINISH(float); }
     ad_buf_free(T, m, tmp_bytes);
     st = ad_finish(T, n, 1, &x);
 out:
@@ -111,10 +111,12 @@ out:
 
 #define STORE(D, i, v) do { if (s->accumulate) D[i] += (v); else D[i] = (v); } while (0)
 
+/* The softmax is recomputed in double from x rather than taken as exp(x - out): a float32 out
+ * near 1000 is off by up to 3e-5, which exp would carry into the gradient. */
 #define LSE_VJP(TT) do {                                                                 \
-        const TT *G = g, *X = x->data, *Y = n->data; TT *D = s->dst;                     \
-        SLICE_WALK(x, n->axes, {                                                         \
-            TT d = SAFE(G[io], (TT)(G[io] * exp((double)X[ix] - (double)Y[io])));        \
+        const TT *G = g, *X = x->data; TT *D = s->dst;                 \
+        SLICE_WALK(x, mask, {                                                            \
+            TT d = SAFE(G[io], (TT)(G[io] * (exp((double)X[ix] - m[io]) / sum[io])));    \
             STORE(D, ix, d); });                                                         \
     } while (0)
 
@@ -139,12 +141,19 @@ int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)which;
     const ad_node *x = n->in[0];
+    uint64_t mask = n->axes;
+    int64_t rs[AD_MAXDIM];
+    int64_t nslices = reduced_strides(x, mask, rs);
     if (n->op == AD_OP_LOGSUMEXP) {
+        size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
+        double *m = ad_buf_alloc(T, tmp_bytes);
+        if (!m) return ad_err(AD_ERR_MEMORY, "backward of logsumexp: out of memory");
+        double *sum = m + (nslices ? nslices : 1);
+        if (x->dtype == AD_F64) SHIFT_AND_SUM(double, m, sum); else SHIFT_AND_SUM(float, m, sum);
         if (x->dtype == AD_F64) LSE_VJP(double); else LSE_VJP(float);
+        ad_buf_free(T, m, tmp_bytes);
         return AD_OK;
     }
-    int64_t rs[AD_MAXDIM];
-    int64_t nslices = reduced_strides(x, n->axes, rs);
     size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * sizeof(double);
     double *red = ad_buf_alloc(T, tmp_bytes);
     if (!red) return ad_err(AD_ERR_MEMORY, "backward of %s: out of memory", op_label(n->op));
