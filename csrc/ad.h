@@ -123,8 +123,24 @@ int64_t ad_grad(int64_t h);
 int ad_set_grad(int64_t h, int64_t g);
 
 /* Overwrite a leaf's values in place (size * itemsize bytes of its dtype) without recording
- * anything: optimizer updates and load_state_dict. Graphs recorded earlier see the new values. */
+ * anything (load_state_dict). Graphs recorded earlier see the new values. */
 int ad_assign(int64_t h, const void *data);
+
+typedef enum { AD_OPTIM_SGD = 0, AD_OPTIM_ADAM = 1 } ad_optim_kind;
+
+typedef struct {
+    int kind;                  /* ad_optim_kind */
+    double lr, weight_decay;
+    double momentum, dampening;
+    int nesterov;              /* SGD */
+    double beta1, beta2, eps;
+    int decoupled;             /* Adam: 0 = L2 decay added to the gradient, 1 = AdamW */
+} ad_optim_t;
+
+/* One optimizer step on leaf p from its grad (nothing to do without one), in place, recording
+ * nothing. State leaves of p's shape and dtype: SGD s0 = momentum buffer (0 without momentum);
+ * Adam s0, s1 = first and second moments. t counts steps from 1 (SGD's buffer starts as g at 1). */
+int ad_optim_step(const ad_optim_t *o, int64_t p, int64_t s0, int64_t s1, int64_t t);
 
 /* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */
 int ad_grad_enabled(void);

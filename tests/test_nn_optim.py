@@ -260,11 +260,15 @@ def test_step_records_nothing_and_allocates_no_graph():
     params = [ad.tensor(np.ones((3, 3)), requires_grad=True), ad.tensor(np.ones(3), requires_grad=True)]
     for p in params:
         p.grad = np.full(p.shape, 0.5)
-    for opt in (optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1), optim.Adam(params), optim.AdamW(params)):
+    for opt, n_state in ((optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.1), 1),
+                         (optim.Adam(params), 2), (optim.AdamW(params), 2), (optim.SGD(params, lr=0.1), 0)):
         before = ad.tape_stats()
-        opt.step()
-        after = ad.tape_stats()
-        assert after["live_nodes"] == before["live_nodes"]
+        opt.step()       # the first step creates the state buffers, once
+        assert ad.tape_stats()["live_nodes"] == before["live_nodes"] + n_state * len(params)
+        before = ad.tape_stats()
+        for _ in range(5):
+            opt.step()
+        assert ad.tape_stats()["live_nodes"] == before["live_nodes"]
         assert all(p.is_leaf and p.requires_grad for p in params)
         np.testing.assert_array_equal(params[0].grad.numpy(), np.full((3, 3), 0.5))   # grads untouched
 
@@ -293,13 +297,24 @@ def test_optimizer_argument_errors():
         optim.Adam([p], betas=(1.0, 0.9))
 
 
-def test_assign_refuses_computed_tensors():
+def test_in_place_updates_refuse_computed_tensors():
     from pyautodiff.tensor import _assign
+    from pyautodiff._capi import ffi, lib
     x = ad.tensor([1.0], requires_grad=True)
+    y = x * 2
     with pytest.raises(RuntimeError, match="leaf"):
-        _assign(x * 2, [3.0])
+        _assign(y, [3.0])
     with pytest.raises(ValueError, match="shape"):
         _assign(x, [1.0, 2.0])
+    o = ffi.new("ad_optim_t *", {"kind": lib.AD_OPTIM_ADAM, "lr": 0.1, "beta1": 0.9, "beta2": 0.99})
+    x.grad = [1.0]
+    m, v = ad.zeros_like(x), ad.zeros(2)
+    assert lib.ad_optim_step(o, y._h, m._h, m._h, 1) != 0        # not a leaf
+    assert lib.ad_optim_step(o, x._h, m._h, v._h, 1) != 0        # state of the wrong shape
+    assert lib.ad_optim_step(o, x._h, m._h, m._h, 1) != 0        # the two moments aliased
+    assert lib.ad_optim_step(o, x._h, m._h, x._h, 1) != 0        # the parameter as its own state
+    assert lib.ad_optim_step(o, x._h, m._h, 0, 1) != 0            # no second moment
+    assert x.item() == 1.0                                        # nothing was changed
 
 
 # ---- training ----

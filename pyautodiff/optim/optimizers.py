@@ -1,8 +1,8 @@
-"""The update rules, written as in the PyTorch documentation's pseudo-code (theta: parameter, g:
-gradient, lr: learning rate, wd: weight decay, t: step count from 1)."""
-import numpy as np
-
-from ..tensor import Tensor, _assign
+"""The update rules, as in the PyTorch documentation's pseudo-code (theta: parameter, g: gradient,
+lr: learning rate, wd: weight decay, t: step count from 1). Each step is one call into the core per
+parameter (csrc/optim.c), which updates the values in place and records nothing."""
+from .._capi import ffi, lib, check
+from ..tensor import Tensor, zeros_like
 
 
 class Optimizer:
@@ -18,37 +18,45 @@ class Optimizer:
                 raise TypeError(f"{type(self).__name__}: parameters must be Tensors, got {type(p).__name__}")
             if not (p.is_leaf and p.requires_grad):
                 raise ValueError(f"{type(self).__name__}: can only optimize leaf tensors with requires_grad=True")
-        if not lr >= 0:
-            raise ValueError(f"{type(self).__name__}: invalid learning rate {lr}")
-        self.lr = float(lr)
-        self.state = {p: {} for p in self.params}   # Tensors hash by identity
+        self.lr = _check("learning rate", lr, 0.0)
+        self.state = {p: {"step": 0} for p in self.params}   # Tensors hash by identity
+        self._settings = ffi.new("ad_optim_t *")
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
     def step(self):
+        o = self._settings
+        self._configure(o)
+        step = lib.ad_optim_step
         for p in self.params:
-            grad = p.grad
-            if grad is None:
+            if p.grad is None:
                 continue
-            _assign(p, self._update(p.numpy(), grad.numpy(), self.state[p]))
+            state = self.state[p]
+            s0, s1 = self._buffers(p, state)
+            state["step"] += 1
+            check(step(o, p._h, s0._h if s0 is not None else 0, s1._h if s1 is not None else 0, state["step"]))
 
-    def _update(self, theta, g, state):
+    def _configure(self, o):
+        raise NotImplementedError
+
+    def _buffers(self, p, state):
         raise NotImplementedError
 
 
 def _check(name, value, lo, hi=None):
+    value = float(value)
     if not (value >= lo and (hi is None or value < hi)):
         rng = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
         raise ValueError(f"invalid {name} {value}: expected {rng}")
-    return float(value)
+    return value
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent:  g <- g + wd*theta;  with momentum mu,
     b <- g on the first step, b <- mu*b + (1 - dampening)*g afterwards, and g <- b (or g + mu*b
-    with nesterov);  theta <- theta - lr*g."""
+    with nesterov);  theta <- theta - lr*g.  state[p]["momentum_buffer"] holds b."""
 
     def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
         super().__init__(params, lr)
@@ -59,21 +67,23 @@ class SGD(Optimizer):
         if nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("SGD: nesterov momentum needs momentum > 0 and dampening = 0")
 
-    def _update(self, theta, g, state):
-        if self.weight_decay:
-            g = g + self.weight_decay * theta
-        if self.momentum:
-            buf = state.get("momentum_buffer")
-            buf = g.copy() if buf is None else self.momentum * buf + (1 - self.dampening) * g
-            state["momentum_buffer"] = buf
-            g = g + self.momentum * buf if self.nesterov else buf
-        return theta - self.lr * g
+    def _configure(self, o):
+        o.kind, o.lr, o.weight_decay = lib.AD_OPTIM_SGD, self.lr, self.weight_decay
+        o.momentum, o.dampening, o.nesterov = self.momentum, self.dampening, int(self.nesterov)
+
+    def _buffers(self, p, state):
+        if not self.momentum:
+            return None, None
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = zeros_like(p)
+        return state["momentum_buffer"], None
 
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with L2 weight decay added to the gradient, as torch.optim.Adam:
     g <- g + wd*theta;  m <- b1*m + (1-b1)*g;  v <- b2*v + (1-b2)*g^2;
-    theta <- theta - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)."""
+    theta <- theta - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps).
+    state[p] holds "step", "exp_avg" (m) and "exp_avg_sq" (v)."""
 
     decoupled = False
 
@@ -84,18 +94,14 @@ class Adam(Optimizer):
         self.eps = _check("eps", eps, 0.0)
         self.weight_decay = _check("weight_decay", weight_decay, 0.0)
 
-    def _update(self, theta, g, state):
-        if self.weight_decay:
-            if self.decoupled:
-                theta = theta * (1 - self.lr * self.weight_decay)
-            else:
-                g = g + self.weight_decay * theta
-        t = state["step"] = state.get("step", 0) + 1
-        m = state["exp_avg"] = self.beta1 * state.get("exp_avg", 0.0) + (1 - self.beta1) * g
-        v = state["exp_avg_sq"] = self.beta2 * state.get("exp_avg_sq", 0.0) + (1 - self.beta2) * g * g
-        m_hat = m / (1 - self.beta1 ** t)
-        v_hat = v / (1 - self.beta2 ** t)
-        return theta - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+    def _configure(self, o):
+        o.kind, o.lr, o.weight_decay = lib.AD_OPTIM_ADAM, self.lr, self.weight_decay
+        o.beta1, o.beta2, o.eps, o.decoupled = self.beta1, self.beta2, self.eps, int(self.decoupled)
+
+    def _buffers(self, p, state):
+        if "exp_avg" not in state:
+            state["exp_avg"], state["exp_avg_sq"] = zeros_like(p), zeros_like(p)
+        return state["exp_avg"], state["exp_avg_sq"]
 
 
 class AdamW(Adam):
