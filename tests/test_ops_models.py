@@ -6,6 +6,7 @@ rules (repeated indices accumulate, clip's closed interval, stability at +-1000,
 the errors."""
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 import pyautodiff as ad
 from pyautodiff.reference import REFERENCE
@@ -183,6 +184,12 @@ def test_repeated_indices_accumulate():
     x = ad.tensor([1.0, 2.0, 3.0], requires_grad=True)
     (x[[0, 0, 2, 0]] * ad.tensor([1.0, 10.0, 100.0, 1000.0])).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), [1011.0, 0.0, 100.0])
+
+
+def test_empty_selections_give_zero_gradients():
+    x = ad.tensor(np.ones((3, 2)), requires_grad=True)
+    (x[2:2].sum() + x[np.zeros(3, bool)].sum() + ad.split(x, [0])[0].sum()).backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros((3, 2)))
 
 
 def test_getitem_scalar_result_is_0d_and_differentiable():
@@ -448,3 +455,44 @@ def test_functions_accept_numpy_arrays():
     assert ad.sum(np.ones(4)).item() == 4.0
     assert ad.reshape(np.zeros(4), (2, 2)).shape == (2, 2)
     np.testing.assert_array_equal(ad.softmax(np.zeros(2)).numpy(), [0.5, 0.5])
+
+
+# ---- property: random basic and advanced indices behave exactly like NumPy ----
+
+@st.composite
+def _indexed(draw):
+    shape = tuple(draw(st.lists(st.integers(0, 4), min_size=1, max_size=3)))
+    parts = []
+    for n in shape:
+        kind = draw(st.sampled_from(["slice", "int", "array", "full"]))
+        if kind == "slice":
+            parts.append(slice(draw(st.none() | st.integers(-6, 6)), draw(st.none() | st.integers(-6, 6)),
+                               draw(st.sampled_from([None, 1, 2, 3, -1, -2, -3]))))
+        elif kind == "int" and n:
+            parts.append(draw(st.integers(-n, n - 1)))
+        elif kind == "array" and n:
+            parts.append(np.array(draw(st.lists(st.integers(-n, n - 1), max_size=5)), dtype=np.int64))
+        else:
+            parts.append(slice(None))
+    return shape, tuple(parts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_indexed())
+def test_random_indices_match_numpy(case):
+    shape, index = case
+    x0 = np.arange(np.prod(shape), dtype=np.float64).reshape(shape) + 0.5
+    try:
+        expected = x0[index]
+    except IndexError:
+        with pytest.raises(IndexError):
+            ad.tensor(x0)[index]
+        return
+    x = ad.tensor(x0, requires_grad=True)
+    y = x[index]
+    np.testing.assert_array_equal(y.numpy(), expected)
+    g = np.arange(expected.size, dtype=np.float64).reshape(expected.shape) + 1
+    y.backward(g)
+    gx = np.zeros(shape)
+    np.add.at(gx, index, g)
+    np.testing.assert_array_equal(x.grad.numpy() if x.grad is not None else np.zeros(shape), gx)
