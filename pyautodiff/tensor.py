@@ -71,7 +71,7 @@ def _check_index(index):
 
 
 def _assign(t, values):
-    """Overwrite the values of leaf t in place, recording nothing (optimizers, load_state_dict)."""
+    """Overwrite the values of leaf t in place, recording nothing (load_state_dict)."""
     arr = np.asarray(values, dtype=t.dtype, order="C")
     if arr.shape != t.shape:
         raise ValueError(f"assign: values have shape {arr.shape} but the tensor has shape {t.shape}")
@@ -183,12 +183,12 @@ class Tensor:
         return _gather(self, _index_grid(self)[index])
 
     def __iter__(self):
-        # explicit, so a 0-d tensor is a TypeError rather than a silent IndexError-ended loop
+        # explicit, so a 0-d tensor is a TypeError at iter() rather than a silent IndexError-ended
+        # loop, and the index grid is built once rather than per row
         if not self.shape:
             raise TypeError("iteration over a 0-d tensor")
         grid = _index_grid(self)
-        for i in range(len(grid)):
-            yield _gather(self, grid[i])
+        return (_gather(self, row) for row in grid)
 
     def __bool__(self):
         if self.size != 1:

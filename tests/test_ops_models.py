@@ -213,7 +213,7 @@ def test_iteration_yields_rows():
     ad.stack(rows[::-1]).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), np.ones((3, 2)))
     with pytest.raises(TypeError):
-        iter(ad.tensor(1.0)).__next__()
+        iter(ad.tensor(1.0))
 
 
 @pytest.mark.parametrize("index", [3, -4, (0, 0, 0), (slice(None), 5), [0, 3], np.array([[1, 1], [9, 0]])])
