@@ -145,6 +145,9 @@ int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 
+/* SIMD forward of exp/log/sin/cos/tanh/sigmoid on contiguous data; 0 when op has none */
+int ad_vec_unary(int op, int dtype, const void *x, void *y, int64_t n);
+
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
             int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);

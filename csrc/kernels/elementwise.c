@@ -29,6 +29,8 @@
 
 static void unary_forward(int op, ad_node *n, const ad_node *x)
 {
+    /* large arrays: libm is the bottleneck, use the SIMD loops; tiny ones skip the dispatch */
+    if (n->size >= 64 && ad_vec_unary(op, n->dtype, x->data, n->data, n->size)) return;
     switch (op) {
 #define CASE(OP, EXPR) case OP: if (n->dtype == AD_F64) UNARY_FWD(double, EXPR); else UNARY_FWD(float, EXPR); break;
     CASE(AD_OP_NEG, -v)
