@@ -147,6 +147,8 @@ int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 
 /* Hot elementwise loops are also compiled for AVX2 and AVX-512 and the widest one the CPU has is
  * picked at load time (an ifunc), so the wheel needs no -march=native yet keeps up with NumPy's

@@ -632,6 +632,25 @@ int ad_set_grad(int64_t h, int64_t gh)
     return AD_OK;
 }
 
+int ad_assign(int64_t h, const void *data)
+{
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    if (!(n->flags & F_LEAF)) {
+        /* a computed tensor's values are saved for its graph's VJPs; changing them would make
+         * the gradients silently wrong */
+        st = ad_err(AD_ERR_RUNTIME, "assign: only leaf tensors can be updated in place; this one "
+                    "was computed by %s", ad_ops[n->op].name);
+    } else if (n->size && !data) {
+        st = ad_err(AD_ERR_VALUE, "assign: data is NULL");
+    } else if (n->size) {
+        memcpy(n->data, data, (size_t)n->size * ad_itemsize(n->dtype));
+    }
+    ad_unlock(T);
+    return st;
+}
+
 int ad_grad_enabled(void)
 {
     ad_tape *T = ad_tape_current();
