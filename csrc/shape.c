@@ -141,9 +141,7 @@ int ad_iter_next(const ad_iter *it, int64_t *idx, int64_t *o0, int64_t *o1, int6
         AD_ITER_FOR(it, oa, os, o2) {                                                      \
             (void)o2;                                                                      \
             if (ia == 0) {                                                                 \
-                double acc = 0;                                                            \
-                for (int64_t i = 0; i < len; i++) acc += s[os + i * is];                   \
-                a[oa] += (T)acc;                                                           \
+                a[oa] += (T)AD_SUM(T, s + os, len, is);                                    \
             } else {                                                                       \
                 for (int64_t i = 0; i < len; i++) a[oa + i * ia] += s[os + i * is];        \
             }                                                                              \

@@ -30,18 +30,13 @@ static void reduced_strides(const ad_node *x, uint64_t mask, int64_t *ost)
         }                                                                            \
     } while (0)
 
-/* Eight partial sums in double: vectorisable and more accurate than one running float sum. */
+/* Accumulated in double (AD_SUM): vectorisable and accurate for float32 too. */
 #define SUM_FWD(T) do {                                                                \
         const T *X = x->data; T *Y = n->data;                                          \
         double *acc = tmp;                                                             \
         for (int64_t i = 0; i < n->size; i++) acc[i] = 0;                              \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                    \
-            int64_t i = 0;                                                             \
-            if (dx == 1) for (; i + 8 <= len; i += 8)                                  \
-                for (int l = 0; l < 8; l++) p[l] += X[ox + i + l];                     \
-            for (; i < len; i++) p[0] += X[ox + i * dx];                               \
-            acc[oo] += ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])); \
+        REDUCE_WALK(if (dout == 0) {                                                   \
+            acc[oo] += AD_SUM(T, X + ox, len, dx);                                     \
         } else {                                                                       \
             for (int64_t i = 0; i < len; i++) acc[oo + i * dout] += X[ox + i * dx];    \
         });                                                                            \
@@ -127,15 +122,17 @@ out:
     return st;
 }
 
+/* The walk visits every element of x exactly once, so a first contribution assigns instead of
+ * zeroing the buffer and adding (one pass over the adjoint instead of two). */
+#define SUM_VJP_WALK(T, OP) REDUCE_WALK(if (dout == 0) {                               \
+            T gi = G[oo] * sc;                                                         \
+            for (int64_t i = 0; i < len; i++) D[ox + i * dx] OP gi;                    \
+        } else {                                                                       \
+            for (int64_t i = 0; i < len; i++) D[ox + i * dx] OP G[oo + i * dout] * sc; \
+        })
 #define SUM_VJP(T) do {                                                                \
         const T *G = g; T *D = s->dst; const T sc = (T)scale;                          \
-        if (!s->accumulate) memset(D, 0, (size_t)x->size * sizeof(T));                 \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            T gi = G[oo] * sc;                                                         \
-            for (int64_t i = 0; i < len; i++) D[ox + i * dx] += gi;                    \
-        } else {                                                                       \
-            for (int64_t i = 0; i < len; i++) D[ox + i * dx] += G[oo + i * dout] * sc; \
-        });                                                                            \
+        if (s->accumulate) SUM_VJP_WALK(T, +=); else SUM_VJP_WALK(T, =);               \
     } while (0)
 
 /* Route to the elements equal to the result; NaN results route to the NaN elements. */
@@ -150,18 +147,12 @@ out:
             for (int64_t i = 0; i < len; i++)                                          \
                 cnt[oo + i * dout] += IS_HIT(X[ox + i * dx], Y[oo + i * dout]);         \
         });                                                                            \
-        if (!s->accumulate) memset(D, 0, (size_t)x->size * sizeof(T));                 \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            for (int64_t i = 0; i < len; i++)                                          \
-                if (IS_HIT(X[ox + i * dx], Y[oo]) && G[oo] != 0)                       \
-                    D[ox + i * dx] += (T)(G[oo] / cnt[oo]);                            \
-        } else {                                                                       \
-            for (int64_t i = 0; i < len; i++) {                                        \
+        const int acc_ = s->accumulate;                                                \
+        REDUCE_WALK(for (int64_t i = 0; i < len; i++) {                                \
                 int64_t o = oo + i * dout;                                             \
-                if (IS_HIT(X[ox + i * dx], Y[o]) && G[o] != 0)                         \
-                    D[ox + i * dx] += (T)(G[o] / cnt[o]);                              \
-            }                                                                          \
-        });                                                                            \
+                T c = IS_HIT(X[ox + i * dx], Y[o]) && G[o] != 0 ? (T)(G[o] / cnt[o]) : 0; \
+                if (acc_) D[ox + i * dx] += c; else D[ox + i * dx] = c;                \
+            });                                                                        \
     } while (0)
 
 AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
