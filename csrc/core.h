@@ -61,10 +61,17 @@ typedef int (*ad_vjp_fn)(ad_tape *T, ad_node *n, const void *g, int which, ad_si
 /* Shape of the contribution a VJP writes for input `which` (see ad_sink); NULL means the input's. */
 typedef void (*ad_contrib_fn)(const ad_node *n, int which, int *ndim, int64_t *shape);
 
+/* Tangent of n from its inputs' tangents (forward mode). Every tangent carries a leading batch
+ * axis of k directions: tin[j] holds k x in[j]->size values (each direction shaped like input j),
+ * or is NULL when input j's tangent is zero; the kernel overwrites tout, k x n->size values. The
+ * sweep calls it only when at least one tin[j] is non-NULL. */
+typedef int (*ad_jvp_fn)(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+
 typedef struct {
     const char *name;
     ad_vjp_fn vjp;
     ad_contrib_fn contrib;
+    ad_jvp_fn jvp;
 } ad_opdef;
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);
@@ -142,6 +149,14 @@ int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+
+/* jvp entry points of each kernel family, referenced by the op table */
+int ad_jvp_unary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_binary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_scalar(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_reduce(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
