@@ -53,13 +53,18 @@ def _argnums(argnums, nargs, name):
     return single, tuple(out)
 
 
+def _as_array(x, what):
+    # keeps 0-d data 0-d (np.ascontiguousarray, used by as_float_array, returns at least 1-D)
+    return as_float_array(x, what=what).reshape(np.shape(x))
+
+
 def _leaf(x):
     """A fresh leaf that requires grad, holding a copy of x's values (x itself is left alone)."""
     if isinstance(x, Tensor):
         t = _wrap(lib.ad_detach(x._h))
         check(lib.ad_set_requires_grad(t._h, 1))
         return t
-    return _from_array(as_float_array(x, what="input"), requires_grad=True)
+    return _from_array(_as_array(x, "input"), requires_grad=True)
 
 
 def _prepare(args, nums):
@@ -79,7 +84,7 @@ def _output(out, name):
                         f"{len(out)} items")
     try:
         # a constant output (a NumPy array or number) has a zero derivative
-        return _from_array(as_float_array(out, what=f"{name} output"))
+        return _from_array(_as_array(out, f"{name} output"))
     except TypeError:
         raise TypeError(f"{name}: f must return a Tensor, got {type(out).__name__}") from None
 
@@ -90,7 +95,7 @@ def _handles(tensors):
 
 def _rows(arr):
     """A (k, size) tensor: the sweeps take k directions stacked on a leading axis."""
-    return _from_array(np.ascontiguousarray(arr.reshape(arr.shape[0], -1)))
+    return _from_array(np.ascontiguousarray(arr).reshape(arr.shape[0], -1))
 
 
 def _jvp_sweep(out, leaves, seeds, k):
@@ -210,8 +215,12 @@ def _jacobian_blocks(rows, leaves, out_shape, by_output):
     output element i, as jacrev's; else row j is input direction j, as jacfwd's)."""
     blocks = []
     for rows_i, leaf in zip(rows, leaves):
+        shape = tuple(out_shape) + leaf.shape
+        if len(shape) > lib.AD_MAXDIM:
+            raise ValueError(f"the Jacobian of shape {shape} has {len(shape)} dimensions, but tensors have "
+                             f"at most {lib.AD_MAXDIM}; reshape the input or output, or use jvp/vjp")
         m = rows_i if by_output else rows_i.T
-        blocks.append(_from_array(np.ascontiguousarray(m).reshape(tuple(out_shape) + leaf.shape)))
+        blocks.append(_from_array(np.ascontiguousarray(m).reshape(shape)))
     return blocks
 
 
