@@ -67,11 +67,19 @@ typedef void (*ad_contrib_fn)(const ad_node *n, int which, int *ndim, int64_t *s
  * sweep calls it only when at least one tin[j] is non-NULL. */
 typedef int (*ad_jvp_fn)(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 
+/* Optional VJP of k stacked cotangent rows at once (the batched reverse sweep), for ops where one
+ * big product beats k small ones: writes k stacked contributions shaped like input `which` into
+ * dst, adding when accumulate is set. Returns 1 when done, 0 to decline (the sweep then calls
+ * the op's vjp once per row), or a negative status. */
+typedef int (*ad_vjp_rows_fn)(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst,
+                              int accumulate);
+
 typedef struct {
     const char *name;
     ad_vjp_fn vjp;
     ad_contrib_fn contrib;
     ad_jvp_fn jvp;
+    ad_vjp_rows_fn vjp_rows;
 } ad_opdef;
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);
@@ -157,6 +165,7 @@ int ad_jvp_scalar(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
 int ad_jvp_reduce(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate);
 
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,

@@ -496,6 +496,12 @@ def _routing(x, y):
     return ad.maximum(x, 2.0 * y) - ad.minimum(ad.relu(x), ad.abs(y)) + x.max(axis=0) * y.min()
 
 
+def _shared_operands(x, W):
+    # x and W each feed several matmuls (as the vector, the row and the matrix side): the batched
+    # reverse sweep must accumulate their k adjoint rows across consumers
+    return W @ x + (W.T @ x) * x + x @ W + ad.tanh(W @ W) @ x
+
+
 COMPOSITES = {
     # name: (f, input shapes, positive inputs?)
     "mlp_layer": (_mlp_layer, [(4, 3), (3, 5), (5,)], False),
@@ -509,6 +515,7 @@ COMPOSITES = {
     "layout": (_layout, [(3, 4)], False),
     "scalar_ops": (_scalar_ops, [(2, 3)], True),
     "routing": (_routing, [(3, 4), (3, 4)], False),
+    "shared_operands": (_shared_operands, [(4,), (4, 4)], False),
 }
 
 

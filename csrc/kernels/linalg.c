@@ -208,6 +208,34 @@ int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     return AD_OK;
 }
 
+/* Batched VJP for jacrev's k cotangent rows. Without batch axes, row r's dA = G_r @ B^T, and the
+ * rows of all G_r are contiguous, so the k products are one gemm of k*m rows; dB = A^T @ G_r is
+ * one gemm too when B is a vector (dB rows stacked: G (k x m) @ A). A matrix B loops over rows.
+ * With batch axes the sweep's per-row path handles the broadcast batch sums. */
+int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate)
+{
+    (void)T;
+    const ad_node *a = n->in[0], *b = n->in[1];
+    mview va, vb;
+    bplan p;
+    view_of(a, 0, &va);
+    view_of(b, 1, &vb);
+    plan_batches(&va, &vb, &p);
+    if (p.count != 1 || p.nb != 0) return 0;
+    int64_t m = va.rows, kk = va.cols, nn = vb.cols;
+    size_t isz = ad_itemsize(n->dtype);
+    if (which == 0) {
+        ad_gemm(n->dtype, 0, 1, k * m, kk, nn, g, nn, b->data, nn, accumulate, dst, kk);
+    } else if (nn == 1) {
+        ad_gemm(n->dtype, 0, 0, k, kk, m, g, m, a->data, kk, accumulate, dst, kk);
+    } else {
+        for (int64_t r = 0; r < k; r++)
+            ad_gemm(n->dtype, 1, 0, kk, nn, m, a->data, kk, (const char *)g + (size_t)(r * m * nn) * isz, nn,
+                    accumulate, (char *)dst + (size_t)(r * kk * nn) * isz, nn);
+    }
+    return 1;
+}
+
 /* JVP: d(A @ B) = dA @ B + A @ dB, per direction and batch. Without batch axes the k directions
  * are folded into the gemm's rows where the layout allows it, so a width-k sweep is one gemm of
  * k*m rows (dA @ B) and, for a vector right operand, one more (dB @ A^T); other cases loop. */

@@ -26,7 +26,7 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_DIV_S] = S("divide"), [AD_OP_RDIV_S] = S("divide"), [AD_OP_POW_S] = S("power"),
     [AD_OP_RPOW_S] = S("power"),
     [AD_OP_SUM] = R("sum"), [AD_OP_MEAN] = R("mean"), [AD_OP_MAX] = R("max"), [AD_OP_MIN] = R("min"),
-    [AD_OP_MATMUL] = {"matmul", ad_vjp_matmul, ad_contrib_matmul, ad_jvp_matmul},
+    [AD_OP_MATMUL] = {"matmul", ad_vjp_matmul, ad_contrib_matmul, ad_jvp_matmul, ad_vjp_rows_matmul},
     [AD_OP_RESHAPE] = {"reshape", ad_vjp_layout, 0, ad_jvp_layout},
     [AD_OP_TRANSPOSE] = {"transpose", ad_vjp_layout, 0, ad_jvp_layout},
     [AD_OP_BROADCAST_TO] = {"broadcast_to", ad_vjp_layout, ad_contrib_output, ad_jvp_layout},
