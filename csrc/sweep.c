@@ -241,6 +241,33 @@ typedef struct {
     uint8_t state;
 } ad_slot;
 
+/* Tangent and adjoint buffers are recycled within one sweep. Neighbouring nodes usually have the
+ * same size, and a k-row buffer is often larger than the tape's pool keeps, so freeing it would
+ * hand it back to the OS and the next node would fault in fresh pages: at k = 4000 that was most
+ * of the sweep's time. */
+#define RECYCLE_SLOTS 4
+typedef struct { void *p[RECYCLE_SLOTS]; size_t bytes[RECYCLE_SLOTS]; } ad_recycler;
+
+static void *rc_take(ad_tape *T, ad_recycler *r, size_t bytes)
+{
+    for (int i = 0; i < RECYCLE_SLOTS; i++)
+        if (r->p[i] && r->bytes[i] == bytes) { void *q = r->p[i]; r->p[i] = NULL; return q; }
+    return ad_buf_alloc(T, bytes);
+}
+
+static void rc_give(ad_tape *T, ad_recycler *r, void *q, size_t bytes)
+{
+    for (int i = 0; i < RECYCLE_SLOTS; i++)
+        if (!r->p[i]) { r->p[i] = q; r->bytes[i] = bytes; return; }
+    ad_buf_free(T, q, bytes);
+}
+
+static void rc_clear(ad_tape *T, ad_recycler *r)
+{
+    for (int i = 0; i < RECYCLE_SLOTS; i++)
+        if (r->p[i]) { ad_buf_free(T, r->p[i], r->bytes[i]); r->p[i] = NULL; }
+}
+
 static size_t node_bytes(const ad_node *n) { return (size_t)n->size * ad_itemsize(n->dtype); }
 
 /* Shape of k rows of a tensor shaped like n: (k, *n.shape), or (k, n.size) when that would
@@ -308,6 +335,7 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
     const void *tin_inline[4], **tin = tin_inline;
+    ad_recycler rc = {{0}, {0}};
     if ((st = resolve_leaves(T, "jvp", n_leaves, leaves, nodes))) goto done;
     for (int i = 0; i < n_leaves; i++) {
         if ((st = ad_resolve(T, tangents[i], &tans[i]))) goto done;
@@ -377,7 +405,7 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
             if (i == hi) {
                 s->buf = out->data;   /* the root's tangent is the result: no copy */
             } else {
-                s->buf = ad_buf_alloc(T, (size_t)k * node_bytes(n));
+                s->buf = rc_take(T, &rc, (size_t)k * node_bytes(n));
                 if (!s->buf) {
                     st = ad_err(AD_ERR_MEMORY, "jvp: out of memory for the tangent of a %s node (%lld x %zu bytes)",
                                 ad_ops[n->op].name, (long long)k, node_bytes(n));
@@ -393,7 +421,7 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
             if (m->pos < lo) continue;
             ad_slot *sm = &slots[m->pos - lo];
             if (--sm->uses == 0 && (sm->state & S_OWN)) {
-                ad_buf_free(T, sm->buf, (size_t)k * node_bytes(m));
+                rc_give(T, &rc, sm->buf, (size_t)k * node_bytes(m));
                 sm->buf = NULL;
                 sm->state &= (uint8_t)~S_OWN;
             }
@@ -408,6 +436,7 @@ done:
             if (slots[i - lo].state & S_OWN) ad_buf_free(T, slots[i - lo].buf, (size_t)k * node_bytes(order[i]));
         free(slots);
     }
+    rc_clear(T, &rc);
     free(nodes);
     if (st) {
         if (out) ad_node_discard(T, out);
@@ -496,6 +525,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
     ad_slot *slots = NULL;
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
+    ad_recycler rc = {{0}, {0}};
     if ((st = resolve_leaves(T, "vjp", n_leaves, leaves, nodes))) goto done;
     /* made before positions are read: creating a node may compact the tape */
     for (int i = 0; i < n_leaves; i++)
@@ -532,7 +562,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
             ad_slot *sm = &slots[m->pos - lo];
             int acc = !!(sm->state & S_HAS);
             if (!sm->buf) {
-                sm->buf = ad_buf_alloc(T, (size_t)k * node_bytes(m));
+                sm->buf = rc_take(T, &rc, (size_t)k * node_bytes(m));
                 if (!sm->buf) {
                     st = ad_err(AD_ERR_MEMORY, "vjp: out of memory for the adjoint of a %s node (%lld x %zu bytes)",
                                 ad_ops[m->op].name, (long long)k, node_bytes(m));
@@ -544,7 +574,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
             if ((st = pass_rows_to_input(T, n, s->buf, j, sm->buf, acc, k))) goto done;
         }
         if (s->state & S_OWN) {
-            ad_buf_free(T, s->buf, (size_t)k * node_bytes(n));
+            rc_give(T, &rc, s->buf, (size_t)k * node_bytes(n));
             s->buf = NULL;
             s->state &= (uint8_t)~S_OWN;
         }
@@ -555,6 +585,7 @@ done:
         for (int64_t i = lo; i <= hi; i++)
             if (slots[i - lo].state & S_OWN) ad_buf_free(T, slots[i - lo].buf, (size_t)k * node_bytes(order[i]));
     }
+    rc_clear(T, &rc);
     for (int i = 0; i < n_leaves; i++) {
         if (!outs[i]) continue;
         if (st) { ad_node_discard(T, outs[i]); continue; }
