@@ -108,8 +108,9 @@ int ad_set_grad(int64_t h, int64_t g);
 
 /* Forward mode: pushes k tangent directions from the given inputs to root in one sweep over the
  * recorded graph. tangents[i] holds input i's k directions, shape (k, *shape) or (k, size), with
- * the input's dtype; inputs must require grad (their graph was recorded) and be distinct, and a
- * seeded input's own inputs are not looked through. *out_tangent receives a new tensor of shape
+ * the input's dtype; inputs must require grad (their graph was recorded) and be distinct. An
+ * input may be a computed tensor: it then counts as independent (paths through it to other inputs
+ * are not followed), in both sweeps. *out_tangent receives a new tensor of shape
  * (k, *root.shape) (or (k, root.size) past AD_MAXDIM dimensions), zeros where root does not depend
  * on the inputs. Neither grads nor the graph are touched. */
 int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t k,

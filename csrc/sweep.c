@@ -556,7 +556,9 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
                         "pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
             goto done;
         }
-        for (int j = 0; j < n->nin; j++) {
+        /* a requested node counts as independent, as in the forward sweep: its adjoint is the
+         * result and does not flow on into its own inputs */
+        for (int j = 0; j < n->nin && !(s->state & S_SEED); j++) {
             ad_node *m = n->in[j];
             if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo) continue;
             ad_slot *sm = &slots[m->pos - lo];

@@ -926,3 +926,24 @@ def test_sweeps_through_a_released_graph_say_retain_graph():
     seed = ad.tensor([1.0])
     status, message = _c_vjp_status(y, seed, [x])
     assert status == -lib.AD_ERR_RUNTIME and "retain_graph" in message
+
+
+def test_a_computed_input_counts_as_independent_in_both_sweeps():
+    # z = y * x with y = 2x: seeding y as an input makes it independent of x, so dz/dx = y and
+    # dz/dy = x in forward and reverse mode alike (not the total derivative 4x through y)
+    x = ad.tensor([1.5, -2.0], requires_grad=True)
+    y = x * 2.0
+    z = y * x
+    ones, zeros = ad.tensor([[1.0, 1.0]]), ad.tensor([[0.0, 0.0]])
+    assert np.array_equal(_c_jvp(z, [x, y], [ones, zeros], 1).numpy(), [[3.0, -4.0]])
+    assert np.array_equal(_c_jvp(z, [x, y], [zeros, ones], 1).numpy(), [[1.5, -2.0]])
+    res = ffi.new("int64_t[]", 2)
+    seed = ad.tensor([[1.0, 1.0]])
+    check(lib.ad_vjp(z._h, seed._h, 2, ffi.new("int64_t[]", [x._h, y._h]), res))
+    gx, gy = _wrap(res[0]), _wrap(res[1])
+    assert np.array_equal(gx.numpy(), [[3.0, -4.0]]) and np.array_equal(gy.numpy(), [[1.5, -2.0]])
+    # with x alone, reverse mode follows every path: the total derivative 4x
+    res1 = ffi.new("int64_t[]", 1)
+    check(lib.ad_vjp(z._h, seed._h, 1, ffi.new("int64_t[]", [x._h]), res1))
+    assert np.array_equal(_wrap(res1[0]).numpy(), [[6.0, -8.0]])
+    assert np.array_equal(_c_jvp(z, [x], [ones], 1).numpy(), [[6.0, -8.0]])
