@@ -158,6 +158,10 @@ int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 
+/* forward helpers shared with the sweep */
+int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
+            int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);
+
 /* jvp entry points of each kernel family, referenced by the op table */
 int ad_jvp_unary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_jvp_binary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
@@ -166,9 +170,5 @@ int ad_jvp_reduce(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
 int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate);
-
-/* forward helpers shared with the sweep */
-int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
-            int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);
 
 #endif

@@ -82,7 +82,7 @@ int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
         for (int64_t i = 0; i < N; i++) D[i] = (EXPR);                      \
     } while (0)
 
-#define TANGENT_TIMES_D(T, ...) do {                                              \
+#define TANGENT_TIMES_D(T, ...) do {                                         \
         const T *D = d, *TX = tin[0]; T *TO = tout;                          \
         for (int64_t r = 0; r < k; r++, TX += N, TO += N)                   \
             for (int64_t i = 0; i < N; i++) { T t = TX[i]; TO[i] = SAFE(t, t * D[i]); } \
