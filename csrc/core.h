@@ -117,6 +117,11 @@ int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins);
 void ad_node_discard(ad_tape *T, ad_node *n);
 ad_tape *ad_node_tape(ad_node *n);
 int ad_tape_grow_adj(ad_tape *T, ad_node *n);  /* allocate n->adj (uninitialised) */
+/* The creation order, and the sweep's hold on it: while held, nodes created (leaves' grads) are
+ * appended but the order is never compacted, so positions stay valid; the array itself may still
+ * move when it grows, so re-read ad_tape_order after creating a node. */
+ad_node **ad_tape_order(ad_tape *T);
+void ad_tape_hold_order(ad_tape *T, int hold);
 
 /* shapes (shape.c) */
 int ad_broadcast_shapes(const char *op, int na, const int64_t *sa, int nb, const int64_t *sb,
@@ -157,6 +162,21 @@ int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+
+/* Hot elementwise loops are also compiled for AVX2 and AVX-512 and the widest one the CPU has is
+ * picked at load time (an ifunc), so the wheel needs no -march=native yet keeps up with NumPy's
+ * own SIMD dispatch. -std=c11 keeps -ffp-contract=off, so every clone rounds identically. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define AD_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AD_SIMD
+#endif
+
+/* SIMD forward of exp/log/sin/cos/tanh/sigmoid on contiguous data; 0 when op has none */
+int ad_vec_unary(int op, int dtype, const void *x, void *y, int64_t n);
 
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,

@@ -150,7 +150,7 @@ int ad_iter_next(const ad_iter *it, int64_t *idx, int64_t *o0, int64_t *o1, int6
         }                                                                                  \
     } while (0)
 
-void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const int64_t *in_shape,
+AD_SIMD void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const int64_t *in_shape,
                          const void *src, int nout, const int64_t *out_shape)
 {
     if (dtype == AD_F64) UNBROADCAST(double);

@@ -9,8 +9,6 @@
 #include <stdlib.h>
 #include <time.h>
 
-ad_node **ad_tape_order(ad_tape *T);
-
 static int same_shape(int na, const int64_t *a, int nb, const int64_t *b)
 {
     return na == nb && !memcmp(a, b, (size_t)na * sizeof(int64_t));
@@ -27,6 +25,17 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
             m->grad = g;
             *accumulate = 0;
         } else {
+            if (m->grad->refs > 1) {
+                /* Someone else holds the grad (the user's tensor from .grad, or a graph whose
+                 * VJPs read its values after `x.grad = y`): accumulate into a copy, so what they
+                 * hold never changes under them (PyTorch's AccumulateGrad does the same). */
+                ad_node *g;
+                int st = ad_node_new(T, AD_OP_LEAF, m->dtype, m->ndim, m->shape, &g);
+                if (st) return st;
+                memcpy(g->data, m->grad->data, (size_t)m->size * ad_itemsize(m->dtype));
+                ad_node_unref(T, m->grad);
+                m->grad = g;
+            }
             *accumulate = 1;
         }
         *dst = m->grad->data;
@@ -138,10 +147,12 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     root->refs++;
     pending = 1;
 
-    ad_node **order = ad_tape_order(T);
+    /* A leaf's first grad is a new node appended to the tape mid-sweep: hold the order so
+     * positions stay put, and re-read the array each step because growing it may move it. */
+    ad_tape_hold_order(T, 1);
     int64_t i = root->pos;
     for (; i >= 0 && pending > 0; i--) {
-        ad_node *n = order[i];
+        ad_node *n = ad_tape_order(T)[i];
         if (!n || !n->adj) continue;
         if (n->flags & F_RELEASED) {
             st = ad_err(AD_ERR_RUNTIME, "backward: part of the graph (a %s node) was already released by an "
@@ -160,7 +171,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     if (st) {
         /* leave no adjoint behind: the tape must stay usable after an error */
         for (; i >= 0 && pending > 0; i--) {
-            ad_node *n = order[i];
+            ad_node *n = ad_tape_order(T)[i];
             if (!n || !n->adj) continue;
             ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
             n->adj = NULL;
@@ -168,6 +179,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
             ad_node_unref(T, n);
         }
     }
+    ad_tape_hold_order(T, 0);
     return st;
 }
 

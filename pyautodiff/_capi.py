@@ -82,9 +82,12 @@ def as_float_array(data, dtype=None, what="tensor"):
     if arr.ndim > MAXDIM:
         raise ValueError(f"{what}: tensors have at most {MAXDIM} dimensions, got shape {arr.shape}")
     if dtype is None:
-        dtype = arr.dtype if arr.dtype in _CODE else (float32 if arr.dtype == np.float16 else DEFAULT_DTYPE)
-    # copies when the dtype, byte order or layout differs (e.g. negative strides, big-endian)
-    return np.ascontiguousarray(arr, dtype=dtype)
+        # compare in native byte order: a big-endian float32 array is still float32 data
+        native = arr.dtype.newbyteorder("=")
+        dtype = native if native in _CODE else (float32 if native == np.float16 else DEFAULT_DTYPE)
+    # copies when the dtype, byte order or layout differs (e.g. negative strides, big-endian);
+    # not np.ascontiguousarray, which turns 0-d data into shape (1,)
+    return np.asarray(arr, dtype=dtype, order="C")
 
 
 def _gemm_pointer(name):

@@ -27,8 +27,10 @@
         else for (int64_t i = 0; i < N; i++) D[i] = (EXPR);                 \
     } while (0)
 
-static void unary_forward(int op, ad_node *n, const ad_node *x)
+AD_SIMD static void unary_forward(int op, ad_node *n, const ad_node *x)
 {
+    /* large arrays: libm is the bottleneck, use the SIMD loops; tiny ones skip the dispatch */
+    if (n->size >= 64 && ad_vec_unary(op, n->dtype, x->data, n->data, n->size)) return;
     switch (op) {
 #define CASE(OP, EXPR) case OP: if (n->dtype == AD_F64) UNARY_FWD(double, EXPR); else UNARY_FWD(float, EXPR); break;
     CASE(AD_OP_NEG, -v)
@@ -52,7 +54,7 @@ static void unary_forward(int op, ad_node *n, const ad_node *x)
         SINK_LOOP(T, SAFE(G[i], EXPR));                                      \
     } while (0)
 
-int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+AD_SIMD int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T; (void)which;
     const ad_node *x = n->in[0];
@@ -62,12 +64,13 @@ int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     CASE(AD_OP_EXP, G[i] * Y[i])
     CASE(AD_OP_LOG, G[i] / X[i])
     CASE(AD_OP_SQRT, G[i] / (2 * Y[i]))
-    CASE(AD_OP_ABS, X[i] > 0 ? G[i] : (X[i] < 0 ? -G[i] : 0))
+    /* kinks: derivative 0 at 0; at a NaN input it is NaN (X[i] itself), so NaNs reach the grad */
+    CASE(AD_OP_ABS, X[i] > 0 ? G[i] : (X[i] < 0 ? -G[i] : (X[i] == 0 ? 0 : X[i])))
     CASE(AD_OP_SIN, G[i] * cos(X[i]))
     CASE(AD_OP_COS, -G[i] * sin(X[i]))
     CASE(AD_OP_TANH, G[i] * (1 - Y[i] * Y[i]))
     CASE(AD_OP_SIGMOID, G[i] * Y[i] * (1 - Y[i]))
-    CASE(AD_OP_RELU, X[i] > 0 ? G[i] : 0)
+    CASE(AD_OP_RELU, X[i] > 0 ? G[i] : (X[i] != X[i] ? X[i] : 0))
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }
@@ -182,7 +185,7 @@ int64_t ad_unary(int op, int64_t hx)
     } while (0)
 
 /* maximum/minimum propagate NaN like NumPy */
-static void binary_forward(int op, ad_node *n, const ad_node *a, const ad_node *b)
+AD_SIMD static void binary_forward(int op, ad_node *n, const ad_node *a, const ad_node *b)
 {
     switch (op) {
 #define CASE(OP, EXPR) case OP: if (n->dtype == AD_F64) BIN_FWD(double, EXPR); else BIN_FWD(float, EXPR); break;
@@ -205,9 +208,11 @@ static void binary_forward(int op, ad_node *n, const ad_node *a, const ad_node *
         else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, EXPR); });                     \
     } while (0)
 
-/* Ties in maximum/minimum split the cotangent equally between the two sides. pow's exponent
- * gradient out*log(a) is taken as 0 where a == 0 (the limit along a -> 0+ for positive out). */
-int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+/* Ties in maximum/minimum split the cotangent equally between the two sides; a NaN operand is
+ * the one the output came from, so it gets the cotangent (both do when both are NaN). pow's
+ * exponent gradient out*log(a) is taken as 0 where a == 0 (the limit along a -> 0+ for positive
+ * out). */
+AD_SIMD int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T;
     const ad_node *a = n->in[0], *b = n->in[1];
@@ -224,10 +229,10 @@ int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     CASE(AD_OP_DIV, 1, -gi * Y[io] / B[ib])
     CASE(AD_OP_POW, 0, B[ib] == 0 ? 0 : gi * B[ib] * pow(A[ia], B[ib] - 1))
     CASE(AD_OP_POW, 1, A[ia] == 0 ? 0 : gi * Y[io] * log(A[ia]))
-    CASE(AD_OP_MAXIMUM, 0, A[ia] > B[ib] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MAXIMUM, 1, B[ib] > A[ia] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MINIMUM, 0, A[ia] < B[ib] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MINIMUM, 1, B[ib] < A[ia] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MAXIMUM, 0, (A[ia] > B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MAXIMUM, 1, (B[ib] > A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MINIMUM, 0, (A[ia] < B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MINIMUM, 1, (B[ib] < A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }
@@ -368,7 +373,7 @@ int64_t ad_binary(int op, int64_t ha, int64_t hb)
         for (int64_t i = 0; i < N; i++) { T v = X[i]; Y[i] = (EXPR); }      \
     } while (0)
 
-static void scalar_forward(int op, ad_node *n, const ad_node *x, double cd)
+AD_SIMD static void scalar_forward(int op, ad_node *n, const ad_node *x, double cd)
 {
     switch (op) {
 #define CASE(OP, EXPR) case OP: if (n->dtype == AD_F64) SCALAR_FWD(double, EXPR); else SCALAR_FWD(float, EXPR); break;
@@ -395,7 +400,7 @@ static void scalar_forward(int op, ad_node *n, const ad_node *x, double cd)
         SINK_LOOP(T, SAFE(G[i], EXPR));                                      \
     } while (0)
 
-int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+AD_SIMD int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T; (void)which;
     const ad_node *x = n->in[0];

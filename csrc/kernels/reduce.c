@@ -74,7 +74,7 @@ static const char *op_label(int op)
     return op == AD_OP_SUM ? "sum" : op == AD_OP_MEAN ? "mean" : op == AD_OP_MAX ? "max" : "min";
 }
 
-int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
+AD_SIMD int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
 {
     if (op < AD_OP_SUM || op > AD_OP_MIN)
         return ad_err(AD_ERR_TYPE, "reduce: op code %d is not a reduction", op);
@@ -164,7 +164,7 @@ out:
         });                                                                            \
     } while (0)
 
-int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)which;
     const ad_node *x = n->in[0];

@@ -31,4 +31,12 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_TRANSPOSE] = {"transpose", ad_vjp_layout, 0, ad_jvp_layout},
     [AD_OP_BROADCAST_TO] = {"broadcast_to", ad_vjp_layout, ad_contrib_output, ad_jvp_layout},
     [AD_OP_CAST] = {"cast", ad_vjp_layout, 0, ad_jvp_layout},
+    [AD_OP_GATHER] = {"getitem", ad_vjp_index, 0},
+    [AD_OP_CONCATENATE] = {"concatenate", ad_vjp_index, 0},
+    [AD_OP_STACK] = {"stack", ad_vjp_index, 0},
+    [AD_OP_WHERE] = {"where", ad_vjp_index, ad_contrib_output},
+    [AD_OP_CLIP] = {"clip", ad_vjp_index, 0},
+    [AD_OP_LOGSUMEXP] = {"logsumexp", ad_vjp_softmax, 0},
+    [AD_OP_SOFTMAX] = {"softmax", ad_vjp_softmax, 0},
+    [AD_OP_LOG_SOFTMAX] = {"log_softmax", ad_vjp_softmax, 0},
 };
