@@ -189,6 +189,8 @@ int ad_jvp_scalar(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
 int ad_jvp_reduce(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate);
 
 #endif
