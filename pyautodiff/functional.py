@@ -53,18 +53,13 @@ def _argnums(argnums, nargs, name):
     return single, tuple(out)
 
 
-def _as_array(x, what):
-    # keeps 0-d data 0-d (np.ascontiguousarray, used by as_float_array, returns at least 1-D)
-    return as_float_array(x, what=what).reshape(np.shape(x))
-
-
 def _leaf(x):
     """A fresh leaf that requires grad, holding a copy of x's values (x itself is left alone)."""
     if isinstance(x, Tensor):
         t = _wrap(lib.ad_detach(x._h))
         check(lib.ad_set_requires_grad(t._h, 1))
         return t
-    return _from_array(_as_array(x, "input"), requires_grad=True)
+    return _from_array(as_float_array(x, what="input"), requires_grad=True)
 
 
 def _prepare(args, nums):
@@ -84,7 +79,7 @@ def _output(out, name):
                         f"{len(out)} items")
     try:
         # a constant output (a NumPy array or number) has a zero derivative
-        return _from_array(_as_array(out, f"{name} output"))
+        return _from_array(as_float_array(out, what=f"{name} output"))
     except TypeError:
         raise TypeError(f"{name}: f must return a Tensor, got {type(out).__name__}") from None
 
