@@ -142,6 +142,21 @@ typedef struct {
  * Adam s0, s1 = first and second moments. t counts steps from 1 (SGD's buffer starts as g at 1). */
 int ad_optim_step(const ad_optim_t *o, int64_t p, int64_t s0, int64_t s1, int64_t t);
 
+/* Forward mode: pushes k tangent directions from the given inputs to root in one sweep over the
+ * recorded graph. tangents[i] holds input i's k directions, shape (k, *shape) or (k, size), with
+ * the input's dtype; inputs must require grad (their graph was recorded) and be distinct. An
+ * input may be a computed tensor: it then counts as independent (paths through it to other inputs
+ * are not followed), in both sweeps. *out_tangent receives a new tensor of shape
+ * (k, *root.shape) (or (k, root.size) past AD_MAXDIM dimensions), zeros where root does not depend
+ * on the inputs. Neither grads nor the graph are touched. */
+int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t k,
+           int64_t *out_tangent);
+/* Batched reverse mode: pulls k cotangents, stacked on the leading axis of cotangent (shape
+ * (k, *root.shape) or (k, root.size), root's dtype), back to the given inputs in one sweep.
+ * out_grads[i] receives a new tensor of shape (k, *input.shape) (or (k, size)) in the input's
+ * dtype. Unlike ad_backward it leaves .grad alone and keeps the graph, so it can run again. */
+int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads);
+
 /* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */
 int ad_grad_enabled(void);
 int ad_set_grad_enabled(int enabled);

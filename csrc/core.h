@@ -61,10 +61,25 @@ typedef int (*ad_vjp_fn)(ad_tape *T, ad_node *n, const void *g, int which, ad_si
 /* Shape of the contribution a VJP writes for input `which` (see ad_sink); NULL means the input's. */
 typedef void (*ad_contrib_fn)(const ad_node *n, int which, int *ndim, int64_t *shape);
 
+/* Tangent of n from its inputs' tangents (forward mode). Every tangent carries a leading batch
+ * axis of k directions: tin[j] holds k x in[j]->size values (each direction shaped like input j),
+ * or is NULL when input j's tangent is zero; the kernel overwrites tout, k x n->size values. The
+ * sweep calls it only when at least one tin[j] is non-NULL. */
+typedef int (*ad_jvp_fn)(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+
+/* Optional VJP of k stacked cotangent rows at once (the batched reverse sweep), for ops where one
+ * big product beats k small ones: writes k stacked contributions shaped like input `which` into
+ * dst, adding when accumulate is set. Returns 1 when done, 0 to decline (the sweep then calls
+ * the op's vjp once per row), or a negative status. */
+typedef int (*ad_vjp_rows_fn)(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst,
+                              int accumulate);
+
 typedef struct {
     const char *name;
     ad_vjp_fn vjp;
     ad_contrib_fn contrib;
+    ad_jvp_fn jvp;
+    ad_vjp_rows_fn vjp_rows;
 } ad_opdef;
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);
@@ -184,5 +199,16 @@ int ad_vec_unary(int op, int dtype, const void *x, void *y, int64_t n);
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
             int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);
+
+/* jvp entry points of each kernel family, referenced by the op table */
+int ad_jvp_unary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_binary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_scalar(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_reduce(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate);
 
 #endif

@@ -95,6 +95,21 @@ static int vjp_gather(ad_node *n, const void *g, ad_sink *s)
     return AD_OK;
 }
 
+/* JVP: each direction picks the same elements as the value did. */
+static void jvp_gather(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+    const int64_t *I = n->aux;
+#define PICK(TT) do {                                                                    \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < n->aux_len; i++) TO[i] = TX[I[i]];                   \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) PICK(double); else PICK(float);
+#undef PICK
+}
+
 /* ---------------- concatenate / stack ---------------- */
 
 /* Both ops lay the inputs side by side along one output axis: seen as (outer, extent, inner)
@@ -215,6 +230,30 @@ static int vjp_concatenate(ad_node *n, const void *g, int which, ad_sink *s)
     return AD_OK;
 }
 
+/* JVP: each direction is laid out as the values were; an input without a tangent fills zeros. */
+static void jvp_concatenate(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    int ax = axis_of(n);
+    int64_t outer, inner;
+    axis_split(n, ax, &outer, &inner);
+    size_t item = ad_itemsize(n->dtype);
+    for (int64_t r = 0; r < k; r++) {
+        char *Y = (char *)tout + (size_t)(r * n->size) * item;
+        for (int64_t o = 0, pos = 0; o < outer; o++) {
+            for (int j = 0; j < n->nin; j++) {
+                const ad_node *x = n->in[j];
+                size_t len = (size_t)(extent(n, x, ax) * inner);
+                if (tin[j])
+                    memcpy(Y + (size_t)pos * item, (const char *)tin[j] + ((size_t)(r * x->size) + (size_t)o * len) * item,
+                           len * item);
+                else
+                    memset(Y + (size_t)pos * item, 0, len * item);
+                pos += (int64_t)len;
+            }
+        }
+    }
+}
+
 /* ---------------- where ---------------- */
 
 /* cond broadcast to the output, one byte per element; kept in aux (packed into int64 words)
@@ -315,6 +354,37 @@ static int vjp_where(ad_node *n, const void *g, int which, ad_sink *s)
     return AD_OK;
 }
 
+/* JVP: the tangent is selected exactly as the value was (np.where(cond, ta, tb)); a side without
+ * a tangent selects 0. */
+static void jvp_where(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *a = n->in[0], *b = n->in[1];
+    const uint8_t *M = (const uint8_t *)n->aux;
+    int64_t so[AD_MAXDIM], sa[AD_MAXDIM], sb[AD_MAXDIM];
+    ad_contig_strides(n->ndim, n->shape, so);
+    ad_bcast_strides(a->ndim, a->shape, n->ndim, n->shape, sa);
+    ad_bcast_strides(b->ndim, b->shape, n->ndim, n->shape, sb);
+    int64_t *strides[3] = {so, sa, sb};
+    ad_iter it;
+    ad_iter_init(&it, 3, n->ndim, n->shape, strides);
+    int64_t len = it.shape[it.ndim - 1], d0 = it.st[0][it.ndim - 1], da = it.st[1][it.ndim - 1],
+            db = it.st[2][it.ndim - 1];
+#define SELECT_T(TT) do {                                                                \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TA = tin[0] ? (const TT *)tin[0] + r * a->size : NULL;             \
+            const TT *TB = tin[1] ? (const TT *)tin[1] + r * b->size : NULL;             \
+            TT *TO = (TT *)tout + r * n->size;                                           \
+            AD_ITER_FOR(it, oo, oa, ob)                                                  \
+                for (int64_t q = 0; q < len; q++) {                                      \
+                    int64_t io = oo + q * d0;                                            \
+                    TO[io] = M[io] ? (TA ? TA[oa + q * da] : 0) : (TB ? TB[ob + q * db] : 0); \
+                }                                                                        \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) SELECT_T(double); else SELECT_T(float);
+#undef SELECT_T
+}
+
 /* ---------------- clip ---------------- */
 
 /* np.clip is minimum(maximum(x, lo), hi): NaN x stays NaN, lo > hi gives hi, a NaN bound gives NaN. */
@@ -362,6 +432,26 @@ static int vjp_clip(ad_node *n, const void *g, ad_sink *s)
     return AD_OK;
 }
 
+/* JVP: the tangent passes on [lo, hi], is 0 outside and NaN at a NaN input; a zero tangent
+ * contributes exactly 0 (the NaN-safety rule, as in the VJP). */
+static void jvp_clip(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+#define CLIP_JVP(TT) do {                                                                \
+        const TT *X = x->data, l = (TT)n->c[0], h = (TT)n->c[1];                          \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < n->size; i++) {                                      \
+                TT v = X[i], t = TX[i];                                                  \
+                TT d = v != v ? (TT)NAN : (v >= l && v <= h ? 1 : 0);                    \
+                TO[i] = SAFE(t, t * d);                                                  \
+            }                                                                            \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) CLIP_JVP(double); else CLIP_JVP(float);
+#undef CLIP_JVP
+}
+
 int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T;
@@ -371,5 +461,17 @@ int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     case AD_OP_WHERE: return vjp_where(n, g, which, s);
     case AD_OP_CLIP: return vjp_clip(n, g, s);
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
+    }
+}
+
+int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    (void)T;
+    switch (n->op) {
+    case AD_OP_GATHER: jvp_gather(n, tin, k, tout); return AD_OK;
+    case AD_OP_CONCATENATE: case AD_OP_STACK: jvp_concatenate(n, tin, k, tout); return AD_OK;
+    case AD_OP_WHERE: jvp_where(n, tin, k, tout); return AD_OK;
+    case AD_OP_CLIP: jvp_clip(n, tin, k, tout); return AD_OK;
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no JVP for op %d", n->op);
     }
 }

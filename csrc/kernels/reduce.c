@@ -175,3 +175,55 @@ AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_s
     ad_buf_free(T, tmp, tmp_bytes);
     return AD_OK;
 }
+
+/* JVP: sum and mean are linear, so each tangent direction is reduced exactly like the forward
+ * value (SUM_FWD on views whose data point at that direction). max/min pass on the mean of the
+ * winners' tangents: the adjoint of splitting the cotangent equally among ties. */
+#define EXTREME_JVP(T) do {                                                            \
+        const T *X = x->data, *Y = n->data;                                            \
+        double *cnt = tmp, *acc = cnt + n->size;                                       \
+        for (int64_t i = 0; i < n->size; i++) cnt[i] = 0;                              \
+        REDUCE_WALK(for (int64_t i = 0; i < len; i++)                                  \
+            cnt[oo + i * dout] += IS_HIT(X[ox + i * dx], Y[oo + i * dout]));           \
+        for (int64_t r = 0; r < k; r++) {                                              \
+            const T *TX = (const T *)tin[0] + r * x->size;                             \
+            T *TO = (T *)tout + r * n->size;                                           \
+            for (int64_t i = 0; i < n->size; i++) acc[i] = 0;                          \
+            REDUCE_WALK(for (int64_t i = 0; i < len; i++)                              \
+                if (IS_HIT(X[ox + i * dx], Y[oo + i * dout]))                          \
+                    acc[oo + i * dout] += TX[ox + i * dx]);                            \
+            for (int64_t i = 0; i < n->size; i++) TO[i] = (T)(acc[i] / cnt[i]);        \
+        }                                                                              \
+    } while (0)
+
+int ad_jvp_reduce(ad_tape *T, ad_node *node, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = node->in[0];
+    ad_node *n = node;
+    uint64_t mask = node->axes;
+    int64_t count = 1;
+    for (int i = 0; i < x->ndim; i++)
+        if (mask & ((uint64_t)1 << i)) count *= x->shape[i];
+    int extreme = node->op == AD_OP_MAX || node->op == AD_OP_MIN;
+    size_t tmp_bytes = (size_t)(node->size ? node->size : 1) * sizeof(double) * (extreme ? 2 : 1);
+    void *tmp = ad_buf_alloc(T, tmp_bytes);
+    if (!tmp) return ad_err(AD_ERR_MEMORY, "jvp of %s: out of memory", op_label(node->op));
+    if (extreme) {
+        if (x->dtype == AD_F64) EXTREME_JVP(double); else EXTREME_JVP(float);
+    } else {
+        double scale = node->op == AD_OP_MEAN ? 1.0 / (double)count : 1.0;
+        if (node->op == AD_OP_MEAN && count == 0) scale = NAN;
+        size_t isz = ad_itemsize(x->dtype);
+        for (int64_t r = 0; r < k; r++) {
+            /* views of direction r: same shapes, data in the tangent buffers */
+            ad_node xr = *node->in[0], nr = *node;
+            xr.data = (char *)tin[0] + (size_t)(r * xr.size) * isz;
+            nr.data = (char *)tout + (size_t)(r * nr.size) * isz;
+            const ad_node *x = &xr;
+            ad_node *n = &nr;
+            if (x->dtype == AD_F64) SUM_FWD(double); else SUM_FWD(float);
+        }
+    }
+    ad_buf_free(T, tmp, tmp_bytes);
+    return AD_OK;
+}

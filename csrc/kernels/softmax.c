@@ -161,3 +161,58 @@ int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     ad_buf_free(T, red, tmp_bytes);
     return AD_OK;
 }
+
+/* JVPs (t = a tangent direction, out = the op's output), the transposes of the VJPs above:
+ *   logsumexp   dout = sum(t * softmax(x))
+ *   softmax     dout = out * (t - sum(t * out))
+ *   log_softmax dout = t - sum(exp(out) * t)
+ * The softmax weights are evaluated once (in double, from x, as the VJP does) and shared by the
+ * k directions; a zero tangent contributes exactly 0. */
+#define LSE_JVP(TT) do {                                                                 \
+        const TT *X = x->data;                                                           \
+        SLICE_WALK(x, mask, w[ix] = exp((double)X[ix] - m[io]) / sum[io]);               \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < nslices; i++) red[i] = 0;                            \
+            SLICE_WALK(x, mask, red[io] += SAFE(TX[ix], TX[ix] * w[ix]));                \
+            for (int64_t i = 0; i < nslices; i++) TO[i] = (TT)red[i];                    \
+        }                                                                                \
+    } while (0)
+
+#define SOFTMAX_JVP(TT) do {                                                             \
+        const TT *Y = n->data;                                                           \
+        if (n->op == AD_OP_LOG_SOFTMAX)                                                  \
+            SLICE_WALK(x, mask, { (void)io; w[ix] = exp((double)Y[ix]); });            \
+        else                                                                             \
+            SLICE_WALK(x, mask, { (void)io; w[ix] = Y[ix]; });                         \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < nslices; i++) red[i] = 0;                            \
+            SLICE_WALK(x, mask, red[io] += SAFE(TX[ix], TX[ix] * w[ix]));                \
+            if (n->op == AD_OP_SOFTMAX)                                                  \
+                SLICE_WALK(x, mask, { double d = TX[ix] - red[io]; TO[ix] = (TT)SAFE(d, w[ix] * d); }); \
+            else                                                                         \
+                SLICE_WALK(x, mask, TO[ix] = (TT)(TX[ix] - red[io]));                    \
+        }                                                                                \
+    } while (0)
+
+int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+    uint64_t mask = n->axes;
+    int64_t rs[AD_MAXDIM];
+    int64_t nslices = reduced_strides(x, mask, rs);
+    size_t ns = (size_t)(nslices ? nslices : 1), nx = (size_t)(x->size ? x->size : 1);
+    size_t tmp_bytes = (3 * ns + nx) * sizeof(double);
+    double *m = ad_buf_alloc(T, tmp_bytes);
+    if (!m) return ad_err(AD_ERR_MEMORY, "jvp of %s: out of memory", op_label(n->op));
+    double *sum = m + ns, *red = sum + ns, *w = red + ns;
+    if (n->op == AD_OP_LOGSUMEXP) {
+        if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, sum); LSE_JVP(double); }
+        else { SHIFT_AND_SUM(float, m, sum); LSE_JVP(float); }
+    } else {
+        if (x->dtype == AD_F64) SOFTMAX_JVP(double); else SOFTMAX_JVP(float);
+    }
+    ad_buf_free(T, m, tmp_bytes);
+    return AD_OK;
+}
