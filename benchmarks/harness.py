@@ -153,7 +153,9 @@ def gradient_error(reference, candidate):
     loss, grads = candidate
     if len(grads) != len(ref_grads):
         return None, f"{len(grads)} gradients, expected {len(ref_grads)}"
-    worst = abs(loss - ref_loss) / max(abs(ref_loss), 1e-300)
+    worst = abs(float(loss) - ref_loss) / max(abs(ref_loss), 1e-300)
+    if not np.isfinite(worst):  # a NaN would slip through every comparison below
+        return float("inf"), f"loss is {loss}, expected {ref_loss}"
     for index, (ref, got) in enumerate(zip(ref_grads, grads)):
         ref = np.asarray(ref, dtype=np.float64)
         got = np.asarray(got)

@@ -112,7 +112,7 @@ def evaluate(result, key):
                     detail=f"ratio < {ceiling:.3g}x only: contestant over the cap, undecided")
     ratio = mine["median_s"] / other["median_s"]
     met = ratio < bound if target.get("strict") else ratio <= bound
-    detail = f"ratio {ratio:.3g}, bound {bound:.3g}"
+    detail = f"ratio {ratio:.4g}, bound {bound:.4g}"
     if not met:
         detail += f": {ratio / bound:.2f}x over the bound"
     return dict(verdict, met=met, ratio=ratio, detail=detail)
@@ -170,8 +170,14 @@ def _blas_line(meta):
 def header(meta):
     env = meta["environment"]
     removed = env["removed_for_this_run"]
-    removed_text = (", ".join(f"{k}={v}" for k, v in removed.items()) + " unset for this run"
-                    if removed else "no OpenBLAS overrides in the environment (or kept)")
+    kept = env.get("kept", {})
+    if removed:
+        removed_text = ", ".join(f"{k}={v}" for k, v in removed.items()) + " unset for this run"
+    elif kept:
+        removed_text = (", ".join(f"{k}={v}" for k, v in kept.items())
+                        + " kept (--keep-openblas-env)")
+    else:
+        removed_text = "no OpenBLAS overrides in the environment"
     threads = meta.get("threads", {})
     torch_threads = (f"torch {threads['torch.get_num_threads']} intra-op / "
                      f"{threads['torch.get_num_interop_threads']} inter-op thread(s); "
@@ -388,3 +394,31 @@ def write(meta, results, sweep, directory, stem):
         handle.write(markdown)
     written.append(md_path)
     return written, markdown
+
+
+README_START = "<!-- latest-results:start (written by python -m benchmarks) -->"
+README_END = "<!-- latest-results:end -->"
+
+
+def update_readme(path, meta, results, sweep):
+    """Put the full run's summary between the README's markers, so it never goes stale."""
+    block = [README_START, "",
+             f"Full run of {meta['date']} on {meta['cpu']} ({meta['logical_cpus']} logical CPUs, "
+             f"load average {meta['loadavg_start'][0]:.1f} at start), command `{meta['command']}`. "
+             "Every measurement, versions, BLAS and thread settings: `results/latest.md`.", ""]
+    block += main_table(results)
+    if sweep is not None:
+        block += ["", f"C backward sweep alone: `ad._bench_sweep({sweep['nodes']:,})` = "
+                      f"{describe_sweep(sweep)}."]
+    block += ["", README_END]
+    with open(path) as handle:
+        text = handle.read()
+    if README_START in text and README_END in text:
+        before = text[: text.index(README_START)]
+        after = text[text.index(README_END) + len(README_END):]
+        text = before + "\n".join(block) + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + "\n".join(block) + "\n"
+    with open(path, "w") as handle:
+        handle.write(text)
+    return path

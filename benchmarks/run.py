@@ -6,7 +6,9 @@ workload (and NumPy) is imported.
 """
 
 import argparse
+import dataclasses
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -51,7 +53,8 @@ def parse_args(argv):
 
 
 def pin_environment(keep_openblas_env):
-    """One thread everywhere, before any numeric library loads. Returns what was removed."""
+    """One thread everywhere, before any numeric library loads.
+    Returns the OpenBLAS overrides removed and those kept, as {name: value}."""
     for variable in THREAD_VARIABLES:
         os.environ[variable] = "1"
     os.environ["JAX_PLATFORMS"] = "cpu"
@@ -59,12 +62,17 @@ def pin_environment(keep_openblas_env):
     xla_flags = os.environ.get("XLA_FLAGS", "")
     if "intra_op_parallelism_threads" not in xla_flags:
         os.environ["XLA_FLAGS"] = f"{xla_flags} {XLA_ONE_THREAD}".strip()
-    removed = {}
-    if not keep_openblas_env:
-        for variable in OPENBLAS_OVERRIDES:
-            if variable in os.environ:
+    # A re-executed interpreter finds them already gone: it learns what was removed from here.
+    removed = json.loads(os.environ.get("BENCHMARKS_OPENBLAS_REMOVED", "{}"))
+    kept = {}
+    for variable in OPENBLAS_OVERRIDES:
+        if variable in os.environ:
+            if keep_openblas_env:
+                kept[variable] = os.environ[variable]
+            else:
                 removed[variable] = os.environ.pop(variable)
-    return removed
+    os.environ["BENCHMARKS_OPENBLAS_REMOVED"] = json.dumps(removed)
+    return removed, kept
 
 
 def main(argv=None):
@@ -76,7 +84,7 @@ def main(argv=None):
         pin_environment(args.keep_openblas_env)
         os.chdir(ROOT)
         os.execv(sys.executable, [sys.executable, "-m", "benchmarks", *argv])
-    removed = pin_environment(args.keep_openblas_env)
+    removed, kept = pin_environment(args.keep_openblas_env)
 
     from benchmarks import harness, peers, report, workloads
 
@@ -86,11 +94,10 @@ def main(argv=None):
         print(f"{SWEEP_NAME:18s} C micro-benchmark of the backward sweep alone (ad._bench_sweep)")
         return 0
 
-    cfg = harness.QUICK if args.quick else harness.FULL
-    cfg.keep_openblas_env = args.keep_openblas_env
+    cfg = dataclasses.replace(harness.QUICK if args.quick else harness.FULL,
+                              keep_openblas_env=args.keep_openblas_env)
 
     if args.cell:
-        import json
         name, key = args.cell.split(":")
         record = harness.run_single_cell(workloads.load(name), key, cfg, args.memory_only)
         print(harness.RESULT_MARKER + json.dumps(record), flush=True)
@@ -118,12 +125,13 @@ def main(argv=None):
     started = datetime.datetime.now().astimezone()
     meta = {
         "date": started.isoformat(timespec="seconds"),
-        "command": " ".join(["python -m benchmarks", *map(shlex.quote, argv)]).strip(),
+        "command": " ".join([invocation(), *map(shlex.quote, argv)]).strip(),
         "mode": "quick" if args.quick else "full",
         "loadavg_start": os.getloadavg(),
         "environment": {
             "set": {v: os.environ[v] for v in [*THREAD_VARIABLES, "JAX_ENABLE_X64", "XLA_FLAGS"]},
             "removed_for_this_run": removed,
+            "kept": kept,
         },
         "config": {k: v for k, v in vars(cfg).items()},
     }
@@ -151,6 +159,9 @@ def main(argv=None):
                 elapsed_s=(datetime.datetime.now().astimezone() - started).total_seconds())
     written, table = report.write(meta, results, sweep, os.path.join(ROOT, "benchmarks", "results"),
                                   stem)
+    if stem == "latest":
+        written.append(report.update_readme(os.path.join(ROOT, "benchmarks", "README.md"),
+                                            meta, results, sweep))
     print(table)
     for path in written:
         print(f"wrote {os.path.relpath(path, os.getcwd())}", file=sys.stderr)
@@ -158,6 +169,11 @@ def main(argv=None):
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def invocation():
+    as_script = os.path.basename(sys.argv[0]) == "run.py"
+    return "python benchmarks/run.py" if as_script else "python -m benchmarks"
 
 
 def machine_info():
