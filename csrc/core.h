@@ -147,6 +147,14 @@ void ad_iter_init(ad_iter *it, int nop, int ndim, const int64_t *shape, int64_t 
          !_done; _done = ad_iter_next(&(it), _idx, &o0, &o1, &o2))
 int ad_iter_next(const ad_iter *it, int64_t *idx, int64_t *o0, int64_t *o1, int64_t *o2);
 
+/* The NaN-safety rule, in one place: a zero cotangent (or tangent) contributes exactly zero, even
+ * where the local derivative is inf or NaN. Written as a function so both operands are evaluated
+ * first: the compiler then vectorises a select, where `g == 0 ? 0 : expr` made it guard expr's
+ * loads with masked loads through a stack slot (a store-to-load chain that halved VJP speed). */
+static inline double ad_zero_safe_d(double g, double v) { return g == 0 ? 0 : v; }
+static inline float ad_zero_safe_f(float g, float v) { return g == 0 ? 0 : v; }
+#define SAFE(g, e) _Generic((g), float: ad_zero_safe_f, default: ad_zero_safe_d)((g), (e))
+
 /* Sum of n values at stride st, in double with eight partial sums: one running sum is bound by
  * the add latency (4 cycles per element) and drifts in float32; eight vectorise and stay accurate. */
 #define AD_DEF_SUM(NAME, T)                                                          \

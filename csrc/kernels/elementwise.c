@@ -9,7 +9,6 @@
 #include <tgmath.h>
 #include <string.h>
 
-#define SAFE(g, e) ((g) == 0 ? 0 : (e))
 
 /* dispatch a macro on the node's dtype */
 #define BY_DTYPE(dt, M, ...) do { if ((dt) == AD_F64) M(double, __VA_ARGS__); else M(float, __VA_ARGS__); } while (0)

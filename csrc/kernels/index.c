@@ -9,7 +9,6 @@
 #include <string.h>
 #include <math.h>
 
-#define SAFE(g, e) ((g) == 0 ? 0 : (e))
 
 /* float32 meeting float64 computes in float64, as NumPy does; the cast is its own node so the
  * gradient flows back as float32 (the same rule as binary ops in elementwise.c). */

@@ -13,7 +13,6 @@
 #include <math.h>
 #include <string.h>
 
-#define SAFE(g, e) ((g) == 0 ? 0 : (e))
 
 static const char *op_label(int op)
 {
