@@ -53,6 +53,12 @@ static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending)
     int acc;
     int st = adjoint_target(T, m, &target, &acc, pending);
     if (st) return st;
+    if (n->size == 0) {
+        /* an empty output has an empty cotangent and every VJP is linear in it: the contribution
+         * is zero, without running kernels whose batch loops may be astronomically long */
+        if (!acc) memset(target, 0, (size_t)m->size * ad_itemsize(m->dtype));
+        return AD_OK;
+    }
     const ad_opdef *def = &ad_ops[n->op];
     if (def->contrib) {
         def->contrib(n, j, &s.ndim, s.shape);
@@ -138,10 +144,12 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     root->refs++;
     pending = 1;
 
-    ad_node **order = ad_tape_order(T);
+    /* A leaf's first grad is a new node: pushing it may move the tape array (realloc) or compact
+     * it, renumbering the nodes below. So the array is re-read on every step and the index is
+     * resynchronised from the node's own position (compaction keeps the order). */
     int64_t i = root->pos;
     for (; i >= 0 && pending > 0; i--) {
-        ad_node *n = order[i];
+        ad_node *n = ad_tape_order(T)[i];
         if (!n || !n->adj) continue;
         if (n->flags & F_RELEASED) {
             st = ad_err(AD_ERR_RUNTIME, "backward: part of the graph (a %s node) was already released by an "
@@ -150,6 +158,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         }
         for (int j = 0; j < n->nin && !st; j++)
             if (n->in[j]->flags & F_REQUIRES_GRAD) st = pass_to_input(T, n, j, &pending);
+        i = n->pos;
         if (st) break;
         ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
         n->adj = NULL;
@@ -160,7 +169,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     if (st) {
         /* leave no adjoint behind: the tape must stay usable after an error */
         for (; i >= 0 && pending > 0; i--) {
-            ad_node *n = order[i];
+            ad_node *n = ad_tape_order(T)[i];
             if (!n || !n->adj) continue;
             ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
             n->adj = NULL;

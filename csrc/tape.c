@@ -605,9 +605,15 @@ int ad_set_grad(int64_t h, int64_t gh)
     int st = lock_handle(h, &T, &n);
     if (st) return st;
     if (gh) {
+        /* the tape is checked first: resolving another tape's (or a negative) handle against T
+         * could land on an unrelated live node of T */
+        if (handle_tape(gh) != T) {
+            st = handle_tape(gh) ? ad_err(AD_ERR_RUNTIME, "grad: the new grad belongs to another thread's tape")
+                                 : ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)gh);
+            ad_unlock(T);
+            return st;
+        }
         if ((st = resolve_any(T, gh, &g))) {
-            if (handle_tape(gh) != T)
-                st = ad_err(AD_ERR_RUNTIME, "grad: the new grad belongs to another thread's tape");
             ad_unlock(T);
             return st;
         }
@@ -619,7 +625,15 @@ int ad_set_grad(int64_t h, int64_t gh)
             ad_unlock(T);
             return st;
         }
-        g->refs++;
+        /* stored as a copy: backward accumulates into the grad in place, which must not change a
+         * tensor the caller holds, and x.grad = x (or a graph that uses x) would be a cycle */
+        ad_node *c;
+        if ((st = ad_node_new(T, AD_OP_LEAF, g->dtype, g->ndim, g->shape, &c))) {
+            ad_unlock(T);
+            return st;
+        }
+        memcpy(c->data, g->data, (size_t)g->size * ad_itemsize(g->dtype));
+        g = c;
     }
     if (n->grad) ad_node_unref(T, n->grad);
     n->grad = g;
