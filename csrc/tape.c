@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdatomic.h>
+#ifdef __linux__
+#include <sys/sysinfo.h>
+#endif
 
 /* handle = tape id (15 bits) | generation (22 bits) | slot (26 bits); always > 0 */
 #define SLOT_BITS 26
@@ -74,6 +77,26 @@ const char *ad_shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 
 /* ---------- buffers ---------- */
 
+/* No single buffer may exceed RAM + swap. The kernel's default overcommit heuristic refuses
+ * such a malloc anyway; checking here keeps the answer AD_ERR_MEMORY where overcommit is
+ * unlimited (the OOM killer would strike while the buffer is filled) and under ASan. */
+static size_t max_buffer_bytes(void)
+{
+    static _Atomic size_t cached;
+    size_t v = atomic_load(&cached);
+    if (v) return v;
+    v = SIZE_MAX;
+#ifdef __linux__
+    struct sysinfo si;
+    if (sysinfo(&si) == 0 && si.mem_unit) {
+        unsigned long long total = ((unsigned long long)si.totalram + si.totalswap) * si.mem_unit;
+        if (total && total < SIZE_MAX) v = (size_t)total;
+    }
+#endif
+    atomic_store(&cached, v);
+    return v;
+}
+
 static int size_class(size_t bytes)
 {
     int c = MIN_CLASS;
@@ -97,7 +120,7 @@ void *ad_buf_alloc(ad_tape *T, size_t bytes)
         }
         if (p) T->live_bytes += (int64_t)cb;
     } else {
-        p = malloc(bytes);
+        p = bytes > max_buffer_bytes() ? NULL : malloc(bytes);
         if (p) T->live_bytes += (int64_t)bytes;
     }
     return p;

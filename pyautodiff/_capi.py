@@ -5,6 +5,7 @@ becomes a Python exception, and `as_float_array` the only place user data is val
 converted (dtype, contiguity, byte order) before C reads it, because cffi itself checks nothing.
 """
 import ctypes
+import operator
 
 import numpy as np
 
@@ -83,8 +84,24 @@ def as_float_array(data, dtype=None, what="tensor"):
         raise ValueError(f"{what}: tensors have at most {MAXDIM} dimensions, got shape {arr.shape}")
     if dtype is None:
         dtype = arr.dtype if arr.dtype in _CODE else (float32 if arr.dtype == np.float16 else DEFAULT_DTYPE)
-    # copies when the dtype, byte order or layout differs (e.g. negative strides, big-endian)
-    return np.ascontiguousarray(arr, dtype=dtype)
+    # copies when the dtype, byte order or layout differs (e.g. negative strides, big-endian);
+    # not ascontiguousarray, which turns 0-d data into shape (1,)
+    return np.asarray(arr, dtype=dtype, order="C")
+
+
+def as_int64_tuple(values, what):
+    """Shape or axis entries as Python ints that fit int64. Floats are a TypeError (as in NumPy,
+    rather than being truncated); entries past int64 are a ValueError naming the tuple (cffi
+    would raise OverflowError)."""
+    try:
+        values = tuple(values)
+        out = tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise TypeError(f"{what} must be integers, got {values!r}") from None
+    for v in out:
+        if not -2**63 <= v < 2**63:
+            raise ValueError(f"{what} {out}: entry {v} does not fit in int64")
+    return out
 
 
 def _gemm_pointer(name):

@@ -4,7 +4,7 @@ import builtins
 
 import numpy as np
 
-from ._capi import ffi, lib, dtype_code, resolve_dtype
+from ._capi import ffi, lib, as_int64_tuple, dtype_code, resolve_dtype
 from .tensor import Tensor, _wrap, as_tensor
 
 _PY_SCALARS = (float, int, bool)
@@ -12,7 +12,10 @@ _PY_SCALARS = (float, int, bool)
 
 def _unary_op(code, name, doc):
     def op(x):
-        return _wrap(lib.ad_unary(code, as_tensor(x)._h))
+        # a named Tensor, not as_tensor(x)._h: a temporary would die, and release its node,
+        # before the call reads the handle (the same holds in every function below)
+        x = as_tensor(x)
+        return _wrap(lib.ad_unary(code, x._h))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -37,11 +40,14 @@ def _binary_op(code, name, scalar_rhs, scalar_lhs, doc):
     def op(a, b):
         if type(b) in _PY_SCALARS and scalar_rhs and type(a) not in _PY_SCALARS:
             k, c = scalar_rhs(b)
-            return _wrap(lib.ad_scalar(k, as_tensor(a)._h, c))
+            a = as_tensor(a)
+            return _wrap(lib.ad_scalar(k, a._h, c))
         if type(a) in _PY_SCALARS and scalar_lhs and type(b) not in _PY_SCALARS:
             k, c = scalar_lhs(a)
-            return _wrap(lib.ad_scalar(k, as_tensor(b)._h, c))
-        return _wrap(lib.ad_binary(code, as_tensor(a)._h, as_tensor(b)._h))
+            b = as_tensor(b)
+            return _wrap(lib.ad_scalar(k, b._h, c))
+        a, b = as_tensor(a), as_tensor(b)
+        return _wrap(lib.ad_binary(code, a._h, b._h))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -65,7 +71,8 @@ minimum = _binary_op(lib.AD_OP_MINIMUM, "minimum", None, None,
 
 def matmul(a, b):
     """NumPy matmul: 1-D, 2-D and batched N-D operands with broadcast batch axes."""
-    return _wrap(lib.ad_matmul(as_tensor(a)._h, as_tensor(b)._h))
+    a, b = as_tensor(a), as_tensor(b)
+    return _wrap(lib.ad_matmul(a._h, b._h))
 
 
 def _axes(axis):
@@ -74,7 +81,7 @@ def _axes(axis):
     if isinstance(axis, (int, np.integer)):
         axis = (int(axis),)
     try:
-        axis = tuple(int(a) for a in axis)
+        axis = as_int64_tuple(axis, "axis")
     except TypeError:
         raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}") from None
     return len(axis), ffi.new("int64_t[]", axis or (0,))
@@ -83,7 +90,8 @@ def _axes(axis):
 def _reduction(code, name, doc):
     def op(x, axis=None, keepdims=False):
         n, axes = _axes(axis)
-        return _wrap(lib.ad_reduce(code, as_tensor(x)._h, n, axes, 1 if keepdims else 0))
+        x = as_tensor(x)
+        return _wrap(lib.ad_reduce(code, x._h, n, axes, 1 if keepdims else 0))
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -98,7 +106,7 @@ min = _reduction(lib.AD_OP_MIN, "min", "Min over axis; tied minima share the gra
 def _shape(shape):
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(int(s) for s in shape)
+    shape = as_int64_tuple(shape, "shape")
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return len(shape), ffi.new("int64_t[]", shape or (0,))
@@ -107,23 +115,28 @@ def _shape(shape):
 def reshape(x, shape):
     """Same values in a new shape (one entry may be -1)."""
     n, c = _shape(shape)
-    return _wrap(lib.ad_reshape(as_tensor(x)._h, n, c))
+    x = as_tensor(x)
+    return _wrap(lib.ad_reshape(x._h, n, c))
 
 
 def transpose(x, axes=None):
     """Permute axes (None reverses them), as numpy.transpose."""
+    x = as_tensor(x)
     if axes is None:
-        return _wrap(lib.ad_transpose(as_tensor(x)._h, -1, ffi.NULL))
+        return _wrap(lib.ad_transpose(x._h, -1, ffi.NULL))
     n, c = _shape(axes)
-    return _wrap(lib.ad_transpose(as_tensor(x)._h, n, c))
+    return _wrap(lib.ad_transpose(x._h, n, c))
 
 
 def broadcast_to(x, shape):
     """Repeat x along broadcast axes; its gradient sums them back (sum and broadcast are duals)."""
     n, c = _shape(shape)
-    return _wrap(lib.ad_broadcast_to(as_tensor(x)._h, n, c))
+    x = as_tensor(x)
+    return _wrap(lib.ad_broadcast_to(x._h, n, c))
 
 
 def astype(x, dtype):
     """x converted to float32 or float64; the gradient is converted back."""
-    return _wrap(lib.ad_cast(as_tensor(x)._h, dtype_code(resolve_dtype(dtype))))
+    code = dtype_code(resolve_dtype(dtype))
+    x = as_tensor(x)
+    return _wrap(lib.ad_cast(x._h, code))

@@ -10,7 +10,8 @@ it; using it in an op on another thread is a RuntimeError.
 """
 import numpy as np
 
-from ._capi import ffi, lib, raise_status, check, as_float_array, dtype_code, dtype_of, resolve_dtype
+from ._capi import (ffi, lib, raise_status, check, as_float_array, as_int64_tuple, dtype_code, dtype_of,
+                    resolve_dtype)
 
 _new = object.__new__
 _binary = lib.ad_binary
@@ -394,7 +395,7 @@ def tensor(data, dtype=None, requires_grad=False):
 def _shape_arg(shape):
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = tuple(int(s) for s in shape)
+    shape = as_int64_tuple(shape, "shape")
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return shape
