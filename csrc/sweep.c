@@ -45,7 +45,7 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
     return AD_OK;
 }
 
-static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending)
+static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending, int anomaly)
 {
     ad_node *m = n->in[j];
     ad_sink s;
@@ -67,17 +67,24 @@ static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending)
         memcpy(s.shape, m->shape, sizeof s.shape);
     }
     s.size = ad_shape_size(s.ndim, s.shape);
-    if (same_shape(s.ndim, s.shape, m->ndim, m->shape)) {
+    if (same_shape(s.ndim, s.shape, m->ndim, m->shape) && !anomaly) {
         s.dst = target;
         s.accumulate = acc;
         return def->vjp(T, n, n->adj, j, &s);
     }
+    /* anomaly mode takes this path too, so the contribution is checked before it is added */
     size_t bytes = (size_t)s.size * ad_itemsize(m->dtype);
     s.dst = ad_buf_alloc(T, bytes);
     if (!s.dst) return ad_err(AD_ERR_MEMORY, "backward: out of memory (%zu bytes) in %s", bytes, def->name);
     s.accumulate = 0;
     st = def->vjp(T, n, n->adj, j, &s);
+    int clean = 0;   /* neither the contribution nor the adjoint it is added to holds NaN */
+    if (!st && anomaly) {
+        st = ad_anomaly_vjp(n, j, &s);
+        clean = !ad_any_nan(m->dtype, s.dst, s.size) && !(acc && ad_any_nan(m->dtype, target, m->size));
+    }
     if (!st) ad_unbroadcast_into(m->dtype, target, acc, m->ndim, m->shape, s.dst, s.ndim, s.shape);
+    if (!st && clean) st = ad_anomaly_accumulate(n, j, target);
     ad_buf_free(T, s.dst, bytes);
     return st;
 }
@@ -144,12 +151,11 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     root->refs++;
     pending = 1;
 
-    /* A leaf's first grad is a new node: pushing it may move the tape array (realloc) or compact
-     * it, renumbering the nodes below. So the array is re-read on every step and the index is
-     * resynchronised from the node's own position (compaction keeps the order). */
+    int anomaly = ad_anomaly_on(T);
+    ad_node **order = ad_tape_order(T);
     int64_t i = root->pos;
     for (; i >= 0 && pending > 0; i--) {
-        ad_node *n = ad_tape_order(T)[i];
+        ad_node *n = order[i];
         if (!n || !n->adj) continue;
         if (n->flags & F_RELEASED) {
             st = ad_err(AD_ERR_RUNTIME, "backward: part of the graph (a %s node) was already released by an "
@@ -157,7 +163,10 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
             break;
         }
         for (int j = 0; j < n->nin && !st; j++)
-            if (n->in[j]->flags & F_REQUIRES_GRAD) st = pass_to_input(T, n, j, &pending);
+            if (n->in[j]->flags & F_REQUIRES_GRAD) st = pass_to_input(T, n, j, &pending, anomaly);
+        /* A leaf's first grad is a new node: pushing it may have moved the tape array (realloc)
+         * or compacted it, renumbering the nodes below. Re-read both; compaction keeps the order. */
+        order = ad_tape_order(T);
         i = n->pos;
         if (st) break;
         ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
@@ -169,7 +178,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     if (st) {
         /* leave no adjoint behind: the tape must stay usable after an error */
         for (; i >= 0 && pending > 0; i--) {
-            ad_node *n = ad_tape_order(T)[i];
+            ad_node *n = order[i];
             if (!n || !n->adj) continue;
             ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
             n->adj = NULL;

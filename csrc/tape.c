@@ -43,6 +43,9 @@ struct ad_tape {
     int64_t pooled_bytes, live_bytes, live_nodes;
     ad_node **work;            /* release worklist */
     int64_t work_cap;
+    int anomaly;               /* anomaly mode (owner thread only, like grad_enabled) */
+    ad_site_fn site_fn;
+    int64_t pending_site;      /* site_fn's id for the op being recorded */
 };
 
 static _Thread_local char t_errmsg[1024];
@@ -185,6 +188,8 @@ ad_tape *ad_tape_current(void)
         if (c->orphaned && c->live_nodes == 0) {
             c->orphaned = 0;
             c->grad_enabled = 1;
+            c->anomaly = 0;
+            c->site_fn = NULL;
             T = c;
         }
         pthread_mutex_unlock(&c->lock);
@@ -216,6 +221,8 @@ int ad_lock_current(ad_tape **out)
 {
     ad_tape *T = ad_tape_current();
     if (!T) return -AD_ERR_MEMORY;
+    /* outside the lock: the hook runs Python, which may release tensors of this tape */
+    if (T->anomaly && T->site_fn) T->pending_site = T->site_fn();
     pthread_mutex_lock(&T->lock);
     *out = T;
     return AD_OK;
@@ -402,6 +409,11 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
 
 int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins)
 {
+    if (T->anomaly) {
+        n->site = T->pending_site;
+        int st = ad_anomaly_forward(n, nin, ins);
+        if (st) { ad_node_discard(T, n); return st; }
+    }
     int st = ad_node_link(T, n, nin, ins);
     if (st) { ad_node_discard(T, n); return st; }
     return ad_handle(T, n);
@@ -680,6 +692,19 @@ int ad_set_grad_enabled(int enabled)
     ad_unlock(T);
     return prev;
 }
+
+int ad_set_anomaly(int enabled, ad_site_fn site_fn)
+{
+    ad_tape *T = ad_tape_current();
+    if (!T) return -AD_ERR_MEMORY;
+    int prev = T->anomaly;
+    T->anomaly = !!enabled;
+    T->site_fn = site_fn;
+    T->pending_site = 0;
+    return prev;
+}
+
+int ad_anomaly_on(ad_tape *T) { return T->anomaly; }
 
 int ad_stats(ad_stats_t *out)
 {

@@ -5,6 +5,7 @@ from .tensor import (Tensor, tensor, zeros, ones, full, zeros_like, ones_like, n
 from .ops import (negative, exp, log, sqrt, abs, sin, cos, tanh, sigmoid, relu, add, subtract,
                   multiply, divide, power, maximum, minimum, matmul, sum, mean, max, min, reshape,
                   transpose, broadcast_to, astype)
+from .anomaly import detect_anomaly
 from ._capi import lib as _lib
 
 

@@ -34,6 +34,9 @@ def raise_status(status):
     """Raise the exception for a negative (or positive) status returned by the core."""
     code = -int(status) if status < 0 else int(status)
     message = ffi.string(lib.ad_last_error()).decode("utf-8", "replace")
+    if code == lib.AD_ERR_FLOAT:
+        from .anomaly import describe_site
+        message += describe_site(lib.ad_anomaly_site())
     raise _EXC.get(code, RuntimeError)(message or f"pyautodiff core error {code}")
 
 

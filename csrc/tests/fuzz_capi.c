@@ -189,6 +189,8 @@ static void *make_foreign(void *p)
     return NULL;
 }
 
+static int64_t fuzz_site(void) { return 1 + below(1000); }
+
 /* ---- one random call ---- */
 
 static void one_call(void)
@@ -196,7 +198,7 @@ static void one_call(void)
     int64_t sh[16], axes[16];
     int nd;
     calls++;
-    switch (below(24)) {
+    switch (below(25)) {
     case 0: {
         nd = ndim_arg();
         const int64_t *s = shape_arg(sh, nd);
@@ -285,6 +287,12 @@ static void one_call(void)
     case 22: {
         int prev = ad_set_grad_enabled(chance(70));
         if (prev != 0 && prev != 1) fail("ad_set_grad_enabled", prev);
+        break;
+    }
+    case 23: {
+        int prev = ad_set_anomaly(chance(30), chance(50) ? fuzz_site : NULL);
+        if (prev != 0 && prev != 1) fail("ad_set_anomaly", prev);
+        if (ad_anomaly_site() < 0) fail("ad_anomaly_site", ad_anomaly_site());
         break;
     }
     default: {

@@ -528,6 +528,65 @@ static void test_empty(void)
     CHECK_BASELINE(base);
 }
 
+/* ---- anomaly mode ---- */
+
+static int64_t g_site;
+static int64_t next_site(void) { return ++g_site; }
+
+static void test_anomaly(void)
+{
+    ad_stats_t base = stats();
+    double m1 = -1, nanv = NAN, one = 1, zero = 0;
+    int64_t neg = vec(1, &m1, 1), nan = vec(1, &nanv, 1);
+    /* off: NaN is plain IEEE */
+    int64_t l = ad_unary(AD_OP_LOG, neg);
+    CHECK(l > 0 && isnan(at(l, 0)));
+    DROP(l);
+
+    CHECK(ad_set_anomaly(1, next_site) == 0);
+    CHECK_ERR(ad_unary(AD_OP_LOG, neg), AD_ERR_FLOAT);
+    CHECK(strstr(ad_last_error(), "log") && strstr(ad_last_error(), "(1,) float64"));
+    CHECK(ad_anomaly_site() == g_site);
+    /* NaN that flows in from the data is not the op's fault */
+    l = ad_unary(AD_OP_LOG, nan);
+    CHECK(l > 0);
+    /* inf is not NaN */
+    int64_t z = vec(1, &zero, 0);
+    int64_t inf = ad_scalar(AD_OP_RDIV_S, z, 1.0);
+    CHECK(inf > 0 && at(inf, 0) == INFINITY);
+    DROP(l, inf, z);
+
+    /* backward: log(a*b) at a=1, b=0 is -inf; its VJP gives inf, and multiply's VJP inf*0 = NaN */
+    int64_t a = vec(1, &one, 1), b = vec(1, &zero, 1);
+    int64_t p = ad_binary(AD_OP_MUL, a, b);
+    int64_t mul_site = g_site;
+    int64_t lg = ad_unary(AD_OP_LOG, p);
+    CHECK(lg > 0 && at(lg, 0) == -INFINITY);
+    CHECK_ERR(ad_backward(lg, 0, 0), AD_ERR_FLOAT);
+    CHECK(strstr(ad_last_error(), "multiply") != NULL);
+    CHECK(ad_anomaly_site() == mul_site);
+    DROP(lg, p, a, b);
+
+    /* accumulation: d/dx (sqrt(x) - sqrt(x)) at 0 is inf - inf */
+    int64_t x = vec(1, &zero, 1);
+    int64_t r1 = ad_unary(AD_OP_SQRT, x), r2 = ad_unary(AD_OP_SQRT, x);
+    int64_t d = ad_binary(AD_OP_SUB, r1, r2);
+    CHECK_ERR(ad_backward(d, 0, 0), AD_ERR_FLOAT);
+    CHECK(strstr(ad_last_error(), "adding the gradient from sqrt") != NULL);
+    DROP(d, r1, r2, x);
+
+    CHECK(ad_set_anomaly(0, NULL) == 1);
+    x = vec(1, &zero, 1);
+    r1 = ad_unary(AD_OP_SQRT, x);
+    r2 = ad_unary(AD_OP_SQRT, x);
+    d = ad_binary(AD_OP_SUB, r1, r2);
+    CHECK(ad_backward(d, 0, 0) == AD_OK);
+    int64_t g = ad_grad(x);
+    CHECK(isnan(at(g, 0)));
+    DROP(g, d, r1, r2, x, neg, nan);
+    CHECK_BASELINE(base);
+}
+
 int main(void)
 {
     ad_stats_t base = stats();
@@ -540,6 +599,7 @@ int main(void)
     RUN(test_threads);
     RUN(test_bad_input);
     RUN(test_empty);
+    RUN(test_anomaly);
     ad_stats_t end = stats();
     /* the core's own counters: everything the tests made is gone */
     CHECK(end.live_nodes == 0 && base.live_nodes == 0);
