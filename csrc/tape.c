@@ -100,6 +100,18 @@ static size_t max_buffer_bytes(void)
     return v;
 }
 
+/* Sanitizer builds, and the valgrind build (-DAD_EXACT_ALLOC), give every buffer its exact size
+ * and free it at once: the size classes would hide an overflow into a class's padding from the
+ * tools, and the pool a use after free. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AD_EXACT_ALLOC 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(AD_EXACT_ALLOC)
+#define AD_EXACT_ALLOC 1
+#endif
+
 static int size_class(size_t bytes)
 {
     int c = MIN_CLASS;
@@ -110,6 +122,11 @@ static int size_class(size_t bytes)
 void *ad_buf_alloc(ad_tape *T, size_t bytes)
 {
     if (bytes == 0) bytes = 1;
+#ifdef AD_EXACT_ALLOC
+    void *q = bytes > max_buffer_bytes() ? NULL : malloc(bytes);
+    if (q) T->live_bytes += (int64_t)bytes;
+    return q;
+#endif
     int c = size_class(bytes);
     void *p;
     if (c < NCLASS) {
@@ -133,6 +150,11 @@ void ad_buf_free(ad_tape *T, void *p, size_t bytes)
 {
     if (!p) return;
     if (bytes == 0) bytes = 1;
+#ifdef AD_EXACT_ALLOC
+    T->live_bytes -= (int64_t)bytes;
+    free(p);
+    return;
+#endif
     int c = size_class(bytes);
     if (c < NCLASS) {
         size_t cb = (size_t)1 << (c + MIN_CLASS);
