@@ -45,6 +45,10 @@ typedef enum {
     AD_OP_SUM, AD_OP_MEAN, AD_OP_MAX, AD_OP_MIN,
     /* linear algebra and layout */
     AD_OP_MATMUL, AD_OP_RESHAPE, AD_OP_TRANSPOSE, AD_OP_BROADCAST_TO, AD_OP_CAST,
+    /* indexing and selection (kernels/index.c) */
+    AD_OP_GATHER, AD_OP_CONCATENATE, AD_OP_STACK, AD_OP_WHERE, AD_OP_CLIP,
+    /* normalisers over axes (kernels/softmax.c) */
+    AD_OP_LOGSUMEXP, AD_OP_SOFTMAX, AD_OP_LOG_SOFTMAX,
     AD_OP_COUNT
 } ad_op;
 
@@ -97,6 +101,18 @@ int64_t ad_reshape(int64_t x, int ndim, const int64_t *shape);
 int64_t ad_transpose(int64_t x, int naxes, const int64_t *perm);
 int64_t ad_broadcast_to(int64_t x, int ndim, const int64_t *shape);
 int64_t ad_cast(int64_t x, int dtype);
+/* out[i] = x.flat[index[i]], shaped `shape` (prod(shape) indices); the VJP scatter-adds, so
+ * repeated indices accumulate. An index outside [0, x.size) is AD_ERR_INDEX. */
+int64_t ad_gather(int64_t x, int ndim, const int64_t *shape, const int64_t *index);
+/* NumPy concatenate (new_axis == 0) or stack (new_axis == 1) of n tensors along axis. */
+int64_t ad_concatenate(int n, const int64_t *xs, int64_t axis, int new_axis);
+/* cond ? a : b with cond (bytes, 0 or 1, C order) broadcasting against a and b. */
+int64_t ad_where(int cond_ndim, const int64_t *cond_shape, const uint8_t *cond, int64_t a, int64_t b);
+/* min(max(x, lo), hi); the gradient passes on lo <= x <= hi (boundaries included), 0 outside. */
+int64_t ad_clip(int64_t x, double lo, double hi);
+/* logsumexp / softmax / log_softmax over axes (naxes < 0: all), max-shifted so +-1000 stays finite;
+ * keepdims applies to logsumexp only. */
+int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdims);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
  * accumulate into their grad; without retain_graph the swept graph is released. */
@@ -105,6 +121,41 @@ int ad_backward(int64_t root, int64_t seed, int retain_graph);
 int64_t ad_grad(int64_t h);
 /* Replace the grad of a leaf (g == 0 clears it); g must match h's shape and dtype. */
 int ad_set_grad(int64_t h, int64_t g);
+
+/* Overwrite a leaf's values in place (size * itemsize bytes of its dtype) without recording
+ * anything (load_state_dict). Graphs recorded earlier see the new values. */
+int ad_assign(int64_t h, const void *data);
+
+typedef enum { AD_OPTIM_SGD = 0, AD_OPTIM_ADAM = 1 } ad_optim_kind;
+
+typedef struct {
+    int kind;                  /* ad_optim_kind */
+    double lr, weight_decay;
+    double momentum, dampening;
+    int nesterov;              /* SGD */
+    double beta1, beta2, eps;
+    int decoupled;             /* Adam: 0 = L2 decay added to the gradient, 1 = AdamW */
+} ad_optim_t;
+
+/* One optimizer step on leaf p from its grad (nothing to do without one), in place, recording
+ * nothing. State leaves of p's shape and dtype: SGD s0 = momentum buffer (0 without momentum);
+ * Adam s0, s1 = first and second moments. t counts steps from 1 (SGD's buffer starts as g at 1). */
+int ad_optim_step(const ad_optim_t *o, int64_t p, int64_t s0, int64_t s1, int64_t t);
+
+/* Forward mode: pushes k tangent directions from the given inputs to root in one sweep over the
+ * recorded graph. tangents[i] holds input i's k directions, shape (k, *shape) or (k, size), with
+ * the input's dtype; inputs must require grad (their graph was recorded) and be distinct. An
+ * input may be a computed tensor: it then counts as independent (paths through it to other inputs
+ * are not followed), in both sweeps. *out_tangent receives a new tensor of shape
+ * (k, *root.shape) (or (k, root.size) past AD_MAXDIM dimensions), zeros where root does not depend
+ * on the inputs. Neither grads nor the graph are touched. */
+int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t k,
+           int64_t *out_tangent);
+/* Batched reverse mode: pulls k cotangents, stacked on the leading axis of cotangent (shape
+ * (k, *root.shape) or (k, root.size), root's dtype), back to the given inputs in one sweep.
+ * out_grads[i] receives a new tensor of shape (k, *input.shape) (or (k, size)) in the input's
+ * dtype. Unlike ad_backward it leaves .grad alone and keeps the graph, so it can run again. */
+int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads);
 
 /* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */
 int ad_grad_enabled(void);

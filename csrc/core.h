@@ -62,10 +62,25 @@ typedef int (*ad_vjp_fn)(ad_tape *T, ad_node *n, const void *g, int which, ad_si
 /* Shape of the contribution a VJP writes for input `which` (see ad_sink); NULL means the input's. */
 typedef void (*ad_contrib_fn)(const ad_node *n, int which, int *ndim, int64_t *shape);
 
+/* Tangent of n from its inputs' tangents (forward mode). Every tangent carries a leading batch
+ * axis of k directions: tin[j] holds k x in[j]->size values (each direction shaped like input j),
+ * or is NULL when input j's tangent is zero; the kernel overwrites tout, k x n->size values. The
+ * sweep calls it only when at least one tin[j] is non-NULL. */
+typedef int (*ad_jvp_fn)(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+
+/* Optional VJP of k stacked cotangent rows at once (the batched reverse sweep), for ops where one
+ * big product beats k small ones: writes k stacked contributions shaped like input `which` into
+ * dst, adding when accumulate is set. Returns 1 when done, 0 to decline (the sweep then calls
+ * the op's vjp once per row), or a negative status. */
+typedef int (*ad_vjp_rows_fn)(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst,
+                              int accumulate);
+
 typedef struct {
     const char *name;
     ad_vjp_fn vjp;
     ad_contrib_fn contrib;
+    ad_jvp_fn jvp;
+    ad_vjp_rows_fn vjp_rows;
 } ad_opdef;
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);
@@ -103,6 +118,11 @@ int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins);
 void ad_node_discard(ad_tape *T, ad_node *n);
 ad_tape *ad_node_tape(ad_node *n);
 int ad_tape_grow_adj(ad_tape *T, ad_node *n);  /* allocate n->adj (uninitialised) */
+/* The creation order, and the sweep's hold on it: while held, nodes created (leaves' grads) are
+ * appended but the order is never compacted, so positions stay valid; the array itself may still
+ * move when it grows, so re-read ad_tape_order after creating a node. */
+ad_node **ad_tape_order(ad_tape *T);
+void ad_tape_hold_order(ad_tape *T, int hold);
 
 /* anomaly mode (anomaly.c): NaN made from NaN-free values is an AD_ERR_FLOAT naming the op */
 int ad_anomaly_on(ad_tape *T);
@@ -137,6 +157,24 @@ void ad_iter_init(ad_iter *it, int nop, int ndim, const int64_t *shape, int64_t 
          !_done; _done = ad_iter_next(&(it), _idx, &o0, &o1, &o2))
 int ad_iter_next(const ad_iter *it, int64_t *idx, int64_t *o0, int64_t *o1, int64_t *o2);
 
+/* Sum of n values at stride st, in double with eight partial sums: one running sum is bound by
+ * the add latency (4 cycles per element) and drifts in float32; eight vectorise and stay accurate. */
+#define AD_DEF_SUM(NAME, T)                                                          \
+    static inline double NAME(const T *x, int64_t n, int64_t st)                     \
+    {                                                                                \
+        double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                      \
+        int64_t i = 0;                                                               \
+        if (st == 1)                                                                 \
+            for (; i + 8 <= n; i += 8)                                               \
+                for (int l = 0; l < 8; l++) p[l] += x[i + l];                        \
+        for (; i < n; i++) p[0] += x[i * st];                                        \
+        return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));    \
+    }
+AD_DEF_SUM(ad_sum_f64, double)
+AD_DEF_SUM(ad_sum_f32, float)
+#define AD_SUM(T, x, n, st) _Generic((x), const double *: ad_sum_f64, double *: ad_sum_f64, \
+                                          const float *: ad_sum_f32, float *: ad_sum_f32)(x, n, st)
+
 /* The sink's accumulate step: adj (in shape, accumulate?) += sum of src (out shape) over
  * broadcast axes. */
 void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const int64_t *in_shape,
@@ -152,9 +190,35 @@ int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+
+/* Hot elementwise loops are also compiled for AVX2 and AVX-512 and the widest one the CPU has is
+ * picked at load time (an ifunc), so the wheel needs no -march=native yet keeps up with NumPy's
+ * own SIMD dispatch. -std=c11 keeps -ffp-contract=off, so every clone rounds identically. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define AD_SIMD __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AD_SIMD
+#endif
+
+/* SIMD forward of exp/log/sin/cos/tanh/sigmoid on contiguous data; 0 when op has none */
+int ad_vec_unary(int op, int dtype, const void *x, void *y, int64_t n);
 
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
             int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);
+
+/* jvp entry points of each kernel family, referenced by the op table */
+int ad_jvp_unary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_binary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_scalar(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_reduce(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate);
 
 #endif

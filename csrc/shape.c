@@ -151,16 +151,14 @@ int ad_iter_next(const ad_iter *it, int64_t *idx, int64_t *o0, int64_t *o1, int6
         AD_ITER_FOR(it, oa, os, o2) {                                                      \
             (void)o2;                                                                      \
             if (ia == 0) {                                                                 \
-                double acc = 0;                                                            \
-                for (int64_t i = 0; i < len; i++) acc += s[os + i * is];                   \
-                a[oa] += (T)acc;                                                           \
+                a[oa] += (T)AD_SUM(T, s + os, len, is);                                    \
             } else {                                                                       \
                 for (int64_t i = 0; i < len; i++) a[oa + i * ia] += s[os + i * is];        \
             }                                                                              \
         }                                                                                  \
     } while (0)
 
-void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const int64_t *in_shape,
+AD_SIMD void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const int64_t *in_shape,
                          const void *src, int nout, const int64_t *out_shape)
 {
     if (dtype == AD_F64) UNBROADCAST(double);

@@ -39,6 +39,7 @@ struct ad_tape {
     ad_node *free_nodes;
     ad_node **order;           /* creation order; NULL = released entry awaiting compaction */
     int64_t order_len, order_cap, order_dead;
+    int order_held;            /* a sweep walks the order by position: no compaction */
     void *pool[NCLASS];
     int64_t pooled_bytes, live_bytes, live_nodes;
     ad_node **work;            /* release worklist */
@@ -314,7 +315,7 @@ static int lock_handle(int64_t h, ad_tape **T, ad_node **n)
 static int order_push(ad_tape *T, ad_node *n)
 {
     if (T->order_len == T->order_cap) {
-        if (T->order_dead > T->order_len / 2) {
+        if (T->order_dead > T->order_len / 2 && !T->order_held) {
             /* compaction keeps the tape as long as the live graph, so loops run in flat memory */
             int64_t k = 0;
             for (int64_t i = 0; i < T->order_len; i++) {
@@ -662,15 +663,14 @@ int ad_set_grad(int64_t h, int64_t gh)
     int st = lock_handle(h, &T, &n);
     if (st) return st;
     if (gh) {
-        /* the tape is checked first: resolving another tape's (or a negative) handle against T
-         * could land on an unrelated live node of T */
-        if (handle_tape(gh) != T) {
+        /* the tape check comes first: resolve_any only checks slot and generation, which a
+         * handle of another tape (or a negative one) can match */
+        if (handle_tape(gh) != T)
             st = handle_tape(gh) ? ad_err(AD_ERR_RUNTIME, "grad: the new grad belongs to another thread's tape")
                                  : ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)gh);
-            ad_unlock(T);
-            return st;
-        }
-        if ((st = resolve_any(T, gh, &g))) {
+        else if (!(st = resolve_any(T, gh, &g)) && g == n)
+            st = ad_err(AD_ERR_RUNTIME, "grad: a tensor cannot be its own grad (it would keep itself alive)");
+        if (st) {
             ad_unlock(T);
             return st;
         }
@@ -683,7 +683,8 @@ int ad_set_grad(int64_t h, int64_t gh)
             return st;
         }
         /* stored as a copy: backward accumulates into the grad in place, which must not change a
-         * tensor the caller holds, and x.grad = x (or a graph that uses x) would be a cycle */
+         * tensor the caller holds, and a grad computed from x (x.grad = 2 * x) would hold x in a
+         * reference cycle: both would leak */
         ad_node *c;
         if ((st = ad_node_new(T, AD_OP_LEAF, g->dtype, g->ndim, g->shape, &c))) {
             ad_unlock(T);
@@ -696,6 +697,25 @@ int ad_set_grad(int64_t h, int64_t gh)
     n->grad = g;
     ad_unlock(T);
     return AD_OK;
+}
+
+int ad_assign(int64_t h, const void *data)
+{
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    if (!(n->flags & F_LEAF)) {
+        /* a computed tensor's values are saved for its graph's VJPs; changing them would make
+         * the gradients silently wrong */
+        st = ad_err(AD_ERR_RUNTIME, "assign: only leaf tensors can be updated in place; this one "
+                    "was computed by %s", ad_ops[n->op].name);
+    } else if (n->size && !data) {
+        st = ad_err(AD_ERR_VALUE, "assign: data is NULL");
+    } else if (n->size) {
+        memcpy(n->data, data, (size_t)n->size * ad_itemsize(n->dtype));
+    }
+    ad_unlock(T);
+    return st;
 }
 
 int ad_grad_enabled(void)
@@ -744,3 +764,4 @@ int ad_stats(ad_stats_t *out)
 
 /* sweep.c needs to walk the creation order */
 ad_node **ad_tape_order(ad_tape *T) { return T->order; }
+void ad_tape_hold_order(ad_tape *T, int hold) { T->order_held = hold; }

@@ -4,9 +4,14 @@ from .tensor import (Tensor, tensor, zeros, ones, full, zeros_like, ones_like, n
                      is_grad_enabled, tape_stats)
 from .ops import (negative, exp, log, sqrt, abs, sin, cos, tanh, sigmoid, relu, add, subtract,
                   multiply, divide, power, maximum, minimum, matmul, sum, mean, max, min, reshape,
-                  transpose, broadcast_to, astype)
+                  transpose, broadcast_to, astype, concatenate, stack, split, where, clip, logsumexp,
+                  softmax, log_softmax)
+from .numerical import (numerical_grad, numerical_jacobian, gradcheck, GradcheckError, taylor_test,
+                        TaylorResult, default_step)
+from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd
 from .anomaly import detect_anomaly
 from ._capi import lib as _lib
+from . import nn, optim, data
 
 
 def _bench_sweep(n_nodes):

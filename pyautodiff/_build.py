@@ -29,6 +29,26 @@ def _sources():
     return [os.path.relpath(f, os.getcwd()) for f in files]
 
 
+def _have_libmvec():
+    """Does this toolchain link glibc's vector math (libmvec, with tanh: glibc >= 2.35)?"""
+    import subprocess
+    import tempfile
+    src = ("#pragma omp declare simd notinbranch\nextern double tanh(double);\n"
+           "double x[64], y[64];\nint main(void) {\n#pragma omp simd\n"
+           "for (int i = 0; i < 64; i++) y[i] = tanh(x[i]);\nreturn (int)y[0]; }\n")
+    with tempfile.TemporaryDirectory() as d:
+        c = os.path.join(d, "probe.c")
+        with open(c, "w") as f:
+            f.write(src)
+        cc = os.environ.get("CC", "cc").split()
+        try:
+            r = subprocess.run(cc + ["-O3", "-fopenmp-simd", "-fno-math-errno", c, "-o", os.path.join(d, "probe"),
+                                     "-lmvec", "-lm"], capture_output=True)
+        except OSError:
+            return False
+        return r.returncode == 0
+
+
 def _flags():
     if os.environ.get("PYAUTODIFF_SANITIZE") == "1":
         # Python is built with -fwrapv, which would silence UBSan's signed-overflow check
@@ -39,6 +59,7 @@ def _flags():
 
 
 ffibuilder = FFI()
+_MVEC = _have_libmvec()
 ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "ad.h")))
 # the creation-site hook of anomaly mode (pyautodiff/anomaly.py), handed to ad_set_anomaly
 ffibuilder.cdef('extern "Python" int64_t pyautodiff_capture_site(void);')
@@ -48,9 +69,9 @@ ffibuilder.set_source(
     '#include "ad.h"',
     sources=_sources(),
     include_dirs=[os.path.relpath(CSRC, os.getcwd())],
-    extra_compile_args=_compile,
+    extra_compile_args=_compile + (["-fopenmp-simd", "-DAD_HAVE_LIBMVEC=1"] if _MVEC else []),
     extra_link_args=_link,
-    libraries=["m", "pthread"],
+    libraries=(["mvec"] if _MVEC else []) + ["m", "pthread"],
 )
 
 if __name__ == "__main__":

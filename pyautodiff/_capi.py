@@ -5,7 +5,6 @@ becomes a Python exception, and `as_float_array` the only place user data is val
 converted (dtype, contiguity, byte order) before C reads it, because cffi itself checks nothing.
 """
 import ctypes
-import operator
 
 import numpy as np
 
@@ -86,25 +85,21 @@ def as_float_array(data, dtype=None, what="tensor"):
     if arr.ndim > MAXDIM:
         raise ValueError(f"{what}: tensors have at most {MAXDIM} dimensions, got shape {arr.shape}")
     if dtype is None:
-        dtype = arr.dtype if arr.dtype in _CODE else (float32 if arr.dtype == np.float16 else DEFAULT_DTYPE)
+        # compare in native byte order: a big-endian float32 array is still float32 data
+        native = arr.dtype.newbyteorder("=")
+        dtype = native if native in _CODE else (float32 if native == np.float16 else DEFAULT_DTYPE)
     # copies when the dtype, byte order or layout differs (e.g. negative strides, big-endian);
-    # not ascontiguousarray, which turns 0-d data into shape (1,)
+    # not np.ascontiguousarray, which turns 0-d data into shape (1,)
     return np.asarray(arr, dtype=dtype, order="C")
 
 
-def as_int64_tuple(values, what):
-    """Shape or axis entries as Python ints that fit int64. Floats are a TypeError (as in NumPy,
-    rather than being truncated); entries past int64 are a ValueError naming the tuple (cffi
-    would raise OverflowError)."""
-    try:
-        values = tuple(values)
-        out = tuple(operator.index(v) for v in values)
-    except TypeError:
-        raise TypeError(f"{what} must be integers, got {values!r}") from None
-    for v in out:
+def check_int64(values, what):
+    """Shape or axis entries past int64 are a ValueError naming the tuple (cffi would raise
+    OverflowError when it packs them)."""
+    for v in values:
         if not -2**63 <= v < 2**63:
-            raise ValueError(f"{what} {out}: entry {v} does not fit in int64")
-    return out
+            raise ValueError(f"{what} {values}: entry {v} does not fit in int64")
+    return values
 
 
 def _gemm_pointer(name):

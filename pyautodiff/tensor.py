@@ -8,9 +8,11 @@ Threads: each thread records on its own tape. A tensor can be read (numpy, item,
 dropped on any thread, but takes part in ops, backward and no_grad only on the thread that made
 it; using it in an op on another thread is a RuntimeError.
 """
+import operator
+
 import numpy as np
 
-from ._capi import (ffi, lib, raise_status, check, as_float_array, as_int64_tuple, dtype_code, dtype_of,
+from ._capi import (ffi, lib, raise_status, check, as_float_array, check_int64, dtype_code, dtype_of,
                     resolve_dtype)
 
 _new = object.__new__
@@ -47,6 +49,37 @@ def as_tensor(x, dtype=None):
     if isinstance(x, Tensor):
         return x
     return _from_array(as_float_array(x, dtype, what="operand"))
+
+
+def _index_grid(t):
+    """t's flat positions laid out in t's shape: indexing this grid with NumPy tells exactly which
+    elements t[index] picks, with NumPy's semantics and NumPy's IndexErrors for every index form."""
+    return np.arange(t.size, dtype=np.int64).reshape(t.shape)
+
+
+def _gather(t, flat):
+    """The elements of t at the flat positions `flat`, shaped like `flat` (one C call)."""
+    flat = np.asarray(flat, dtype=np.int64, order="C")
+    shape = ffi.new("int64_t[]", flat.shape or (0,))
+    ptr = ffi.from_buffer("int64_t[]", flat) if flat.size else ffi.NULL
+    return _wrap(lib.ad_gather(t._h, flat.ndim, shape, ptr))
+
+
+def _check_index(index):
+    parts = index if isinstance(index, tuple) else (index,)
+    for p in parts:
+        if isinstance(p, Tensor):
+            raise TypeError("a Tensor cannot be used as an index (tensors hold floats); use an integer "
+                            "or boolean NumPy array, e.g. t[mask] with mask = t > 0")
+
+
+def _assign(t, values):
+    """Overwrite the values of leaf t in place, recording nothing (load_state_dict)."""
+    arr = np.asarray(values, dtype=t.dtype, order="C")
+    if arr.shape != t.shape:
+        raise ValueError(f"assign: values have shape {arr.shape} but the tensor has shape {t.shape}")
+    ptr = ffi.from_buffer(arr, require_writable=False) if arr.size else ffi.NULL
+    check(lib.ad_assign(t._h, ptr))
 
 
 def _operand_error(op, other):
@@ -145,6 +178,21 @@ class Tensor:
             raise TypeError("len() of a 0-d tensor")
         return shape[0]
 
+    def __getitem__(self, index):
+        """NumPy indexing: ints, slices (any step), None, Ellipsis, integer arrays and boolean
+        masks. The result is a new tensor (a copy, as in any op); the gradient scatter-adds back,
+        so an element picked twice receives both cotangents."""
+        _check_index(index)
+        return _gather(self, _index_grid(self)[index])
+
+    def __iter__(self):
+        # explicit, so a 0-d tensor is a TypeError at iter() rather than a silent IndexError-ended
+        # loop, and the index grid is built once rather than per row
+        if not self.shape:
+            raise TypeError("iteration over a 0-d tensor")
+        grid = _index_grid(self)
+        return (_gather(self, row) for row in grid)
+
     def __bool__(self):
         if self.size != 1:
             raise ValueError(f"the truth value of a tensor with shape {self.shape} is ambiguous")
@@ -164,6 +212,12 @@ class Tensor:
         return "tensor(" + body + "".join(", " + e for e in extra) + ")"
 
     __hash__ = object.__hash__
+
+    def __reduce__(self):
+        # copy.copy, copy.deepcopy and pickle would otherwise copy the slot `_h` without taking a
+        # reference: two objects sharing one, the first to die freeing the other's node. A copy
+        # is a new leaf holding a copy of the values (the graph and grad are not copied).
+        return (tensor, (self.numpy(), None, self.requires_grad))
 
     # ---- autodiff ----
     def backward(self, grad=None, retain_graph=False):
@@ -375,6 +429,10 @@ class Tensor:
             axes = axes[0]
         return f(self, axes if axes else None)
 
+    def clip(self, lo=None, hi=None):
+        from .ops import clip as f
+        return f(self, lo, hi)
+
     def astype(self, dtype):
         from .ops import astype as f
         return f(self, dtype)
@@ -395,7 +453,11 @@ def tensor(data, dtype=None, requires_grad=False):
 def _shape_arg(shape):
     if isinstance(shape, (int, np.integer)):
         shape = (int(shape),)
-    shape = as_int64_tuple(shape, "shape")
+    try:
+        shape = tuple(operator.index(s) for s in shape)   # 2.5 is a TypeError, not 2
+    except TypeError:
+        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    check_int64(shape, "shape")
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return shape

@@ -23,7 +23,7 @@
 #   leak report drowns anything real. LSan would not see a leak of ours there anyway: the core
 #   keeps every node in its arena, reachable from a global, so a node leaked by a reference
 #   count bug is never "unreachable". Leaks are caught instead by the core's live counters
-#   (tape_stats(), asserted by the tests), by the pure-C tests under LSan (tools/c_tests.sh)
+#   (tape_stats(), asserted by the tests), by the pure-C tests under LSan (tools/ctest.sh)
 #   and by valgrind on a smoke script (tools/valgrind.sh). No LSan suppression file is needed.
 # - PYTHONMALLOC=malloc: Python objects come from malloc too, so ASan also sees a write of ours
 #   that lands in a Python object (pymalloc would hide it in its arenas).
@@ -44,7 +44,8 @@ fi
 # a fresh venv: nothing left over from an earlier build can be imported
 "$PYTHON" -m venv --clear "$VENV"
 VPY="$VENV/bin/python"
-"$VPY" -m pip install -q --disable-pip-version-check numpy cffi scipy pytest hypothesis setuptools wheel
+# -U: the venv comes with an old setuptools, and --no-build-isolation below builds with it
+"$VPY" -m pip install -q --disable-pip-version-check -U numpy cffi scipy pytest hypothesis "setuptools>=77" wheel
 
 REAL="$("$VPY" -c 'import os, sys; print(os.path.realpath(sys.executable))')"
 if [[ "$(head -c 4 "$REAL" | od -An -c | tr -d ' ')" != '177ELF' ]]; then

@@ -16,7 +16,8 @@ command -v valgrind >/dev/null || { echo "valgrind: not installed (apt-get insta
 
 "$PYTHON" -m venv --clear "$VENV"
 VPY="$VENV/bin/python"
-"$VPY" -m pip install -q --disable-pip-version-check numpy cffi scipy setuptools wheel
+# -U: the venv comes with an old setuptools, and --no-build-isolation below builds with it
+"$VPY" -m pip install -q --disable-pip-version-check -U numpy cffi scipy "setuptools>=77" wheel
 
 # valgrind must start the interpreter itself: on a shell shim (pyenv's) it would check bash
 REAL="$("$VPY" -c 'import os, sys; print(os.path.realpath(sys.executable))')"

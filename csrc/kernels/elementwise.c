@@ -27,8 +27,10 @@
         else for (int64_t i = 0; i < N; i++) D[i] = (EXPR);                 \
     } while (0)
 
-static void unary_forward(int op, ad_node *n, const ad_node *x)
+AD_SIMD static void unary_forward(int op, ad_node *n, const ad_node *x)
 {
+    /* large arrays: libm is the bottleneck, use the SIMD loops; tiny ones skip the dispatch */
+    if (n->size >= 64 && ad_vec_unary(op, n->dtype, x->data, n->data, n->size)) return;
     switch (op) {
 #define CASE(OP, EXPR) case OP: if (n->dtype == AD_F64) UNARY_FWD(double, EXPR); else UNARY_FWD(float, EXPR); break;
     CASE(AD_OP_NEG, -v)
@@ -52,7 +54,7 @@ static void unary_forward(int op, ad_node *n, const ad_node *x)
         SINK_LOOP(T, SAFE(G[i], EXPR));                                      \
     } while (0)
 
-int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+AD_SIMD int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T; (void)which;
     const ad_node *x = n->in[0];
@@ -62,15 +64,67 @@ int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     CASE(AD_OP_EXP, G[i] * Y[i])
     CASE(AD_OP_LOG, G[i] / X[i])
     CASE(AD_OP_SQRT, G[i] / (2 * Y[i]))
-    CASE(AD_OP_ABS, X[i] > 0 ? G[i] : (X[i] < 0 ? -G[i] : 0))
+    /* kinks: derivative 0 at 0; at a NaN input it is NaN (X[i] itself), so NaNs reach the grad */
+    CASE(AD_OP_ABS, X[i] > 0 ? G[i] : (X[i] < 0 ? -G[i] : (X[i] == 0 ? 0 : X[i])))
     CASE(AD_OP_SIN, G[i] * cos(X[i]))
     CASE(AD_OP_COS, -G[i] * sin(X[i]))
     CASE(AD_OP_TANH, G[i] * (1 - Y[i] * Y[i]))
     CASE(AD_OP_SIGMOID, G[i] * Y[i] * (1 - Y[i]))
-    CASE(AD_OP_RELU, X[i] > 0 ? G[i] : 0)
+    CASE(AD_OP_RELU, X[i] > 0 ? G[i] : (X[i] != X[i] ? X[i] : 0))
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }
+    return AD_OK;
+}
+
+/* JVP. The local derivative is evaluated once per element into D and reused by all k tangent
+ * directions, so a width-k sweep costs one transcendental call per element, not k. The
+ * derivatives follow the reference: kinks (abs, relu) take derivative 0 at 0 and NaN at NaN. */
+#define UNARY_DERIV(T, EXPR) do {                                            \
+        const T *X = x->data, *Y = n->data; T *D = d; (void)X; (void)Y;     \
+        for (int64_t i = 0; i < N; i++) D[i] = (EXPR);                      \
+    } while (0)
+
+#define TANGENT_TIMES_D(T, ...) do {                                         \
+        const T *D = d, *TX = tin[0]; T *TO = tout;                          \
+        for (int64_t r = 0; r < k; r++, TX += N, TO += N)                   \
+            for (int64_t i = 0; i < N; i++) { T t = TX[i]; TO[i] = SAFE(t, t * D[i]); } \
+    } while (0)
+
+#define TANGENT_MAP(T, EXPR) do {                                            \
+        const T *TX = tin[0]; T *TO = tout; int64_t KN = k * N;             \
+        for (int64_t i = 0; i < KN; i++) { T t = TX[i]; TO[i] = (EXPR); }   \
+    } while (0)
+
+int ad_jvp_unary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+    int64_t N = n->size;
+    if (n->op == AD_OP_NEG) {
+        BY_DTYPE(n->dtype, TANGENT_MAP, -t);
+        return AD_OK;
+    }
+    size_t bytes = (size_t)(N ? N : 1) * ad_itemsize(n->dtype);
+    void *d = ad_buf_alloc(T, bytes);
+    if (!d) return ad_err(AD_ERR_MEMORY, "jvp of %s: out of memory (%zu bytes)", ad_ops[n->op].name, bytes);
+    switch (n->op) {
+#define CASE(OP, EXPR) case OP: BY_DTYPE(n->dtype, UNARY_DERIV, EXPR); break;
+    CASE(AD_OP_EXP, Y[i])
+    CASE(AD_OP_LOG, 1 / X[i])
+    CASE(AD_OP_SQRT, 1 / (2 * Y[i]))
+    CASE(AD_OP_ABS, X[i] > 0 ? 1 : (X[i] < 0 ? -1 : (X[i] != X[i] ? X[i] : 0)))
+    CASE(AD_OP_SIN, cos(X[i]))
+    CASE(AD_OP_COS, -sin(X[i]))
+    CASE(AD_OP_TANH, 1 - Y[i] * Y[i])
+    CASE(AD_OP_SIGMOID, Y[i] * (1 - Y[i]))
+    CASE(AD_OP_RELU, X[i] > 0 ? 1 : (X[i] != X[i] ? X[i] : 0))
+#undef CASE
+    default:
+        ad_buf_free(T, d, bytes);
+        return ad_err(AD_ERR_RUNTIME, "internal: no JVP for op %d", n->op);
+    }
+    BY_DTYPE(n->dtype, TANGENT_TIMES_D, 0);
+    ad_buf_free(T, d, bytes);
     return AD_OK;
 }
 
@@ -131,7 +185,7 @@ int64_t ad_unary(int op, int64_t hx)
     } while (0)
 
 /* maximum/minimum propagate NaN like NumPy */
-static void binary_forward(int op, ad_node *n, const ad_node *a, const ad_node *b)
+AD_SIMD static void binary_forward(int op, ad_node *n, const ad_node *a, const ad_node *b)
 {
     switch (op) {
 #define CASE(OP, EXPR) case OP: if (n->dtype == AD_F64) BIN_FWD(double, EXPR); else BIN_FWD(float, EXPR); break;
@@ -154,9 +208,11 @@ static void binary_forward(int op, ad_node *n, const ad_node *a, const ad_node *
         else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, EXPR); });                     \
     } while (0)
 
-/* Ties in maximum/minimum split the cotangent equally between the two sides. pow's exponent
- * gradient out*log(a) is taken as 0 where a == 0 (the limit along a -> 0+ for positive out). */
-int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+/* Ties in maximum/minimum split the cotangent equally between the two sides; a NaN operand is
+ * the one the output came from, so it gets the cotangent (both do when both are NaN). pow's
+ * exponent gradient out*log(a) is taken as 0 where a == 0 (the limit along a -> 0+ for positive
+ * out). */
+AD_SIMD int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T;
     const ad_node *a = n->in[0], *b = n->in[1];
@@ -173,14 +229,98 @@ int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     CASE(AD_OP_DIV, 1, -gi * Y[io] / B[ib])
     CASE(AD_OP_POW, 0, B[ib] == 0 ? 0 : gi * B[ib] * pow(A[ia], B[ib] - 1))
     CASE(AD_OP_POW, 1, A[ia] == 0 ? 0 : gi * Y[io] * log(A[ia]))
-    CASE(AD_OP_MAXIMUM, 0, A[ia] > B[ib] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MAXIMUM, 1, B[ib] > A[ia] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MINIMUM, 0, A[ia] < B[ib] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MINIMUM, 1, B[ib] < A[ia] ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MAXIMUM, 0, (A[ia] > B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MAXIMUM, 1, (B[ib] > A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MINIMUM, 0, (A[ia] < B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MINIMUM, 1, (B[ib] < A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }
     return AD_OK;
+}
+
+/* JVP: the output tangent is the sum of each input's tangent, broadcast to the output, times its
+ * local derivative. Derivatives are evaluated once into output-shaped buffers and reused by the
+ * k directions. maximum/minimum route instead of multiplying: the winner's tangent passes, ties
+ * average, and the loser contributes exactly 0 even for an infinite tangent (as the reference).
+ * A NaN operand is the winner, since the output came from it. */
+#define BIN_DERIV(T, EXPR) do {                                                         \
+        const T *A = a->data, *B = b->data, *Y = n->data; T *D = dst;                  \
+        (void)A; (void)B; (void)Y;                                                      \
+        BCAST_WALK({ D[io] = (EXPR); });                                                \
+    } while (0)
+
+static void binary_deriv(int op, int which, ad_node *n, const ad_node *a, const ad_node *b, void *dst)
+{
+    switch (op * 2 + which) {
+#define CASE(OP, W, EXPR) case OP * 2 + W: BY_DTYPE(n->dtype, BIN_DERIV, EXPR); break;
+    CASE(AD_OP_MUL, 0, B[ib])
+    CASE(AD_OP_MUL, 1, A[ia])
+    CASE(AD_OP_DIV, 0, 1 / B[ib])
+    CASE(AD_OP_DIV, 1, -Y[io] / B[ib])
+    CASE(AD_OP_POW, 0, B[ib] == 0 ? 0 : B[ib] * pow(A[ia], B[ib] - 1))
+    CASE(AD_OP_POW, 1, A[ia] == 0 ? 0 : Y[io] * log(A[ia]))
+    CASE(AD_OP_MAXIMUM, 0, (A[ia] > B[ib] || A[ia] != A[ia]) ? 1 : (A[ia] == B[ib] ? 0.5f : 0))
+    CASE(AD_OP_MAXIMUM, 1, (B[ib] > A[ia] || B[ib] != B[ib]) ? 1 : (A[ia] == B[ib] ? 0.5f : 0))
+    CASE(AD_OP_MINIMUM, 0, (A[ia] < B[ib] || A[ia] != A[ia]) ? 1 : (A[ia] == B[ib] ? 0.5f : 0))
+    CASE(AD_OP_MINIMUM, 1, (B[ib] < A[ia] || B[ib] != B[ib]) ? 1 : (A[ia] == B[ib] ? 0.5f : 0))
+#undef CASE
+    default: break;
+    }
+}
+
+#define ROUTE(t, w) ((w) == 0 ? 0 : (t) * (w))
+/* one direction: TA/TB are that direction's input tangents (NULL: zero), TO its output tangent */
+#define BIN_TANGENT(T, TERM) do {                                                       \
+        const T *TA = ta, *TB = tb, *DA = da, *DB = db; T *TO = to;                     \
+        if (TA && TB) BCAST_WALK({ T u = TA[ia], v = TB[ib]; TO[io] = TERM(u, DA[io]) + TERM(v, DB[io]); }); \
+        else if (TA) BCAST_WALK({ T u = TA[ia]; TO[io] = TERM(u, DA[io]); });          \
+        else BCAST_WALK({ T v = TB[ib]; TO[io] = TERM(v, DB[io]); });                   \
+    } while (0)
+#define TIMES_SAFE(t, d) SAFE(t, (t) * (d))
+#define ADD_SUB_TANGENT(T, SIGN) do {                                                   \
+        const T *TA = ta, *TB = tb; T *TO = to;                                         \
+        if (TA && TB) BCAST_WALK({ TO[io] = TA[ia] SIGN TB[ib]; });                      \
+        else if (TA) BCAST_WALK({ TO[io] = TA[ia]; });                                   \
+        else BCAST_WALK({ TO[io] = SIGN TB[ib]; });                                      \
+    } while (0)
+
+int ad_jvp_binary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *a = n->in[0], *b = n->in[1];
+    size_t isz = ad_itemsize(n->dtype);
+    size_t sa = (size_t)a->size * isz, sb = (size_t)b->size * isz, so = (size_t)n->size * isz;
+    int op = n->op;
+    if (op == AD_OP_ADD || op == AD_OP_SUB) {
+        for (int64_t r = 0; r < k; r++) {
+            const void *ta = tin[0] ? (const char *)tin[0] + r * sa : NULL;
+            const void *tb = tin[1] ? (const char *)tin[1] + r * sb : NULL;
+            void *to = (char *)tout + r * so;
+            if (op == AD_OP_ADD) BY_DTYPE(n->dtype, ADD_SUB_TANGENT, +);
+            else BY_DTYPE(n->dtype, ADD_SUB_TANGENT, -);
+        }
+        return AD_OK;
+    }
+    size_t dbytes = so ? so : 1;
+    void *da = NULL, *db = NULL;
+    if (tin[0] && !(da = ad_buf_alloc(T, dbytes))) goto oom;
+    if (tin[1] && !(db = ad_buf_alloc(T, dbytes))) goto oom;
+    if (da) binary_deriv(op, 0, n, a, b, da);
+    if (db) binary_deriv(op, 1, n, a, b, db);
+    int route = op == AD_OP_MAXIMUM || op == AD_OP_MINIMUM;
+    for (int64_t r = 0; r < k; r++) {
+        const void *ta = tin[0] ? (const char *)tin[0] + r * sa : NULL;
+        const void *tb = tin[1] ? (const char *)tin[1] + r * sb : NULL;
+        void *to = (char *)tout + r * so;
+        if (route) BY_DTYPE(n->dtype, BIN_TANGENT, ROUTE);
+        else BY_DTYPE(n->dtype, BIN_TANGENT, TIMES_SAFE);
+    }
+    ad_buf_free(T, da, dbytes);
+    ad_buf_free(T, db, dbytes);
+    return AD_OK;
+oom:
+    ad_buf_free(T, da, dbytes);
+    return ad_err(AD_ERR_MEMORY, "jvp of %s: out of memory (%zu bytes)", ad_ops[op].name, dbytes);
 }
 
 /* float32 meeting float64 computes in float64, as NumPy does; the cast is a node of its own so
@@ -233,7 +373,7 @@ int64_t ad_binary(int op, int64_t ha, int64_t hb)
         for (int64_t i = 0; i < N; i++) { T v = X[i]; Y[i] = (EXPR); }      \
     } while (0)
 
-static void scalar_forward(int op, ad_node *n, const ad_node *x, double cd)
+AD_SIMD static void scalar_forward(int op, ad_node *n, const ad_node *x, double cd)
 {
     switch (op) {
 #define CASE(OP, EXPR) case OP: if (n->dtype == AD_F64) SCALAR_FWD(double, EXPR); else SCALAR_FWD(float, EXPR); break;
@@ -260,7 +400,7 @@ static void scalar_forward(int op, ad_node *n, const ad_node *x, double cd)
         SINK_LOOP(T, SAFE(G[i], EXPR));                                      \
     } while (0)
 
-int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+AD_SIMD int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T; (void)which;
     const ad_node *x = n->in[0];
@@ -276,6 +416,45 @@ int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }
+    return AD_OK;
+}
+
+/* JVP: as the unary ops, the local derivative is evaluated once and shared by the k directions. */
+#define SCALAR_DERIV(T, EXPR) do {                                           \
+        const T *X = x->data, *Y = n->data; const T c = (T)n->c[0]; T *D = d; \
+        (void)X; (void)Y; (void)c;                                           \
+        for (int64_t i = 0; i < N; i++) D[i] = (EXPR);                      \
+    } while (0)
+
+int ad_jvp_scalar(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+    int64_t N = n->size;
+    if (n->op == AD_OP_ADD_S) {
+        memcpy(tout, tin[0], (size_t)(k * N) * ad_itemsize(n->dtype));
+        return AD_OK;
+    }
+    if (n->op == AD_OP_RSUB_S) {
+        BY_DTYPE(n->dtype, TANGENT_MAP, -t);
+        return AD_OK;
+    }
+    size_t bytes = (size_t)(N ? N : 1) * ad_itemsize(n->dtype);
+    void *d = ad_buf_alloc(T, bytes);
+    if (!d) return ad_err(AD_ERR_MEMORY, "jvp of %s: out of memory (%zu bytes)", ad_ops[n->op].name, bytes);
+    switch (n->op) {
+#define CASE(OP, EXPR) case OP: BY_DTYPE(n->dtype, SCALAR_DERIV, EXPR); break;
+    CASE(AD_OP_MUL_S, c)
+    CASE(AD_OP_DIV_S, 1 / c)
+    CASE(AD_OP_RDIV_S, -Y[i] / X[i])
+    CASE(AD_OP_POW_S, c == 0 ? 0 : (c == 2 ? 2 * X[i] : c * pow(X[i], c - 1)))
+    CASE(AD_OP_RPOW_S, c == 0 ? 0 : Y[i] * log(c))
+#undef CASE
+    default:
+        ad_buf_free(T, d, bytes);
+        return ad_err(AD_ERR_RUNTIME, "internal: no JVP for op %d", n->op);
+    }
+    BY_DTYPE(n->dtype, TANGENT_TIMES_D, 0);
+    ad_buf_free(T, d, bytes);
     return AD_OK;
 }
 

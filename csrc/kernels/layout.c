@@ -194,3 +194,33 @@ int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
         return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }
 }
+
+/* JVP: layout ops are linear, so each tangent direction moves exactly as the value did. */
+int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    (void)T;
+    const ad_node *x = n->in[0];
+    size_t sx = (size_t)x->size * ad_itemsize(x->dtype), so = (size_t)n->size * ad_itemsize(n->dtype);
+    int64_t src[AD_MAXDIM];
+    switch (n->op) {
+    case AD_OP_RESHAPE:
+    case AD_OP_CAST:
+        /* contiguous in both layouts: all k directions convert in one pass */
+        convert(n->dtype, tout, x->dtype, tin[0], k * n->size, 0);
+        return AD_OK;
+    case AD_OP_TRANSPOSE: {
+        int64_t xs[AD_MAXDIM];
+        ad_contig_strides(x->ndim, x->shape, xs);
+        for (int i = 0; i < n->ndim; i++) src[i] = xs[n->aux[i]];
+        break;
+    }
+    case AD_OP_BROADCAST_TO:
+        ad_bcast_strides(x->ndim, x->shape, n->ndim, n->shape, src);
+        break;
+    default:
+        return ad_err(AD_ERR_RUNTIME, "internal: no JVP for op %d", n->op);
+    }
+    for (int64_t r = 0; r < k; r++)
+        ad_copy_strided(n->dtype, (char *)tout + r * so, (const char *)tin[0] + r * sx, n->ndim, n->shape, src);
+    return AD_OK;
+}

@@ -209,3 +209,88 @@ int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     }
     return AD_OK;
 }
+
+/* Batched VJP for jacrev's k cotangent rows. Without batch axes, row r's dA = G_r @ B^T, and the
+ * rows of all G_r are contiguous, so the k products are one gemm of k*m rows; dB = A^T @ G_r is
+ * one gemm too when B is a vector (dB rows stacked: G (k x m) @ A). A matrix B loops over rows.
+ * With batch axes the sweep's per-row path handles the broadcast batch sums. */
+int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate)
+{
+    (void)T;
+    const ad_node *a = n->in[0], *b = n->in[1];
+    mview va, vb;
+    bplan p;
+    view_of(a, 0, &va);
+    view_of(b, 1, &vb);
+    plan_batches(&va, &vb, &p);
+    if (p.count != 1 || p.nb != 0) return 0;
+    int64_t m = va.rows, kk = va.cols, nn = vb.cols;
+    size_t isz = ad_itemsize(n->dtype);
+    if (which == 0) {
+        ad_gemm(n->dtype, 0, 1, k * m, kk, nn, g, nn, b->data, nn, accumulate, dst, kk);
+    } else if (nn == 1) {
+        ad_gemm(n->dtype, 0, 0, k, kk, m, g, m, a->data, kk, accumulate, dst, kk);
+    } else {
+        for (int64_t r = 0; r < k; r++)
+            ad_gemm(n->dtype, 1, 0, kk, nn, m, a->data, kk, (const char *)g + (size_t)(r * m * nn) * isz, nn,
+                    accumulate, (char *)dst + (size_t)(r * kk * nn) * isz, nn);
+    }
+    return 1;
+}
+
+/* JVP: d(A @ B) = dA @ B + A @ dB, per direction and batch. Without batch axes the k directions
+ * are folded into the gemm's rows where the layout allows it, so a width-k sweep is one gemm of
+ * k*m rows (dA @ B) and, for a vector right operand, one more (dB @ A^T); other cases loop. */
+int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    (void)T;
+    const ad_node *a = n->in[0], *b = n->in[1];
+    mview va, vb;
+    bplan p;
+    view_of(a, 0, &va);
+    view_of(b, 1, &vb);
+    plan_batches(&va, &vb, &p);
+    int64_t m = va.rows, kk = va.cols, nn = vb.cols;
+    size_t isz = ad_itemsize(n->dtype);
+    size_t sa = (size_t)a->size * isz, sb = (size_t)b->size * isz, so = (size_t)n->size * isz;
+    const char *A = a->data, *B = b->data;
+    if (p.count == 1) {
+        int beta = 0;
+        if (tin[0]) {
+            /* rows of direction r follow those of direction r-1: (k*m x kk) @ (kk x nn) */
+            ad_gemm(n->dtype, 0, 0, k * m, nn, kk, tin[0], kk, B, nn, 0, tout, nn);
+            beta = 1;
+        }
+        if (tin[1]) {
+            if (nn == 1) {
+                /* out (k x m) += dB (k x kk) @ A^T */
+                ad_gemm(n->dtype, 0, 1, k, m, kk, tin[1], kk, A, kk, beta, tout, m);
+            } else {
+                for (int64_t r = 0; r < k; r++)
+                    ad_gemm(n->dtype, 0, 0, m, nn, kk, A, kk, (const char *)tin[1] + r * sb, nn, beta,
+                            (char *)tout + r * so, nn);
+            }
+        }
+        return AD_OK;
+    }
+    for (int64_t r = 0; r < k; r++) {
+        const char *TA = tin[0] ? (const char *)tin[0] + r * sa : NULL;
+        const char *TB = tin[1] ? (const char *)tin[1] + r * sb : NULL;
+        char *TO = (char *)tout + r * so;
+        for (int64_t t = 0; t < p.count; t++) {
+            int64_t ia, ib;
+            batch_offsets(&p, t, &ia, &ib);
+            char *C = TO + (size_t)(t * m * nn) * isz;
+            int beta = 0;
+            if (TA) {
+                ad_gemm(n->dtype, 0, 0, m, nn, kk, TA + (size_t)(ia * m * kk) * isz, kk,
+                        B + (size_t)(ib * kk * nn) * isz, nn, 0, C, nn);
+                beta = 1;
+            }
+            if (TB)
+                ad_gemm(n->dtype, 0, 0, m, nn, kk, A + (size_t)(ia * m * kk) * isz, kk,
+                        TB + (size_t)(ib * kk * nn) * isz, nn, beta, C, nn);
+        }
+    }
+    return AD_OK;
+}

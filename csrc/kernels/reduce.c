@@ -44,18 +44,13 @@ static int64_t reduced_count(const ad_node *x, uint64_t mask)
         }                                                                            \
     } while (0)
 
-/* Eight partial sums in double: vectorisable and more accurate than one running float sum. */
+/* Accumulated in double (AD_SUM): vectorisable and accurate for float32 too. */
 #define SUM_FWD(T) do {                                                                \
         const T *X = x->data; T *Y = n->data;                                          \
         double *acc = tmp;                                                             \
         for (int64_t i = 0; i < n->size; i++) acc[i] = 0;                              \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                    \
-            int64_t i = 0;                                                             \
-            if (dx == 1) for (; i + 8 <= len; i += 8)                                  \
-                for (int l = 0; l < 8; l++) p[l] += X[ox + i + l];                     \
-            for (; i < len; i++) p[0] += X[ox + i * dx];                               \
-            acc[oo] += ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])); \
+        REDUCE_WALK(if (dout == 0) {                                                   \
+            acc[oo] += AD_SUM(T, X + ox, len, dx);                                     \
         } else {                                                                       \
             for (int64_t i = 0; i < len; i++) acc[oo + i * dout] += X[ox + i * dx];    \
         });                                                                            \
@@ -88,7 +83,7 @@ static const char *op_label(int op)
     return op == AD_OP_SUM ? "sum" : op == AD_OP_MEAN ? "mean" : op == AD_OP_MAX ? "max" : "min";
 }
 
-int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
+AD_SIMD int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
 {
     if (op < AD_OP_SUM || op > AD_OP_MIN)
         return ad_err(AD_ERR_TYPE, "reduce: op code %d is not a reduction", op);
@@ -140,15 +135,17 @@ out:
     return st;
 }
 
+/* The walk visits every element of x exactly once, so a first contribution assigns instead of
+ * zeroing the buffer and adding (one pass over the adjoint instead of two). */
+#define SUM_VJP_WALK(T, OP) REDUCE_WALK(if (dout == 0) {                               \
+            T gi = G[oo] * sc;                                                         \
+            for (int64_t i = 0; i < len; i++) D[ox + i * dx] OP gi;                    \
+        } else {                                                                       \
+            for (int64_t i = 0; i < len; i++) D[ox + i * dx] OP G[oo + i * dout] * sc; \
+        })
 #define SUM_VJP(T) do {                                                                \
         const T *G = g; T *D = s->dst; const T sc = (T)scale;                          \
-        if (!s->accumulate) memset(D, 0, (size_t)x->size * sizeof(T));                 \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            T gi = G[oo] * sc;                                                         \
-            for (int64_t i = 0; i < len; i++) D[ox + i * dx] += gi;                    \
-        } else {                                                                       \
-            for (int64_t i = 0; i < len; i++) D[ox + i * dx] += G[oo + i * dout] * sc; \
-        });                                                                            \
+        if (s->accumulate) SUM_VJP_WALK(T, +=); else SUM_VJP_WALK(T, =);               \
     } while (0)
 
 /* Route to the elements equal to the result; NaN results route to the NaN elements. */
@@ -163,21 +160,15 @@ out:
             for (int64_t i = 0; i < len; i++)                                          \
                 cnt[oo + i * dout] += IS_HIT(X[ox + i * dx], Y[oo + i * dout]);         \
         });                                                                            \
-        if (!s->accumulate) memset(D, 0, (size_t)x->size * sizeof(T));                 \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            for (int64_t i = 0; i < len; i++)                                          \
-                if (IS_HIT(X[ox + i * dx], Y[oo]) && G[oo] != 0)                       \
-                    D[ox + i * dx] += (T)(G[oo] / cnt[oo]);                            \
-        } else {                                                                       \
-            for (int64_t i = 0; i < len; i++) {                                        \
+        const int acc_ = s->accumulate;                                                \
+        REDUCE_WALK(for (int64_t i = 0; i < len; i++) {                                \
                 int64_t o = oo + i * dout;                                             \
-                if (IS_HIT(X[ox + i * dx], Y[o]) && G[o] != 0)                         \
-                    D[ox + i * dx] += (T)(G[o] / cnt[o]);                              \
-            }                                                                          \
-        });                                                                            \
+                T c = IS_HIT(X[ox + i * dx], Y[o]) && G[o] != 0 ? (T)(G[o] / cnt[o]) : 0; \
+                if (acc_) D[ox + i * dx] += c; else D[ox + i * dx] = c;                \
+            });                                                                        \
     } while (0)
 
-int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)which;
     const ad_node *x = n->in[0];
@@ -192,6 +183,58 @@ int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     void *tmp = ad_buf_alloc(T, tmp_bytes);
     if (!tmp) return ad_err(AD_ERR_MEMORY, "backward of %s: out of memory", op_label(n->op));
     if (x->dtype == AD_F64) EXTREME_VJP(double); else EXTREME_VJP(float);
+    ad_buf_free(T, tmp, tmp_bytes);
+    return AD_OK;
+}
+
+/* JVP: sum and mean are linear, so each tangent direction is reduced exactly like the forward
+ * value (SUM_FWD on views whose data point at that direction). max/min pass on the mean of the
+ * winners' tangents: the adjoint of splitting the cotangent equally among ties. */
+#define EXTREME_JVP(T) do {                                                            \
+        const T *X = x->data, *Y = n->data;                                            \
+        double *cnt = tmp, *acc = cnt + n->size;                                       \
+        for (int64_t i = 0; i < n->size; i++) cnt[i] = 0;                              \
+        REDUCE_WALK(for (int64_t i = 0; i < len; i++)                                  \
+            cnt[oo + i * dout] += IS_HIT(X[ox + i * dx], Y[oo + i * dout]));           \
+        for (int64_t r = 0; r < k; r++) {                                              \
+            const T *TX = (const T *)tin[0] + r * x->size;                             \
+            T *TO = (T *)tout + r * n->size;                                           \
+            for (int64_t i = 0; i < n->size; i++) acc[i] = 0;                          \
+            REDUCE_WALK(for (int64_t i = 0; i < len; i++)                              \
+                if (IS_HIT(X[ox + i * dx], Y[oo + i * dout]))                          \
+                    acc[oo + i * dout] += TX[ox + i * dx]);                            \
+            for (int64_t i = 0; i < n->size; i++) TO[i] = (T)(acc[i] / cnt[i]);        \
+        }                                                                              \
+    } while (0)
+
+int ad_jvp_reduce(ad_tape *T, ad_node *node, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = node->in[0];
+    ad_node *n = node;
+    uint64_t mask = node->axes;
+    int64_t count = 1;
+    for (int i = 0; i < x->ndim; i++)
+        if (mask & ((uint64_t)1 << i)) count *= x->shape[i];
+    int extreme = node->op == AD_OP_MAX || node->op == AD_OP_MIN;
+    size_t tmp_bytes = (size_t)(node->size ? node->size : 1) * sizeof(double) * (extreme ? 2 : 1);
+    void *tmp = ad_buf_alloc(T, tmp_bytes);
+    if (!tmp) return ad_err(AD_ERR_MEMORY, "jvp of %s: out of memory", op_label(node->op));
+    if (extreme) {
+        if (x->dtype == AD_F64) EXTREME_JVP(double); else EXTREME_JVP(float);
+    } else {
+        double scale = node->op == AD_OP_MEAN ? 1.0 / (double)count : 1.0;
+        if (node->op == AD_OP_MEAN && count == 0) scale = NAN;
+        size_t isz = ad_itemsize(x->dtype);
+        for (int64_t r = 0; r < k; r++) {
+            /* views of direction r: same shapes, data in the tangent buffers */
+            ad_node xr = *node->in[0], nr = *node;
+            xr.data = (char *)tin[0] + (size_t)(r * xr.size) * isz;
+            nr.data = (char *)tout + (size_t)(r * nr.size) * isz;
+            const ad_node *x = &xr;
+            ad_node *n = &nr;
+            if (x->dtype == AD_F64) SUM_FWD(double); else SUM_FWD(float);
+        }
+    }
     ad_buf_free(T, tmp, tmp_bytes);
     return AD_OK;
 }

@@ -1,4 +1,5 @@
-/* The op table: one row per op code, naming its VJP and the shape its contributions take. */
+/* The op table: one row per op code, naming its VJP, the shape its contributions take, and its
+ * JVP. */
 #include "../core.h"
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape)
@@ -8,10 +9,10 @@ void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape)
     for (int i = 0; i < n->ndim; i++) shape[i] = n->shape[i];
 }
 
-#define U(name) {name, ad_vjp_unary, 0}
-#define B(name) {name, ad_vjp_binary, ad_contrib_output}
-#define S(name) {name, ad_vjp_scalar, 0}
-#define R(name) {name, ad_vjp_reduce, 0}
+#define U(name) {name, ad_vjp_unary, 0, ad_jvp_unary}
+#define B(name) {name, ad_vjp_binary, ad_contrib_output, ad_jvp_binary}
+#define S(name) {name, ad_vjp_scalar, 0, ad_jvp_scalar}
+#define R(name) {name, ad_vjp_reduce, 0, ad_jvp_reduce}
 
 const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_LEAF] = {"tensor", 0, 0},
@@ -25,9 +26,17 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_DIV_S] = S("divide"), [AD_OP_RDIV_S] = S("divide"), [AD_OP_POW_S] = S("power"),
     [AD_OP_RPOW_S] = S("power"),
     [AD_OP_SUM] = R("sum"), [AD_OP_MEAN] = R("mean"), [AD_OP_MAX] = R("max"), [AD_OP_MIN] = R("min"),
-    [AD_OP_MATMUL] = {"matmul", ad_vjp_matmul, ad_contrib_matmul},
-    [AD_OP_RESHAPE] = {"reshape", ad_vjp_layout, 0},
-    [AD_OP_TRANSPOSE] = {"transpose", ad_vjp_layout, 0},
-    [AD_OP_BROADCAST_TO] = {"broadcast_to", ad_vjp_layout, ad_contrib_output},
-    [AD_OP_CAST] = {"cast", ad_vjp_layout, 0},
+    [AD_OP_MATMUL] = {"matmul", ad_vjp_matmul, ad_contrib_matmul, ad_jvp_matmul, ad_vjp_rows_matmul},
+    [AD_OP_RESHAPE] = {"reshape", ad_vjp_layout, 0, ad_jvp_layout},
+    [AD_OP_TRANSPOSE] = {"transpose", ad_vjp_layout, 0, ad_jvp_layout},
+    [AD_OP_BROADCAST_TO] = {"broadcast_to", ad_vjp_layout, ad_contrib_output, ad_jvp_layout},
+    [AD_OP_CAST] = {"cast", ad_vjp_layout, 0, ad_jvp_layout},
+    [AD_OP_GATHER] = {"getitem", ad_vjp_index, 0, ad_jvp_index},
+    [AD_OP_CONCATENATE] = {"concatenate", ad_vjp_index, 0, ad_jvp_index},
+    [AD_OP_STACK] = {"stack", ad_vjp_index, 0, ad_jvp_index},
+    [AD_OP_WHERE] = {"where", ad_vjp_index, ad_contrib_output, ad_jvp_index},
+    [AD_OP_CLIP] = {"clip", ad_vjp_index, 0, ad_jvp_index},
+    [AD_OP_LOGSUMEXP] = {"logsumexp", ad_vjp_softmax, 0, ad_jvp_softmax},
+    [AD_OP_SOFTMAX] = {"softmax", ad_vjp_softmax, 0, ad_jvp_softmax},
+    [AD_OP_LOG_SOFTMAX] = {"log_softmax", ad_vjp_softmax, 0, ad_jvp_softmax},
 };

@@ -4,7 +4,7 @@
 # csrc/tests/fuzz_capi.c, both built with ASan + UBSan + LeakSanitizer. Any sanitizer report,
 # failed check, leak or crash exits non-zero.
 #
-#   tools/c_tests.sh [build-dir]        (default: build/ctest under the repo)
+#   tools/ctest.sh [build-dir]        (default: build/ctest under the repo)
 #   PYAUTODIFF_CFUZZ_SEEDS=N  PYAUTODIFF_CFUZZ_ITERS=M   fuzz N seeds x M calls (default 8 x 20000)
 set -euo pipefail
 
@@ -32,4 +32,4 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 for ((seed = 1; seed <= SEEDS; seed++)); do
     "$OUT/fuzz_capi" "$seed" "$ITERS"
 done
-echo "c_tests: test_core and $SEEDS fuzz seeds x $ITERS calls passed"
+echo "ctest: test_core and $SEEDS fuzz seeds x $ITERS calls passed"

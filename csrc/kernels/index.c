@@ -1,0 +1,477 @@
+/* Indexing and selection: gather (t[...]), concatenate / stack, where, clip. Forward and VJP of
+ * each op sit together.
+ *
+ * gather takes flat source indices that the bindings compute with NumPy, so every NumPy indexing
+ * form (slices with steps, None, Ellipsis, integer arrays, boolean masks) reduces to one kernel;
+ * the indices are still checked here, because C must never read outside a buffer whatever it is
+ * handed. Its VJP scatter-adds: an element picked twice collects both cotangents. */
+#include "../core.h"
+#include <string.h>
+#include <math.h>
+
+#define SAFE(g, e) ((g) == 0 ? 0 : (e))
+
+/* float32 meeting float64 computes in float64, as NumPy does; the cast is its own node so the
+ * gradient flows back as float32 (the same rule as binary ops in elementwise.c). */
+static int upcast(ad_tape *T, ad_node *x, ad_node **out)
+{
+    ad_node *c;
+    int st = ad_node_new(T, AD_OP_CAST, AD_F64, x->ndim, x->shape, &c);
+    if (st) return st;
+    const float *src = x->data;
+    double *dst = c->data;
+    for (int64_t i = 0; i < c->size; i++) dst[i] = src[i];
+    if ((st = ad_node_link(T, c, 1, &x))) { ad_node_discard(T, c); return st; }
+    *out = c;
+    return AD_OK;
+}
+
+/* Will an op on these inputs be recorded? Saved data (indices, masks) is kept only then. */
+static int recording(ad_tape *T, int nin, ad_node **ins)
+{
+    if (!ad_grad_mode(T)) return 0;
+    for (int i = 0; i < nin; i++)
+        if (ins[i]->flags & F_REQUIRES_GRAD) return 1;
+    return 0;
+}
+
+/* ---------------- gather ---------------- */
+
+int64_t ad_gather(int64_t hx, int ndim, const int64_t *shape, const int64_t *index)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    if ((st = ad_resolve(T, hx, &x))) goto out;
+    if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && !shape)) {
+        st = ad_err(AD_ERR_VALUE, "getitem: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
+        goto out;
+    }
+    if ((st = ad_node_new(T, AD_OP_GATHER, x->dtype, ndim, shape, &n))) goto out;
+    if (n->size > INT32_MAX) {
+        ad_node_discard(T, n);
+        st = ad_err(AD_ERR_VALUE, "getitem: cannot select more than %d elements at once", INT32_MAX);
+        goto out;
+    }
+    if (n->size && !index) { ad_node_discard(T, n); st = ad_err(AD_ERR_VALUE, "getitem: index is NULL"); goto out; }
+    for (int64_t i = 0; i < n->size; i++) {
+        if (index[i] < 0 || index[i] >= x->size) {
+            char b[160];
+            ad_node_discard(T, n);
+            st = ad_err(AD_ERR_INDEX, "getitem: flat index %lld is out of bounds for a tensor of shape %s (size %lld)",
+                        (long long)index[i], ad_shape_str(b, sizeof b, x->ndim, x->shape), (long long)x->size);
+            goto out;
+        }
+    }
+    if (x->dtype == AD_F64) {
+        const double *X = x->data; double *Y = n->data;
+        for (int64_t i = 0; i < n->size; i++) Y[i] = X[index[i]];
+    } else {
+        const float *X = x->data; float *Y = n->data;
+        for (int64_t i = 0; i < n->size; i++) Y[i] = X[index[i]];
+    }
+    if (n->size && recording(T, 1, &x)) {
+        n->aux = ad_buf_alloc(T, (size_t)n->size * sizeof(int64_t));
+        if (!n->aux) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "getitem: out of memory saving the index"); goto out; }
+        memcpy(n->aux, index, (size_t)n->size * sizeof(int64_t));
+        n->aux_len = (int32_t)n->size;
+    }
+    st = ad_finish(T, n, 1, &x);
+out:
+    ad_unlock(T);
+    return st;
+}
+
+#define SCATTER(TT) do {                                                                 \
+        TT *D = s->dst; const TT *G = g; const int64_t *I = n->aux;                      \
+        if (!s->accumulate) memset(D, 0, (size_t)s->size * sizeof(TT));                 \
+        for (int64_t i = 0; i < n->aux_len; i++) D[I[i]] += G[i];                        \
+    } while (0)
+
+static int vjp_gather(ad_node *n, const void *g, ad_sink *s)
+{
+    if (n->dtype == AD_F64) SCATTER(double); else SCATTER(float);
+    return AD_OK;
+}
+
+/* JVP: each direction picks the same elements as the value did. */
+static void jvp_gather(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+    const int64_t *I = n->aux;
+#define PICK(TT) do {                                                                    \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < n->aux_len; i++) TO[i] = TX[I[i]];                   \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) PICK(double); else PICK(float);
+#undef PICK
+}
+
+/* ---------------- concatenate / stack ---------------- */
+
+/* Both ops lay the inputs side by side along one output axis: seen as (outer, extent, inner)
+ * blocks, input k fills extent_k rows of every outer block (extent 1 for stack's new axis). */
+static void axis_split(const ad_node *n, int axis, int64_t *outer, int64_t *inner)
+{
+    *outer = 1;
+    *inner = 1;
+    for (int i = 0; i < axis; i++) *outer *= n->shape[i];
+    for (int i = axis + 1; i < n->ndim; i++) *inner *= n->shape[i];
+}
+
+static int axis_of(const ad_node *n)
+{
+    int a = 0;
+    while (!(n->axes & ((uint64_t)1 << a))) a++;
+    return a;
+}
+
+static int64_t extent(const ad_node *n, const ad_node *x, int axis)
+{
+    return n->op == AD_OP_STACK ? 1 : x->shape[axis];
+}
+
+int64_t ad_concatenate(int nx, const int64_t *hs, int64_t axis, int new_axis)
+{
+    const char *name = new_axis ? "stack" : "concatenate";
+    if (nx < 1 || !hs) return ad_err(AD_ERR_VALUE, "%s: need at least one tensor", name);
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node **ins = ad_buf_alloc(T, (size_t)nx * sizeof *ins);
+    ad_node **casts = ad_buf_alloc(T, (size_t)nx * sizeof *casts);
+    ad_node *n = NULL;
+    int ncast = 0;
+    char b1[160], b2[160];
+    if (!ins || !casts) { st = ad_err(AD_ERR_MEMORY, "%s: out of memory", name); goto out; }
+    int dtype = AD_F32;
+    for (int k = 0; k < nx; k++) {
+        if ((st = ad_resolve(T, hs[k], &ins[k]))) goto out;
+        if (ins[k]->dtype == AD_F64) dtype = AD_F64;
+    }
+    const ad_node *x0 = ins[0];
+    int ndim = x0->ndim + (new_axis ? 1 : 0);
+    if (!new_axis && x0->ndim == 0) {
+        st = ad_err(AD_ERR_VALUE, "concatenate: zero-dimensional tensors cannot be concatenated (use stack)");
+        goto out;
+    }
+    if (ndim > AD_MAXDIM) { st = ad_err(AD_ERR_VALUE, "stack: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM); goto out; }
+    if (axis < -(int64_t)ndim || axis >= ndim) {
+        st = ad_err(AD_ERR_VALUE, "%s: axis %lld is out of bounds for a result of dimension %d", name, (long long)axis, ndim);
+        goto out;
+    }
+    int ax = (int)(axis < 0 ? axis + ndim : axis);
+    int64_t shape[AD_MAXDIM];
+    for (int i = 0, j = 0; i < ndim; i++) shape[i] = (new_axis && i == ax) ? nx : x0->shape[j++];
+    if (!new_axis) shape[ax] = 0;
+    for (int k = 0; k < nx; k++) {
+        const ad_node *x = ins[k];
+        int ok = x->ndim == x0->ndim;
+        for (int i = 0; ok && i < x->ndim; i++)
+            if (x->shape[i] != x0->shape[i] && (new_axis || i != ax)) ok = 0;
+        if (!ok) {
+            st = new_axis
+                ? ad_err(AD_ERR_VALUE, "stack: all tensors must have the same shape, got %s (tensor 0) and %s (tensor %d)",
+                         ad_shape_str(b1, sizeof b1, x0->ndim, x0->shape), ad_shape_str(b2, sizeof b2, x->ndim, x->shape), k)
+                : ad_err(AD_ERR_VALUE, "concatenate: shapes must match except along axis %d, got %s (tensor 0) and %s (tensor %d)",
+                         ax, ad_shape_str(b1, sizeof b1, x0->ndim, x0->shape), ad_shape_str(b2, sizeof b2, x->ndim, x->shape), k);
+            goto out;
+        }
+        if (!new_axis) shape[ax] += x->shape[ax];
+    }
+    for (int k = 0; k < nx; k++) {
+        if (ins[k]->dtype == dtype) continue;
+        if ((st = upcast(T, ins[k], &ins[k]))) goto out;
+        casts[ncast++] = ins[k];
+    }
+    if ((st = ad_node_new(T, new_axis ? AD_OP_STACK : AD_OP_CONCATENATE, dtype, ndim, shape, &n))) goto out;
+    n->axes = (uint64_t)1 << ax;
+    int64_t outer, inner;
+    axis_split(n, ax, &outer, &inner);
+    size_t item = ad_itemsize(dtype);
+    char *Y = n->data;
+    for (int64_t o = 0, pos = 0; o < outer; o++) {
+        for (int k = 0; k < nx; k++) {
+            size_t len = (size_t)(extent(n, ins[k], ax) * inner);
+            memcpy(Y + (size_t)pos * item, (const char *)ins[k]->data + (size_t)o * len * item, len * item);
+            pos += (int64_t)len;
+        }
+    }
+    st = ad_finish(T, n, nx, ins);
+out:
+    for (int k = 0; k < ncast; k++) ad_node_unref(T, casts[k]);
+    if (ins) ad_buf_free(T, ins, (size_t)nx * sizeof *ins);
+    if (casts) ad_buf_free(T, casts, (size_t)nx * sizeof *casts);
+    ad_unlock(T);
+    return st;
+}
+
+/* The cotangent of input `which` is its block of rows in every outer block of g. */
+static int vjp_concatenate(ad_node *n, const void *g, int which, ad_sink *s)
+{
+    int ax = axis_of(n);
+    int64_t outer, inner, offset = 0;
+    axis_split(n, ax, &outer, &inner);
+    for (int k = 0; k < which; k++) offset += extent(n, n->in[k], ax);
+    int64_t len = extent(n, n->in[which], ax) * inner, total = n->shape[ax] * inner;
+#define SLICE(TT) do {                                                                   \
+        TT *D = s->dst; const TT *G = g;                                                 \
+        for (int64_t o = 0; o < outer; o++) {                                            \
+            const TT *src = G + o * total + offset * inner; TT *dst = D + o * len;       \
+            if (s->accumulate) for (int64_t i = 0; i < len; i++) dst[i] += src[i];       \
+            else memcpy(dst, src, (size_t)len * sizeof(TT));                             \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) SLICE(double); else SLICE(float);
+#undef SLICE
+    return AD_OK;
+}
+
+/* JVP: each direction is laid out as the values were; an input without a tangent fills zeros. */
+static void jvp_concatenate(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    int ax = axis_of(n);
+    int64_t outer, inner;
+    axis_split(n, ax, &outer, &inner);
+    size_t item = ad_itemsize(n->dtype);
+    for (int64_t r = 0; r < k; r++) {
+        char *Y = (char *)tout + (size_t)(r * n->size) * item;
+        for (int64_t o = 0, pos = 0; o < outer; o++) {
+            for (int j = 0; j < n->nin; j++) {
+                const ad_node *x = n->in[j];
+                size_t len = (size_t)(extent(n, x, ax) * inner);
+                if (tin[j])
+                    memcpy(Y + (size_t)pos * item, (const char *)tin[j] + ((size_t)(r * x->size) + (size_t)o * len) * item,
+                           len * item);
+                else
+                    memset(Y + (size_t)pos * item, 0, len * item);
+                pos += (int64_t)len;
+            }
+        }
+    }
+}
+
+/* ---------------- where ---------------- */
+
+/* cond broadcast to the output, one byte per element; kept in aux (packed into int64 words)
+ * while the node is recorded, since the VJP selects with it. */
+static int64_t mask_words(int64_t size) { return (size + 7) / 8; }
+
+int64_t ad_where(int cnd, const int64_t *cshape, const uint8_t *cond, int64_t ha, int64_t hb)
+{
+    if (cnd < 0 || cnd > AD_MAXDIM || (cnd > 0 && !cshape))
+        return ad_err(AD_ERR_VALUE, "where: the condition must have 0 to %d dimensions, got %d", AD_MAXDIM, cnd);
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *a, *b, *n = NULL, *tmp = NULL;
+    int nab, nout;
+    int64_t sab[AD_MAXDIM], shape[AD_MAXDIM];
+    uint8_t *mask = NULL;
+    size_t mask_bytes = 0;
+    if ((st = ad_resolve(T, ha, &a)) || (st = ad_resolve(T, hb, &b)) ||
+        (st = ad_broadcast_shapes("where", a->ndim, a->shape, b->ndim, b->shape, &nab, sab)) ||
+        (st = ad_broadcast_shapes("where", cnd, cshape, nab, sab, &nout, shape)))
+        goto out;
+    int64_t csize = ad_shape_size(cnd, cshape);
+    if (csize && !cond) { st = ad_err(AD_ERR_VALUE, "where: cond is NULL"); goto out; }
+    if (a->dtype != b->dtype) {
+        ad_node **lo = a->dtype == AD_F32 ? &a : &b;
+        if ((st = upcast(T, *lo, lo))) goto out;
+        tmp = *lo;
+    }
+    if ((st = ad_node_new(T, AD_OP_WHERE, a->dtype, nout, shape, &n))) goto out;
+    mask_bytes = (size_t)mask_words(n->size) * sizeof(int64_t);
+    mask = ad_buf_alloc(T, mask_bytes);
+    if (!mask) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "where: out of memory"); goto out; }
+    int64_t sc[AD_MAXDIM], so[AD_MAXDIM], sa[AD_MAXDIM], sb[AD_MAXDIM];
+    ad_contig_strides(nout, shape, so);
+    ad_bcast_strides(cnd, cshape, nout, shape, sc);
+    ad_bcast_strides(a->ndim, a->shape, nout, shape, sa);
+    ad_bcast_strides(b->ndim, b->shape, nout, shape, sb);
+    {
+        int64_t *strides[2] = {so, sc};
+        ad_iter it;
+        ad_iter_init(&it, 2, nout, shape, strides);
+        int64_t len = it.shape[it.ndim - 1], d0 = it.st[0][it.ndim - 1], d1 = it.st[1][it.ndim - 1];
+        AD_ITER_FOR(it, oo, oc, o2) {
+            (void)o2;
+            for (int64_t k = 0; k < len; k++) mask[oo + k * d0] = cond[oc + k * d1] != 0;
+        }
+    }
+    {
+        int64_t *strides[3] = {so, sa, sb};
+        ad_iter it;
+        ad_iter_init(&it, 3, nout, shape, strides);
+        int64_t len = it.shape[it.ndim - 1], d0 = it.st[0][it.ndim - 1], da = it.st[1][it.ndim - 1],
+                db = it.st[2][it.ndim - 1];
+#define SELECT(TT) do {                                                                  \
+        const TT *A = a->data, *B = b->data; TT *Y = n->data;                            \
+        AD_ITER_FOR(it, oo, oa, ob)                                                      \
+            for (int64_t k = 0; k < len; k++)                                            \
+                Y[oo + k * d0] = mask[oo + k * d0] ? A[oa + k * da] : B[ob + k * db];    \
+    } while (0)
+        if (n->dtype == AD_F64) SELECT(double); else SELECT(float);
+#undef SELECT
+    }
+    ad_node *ins[2] = {a, b};
+    if (recording(T, 2, ins)) {
+        n->aux = (int64_t *)mask;
+        n->aux_len = (int32_t)mask_words(n->size);
+        if ((int64_t)n->aux_len != mask_words(n->size)) {
+            n->aux = NULL;
+            n->aux_len = 0;
+            ad_node_discard(T, n);
+            st = ad_err(AD_ERR_VALUE, "where: result too large to record");
+            goto out;
+        }
+        mask = NULL;
+    }
+    st = ad_finish(T, n, 2, ins);
+out:
+    if (mask) ad_buf_free(T, mask, mask_bytes);
+    if (tmp) ad_node_unref(T, tmp);
+    ad_unlock(T);
+    return st;
+}
+
+/* Selection, not multiplication: the side not chosen gets exactly 0 whatever g holds. The
+ * contribution is output-shaped; the sweep sums broadcast axes back. */
+static int vjp_where(ad_node *n, const void *g, int which, ad_sink *s)
+{
+    const uint8_t *M = (const uint8_t *)n->aux;
+    uint8_t pick = which == 0;
+#define SEL(TT) do {                                                                     \
+        TT *D = s->dst; const TT *G = g;                                                 \
+        if (s->accumulate) { for (int64_t i = 0; i < s->size; i++) if (M[i] == pick) D[i] += G[i]; } \
+        else for (int64_t i = 0; i < s->size; i++) D[i] = M[i] == pick ? G[i] : 0;       \
+    } while (0)
+    if (n->dtype == AD_F64) SEL(double); else SEL(float);
+#undef SEL
+    return AD_OK;
+}
+
+/* JVP: the tangent is selected exactly as the value was (np.where(cond, ta, tb)); a side without
+ * a tangent selects 0. */
+static void jvp_where(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *a = n->in[0], *b = n->in[1];
+    const uint8_t *M = (const uint8_t *)n->aux;
+    int64_t so[AD_MAXDIM], sa[AD_MAXDIM], sb[AD_MAXDIM];
+    ad_contig_strides(n->ndim, n->shape, so);
+    ad_bcast_strides(a->ndim, a->shape, n->ndim, n->shape, sa);
+    ad_bcast_strides(b->ndim, b->shape, n->ndim, n->shape, sb);
+    int64_t *strides[3] = {so, sa, sb};
+    ad_iter it;
+    ad_iter_init(&it, 3, n->ndim, n->shape, strides);
+    int64_t len = it.shape[it.ndim - 1], d0 = it.st[0][it.ndim - 1], da = it.st[1][it.ndim - 1],
+            db = it.st[2][it.ndim - 1];
+#define SELECT_T(TT) do {                                                                \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TA = tin[0] ? (const TT *)tin[0] + r * a->size : NULL;             \
+            const TT *TB = tin[1] ? (const TT *)tin[1] + r * b->size : NULL;             \
+            TT *TO = (TT *)tout + r * n->size;                                           \
+            AD_ITER_FOR(it, oo, oa, ob)                                                  \
+                for (int64_t q = 0; q < len; q++) {                                      \
+                    int64_t io = oo + q * d0;                                            \
+                    TO[io] = M[io] ? (TA ? TA[oa + q * da] : 0) : (TB ? TB[ob + q * db] : 0); \
+                }                                                                        \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) SELECT_T(double); else SELECT_T(float);
+#undef SELECT_T
+}
+
+/* ---------------- clip ---------------- */
+
+/* np.clip is minimum(maximum(x, lo), hi): NaN x stays NaN, lo > hi gives hi, a NaN bound gives NaN. */
+int64_t ad_clip(int64_t hx, double lo, double hi)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_node_new(T, AD_OP_CLIP, x->dtype, x->ndim, x->shape, &n))) {
+        n->c[0] = lo;
+        n->c[1] = hi;
+        int nan_bound = lo != lo || hi != hi;
+#define CLIP(TT) do {                                                                    \
+        const TT *X = x->data; TT *Y = n->data; const TT l = (TT)lo, h = (TT)hi;         \
+        for (int64_t i = 0; i < n->size; i++) {                                          \
+            TT t = X[i] < l ? l : X[i];                                                  \
+            Y[i] = nan_bound ? (TT)NAN : (t > h ? h : t);                                \
+        }                                                                                \
+    } while (0)
+        if (n->dtype == AD_F64) CLIP(double); else CLIP(float);
+#undef CLIP
+        st = ad_finish(T, n, 1, &x);
+    }
+    ad_unlock(T);
+    return st;
+}
+
+/* Gradient 1 on the closed interval [lo, hi] (as PyTorch's clamp), 0 strictly outside, NaN at a
+ * NaN input; a zero cotangent contributes 0 regardless. */
+static int vjp_clip(ad_node *n, const void *g, ad_sink *s)
+{
+    const ad_node *x = n->in[0];
+#define CLIP_VJP(TT) do {                                                                \
+        TT *D = s->dst; const TT *G = g, *X = x->data;                                   \
+        const TT l = (TT)n->c[0], h = (TT)n->c[1];                                       \
+        for (int64_t i = 0; i < s->size; i++) {                                          \
+            TT v = X[i];                                                                 \
+            TT d = SAFE(G[i], v != v ? (TT)NAN : (v >= l && v <= h ? G[i] : 0));         \
+            if (s->accumulate) D[i] += d; else D[i] = d;                                 \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) CLIP_VJP(double); else CLIP_VJP(float);
+#undef CLIP_VJP
+    return AD_OK;
+}
+
+/* JVP: the tangent passes on [lo, hi], is 0 outside and NaN at a NaN input; a zero tangent
+ * contributes exactly 0 (the NaN-safety rule, as in the VJP). */
+static void jvp_clip(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+#define CLIP_JVP(TT) do {                                                                \
+        const TT *X = x->data, l = (TT)n->c[0], h = (TT)n->c[1];                          \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < n->size; i++) {                                      \
+                TT v = X[i], t = TX[i];                                                  \
+                TT d = v != v ? (TT)NAN : (v >= l && v <= h ? 1 : 0);                    \
+                TO[i] = SAFE(t, t * d);                                                  \
+            }                                                                            \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) CLIP_JVP(double); else CLIP_JVP(float);
+#undef CLIP_JVP
+}
+
+int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+{
+    (void)T;
+    switch (n->op) {
+    case AD_OP_GATHER: return vjp_gather(n, g, s);
+    case AD_OP_CONCATENATE: case AD_OP_STACK: return vjp_concatenate(n, g, which, s);
+    case AD_OP_WHERE: return vjp_where(n, g, which, s);
+    case AD_OP_CLIP: return vjp_clip(n, g, s);
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
+    }
+}
+
+int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    (void)T;
+    switch (n->op) {
+    case AD_OP_GATHER: jvp_gather(n, tin, k, tout); return AD_OK;
+    case AD_OP_CONCATENATE: case AD_OP_STACK: jvp_concatenate(n, tin, k, tout); return AD_OK;
+    case AD_OP_WHERE: jvp_where(n, tin, k, tout); return AD_OK;
+    case AD_OP_CLIP: jvp_clip(n, tin, k, tout); return AD_OK;
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no JVP for op %d", n->op);
+    }
+}

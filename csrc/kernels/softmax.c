@@ -1,0 +1,218 @@
+/* logsumexp, softmax and log_softmax over any set of axes. Forward and VJP side by side.
+ *
+ * Stability: every slice is shifted by its max m before exp, so exp never overflows and the
+ * largest term is exactly 1 (no log(0) for inputs like -1000). A slice whose max is not finite
+ * (all -inf, +inf, NaN, or empty) is not shifted, since inf - inf would invent a NaN: its
+ * logsumexp is then -inf, +inf or NaN, as in SciPy. Sums and logs run in double for both dtypes.
+ *
+ * VJPs (out = the op's output):  logsumexp  dx = g * softmax(x)
+ *                                softmax    dx = out * (g - sum(g * out))
+ *                                log_softmax dx = g - exp(out) * sum(g)
+ * each written so that a zero cotangent contributes exactly 0 (the NaN-safety rule). */
+#include "../core.h"
+#include <math.h>
+#include <string.h>
+
+#define SAFE(g, e) ((g) == 0 ? 0 : (e))
+
+static const char *op_label(int op)
+{
+    return op == AD_OP_LOGSUMEXP ? "logsumexp" : op == AD_OP_SOFTMAX ? "softmax" : "log_softmax";
+}
+
+/* Strides mapping an index of x to its slice's entry in a reduced buffer (0 on reduced axes). */
+static int64_t reduced_strides(const ad_node *x, uint64_t mask, int64_t *ost)
+{
+    int64_t s = 1;
+    for (int i = x->ndim - 1; i >= 0; i--) {
+        if (mask & ((uint64_t)1 << i)) { ost[i] = 0; }
+        else { ost[i] = s; s *= x->shape[i]; }
+    }
+    return s;   /* number of slices */
+}
+
+/* Visit every element of x: ix its (contiguous) position, io its slice. */
+#define SLICE_WALK(x, mask, ...) do {                                                    \
+        int64_t xs_[AD_MAXDIM], os_[AD_MAXDIM];                                          \
+        ad_contig_strides((x)->ndim, (x)->shape, xs_);                                   \
+        reduced_strides((x), (mask), os_);                                               \
+        int64_t *st_[2] = {xs_, os_};                                                    \
+        ad_iter it_;                                                                     \
+        ad_iter_init(&it_, 2, (x)->ndim, (x)->shape, st_);                               \
+        int64_t len_ = it_.shape[it_.ndim - 1], dx_ = it_.st[0][it_.ndim - 1],           \
+                do_ = it_.st[1][it_.ndim - 1];                                           \
+        AD_ITER_FOR(it_, ox_, oo_, o2_) {                                                \
+            (void)o2_;                                                                   \
+            for (int64_t k_ = 0; k_ < len_; k_++) {                                      \
+                int64_t ix = ox_ + k_ * dx_, io = oo_ + k_ * do_;                        \
+                __VA_ARGS__;                                                             \
+            }                                                                            \
+        }                                                                                \
+    } while (0)
+
+/* M[io] = shift of each slice, S[io] = sum exp(x - M) */
+#define SHIFT_AND_SUM(TT, M, S) do {                                                     \
+        const TT *X_ = x->data;                                                          \
+        for (int64_t i = 0; i < nslices; i++) { M[i] = -INFINITY; S[i] = 0; }            \
+        SLICE_WALK(x, mask, { double v = X_[ix]; if (v > M[io] || v != v) M[io] = v; }); \
+        for (int64_t i = 0; i < nslices; i++) if (!isfinite(M[i])) M[i] = 0;             \
+        SLICE_WALK(x, mask, S[io] += exp((double)X_[ix] - M[io]));                       \
+    } while (0)
+
+#define FINISH(TT) do {                                                                  \
+        const TT *X = x->data; TT *Y = n->data;                                          \
+        if (op == AD_OP_LOGSUMEXP)                                                       \
+            for (int64_t i = 0; i < nslices; i++) Y[i] = (TT)(log(s[i]) + m[i]);         \
+        else if (op == AD_OP_SOFTMAX)                                                    \
+            SLICE_WALK(x, mask, Y[ix] = (TT)(exp((double)X[ix] - m[io]) / s[io]));       \
+        else                                                                             \
+            SLICE_WALK(x, mask, Y[ix] = (TT)(((double)X[ix] - m[io]) - log(s[io])));     \
+    } while (0)
+
+int64_t ad_softmax(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
+{
+    if (op != AD_OP_LOGSUMEXP && op != AD_OP_SOFTMAX && op != AD_OP_LOG_SOFTMAX)
+        return ad_err(AD_ERR_TYPE, "softmax: op code %d is not logsumexp, softmax or log_softmax", op);
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    uint64_t mask = 0;
+    if ((st = ad_resolve(T, hx, &x)) || (st = ad_normalize_axes(op_label(op), x->ndim, naxes, axes, &mask)))
+        goto out;
+    int64_t oshape[AD_MAXDIM];
+    int ond = 0;
+    if (op == AD_OP_LOGSUMEXP) {
+        for (int i = 0; i < x->ndim; i++) {
+            if (!(mask & ((uint64_t)1 << i))) oshape[ond++] = x->shape[i];
+            else if (keepdims) oshape[ond++] = 1;
+        }
+    } else {
+        ond = x->ndim;
+        memcpy(oshape, x->shape, sizeof oshape);
+    }
+    if ((st = ad_node_new(T, op, x->dtype, ond, oshape, &n))) goto out;
+    n->axes = mask;
+    n->keepdims = keepdims;
+    int64_t rs[AD_MAXDIM];
+    int64_t nslices = reduced_strides(x, mask, rs);
+    size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
+    double *m = ad_buf_alloc(T, tmp_bytes);
+    if (!m) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); goto out; }
+    double *s = m + (nslices ? nslices : 1);
+    if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
+    else { SHIFT_AND_SUM(float, m, s); FINISH(float); }
+    ad_buf_free(T, m, tmp_bytes);
+    st = ad_finish(T, n, 1, &x);
+out:
+    ad_unlock(T);
+    return st;
+}
+
+#define STORE(D, i, v) do { if (s->accumulate) D[i] += (v); else D[i] = (v); } while (0)
+
+/* The softmax is recomputed in double from x rather than taken as exp(x - out): a float32 out
+ * near 1000 is off by up to 3e-5, which exp would carry into the gradient. */
+#define LSE_VJP(TT) do {                                                                 \
+        const TT *G = g, *X = x->data; TT *D = s->dst;                 \
+        SLICE_WALK(x, mask, {                                                            \
+            TT d = SAFE(G[io], (TT)(G[io] * (exp((double)X[ix] - m[io]) / sum[io])));    \
+            STORE(D, ix, d); });                                                         \
+    } while (0)
+
+/* red[io] = sum over the slice of G (times Y for softmax) */
+#define SOFTMAX_VJP(TT) do {                                                             \
+        const TT *G = g, *Y = n->data; TT *D = s->dst;                                   \
+        for (int64_t i = 0; i < nslices; i++) red[i] = 0;                                \
+        if (n->op == AD_OP_SOFTMAX) {                                                    \
+            SLICE_WALK(x, n->axes, red[io] += (double)G[ix] * Y[ix]);                    \
+            SLICE_WALK(x, n->axes, {                                                     \
+                double d = G[ix] - red[io];                                              \
+                STORE(D, ix, (TT)SAFE(d, Y[ix] * d)); });                                \
+        } else {                                                                         \
+            SLICE_WALK(x, n->axes, red[io] += G[ix]);                                    \
+            SLICE_WALK(x, n->axes, {                                                     \
+                double d = red[io] == 0 ? G[ix] : G[ix] - exp((double)Y[ix]) * red[io];  \
+                STORE(D, ix, (TT)d); });                                                 \
+        }                                                                                \
+    } while (0)
+
+int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
+{
+    (void)which;
+    const ad_node *x = n->in[0];
+    uint64_t mask = n->axes;
+    int64_t rs[AD_MAXDIM];
+    int64_t nslices = reduced_strides(x, mask, rs);
+    if (n->op == AD_OP_LOGSUMEXP) {
+        size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
+        double *m = ad_buf_alloc(T, tmp_bytes);
+        if (!m) return ad_err(AD_ERR_MEMORY, "backward of logsumexp: out of memory");
+        double *sum = m + (nslices ? nslices : 1);
+        if (x->dtype == AD_F64) SHIFT_AND_SUM(double, m, sum); else SHIFT_AND_SUM(float, m, sum);
+        if (x->dtype == AD_F64) LSE_VJP(double); else LSE_VJP(float);
+        ad_buf_free(T, m, tmp_bytes);
+        return AD_OK;
+    }
+    size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * sizeof(double);
+    double *red = ad_buf_alloc(T, tmp_bytes);
+    if (!red) return ad_err(AD_ERR_MEMORY, "backward of %s: out of memory", op_label(n->op));
+    if (x->dtype == AD_F64) SOFTMAX_VJP(double); else SOFTMAX_VJP(float);
+    ad_buf_free(T, red, tmp_bytes);
+    return AD_OK;
+}
+
+/* JVPs (t = a tangent direction, out = the op's output), the transposes of the VJPs above:
+ *   logsumexp   dout = sum(t * softmax(x))
+ *   softmax     dout = out * (t - sum(t * out))
+ *   log_softmax dout = t - sum(exp(out) * t)
+ * The softmax weights are evaluated once (in double, from x, as the VJP does) and shared by the
+ * k directions; a zero tangent contributes exactly 0. */
+#define LSE_JVP(TT) do {                                                                 \
+        const TT *X = x->data;                                                           \
+        SLICE_WALK(x, mask, w[ix] = exp((double)X[ix] - m[io]) / sum[io]);               \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < nslices; i++) red[i] = 0;                            \
+            SLICE_WALK(x, mask, red[io] += SAFE(TX[ix], TX[ix] * w[ix]));                \
+            for (int64_t i = 0; i < nslices; i++) TO[i] = (TT)red[i];                    \
+        }                                                                                \
+    } while (0)
+
+#define SOFTMAX_JVP(TT) do {                                                             \
+        const TT *Y = n->data;                                                           \
+        if (n->op == AD_OP_LOG_SOFTMAX)                                                  \
+            SLICE_WALK(x, mask, { (void)io; w[ix] = exp((double)Y[ix]); });            \
+        else                                                                             \
+            SLICE_WALK(x, mask, { (void)io; w[ix] = Y[ix]; });                         \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            for (int64_t i = 0; i < nslices; i++) red[i] = 0;                            \
+            SLICE_WALK(x, mask, red[io] += SAFE(TX[ix], TX[ix] * w[ix]));                \
+            if (n->op == AD_OP_SOFTMAX)                                                  \
+                SLICE_WALK(x, mask, { double d = TX[ix] - red[io]; TO[ix] = (TT)SAFE(d, w[ix] * d); }); \
+            else                                                                         \
+                SLICE_WALK(x, mask, TO[ix] = (TT)(TX[ix] - red[io]));                    \
+        }                                                                                \
+    } while (0)
+
+int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+    uint64_t mask = n->axes;
+    int64_t rs[AD_MAXDIM];
+    int64_t nslices = reduced_strides(x, mask, rs);
+    size_t ns = (size_t)(nslices ? nslices : 1), nx = (size_t)(x->size ? x->size : 1);
+    size_t tmp_bytes = (3 * ns + nx) * sizeof(double);
+    double *m = ad_buf_alloc(T, tmp_bytes);
+    if (!m) return ad_err(AD_ERR_MEMORY, "jvp of %s: out of memory", op_label(n->op));
+    double *sum = m + ns, *red = sum + ns, *w = red + ns;
+    if (n->op == AD_OP_LOGSUMEXP) {
+        if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, sum); LSE_JVP(double); }
+        else { SHIFT_AND_SUM(float, m, sum); LSE_JVP(float); }
+    } else {
+        if (x->dtype == AD_F64) SOFTMAX_JVP(double); else SOFTMAX_JVP(float);
+    }
+    ad_buf_free(T, m, tmp_bytes);
+    return AD_OK;
+}

@@ -1,0 +1,418 @@
+"""The op table: one row per (op, calling form). It drives every test in test_ops.py.
+
+A row says how to call the op through the public API (`fn`, taking Tensors), which reference op it
+must agree with (`ref` + `params`, with `ref_inputs` mapping our inputs to the reference's array
+inputs and `grad_of` naming which reference gradients belong to our inputs), the sample inputs
+(shapes with broadcasting, 0-d, size-1 and 0-size axes, and edge values), and tolerances per dtype.
+
+Samples are drawn once, in float64, from a generator seeded by the row's name; a test casts them
+to the dtype under test (the `dtypes` roles "same"/"other" let a row mix float32 and float64).
+A sample marked smooth=False (ties, kinks, infinities, 0-size) is left out of the
+finite-difference check, where the function is not differentiable or the difference quotient is
+meaningless; it is still compared exactly against the reference, which states the rule there.
+
+Tolerances, as (rtol, atol) for `np.testing.assert_allclose`:
+  ELEMENTWISE  float64 (1e-13, 1e-15): C's libm and NumPy's loops are both within ~1 ulp
+               (2.2e-16) of the true value; 1e-13 leaves room for a few ulp of difference in
+               exp/log/sin/tanh and for products associated differently (g*y*(1-y)).
+               float32 (2e-6, 1e-7): NumPy's SIMD float32 exp/sin/cos/tanh are accurate to
+               ~1-3 ulp and libm's expf/sinf to ~1 ulp; ulp = 1.2e-7 relative, so 2e-6 is ~16 ulp.
+               atol covers results that cancel to ~0 (sin near pi, 1 - y*y near y = 1).
+  REDUCTION    float32 (1e-5, 1e-5): NumPy sums float32 pairwise in float32 (error ~ log2(n)
+               ulp of the running sum), the C core sums in double and rounds once; for the up to
+               ~2,000-element sums here that is a few 1e-7 relative to sum|x|, and results that
+               cancel need the absolute term (sum|x| ~ 100 * 1e-7).
+  MATMUL       float32 (2e-5, 2e-5): two different sgemm builds (NumPy's OpenBLAS, SciPy's BLAS
+               or the C loop) accumulate k products in different orders, error ~ k * ulp * |a||b|;
+               with k <= 70 and unit-normal entries that is below 1e-5 absolute.
+               float64 (1e-12, 1e-12) for the same reason at 2.2e-16 per operation.
+  EXACT        layout ops (reshape, transpose, broadcast_to, astype) move values without
+               arithmetic, except broadcast_to's VJP, which sums: (0, 0) forward, REDUCTION-like
+               tolerance for gradients (see `grad_tol`).
+"""
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+import pyautodiff as ad
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+ELEMENTWISE = {F64: (1e-13, 1e-15), F32: (2e-6, 1e-7)}
+REDUCTION = {F64: (1e-12, 1e-12), F32: (1e-5, 1e-5)}
+MATMUL = {F64: (1e-12, 1e-12), F32: (2e-5, 2e-5)}
+EXACT = {F64: (0.0, 0.0), F32: (0.0, 0.0)}
+
+
+@dataclass
+class Sample:
+    args: Tuple[np.ndarray, ...]
+    label: str
+    smooth: bool = True        # differentiable at and around the point: finite differences apply
+    params: dict = field(default_factory=dict)   # keyword parameters of both the call and the reference
+
+
+@dataclass
+class Row:
+    name: str
+    fn: Callable                                   # public API call: fn(*tensors, **sample.params)
+    ref: str                                       # key of pyautodiff.reference.REFERENCE
+    samples: Callable                              # rng -> list of Sample (float64 arrays)
+    params: dict = field(default_factory=dict)     # extra reference-only parameters
+    ref_inputs: Optional[Callable] = None          # our inputs (cast) -> reference array inputs
+    grad_of: Optional[Tuple[int, ...]] = None      # reference gradient index for each of our inputs
+    dtypes: Optional[Tuple[str, ...]] = None       # per input: "same" (the dtype under test) / "other"
+    tol: Dict = field(default_factory=lambda: ELEMENTWISE)
+    grad_tol: Optional[Dict] = None                # defaults to tol
+    public: str = ""                               # issue-2 op this row exercises (coverage check)
+
+    def cast(self, sample, dtype):
+        """The sample's arrays in the dtypes the row asks for, with dtype under test `dtype`."""
+        other = F64 if dtype == F32 else F32
+        roles = self.dtypes or ("same",) * len(sample.args)
+        with np.errstate(over="ignore"):       # edge values like 1e308 become inf in float32
+            return tuple(np.asarray(a, dtype=dtype if r == "same" else other)
+                         for a, r in zip(sample.args, roles))
+
+    def reference_inputs(self, xs):
+        return tuple(self.ref_inputs(*xs)) if self.ref_inputs else tuple(xs)
+
+    def grad_indices(self, n):
+        return self.grad_of if self.grad_of is not None else tuple(range(n))
+
+    def sample_list(self):
+        if not hasattr(self, "_samples"):
+            rng = np.random.default_rng(zlib.crc32(self.name.encode()))
+            self._samples = self.samples(rng)
+        return self._samples
+
+
+# ---------------------------------------------------------------------------------------------
+# sample generators
+# ---------------------------------------------------------------------------------------------
+UNARY_SHAPES = [(), (1,), (7,), (3, 4), (2, 1, 3), (0,), (2, 0, 3)]
+BINARY_SHAPES = [
+    ((), ()), ((4,), ()), ((), (4,)), ((3, 4), (3, 4)),
+    ((3, 1), (1, 4)),            # both sides broadcast
+    ((5,), (2, 5)), ((2, 5), (5,)),
+    ((2, 1, 3), (4, 1)),         # rank differs and both broadcast
+    ((1,), (3,)), ((1, 1), ()),
+    ((0,), (1,)), ((2, 0), (2, 1)), ((3, 1), (1, 0)),   # 0-size results
+]
+
+
+def _size_zero(*shapes):
+    return any(0 in s for s in shapes)
+
+
+def unary(draw, edges=()):
+    """Random samples over UNARY_SHAPES from draw(rng, shape), plus edge-value samples."""
+    def gen(rng):
+        out = [Sample((draw(rng, s),), f"{s}", smooth=not _size_zero(s)) for s in UNARY_SHAPES]
+        out += [Sample((np.asarray(e, dtype=np.float64),), f"edge{e}", smooth=False) for e in edges]
+        return out
+    return gen
+
+
+def binary(draw_a, draw_b, extra=()):
+    def gen(rng):
+        out = [Sample((draw_a(rng, sa), draw_b(rng, sb)), f"{sa}x{sb}", smooth=not _size_zero(sa, sb))
+               for sa, sb in BINARY_SHAPES]
+        for a, b, label in extra:
+            out.append(Sample((np.asarray(a, np.float64), np.asarray(b, np.float64)), label, smooth=False))
+        return out
+    return gen
+
+
+def normal(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def positive(rng, shape):
+    return rng.uniform(0.5, 3.0, shape)
+
+
+def nonzero(rng, shape):
+    return rng.choice([-1.0, 1.0], shape) * rng.uniform(0.5, 2.0, shape)
+
+
+def wide(rng, shape):
+    return rng.uniform(-4.0, 4.0, shape)
+
+
+def _c(x, value):
+    """A Python scalar operand as the reference sees it: a 0-d array of the tensor's dtype (the C
+    core computes tensor-with-scalar ops in the tensor's dtype, as NumPy does with weak scalars)."""
+    return np.asarray(value, dtype=x.dtype)
+
+
+ROWS = []
+
+
+def row(**kw):
+    ROWS.append(Row(**kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# unary ops
+# ---------------------------------------------------------------------------------------------
+row(name="negative", fn=ad.negative, ref="negative", public="negative", samples=unary(normal, [0.0, [1e308, -1e-308]]))
+row(name="neg_operator", fn=lambda x: -x, ref="negative", public="negative", samples=unary(normal))
+row(name="exp", fn=ad.exp, ref="exp", public="exp",
+    # underflow to 0, overflow to inf; NaN and infinities
+    samples=unary(wide, [[-1000.0, 0.0, 700.0], 800.0, [np.nan, -np.inf, np.inf]]))
+row(name="log", fn=ad.log, ref="log", public="log",
+    samples=unary(positive, [0.0, [0.0, 1.0, 1e-300], -1.0]))     # log(0) = -inf, grad +inf; log(-1) NaN
+row(name="sqrt", fn=ad.sqrt, ref="sqrt", public="sqrt",
+    samples=unary(positive, [0.0, [0.0, 4.0, 1e-300], [np.nan, np.inf, -1.0]]))           # grad +inf at 0
+row(name="abs", fn=ad.abs, ref="abs", public="abs",
+    samples=unary(normal, [0.0, [-2.0, 0.0, 3.0, -0.0], [np.nan, 1.0]]))   # abs'(0) = 0; NaN in, NaN out
+row(name="abs_operator", fn=lambda x: abs(x), ref="abs", public="abs", samples=unary(normal))
+row(name="sin", fn=ad.sin, ref="sin", public="sin", samples=unary(wide, [[0.0, np.pi, -np.pi / 2]]))
+row(name="cos", fn=ad.cos, ref="cos", public="cos", samples=unary(wide, [[0.0, np.pi, np.pi / 2]]))
+row(name="tanh", fn=ad.tanh, ref="tanh", public="tanh", samples=unary(wide, [[-50.0, 0.0, 50.0, 1e-10]]))
+row(name="sigmoid", fn=ad.sigmoid, ref="sigmoid", public="sigmoid",
+    samples=unary(wide, [[-1000.0, -40.0, 0.0, 40.0, 1000.0]]))   # stable at +-1000
+row(name="relu", fn=ad.relu, ref="relu", public="relu",
+    samples=unary(normal, [0.0, [-1.0, 0.0, 2.0, -0.0], [np.nan, -1.0]]))  # relu'(0) = 0; NaN in, NaN out
+
+# ---------------------------------------------------------------------------------------------
+# binary ops (tensor with tensor, NumPy broadcasting)
+# ---------------------------------------------------------------------------------------------
+row(name="add", fn=ad.add, ref="add", public="add", samples=binary(normal, normal))
+row(name="add_operator", fn=lambda a, b: a + b, ref="add", public="add", samples=binary(normal, normal))
+row(name="subtract", fn=ad.subtract, ref="subtract", public="subtract", samples=binary(normal, normal))
+row(name="sub_operator", fn=lambda a, b: a - b, ref="subtract", public="subtract", samples=binary(normal, normal))
+row(name="multiply", fn=ad.multiply, ref="multiply", public="multiply",
+    samples=binary(normal, normal, [([0.0, 1.0, np.inf], [np.inf, 0.0, 2.0], "inf*0")]))
+row(name="mul_operator", fn=lambda a, b: a * b, ref="multiply", public="multiply", samples=binary(normal, normal))
+row(name="divide", fn=ad.divide, ref="divide", public="divide",
+    samples=binary(normal, nonzero, [([1.0, 0.0, -1.0], [0.0, 0.0, 0.0], "by0")]))
+row(name="div_operator", fn=lambda a, b: a / b, ref="divide", public="divide", samples=binary(normal, nonzero))
+row(name="power", fn=ad.power, ref="power", public="power",
+    samples=binary(positive, normal, [
+        ([0.0, 0.0, 2.0, 0.0], [2.0, 0.5, 0.0, 0.0], "base0_exp0"),   # d/db = 0 at a == 0; d/da = 0 at b == 0
+        ([-2.0, -1.5], [3.0, 2.0], "negative_base_int_exp"),          # d/db = out*log(a) = NaN, as IEEE says
+    ]))
+row(name="pow_operator", fn=lambda a, b: a ** b, ref="power", public="power", samples=binary(positive, normal))
+
+
+def _ties(rng, shape):
+    """Pairs with some exactly equal elements (both directions of broadcasting are in BINARY_SHAPES)."""
+    return rng.integers(-2, 3, shape).astype(np.float64)
+
+
+for _name, _fn in (("maximum", ad.maximum), ("minimum", ad.minimum)):
+    row(name=_name, fn=_fn, ref=_name, public=_name, samples=binary(normal, normal, [
+        ([1.0, 2.0, -3.0, 0.0], [1.0, 1.0, -3.0, -0.0], "ties"),       # equal elements split 0.5 / 0.5
+        ([[2.0], [1.0]], [2.0, 2.0, 0.0], "ties_broadcast"),             # a tie reached through broadcasting
+        # NaN propagates, and the NaN side gets the gradient (both sides when both are NaN)
+        ([np.nan, 1.0, np.nan, 2.0], [0.0, np.nan, np.nan, 1.0], "nan"),
+    ]))
+    row(name=_name + "_ties", fn=_fn, ref=_name, public=_name,
+        samples=lambda rng: [Sample((_ties(rng, sa), _ties(rng, sb)), f"{sa}x{sb}", smooth=False)
+                             for sa, sb in BINARY_SHAPES])
+
+# ---------------------------------------------------------------------------------------------
+# tensor with a Python scalar, and NumPy arrays on either side of an operator
+# ---------------------------------------------------------------------------------------------
+def _scalar_row(name, fn, ref, ref_inputs, grad_of, draw=normal, edges=(), params=None, public=""):
+    row(name=name, fn=fn, ref=ref, ref_inputs=ref_inputs, grad_of=grad_of, params=params or {},
+        samples=unary(draw, edges), public=public)
+
+
+_scalar_row("add_scalar", lambda x: x + 2.5, "add", lambda x: (x, _c(x, 2.5)), (0,), public="add")
+_scalar_row("radd_scalar", lambda x: 2.5 + x, "add", lambda x: (_c(x, 2.5), x), (1,), public="add")
+_scalar_row("add_int", lambda x: ad.add(x, 3), "add", lambda x: (x, _c(x, 3)), (0,), public="add")
+_scalar_row("sub_scalar", lambda x: x - 1.25, "subtract", lambda x: (x, _c(x, 1.25)), (0,), public="subtract")
+_scalar_row("rsub_scalar", lambda x: 2.0 - x, "subtract", lambda x: (_c(x, 2.0), x), (1,), public="subtract")
+_scalar_row("mul_scalar", lambda x: x * -3.0, "multiply", lambda x: (x, _c(x, -3.0)), (0,), public="multiply")
+_scalar_row("rmul_scalar", lambda x: 0.5 * x, "multiply", lambda x: (_c(x, 0.5), x), (1,), public="multiply")
+_scalar_row("div_scalar", lambda x: x / 4.0, "divide", lambda x: (x, _c(x, 4.0)), (0,), public="divide")
+_scalar_row("rdiv_scalar", lambda x: 3.0 / x, "divide", lambda x: (_c(x, 3.0), x), (1,), draw=nonzero,
+            edges=[0.0], public="divide")
+_scalar_row("pow_scalar_3", lambda x: x ** 3.0, "power_scalar", None, None, params={"p": 3.0},
+            edges=[0.0], public="power")
+_scalar_row("pow_scalar_2", lambda x: x ** 2, "power_scalar", None, None, params={"p": 2.0},
+            edges=[[0.0, -1.5]], public="power")
+_scalar_row("pow_scalar_0", lambda x: x ** 0.0, "power_scalar", None, None, params={"p": 0.0},
+            edges=[[0.0, 2.0]], public="power")                      # constant 1: gradient 0, even at 0
+_scalar_row("pow_scalar_half", lambda x: ad.power(x, 0.5), "power_scalar", None, None, params={"p": 0.5},
+            draw=positive, edges=[0.0], public="power")              # grad +inf at 0
+_scalar_row("pow_scalar_neg", lambda x: x ** -1.5, "power_scalar", None, None, params={"p": -1.5},
+            draw=positive, public="power")
+_scalar_row("rpow_scalar", lambda x: 2.0 ** x, "power", lambda x: (_c(x, 2.0), x), (1,), draw=wide,
+            public="power")
+_scalar_row("rpow_scalar_0", lambda x: ad.power(0.0, x), "power", lambda x: (_c(x, 0.0), x), (1,),
+            draw=positive, public="power")                           # 0**x: d/dx taken as 0
+_scalar_row("maximum_scalar", lambda x: ad.maximum(x, 0.0), "maximum", lambda x: (x, _c(x, 0.0)), (0,),
+            edges=[[0.0, 1.0, -1.0]], public="maximum")
+_scalar_row("minimum_rscalar", lambda x: ad.minimum(0.5, x), "minimum", lambda x: (_c(x, 0.5), x), (1,),
+            edges=[[0.5, 1.0, -1.0]], public="minimum")
+
+# NumPy arrays on either side: the array becomes a constant leaf, the result a Tensor; a float64
+# array promotes a float32 tensor to float64, as in NumPy
+_CONST = np.array([[0.5], [-1.0], [2.0]])     # (3, 1): broadcasts against every (.., k) sample
+row(name="add_ndarray_rhs", fn=lambda x: x + _CONST, ref="add", public="add",
+    ref_inputs=lambda x: (x, _CONST), grad_of=(0,),
+    samples=lambda rng: [Sample((rng.standard_normal(s),), f"{s}") for s in [(4,), (3, 4), (2, 1, 4)]])
+row(name="mul_ndarray_lhs", fn=lambda x: _CONST * x, ref="multiply", public="multiply",
+    ref_inputs=lambda x: (_CONST, x), grad_of=(1,),
+    samples=lambda rng: [Sample((rng.standard_normal(s),), f"{s}") for s in [(4,), (3, 4), (2, 1, 4)]])
+row(name="rsub_ndarray_lhs", fn=lambda x: _CONST - x, ref="subtract", public="subtract",
+    ref_inputs=lambda x: (_CONST, x), grad_of=(1,),
+    samples=lambda rng: [Sample((rng.standard_normal(s),), f"{s}") for s in [(4,), (3, 4)]])
+row(name="rdiv_ndarray_lhs", fn=lambda x: _CONST / x, ref="divide", public="divide",
+    ref_inputs=lambda x: (_CONST, x), grad_of=(1,),
+    samples=lambda rng: [Sample((nonzero(rng, s),), f"{s}") for s in [(4,), (3, 4)]])
+
+# ---------------------------------------------------------------------------------------------
+# float32 with float64: promotes to float64; each leaf's grad comes back in its own dtype
+# ---------------------------------------------------------------------------------------------
+for _name, _fn, _draw_b in (("add", ad.add, normal), ("multiply", ad.multiply, normal),
+                            ("divide", ad.divide, nonzero), ("maximum", ad.maximum, normal),
+                            ("power", ad.power, normal)):
+    row(name=_name + "_mixed", fn=_fn, ref=_name, public=_name, dtypes=("same", "other"),
+        # the result is float64 whichever side is float32, so float64 tolerances apply, except
+        # that a float32 leaf's gradient is rounded to float32 (grad_tol)
+        tol=ELEMENTWISE, grad_tol={F64: (2e-7, 1e-7), F32: (2e-7, 1e-7)},
+        samples=binary(positive if _name == "power" else normal, _draw_b))
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+# ---------------------------------------------------------------------------------------------
+REDUCE_CASES = [
+    ((), None, False), ((), (), True),
+    ((7,), None, False), ((7,), 0, True), ((7,), -1, False),
+    ((3, 4), None, True), ((3, 4), 0, False), ((3, 4), 1, True), ((3, 4), (), False), ((3, 4), (0, 1), False),
+    ((2, 3, 4), (0, 2), False), ((2, 3, 4), (-1, 0), True), ((2, 3, 4), -2, False), ((2, 3, 4), (1,), True),
+    ((1, 5, 1), None, False), ((1, 5, 1), (0, 2), True),
+    ((40, 50), None, False), ((40, 50), 0, False),                  # 2,000 elements: accumulation error
+]
+EMPTY_CASES = [((2, 0, 3), 1, False), ((2, 0, 3), None, True), ((0,), None, False)]
+NONEMPTY_AXIS_OF_EMPTY = [((2, 0, 3), (0, 2), False), ((0, 4), 1, True)]   # reduce size>0 axes of an empty array
+
+
+def reduction(draw, cases, smooth=True, empty=()):
+    def gen(rng):
+        return [Sample((draw(rng, s),), f"{s}-axis{ax}-keep{int(k)}",
+                       smooth=smooth and not _size_zero(s) and (s, ax, k) not in empty,
+                       params={"axis": ax, "keepdims": k})
+                for s, ax, k in list(cases) + list(empty)]
+    return gen
+
+
+def _reduce_row(name, fn, draw, cases, smooth=True, empty=(), method=False):
+    call = ((lambda x, axis, keepdims: getattr(x, name)(axis=axis, keepdims=keepdims)) if method
+            else fn)
+    row(name=(name + "_method" if method else name) + ("" if smooth else "_ties"), fn=call, ref=name,
+        public=name, samples=reduction(draw, cases, smooth, empty), tol=REDUCTION, grad_tol=ELEMENTWISE)
+
+
+_reduce_row("sum", ad.sum, normal, REDUCE_CASES, empty=EMPTY_CASES + NONEMPTY_AXIS_OF_EMPTY)
+_reduce_row("mean", ad.mean, normal, REDUCE_CASES, empty=EMPTY_CASES + NONEMPTY_AXIS_OF_EMPTY)  # mean of nothing is NaN
+_reduce_row("max", ad.max, normal, REDUCE_CASES, empty=NONEMPTY_AXIS_OF_EMPTY)
+_reduce_row("min", ad.min, normal, REDUCE_CASES, empty=NONEMPTY_AXIS_OF_EMPTY)
+# integer-valued data in [-1, 1]: most slices have tied extremes, which split the cotangent equally
+_reduce_row("max", ad.max, lambda rng, s: rng.integers(-1, 2, s).astype(float), REDUCE_CASES, smooth=False)
+_reduce_row("min", ad.min, lambda rng, s: rng.integers(-1, 2, s).astype(float), REDUCE_CASES, smooth=False)
+# a NaN in a slice makes its max/min NaN, and the NaN elements share the cotangent
+_NAN_CASES = [((3, 4), 1, False), ((3, 4), None, True), ((3, 4), 0, False)]
+
+
+def _with_nans(rng, s):
+    x = rng.standard_normal(s)
+    x[0, 1] = np.nan
+    x[2, 1] = x[2, 3] = np.nan
+    return x
+
+
+for _m in ("sum", "max", "min"):
+    row(name=_m + "_nan", fn=getattr(ad, _m), ref=_m, public=_m, tol=REDUCTION, grad_tol=ELEMENTWISE,
+        samples=reduction(_with_nans, _NAN_CASES, smooth=False))
+
+for _m in ("sum", "mean", "max", "min"):
+    _reduce_row(_m, None, normal, [((3, 4), 1, False), ((2, 3, 4), (0, 2), True), ((5,), None, False)], method=True)
+
+# ---------------------------------------------------------------------------------------------
+# matmul (NumPy semantics)
+# ---------------------------------------------------------------------------------------------
+MATMUL_SHAPES = [
+    ((4,), (4,)),                  # 1-D @ 1-D: 0-d result
+    ((4,), (4, 3)), ((3, 4), (4,)),
+    ((3, 4), (4, 5)), ((1, 1), (1, 1)),
+    ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)),
+    ((2, 3, 4), (2, 4, 5)),
+    ((2, 1, 3, 4), (5, 4, 2)),     # batch axes (2, 1) and (5,) broadcast to (2, 5)
+    ((1, 3, 4), (2, 4, 5)),
+    ((2, 3, 4), (4,)), ((4,), (2, 4, 3)),     # 3-D @ 1-D and 1-D @ 3-D
+    ((0, 4), (4, 3)), ((3, 0), (0, 4)), ((2, 3, 4), (4, 0)),   # empty rows, k = 0, empty columns
+    ((33, 70), (70, 41)),          # large enough for the BLAS path, odd sizes
+]
+
+
+def _matmul_samples(rng):
+    return [Sample((rng.standard_normal(sa), rng.standard_normal(sb)), f"{sa}@{sb}", smooth=not _size_zero(sa, sb))
+            for sa, sb in MATMUL_SHAPES]
+
+
+row(name="matmul", fn=ad.matmul, ref="matmul", public="matmul", samples=_matmul_samples, tol=MATMUL)
+row(name="matmul_operator", fn=lambda a, b: a @ b, ref="matmul", public="matmul", samples=_matmul_samples, tol=MATMUL)
+row(name="matmul_mixed", fn=ad.matmul, ref="matmul", public="matmul", dtypes=("other", "same"),
+    samples=_matmul_samples, tol=MATMUL, grad_tol={F64: (1e-6, 1e-6), F32: (1e-6, 1e-6)})
+row(name="rmatmul_ndarray", fn=lambda b: _CONST.T @ b, ref="matmul", public="matmul",
+    ref_inputs=lambda b: (_CONST.T, b), grad_of=(1,), tol=MATMUL,
+    samples=lambda rng: [Sample((rng.standard_normal(s),), f"{s}") for s in [(3,), (3, 2), (2, 3, 4)]])
+
+# ---------------------------------------------------------------------------------------------
+# layout: reshape, transpose, .T, broadcast_to, astype
+# ---------------------------------------------------------------------------------------------
+def _param_samples(key, cases, draw=normal):
+    def gen(rng):
+        return [Sample((draw(rng, shape),), f"{shape}-{value}", smooth=not _size_zero(shape),
+                       params={key: value}) for shape, value in cases]
+    return gen
+
+
+RESHAPE_CASES = [((2, 3, 4), (6, 4)), ((2, 3, 4), (-1,)), ((2, 3, 4), (4, -1, 2)), ((6,), (1, 6, 1)),
+                 ((1,), ()), ((), (1, 1)), ((), (-1,)), ((0, 3), (3, -1)), ((0, 3), (3, 0, 1)), ((12,), 12),
+                 ((2, 6), (-1, 3))]
+TRANSPOSE_CASES = [((2, 3, 4), (1, 0, 2)), ((2, 3, 4), (2, 0, 1)), ((2, 3, 4), (-1, 0, 1)), ((2, 3, 4), None),
+                   ((3, 4), None), ((5,), None), ((), None), ((3, 1, 2), (1, 2, 0)), ((2, 0, 3), (2, 1, 0))]
+BROADCAST_CASES = [((3, 1), (2, 3, 4)), ((4,), (3, 4)), ((), (2, 3)), ((1,), (0,)), ((2, 1), (2, 5)),
+                   ((1, 3), (1, 3)), ((5,), (5,)), ((), ())]
+
+row(name="reshape", fn=lambda x, shape: ad.reshape(x, shape), ref="reshape", public="reshape",
+    samples=_param_samples("shape", RESHAPE_CASES), tol=EXACT)
+row(name="reshape_method", fn=lambda x, shape: x.reshape(shape), ref="reshape", public="reshape",
+    samples=_param_samples("shape", RESHAPE_CASES[:4]), tol=EXACT)
+row(name="reshape_method_varargs", fn=lambda x, shape: x.reshape(*shape), ref="reshape", public="reshape",
+    samples=_param_samples("shape", [((2, 3, 4), (4, -1)), ((6,), (3, 2))]), tol=EXACT)
+row(name="transpose", fn=lambda x, axes: ad.transpose(x, axes), ref="transpose", public="transpose",
+    samples=_param_samples("axes", TRANSPOSE_CASES), tol=EXACT)
+row(name="transpose_method", fn=lambda x, axes: x.transpose(axes) if axes is not None else x.transpose(),
+    ref="transpose", public="transpose", samples=_param_samples("axes", TRANSPOSE_CASES[:4]), tol=EXACT)
+row(name="T", fn=lambda x, axes: x.T, ref="transpose", public=".T",
+    samples=_param_samples("axes", [((2, 3, 4), None), ((3, 4), None), ((5,), None), ((), None)]), tol=EXACT)
+row(name="broadcast_to", fn=lambda x, shape: ad.broadcast_to(x, shape), ref="broadcast_to", public="broadcast_to",
+    samples=_param_samples("shape", BROADCAST_CASES), tol=EXACT, grad_tol=REDUCTION)
+# float64 -> float32 rounds each value once, exactly as NumPy's astype does; the VJP converts the
+# cotangent back to the input's dtype, also exactly as the reference does: EXACT both ways
+for _target in ("float32", "float64"):
+    row(name="astype_" + _target, fn=lambda x, dtype: ad.astype(x, dtype), ref="cast", public="astype",
+        samples=_param_samples("dtype", [((3, 4), _target), ((), _target), ((0, 2), _target)]), tol=EXACT)
+    row(name="astype_method_" + _target, fn=lambda x, dtype: x.astype(np.dtype(dtype)), ref="cast",
+        public="astype", samples=_param_samples("dtype", [((2, 3), _target)]), tol=EXACT)
+
+# every op of issue 2 must have at least one row (test_table_covers_every_issue2_op); composite
+# graphs that cross op families are in test_ops.py
+ISSUE2_OPS = ["add", "subtract", "multiply", "divide", "negative", "power", "exp", "log", "sqrt", "abs",
+              "sin", "cos", "tanh", "sigmoid", "relu", "maximum", "minimum", "sum", "mean", "max", "min",
+              "matmul", "reshape", "transpose", ".T", "broadcast_to", "astype"]
+
+
+def samples_for(row_):
+    """(index, Sample) pairs of a row, for parametrisation."""
+    return list(enumerate(row_.sample_list()))

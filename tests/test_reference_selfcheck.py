@@ -1,0 +1,488 @@
+"""The NumPy reference (pyautodiff.reference) checked against itself: the oracle must be right
+before the C kernels are compared with it.
+
+For every op: its VJP against central differences of its own forward, its JVP against central
+differences along a tangent, and the two against each other (<g, J t> computed both ways). Then
+the named rules: ties split equally, abs'(0) = relu'(0) = 0, NaN-safety, stable softmax family.
+Everything here is float64 unless a test is about dtypes.
+"""
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from pyautodiff.reference import REFERENCE, RefOp, unbroadcast, zero_safe
+
+# Central-difference step for the finite-difference checks. With h = 1e-5 the truncation error is
+# about h^2/6 |f'''| ~ 1e-10 for the O(1..10) third derivatives of these inputs, and round-off
+# about 1e-16 |f| / h ~ 1e-11: both far below the tolerances used below.
+STEP = 1e-5
+# Finite differences vs analytic: 1e-6 relative / 1e-7 absolute leaves a 1000x margin over the
+# ~1e-10 finite-difference error above, yet catches any wrong rule (those err by O(1)).
+FD_RTOL, FD_ATOL = 1e-6, 1e-7
+# VJP vs JVP (<g, J t> both ways) is the same linear algebra done in two orders: only float64
+# round-off separates them.
+ADJOINT_RTOL, ADJOINT_ATOL = 1e-10, 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# Input generators. Kinked ops get inputs at least 0.1 from every kink (>> STEP).
+# ---------------------------------------------------------------------------------------------
+def smooth(rng, shape):
+    return rng.uniform(-2.0, 2.0, shape)
+
+
+def positive(rng, shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def away_from_zero(rng, shape):
+    return rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.3, 2.0, shape)
+
+
+def distinct(rng, *shapes):
+    """Arrays whose values, across all of them, are pairwise at least 0.3 apart (no ties)."""
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    values = (rng.permutation(sum(sizes)) - sum(sizes) / 2) * 0.3 + 0.05
+    arrays, start = [], 0
+    for shape, size in zip(shapes, sizes):
+        arrays.append(values[start:start + size].reshape(shape))
+        start += size
+    return arrays
+
+
+def case(*arrays, **params):
+    return list(arrays), params
+
+
+# Each entry builds (array inputs, keyword parameters) from a random generator.
+CASES = {
+    "negative": [lambda r: case(smooth(r, (3, 4)))],
+    "exp": [lambda r: case(smooth(r, (3, 4))), lambda r: case(smooth(r, ()))],
+    "log": [lambda r: case(positive(r, (2, 3)))],
+    "sqrt": [lambda r: case(positive(r, (2, 3)))],
+    "abs": [lambda r: case(away_from_zero(r, (3, 4)))],
+    "sin": [lambda r: case(smooth(r, (5,)))],
+    "cos": [lambda r: case(smooth(r, (5,)))],
+    "tanh": [lambda r: case(smooth(r, (2, 3)))],
+    "sigmoid": [lambda r: case(smooth(r, (2, 3)) * 3)],
+    "relu": [lambda r: case(away_from_zero(r, (3, 4)))],
+    "add": [lambda r: case(smooth(r, (3, 4)), smooth(r, (3, 4))),
+            lambda r: case(smooth(r, (2, 1, 4)), smooth(r, (3, 1))),
+            lambda r: case(smooth(r, ()), smooth(r, (2, 3)))],
+    "subtract": [lambda r: case(smooth(r, (2, 1, 4)), smooth(r, (3, 1))),
+                 lambda r: case(smooth(r, (4,)), smooth(r, (3, 4)))],
+    "multiply": [lambda r: case(smooth(r, (3, 4)), smooth(r, (3, 4))),
+                 lambda r: case(smooth(r, (2, 1, 4)), smooth(r, (3, 1)))],
+    "divide": [lambda r: case(smooth(r, (3, 4)), away_from_zero(r, (4,))),
+               lambda r: case(smooth(r, (3, 1)), away_from_zero(r, (2, 1, 5)))],
+    "power": [lambda r: case(positive(r, (3, 4)), smooth(r, (3, 4))),
+              lambda r: case(positive(r, (3, 1)), smooth(r, (2, 1, 4)))],
+    "maximum": [lambda r: case(*distinct(r, (3, 4), (3, 4))),
+                lambda r: case(*distinct(r, (2, 1, 4), (3, 1)))],
+    "minimum": [lambda r: case(*distinct(r, (3, 4), (3, 4))),
+                lambda r: case(*distinct(r, (4,), (3, 1)))],
+    "power_scalar": [lambda r: case(positive(r, (3, 4)), p=2.0),
+                     lambda r: case(positive(r, (3, 4)), p=0.5),
+                     lambda r: case(positive(r, (5,)), p=-1.5),
+                     lambda r: case(smooth(r, (5,)), p=3),
+                     lambda r: case(smooth(r, (5,)), p=0.0)],
+    "sum": [lambda r: case(smooth(r, (2, 3, 4))),
+            lambda r: case(smooth(r, (2, 3, 4)), axis=1),
+            lambda r: case(smooth(r, (2, 3, 4)), axis=(0, 2), keepdims=True),
+            lambda r: case(smooth(r, (2, 3, 4)), axis=-1),
+            lambda r: case(smooth(r, (2, 3)), axis=()),
+            lambda r: case(smooth(r, ()))],
+    "mean": [lambda r: case(smooth(r, (2, 3, 4))),
+             lambda r: case(smooth(r, (2, 3, 4)), axis=(0, -1)),
+             lambda r: case(smooth(r, (2, 3, 4)), axis=1, keepdims=True)],
+    "max": [lambda r: case(*distinct(r, (2, 3, 4))),
+            lambda r: case(*distinct(r, (2, 3, 4)), axis=1),
+            lambda r: case(*distinct(r, (2, 3, 4)), axis=(0, 2), keepdims=True),
+            lambda r: case(*distinct(r, (3, 4)), axis=())],
+    "min": [lambda r: case(*distinct(r, (2, 3, 4))),
+            lambda r: case(*distinct(r, (2, 3, 4)), axis=-1),
+            lambda r: case(*distinct(r, (2, 3, 4)), axis=(1, 2), keepdims=True)],
+    "matmul": [lambda r: case(smooth(r, (3,)), smooth(r, (3,))),
+               lambda r: case(smooth(r, (3,)), smooth(r, (3, 4))),
+               lambda r: case(smooth(r, (2, 3)), smooth(r, (3,))),
+               lambda r: case(smooth(r, (2, 3)), smooth(r, (3, 4))),
+               lambda r: case(smooth(r, (5, 2, 3)), smooth(r, (3, 4))),
+               lambda r: case(smooth(r, (2, 1, 2, 3)), smooth(r, (3, 3, 4))),
+               lambda r: case(smooth(r, (3,)), smooth(r, (2, 3, 4))),
+               lambda r: case(smooth(r, (2, 2, 3)), smooth(r, (3,)))],
+    "reshape": [lambda r: case(smooth(r, (2, 3, 4)), shape=(4, -1)),
+                lambda r: case(smooth(r, (6,)), shape=(1, 2, 3))],
+    "transpose": [lambda r: case(smooth(r, (2, 3, 4))),
+                  lambda r: case(smooth(r, (2, 3, 4)), axes=(1, 0, 2)),
+                  lambda r: case(smooth(r, (2, 3, 4)), axes=(-1, 0, 1))],
+    "broadcast_to": [lambda r: case(smooth(r, (3, 1)), shape=(2, 3, 4)),
+                     lambda r: case(smooth(r, ()), shape=(2, 2))],
+    "cast": [lambda r: case(smooth(r, (2, 3)), dtype=np.float64)],
+    "getitem": [lambda r: case(smooth(r, (4, 5)), index=(slice(None, None, -2), 3)),
+                lambda r: case(smooth(r, (4, 5)), index=(None, Ellipsis, slice(1, 4))),
+                lambda r: case(smooth(r, (4, 5)), index=(np.array([0, 2, 0, 3]),)),
+                lambda r: case(smooth(r, (4, 5)), index=(np.array([1, 1]), np.array([2, 2]))),
+                lambda r: case(smooth(r, (4, 5)), index=np.arange(20).reshape(4, 5) % 3 == 0),
+                lambda r: case(smooth(r, (4, 5)), index=(slice(None), [4, 4, 0]))],
+    "concatenate": [lambda r: case(smooth(r, (2, 3)), smooth(r, (2, 1)), smooth(r, (2, 4)), axis=1),
+                    lambda r: case(smooth(r, (2, 3)), smooth(r, (1, 3))),
+                    lambda r: case(smooth(r, (2, 3)), smooth(r, (2, 2)), axis=-1)],
+    "stack": [lambda r: case(smooth(r, (2, 3)), smooth(r, (2, 3))),
+              lambda r: case(smooth(r, (2, 3)), smooth(r, (2, 3)), smooth(r, (2, 3)), axis=-1)],
+    "where": [lambda r: case(smooth(r, (3, 4)), smooth(r, (4,)),
+                             cond=r.uniform(size=(3, 1)) > 0.5),
+              lambda r: case(smooth(r, (3, 1)), smooth(r, (1, 4)),
+                             cond=r.uniform(size=(3, 4)) > 0.5)],
+    # The distinct grid (spacing 0.3, offset 0.05) never lands within 0.05 of lo or hi.
+    "clip": [lambda r: case(*distinct(r, (3, 4)), lo=-0.5, hi=0.5),
+             lambda r: case(*distinct(r, (3, 4)), lo=None, hi=0.2),
+             lambda r: case(*distinct(r, (3, 4)), lo=-0.2, hi=None)],
+    "logsumexp": [lambda r: case(smooth(r, (2, 3, 4))),
+                  lambda r: case(smooth(r, (2, 3, 4)), axis=1),
+                  lambda r: case(smooth(r, (2, 3, 4)), axis=(0, 2), keepdims=True)],
+    "softmax": [lambda r: case(smooth(r, (3, 4))),
+                lambda r: case(smooth(r, (3, 4, 2)), axis=0)],
+    "log_softmax": [lambda r: case(smooth(r, (3, 4))),
+                    lambda r: case(smooth(r, (3, 4, 2)), axis=1)],
+}
+
+ALL_CASES = [pytest.param(name, i, id=f"{name}-{i}")
+             for name, builders in CASES.items() for i in range(len(builders))]
+
+
+def build(name, i, seed=0):
+    rng = np.random.default_rng(seed + 1000 * i)
+    arrays, params = CASES[name][i](rng)
+    return REFERENCE[name], arrays, params, rng
+
+
+def central_difference(fun, arrays, k, j):
+    """d fun / d arrays[k].flat[j] by central differences."""
+    plus = [a.copy() for a in arrays]
+    minus = [a.copy() for a in arrays]
+    plus[k].flat[j] += STEP
+    minus[k].flat[j] -= STEP
+    return (fun(plus) - fun(minus)) / (2 * STEP)
+
+
+def test_every_op_has_selfcheck_cases():
+    assert set(CASES) == set(REFERENCE)
+    assert all(isinstance(op, RefOp) for op in REFERENCE.values())
+
+
+@pytest.mark.parametrize("name, i", ALL_CASES)
+def test_vjp_matches_central_differences_of_forward(name, i):
+    op, arrays, params, rng = build(name, i)
+    out = op.forward(*arrays, **params)
+    g = rng.standard_normal(out.shape)
+    grads = op.vjp(g, out, *arrays, **params)
+    assert len(grads) == len(arrays)
+
+    def weighted_output(xs):
+        return float(np.sum(g * op.forward(*xs, **params)))
+
+    for k, (x, grad) in enumerate(zip(arrays, grads)):
+        assert grad.shape == x.shape and grad.dtype == x.dtype
+        numeric = np.array([central_difference(weighted_output, arrays, k, j)
+                            for j in range(x.size)]).reshape(x.shape)
+        np.testing.assert_allclose(grad, numeric, rtol=FD_RTOL, atol=FD_ATOL,
+                                   err_msg=f"{name} case {i}: VJP of input {k}")
+
+
+@pytest.mark.parametrize("name, i", ALL_CASES)
+def test_jvp_matches_central_differences_along_tangent(name, i):
+    op, arrays, params, rng = build(name, i)
+    out = op.forward(*arrays, **params)
+    tangents = [rng.standard_normal(x.shape) for x in arrays]
+    tangent_out = op.jvp(tangents, out, *arrays, **params)
+    assert tangent_out.shape == out.shape and tangent_out.dtype == out.dtype
+    plus = op.forward(*[x + STEP * t for x, t in zip(arrays, tangents)], **params)
+    minus = op.forward(*[x - STEP * t for x, t in zip(arrays, tangents)], **params)
+    np.testing.assert_allclose(tangent_out, (plus - minus) / (2 * STEP), rtol=FD_RTOL,
+                               atol=FD_ATOL, err_msg=f"{name} case {i}")
+
+
+@pytest.mark.parametrize("name, i", ALL_CASES)
+def test_vjp_and_jvp_are_adjoint(name, i):
+    op, arrays, params, rng = build(name, i)
+    out = op.forward(*arrays, **params)
+    g = rng.standard_normal(out.shape)
+    tangents = [rng.standard_normal(x.shape) for x in arrays]
+    via_jvp = np.sum(g * op.jvp(tangents, out, *arrays, **params))
+    via_vjp = sum(np.sum(gr * t) for gr, t in zip(op.vjp(g, out, *arrays, **params), tangents))
+    np.testing.assert_allclose(via_jvp, via_vjp, rtol=ADJOINT_RTOL, atol=ADJOINT_ATOL)
+
+
+@pytest.mark.parametrize("name, i", ALL_CASES)
+def test_float32_in_float32_out(name, i):
+    op, arrays, params, rng = build(name, i)
+    arrays = [x.astype(np.float32) for x in arrays]
+    if name == "cast":
+        params = dict(params, dtype=np.float32)
+    out = op.forward(*arrays, **params)
+    assert out.dtype == np.float32
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    assert all(gr.dtype == np.float32 for gr in op.vjp(g, out, *arrays, **params))
+    tangents = [np.ones_like(x) for x in arrays]
+    assert op.jvp(tangents, out, *arrays, **params).dtype == np.float32
+
+
+def test_outputs_never_alias_inputs():
+    x = np.arange(6.0)
+    for name, params in [("reshape", {"shape": (2, 3)}), ("getitem", {"index": slice(1, 4)}),
+                         ("broadcast_to", {"shape": (2, 6)}), ("transpose", {})]:
+        out = REFERENCE[name].forward(x, **params)
+        assert not np.shares_memory(out, x), name
+        assert out.flags.writeable, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Named rules
+# ---------------------------------------------------------------------------------------------
+def test_maximum_minimum_ties_split_equally():
+    x = np.array([1.0, -2.0, 3.0])
+    for name in ("maximum", "minimum"):
+        op = REFERENCE[name]
+        out = op.forward(x, x)
+        ga, gb = op.vjp(np.ones(3), out, x, x)
+        np.testing.assert_array_equal(ga, [0.5, 0.5, 0.5])
+        np.testing.assert_array_equal(gb, [0.5, 0.5, 0.5])
+        # JVP, the adjoint: the tied tangents average.
+        np.testing.assert_array_equal(op.jvp((np.full(3, 2.0), np.zeros(3)), out, x, x),
+                                      [1.0, 1.0, 1.0])
+    # Mixed: tie at index 1 only, and broadcasting: b's single element collects from every tie.
+    a, b = np.array([1.0, 2.0, 3.0]), np.array([2.0])
+    ga, gb = REFERENCE["maximum"].vjp(np.ones(3), REFERENCE["maximum"].forward(a, b), a, b)
+    np.testing.assert_array_equal(ga, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(gb, [1.5])
+
+
+def test_max_min_reductions_split_ties_equally():
+    x = np.array([3.0, 3.0, 1.0])
+    op = REFERENCE["max"]
+    (gx,) = op.vjp(np.array(1.0), op.forward(x), x)
+    np.testing.assert_array_equal(gx, [0.5, 0.5, 0.0])
+    op = REFERENCE["min"]
+    y = np.array([[2.0, 1.0, 1.0, 1.0], [5.0, 4.0, 6.0, 7.0]])
+    (gy,) = op.vjp(np.array([3.0, 2.0]), op.forward(y, axis=1), y, axis=1)
+    np.testing.assert_array_equal(gy, [[0.0, 1.0, 1.0, 1.0], [0.0, 2.0, 0.0, 0.0]])
+    np.testing.assert_array_equal(
+        op.jvp((np.array([[0.0, 3.0, 6.0, 9.0], [1.0, 2.0, 3.0, 4.0]]),), op.forward(y, axis=1),
+               y, axis=1),
+        [6.0, 2.0])
+
+
+def test_abs_and_relu_have_zero_derivative_at_zero():
+    x = np.array([-1.0, 0.0, 2.0])
+    (g_abs,) = REFERENCE["abs"].vjp(np.ones(3), np.abs(x), x)
+    np.testing.assert_array_equal(g_abs, [-1.0, 0.0, 1.0])
+    (g_relu,) = REFERENCE["relu"].vjp(np.ones(3), np.maximum(x, 0), x)
+    np.testing.assert_array_equal(g_relu, [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(REFERENCE["relu"].jvp((np.ones(3),), np.maximum(x, 0), x),
+                                  [0.0, 0.0, 1.0])
+
+
+# (op, inputs, params): each has a local derivative that is inf or NaN at the first element.
+SINGULAR = [
+    ("sqrt", [np.array([0.0, 4.0])], {}),
+    ("log", [np.array([0.0, 2.0])], {}),
+    ("power_scalar", [np.array([0.0, 4.0])], {"p": 0.5}),
+    ("power", [np.array([0.0, 4.0]), np.array([0.5, 0.5])], {}),
+    ("divide", [np.array([1.0, 1.0]), np.array([0.0, 2.0])], {}),
+    ("exp", [np.array([1000.0, 0.0])], {}),
+    ("abs", [np.array([np.nan, 1.0])], {}),
+    ("multiply", [np.array([np.inf, 1.0]), np.array([2.0, 3.0])], {}),
+]
+
+
+@pytest.mark.parametrize("name, arrays, params", SINGULAR, ids=[s[0] for s in SINGULAR])
+def test_nan_safety_zero_cotangent_contributes_exactly_zero(name, arrays, params):
+    op = REFERENCE[name]
+    out = op.forward(*arrays, **params)
+    # Zero cotangent on the singular element: exactly 0 there, the ordinary value elsewhere.
+    for grad in op.vjp(np.array([0.0, 1.0]), out, *arrays, **params):
+        assert grad[0] == 0.0 and np.isfinite(grad[1])
+    # Zero tangents everywhere: exactly zero output tangent, not NaN.
+    zeros = [np.zeros_like(x) for x in arrays]
+    np.testing.assert_array_equal(op.jvp(zeros, out, *arrays, **params), [0.0, 0.0])
+    # A nonzero cotangent stays IEEE: some input's gradient is inf or NaN at the singular point.
+    grads = op.vjp(np.array([1.0, 1.0]), out, *arrays, **params)
+    assert any(not np.isfinite(grad[0]) for grad in grads)
+
+
+def test_nan_safety_ieee_values_with_nonzero_cotangent():
+    x = np.array([0.0])
+    assert REFERENCE["sqrt"].vjp(np.array([1.0]), np.sqrt(x), x)[0][0] == np.inf
+    assert REFERENCE["log"].vjp(np.array([2.0]), np.array([-np.inf]), x)[0][0] == np.inf
+    ga, gb = REFERENCE["divide"].vjp(np.array([1.0]), np.array([np.inf]), np.array([1.0]), x)
+    assert ga[0] == np.inf and gb[0] == -np.inf
+    # where(x > 0, sqrt(x), 0): the masked branch receives a zero cotangent, so the gradient
+    # through sqrt at 0 is 0, not NaN.
+    x = np.array([0.0, 4.0])
+    cond = x > 0
+    s = REFERENCE["sqrt"].forward(x)
+    out = REFERENCE["where"].forward(s, np.zeros(2), cond=cond)
+    g_s, _ = REFERENCE["where"].vjp(np.ones(2), out, s, np.zeros(2), cond=cond)
+    (g_x,) = REFERENCE["sqrt"].vjp(g_s, s, x)
+    np.testing.assert_array_equal(g_x, [0.0, 0.25])
+
+
+def test_power_exponent_gradient_is_zero_at_zero_base():
+    x, y = np.array([0.0, 0.0, 2.0]), np.array([2.0, 0.0, 3.0])
+    out = REFERENCE["power"].forward(x, y)
+    gx, gy = REFERENCE["power"].vjp(np.ones(3), out, x, y)
+    np.testing.assert_array_equal(gy, [0.0, 0.0, 8.0 * np.log(2.0)])
+    # d/dx is 0 where the exponent is 0 (x^0 is constant), even at x = 0.
+    np.testing.assert_array_equal(gx, [0.0, 0.0, 12.0])
+    (g,) = REFERENCE["power_scalar"].vjp(np.ones(3), np.ones(3), np.array([0.0, 1.0, 5.0]), p=0)
+    np.testing.assert_array_equal(g, [0.0, 0.0, 0.0])
+
+
+def test_clip_passes_gradient_on_the_closed_interval():
+    x = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    op = REFERENCE["clip"]
+    (g,) = op.vjp(np.ones(5), op.forward(x, -0.5, 0.5), x, -0.5, 0.5)
+    np.testing.assert_array_equal(g, [0.0, 1.0, 1.0, 1.0, 0.0])
+
+
+def test_getitem_repeated_indices_accumulate():
+    x = np.arange(4.0)
+    op = REFERENCE["getitem"]
+    index = (np.array([0, 0, 2, 0]),)
+    (g,) = op.vjp(np.array([1.0, 2.0, 3.0, 4.0]), op.forward(x, index), x, index)
+    np.testing.assert_array_equal(g, [7.0, 0.0, 3.0, 0.0])
+
+
+def test_softmax_family_is_stable_at_plus_minus_1000():
+    x = np.array([[1000.0, -1000.0, 0.0], [1000.0, 1000.0, -1000.0]])
+    shifted = x - 1000.0  # softmax and log_softmax are shift invariant along the axis
+    g = np.array([[0.3, -1.0, 2.0], [1.0, 0.5, -0.5]])
+    for name in ("softmax", "log_softmax"):
+        op = REFERENCE[name]
+        out = op.forward(x)
+        assert np.all(np.isfinite(out)), name
+        np.testing.assert_allclose(out, op.forward(shifted), rtol=1e-15, atol=0)
+        (grad,) = op.vjp(g, out, x)
+        (grad_shifted,) = op.vjp(g, op.forward(shifted), shifted)
+        assert np.all(np.isfinite(grad)), name
+        np.testing.assert_allclose(grad, grad_shifted, rtol=1e-15, atol=1e-300)
+    np.testing.assert_allclose(REFERENCE["softmax"].forward(x)[1], [0.5, 0.5, 0.0], atol=0)
+    np.testing.assert_allclose(REFERENCE["log_softmax"].forward(x)[0], [0.0, -2000.0, -1000.0])
+
+    op = REFERENCE["logsumexp"]
+    out = op.forward(x, axis=1)
+    np.testing.assert_allclose(out, [1000.0, 1000.0 + np.log(2.0)], rtol=1e-15)
+    (grad,) = op.vjp(np.ones(2), out, x, axis=1)
+    np.testing.assert_allclose(grad, [[1.0, 0.0, 0.0], [0.5, 0.5, 0.0]], atol=1e-300)
+    np.testing.assert_array_equal(op.forward(np.array([-np.inf, -np.inf])), -np.inf)
+
+    op = REFERENCE["sigmoid"]
+    s = op.forward(np.array([-1000.0, 1000.0]))
+    np.testing.assert_array_equal(s, [0.0, 1.0])
+    np.testing.assert_array_equal(op.vjp(np.ones(2), s, np.array([-1000.0, 1000.0]))[0], [0, 0])
+
+
+def test_reductions_follow_numpy_axis_rules():
+    x = np.arange(24.0).reshape(2, 3, 4)
+    for name in ("sum", "mean", "max", "min"):
+        op = REFERENCE[name]
+        np.testing.assert_array_equal(op.forward(x, axis=()), x)  # reduces nothing
+        np.testing.assert_array_equal(op.forward(x, axis=(-1, 0)),
+                                      getattr(np, name)(x, axis=(0, 2)))
+        np.testing.assert_array_equal(op.vjp(np.ones((2, 3, 4)), x, x, axis=())[0],
+                                      np.ones((2, 3, 4)))
+    with pytest.raises(np.exceptions.AxisError):
+        REFERENCE["sum"].forward(x, axis=3)
+    with pytest.raises(ValueError):
+        REFERENCE["sum"].forward(x, axis=(1, -2))
+
+
+def test_mixed_dtypes_promote_and_gradients_keep_input_dtype():
+    a = np.array([1.0, 2.0], dtype=np.float32)
+    b = np.array([3.0, 4.0])
+    op = REFERENCE["multiply"]
+    out = op.forward(a, b)
+    assert out.dtype == np.float64
+    ga, gb = op.vjp(np.ones(2), out, a, b)
+    assert ga.dtype == np.float32 and gb.dtype == np.float64
+    np.testing.assert_array_equal(ga, [3.0, 4.0])
+    # cast: the gradient comes back in the source dtype, whichever way the cast went.
+    (g,) = REFERENCE["cast"].vjp(np.ones(2, np.float64), b.astype(np.float64), a, dtype=np.float64)
+    assert g.dtype == np.float32
+    (g,) = REFERENCE["cast"].vjp(np.ones(2, np.float32), a, b, dtype=np.float32)
+    assert g.dtype == np.float64
+
+
+def test_unbroadcast_sums_over_broadcast_axes():
+    g = np.arange(24.0).reshape(2, 3, 4)
+    np.testing.assert_array_equal(unbroadcast(g, (3, 4)), g.sum(axis=0))
+    np.testing.assert_array_equal(unbroadcast(g, (3, 1)), g.sum(axis=(0, 2))[:, None])
+    np.testing.assert_array_equal(unbroadcast(g, ()), g.sum())
+    np.testing.assert_array_equal(unbroadcast(g, (2, 3, 4)), g)
+    with pytest.raises(ValueError):
+        unbroadcast(np.ones(3), (2, 3))
+
+
+def test_zero_safe_is_the_nan_safety_rule():
+    g = np.array([0.0, 0.0, 1.0, 1.0, -0.0])
+    local = np.array([np.inf, np.nan, np.inf, np.nan, 2.0])
+    out = zero_safe(g, local)
+    np.testing.assert_array_equal(out[:2], [0.0, 0.0])
+    assert out[2] == np.inf and np.isnan(out[3]) and out[4] == 0.0
+
+
+def test_jvp_accepts_none_for_a_zero_tangent():
+    a, b = np.array([1.0, 2.0]), np.array([3.0, 5.0])
+    op = REFERENCE["multiply"]
+    np.testing.assert_array_equal(op.jvp((None, np.ones(2)), op.forward(a, b), a, b), a)
+
+
+# Broadcasting shapes beyond the hand-picked cases: the VJP of every broadcasting binary op has
+# the input's shape and is adjoint to the JVP.
+BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, max_dims=4, max_side=3),
+       name=st.sampled_from(BINARY), seed=st.integers(0, 2**32 - 1))
+def test_binary_ops_on_random_broadcast_shapes(shapes, name, seed):
+    rng = np.random.default_rng(seed)
+    shape_a, shape_b = shapes.input_shapes
+    a, b = positive(rng, shape_a), positive(rng, shape_b)
+    op = REFERENCE[name]
+    out = op.forward(a, b)
+    assert out.shape == shapes.result_shape
+    g = rng.standard_normal(out.shape)
+    ta, tb = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+    ga, gb = op.vjp(g, out, a, b)
+    assert ga.shape == shape_a and gb.shape == shape_b
+    via_jvp = np.sum(g * op.jvp((ta, tb), out, a, b))
+    np.testing.assert_allclose(via_jvp, np.sum(ga * ta) + np.sum(gb * tb), rtol=ADJOINT_RTOL,
+                               atol=ADJOINT_ATOL)
+
+
+def test_nan_inputs_give_nan_gradients_and_route_through_maximum():
+    # IEEE: a NaN input has a NaN local derivative, also for the kinked ops (abs, relu, clip);
+    # with a zero cotangent the NaN-safety rule still gives exactly 0.
+    x = np.array([np.nan, 2.0])
+    for name, params in [("abs", {}), ("relu", {}), ("clip", {"lo": -1.0, "hi": 1.0})]:
+        op = REFERENCE[name]
+        out = op.forward(x, **params)
+        assert np.isnan(out[0]), name
+        (g,) = op.vjp(np.ones(2), out, x, **params)
+        assert np.isnan(g[0]), name
+        (g,) = op.vjp(np.array([0.0, 1.0]), out, x, **params)
+        assert g[0] == 0.0, name
+    # maximum/minimum return the NaN operand, so the NaN operand receives the cotangent; the max
+    # reduction does the same: the NaN elements share it.
+    a, b = np.array([np.nan, 1.0]), np.array([3.0, np.nan])
+    for name in ("maximum", "minimum"):
+        op = REFERENCE[name]
+        ga, gb = op.vjp(np.array([2.0, 5.0]), op.forward(a, b), a, b)
+        np.testing.assert_array_equal(ga, [2.0, 0.0])
+        np.testing.assert_array_equal(gb, [0.0, 5.0])
+    y = np.array([1.0, np.nan, 3.0, np.nan])
+    (gy,) = REFERENCE["max"].vjp(np.array(1.0), REFERENCE["max"].forward(y), y)
+    np.testing.assert_array_equal(gy, [0.0, 0.5, 0.0, 0.5])
