@@ -440,7 +440,9 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
                 s->state |= S_OWN;
             }
             if (!ad_ops[n->op].jvp) { st = ad_err(AD_ERR_RUNTIME, "jvp: op %s has no JVP", ad_ops[n->op].name); goto done; }
-            if ((st = ad_ops[n->op].jvp(T, n, (const void *const *)tin, k, s->buf))) goto done;
+            /* an empty output has an empty tangent: nothing to compute, and the kernel's batch
+             * loops may be astronomically long (2^50 empty matrices) */
+            if (n->size && (st = ad_ops[n->op].jvp(T, n, (const void *const *)tin, k, s->buf))) goto done;
         }
         for (int j = 0; j < n->nin; j++) {
             ad_node *m = n->in[j];
@@ -489,6 +491,11 @@ int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
 static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void *target, int acc, int64_t k)
 {
     ad_node *m = n->in[j];
+    if (n->size == 0) {
+        /* an empty output contributes zero, without running its kernel (see pass_to_input) */
+        if (!acc) memset(target, 0, (size_t)k * node_bytes(m));
+        return AD_OK;
+    }
     const ad_opdef *def = &ad_ops[n->op];
     ad_sink s;
     if (def->contrib) {

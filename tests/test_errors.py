@@ -264,6 +264,17 @@ def test_empty_with_huge_other_dimensions():
     assert p.shape == (2**30, 2**20, 0, 4)
     p.sum().backward()
     np.testing.assert_array_equal(b.grad.numpy(), np.zeros((3, 4)))
+    # the batched sweeps (functional vjp/jvp) and softmax had the same two problems: a 108 PB
+    # "out of memory", an endless loop, and a slice count overflowing int64
+    out, vjp_fn = ad.vjp(lambda w: ad.matmul(a, w), b)
+    (gw,) = vjp_fn(np.zeros(out.shape))
+    np.testing.assert_array_equal(gw.numpy(), np.zeros((3, 4)))
+    _, t = ad.jvp(lambda w: ad.matmul(a, w), (b,), (np.ones((3, 4)),))
+    assert t.shape == (2**30, 2**20, 0, 4)
+    assert ad.softmax(z, axis=0).shape == z.shape
+    assert ad.logsumexp(z, axis=(1, 2)).shape == (0,)
+    lse = ad.logsumexp(ad.zeros((0, 3), requires_grad=True), axis=0)
+    assert lse.numpy().tolist() == [-np.inf] * 3
 
 
 # ---- sizes past int64 or past memory -----------------------------------------------------------

@@ -191,6 +191,125 @@ static void *make_foreign(void *p)
 
 static int64_t fuzz_site(void) { return 1 + below(1000); }
 
+/* Product of a shape the driver generated, or -1 when it is not small and valid: arrays that
+ * the core reads per element (indices, condition bytes) are only passed for small shapes, or for
+ * absurd ones that the core must reject before reading anything. */
+static int64_t small_size(int nd, const int64_t *sh)
+{
+    if (!sh || nd < 0 || nd > AD_MAXDIM) return -1;
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++) {
+        if (sh[i] < 0 || sh[i] > 70000) return -1;
+        n *= sh[i];
+        if (n > 35000) return -1;
+    }
+    return n;
+}
+
+static int64_t index_buf[35000];
+static uint8_t cond_buf[35000];
+
+static void optim_arg(ad_optim_t *o)
+{
+    o->kind = chance(10) ? (int)below(5) - 2 : (int)below(2);
+    o->lr = chance(80) ? 0.01 : scalar_arg();
+    o->weight_decay = chance(70) ? 0 : scalar_arg();
+    o->momentum = chance(50) ? 0 : 0.9;
+    o->dampening = chance(80) ? 0 : scalar_arg();
+    o->nesterov = (int)below(2);
+    o->beta1 = chance(80) ? 0.9 : scalar_arg();
+    o->beta2 = chance(80) ? 0.999 : scalar_arg();
+    o->eps = chance(80) ? 1e-8 : scalar_arg();
+    o->decoupled = (int)below(2);
+}
+
+/* main's later entry points: indexing, selection, normalisers, in-place updates, batched sweeps */
+static void one_newer_call(void)
+{
+    int64_t sh[16], axes[16], hs[16], outs[16];
+    int nd;
+    switch (below(10)) {
+    case 0: {
+        nd = chance(50) ? like_shape(sh) : ndim_arg();
+        for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
+        const int64_t *s = chance(90) ? sh : shape_arg(sh, nd);
+        int64_t n = small_size(nd, s);
+        for (int64_t i = 0; i < (n > 0 ? n : 0); i++)
+            index_buf[i] = chance(97) ? below(8) : (chance(50) ? -1 - below(3) : (int64_t)1 << 40);
+        /* an index array only when its length is known; absurd shapes get NULL */
+        check_handle("ad_gather", ad_gather(any_handle(), nd, s, n >= 0 && chance(95) ? index_buf : NULL), 0);
+        break;
+    }
+    case 1: {
+        int n = chance(10) ? (int)below(40) - 20 : (int)below(5);
+        for (int i = 0; i < 16; i++) hs[i] = any_handle();
+        const int64_t *xs = n > 16 || chance(5) ? NULL : hs;
+        check_handle("ad_concatenate", ad_concatenate(n, xs, chance(10) ? dim() : below(7) - 3, (int)below(2)), 0);
+        break;
+    }
+    case 2: {
+        nd = chance(50) ? like_shape(sh) : ndim_arg();
+        for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
+        const int64_t *s = chance(90) ? sh : shape_arg(sh, nd);
+        int64_t n = small_size(nd, s);
+        for (int64_t i = 0; i < (n > 0 ? n : 0); i++) cond_buf[i] = (uint8_t)(chance(95) ? below(2) : below(256));
+        check_handle("ad_where", ad_where(nd, s, n >= 0 && chance(95) ? cond_buf : NULL, any_handle(), any_handle()), 0);
+        break;
+    }
+    case 3: check_handle("ad_clip", ad_clip(any_handle(), scalar_arg(), scalar_arg()), 0); break;
+    case 4: {
+        int n = chance(20) ? -1 : (int)below(chance(5) ? 17 : 4);
+        for (int i = 0; i < 16; i++) axes[i] = chance(5) ? dim() : below(9) - 4;
+        check_handle("ad_softmax", ad_softmax(op_arg(AD_OP_LOGSUMEXP, AD_OP_LOG_SOFTMAX), any_handle(), n,
+                                              chance(5) ? NULL : axes, (int)below(2)), 0);
+        break;
+    }
+    case 5: {
+        /* the data must hold size elements of the tensor's dtype (the caller's contract) */
+        int64_t h = any_handle();
+        ad_info_t info;
+        if (ad_info(h, &info) == AD_OK && info.size <= 35000) {
+            fill_data(info.size);
+            if (info.dtype == AD_F32) { float *f = (float *)data_buf; for (int64_t i = 0; i < info.size; i++) f[i] = (float)data_buf[i]; }
+            check_status("ad_assign", ad_assign(h, chance(5) ? NULL : data_buf));
+        } else {
+            check_status("ad_assign", ad_assign(h, NULL));
+        }
+        break;
+    }
+    case 6: {
+        ad_optim_t o;
+        optim_arg(&o);
+        check_status("ad_optim_step", ad_optim_step(chance(5) ? NULL : &o, any_handle(),
+                                                    chance(30) ? 0 : any_handle(), chance(50) ? 0 : any_handle(),
+                                                    chance(90) ? 1 + below(5) : (int64_t)below(5) - 3));
+        break;
+    }
+    case 7:
+    case 8: {
+        /* batched forward mode: n inputs with k tangent directions each */
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
+        int64_t k = chance(10) ? dim() : 1 + below(3);
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = any_handle(); }
+        int64_t out = 0;
+        int64_t st = ad_jvp(any_handle(), n, n > 16 || chance(5) ? NULL : hs, n > 16 || chance(5) ? NULL : outs, k,
+                            chance(5) ? NULL : &out);
+        check_status("ad_jvp", st);
+        if (st == 0) check_handle("ad_jvp's tangent", out, 0);
+        break;
+    }
+    default: {
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = -1; }
+        int64_t st = ad_vjp(any_handle(), any_handle(), n, n > 16 || chance(5) ? NULL : hs,
+                            n > 16 || chance(5) ? NULL : outs);
+        check_status("ad_vjp", st);
+        for (int i = 0; st == 0 && i < n; i++) check_handle("ad_vjp's grad", outs[i], 0);
+        break;
+    }
+    }
+}
+
 /* ---- one random call ---- */
 
 static void one_call(void)
@@ -198,7 +317,7 @@ static void one_call(void)
     int64_t sh[16], axes[16];
     int nd;
     calls++;
-    switch (below(25)) {
+    switch (below(30)) {
     case 0: {
         nd = ndim_arg();
         const int64_t *s = shape_arg(sh, nd);
@@ -289,6 +408,7 @@ static void one_call(void)
         if (prev != 0 && prev != 1) fail("ad_set_grad_enabled", prev);
         break;
     }
+    case 24: case 25: case 26: case 27: case 28: one_newer_call(); break;
     case 23: {
         int prev = ad_set_anomaly(chance(30), chance(50) ? fuzz_site : NULL);
         if (prev != 0 && prev != 1) fail("ad_set_anomaly", prev);

@@ -523,11 +523,47 @@ static void test_empty(void)
     int64_t P = ad_matmul(A, B);
     CHECK(P > 0 && info_of(P).size == 0 && info_of(P).ndim == 4);
     s = ad_reduce(AD_OP_SUM, P, -1, NULL, 0);
-    CHECK(ad_backward(s, 0, 0) == AD_OK);
+    CHECK(ad_backward(s, 0, 1) == AD_OK);
     int64_t gB = ad_grad(B);
     CHECK(gB > 0);
     for (int i = 0; i < 12; i++) CHECK(at(gB, i) == 0);
-    DROP(gB, s, P, A, B);
+    /* the batched sweeps on the same graph: nothing to compute either */
+    int64_t sc[5] = {1, (int64_t)1 << 30, 1 << 20, 0, 4};
+    int64_t cot = ad_full(AD_F64, 5, sc, 1.0, 0);
+    int64_t vg = 0;
+    CHECK(ad_vjp(P, cot, 1, &B, &vg) == AD_OK);
+    CHECK(vg > 0 && info_of(vg).size == 12);
+    for (int i = 0; i < 12; i++) CHECK(at(vg, i) == 0);
+    int64_t st1[3] = {1, 3, 4}, tan = ad_full(AD_F64, 3, st1, 1.0, 0), tout = 0;
+    CHECK(ad_jvp(P, 1, &B, &tan, 1, &tout) == AD_OK);
+    CHECK(tout > 0 && info_of(tout).size == 0);
+    DROP(vg, cot, tan, tout, gB, s, P, A, B);
+
+    /* regression: softmax's slice count overflowed for empty tensors with huge dimensions */
+    z = ad_full(AD_F64, 3, wide, 1.0, 1);
+    int64_t ax0b[1] = {0};
+    int64_t sm = ad_softmax(AD_OP_SOFTMAX, z, 1, ax0b, 0);
+    CHECK(sm > 0 && info_of(sm).size == 0);
+    int64_t ls = ad_softmax(AD_OP_LOGSUMEXP, z, 2, ax12, 0);
+    CHECK(ls > 0 && info_of(ls).size == 0);
+    CHECK(ad_softmax(AD_OP_LOGSUMEXP, z, 1, ax0b, 0) < 0);   /* (2^40, 2^40) results */
+    int64_t e03 = ad_full(AD_F64, 2, s03, 1.0, 1);
+    int64_t lse = ad_softmax(AD_OP_LOGSUMEXP, e03, 1, ax0b, 0);
+    CHECK(lse > 0 && at(lse, 0) == -INFINITY && at(lse, 2) == -INFINITY);
+    int64_t lsum = ad_reduce(AD_OP_SUM, lse, -1, NULL, 0);
+    CHECK(ad_backward(lsum, 0, 0) == AD_OK);
+    g = ad_grad(e03);
+    CHECK(g > 0 && info_of(g).size == 0);
+    DROP(g, lsum, lse, e03, ls, sm, z);
+
+    /* regression: where() read a caller's condition shape without validating it */
+    int64_t one = ad_full(AD_F64, 0, NULL, 1.0, 0);
+    uint8_t c1 = 1;
+    int64_t negc[1] = {-1}, hugec[2] = {(int64_t)1 << 62, 4}, minc[1] = {INT64_MIN};
+    CHECK_ERR(ad_where(1, negc, &c1, one, one), AD_ERR_VALUE);
+    CHECK_ERR(ad_where(1, minc, &c1, one, one), AD_ERR_VALUE);
+    CHECK_ERR(ad_where(2, hugec, NULL, one, one), AD_ERR_VALUE);
+    DROP(one);
     CHECK_BASELINE(base);
 }
 
