@@ -161,6 +161,16 @@ int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves,
 int ad_grad_enabled(void);
 int ad_set_grad_enabled(int enabled);
 
+/* Anomaly mode of the calling thread, for hunting NaNs. While on, an op whose forward kernel, or
+ * whose VJP (or the accumulation of its contribution), makes NaN from NaN-free values fails with
+ * AD_ERR_FLOAT, and every node records the id site_fn returns (called before each op, outside
+ * any lock; site_fn may be NULL) so the bindings can say where the failing op was created.
+ * Returns the previous mode. Off costs one branch per op. */
+typedef int64_t (*ad_site_fn)(void);
+int ad_set_anomaly(int enabled, ad_site_fn site_fn);
+/* Creation-site id of the op behind the calling thread's last AD_ERR_FLOAT (0: unknown). */
+int64_t ad_anomaly_site(void);
+
 /* Counters of the calling thread's tape. */
 int ad_stats(ad_stats_t *out);
 

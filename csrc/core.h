@@ -39,6 +39,7 @@ struct ad_node {
     int32_t keepdims;
     int32_t aux_len;           /* entries in aux (perm of transpose, ...) */
     int64_t *aux;
+    int64_t site;              /* anomaly mode: creation-site id from the bindings (0: none) */
     ad_node *next_free;
 };
 
@@ -122,6 +123,15 @@ int ad_tape_grow_adj(ad_tape *T, ad_node *n);  /* allocate n->adj (uninitialised
  * move when it grows, so re-read ad_tape_order after creating a node. */
 ad_node **ad_tape_order(ad_tape *T);
 void ad_tape_hold_order(ad_tape *T, int hold);
+
+/* anomaly mode (anomaly.c): NaN made from NaN-free values is an AD_ERR_FLOAT naming the op */
+int ad_anomaly_on(ad_tape *T);
+int ad_anomaly_forward(ad_node *n, int nin, ad_node **ins);
+/* contribution of n's VJP for input `which` (s->size values at s->dst, not accumulated) */
+int ad_anomaly_vjp(ad_node *n, int which, const ad_sink *s);
+/* after a NaN-free contribution was added to a NaN-free adjoint `adj` of n's input `which` */
+int ad_anomaly_accumulate(ad_node *n, int which, const void *adj);
+int ad_any_nan(int dtype, const void *p, int64_t count);
 
 /* shapes (shape.c) */
 int ad_broadcast_shapes(const char *op, int na, const int64_t *sa, int nb, const int64_t *sb,

@@ -3,8 +3,18 @@
 #include "core.h"
 #include <string.h>
 
+/* An empty shape may have huge other dimensions (0, 2^40, 2^40): their product overflows, and
+ * no element is ever addressed, so sizes and strides of empty shapes are 0. */
+static int has_zero_dim(int ndim, const int64_t *shape)
+{
+    for (int i = 0; i < ndim; i++)
+        if (shape[i] == 0) return 1;
+    return 0;
+}
+
 int64_t ad_shape_size(int ndim, const int64_t *shape)
 {
+    if (has_zero_dim(ndim, shape)) return 0;
     int64_t s = 1;
     for (int i = 0; i < ndim; i++) s *= shape[i];
     return s;
@@ -30,6 +40,7 @@ int ad_broadcast_shapes(const char *op, int na, const int64_t *sa, int nb, const
 
 void ad_contig_strides(int ndim, const int64_t *shape, int64_t *st)
 {
+    if (has_zero_dim(ndim, shape)) { for (int i = 0; i < ndim; i++) st[i] = 0; return; }
     int64_t s = 1;
     for (int i = ndim - 1; i >= 0; i--) { st[i] = s; s *= shape[i]; }
 }
@@ -37,6 +48,7 @@ void ad_contig_strides(int ndim, const int64_t *shape, int64_t *st)
 void ad_bcast_strides(int ndim, const int64_t *shape, int nout, const int64_t *out, int64_t *st)
 {
     (void)out;
+    if (has_zero_dim(ndim, shape)) { for (int i = 0; i < nout; i++) st[i] = 0; return; }
     int64_t s = 1;
     for (int i = nout - 1; i >= 0; i--) {
         int j = i - (nout - ndim);
@@ -77,9 +89,7 @@ void ad_iter_init(ad_iter *it, int nop, int ndim, const int64_t *shape, int64_t 
 {
     it->nop = nop;
     int k = 0;
-    int64_t total = 1;
-    for (int i = 0; i < ndim; i++) total *= shape[i];
-    if (total == 0) {
+    if (has_zero_dim(ndim, shape)) {
         it->ndim = 1;
         it->shape[0] = 0;
         for (int o = 0; o < 3; o++) it->st[o][0] = 0;

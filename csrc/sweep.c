@@ -54,7 +54,7 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
     return AD_OK;
 }
 
-static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending)
+static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending, int anomaly)
 {
     ad_node *m = n->in[j];
     ad_sink s;
@@ -62,6 +62,12 @@ static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending)
     int acc;
     int st = adjoint_target(T, m, &target, &acc, pending);
     if (st) return st;
+    if (n->size == 0) {
+        /* an empty output has an empty cotangent and every VJP is linear in it: the contribution
+         * is zero, without running kernels whose batch loops may be astronomically long */
+        if (!acc) memset(target, 0, (size_t)m->size * ad_itemsize(m->dtype));
+        return AD_OK;
+    }
     const ad_opdef *def = &ad_ops[n->op];
     if (def->contrib) {
         def->contrib(n, j, &s.ndim, s.shape);
@@ -70,17 +76,24 @@ static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending)
         memcpy(s.shape, m->shape, sizeof s.shape);
     }
     s.size = ad_shape_size(s.ndim, s.shape);
-    if (same_shape(s.ndim, s.shape, m->ndim, m->shape)) {
+    if (same_shape(s.ndim, s.shape, m->ndim, m->shape) && !anomaly) {
         s.dst = target;
         s.accumulate = acc;
         return def->vjp(T, n, n->adj, j, &s);
     }
+    /* anomaly mode takes this path too, so the contribution is checked before it is added */
     size_t bytes = (size_t)s.size * ad_itemsize(m->dtype);
     s.dst = ad_buf_alloc(T, bytes);
     if (!s.dst) return ad_err(AD_ERR_MEMORY, "backward: out of memory (%zu bytes) in %s", bytes, def->name);
     s.accumulate = 0;
     st = def->vjp(T, n, n->adj, j, &s);
+    int clean = 0;   /* neither the contribution nor the adjoint it is added to holds NaN */
+    if (!st && anomaly) {
+        st = ad_anomaly_vjp(n, j, &s);
+        clean = !ad_any_nan(m->dtype, s.dst, s.size) && !(acc && ad_any_nan(m->dtype, target, m->size));
+    }
     if (!st) ad_unbroadcast_into(m->dtype, target, acc, m->ndim, m->shape, s.dst, s.ndim, s.shape);
+    if (!st && clean) st = ad_anomaly_accumulate(n, j, target);
     ad_buf_free(T, s.dst, bytes);
     return st;
 }
@@ -147,6 +160,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     root->refs++;
     pending = 1;
 
+    int anomaly = ad_anomaly_on(T);
     /* A leaf's first grad is a new node appended to the tape mid-sweep: hold the order so
      * positions stay put, and re-read the array each step because growing it may move it. */
     ad_tape_hold_order(T, 1);
@@ -160,7 +174,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
             break;
         }
         for (int j = 0; j < n->nin && !st; j++)
-            if (n->in[j]->flags & F_REQUIRES_GRAD) st = pass_to_input(T, n, j, &pending);
+            if (n->in[j]->flags & F_REQUIRES_GRAD) st = pass_to_input(T, n, j, &pending, anomaly);
         if (st) break;
         ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
         n->adj = NULL;
@@ -426,7 +440,9 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
                 s->state |= S_OWN;
             }
             if (!ad_ops[n->op].jvp) { st = ad_err(AD_ERR_RUNTIME, "jvp: op %s has no JVP", ad_ops[n->op].name); goto done; }
-            if ((st = ad_ops[n->op].jvp(T, n, (const void *const *)tin, k, s->buf))) goto done;
+            /* an empty output has an empty tangent: nothing to compute, and the kernel's batch
+             * loops may be astronomically long (2^50 empty matrices) */
+            if (n->size && (st = ad_ops[n->op].jvp(T, n, (const void *const *)tin, k, s->buf))) goto done;
         }
         for (int j = 0; j < n->nin; j++) {
             ad_node *m = n->in[j];
@@ -475,6 +491,11 @@ int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
 static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void *target, int acc, int64_t k)
 {
     ad_node *m = n->in[j];
+    if (n->size == 0) {
+        /* an empty output contributes zero, without running its kernel (see pass_to_input) */
+        if (!acc) memset(target, 0, (size_t)k * node_bytes(m));
+        return AD_OK;
+    }
     const ad_opdef *def = &ad_ops[n->op];
     ad_sink s;
     if (def->contrib) {

@@ -11,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdatomic.h>
+#ifdef __linux__
+#include <sys/sysinfo.h>
+#endif
 
 /* handle = tape id (15 bits) | generation (22 bits) | slot (26 bits); always > 0 */
 #define SLOT_BITS 26
@@ -41,6 +44,9 @@ struct ad_tape {
     int64_t pooled_bytes, live_bytes, live_nodes;
     ad_node **work;            /* release worklist */
     int64_t work_cap;
+    int anomaly;               /* anomaly mode (owner thread only, like grad_enabled) */
+    ad_site_fn site_fn;
+    int64_t pending_site;      /* site_fn's id for the op being recorded */
 };
 
 static _Thread_local char t_errmsg[1024];
@@ -75,6 +81,38 @@ const char *ad_shape_str(char *buf, size_t n, int ndim, const int64_t *shape)
 
 /* ---------- buffers ---------- */
 
+/* No single buffer may exceed RAM + swap. The kernel's default overcommit heuristic refuses
+ * such a malloc anyway; checking here keeps the answer AD_ERR_MEMORY where overcommit is
+ * unlimited (the OOM killer would strike while the buffer is filled) and under ASan. */
+static size_t max_buffer_bytes(void)
+{
+    static _Atomic size_t cached;
+    size_t v = atomic_load(&cached);
+    if (v) return v;
+    v = SIZE_MAX;
+#ifdef __linux__
+    struct sysinfo si;
+    if (sysinfo(&si) == 0 && si.mem_unit) {
+        unsigned long long total = ((unsigned long long)si.totalram + si.totalswap) * si.mem_unit;
+        if (total && total < SIZE_MAX) v = (size_t)total;
+    }
+#endif
+    atomic_store(&cached, v);
+    return v;
+}
+
+/* Sanitizer builds, and the valgrind build (-DAD_EXACT_ALLOC), give every buffer its exact size
+ * and free it at once: the size classes would hide an overflow into a class's padding from the
+ * tools, and the pool a use after free. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define AD_EXACT_ALLOC 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(AD_EXACT_ALLOC)
+#define AD_EXACT_ALLOC 1
+#endif
+
 static int size_class(size_t bytes)
 {
     int c = MIN_CLASS;
@@ -85,6 +123,11 @@ static int size_class(size_t bytes)
 void *ad_buf_alloc(ad_tape *T, size_t bytes)
 {
     if (bytes == 0) bytes = 1;
+#ifdef AD_EXACT_ALLOC
+    void *q = bytes > max_buffer_bytes() ? NULL : malloc(bytes);
+    if (q) T->live_bytes += (int64_t)bytes;
+    return q;
+#endif
     int c = size_class(bytes);
     void *p;
     if (c < NCLASS) {
@@ -98,7 +141,7 @@ void *ad_buf_alloc(ad_tape *T, size_t bytes)
         }
         if (p) T->live_bytes += (int64_t)cb;
     } else {
-        p = malloc(bytes);
+        p = bytes > max_buffer_bytes() ? NULL : malloc(bytes);
         if (p) T->live_bytes += (int64_t)bytes;
     }
     return p;
@@ -108,6 +151,11 @@ void ad_buf_free(ad_tape *T, void *p, size_t bytes)
 {
     if (!p) return;
     if (bytes == 0) bytes = 1;
+#ifdef AD_EXACT_ALLOC
+    T->live_bytes -= (int64_t)bytes;
+    free(p);
+    return;
+#endif
     int c = size_class(bytes);
     if (c < NCLASS) {
         size_t cb = (size_t)1 << (c + MIN_CLASS);
@@ -163,6 +211,8 @@ ad_tape *ad_tape_current(void)
         if (c->orphaned && c->live_nodes == 0) {
             c->orphaned = 0;
             c->grad_enabled = 1;
+            c->anomaly = 0;
+            c->site_fn = NULL;
             T = c;
         }
         pthread_mutex_unlock(&c->lock);
@@ -194,6 +244,8 @@ int ad_lock_current(ad_tape **out)
 {
     ad_tape *T = ad_tape_current();
     if (!T) return -AD_ERR_MEMORY;
+    /* outside the lock: the hook runs Python, which may release tensors of this tape */
+    if (T->anomaly && T->site_fn) T->pending_site = T->site_fn();
     pthread_mutex_lock(&T->lock);
     *out = T;
     return AD_OK;
@@ -380,6 +432,11 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
 
 int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins)
 {
+    if (T->anomaly) {
+        n->site = T->pending_site;
+        int st = ad_anomaly_forward(n, nin, ins);
+        if (st) { ad_node_discard(T, n); return st; }
+    }
     int st = ad_node_link(T, n, nin, ins);
     if (st) { ad_node_discard(T, n); return st; }
     return ad_handle(T, n);
@@ -607,9 +664,10 @@ int ad_set_grad(int64_t h, int64_t gh)
     if (st) return st;
     if (gh) {
         /* the tape check comes first: resolve_any only checks slot and generation, which a
-         * handle of another tape can match */
+         * handle of another tape (or a negative one) can match */
         if (handle_tape(gh) != T)
-            st = ad_err(AD_ERR_RUNTIME, "grad: the new grad belongs to another thread's tape");
+            st = handle_tape(gh) ? ad_err(AD_ERR_RUNTIME, "grad: the new grad belongs to another thread's tape")
+                                 : ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)gh);
         else if (!(st = resolve_any(T, gh, &g)) && g == n)
             st = ad_err(AD_ERR_RUNTIME, "grad: a tensor cannot be its own grad (it would keep itself alive)");
         if (st) {
@@ -624,7 +682,16 @@ int ad_set_grad(int64_t h, int64_t gh)
             ad_unlock(T);
             return st;
         }
-        g->refs++;
+        /* stored as a copy: backward accumulates into the grad in place, which must not change a
+         * tensor the caller holds, and a grad computed from x (x.grad = 2 * x) would hold x in a
+         * reference cycle: both would leak */
+        ad_node *c;
+        if ((st = ad_node_new(T, AD_OP_LEAF, g->dtype, g->ndim, g->shape, &c))) {
+            ad_unlock(T);
+            return st;
+        }
+        memcpy(c->data, g->data, (size_t)g->size * ad_itemsize(g->dtype));
+        g = c;
     }
     if (n->grad) ad_node_unref(T, n->grad);
     n->grad = g;
@@ -667,6 +734,19 @@ int ad_set_grad_enabled(int enabled)
     ad_unlock(T);
     return prev;
 }
+
+int ad_set_anomaly(int enabled, ad_site_fn site_fn)
+{
+    ad_tape *T = ad_tape_current();
+    if (!T) return -AD_ERR_MEMORY;
+    int prev = T->anomaly;
+    T->anomaly = !!enabled;
+    T->site_fn = site_fn;
+    T->pending_site = 0;
+    return prev;
+}
+
+int ad_anomaly_on(ad_tape *T) { return T->anomaly; }
 
 int ad_stats(ad_stats_t *out)
 {

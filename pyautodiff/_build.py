@@ -61,6 +61,8 @@ def _flags():
 ffibuilder = FFI()
 _MVEC = _have_libmvec()
 ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "ad.h")))
+# the creation-site hook of anomaly mode (pyautodiff/anomaly.py), handed to ad_set_anomaly
+ffibuilder.cdef('extern "Python" int64_t pyautodiff_capture_site(void);')
 _compile, _link = _flags()
 ffibuilder.set_source(
     "pyautodiff._core",

@@ -33,6 +33,9 @@ def raise_status(status):
     """Raise the exception for a negative (or positive) status returned by the core."""
     code = -int(status) if status < 0 else int(status)
     message = ffi.string(lib.ad_last_error()).decode("utf-8", "replace")
+    if code == lib.AD_ERR_FLOAT:
+        from .anomaly import describe_site
+        message += describe_site(lib.ad_anomaly_site())
     raise _EXC.get(code, RuntimeError)(message or f"pyautodiff core error {code}")
 
 
@@ -88,6 +91,15 @@ def as_float_array(data, dtype=None, what="tensor"):
     # copies when the dtype, byte order or layout differs (e.g. negative strides, big-endian);
     # not np.ascontiguousarray, which turns 0-d data into shape (1,)
     return np.asarray(arr, dtype=dtype, order="C")
+
+
+def check_int64(values, what):
+    """Shape or axis entries past int64 are a ValueError naming the tuple (cffi would raise
+    OverflowError when it packs them)."""
+    for v in values:
+        if not -2**63 <= v < 2**63:
+            raise ValueError(f"{what} {values}: entry {v} does not fit in int64")
+    return values
 
 
 def _gemm_pointer(name):

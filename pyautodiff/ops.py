@@ -8,7 +8,7 @@ import operator
 
 import numpy as np
 
-from ._capi import ffi, lib, dtype_code, resolve_dtype
+from ._capi import ffi, lib, check_int64, dtype_code, resolve_dtype
 from .tensor import Tensor, _wrap, as_tensor, _gather, _index_grid
 
 _PY_SCALARS = (float, int, bool)
@@ -101,6 +101,7 @@ def _axes(axis):
         axis = tuple(operator.index(a) for a in axis)
     except TypeError:
         raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}") from None
+    check_int64(axis, "axis")
     return len(axis), ffi.new("int64_t[]", axis or (0,))
 
 
@@ -127,6 +128,7 @@ def _shape(shape):
         shape = tuple(operator.index(s) for s in shape)
     except TypeError:
         raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    check_int64(shape, "shape")
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return len(shape), ffi.new("int64_t[]", shape or (0,))

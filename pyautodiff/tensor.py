@@ -12,7 +12,8 @@ import operator
 
 import numpy as np
 
-from ._capi import ffi, lib, raise_status, check, as_float_array, dtype_code, dtype_of, resolve_dtype
+from ._capi import (ffi, lib, raise_status, check, as_float_array, check_int64, dtype_code, dtype_of,
+                    resolve_dtype)
 
 _new = object.__new__
 _binary = lib.ad_binary
@@ -456,6 +457,7 @@ def _shape_arg(shape):
         shape = tuple(operator.index(s) for s in shape)   # 2.5 is a TypeError, not 2
     except TypeError:
         raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+    check_int64(shape, "shape")
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return shape

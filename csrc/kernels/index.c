@@ -263,6 +263,15 @@ int64_t ad_where(int cnd, const int64_t *cshape, const uint8_t *cond, int64_t ha
 {
     if (cnd < 0 || cnd > AD_MAXDIM || (cnd > 0 && !cshape))
         return ad_err(AD_ERR_VALUE, "where: the condition must have 0 to %d dimensions, got %d", AD_MAXDIM, cnd);
+    /* the condition's shape comes from the caller, not from a node: validate it like one */
+    int64_t size = 1;
+    for (int i = 0; i < cnd; i++) {
+        if (cshape[i] < 0)
+            return ad_err(AD_ERR_VALUE, "where: negative dimension %lld in the condition's shape", (long long)cshape[i]);
+        if (cshape[i] && size > (INT64_MAX / 8) / cshape[i])
+            return ad_err(AD_ERR_VALUE, "where: the condition's shape has too many elements to address");
+        size *= cshape[i];
+    }
     ad_tape *T;
     int64_t st = ad_lock_current(&T);
     if (st) return st;

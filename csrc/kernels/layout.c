@@ -74,6 +74,7 @@ int64_t ad_transpose(int64_t hx, int naxes, const int64_t *perm)
             st = ad_err(AD_ERR_VALUE, "transpose: axes has %d entries but the tensor has %d dimensions", naxes, x->ndim);
             goto out;
         }
+        if (naxes > 0 && !perm) { st = ad_err(AD_ERR_VALUE, "transpose: axes is NULL"); goto out; }
         for (int i = 0; i < naxes; i++) {
             int64_t a = perm[i];
             if (a < -(int64_t)x->ndim || a >= x->ndim) {
@@ -117,7 +118,7 @@ int64_t ad_broadcast_to(int64_t hx, int ndim, const int64_t *shape)
     if (!ok) {
         st = ad_err(AD_ERR_VALUE, "broadcast_to: cannot broadcast a tensor of shape %s to shape %s",
                     ad_shape_str(b1, sizeof b1, x->ndim, x->shape),
-                    ad_shape_str(b2, sizeof b2, ndim > AD_MAXDIM || ndim < 0 ? 0 : ndim, shape));
+                    ad_shape_str(b2, sizeof b2, ndim > AD_MAXDIM || ndim < 0 || !shape ? 0 : ndim, shape));
         goto out;
     }
     int64_t src[AD_MAXDIM];

@@ -150,7 +150,9 @@ int64_t ad_matmul(int64_t ha, int64_t hb)
     if ((st = ad_node_new(T, AD_OP_MATMUL, a->dtype, ond, oshape, &n))) goto out;
     int64_t m = va.rows, k = va.cols, nn = vb.cols;
     size_t isz = ad_itemsize(a->dtype);
-    for (int64_t t = 0; t < p.count; t++) {
+    /* an empty result may still have 2^50 batches of empty matrices: nothing to compute */
+    int64_t batches = n->size ? p.count : 0;
+    for (int64_t t = 0; t < batches; t++) {
         int64_t ia, ib;
         batch_offsets(&p, t, &ia, &ib);
         ad_gemm(a->dtype, 0, 0, m, nn, k, (char *)a->data + (size_t)(ia * m * k) * isz, k,

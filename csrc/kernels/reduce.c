@@ -8,11 +8,25 @@
 /* Strides that map an index of x to the reduced output (0 on reduced axes). */
 static void reduced_strides(const ad_node *x, uint64_t mask, int64_t *ost)
 {
+    if (x->size == 0) { for (int i = 0; i < x->ndim; i++) ost[i] = 0; return; }   /* see reduced_count */
     int64_t s = 1;
     for (int i = x->ndim - 1; i >= 0; i--) {
         if (mask & ((uint64_t)1 << i)) { ost[i] = 0; }
         else { ost[i] = s; s *= x->shape[i]; }
     }
+}
+
+/* Elements per output element. For an empty x the product of the reduced axes can overflow
+ * (shape (0, 2^40, 2^40)), and only whether it is zero matters there. */
+static int64_t reduced_count(const ad_node *x, uint64_t mask)
+{
+    int64_t count = 1;
+    for (int i = 0; i < x->ndim; i++) {
+        if (!(mask & ((uint64_t)1 << i))) continue;
+        if (x->shape[i] == 0) return 0;
+        if (x->size) count *= x->shape[i];
+    }
+    return count;
 }
 
 #define REDUCE_WALK(...) do {                       \
@@ -80,11 +94,10 @@ AD_SIMD int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, in
     uint64_t mask = 0;
     if ((st = ad_resolve(T, hx, &x)) || (st = ad_normalize_axes(op_label(op), x->ndim, naxes, axes, &mask)))
         goto out;
-    int64_t oshape[AD_MAXDIM], count = 1;
+    int64_t oshape[AD_MAXDIM], count = reduced_count(x, mask);
     int ond = 0;
     for (int i = 0; i < x->ndim; i++) {
         if (mask & ((uint64_t)1 << i)) {
-            count *= x->shape[i];
             if (keepdims) oshape[ond++] = 1;
         } else {
             oshape[ond++] = x->shape[i];
@@ -160,9 +173,7 @@ AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_s
     (void)which;
     const ad_node *x = n->in[0];
     uint64_t mask = n->axes;
-    int64_t count = 1;
-    for (int i = 0; i < x->ndim; i++)
-        if (mask & ((uint64_t)1 << i)) count *= x->shape[i];
+    int64_t count = reduced_count(x, mask);
     double scale = n->op == AD_OP_MEAN ? 1.0 / (double)(count ? count : 1) : 1.0;
     if (n->op == AD_OP_SUM || n->op == AD_OP_MEAN) {
         if (x->dtype == AD_F64) SUM_VJP(double); else SUM_VJP(float);

@@ -22,12 +22,22 @@ static const char *op_label(int op)
 /* Strides mapping an index of x to its slice's entry in a reduced buffer (0 on reduced axes). */
 static int64_t reduced_strides(const ad_node *x, uint64_t mask, int64_t *ost)
 {
+    /* an empty x may have huge other dimensions whose product overflows; no element is visited */
+    if (x->size == 0) { for (int i = 0; i < x->ndim; i++) ost[i] = 0; return 0; }
     int64_t s = 1;
     for (int i = x->ndim - 1; i >= 0; i--) {
         if (mask & ((uint64_t)1 << i)) { ost[i] = 0; }
         else { ost[i] = s; s *= x->shape[i]; }
     }
     return s;   /* number of slices */
+}
+
+/* Slices op n works on. For an empty x only logsumexp has any to fill (each slice is empty:
+ * -inf, zero tangents), as many as its output has elements, a count ad_node_new validated. */
+static int64_t slice_count(const ad_node *n, const ad_node *x, uint64_t mask, int64_t *rs)
+{
+    int64_t count = reduced_strides(x, mask, rs);
+    return x->size == 0 && n->op == AD_OP_LOGSUMEXP ? n->size : count;
 }
 
 /* Visit every element of x: ix its (contiguous) position, io its slice. */
@@ -94,7 +104,7 @@ int64_t ad_softmax(int op, int64_t hx, int naxes, const int64_t *axes, int keepd
     n->axes = mask;
     n->keepdims = keepdims;
     int64_t rs[AD_MAXDIM];
-    int64_t nslices = reduced_strides(x, mask, rs);
+    int64_t nslices = slice_count(n, x, mask, rs);
     size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
     double *m = ad_buf_alloc(T, tmp_bytes);
     if (!m) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); goto out; }
@@ -142,7 +152,7 @@ int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     const ad_node *x = n->in[0];
     uint64_t mask = n->axes;
     int64_t rs[AD_MAXDIM];
-    int64_t nslices = reduced_strides(x, mask, rs);
+    int64_t nslices = slice_count(n, x, mask, rs);
     if (n->op == AD_OP_LOGSUMEXP) {
         size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
         double *m = ad_buf_alloc(T, tmp_bytes);
@@ -200,7 +210,7 @@ int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, vo
     const ad_node *x = n->in[0];
     uint64_t mask = n->axes;
     int64_t rs[AD_MAXDIM];
-    int64_t nslices = reduced_strides(x, mask, rs);
+    int64_t nslices = slice_count(n, x, mask, rs);
     size_t ns = (size_t)(nslices ? nslices : 1), nx = (size_t)(x->size ? x->size : 1);
     size_t tmp_bytes = (3 * ns + nx) * sizeof(double);
     double *m = ad_buf_alloc(T, tmp_bytes);

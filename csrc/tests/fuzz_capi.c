@@ -1,0 +1,449 @@
+/* Random-call fuzz driver for the C API: malformed calls (stale, foreign and made-up handles,
+ * absurd and negative shapes, NULL pointers, op codes and dtypes out of range, bad axes and
+ * permutations, seeds of the wrong shape) mixed with valid ones, so that bad calls land on live,
+ * half-released and swept graphs. Every call must return a handle or an error code with a
+ * message, never crash (ASan/UBSan abort on the first memory or UB error), and when everything
+ * is released the core's live counters must be back at zero.
+ *
+ *   fuzz_capi [seed [iterations]]      deterministic for a given seed
+ */
+#include "check.h"
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <math.h>
+
+const char *__asan_default_options(void) { return "allocator_may_return_null=1:detect_leaks=1"; }
+
+static uint64_t g_rng;
+static uint64_t rnd(void)
+{
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+static int64_t below(int64_t n) { return (int64_t)(rnd() % (uint64_t)n); }
+static int chance(int percent) { return below(100) < percent; }
+
+#define POOL 48
+static int64_t owned[POOL * 2];   /* one entry per reference we hold (duplicates allowed) */
+static int nowned;
+static int64_t stale[POOL];
+static int nstale;
+static int64_t made, errors, calls;
+static int failures;
+
+static void fail(const char *what, int64_t r)
+{
+    failures++;
+    if (failures < 20)
+        fprintf(stderr, "fuzz_capi: call #%lld %s returned %lld (error message: \"%s\")\n",
+                (long long)calls, what, (long long)r, ad_last_error());
+}
+
+static void remember_stale(int64_t h)
+{
+    if (nstale < POOL) stale[nstale++] = h;
+    else stale[below(POOL)] = h;
+}
+
+static void drop_owned(int i)
+{
+    int64_t h = owned[i];
+    owned[i] = owned[--nowned];
+    if (ad_release(h) != AD_OK) fail("ad_release(owned)", h);
+    for (int k = 0; k < nowned; k++)
+        if (owned[k] == h) return;
+    remember_stale(h);
+}
+
+static void own(int64_t h)
+{
+    if (nowned == POOL * 2) drop_owned((int)below(nowned));
+    owned[nowned++] = h;
+}
+
+/* A returned handle must be fully valid: info works and describes a consistent tensor. */
+static void check_handle(const char *what, int64_t r, int zero_ok)
+{
+    if (r > 0) {
+        ad_info_t info;
+        int st = ad_info(r, &info);
+        int64_t size = 1;
+        int ok = st == AD_OK && info.ndim >= 0 && info.ndim <= AD_MAXDIM &&
+                 (info.dtype == AD_F32 || info.dtype == AD_F64) && info.data != NULL;
+        for (int i = 0; ok && i < info.ndim; i++) {
+            ok = info.shape[i] >= 0;
+            size = info.shape[i] == 0 || size == 0 ? 0 : size * info.shape[i];
+        }
+        if (!ok || size != info.size) { fail(what, r); return; }
+        made++;
+        own(r);
+    } else if (r == 0) {
+        if (!zero_ok) fail(what, r);
+    } else {
+        errors++;
+        if (r < -AD_ERR_FLOAT || ad_last_error()[0] == 0) fail(what, r);
+    }
+}
+
+static void check_status(const char *what, int64_t st)
+{
+    if (st == 0) return;
+    errors++;
+    if (st > 0 || st < -AD_ERR_FLOAT || ad_last_error()[0] == 0) fail(what, st);
+}
+
+/* ---- inputs ---- */
+
+static int64_t foreign[8];
+static int nforeign;
+
+static int64_t made_up_handle(void)
+{
+    switch (below(6)) {
+    case 0: return 0;
+    case 1: return -(int64_t)below(10) - 1;
+    case 2: return INT64_MIN + below(3);
+    case 3: return INT64_MAX - below(3);
+    /* real tape ids with generation 0, which no live node has */
+    case 4: return ((int64_t)(1 + below(3)) << 48) | below(1 << 20);
+    default: return (int64_t)(rnd() & ~(((uint64_t)0x3fffff) << 26));
+    }
+}
+
+static int64_t any_handle(void)
+{
+    int k = (int)below(100);
+    if (k < 70 && nowned) return owned[below(nowned)];
+    if (k < 82 && nstale) return stale[below(nstale)];
+    if (k < 88 && nforeign) return foreign[below(nforeign)];
+    if (k < 94 && nowned) return owned[below(nowned)];
+    return made_up_handle();
+}
+
+static int64_t dim(void)
+{
+    static const int64_t absurd[] = {-1, -2, -7, (int64_t)1 << 40, (int64_t)1 << 62, INT64_MAX, INT64_MIN};
+    if (chance(4)) return absurd[below(sizeof absurd / sizeof absurd[0])];
+    static const int64_t usual[] = {0, 1, 1, 2, 2, 3, 3, 4};
+    return usual[below(8)];
+}
+
+static int ndim_arg(void)
+{
+    if (chance(3)) { static const int odd[] = {-1, -5, 9, 10, 16, 1000}; return odd[below(6)]; }
+    return (int)below(5);
+}
+
+/* a shape array always has room for 16 entries, so an ndim up to 16 is read in bounds */
+static const int64_t *shape_arg(int64_t *buf, int ndim)
+{
+    for (int i = 0; i < 16; i++) buf[i] = dim();
+    if (chance(3) && ndim != 0) return NULL;
+    if (ndim > 16) return chance(50) ? NULL : buf;   /* the core must reject ndim first */
+    return buf;
+}
+
+/* a shape some existing tensor has, so reshapes and broadcasts sometimes succeed */
+static int like_shape(int64_t *buf)
+{
+    ad_info_t info;
+    if (!nowned || ad_info(owned[below(nowned)], &info)) return ndim_arg();
+    for (int i = 0; i < info.ndim; i++) buf[i] = info.shape[i];
+    if (info.ndim && chance(30)) buf[below(info.ndim)] = -1;
+    return info.ndim;
+}
+
+static int op_arg(int lo, int hi)
+{
+    if (chance(8)) { static const int odd[] = {-1, AD_OP_LEAF, AD_OP_COUNT, AD_OP_COUNT + 5, 1 << 30, -100000}; return odd[below(6)]; }
+    return lo + (int)below(hi - lo + 1);
+}
+
+static double scalar_arg(void)
+{
+    static const double vals[] = {0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 3.0, -2.5, 1e300, -1e300, 1e-300, INFINITY, -INFINITY, NAN};
+    return vals[below(sizeof vals / sizeof vals[0])];
+}
+
+static double data_buf[70000];
+
+static void fill_data(int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) data_buf[i] = chance(90) ? (double)below(9) - 4 : scalar_arg();
+}
+
+/* ---- foreign handles: tensors made on other threads, some of them with a graph ---- */
+
+static void *make_foreign(void *p)
+{
+    (void)p;
+    int64_t s[2] = {2, 2};
+    for (int i = 0; i < 4 && nforeign < 8; i++) {
+        int64_t x = ad_full(AD_F64, 2, s, 1.5, 1);
+        foreign[nforeign++] = x;
+        if (nforeign < 8) foreign[nforeign++] = ad_unary(AD_OP_EXP, x);
+    }
+    return NULL;
+}
+
+static int64_t fuzz_site(void) { return 1 + below(1000); }
+
+/* Product of a shape the driver generated, or -1 when it is not small and valid: arrays that
+ * the core reads per element (indices, condition bytes) are only passed for small shapes, or for
+ * absurd ones that the core must reject before reading anything. */
+static int64_t small_size(int nd, const int64_t *sh)
+{
+    if (!sh || nd < 0 || nd > AD_MAXDIM) return -1;
+    int64_t n = 1;
+    for (int i = 0; i < nd; i++) {
+        if (sh[i] < 0 || sh[i] > 70000) return -1;
+        n *= sh[i];
+        if (n > 35000) return -1;
+    }
+    return n;
+}
+
+static int64_t index_buf[35000];
+static uint8_t cond_buf[35000];
+
+static void optim_arg(ad_optim_t *o)
+{
+    o->kind = chance(10) ? (int)below(5) - 2 : (int)below(2);
+    o->lr = chance(80) ? 0.01 : scalar_arg();
+    o->weight_decay = chance(70) ? 0 : scalar_arg();
+    o->momentum = chance(50) ? 0 : 0.9;
+    o->dampening = chance(80) ? 0 : scalar_arg();
+    o->nesterov = (int)below(2);
+    o->beta1 = chance(80) ? 0.9 : scalar_arg();
+    o->beta2 = chance(80) ? 0.999 : scalar_arg();
+    o->eps = chance(80) ? 1e-8 : scalar_arg();
+    o->decoupled = (int)below(2);
+}
+
+/* main's later entry points: indexing, selection, normalisers, in-place updates, batched sweeps */
+static void one_newer_call(void)
+{
+    int64_t sh[16], axes[16], hs[16], outs[16];
+    int nd;
+    switch (below(10)) {
+    case 0: {
+        nd = chance(50) ? like_shape(sh) : ndim_arg();
+        for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
+        const int64_t *s = chance(90) ? sh : shape_arg(sh, nd);
+        int64_t n = small_size(nd, s);
+        for (int64_t i = 0; i < (n > 0 ? n : 0); i++)
+            index_buf[i] = chance(97) ? below(8) : (chance(50) ? -1 - below(3) : (int64_t)1 << 40);
+        /* an index array only when its length is known; absurd shapes get NULL */
+        check_handle("ad_gather", ad_gather(any_handle(), nd, s, n >= 0 && chance(95) ? index_buf : NULL), 0);
+        break;
+    }
+    case 1: {
+        int n = chance(10) ? (int)below(40) - 20 : (int)below(5);
+        for (int i = 0; i < 16; i++) hs[i] = any_handle();
+        const int64_t *xs = n > 16 || chance(5) ? NULL : hs;
+        check_handle("ad_concatenate", ad_concatenate(n, xs, chance(10) ? dim() : below(7) - 3, (int)below(2)), 0);
+        break;
+    }
+    case 2: {
+        nd = chance(50) ? like_shape(sh) : ndim_arg();
+        for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
+        const int64_t *s = chance(90) ? sh : shape_arg(sh, nd);
+        int64_t n = small_size(nd, s);
+        for (int64_t i = 0; i < (n > 0 ? n : 0); i++) cond_buf[i] = (uint8_t)(chance(95) ? below(2) : below(256));
+        check_handle("ad_where", ad_where(nd, s, n >= 0 && chance(95) ? cond_buf : NULL, any_handle(), any_handle()), 0);
+        break;
+    }
+    case 3: check_handle("ad_clip", ad_clip(any_handle(), scalar_arg(), scalar_arg()), 0); break;
+    case 4: {
+        int n = chance(20) ? -1 : (int)below(chance(5) ? 17 : 4);
+        for (int i = 0; i < 16; i++) axes[i] = chance(5) ? dim() : below(9) - 4;
+        check_handle("ad_softmax", ad_softmax(op_arg(AD_OP_LOGSUMEXP, AD_OP_LOG_SOFTMAX), any_handle(), n,
+                                              chance(5) ? NULL : axes, (int)below(2)), 0);
+        break;
+    }
+    case 5: {
+        /* the data must hold size elements of the tensor's dtype (the caller's contract) */
+        int64_t h = any_handle();
+        ad_info_t info;
+        if (ad_info(h, &info) == AD_OK && info.size <= 35000) {
+            fill_data(info.size);
+            if (info.dtype == AD_F32) { float *f = (float *)data_buf; for (int64_t i = 0; i < info.size; i++) f[i] = (float)data_buf[i]; }
+            check_status("ad_assign", ad_assign(h, chance(5) ? NULL : data_buf));
+        } else {
+            check_status("ad_assign", ad_assign(h, NULL));
+        }
+        break;
+    }
+    case 6: {
+        ad_optim_t o;
+        optim_arg(&o);
+        check_status("ad_optim_step", ad_optim_step(chance(5) ? NULL : &o, any_handle(),
+                                                    chance(30) ? 0 : any_handle(), chance(50) ? 0 : any_handle(),
+                                                    chance(90) ? 1 + below(5) : (int64_t)below(5) - 3));
+        break;
+    }
+    case 7:
+    case 8: {
+        /* batched forward mode: n inputs with k tangent directions each */
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
+        int64_t k = chance(10) ? dim() : 1 + below(3);
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = any_handle(); }
+        int64_t out = 0;
+        int64_t st = ad_jvp(any_handle(), n, n > 16 || chance(5) ? NULL : hs, n > 16 || chance(5) ? NULL : outs, k,
+                            chance(5) ? NULL : &out);
+        check_status("ad_jvp", st);
+        if (st == 0) check_handle("ad_jvp's tangent", out, 0);
+        break;
+    }
+    default: {
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = -1; }
+        int64_t st = ad_vjp(any_handle(), any_handle(), n, n > 16 || chance(5) ? NULL : hs,
+                            n > 16 || chance(5) ? NULL : outs);
+        check_status("ad_vjp", st);
+        for (int i = 0; st == 0 && i < n; i++) check_handle("ad_vjp's grad", outs[i], 0);
+        break;
+    }
+    }
+}
+
+/* ---- one random call ---- */
+
+static void one_call(void)
+{
+    int64_t sh[16], axes[16];
+    int nd;
+    calls++;
+    switch (below(30)) {
+    case 0: {
+        nd = ndim_arg();
+        const int64_t *s = shape_arg(sh, nd);
+        int dtype = chance(5) ? (int)below(5) - 2 : (int)below(2);
+        int64_t n = 1;
+        for (int i = 0; s && i < nd && i < 16; i++) n = s[i] < 0 || s[i] > 70000 ? -1 : (n < 0 ? n : n * s[i]);
+        const void *data = NULL;
+        /* data only when its length is known to fit; the core reads exactly size elements */
+        if (s && nd >= 0 && nd <= AD_MAXDIM && n >= 0 && n <= 35000 && chance(70)) {
+            fill_data(n);
+            if (dtype == AD_F32) { float *f = (float *)data_buf; for (int64_t i = 0; i < n; i++) f[i] = (float)data_buf[i]; }
+            data = data_buf;
+        }
+        check_handle("ad_tensor_new", ad_tensor_new(dtype, nd, s, data, (int)below(2)), 0);
+        break;
+    }
+    case 1:
+        nd = ndim_arg();
+        check_handle("ad_full", ad_full(chance(5) ? 3 : (int)below(2), nd, shape_arg(sh, nd), scalar_arg(), (int)below(2)), 0);
+        break;
+    case 2: {
+        int64_t h = any_handle();
+        int64_t st = ad_retain(h);
+        check_status("ad_retain", st);
+        if (st == 0) own(h);
+        break;
+    }
+    case 3: {
+        if (nowned && chance(80)) { drop_owned((int)below(nowned)); break; }
+        int64_t h = chance(50) && nstale ? stale[below(nstale)] : made_up_handle();
+        /* a handle whose last reference we dropped may still be live (its consumers hold the
+         * node): releasing it again would be an over-release no API can detect, so only dead
+         * handles are released here, and the generation check must reject them */
+        ad_info_t info;
+        if (ad_info(h, &info) == AD_OK) break;
+        int64_t st = ad_release(h);
+        if (st == 0) fail("ad_release of a released or made-up handle succeeded", h);
+        check_status("ad_release", st);
+        break;
+    }
+    case 4: {
+        ad_info_t info;
+        check_status("ad_info", ad_info(any_handle(), chance(5) ? NULL : &info));
+        break;
+    }
+    case 5: check_status("ad_set_requires_grad", ad_set_requires_grad(any_handle(), (int)below(3))); break;
+    case 6: check_handle("ad_detach", ad_detach(any_handle()), 0); break;
+    case 7:
+    case 8: check_handle("ad_unary", ad_unary(op_arg(AD_OP_NEG, AD_OP_RELU), any_handle()), 0); break;
+    case 9:
+    case 10: check_handle("ad_binary", ad_binary(op_arg(AD_OP_ADD, AD_OP_MINIMUM), any_handle(), any_handle()), 0); break;
+    case 11: check_handle("ad_scalar", ad_scalar(op_arg(AD_OP_ADD_S, AD_OP_RPOW_S), any_handle(), scalar_arg()), 0); break;
+    case 12: {
+        int n = chance(20) ? -1 : (int)below(chance(5) ? 17 : 4);
+        for (int i = 0; i < 16; i++) axes[i] = chance(5) ? dim() : below(9) - 4;
+        check_handle("ad_reduce", ad_reduce(op_arg(AD_OP_SUM, AD_OP_MIN), any_handle(), n,
+                                            chance(5) ? NULL : axes, (int)below(2)), 0);
+        break;
+    }
+    case 13: check_handle("ad_matmul", ad_matmul(any_handle(), any_handle()), 0); break;
+    case 14:
+        nd = chance(60) ? like_shape(sh) : ndim_arg();
+        check_handle("ad_reshape", ad_reshape(any_handle(), nd, nd == like_shape(sh) || chance(50) ? sh : shape_arg(sh, nd)), 0);
+        break;
+    case 15: {
+        int n = chance(20) ? -1 : (int)below(chance(5) ? 17 : 5);
+        for (int i = 0; i < 16; i++) axes[i] = chance(5) ? dim() : below(n > 0 ? n : 1);
+        if (n > 0 && chance(50)) for (int i = 0; i < n; i++) axes[i] = n - 1 - i;
+        check_handle("ad_transpose", ad_transpose(any_handle(), n, chance(5) ? NULL : axes), 0);
+        break;
+    }
+    case 16:
+        nd = chance(60) ? like_shape(sh) : ndim_arg();
+        if (nd >= 0 && nd < 8 && chance(40)) { for (int i = 7; i > 0; i--) sh[i] = sh[i - 1]; sh[0] = below(3); nd++; }
+        check_handle("ad_broadcast_to", ad_broadcast_to(any_handle(), nd, chance(70) ? sh : shape_arg(sh, nd)), 0);
+        break;
+    case 17: check_handle("ad_cast", ad_cast(any_handle(), chance(10) ? (int)below(7) - 3 : (int)below(2)), 0); break;
+    case 18:
+    case 19: {
+        int64_t seed = chance(50) ? 0 : any_handle();
+        check_status("ad_backward", ad_backward(any_handle(), seed, (int)below(2)));
+        break;
+    }
+    case 20: check_handle("ad_grad", ad_grad(any_handle()), 1); break;
+    case 21: check_status("ad_set_grad", ad_set_grad(any_handle(), chance(30) ? 0 : any_handle())); break;
+    case 22: {
+        int prev = ad_set_grad_enabled(chance(70));
+        if (prev != 0 && prev != 1) fail("ad_set_grad_enabled", prev);
+        break;
+    }
+    case 24: case 25: case 26: case 27: case 28: one_newer_call(); break;
+    case 23: {
+        int prev = ad_set_anomaly(chance(30), chance(50) ? fuzz_site : NULL);
+        if (prev != 0 && prev != 1) fail("ad_set_anomaly", prev);
+        if (ad_anomaly_site() < 0) fail("ad_anomaly_site", ad_anomaly_site());
+        break;
+    }
+    default: {
+        ad_stats_t s;
+        check_status("ad_stats", ad_stats(chance(10) ? NULL : &s));
+        break;
+    }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 10) : 1;
+    long iters = argc > 2 ? strtol(argv[2], NULL, 10) : 20000;
+    g_rng = seed * 0x2545F4914F6CDD1DULL + 1;
+    pthread_t th;
+    pthread_create(&th, NULL, make_foreign, NULL);
+    pthread_join(th, NULL);
+    for (long i = 0; i < iters; i++) one_call();
+    ad_set_grad_enabled(1);
+    while (nowned) drop_owned(0);
+    for (int i = 0; i < nforeign; i++)
+        if (foreign[i] > 0) ad_release(foreign[i]);
+    ad_stats_t s;
+    ad_stats(&s);
+    if (s.live_nodes || s.live_bytes) {
+        failures++;
+        fprintf(stderr, "fuzz_capi: %lld nodes and %lld bytes still live after releasing everything\n",
+                (long long)s.live_nodes, (long long)s.live_bytes);
+    }
+    printf("fuzz_capi seed %llu: %lld calls, %lld handles made, %lld error statuses, %d failures\n",
+           (unsigned long long)seed, (long long)calls, (long long)made, (long long)errors, failures);
+    return failures ? 1 : 0;
+}
