@@ -224,6 +224,41 @@ def test_zero_cotangent_contributes_zero_even_at_singular_points():
     assert x.grad.numpy()[0] == np.inf
 
 
+def test_infinite_cotangent_times_zero_derivative_is_nan():
+    # regression, found by the differential fuzzer: abs, relu, clip and power replaced a nonzero
+    # cotangent by their zero local derivative instead of multiplying by it. d/dx log(abs(x)) at
+    # 0: log's VJP gives inf, abs' derivative there is 0, and inf * 0 is NaN (IEEE; PyTorch agrees)
+    for f, x0 in ((ad.abs, 0.0), (ad.relu, -1.0), (lambda t: ad.clip(t, -1.0, 0.0), 5.0),
+                  (lambda t: ad.power(0.0, t) - 1.0, 0.0), (lambda t: t ** 0.0 - 1.0, 3.0),
+                  (lambda t: ad.power(t, ad.zeros(())) - 1.0, 3.0)):
+        for dtype in (np.float32, np.float64):
+            x = ad.tensor(np.array(x0, dtype), requires_grad=True)
+            ad.log(f(x)).backward()
+            assert np.isnan(x.grad.item())
+    # a finite cotangent still gets exactly 0 there
+    x = ad.tensor(0.0, requires_grad=True)
+    ad.abs(x).backward()
+    assert x.grad.item() == 0.0
+
+
+def test_zero_cotangent_through_the_softmax_family_at_nan_outputs():
+    # regression, found by the differential fuzzer: softmax(x) with x holding +inf is NaN, and an
+    # all-zero cotangent must still contribute exactly 0 (the NaN-safety rule); C's softmax and
+    # the reference's softmax/log_softmax multiplied the NaN into the contracted sum
+    from pyautodiff.reference import REFERENCE
+    xv = np.array([np.inf, 1.0])
+    for name, f in (("softmax", ad.softmax), ("log_softmax", ad.log_softmax), ("logsumexp", ad.logsumexp)):
+        x = ad.tensor(xv, requires_grad=True)
+        y = f(x)
+        assert np.isnan(y.numpy()).any() or name == "logsumexp"
+        g = np.zeros(y.shape)
+        y.backward(g)
+        np.testing.assert_array_equal(x.grad.numpy(), [0.0, 0.0])
+        with np.errstate(all="ignore"):
+            (ref,) = REFERENCE[name].vjp(g, y.numpy(), xv)
+        np.testing.assert_array_equal(ref, [0.0, 0.0])
+
+
 # ---- empty tensors -----------------------------------------------------------------------------
 
 def test_empty_tensors():

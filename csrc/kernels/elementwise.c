@@ -63,13 +63,15 @@ AD_SIMD int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_si
     CASE(AD_OP_EXP, G[i] * Y[i])
     CASE(AD_OP_LOG, G[i] / X[i])
     CASE(AD_OP_SQRT, G[i] / (2 * Y[i]))
-    /* kinks: derivative 0 at 0; at a NaN input it is NaN (X[i] itself), so NaNs reach the grad */
-    CASE(AD_OP_ABS, X[i] > 0 ? G[i] : (X[i] < 0 ? -G[i] : (X[i] == 0 ? 0 : X[i])))
+    /* kinks: derivative 0 at 0; at a NaN input it is NaN (X[i] itself), so NaNs reach the grad.
+     * The cotangent is multiplied by that 0, not replaced by it: a nonzero cotangent stays IEEE,
+     * so an infinite one gives NaN (as the reference and the JVP below compute it). */
+    CASE(AD_OP_ABS, X[i] > 0 ? G[i] : (X[i] < 0 ? -G[i] : G[i] * (X[i] == 0 ? 0 : X[i])))
     CASE(AD_OP_SIN, G[i] * cos(X[i]))
     CASE(AD_OP_COS, -G[i] * sin(X[i]))
     CASE(AD_OP_TANH, G[i] * (1 - Y[i] * Y[i]))
-    CASE(AD_OP_SIGMOID, G[i] * Y[i] * (1 - Y[i]))
-    CASE(AD_OP_RELU, X[i] > 0 ? G[i] : (X[i] != X[i] ? X[i] : 0))
+    CASE(AD_OP_SIGMOID, G[i] * (Y[i] * (1 - Y[i])))
+    CASE(AD_OP_RELU, X[i] > 0 ? G[i] : G[i] * (X[i] != X[i] ? X[i] : 0))
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }
@@ -226,8 +228,12 @@ AD_SIMD int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_s
     CASE(AD_OP_MUL, 1, gi * A[ia])
     CASE(AD_OP_DIV, 0, gi / B[ib])
     CASE(AD_OP_DIV, 1, -gi * Y[io] / B[ib])
-    CASE(AD_OP_POW, 0, B[ib] == 0 ? 0 : gi * B[ib] * pow(A[ia], B[ib] - 1))
-    CASE(AD_OP_POW, 1, A[ia] == 0 ? 0 : gi * Y[io] * log(A[ia]))
+    /* derivatives taken as 0 (exponent 0, base 0) multiply the cotangent rather than replace it,
+     * so a nonzero cotangent stays IEEE (inf * 0 = NaN), as in the reference and the JVP. The
+     * local derivative is formed first, as in the JVP: gi * B first underflows to 0 for tiny
+     * gi and B (1e-265 each), losing the term or making 0 * inf = NaN where it is inf. */
+    CASE(AD_OP_POW, 0, B[ib] == 0 ? gi * 0 : gi * (B[ib] * pow(A[ia], B[ib] - 1)))
+    CASE(AD_OP_POW, 1, A[ia] == 0 ? gi * 0 : gi * (Y[io] * log(A[ia])))
     CASE(AD_OP_MAXIMUM, 0, (A[ia] > B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
     CASE(AD_OP_MAXIMUM, 1, (B[ib] > A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
     CASE(AD_OP_MINIMUM, 0, (A[ia] < B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
@@ -410,8 +416,8 @@ AD_SIMD int ad_vjp_scalar(ad_tape *T, ad_node *n, const void *g, int which, ad_s
     CASE(AD_OP_RSUB_S, -G[i])
     CASE(AD_OP_DIV_S, G[i] / c)
     CASE(AD_OP_RDIV_S, -G[i] * Y[i] / X[i])
-    CASE(AD_OP_POW_S, c == 0 ? 0 : (c == 2 ? 2 * G[i] * X[i] : G[i] * c * pow(X[i], c - 1)))
-    CASE(AD_OP_RPOW_S, c == 0 ? 0 : G[i] * Y[i] * log(c))
+    CASE(AD_OP_POW_S, c == 0 ? G[i] * 0 : (c == 2 ? G[i] * (2 * X[i]) : G[i] * (c * pow(X[i], c - 1))))
+    CASE(AD_OP_RPOW_S, c == 0 ? G[i] * 0 : G[i] * (Y[i] * log(c)))
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }

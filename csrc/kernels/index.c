@@ -422,7 +422,8 @@ int64_t ad_clip(int64_t hx, double lo, double hi)
 }
 
 /* Gradient 1 on the closed interval [lo, hi] (as PyTorch's clamp), 0 strictly outside, NaN at a
- * NaN input; a zero cotangent contributes 0 regardless. */
+ * NaN input; a zero cotangent contributes 0 regardless, and a nonzero one is multiplied by the
+ * 0 outside (an infinite cotangent gives NaN there, as in the reference). */
 static int vjp_clip(ad_node *n, const void *g, ad_sink *s)
 {
     const ad_node *x = n->in[0];
@@ -431,7 +432,7 @@ static int vjp_clip(ad_node *n, const void *g, ad_sink *s)
         const TT l = (TT)n->c[0], h = (TT)n->c[1];                                       \
         for (int64_t i = 0; i < s->size; i++) {                                          \
             TT v = X[i];                                                                 \
-            TT d = SAFE(G[i], v != v ? (TT)NAN : (v >= l && v <= h ? G[i] : 0));         \
+            TT d = SAFE(G[i], v != v ? (TT)NAN : (v >= l && v <= h ? G[i] : G[i] * (TT)0)); \
             if (s->accumulate) D[i] += d; else D[i] = d;                                 \
         }                                                                                \
     } while (0)

@@ -134,7 +134,7 @@ out:
         const TT *G = g, *Y = n->data; TT *D = s->dst;                                   \
         for (int64_t i = 0; i < nslices; i++) red[i] = 0;                                \
         if (n->op == AD_OP_SOFTMAX) {                                                    \
-            SLICE_WALK(x, n->axes, red[io] += (double)G[ix] * Y[ix]);                    \
+            SLICE_WALK(x, n->axes, red[io] += SAFE(G[ix], (double)G[ix] * Y[ix]));      \
             SLICE_WALK(x, n->axes, {                                                     \
                 double d = G[ix] - red[io];                                              \
                 STORE(D, ix, (TT)SAFE(d, Y[ix] * d)); });                                \

@@ -120,16 +120,22 @@ def logsumexp_forward(x, axis=None, keepdims=False):
     return out if keepdims else np.squeeze(out, axis=axes)
 
 
+# The weights are the softmax of x over the reduced axes, computed from x with the max shift:
+# exp(x - out) is the same quantity, but out's rounding is magnified by |x| (a float32 out at 1e30
+# has lost the log 2 of two equal terms entirely), in any precision NumPy has.
+def _softmax_weights(x, axes):
+    e = np.exp(x - _stable_shift(x, axes))
+    return e / np.sum(e, axis=axes, keepdims=True)
+
+
 def logsumexp_vjp(g, out, x, axis=None, keepdims=False):
     axes = normalize_axes(axis, x.ndim)
-    softmax = np.exp(x - expand_reduced(out, axes, keepdims))
-    return (zero_safe(expand_reduced(g, axes, keepdims), softmax),)
+    return (zero_safe(expand_reduced(g, axes, keepdims), _softmax_weights(x, axes)),)
 
 
 def logsumexp_jvp(tangents, out, x, axis=None, keepdims=False):
     axes = normalize_axes(axis, x.ndim)
-    softmax = np.exp(x - expand_reduced(out, axes, keepdims))
-    return np.sum(zero_safe(tangents[0], softmax), axis=axes, keepdims=keepdims)
+    return np.sum(zero_safe(tangents[0], _softmax_weights(x, axes)), axis=axes, keepdims=keepdims)
 
 
 OPS["logsumexp"] = ref_op(logsumexp_forward, logsumexp_vjp, logsumexp_jvp, arity=1)
@@ -142,15 +148,17 @@ def softmax_forward(x, axis=-1):
     return e / np.sum(e, axis=axes, keepdims=True)
 
 
+# Every cotangent (tangent) times Jacobian product goes through zero_safe, the contracted ones
+# included, so an all-zero cotangent contributes exactly 0 even where out is NaN (softmax of inf).
 def softmax_vjp(g, out, x, axis=-1):
     axes = normalize_axes(axis, x.ndim)
-    return (out * (g - np.sum(g * out, axis=axes, keepdims=True)),)
+    return (zero_safe(g - np.sum(zero_safe(g, out), axis=axes, keepdims=True), out),)
 
 
 def softmax_jvp(tangents, out, x, axis=-1):
     axes = normalize_axes(axis, x.ndim)
     t = tangents[0]
-    return out * (t - np.sum(t * out, axis=axes, keepdims=True))
+    return zero_safe(t - np.sum(zero_safe(t, out), axis=axes, keepdims=True), out)
 
 
 OPS["softmax"] = ref_op(softmax_forward, softmax_vjp, softmax_jvp, arity=1)
@@ -167,13 +175,13 @@ def log_softmax_forward(x, axis=-1):
 
 def log_softmax_vjp(g, out, x, axis=-1):
     axes = normalize_axes(axis, x.ndim)
-    return (g - np.exp(out) * np.sum(g, axis=axes, keepdims=True),)
+    return (g - zero_safe(np.sum(g, axis=axes, keepdims=True), np.exp(out)),)
 
 
 def log_softmax_jvp(tangents, out, x, axis=-1):
     axes = normalize_axes(axis, x.ndim)
     t = tangents[0]
-    return t - np.sum(np.exp(out) * t, axis=axes, keepdims=True)
+    return t - np.sum(zero_safe(t, np.exp(out)), axis=axes, keepdims=True)
 
 
 OPS["log_softmax"] = ref_op(log_softmax_forward, log_softmax_vjp, log_softmax_jvp, arity=1)
