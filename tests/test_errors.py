@@ -310,6 +310,9 @@ def test_empty_with_huge_other_dimensions():
     assert ad.logsumexp(z, axis=(1, 2)).shape == (0,)
     lse = ad.logsumexp(ad.zeros((0, 3), requires_grad=True), axis=0)
     assert lse.numpy().tolist() == [-np.inf] * 3
+    # regression (C API fuzzer): concatenate's block sizes overflowed int64 the same way
+    e = ad.zeros((0, 2**62, 3), requires_grad=True)
+    assert ad.concatenate([e, e], axis=0).shape == (0, 2**62, 3)
 
 
 # ---- sizes past int64 or past memory -----------------------------------------------------------
