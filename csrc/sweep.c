@@ -388,6 +388,7 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     slots = calloc((size_t)(hi - lo + 1), sizeof *slots);
     if (!slots) { st = ad_err(AD_ERR_MEMORY, "jvp: out of memory for a sweep over %lld nodes", (long long)(hi - lo + 1)); goto done; }
     for (int i = 0; i < n_leaves; i++) {
+        if (nodes[i]->pos > hi) continue;   /* recorded after root: cannot affect it */
         ad_slot *s = &slots[nodes[i]->pos - lo];
         s->state = S_SEED;
         s->buf = tans[i]->data;
@@ -571,6 +572,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
     slots = calloc((size_t)(hi - lo + 1), sizeof *slots);
     if (!slots) { st = ad_err(AD_ERR_MEMORY, "vjp: out of memory for a sweep over %lld nodes", (long long)(hi - lo + 1)); goto done; }
     for (int i = 0; i < n_leaves; i++) {
+        if (nodes[i]->pos > hi) continue;   /* recorded after root: its gradient is zero */
         ad_slot *s = &slots[nodes[i]->pos - lo];
         s->state = S_SEED;
         s->buf = outs[i]->data;   /* a requested node's adjoint is accumulated in place */
@@ -625,7 +627,7 @@ done:
         if (!outs[i]) continue;
         if (st) { ad_node_discard(T, outs[i]); continue; }
         /* an input the root does not depend on has a zero gradient */
-        if (!slots || !(slots[nodes[i]->pos - lo].state & S_HAS))
+        if (!slots || nodes[i]->pos > hi || !(slots[nodes[i]->pos - lo].state & S_HAS))
             memset(outs[i]->data, 0, (size_t)k * node_bytes(nodes[i]));
         out_h[i] = ad_handle(T, outs[i]);
     }

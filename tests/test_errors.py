@@ -86,6 +86,18 @@ def test_float_dimensions_are_a_type_error_not_truncated():
     raises(TypeError, lambda: ad.ones((2, 3)).reshape(3.0, 2), "shape")
 
 
+def test_index_out_of_range():
+    t = ad.tensor(np.ones((3, 2)), requires_grad=True)
+    raises(IndexError, lambda: t[5], "index 5", "axis 0", "size 3")
+    raises(IndexError, lambda: t[-4], "index -4", "size 3")
+    raises(IndexError, lambda: t[0, 2], "index 2", "axis 1", "size 2")
+    raises(IndexError, lambda: t[np.array([0, 3])], "index 3", "size 3")
+    raises(IndexError, lambda: t[:, 7], "index 7", "axis 1")
+    # in range, the gradient scatters back (repeated indices accumulate)
+    t[np.array([0, 0, 2])].sum().backward()
+    np.testing.assert_array_equal(t.grad.numpy(), [[2, 2], [0, 0], [1, 1]])
+
+
 # ---- backward misuse ---------------------------------------------------------------------------
 
 def test_backward_on_non_scalar_without_grad():
@@ -310,6 +322,9 @@ def test_empty_with_huge_other_dimensions():
     assert ad.logsumexp(z, axis=(1, 2)).shape == (0,)
     lse = ad.logsumexp(ad.zeros((0, 3), requires_grad=True), axis=0)
     assert lse.numpy().tolist() == [-np.inf] * 3
+    # regression (C API fuzzer): concatenate's block sizes overflowed int64 the same way
+    e = ad.zeros((0, 2**62, 3), requires_grad=True)
+    assert ad.concatenate([e, e], axis=0).shape == (0, 2**62, 3)
 
 
 # ---- sizes past int64 or past memory -----------------------------------------------------------

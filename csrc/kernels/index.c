@@ -115,6 +115,8 @@ static void jvp_gather(ad_node *n, const void *const *tin, int64_t k, void *tout
  * blocks, input k fills extent_k rows of every outer block (extent 1 for stack's new axis). */
 static void axis_split(const ad_node *n, int axis, int64_t *outer, int64_t *inner)
 {
+    /* an empty result may have huge other dimensions whose product overflows: nothing to move */
+    if (n->size == 0) { *outer = 0; *inner = 0; return; }
     *outer = 1;
     *inner = 1;
     for (int i = 0; i < axis; i++) *outer *= n->shape[i];

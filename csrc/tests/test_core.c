@@ -556,6 +556,34 @@ static void test_empty(void)
     CHECK(g > 0 && info_of(g).size == 0);
     DROP(g, lsum, lse, e03, ls, sm, z);
 
+    /* regression: concatenating empty tensors with huge other dimensions overflowed int64 */
+    int64_t s0h[3] = {0, (int64_t)1 << 62, 3};
+    int64_t e0 = ad_full(AD_F64, 3, s0h, 1.0, 1);
+    int64_t pair[2] = {e0, e0};
+    int64_t cat = ad_concatenate(2, pair, 0, 0);
+    CHECK(cat > 0 && info_of(cat).size == 0);
+    int64_t stk = ad_concatenate(2, pair, 1, 1);
+    CHECK(stk < 0 || info_of(stk).size == 0);
+    DROP(cat, e0);
+    if (stk > 0) DROP(stk);
+
+    /* regression: an input recorded after the root indexed past the batched sweeps' slot
+     * arrays (a heap-buffer-overflow write in ad_vjp); its gradient is zero */
+    double two = 2.0;
+    int64_t a1 = vec(1, &two, 1);
+    int64_t r1 = ad_unary(AD_OP_EXP, a1);
+    int64_t later = vec(1, &two, 1);
+    int64_t ins2[2] = {a1, later}, outs2[2] = {0, 0};
+    int64_t s11[2] = {1, 1};
+    int64_t cot1 = ad_full(AD_F64, 2, s11, 1.0, 0);
+    CHECK(ad_vjp(r1, cot1, 2, ins2, outs2) == AD_OK);
+    CHECK_CLOSE(at(outs2[0], 0), exp(2.0), 1e-15);
+    CHECK(at(outs2[1], 0) == 0);
+    int64_t tans[2] = {ad_full(AD_F64, 2, s11, 1.0, 0), ad_full(AD_F64, 2, s11, 1.0, 0)}, tout1 = 0;
+    CHECK(ad_jvp(r1, 2, ins2, tans, 1, &tout1) == AD_OK);
+    CHECK_CLOSE(at(tout1, 0), exp(2.0), 1e-15);
+    DROP(outs2[0], outs2[1], tans[0], tans[1], tout1, cot1, later, r1, a1);
+
     /* regression: where() read a caller's condition shape without validating it */
     int64_t one = ad_full(AD_F64, 0, NULL, 1.0, 0);
     uint8_t c1 = 1;

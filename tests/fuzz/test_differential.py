@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import pyautodiff as ad
-from pyautodiff.reference import REFERENCE
+from pyautodiff.reference import REFERENCE, normalize_axes
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 EXAMPLES = int(os.environ.get("PYAUTODIFF_FUZZ_EXAMPLES", "1000"))
@@ -469,6 +469,20 @@ def _wider(a):
     return a.astype(np.longdouble) if a.dtype.kind == "f" else a
 
 
+def _magnitude_vjp(step, gmag, out, args):
+    """The terms a step's VJP adds up, in absolute value, for a cotangent of magnitude gmag. For
+    most ops the VJP applied to gmag; matmul sums products (|g| @ |b|^T); the softmax pair
+    subtracts two terms of similar size (g - softmax * sum(g)), so both count."""
+    if step.op == "matmul":
+        return REFERENCE["matmul"].vjp(gmag, out, *[_finite_abs(a) for a in args])
+    if step.op in ("softmax", "log_softmax"):
+        axes = normalize_axes(step.params["axis"], args[0].ndim)
+        w = np.abs(out) if step.op == "softmax" else np.exp(out)
+        inner = np.sum(gmag * (w if step.op == "softmax" else 1), axis=axes, keepdims=True)
+        return ((w * (gmag + inner)) if step.op == "softmax" else (gmag + w * inner),)
+    return REFERENCE[step.op].vjp(gmag, out, *args, **step.params)
+
+
 def reference_gradients(prog, root, cotangent):
     """The reference VJPs chained backwards from root, over the C forward values. Each step is
     evaluated in more precision than its dtype, so that an intermediate of the reference's own
@@ -497,8 +511,7 @@ def reference_gradients(prog, root, cotangent):
         out = wide(prog.values[step.out].array)
         with np.errstate(all="ignore"):
             grads = REFERENCE[step.op].vjp(wide(g), out, *args, **step.params)
-            mag_args = [_finite_abs(a) for a in args] if step.op == "matmul" else args
-            mags = REFERENCE[step.op].vjp(mag[step.out], out, *mag_args, **step.params)
+            mags = _magnitude_vjp(step, mag[step.out], out, args)
         for i, gr, mg in zip(step.inputs, grads, mags):
             if not prog.values[i].requires_grad:
                 continue   # the core does not propagate into constants
