@@ -255,7 +255,8 @@ class Program:
             return self.record("transpose", (x,), {"axes": axes}, lambda t: ad.transpose(t, axes),
                                f"ad.transpose({X}, {axes!r})")
         if kind == "broadcast_to":
-            lead = tuple(self.draw(DIM) for _ in range(self.draw(st.integers(0, 2), "new axes")))
+            # at most 8 dimensions, the library's documented limit (NumPy allows 32)
+            lead = tuple(self.draw(DIM) for _ in range(self.draw(st.integers(0, min(2, 8 - nd)), "new axes")))
             shape = lead + tuple(self.draw(DIM) if d == 1 and self.draw(st.booleans()) else d for d in xs)
             return self.record("broadcast_to", (x,), {"shape": shape}, lambda t: ad.broadcast_to(t, shape),
                                f"ad.broadcast_to({X}, {shape!r})")
@@ -278,7 +279,7 @@ class Program:
         if kind == "getitem":
             return self.getitem_step(x)
         if kind in ("concatenate", "stack"):
-            if kind == "concatenate" and nd == 0:
+            if (kind == "concatenate" and nd == 0) or (kind == "stack" and nd >= 8):
                 return None
             axis = self.draw(st.integers(-nd, nd - 1) if kind == "concatenate" else st.integers(-nd - 1, nd), "axis")
             if kind == "concatenate":
@@ -502,11 +503,12 @@ def reference_gradients(prog, root, cotangent):
         g = cot.get(step.out)
         if g is None:
             continue
-        # power's derivative y * x^(y - 1) hinges on the rounding of y - 1 in the dtype: for a
-        # negative base, whether it is an (odd) integer decides between a number, +-inf and NaN
-        # (1e-12 - 1 is exactly -1 in float32). Evaluated in the dtype, as the core does; the
-        # reference groups g * (y * x^(y - 1)) as the core does.
-        wide = (lambda a: np.asarray(a)) if step.op in ("power", "power_scalar") else _wider
+        # Two VJPs hinge on rounding in the dtype itself and are evaluated there, as the core does:
+        # power's y * x^(y - 1), where for a negative base whether y - 1 rounds to an (odd)
+        # integer decides between a number, +-inf and NaN (1e-12 - 1 is exactly -1 in float32;
+        # the reference groups g * (y * x^(y - 1)) as the core does), and clip's boundary test
+        # x <= hi, whose bound is rounded to the tensor's dtype (-4e-218 is -0.0 in float32).
+        wide = (lambda a: np.asarray(a)) if step.op in ("power", "power_scalar", "clip") else _wider
         args = [wide(prog.values[i].array) for i in step.inputs]
         out = wide(prog.values[step.out].array)
         with np.errstate(all="ignore"):
