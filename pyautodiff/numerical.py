@@ -477,6 +477,14 @@ class _Checker:
         analytic = sum(float(np.sum(g * t)) for g, t in zip(grads, taken)) / self.scale
         return analytic, difference / self.scale
 
+    def forward_directional(self, u, perturbation):
+        """u^T J delta from one forward-mode sweep, along the step the difference really took."""
+        taken = [_taken_step(_perturbed(x, p), _perturbed(x, -p)) / 2.0
+                 for x, p in zip(self.arrays, perturbation)]
+        tangents = tuple(t.astype(x.dtype) for t, x in zip(taken, self.arrays))
+        _, tangent_out = self.ad.jvp(self.f, tuple(self.arrays), tangents)
+        return float(np.sum(u * np.asarray(tangent_out, dtype=np.float64))) / self.scale
+
     def step_rule(self) -> str:
         if self.explicit_eps:
             return f"{self.scale:.3g}"
@@ -484,8 +492,9 @@ class _Checker:
 
 
 def gradcheck(f: Callable, inputs, *, eps=None, atol=None, rtol=None, n_directions: int = 8,
-              seed: int = 0, full: bool = False) -> bool:
-    """Check f's reverse-mode gradient against central differences along random directions.
+              seed: int = 0, full: bool = False, check_forward: bool = True) -> bool:
+    """Check f's reverse-mode gradient, and its forward-mode derivative, against central
+    differences along random directions.
 
     ``inputs`` is a tuple of arrays/Tensors (a single array or Tensor is accepted too); they are
     copied, so the caller's tensors get no ``.grad``. For each of ``n_directions`` directions
@@ -500,6 +509,9 @@ def gradcheck(f: Callable, inputs, *, eps=None, atol=None, rtol=None, n_directio
     output, and both sides use u^T f (the analytic side is then the VJP of u). ``full=True``
     additionally compares the whole Jacobian entry by entry (one backward pass per output element
     and 2 evaluations per input element: for small inputs), before the directional checks.
+
+    With ``check_forward`` (the default) each direction is also pushed through one forward-mode
+    sweep (``ad.jvp``), and u^T (J delta) is compared with the same central difference.
 
     Returns True, or raises :class:`GradcheckError` naming the input, the direction (or the
     Jacobian entry), analytic vs numeric values, absolute and relative error and the tolerance.
@@ -537,7 +549,30 @@ def gradcheck(f: Callable, inputs, *, eps=None, atol=None, rtol=None, n_directio
         if not tolerance.agrees(analytic, numeric):
             raise _direction_failure(checker, u, grads, perturbation, tolerance, d,
                                      n_directions, seed, analytic, numeric)
+        if check_forward:
+            forward = checker.forward_directional(u, perturbation)
+            if not tolerance.agrees(forward, numeric):
+                raise _forward_failure(checker, tolerance, d, n_directions, seed, forward, numeric)
     return True
+
+
+def _forward_failure(checker, tolerance, d, n_directions, seed, analytic, numeric):
+    """The GradcheckError for a direction whose JVP disagrees (the reverse check passed)."""
+    abs_error, rel_error = _errors(analytic, numeric)
+    quantity = "<grad f, delta>" if checker.value.size == 1 else "u^T J delta"
+    lines = [
+        "gradcheck failed: the forward-mode derivative (JVP) disagrees with central finite "
+        "differences, while the reverse-mode gradient agrees",
+        f"  along random direction #{d} of {n_directions} over all inputs (seed={seed}):",
+        f"    analytic  (forward mode, {quantity}) = {analytic:.10g}",
+        f"    numeric   (central difference, step {checker.step_rule()}) = {numeric:.10g}",
+        f"    abs error = {abs_error:.3g}, rel error = {rel_error:.3g}",
+        f"    tolerance = {tolerance.describe(analytic, numeric)}",
+        _taylor_hint(),
+    ]
+    return GradcheckError("\n".join(lines), direction_index=d, analytic=analytic, numeric=numeric,
+                          abs_error=abs_error, rel_error=rel_error,
+                          tolerance=tolerance(max(abs(analytic), abs(numeric))))
 
 
 def _direction_failure(checker, u, grads, perturbation, tolerance, d, n_directions, seed,

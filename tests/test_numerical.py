@@ -439,3 +439,31 @@ def test_random_directions_detect_a_single_wrong_jacobian_entry():
     # must catch it.
     assert per_direction >= 0.75
     assert per_check == 1.0
+
+
+def test_gradcheck_checks_the_jvp_and_fails_on_a_wrong_one(monkeypatch):
+    """check_forward pushes each direction through ad.jvp; a JVP scaled by 1.01 (monkeypatched
+    in, so the reverse-mode gradient stays right) must be caught and named as forward mode."""
+    import pyautodiff as ad
+    from pyautodiff import numerical
+
+    def f(x, y):
+        return ad.sum(ad.tanh(x * y) + ad.exp(x) * 0.5)
+
+    inputs = (np.linspace(-1, 1, 6), np.linspace(0.5, 2, 6))
+    assert numerical.gradcheck(f, inputs)                    # right JVP: passes
+
+    real_jvp = ad.jvp
+
+    def scaled_jvp(fn, primals, tangents):
+        out, tangent = real_jvp(fn, primals, tangents)
+        return out, tangent * 1.01
+    monkeypatch.setattr(ad, "jvp", scaled_jvp)
+    with pytest.raises(numerical.GradcheckError) as info:
+        numerical.gradcheck(f, inputs)
+    message = str(info.value)
+    assert "forward-mode derivative (JVP) disagrees" in message
+    # the reported numbers are the 1.01 discrepancy, not noise
+    assert info.value.analytic == pytest.approx(1.01 * info.value.numeric, rel=1e-6)
+    # and with the forward check off, the (correct) reverse mode passes
+    assert numerical.gradcheck(f, inputs, check_forward=False)
