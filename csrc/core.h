@@ -48,10 +48,13 @@ typedef struct ad_tape ad_tape;
 /* One contribution to an input's adjoint. A VJP kernel writes `values` shaped like `shape` (the
  * input broadcast to the output for elementwise ops, the input itself otherwise) into dst,
  * adding when accumulate is set. When shape differs from the input's, the sweep sums dst over
- * the broadcast axes afterwards: broadcasting is undone in that one place. */
+ * the broadcast axes afterwards: broadcasting is undone in that one place, unless the op's
+ * kernel sums while it writes (AD_VJP_REDUCES), which saves an output-sized scratch buffer and
+ * two passes over it: the sweep then sets `reduce` and dst is shaped like the input. */
 typedef struct {
     void *dst;
     int accumulate;
+    int reduce;
     int ndim;
     int64_t shape[AD_MAXDIM];
     int64_t size;
@@ -75,12 +78,24 @@ typedef int (*ad_jvp_fn)(ad_tape *T, ad_node *n, const void *const *tin, int64_t
 typedef int (*ad_vjp_rows_fn)(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst,
                               int accumulate);
 
+/* What an op's VJP can do beyond the plain contract (ad_opdef.flags); each one saves memory
+ * passes on large tensors. */
+enum {
+    AD_VJP_REDUCES = 1,  /* honours ad_sink.reduce */
+    AD_VJP_BOTH = 2,     /* which == AD_BOTH: in[0] and in[1] are one node; write the sum of both
+                          * contributions in one pass (x * x) */
+    AD_VJP_PASS0 = 4,    /* the contribution to in[0] is the cotangent itself (add, subtract) ... */
+    AD_VJP_PASS1 = 8,    /* ... to in[1] (add): the sweep may hand the buffer over, not copy it */
+};
+#define AD_BOTH (-1)   /* not an input index */
+
 typedef struct {
     const char *name;
     ad_vjp_fn vjp;
     ad_contrib_fn contrib;
     ad_jvp_fn jvp;
     ad_vjp_rows_fn vjp_rows;
+    int flags;
 } ad_opdef;
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);

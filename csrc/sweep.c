@@ -54,10 +54,75 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
     return AD_OK;
 }
 
-static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending, int anomaly)
+/* The contribution's shape for input m of n (see ad_sink); returns whether it lands in m's adjoint
+ * as is (1) or must be summed over broadcast axes (0). reduce is left for the caller to set. */
+static int sink_shape(const ad_node *n, int j, const ad_node *m, ad_sink *s)
 {
-    ad_node *m = n->in[j];
+    const ad_opdef *def = &ad_ops[n->op];
+    if (def->contrib) {
+        def->contrib(n, j, &s->ndim, s->shape);
+    } else {
+        s->ndim = m->ndim;
+        memcpy(s->shape, m->shape, sizeof s->shape);
+    }
+    s->size = ad_shape_size(s->ndim, s->shape);
+    s->reduce = 0;
+    return same_shape(s->ndim, s->shape, m->ndim, m->shape);
+}
+
+/* Anomaly mode computes each contribution once more, apart, to check it before the real pass
+ * (which stays the same as without the mode, so the mode never changes a gradient's bits).
+ * *clean: neither the contributions nor the adjoint they will be added to hold NaN. */
+static int anomaly_check(ad_tape *T, ad_node *n, int which, const void *target, int acc, int *clean)
+{
+    int nan = 0, st = AD_OK;
+    for (int j = which == AD_BOTH ? 0 : which; j <= (which == AD_BOTH ? 1 : which) && !st; j++) {
+        ad_node *m = n->in[j];
+        ad_sink s;
+        sink_shape(n, j, m, &s);
+        size_t bytes = (size_t)s.size * ad_itemsize(m->dtype);
+        s.dst = ad_buf_alloc(T, bytes);
+        if (!s.dst) return ad_err(AD_ERR_MEMORY, "backward: out of memory (%zu bytes) in %s", bytes, ad_ops[n->op].name);
+        s.accumulate = 0;
+        st = ad_ops[n->op].vjp(T, n, n->adj, j, &s);
+        if (!st) st = ad_anomaly_vjp(n, j, &s);
+        nan |= ad_any_nan(m->dtype, s.dst, s.size);
+        ad_buf_free(T, s.dst, bytes);
+    }
+    const ad_node *m = n->in[which == AD_BOTH ? 0 : which];
+    *clean = !nan && !(acc && ad_any_nan(m->dtype, target, m->size));
+    return st;
+}
+
+/* Input m's contribution from n into target: written or summed there by the kernel, or through
+ * an output-shaped scratch that the sink sums over the broadcast axes. */
+static int contribute(ad_tape *T, ad_node *n, int which, ad_node *m, void *target, int acc)
+{
+    const ad_opdef *def = &ad_ops[n->op];
     ad_sink s;
+    int direct = sink_shape(n, which == AD_BOTH ? 0 : which, m, &s);
+    if (direct || (def->flags & AD_VJP_REDUCES)) {
+        s.dst = target;
+        s.accumulate = acc;
+        s.reduce = !direct;
+        return def->vjp(T, n, n->adj, which, &s);
+    }
+    size_t bytes = (size_t)s.size * ad_itemsize(m->dtype);
+    s.dst = ad_buf_alloc(T, bytes);
+    if (!s.dst) return ad_err(AD_ERR_MEMORY, "backward: out of memory (%zu bytes) in %s", bytes, def->name);
+    s.accumulate = 0;
+    int st = def->vjp(T, n, n->adj, which, &s);
+    if (!st) ad_unbroadcast_into(m->dtype, target, acc, m->ndim, m->shape, s.dst, s.ndim, s.shape);
+    ad_buf_free(T, s.dst, bytes);
+    return st;
+}
+
+/* which: an input index, or AD_BOTH when in[0] and in[1] are one node and the op can add both
+ * contributions in one pass. */
+static int pass_to_input(ad_tape *T, ad_node *n, int which, int64_t *pending, int anomaly)
+{
+    int j = which == AD_BOTH ? 0 : which;
+    ad_node *m = n->in[j];
     void *target;
     int acc;
     int st = adjoint_target(T, m, &target, &acc, pending);
@@ -68,33 +133,52 @@ static int pass_to_input(ad_tape *T, ad_node *n, int j, int64_t *pending, int an
         if (!acc) memset(target, 0, (size_t)m->size * ad_itemsize(m->dtype));
         return AD_OK;
     }
-    const ad_opdef *def = &ad_ops[n->op];
-    if (def->contrib) {
-        def->contrib(n, j, &s.ndim, s.shape);
-    } else {
-        s.ndim = m->ndim;
-        memcpy(s.shape, m->shape, sizeof s.shape);
-    }
-    s.size = ad_shape_size(s.ndim, s.shape);
-    if (same_shape(s.ndim, s.shape, m->ndim, m->shape) && !anomaly) {
-        s.dst = target;
-        s.accumulate = acc;
-        return def->vjp(T, n, n->adj, j, &s);
-    }
-    /* anomaly mode takes this path too, so the contribution is checked before it is added */
-    size_t bytes = (size_t)s.size * ad_itemsize(m->dtype);
-    s.dst = ad_buf_alloc(T, bytes);
-    if (!s.dst) return ad_err(AD_ERR_MEMORY, "backward: out of memory (%zu bytes) in %s", bytes, def->name);
-    s.accumulate = 0;
-    st = def->vjp(T, n, n->adj, j, &s);
-    int clean = 0;   /* neither the contribution nor the adjoint it is added to holds NaN */
-    if (!st && anomaly) {
-        st = ad_anomaly_vjp(n, j, &s);
-        clean = !ad_any_nan(m->dtype, s.dst, s.size) && !(acc && ad_any_nan(m->dtype, target, m->size));
-    }
-    if (!st) ad_unbroadcast_into(m->dtype, target, acc, m->ndim, m->shape, s.dst, s.ndim, s.shape);
+    int clean = 0;
+    if (anomaly) st = anomaly_check(T, n, which, target, acc, &clean);
+    if (!st) st = contribute(T, n, which, m, target, acc);
     if (!st && clean) st = ad_anomaly_accumulate(n, j, target);
-    ad_buf_free(T, s.dst, bytes);
+    if (st && !acc && (m->flags & F_LEAF)) {
+        /* a grad made for this contribution holds no value yet: the leaf keeps none */
+        ad_node_unref(T, m->grad);
+        m->grad = NULL;
+    }
+    return st;
+}
+
+/* When n's cotangent passes unchanged to an interior input that has no adjoint yet, the buffer
+ * itself can become that input's adjoint: a + b hands its adjoint down without a copy. */
+static int can_hand_over(const ad_node *n, int j)
+{
+    const ad_node *m = n->in[j];
+    return j < 2 && (ad_ops[n->op].flags & (AD_VJP_PASS0 << j)) && (m->flags & F_REQUIRES_GRAD) &&
+           !(m->flags & F_LEAF) && !m->adj && m->dtype == n->dtype && n->size > 0 &&
+           same_shape(m->ndim, m->shape, n->ndim, n->shape);
+}
+
+/* All of n's contributions; consumes n's adjoint (freed, or handed to an input). */
+static int pass_to_inputs(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
+{
+    int st = AD_OK;
+    if (n->nin == 2 && n->in[0] == n->in[1] && (ad_ops[n->op].flags & AD_VJP_BOTH)) {
+        st = pass_to_input(T, n, AD_BOTH, pending, anomaly);
+    } else {
+        /* the input that takes the buffer over goes last, once the others have read it; anomaly
+         * mode need not check it: a NaN in it was already in n's adjoint */
+        int last = -1;
+        for (int j = 0; j < n->nin; j++)
+            if (can_hand_over(n, j)) last = j;
+        for (int j = 0; j < n->nin && !st; j++)
+            if (j != last && (n->in[j]->flags & F_REQUIRES_GRAD)) st = pass_to_input(T, n, j, pending, anomaly);
+        if (!st && last >= 0) {
+            ad_node *m = n->in[last];
+            m->adj = n->adj;
+            n->adj = NULL;
+            m->refs++;   /* as adjoint_target: the sweep keeps m alive until its own turn */
+            (*pending)++;
+        }
+    }
+    ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
+    n->adj = NULL;
     return st;
 }
 
@@ -173,14 +257,11 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
                         "earlier backward(); pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
             break;
         }
-        for (int j = 0; j < n->nin && !st; j++)
-            if (n->in[j]->flags & F_REQUIRES_GRAD) st = pass_to_input(T, n, j, &pending, anomaly);
-        if (st) break;
-        ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
-        n->adj = NULL;
+        st = pass_to_inputs(T, n, &pending, anomaly);
         pending--;
-        if (!retain) ad_node_drop_graph(T, n);
+        if (!st && !retain) ad_node_drop_graph(T, n);
         ad_node_unref(T, n);
+        if (st) break;
     }
     if (st) {
         /* leave no adjoint behind: the tape must stay usable after an error */
@@ -499,18 +580,15 @@ static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void
     }
     const ad_opdef *def = &ad_ops[n->op];
     ad_sink s;
-    if (def->contrib) {
-        def->contrib(n, j, &s.ndim, s.shape);
-    } else {
-        s.ndim = m->ndim;
-        memcpy(s.shape, m->shape, sizeof s.shape);
-    }
-    s.size = ad_shape_size(s.ndim, s.shape);
     size_t grow = node_bytes(n), mrow = node_bytes(m);
-    int direct = same_shape(s.ndim, s.shape, m->ndim, m->shape);
+    int direct = sink_shape(n, j, m, &s);
     if (direct && def->vjp_rows) {
         int done = def->vjp_rows(T, n, g, k, j, target, acc);
         if (done) return done < 0 ? done : AD_OK;
+    }
+    if (!direct && (def->flags & AD_VJP_REDUCES)) {
+        s.reduce = 1;
+        direct = 1;
     }
     size_t bytes = (size_t)s.size * ad_itemsize(m->dtype);
     void *scratch = NULL;

@@ -70,6 +70,8 @@ def test_backward_vjp_nan_names_the_op_and_where_it_was_created():
         with pytest.raises(FloatingPointError) as info:
             loss.backward()
     message = str(info.value)
+    # the failed contribution left no half-made grad behind (it held uninitialised memory once)
+    assert a.grad is None and b.grad is None
     assert "backward (VJP) of multiply produced NaN for its input 0" in message
     assert "(3,) float64 and (3,) float64" in message
     assert "p = a * b  # anomaly site: multiply" in message

@@ -202,42 +202,99 @@ AD_SIMD static void binary_forward(int op, ad_node *n, const ad_node *a, const a
     }
 }
 
-#define BIN_VJP(T, EXPR) do {                                                           \
+/* Input `SIDE`'s contribution summed over its broadcast axes as it is written (sink.reduce): D
+ * is shaped like that input, and an inner run along which it is broadcast is summed like AD_SUM
+ * (eight partial sums in double), so the result matches the scratch-then-unbroadcast route. */
+#define BIN_REDUCE(T, SIDE, EXPR) do {                                                  \
+        const ad_node *in_ = (SIDE) == 0 ? a : b;                                       \
+        if (!s->accumulate) memset(D, 0, (size_t)in_->size * sizeof(T));                \
+        int64_t sa_[AD_MAXDIM], sb_[AD_MAXDIM], so_[AD_MAXDIM];                         \
+        ad_contig_strides(n->ndim, n->shape, so_);                                      \
+        ad_bcast_strides(a->ndim, a->shape, n->ndim, n->shape, sa_);                    \
+        ad_bcast_strides(b->ndim, b->shape, n->ndim, n->shape, sb_);                    \
+        int64_t *strides_[3] = {so_, sa_, sb_};                                         \
+        ad_iter it_;                                                                    \
+        ad_iter_init(&it_, 3, n->ndim, n->shape, strides_);                             \
+        int64_t len_ = it_.shape[it_.ndim - 1], dO = it_.st[0][it_.ndim - 1],           \
+                dA = it_.st[1][it_.ndim - 1], dB = it_.st[2][it_.ndim - 1];             \
+        int64_t dR = (SIDE) == 0 ? dA : dB;                                             \
+        /* the common case: the other operand runs contiguously beside the output */    \
+        int fast_ = dO == 1 && ((SIDE) == 0 ? dB == 1 : dA == 1);                       \
+        AD_ITER_FOR(it_, oo_, oa_, ob_) {                                               \
+            int64_t oR = (SIDE) == 0 ? oa_ : ob_;                                       \
+            if (dR == 0) {                                                              \
+                double p_[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                \
+                int64_t k_ = 0;                                                         \
+                if (fast_)                                                              \
+                    for (; k_ + 8 <= len_; k_ += 8)                                     \
+                        for (int l_ = 0; l_ < 8; l_++) {                                \
+                            int64_t io = oo_ + k_ + l_;                                 \
+                            int64_t ia = (SIDE) == 0 ? oa_ : oa_ + k_ + l_;             \
+                            int64_t ib = (SIDE) == 0 ? ob_ + k_ + l_ : ob_;             \
+                            (void)ia; (void)ib;                                         \
+                            T gi = G[io];                                               \
+                            p_[l_] += SAFE(gi, EXPR);                                   \
+                        }                                                               \
+                for (; k_ < len_; k_++) {                                               \
+                    int64_t io = oo_ + k_ * dO, ia = oa_ + k_ * dA, ib = ob_ + k_ * dB; \
+                    (void)ia; (void)ib;                                                 \
+                    T gi = G[io];                                                       \
+                    p_[0] += SAFE(gi, EXPR);                                            \
+                }                                                                       \
+                D[oR] += (T)(((p_[0] + p_[1]) + (p_[2] + p_[3])) + ((p_[4] + p_[5]) + (p_[6] + p_[7]))); \
+            } else {                                                                    \
+                for (int64_t k_ = 0; k_ < len_; k_++) {                                 \
+                    int64_t io = oo_ + k_ * dO, ia = oa_ + k_ * dA, ib = ob_ + k_ * dB; \
+                    (void)ia; (void)ib;                                                 \
+                    T gi = G[io];                                                       \
+                    D[oR + k_ * dR] += SAFE(gi, EXPR);                                  \
+                }                                                                       \
+            }                                                                           \
+        }                                                                               \
+    } while (0)
+
+/* E0, E1: the contributions to a and b at one output element (cotangent gi). */
+#define BIN_VJP(T, E0, E1) do {                                                         \
         const T *A = a->data, *B = b->data, *Y = n->data, *G = g; T *D = s->dst;       \
-        (void)Y; (void)A; (void)B;                                                                    \
-        if (s->accumulate) BCAST_WALK({ T gi = G[io]; D[io] += SAFE(gi, EXPR); });     \
-        else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, EXPR); });                     \
+        (void)Y; (void)A; (void)B;                                                      \
+        if (which == AD_BOTH) {                                                         \
+            if (s->accumulate) BCAST_WALK({ T gi = G[io]; D[io] += SAFE(gi, E0) + SAFE(gi, E1); }); \
+            else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, E0) + SAFE(gi, E1); });    \
+        } else if (s->reduce) {                                                         \
+            if (which == 0) BIN_REDUCE(T, 0, E0); else BIN_REDUCE(T, 1, E1);            \
+        } else if (which == 0) {                                                        \
+            if (s->accumulate) BCAST_WALK({ T gi = G[io]; D[io] += SAFE(gi, E0); });    \
+            else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, E0); });                   \
+        } else {                                                                        \
+            if (s->accumulate) BCAST_WALK({ T gi = G[io]; D[io] += SAFE(gi, E1); });    \
+            else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, E1); });                   \
+        }                                                                               \
     } while (0)
 
 /* Ties in maximum/minimum split the cotangent equally between the two sides; a NaN operand is
  * the one the output came from, so it gets the cotangent (both do when both are NaN). pow's
  * exponent gradient out*log(a) is taken as 0 where a == 0 (the limit along a -> 0+ for positive
- * out). */
+ * out). which == AD_BOTH (a and b are one node, so one shape): the sum of both contributions. */
 AD_SIMD int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T;
     const ad_node *a = n->in[0], *b = n->in[1];
-    int code = n->op * 2 + which;
-    switch (code) {
-#define CASE(OP, W, EXPR) case OP * 2 + W: if (n->dtype == AD_F64) BIN_VJP(double, EXPR); else BIN_VJP(float, EXPR); break;
-    CASE(AD_OP_ADD, 0, gi)
-    CASE(AD_OP_ADD, 1, gi)
-    CASE(AD_OP_SUB, 0, gi)
-    CASE(AD_OP_SUB, 1, -gi)
-    CASE(AD_OP_MUL, 0, gi * B[ib])
-    CASE(AD_OP_MUL, 1, gi * A[ia])
-    CASE(AD_OP_DIV, 0, gi / B[ib])
-    CASE(AD_OP_DIV, 1, -gi * Y[io] / B[ib])
+    switch (n->op) {
+#define CASE(OP, E0, E1) case OP: if (n->dtype == AD_F64) BIN_VJP(double, E0, E1); else BIN_VJP(float, E0, E1); break;
+    CASE(AD_OP_ADD, gi, gi)
+    CASE(AD_OP_SUB, gi, -gi)
+    CASE(AD_OP_MUL, gi * B[ib], gi * A[ia])
+    CASE(AD_OP_DIV, gi / B[ib], -gi * Y[io] / B[ib])
     /* derivatives taken as 0 (exponent 0, base 0) multiply the cotangent rather than replace it,
      * so a nonzero cotangent stays IEEE (inf * 0 = NaN), as in the reference and the JVP. The
      * local derivative is formed first, as in the JVP: gi * B first underflows to 0 for tiny
      * gi and B (1e-265 each), losing the term or making 0 * inf = NaN where it is inf. */
-    CASE(AD_OP_POW, 0, B[ib] == 0 ? gi * 0 : gi * (B[ib] * pow(A[ia], B[ib] - 1)))
-    CASE(AD_OP_POW, 1, A[ia] == 0 ? gi * 0 : gi * (Y[io] * log(A[ia])))
-    CASE(AD_OP_MAXIMUM, 0, (A[ia] > B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MAXIMUM, 1, (B[ib] > A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MINIMUM, 0, (A[ia] < B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
-    CASE(AD_OP_MINIMUM, 1, (B[ib] < A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_POW, B[ib] == 0 ? gi * 0 : gi * (B[ib] * pow(A[ia], B[ib] - 1)),
+                    A[ia] == 0 ? gi * 0 : gi * (Y[io] * log(A[ia])))
+    CASE(AD_OP_MAXIMUM, (A[ia] > B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0),
+                        (B[ib] > A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
+    CASE(AD_OP_MINIMUM, (A[ia] < B[ib] || A[ia] != A[ia]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0),
+                        (B[ib] < A[ia] || B[ib] != B[ib]) ? gi : (A[ia] == B[ib] ? gi * 0.5f : 0))
 #undef CASE
     default: return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     }

@@ -10,7 +10,7 @@ void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape)
 }
 
 #define U(name) {name, ad_vjp_unary, 0, ad_jvp_unary}
-#define B(name) {name, ad_vjp_binary, ad_contrib_output, ad_jvp_binary}
+#define B(name, fl) {name, ad_vjp_binary, ad_contrib_output, ad_jvp_binary, 0, AD_VJP_REDUCES | AD_VJP_BOTH | (fl)}
 #define S(name) {name, ad_vjp_scalar, 0, ad_jvp_scalar}
 #define R(name) {name, ad_vjp_reduce, 0, ad_jvp_reduce}
 
@@ -19,9 +19,9 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_NEG] = U("negative"), [AD_OP_EXP] = U("exp"), [AD_OP_LOG] = U("log"),
     [AD_OP_SQRT] = U("sqrt"), [AD_OP_ABS] = U("abs"), [AD_OP_SIN] = U("sin"), [AD_OP_COS] = U("cos"),
     [AD_OP_TANH] = U("tanh"), [AD_OP_SIGMOID] = U("sigmoid"), [AD_OP_RELU] = U("relu"),
-    [AD_OP_ADD] = B("add"), [AD_OP_SUB] = B("subtract"), [AD_OP_MUL] = B("multiply"),
-    [AD_OP_DIV] = B("divide"), [AD_OP_POW] = B("power"), [AD_OP_MAXIMUM] = B("maximum"),
-    [AD_OP_MINIMUM] = B("minimum"),
+    [AD_OP_ADD] = B("add", AD_VJP_PASS0 | AD_VJP_PASS1), [AD_OP_SUB] = B("subtract", AD_VJP_PASS0),
+    [AD_OP_MUL] = B("multiply", 0), [AD_OP_DIV] = B("divide", 0), [AD_OP_POW] = B("power", 0),
+    [AD_OP_MAXIMUM] = B("maximum", 0), [AD_OP_MINIMUM] = B("minimum", 0),
     [AD_OP_ADD_S] = S("add"), [AD_OP_MUL_S] = S("multiply"), [AD_OP_RSUB_S] = S("subtract"),
     [AD_OP_DIV_S] = S("divide"), [AD_OP_RDIV_S] = S("divide"), [AD_OP_POW_S] = S("power"),
     [AD_OP_RPOW_S] = S("power"),
