@@ -178,6 +178,15 @@ int ad_stats(ad_stats_t *out);
  * Without them matmul uses a blocked C loop. */
 int ad_set_blas(void *dgemm, void *sgemm);
 
+/* Long work without the caller's lock. The core calls hook (on the calling thread, at most once
+ * per call) before work on a tensor of at least AD_LONG_WORK elements and at the start of every
+ * sweep, so that bindings which keep a global interpreter lock through short calls (a few hundred
+ * nanoseconds, where releasing and retaking it would cost a fifth of the call) can release it
+ * there and retake it once the call has returned. NULL (the default) turns it off. */
+#define AD_LONG_WORK 16384
+typedef void (*ad_gil_hook)(void);
+void ad_set_gil_hook(ad_gil_hook hook);
+
 /* Records an n-node chain of scalar adds and returns the backward sweep's nanoseconds per node. */
 double ad_bench_sweep(int64_t n);
 

@@ -117,6 +117,9 @@ ad_tape *ad_tape_current(void);           /* thread's tape, created on demand (N
 int ad_lock_current(ad_tape **T);         /* current tape, locked */
 void ad_unlock(ad_tape *T);
 int ad_resolve(ad_tape *T, int64_t h, ad_node **out);   /* validate handle against T */
+/* About to work on elems elements: lets the bindings release their interpreter lock when that is
+ * long (ad_set_gil_hook). resolve and node_new call it; sweeps call it with INT64_MAX. */
+void ad_long_work(int64_t elems);
 int64_t ad_handle(ad_tape *T, ad_node *n);
 int ad_grad_mode(ad_tape *T);
 void *ad_buf_alloc(ad_tape *T, size_t bytes);

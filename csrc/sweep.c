@@ -283,6 +283,7 @@ int ad_backward(int64_t root_h, int64_t seed_h, int retain_graph)
     ad_tape *T;
     int st = ad_lock_current(&T);
     if (st) return st;
+    ad_long_work(INT64_MAX);
     st = backward_locked(T, root_h, seed_h, retain_graph);
     ad_unlock(T);
     return st;
@@ -291,6 +292,7 @@ int ad_backward(int64_t root_h, int64_t seed_h, int retain_graph)
 double ad_bench_sweep(int64_t n)
 {
     if (n < 1) return ad_err(AD_ERR_VALUE, "bench_sweep: n must be positive, got %lld", (long long)n);
+    ad_long_work(INT64_MAX);
     int64_t shape[1] = {1};
     int64_t x = ad_full(AD_F64, 0, shape, 1.0, 1);
     if (x < 0) return (double)x;
@@ -563,6 +565,7 @@ int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
     ad_tape *T;
     int st = ad_lock_current(&T);
     if (st) return st;
+    ad_long_work(INT64_MAX);
     st = jvp_locked(T, root, n_leaves, leaves, tangents, k, out_tangent);
     ad_unlock(T);
     return st;
@@ -719,6 +722,7 @@ int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves,
     ad_tape *T;
     int st = ad_lock_current(&T);
     if (st) return st;
+    ad_long_work(INT64_MAX);
     st = vjp_locked(T, root, cotangent, n_leaves, leaves, out_grads);
     ad_unlock(T);
     return st;

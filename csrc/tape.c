@@ -252,6 +252,17 @@ ad_tape *ad_tape_current(void)
     return T;
 }
 
+static _Atomic(ad_gil_hook) g_gil_hook;
+
+void ad_set_gil_hook(ad_gil_hook hook) { atomic_store(&g_gil_hook, hook); }
+
+void ad_long_work(int64_t elems)
+{
+    if (elems < AD_LONG_WORK) return;
+    ad_gil_hook hook = atomic_load_explicit(&g_gil_hook, memory_order_relaxed);
+    if (hook) hook();
+}
+
 int ad_lock_current(ad_tape **out)
 {
     ad_tape *T = ad_tape_current();
@@ -294,6 +305,7 @@ static int resolve_any(ad_tape *T, int64_t h, ad_node **out)
     ad_node *n = slot_node(T, slot);
     if (!(n->flags & F_IN_USE) || n->gen != gen)
         return ad_err(AD_ERR_HANDLE, "tensor handle %lld refers to a released node", (long long)h);
+    ad_long_work(n->size);
     *out = n;
     return AD_OK;
 }
@@ -386,6 +398,7 @@ int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, a
             return ad_err(AD_ERR_VALUE, "%s: shape has too many elements to address", ad_ops[op].name);
         size *= shape[i];
     }
+    ad_long_work(size);
     size_t bytes = (size_t)size * ad_itemsize(dtype);
     if (size > 0 && (uint64_t)size > ((uint64_t)1 << 56) / ad_itemsize(dtype))
         return ad_err(AD_ERR_MEMORY, "%s: cannot allocate %lld elements", ad_ops[op].name, (long long)size);

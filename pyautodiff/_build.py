@@ -63,10 +63,39 @@ _MVEC = _have_libmvec()
 ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "ad.h")))
 # the creation-site hook of anomaly mode (pyautodiff/anomaly.py), handed to ad_set_anomaly
 ffibuilder.cdef('extern "Python" int64_t pyautodiff_capture_site(void);')
+ffibuilder.cdef("void pyautodiff_keep_gil_for_short_calls(void);")
+
+# cffi wraps every call in Py_BEGIN/END_ALLOW_THREADS. Releasing and retaking the GIL costs about
+# 35 ns, a fifth of a small op's call, and buys nothing for a call that takes a few hundred
+# nanoseconds. So the wrappers keep the GIL, and the core asks for it to be released before long
+# work (ad_set_gil_hook: big tensors, every sweep); the wrapper retakes it once the call has
+# returned, when the core holds no lock (so a thread waiting for a tape lock never holds the GIL
+# that the lock's owner needs). PyGILState_Check keeps the hook harmless should a cffi version
+# release the GIL some other way: then it is not held, and nothing is done.
+_GIL_PREAMBLE = r"""
+#include "ad.h"
+static _Thread_local PyThreadState *pyautodiff_saved;
+static void pyautodiff_release_gil(void)
+{
+    if (!pyautodiff_saved && PyGILState_Check()) pyautodiff_saved = PyEval_SaveThread();
+}
+static void pyautodiff_keep_gil_for_short_calls(void) { ad_set_gil_hook(pyautodiff_release_gil); }
+#undef Py_BEGIN_ALLOW_THREADS
+#undef Py_END_ALLOW_THREADS
+#define Py_BEGIN_ALLOW_THREADS {
+#define Py_END_ALLOW_THREADS                                                          \
+    if (pyautodiff_saved) {                                                           \
+        PyThreadState *state_ = pyautodiff_saved;                                     \
+        pyautodiff_saved = NULL;                                                      \
+        PyEval_RestoreThread(state_);                                                 \
+    }                                                                                 \
+    }
+"""
+
 _compile, _link = _flags()
 ffibuilder.set_source(
     "pyautodiff._core",
-    '#include "ad.h"',
+    _GIL_PREAMBLE,
     sources=_sources(),
     include_dirs=[os.path.relpath(CSRC, os.getcwd())],
     extra_compile_args=_compile + (["-fopenmp-simd", "-DAD_HAVE_LIBMVEC=1"] if _MVEC else []),

@@ -119,3 +119,5 @@ def _gemm_pointer(name):
 
 
 lib.ad_set_blas(_gemm_pointer("dgemm"), _gemm_pointer("sgemm"))
+# short calls keep the GIL, long work releases it (see _build.py)
+lib.pyautodiff_keep_gil_for_short_calls()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -322,3 +323,78 @@ def test_no_grad_is_per_thread():
         done.wait()
     th.join()
     assert seen == [(True, True)]
+
+
+def _spinner():
+    """A thread that counts while it holds the GIL; returns (counter, stop)."""
+    counter, stop = [0], threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            counter[0] += 1
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
+    return counter, stop, th
+
+
+def test_short_calls_keep_the_gil_and_long_work_releases_it():
+    # A switch interval of 0.5 s: while this thread runs Python or holds the GIL in a call, the
+    # spinner gets the GIL only after half a second. So it counts during a call exactly when the
+    # call released the GIL (small ops keep it: releasing costs a fifth of their time).
+    small = ad.tensor(np.ones(3), requires_grad=True)
+    big = ad.tensor(np.linspace(0.0, 1.0, 4_000_000), requires_grad=True)
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.5)
+    counter, stop, th = _spinner()
+    try:
+        time.sleep(0)                             # the spinner has run; this thread holds the GIL
+        before = counter[0]
+        y = small
+        for _ in range(300):                      # ~1 ms of short calls
+            y = ad.tanh(y * 0.5 + small)
+            if counter[0] != before:              # (a released GIL would stall here for 0.5 s)
+                break
+        counts_small = counter[0] - before
+        released = False
+        for _ in range(5):                        # the spinner may not be scheduled at once
+            before = counter[0]
+            ad.exp(big)                           # 4 * 10^6 elements: released
+            if counter[0] != before:
+                released = True
+                break
+    finally:
+        stop.set()
+        sys.setswitchinterval(previous)
+        th.join()
+    assert released
+    assert counts_small == 0 and np.isfinite(y.numpy()).all()
+
+
+def test_cross_thread_reads_and_drops_during_long_work_do_not_deadlock():
+    # The main thread runs big ops and backward (the core releases the GIL inside them, holding
+    # its tape lock); a second thread meanwhile reads and drops tensors of the main thread's tape,
+    # which needs that lock while holding the GIL. The core never waits for the GIL under a lock.
+    x = ad.tensor(np.linspace(-1.0, 1.0, 100_000), requires_grad=True)
+    shared = [ad.tensor(np.full(50_000, float(i))) for i in range(200)]
+    errors, sums = [], []
+
+    def reader():
+        try:
+            while shared:
+                t = shared.pop()
+                sums.append(float(t.numpy()[0]))
+                del t
+        except BaseException as e:
+            errors.append(e)
+
+    th = threading.Thread(target=reader)
+    th.start()
+    for _ in range(30):
+        x.grad = None
+        (ad.tanh(x * 2.0) * x).sum().backward()
+    th.join(timeout=60)
+    assert not th.is_alive() and not errors, errors
+    assert sorted(sums) == [float(i) for i in range(200)]
+    t = np.tanh(2 * x.numpy())
+    np.testing.assert_allclose(x.grad.numpy(), 2 * (1 - t * t) * x.numpy() + t, rtol=1e-13, atol=1e-15)
