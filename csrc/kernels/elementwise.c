@@ -147,9 +147,9 @@ int64_t ad_unary(int op, int64_t hx)
 
 /* ---------------- binary, broadcasting ---------------- */
 
-/* Walk out (contiguous) with a and b broadcast to it; BODY sees io, ia, ib. The inner loop is
- * specialised for the common layouts so the compiler can vectorise it. */
-#define BCAST_WALK(...) do {                                                            \
+/* An iterator it_ over out (contiguous) with a and b broadcast to it, and the inner run's length
+ * and element strides (dO, dA, dB). */
+#define BCAST_ITER                                                                      \
         int64_t sa_[AD_MAXDIM], sb_[AD_MAXDIM], so_[AD_MAXDIM];                         \
         ad_contig_strides(n->ndim, n->shape, so_);                                      \
         ad_bcast_strides(a->ndim, a->shape, n->ndim, n->shape, sa_);                    \
@@ -158,7 +158,12 @@ int64_t ad_unary(int op, int64_t hx)
         ad_iter it_;                                                                    \
         ad_iter_init(&it_, 3, n->ndim, n->shape, strides_);                             \
         int64_t len_ = it_.shape[it_.ndim - 1], dO = it_.st[0][it_.ndim - 1],           \
-                dA = it_.st[1][it_.ndim - 1], dB = it_.st[2][it_.ndim - 1];             \
+                dA = it_.st[1][it_.ndim - 1], dB = it_.st[2][it_.ndim - 1]
+
+/* Walk out (contiguous) with a and b broadcast to it; BODY sees io, ia, ib. The inner loop is
+ * specialised for the common layouts so the compiler can vectorise it. */
+#define BCAST_WALK(...) do {                                                            \
+        BCAST_ITER;                                                                     \
         AD_ITER_FOR(it_, oo_, oa_, ob_) {                                               \
             if (dO == 1 && dA == 1 && dB == 1) {                                        \
                 for (int64_t k_ = 0; k_ < len_; k_++) {                                 \
@@ -208,15 +213,7 @@ AD_SIMD static void binary_forward(int op, ad_node *n, const ad_node *a, const a
 #define BIN_REDUCE(T, SIDE, EXPR) do {                                                  \
         const ad_node *in_ = (SIDE) == 0 ? a : b;                                       \
         if (!s->accumulate) memset(D, 0, (size_t)in_->size * sizeof(T));                \
-        int64_t sa_[AD_MAXDIM], sb_[AD_MAXDIM], so_[AD_MAXDIM];                         \
-        ad_contig_strides(n->ndim, n->shape, so_);                                      \
-        ad_bcast_strides(a->ndim, a->shape, n->ndim, n->shape, sa_);                    \
-        ad_bcast_strides(b->ndim, b->shape, n->ndim, n->shape, sb_);                    \
-        int64_t *strides_[3] = {so_, sa_, sb_};                                         \
-        ad_iter it_;                                                                    \
-        ad_iter_init(&it_, 3, n->ndim, n->shape, strides_);                             \
-        int64_t len_ = it_.shape[it_.ndim - 1], dO = it_.st[0][it_.ndim - 1],           \
-                dA = it_.st[1][it_.ndim - 1], dB = it_.st[2][it_.ndim - 1];             \
+        BCAST_ITER;                                                                     \
         int64_t dR = (SIDE) == 0 ? dA : dB;                                             \
         /* the common case: the other operand runs contiguously beside the output */    \
         int fast_ = dO == 1 && ((SIDE) == 0 ? dB == 1 : dA == 1);                       \
