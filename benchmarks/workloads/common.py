@@ -23,6 +23,12 @@ def hand_target(bound):
     return {"numpy": {"max_ratio": bound, "text": f"within {bound:g}x of hand-written NumPy"}}
 
 
+def builders(namespace):
+    """A workload's BUILDERS: its functions build_<contestant>, keyed by contestant."""
+    return {name[len("build_"):]: fn for name, fn in namespace.items()
+            if name.startswith("build_") and callable(fn)}
+
+
 def f64(value):
     return np.asarray(value, dtype=np.float64)
 

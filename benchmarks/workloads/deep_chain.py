@@ -147,15 +147,7 @@ def build_micrograd(data, size):
     return Cell(step, grads, note=common.micrograd_recursion_note(Value, n + 2))
 
 
-_ALL = {
-    "numpy": build_numpy,
-    "pyautodiff": build_pyautodiff,
-    "torch": build_torch,
-    "jax": build_jax,
-    "jax_jit": build_jax_jit,
-    "autograd": build_autograd,
-    "micrograd": build_micrograd,
-}
+_ALL = common.builders(globals())
 
 _COMMON = dict(
     PER_OP=True,

@@ -96,11 +96,4 @@ def build_autograd(data, size):
     return common.autograd_cell(data["leaves"], loss)
 
 
-BUILDERS = {
-    "numpy": build_numpy,
-    "pyautodiff": build_pyautodiff,
-    "torch": build_torch,
-    "jax": build_jax,
-    "jax_jit": build_jax_jit,
-    "autograd": build_autograd,
-}
+BUILDERS = common.builders(globals())

@@ -273,12 +273,4 @@ def build_micrograd(data, size):
     return Cell(step, grads)
 
 
-BUILDERS = {
-    "numpy": build_numpy,
-    "pyautodiff": build_pyautodiff,
-    "torch": build_torch,
-    "jax": build_jax,
-    "jax_jit": build_jax_jit,
-    "autograd": build_autograd,
-    "micrograd": build_micrograd,
-}
+BUILDERS = common.builders(globals())

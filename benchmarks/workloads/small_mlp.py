@@ -205,11 +205,4 @@ def build_autograd(data, size):
                 note="loss: logits - autograd.scipy.special.logsumexp, one-hot mask")
 
 
-BUILDERS = {
-    "numpy": build_numpy,
-    "pyautodiff": build_pyautodiff,
-    "torch": build_torch,
-    "jax": build_jax,
-    "jax_jit": build_jax_jit,
-    "autograd": build_autograd,
-}
+BUILDERS = common.builders(globals())
