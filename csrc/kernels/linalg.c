@@ -92,6 +92,14 @@ static int plan_batches(const mview *va, const mview *vb, bplan *p)
     return AD_OK;
 }
 
+/* The views and batch plan of a recorded matmul node (its shapes were checked when recorded). */
+static void plan_of(const ad_node *n, mview *va, mview *vb, bplan *p)
+{
+    view_of(n->in[0], 0, va);
+    view_of(n->in[1], 1, vb);
+    plan_batches(va, vb, p);
+}
+
 static void batch_offsets(const bplan *p, int64_t t, int64_t *ia, int64_t *ib)
 {
     *ia = 0; *ib = 0;
@@ -172,9 +180,7 @@ void ad_contrib_matmul(const ad_node *n, int which, int *ndim, int64_t *shape)
     const ad_node *x = n->in[which];
     mview va, vb;
     bplan p;
-    view_of(n->in[0], 0, &va);
-    view_of(n->in[1], 1, &vb);
-    plan_batches(&va, &vb, &p);
+    plan_of(n, &va, &vb, &p);
     int k = 0;
     for (int i = 0; i < p.nb; i++) shape[k++] = p.shape[i];
     if (x->ndim == 1) shape[k++] = x->shape[0];
@@ -188,9 +194,7 @@ int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     const ad_node *a = n->in[0], *b = n->in[1];
     mview va, vb;
     bplan p;
-    view_of(a, 0, &va);
-    view_of(b, 1, &vb);
-    plan_batches(&va, &vb, &p);
+    plan_of(n, &va, &vb, &p);
     int64_t m = va.rows, k = va.cols, nn = vb.cols;
     size_t isz = ad_itemsize(n->dtype);
     for (int64_t t = 0; t < p.count; t++) {
@@ -220,9 +224,7 @@ int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int whi
     const ad_node *a = n->in[0], *b = n->in[1];
     mview va, vb;
     bplan p;
-    view_of(a, 0, &va);
-    view_of(b, 1, &vb);
-    plan_batches(&va, &vb, &p);
+    plan_of(n, &va, &vb, &p);
     if (p.count != 1 || p.nb != 0) return 0;
     int64_t m = va.rows, kk = va.cols, nn = vb.cols;
     size_t isz = ad_itemsize(n->dtype);
@@ -247,9 +249,7 @@ int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
     const ad_node *a = n->in[0], *b = n->in[1];
     mview va, vb;
     bplan p;
-    view_of(a, 0, &va);
-    view_of(b, 1, &vb);
-    plan_batches(&va, &vb, &p);
+    plan_of(n, &va, &vb, &p);
     int64_t m = va.rows, kk = va.cols, nn = vb.cols;
     size_t isz = ad_itemsize(n->dtype);
     size_t sa = (size_t)a->size * isz, sb = (size_t)b->size * isz, so = (size_t)n->size * isz;
