@@ -7,10 +7,14 @@ jacfwd seeds all n basis directions of its inputs in one sweep of width n, jacre
 cotangents of the output in one backward sweep of width m, so a Jacobian costs one call of f and
 one sweep, not a Python-level pass per row or column.
 
-Arguments may be Tensors, NumPy arrays, lists or Python numbers; arguments not named in
-``argnums`` (and keyword arguments) reach f unchanged. f returns a Tensor (``value_and_grad``
-with ``has_aux=True``: a pair ``(value, aux)``). Results are Tensors; the returned primal output
-is detached, so holding it keeps no graph alive.
+Arguments may be Tensors, NumPy arrays, lists or Python numbers, or containers of them (a
+"pytree", as in JAX): dicts, tuples (named ones too) and lists nest, and a differentiated
+container gets its derivatives back in the same structure, e.g. ``grad(loss)(params)`` with
+params a dict of arrays returns a dict of gradients. A list or tuple is a container when it holds
+a Tensor, an array, a dict or another container; one of plain numbers is array data, as for
+``ad.tensor``. Arguments not named in ``argnums`` (and keyword arguments) reach f unchanged. f
+returns a Tensor (``value_and_grad`` with ``has_aux=True``: a pair ``(value, aux)``). Results are
+Tensors; the returned primal output is detached, so holding it keeps no graph alive.
 """
 import operator
 
@@ -53,6 +57,65 @@ def _argnums(argnums, nargs, name):
     return single, tuple(out)
 
 
+def _is_container(x):
+    if isinstance(x, dict):
+        return True
+    if isinstance(x, (list, tuple)):
+        return any(isinstance(i, (Tensor, np.ndarray, dict)) or _is_container(i) for i in x)
+    return False
+
+
+def _flatten(x, leaves):
+    """Append x's leaves to `leaves` (depth first, containers in their own order) and return its
+    structure: None for a leaf, else (container type, dict keys or None, child structures)."""
+    if not _is_container(x):
+        leaves.append(x)
+        return None
+    if isinstance(x, dict):
+        return (type(x), list(x), [_flatten(v, leaves) for v in x.values()])
+    return (type(x), None, [_flatten(v, leaves) for v in x])
+
+
+def _unflatten(spec, leaves):
+    """Rebuild the structure `spec` from the iterator `leaves`."""
+    if spec is None:
+        return next(leaves)
+    kind, keys, children = spec
+    values = [_unflatten(c, leaves) for c in children]
+    if keys is not None:
+        return kind(zip(keys, values))
+    if hasattr(kind, "_fields"):           # a namedtuple takes its fields as arguments
+        return kind(*values)
+    return kind(values)
+
+
+def _flatten_like(x, spec, what, path=""):
+    """x's leaves, in the order of spec's; x must have that structure (ValueError naming where it
+    differs otherwise)."""
+    if spec is None:
+        return [x]
+    kind, keys, children = spec
+    where = f" at {path}" if path else ""
+    if keys is not None:
+        if not isinstance(x, dict) or set(x) != set(keys):
+            def shown(ks):
+                return "[" + ", ".join(sorted(map(repr, ks))) + "]"
+            got = f"a dict with keys {shown(x)}" if isinstance(x, dict) else f"a {type(x).__name__}"
+            raise ValueError(f"{what}{where} must be a dict with keys {shown(keys)} like its primal, "
+                             f"got {got}")
+        items = [(f"{path}[{k!r}]", x[k], c) for k, c in zip(keys, children)]
+    else:
+        if not isinstance(x, (list, tuple)) or len(x) != len(children):
+            got = f"{type(x).__name__} of {len(x)}" if isinstance(x, (list, tuple)) else type(x).__name__
+            raise ValueError(f"{what}{where} must be a {kind.__name__} of {len(children)} items like its "
+                             f"primal, got a {got}")
+        items = [(f"{path}[{i}]", v, c) for i, (v, c) in enumerate(zip(x, children))]
+    out = []
+    for sub, v, c in items:
+        out += _flatten_like(v, c, what, sub)
+    return out
+
+
 def _leaf(x):
     """A fresh leaf that requires grad, holding a copy of x's values (x itself is left alone)."""
     if isinstance(x, Tensor):
@@ -63,12 +126,24 @@ def _leaf(x):
 
 
 def _prepare(args, nums):
+    """Fresh leaves for the arguments args[i], i in nums (every leaf of a container), the
+    arguments to call f with, and each differentiated argument's structure (see _regroup)."""
     args = list(args)
-    leaves = []
+    leaves, specs = [], []
     for i in nums:
-        args[i] = _leaf(args[i])
-        leaves.append(args[i])
-    return leaves, args
+        values = []
+        spec = _flatten(args[i], values)
+        fresh = [_leaf(v) for v in values]
+        args[i] = _unflatten(spec, iter(fresh))
+        leaves += fresh
+        specs.append(spec)
+    return leaves, args, specs
+
+
+def _regroup(specs, per_leaf):
+    """One result per differentiated argument, from one per leaf, in the argument's structure."""
+    it = iter(per_leaf)
+    return [_unflatten(spec, it) for spec in specs]
 
 
 def _output(out, name):
@@ -135,7 +210,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
     """
     def value_and_grad_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "value_and_grad")
-        leaves, args = _prepare(args, nums)
+        leaves, args, specs = _prepare(args, nums)
         with _grad_enabled():
             res = f(*args, **kwargs)
         if has_aux:
@@ -149,7 +224,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
                             f"shape {out.shape}; for a non-scalar output use ad.jacrev (the full "
                             f"Jacobian) or ad.vjp (a vector-Jacobian product)")
         grads = _vjp_sweep(out, leaves, _from_array(np.ones((1, 1), out.dtype)))
-        g = _pick(single, [_from_array(gr.reshape(l.shape)) for gr, l in zip(grads, leaves)])
+        g = _pick(single, _regroup(specs, [_from_array(gr.reshape(l.shape)) for gr, l in zip(grads, leaves)]))
         value = out.detach()
         return ((value, aux), g) if has_aux else (value, g)
 
@@ -173,7 +248,7 @@ def grad(f, argnums=0, has_aux=False):
 def vjp(f, *primals):
     """``(f(*primals), vjp_fn)``; ``vjp_fn(cotangent)`` returns one cotangent-weighted gradient per
     primal (a tuple), and may be called any number of times: the graph is kept, not released."""
-    leaves, args = _prepare(primals, range(len(primals)))
+    leaves, args, specs = _prepare(primals, range(len(primals)))
     with _grad_enabled():
         out = _output(f(*args), "vjp")
     shape, dtype = out.shape, out.dtype
@@ -181,7 +256,7 @@ def vjp(f, *primals):
     def vjp_fn(cotangent):
         c = _matching(cotangent, shape, dtype, "vjp: the cotangent", "the output of f")
         grads = _vjp_sweep(out, leaves, _rows(c[np.newaxis]))
-        return tuple(_from_array(gr.reshape(l.shape)) for gr, l in zip(grads, leaves))
+        return tuple(_regroup(specs, [_from_array(gr.reshape(l.shape)) for gr, l in zip(grads, leaves)]))
 
     return out.detach(), vjp_fn
 
@@ -190,15 +265,17 @@ def jvp(f, primals, tangents):
     """``(f(*primals), tangent_out)``: the directional derivative of f at primals along tangents.
 
     ``primals`` and ``tangents`` are sequences of the same length; each tangent has its primal's
-    shape and dtype."""
+    structure, and each of its leaves the shape and dtype of the primal's leaf."""
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError("jvp: primals and tangents must be tuples (or lists), e.g. "
                         "ad.jvp(f, (x,), (v,))")
     if len(primals) != len(tangents):
         raise ValueError(f"jvp: got {len(primals)} primals but {len(tangents)} tangents")
-    leaves, args = _prepare(primals, range(len(primals)))
+    leaves, args, specs = _prepare(primals, range(len(primals)))
+    flat = [(i, t) for i, (tangent, spec) in enumerate(zip(tangents, specs))
+            for t in _flatten_like(tangent, spec, f"jvp: tangent {i}")]
     seeds = [_rows(_matching(t, l.shape, l.dtype, f"jvp: tangent {i}", f"primal {i}")[np.newaxis])
-             for i, (t, l) in enumerate(zip(tangents, leaves))]
+             for (i, t), l in zip(flat, leaves)]
     with _grad_enabled():
         out = _output(f(*args), "jvp")
     t_out = _jvp_sweep(out, leaves, seeds, 1)
@@ -224,7 +301,7 @@ def jacfwd(f, argnums=0):
     out.shape + arg.shape, by forward mode: all input directions in one sweep."""
     def jacfwd_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "jacfwd")
-        leaves, args = _prepare(args, nums)
+        leaves, args, specs = _prepare(args, nums)
         with _grad_enabled():
             out = _output(f(*args, **kwargs), "jacfwd")
         sizes = [l.size for l in leaves]
@@ -240,7 +317,7 @@ def jacfwd(f, argnums=0):
                 offset += size
             tangent = _jvp_sweep(out, leaves, seeds, n)
         splits = np.cumsum(sizes)[:-1]
-        return _pick(single, _jacobian_blocks(np.split(tangent, splits), leaves, out.shape, False))
+        return _pick(single, _regroup(specs, _jacobian_blocks(np.split(tangent, splits), leaves, out.shape, False)))
 
     jacfwd_f.__name__ = f"jacfwd({getattr(f, '__name__', 'f')})"
     return jacfwd_f
@@ -251,7 +328,7 @@ def jacrev(f, argnums=0):
     out.shape + arg.shape, by reverse mode: all output cotangents in one backward sweep."""
     def jacrev_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "jacrev")
-        leaves, args = _prepare(args, nums)
+        leaves, args, specs = _prepare(args, nums)
         with _grad_enabled():
             out = _output(f(*args, **kwargs), "jacrev")
         m = out.size
@@ -259,7 +336,7 @@ def jacrev(f, argnums=0):
             rows = [np.zeros((0, l.size), l.dtype) for l in leaves]
         else:
             rows = _vjp_sweep(out, leaves, _from_array(np.eye(m, dtype=out.dtype)))
-        return _pick(single, _jacobian_blocks(rows, leaves, out.shape, True))
+        return _pick(single, _regroup(specs, _jacobian_blocks(rows, leaves, out.shape, True)))
 
     jacrev_f.__name__ = f"jacrev({getattr(f, '__name__', 'f')})"
     return jacrev_f
