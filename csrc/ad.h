@@ -178,6 +178,13 @@ int ad_stats(ad_stats_t *out);
  * Without them matmul uses a blocked C loop. */
 int ad_set_blas(void *dgemm, void *sgemm);
 
+/* Hessian-vector products of a scalar root (forward over reverse), for k directions at once:
+ * tangents[i] holds k directions for leaves[i] (shape (k, *leaf.shape)); out_hvp[i] receives a new
+ * tensor of that shape whose row r is the derivative of root's gradient with respect to leaves[i]
+ * along direction r, i.e. the sum over j of d2 root / d leaves[i] d leaves[j] . tangents[j][r].
+ * Like ad_jvp it leaves .grad alone and keeps the graph. */
+int ad_hvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t k, int64_t *out_hvp);
+
 /* Long work without the caller's lock. The core calls hook (on the calling thread, at most once
  * per call) before work on a tensor of at least AD_LONG_WORK elements and at the start of every
  * sweep, so that bindings which keep a global interpreter lock through short calls (a few hundred

@@ -78,6 +78,13 @@ typedef int (*ad_jvp_fn)(ad_tape *T, ad_node *n, const void *const *tin, int64_t
 typedef int (*ad_vjp_rows_fn)(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst,
                               int accumulate);
 
+/* Second-order term of the VJP for forward-over-reverse (ad_hvp): the derivative of input
+ * `which`'s contribution vjp(g) as the op's primals move along one tangent direction, with the
+ * cotangent g held fixed. tin[j] is input j's tangent (NULL: zero), tout the output's (computed
+ * from them). Written into the sink like a VJP contribution (accumulate honoured, never reduce). */
+typedef int (*ad_vjp2_fn)(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout,
+                          int which, ad_sink *s);
+
 /* What an op's VJP can do beyond the plain contract (ad_opdef.flags); each one saves memory
  * passes on large tensors. */
 enum {
@@ -86,6 +93,8 @@ enum {
                           * contributions in one pass (x * x) */
     AD_VJP_PASS0 = 4,    /* the contribution to in[0] is the cotangent itself (add, subtract) ... */
     AD_VJP_PASS1 = 8,    /* ... to in[1] (add): the sweep may hand the buffer over, not copy it */
+    AD_VJP_CONST = 16,   /* the VJP does not depend on the primal values (or only through
+                          * comparisons): its second-order term is zero, so it needs no vjp2 */
 };
 #define AD_BOTH (-1)   /* not an input index */
 
@@ -96,6 +105,7 @@ typedef struct {
     ad_jvp_fn jvp;
     ad_vjp_rows_fn vjp_rows;
     int flags;
+    ad_vjp2_fn vjp2;
 } ad_opdef;
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);
@@ -218,6 +228,12 @@ int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
 int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+/* second-order terms (ad_vjp2_fn) of the families whose VJP reads the primals */
+int ad_vjp2_unary(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout, int which, ad_sink *s);
+int ad_vjp2_binary(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout, int which, ad_sink *s);
+int ad_vjp2_scalar(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout, int which, ad_sink *s);
+int ad_vjp2_matmul(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout, int which, ad_sink *s);
+int ad_vjp2_softmax(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout, int which, ad_sink *s);
 
 /* Hot elementwise loops are also compiled for AVX2 and AVX-512 and the widest one the CPU has is
  * picked at load time (an ifunc), so the wheel needs no -march=native yet keeps up with NumPy's

@@ -428,37 +428,130 @@ static int64_t min_pos(int n, ad_node **nodes, int64_t hi)
     return lo;
 }
 
+/* Resolve each input's tangent and check it is k directions shaped like the input. */
+static int check_tangents(ad_tape *T, const char *op, int n_leaves, ad_node **nodes, const int64_t *tangents,
+                          int64_t k, ad_node **tans)
+{
+    char b1[160], b2[160];
+    if (n_leaves > 0 && !tangents) return ad_err(AD_ERR_VALUE, "%s: tangents is NULL", op);
+    for (int i = 0; i < n_leaves; i++) {
+        int st = ad_resolve(T, tangents[i], &tans[i]);
+        if (st) return st;
+        if (!is_batch_of(tans[i], nodes[i], k) || tans[i]->dtype != nodes[i]->dtype) {
+            int64_t want[AD_MAXDIM];
+            int nd = batched_shape(nodes[i], k, want);
+            return ad_err(AD_ERR_VALUE, "%s: tangent %d has shape %s and dtype %s, but its input needs %lld "
+                          "direction(s) of shape %s and dtype %s, i.e. a tangent of shape %s", op, i,
+                          ad_shape_str(b1, sizeof b1, tans[i]->ndim, tans[i]->shape), ad_dtype_name(tans[i]->dtype),
+                          (long long)k, ad_shape_str(b2, sizeof b2, nodes[i]->ndim, nodes[i]->shape),
+                          ad_dtype_name(nodes[i]->dtype), ad_shape_str(b1, sizeof b1, nd, want));
+        }
+    }
+    return AD_OK;
+}
+
+/* Mark the root's (position hi) ancestors down to lo in slots, counting each one's marked
+ * consumers; a seed's own inputs are not looked through. */
+static int mark_ancestors(ad_node **order, ad_slot *slots, int64_t lo, int64_t hi, const char *op)
+{
+    slots[hi - lo].state |= S_NEED;
+    for (int64_t i = hi; i >= lo; i--) {
+        ad_node *n = order[i];
+        ad_slot *s = &slots[i - lo];
+        if (!n || !(s->state & S_NEED) || (s->state & S_SEED)) continue;
+        if (n->flags & F_RELEASED)
+            return ad_err(AD_ERR_RUNTIME, "%s: part of the graph (a %s node) was released by an earlier backward(); "
+                          "pass retain_graph=True to that backward() to keep it", op, ad_ops[n->op].name);
+        for (int j = 0; j < n->nin; j++) {
+            ad_node *m = n->in[j];
+            if (m->pos < lo) continue;
+            slots[m->pos - lo].state |= S_NEED;
+            slots[m->pos - lo].uses++;
+        }
+    }
+    return AD_OK;
+}
+
+/* The marked nodes' tangents (k rows each, NULL where zero), in creation order. The root's goes
+ * to root_buf when given. Unless keep is set, a tangent is freed once its last marked consumer
+ * has read it, so a long chain holds O(1) of them; hvp keeps them all for its reverse pass. */
+static int tangent_pass(ad_tape *T, ad_node **order, ad_slot *slots, int64_t lo, int64_t hi, int64_t k,
+                        void *root_buf, int keep, ad_recycler *rc, const char *op)
+{
+    const void *tin_inline[4], **tin = tin_inline;
+    int st = AD_OK;
+    for (int64_t i = lo; i <= hi && !st; i++) {
+        ad_node *n = order[i];
+        ad_slot *s = &slots[i - lo];
+        if (!n || (s->state & (S_NEED | S_SEED)) != S_NEED || n->nin == 0) continue;
+        if (n->nin > 4) {
+            if (tin != tin_inline) free(tin);
+            tin = malloc((size_t)n->nin * sizeof *tin);
+            if (!tin) { tin = tin_inline; st = ad_err(AD_ERR_MEMORY, "%s: out of memory", op); break; }
+        }
+        int any = 0;
+        for (int j = 0; j < n->nin; j++) {
+            ad_node *m = n->in[j];
+            tin[j] = m->pos >= lo ? slots[m->pos - lo].buf : NULL;
+            any |= tin[j] != NULL;
+        }
+        if (any) {
+            if (i == hi && root_buf) {
+                s->buf = root_buf;
+            } else {
+                s->buf = rc_take(T, rc, (size_t)k * node_bytes(n));
+                if (!s->buf) {
+                    st = ad_err(AD_ERR_MEMORY, "%s: out of memory for the tangent of a %s node (%lld x %zu bytes)",
+                                op, ad_ops[n->op].name, (long long)k, node_bytes(n));
+                    break;
+                }
+                s->state |= S_OWN;
+            }
+            if (!ad_ops[n->op].jvp) { st = ad_err(AD_ERR_RUNTIME, "%s: op %s has no JVP", op, ad_ops[n->op].name); break; }
+            /* an empty output has an empty tangent: nothing to compute, and the kernel's batch
+             * loops may be astronomically long (2^50 empty matrices) */
+            if (n->size && (st = ad_ops[n->op].jvp(T, n, (const void *const *)tin, k, s->buf))) break;
+        }
+        for (int j = 0; j < n->nin && !keep; j++) {
+            ad_node *m = n->in[j];
+            if (m->pos < lo) continue;
+            ad_slot *sm = &slots[m->pos - lo];
+            if (--sm->uses == 0 && (sm->state & S_OWN)) {
+                rc_give(T, rc, sm->buf, (size_t)k * node_bytes(m));
+                sm->buf = NULL;
+                sm->state &= (uint8_t)~S_OWN;
+            }
+        }
+    }
+    if (tin != tin_inline) free(tin);
+    return st;
+}
+
+static void free_slots(ad_tape *T, ad_node **order, ad_slot *slots, int64_t lo, int64_t hi, int64_t k)
+{
+    if (!slots) return;
+    for (int64_t i = lo; i <= hi; i++)
+        if (slots[i - lo].state & S_OWN) ad_buf_free(T, slots[i - lo].buf, (size_t)k * node_bytes(order[i]));
+    free(slots);
+}
+
 static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *leaves,
                       const int64_t *tangents, int64_t k, int64_t *out_h)
 {
-    char b1[160], b2[160];
     ad_node *root, *out = NULL;
     int st = ad_resolve(T, root_h, &root);
     if (st) return st;
     if (k < 1) return ad_err(AD_ERR_VALUE, "jvp: the number of tangent directions must be at least 1, got %lld", (long long)k);
-    if (n_leaves > 0 && !tangents) return ad_err(AD_ERR_VALUE, "jvp: tangents is NULL");
     ad_node **nodes = calloc((size_t)(2 * n_leaves + 1), sizeof *nodes);
     if (!nodes) return ad_err(AD_ERR_MEMORY, "jvp: out of memory");
     ad_node **tans = nodes + n_leaves;
     ad_slot *slots = NULL;
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
-    const void *tin_inline[4], **tin = tin_inline;
     ad_recycler rc = {{0}, {0}};
-    if ((st = resolve_leaves(T, "jvp", n_leaves, leaves, nodes))) goto done;
-    for (int i = 0; i < n_leaves; i++) {
-        if ((st = ad_resolve(T, tangents[i], &tans[i]))) goto done;
-        if (!is_batch_of(tans[i], nodes[i], k) || tans[i]->dtype != nodes[i]->dtype) {
-            int64_t want[AD_MAXDIM];
-            int nd = batched_shape(nodes[i], k, want);
-            st = ad_err(AD_ERR_VALUE, "jvp: tangent %d has shape %s and dtype %s, but its input needs %lld "
-                        "direction(s) of shape %s and dtype %s, i.e. a tangent of shape %s", i,
-                        ad_shape_str(b1, sizeof b1, tans[i]->ndim, tans[i]->shape), ad_dtype_name(tans[i]->dtype),
-                        (long long)k, ad_shape_str(b2, sizeof b2, nodes[i]->ndim, nodes[i]->shape),
-                        ad_dtype_name(nodes[i]->dtype), ad_shape_str(b1, sizeof b1, nd, want));
-            goto done;
-        }
-    }
+    if ((st = resolve_leaves(T, "jvp", n_leaves, leaves, nodes)) ||
+        (st = check_tangents(T, "jvp", n_leaves, nodes, tangents, k, tans)))
+        goto done;
     /* made before positions are read: creating a node may compact the tape */
     if ((st = new_batch_node(T, root, k, &out))) goto done;
     size_t row = node_bytes(root);
@@ -476,78 +569,14 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
         s->state = S_SEED;
         s->buf = tans[i]->data;
     }
-
-    /* mark the root's ancestors; a seed's own inputs are not looked through */
-    slots[hi - lo].state |= S_NEED;
-    for (int64_t i = hi; i >= lo; i--) {
-        ad_node *n = order[i];
-        ad_slot *s = &slots[i - lo];
-        if (!n || !(s->state & S_NEED) || (s->state & S_SEED)) continue;
-        if (n->flags & F_RELEASED) {
-            st = ad_err(AD_ERR_RUNTIME, "jvp: part of the graph (a %s node) was released by an earlier backward(); "
-                        "pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
-            goto done;
-        }
-        for (int j = 0; j < n->nin; j++) {
-            ad_node *m = n->in[j];
-            if (m->pos < lo) continue;
-            slots[m->pos - lo].state |= S_NEED;
-            slots[m->pos - lo].uses++;
-        }
-    }
-
-    for (int64_t i = lo; i <= hi; i++) {
-        ad_node *n = order[i];
-        ad_slot *s = &slots[i - lo];
-        if (!n || (s->state & (S_NEED | S_SEED)) != S_NEED || n->nin == 0) continue;
-        if (n->nin > 4) {
-            if (tin != tin_inline) free(tin);
-            tin = malloc((size_t)n->nin * sizeof *tin);
-            if (!tin) { tin = tin_inline; st = ad_err(AD_ERR_MEMORY, "jvp: out of memory"); goto done; }
-        }
-        int any = 0;
-        for (int j = 0; j < n->nin; j++) {
-            ad_node *m = n->in[j];
-            tin[j] = m->pos >= lo ? slots[m->pos - lo].buf : NULL;
-            any |= tin[j] != NULL;
-        }
-        if (any) {
-            if (i == hi) {
-                s->buf = out->data;   /* the root's tangent is the result: no copy */
-            } else {
-                s->buf = rc_take(T, &rc, (size_t)k * node_bytes(n));
-                if (!s->buf) {
-                    st = ad_err(AD_ERR_MEMORY, "jvp: out of memory for the tangent of a %s node (%lld x %zu bytes)",
-                                ad_ops[n->op].name, (long long)k, node_bytes(n));
-                    goto done;
-                }
-                s->state |= S_OWN;
-            }
-            if (!ad_ops[n->op].jvp) { st = ad_err(AD_ERR_RUNTIME, "jvp: op %s has no JVP", ad_ops[n->op].name); goto done; }
-            /* an empty output has an empty tangent: nothing to compute, and the kernel's batch
-             * loops may be astronomically long (2^50 empty matrices) */
-            if (n->size && (st = ad_ops[n->op].jvp(T, n, (const void *const *)tin, k, s->buf))) goto done;
-        }
-        for (int j = 0; j < n->nin; j++) {
-            ad_node *m = n->in[j];
-            if (m->pos < lo) continue;
-            ad_slot *sm = &slots[m->pos - lo];
-            if (--sm->uses == 0 && (sm->state & S_OWN)) {
-                rc_give(T, &rc, sm->buf, (size_t)k * node_bytes(m));
-                sm->buf = NULL;
-                sm->state &= (uint8_t)~S_OWN;
-            }
-        }
-    }
+    if ((st = mark_ancestors(order, slots, lo, hi, "jvp")) ||
+        (st = tangent_pass(T, order, slots, lo, hi, k, out->data, 0, &rc, "jvp")))
+        goto done;
+    /* the root's tangent is the result, written in place unless the root is a seed itself */
     if (slots[hi - lo].state & S_SEED) memcpy(out->data, slots[hi - lo].buf, (size_t)k * row);
 
 done:
-    if (tin != tin_inline) free(tin);
-    if (slots) {
-        for (int64_t i = lo; i <= hi; i++)
-            if (slots[i - lo].state & S_OWN) ad_buf_free(T, slots[i - lo].buf, (size_t)k * node_bytes(order[i]));
-        free(slots);
-    }
+    free_slots(T, order, slots, lo, hi, k);
     rc_clear(T, &rc);
     free(nodes);
     if (st) {
@@ -571,9 +600,19 @@ int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
     return st;
 }
 
-/* Hand k adjoint rows of n to input j: row r of the input's adjoint gets the VJP of row r. The
+/* For the second-order rows of ad_hvp: n's adjoint g (one row) and the k-row tangents of its
+ * inputs (NULL: zero) and output. */
+typedef struct {
+    const void *g;
+    const void *tin[2];
+    const void *tout;
+} ad_second;
+
+/* Hand k adjoint rows of n to input j: row r of the input's adjoint gets the VJP of row r (with
+ * sec, row r gets the second-order term along tangent direction r instead; g is unused). The
  * sink logic is pass_to_input's, with one broadcast scratch buffer shared by all rows. */
-static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void *target, int acc, int64_t k)
+static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void *target, int acc, int64_t k,
+                              const ad_second *sec)
 {
     ad_node *m = n->in[j];
     if (n->size == 0) {
@@ -585,11 +624,11 @@ static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void
     ad_sink s;
     size_t grow = node_bytes(n), mrow = node_bytes(m);
     int direct = sink_shape(n, j, m, &s);
-    if (direct && def->vjp_rows) {
+    if (direct && def->vjp_rows && !sec) {
         int done = def->vjp_rows(T, n, g, k, j, target, acc);
         if (done) return done < 0 ? done : AD_OK;
     }
-    if (!direct && (def->flags & AD_VJP_REDUCES)) {
+    if (!direct && (def->flags & AD_VJP_REDUCES) && !sec) {
         s.reduce = 1;
         direct = 1;
     }
@@ -599,18 +638,18 @@ static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void
         return ad_err(AD_ERR_MEMORY, "vjp: out of memory (%zu bytes) in %s", bytes, def->name);
     int st = AD_OK;
     for (int64_t r = 0; r < k && !st; r++) {
-        const char *gr = (const char *)g + r * grow;
         char *tr = (char *)target + r * mrow;
-        if (direct) {
-            s.dst = tr;
-            s.accumulate = acc;
-            st = def->vjp(T, n, gr, j, &s);
+        s.dst = direct ? (void *)tr : scratch;
+        s.accumulate = direct ? acc : 0;
+        if (sec) {
+            const void *tin[2];
+            for (int i = 0; i < n->nin; i++)
+                tin[i] = sec->tin[i] ? (const char *)sec->tin[i] + r * node_bytes(n->in[i]) : NULL;
+            st = def->vjp2(T, n, sec->g, tin, (const char *)sec->tout + r * grow, j, &s);
         } else {
-            s.dst = scratch;
-            s.accumulate = 0;
-            st = def->vjp(T, n, gr, j, &s);
-            if (!st) ad_unbroadcast_into(m->dtype, tr, acc, m->ndim, m->shape, scratch, s.ndim, s.shape);
+            st = def->vjp(T, n, (const char *)g + r * grow, j, &s);
         }
+        if (!st && !direct) ad_unbroadcast_into(m->dtype, tr, acc, m->ndim, m->shape, scratch, s.ndim, s.shape);
     }
     ad_buf_free(T, scratch, bytes);
     return st;
@@ -689,7 +728,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
                 sm->state |= S_OWN;
             }
             sm->state |= S_HAS;
-            if ((st = pass_rows_to_input(T, n, s->buf, j, sm->buf, acc, k))) goto done;
+            if ((st = pass_rows_to_input(T, n, s->buf, j, sm->buf, acc, k, NULL))) goto done;
         }
         if (s->state & S_OWN) {
             rc_give(T, &rc, s->buf, (size_t)k * node_bytes(n));
@@ -724,6 +763,156 @@ int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves,
     if (st) return st;
     ad_long_work(INT64_MAX);
     st = vjp_locked(T, root, cotangent, n_leaves, leaves, out_grads);
+    ad_unlock(T);
+    return st;
+}
+
+/* ---------------- Hessian-vector products: forward over reverse ----------------
+ *
+ * For a scalar root f and k tangent directions v, H v is the derivative of the gradient along v.
+ * A forward tangent pass (kept whole) gives every node's tangent; then one reverse pass carries,
+ * per node, the ordinary adjoint g (one row) and its derivative along v, gdot (k rows). An op
+ * hands its inputs vjp(g) as in backward and vjp(gdot) + vjp2(g, tangents) as their gdot: the
+ * first term is the batched VJP of the k rows, the second the derivative of the VJP itself as the
+ * op's values move along the tangents (zero for ops whose VJP does not read their values). The
+ * seeded inputs' gdot rows are the result. */
+
+/* make sure slot sm has a k-row buffer; returns whether it already held a value (accumulate) */
+static int hvp_target(ad_tape *T, ad_recycler *rc, ad_slot *sm, const ad_node *m, int64_t k, int *acc)
+{
+    *acc = !!(sm->state & S_HAS);
+    if (!sm->buf) {
+        sm->buf = rc_take(T, rc, (size_t)k * node_bytes(m));
+        if (!sm->buf)
+            return ad_err(AD_ERR_MEMORY, "hvp: out of memory for the adjoint of a %s node (%lld x %zu bytes)",
+                          ad_ops[m->op].name, (long long)k, node_bytes(m));
+        sm->state |= S_OWN;
+    }
+    sm->state |= S_HAS;
+    return AD_OK;
+}
+
+static void hvp_drop(ad_tape *T, ad_recycler *rc, ad_slot *s, const ad_node *n, int64_t k)
+{
+    if (s->state & S_OWN) rc_give(T, rc, s->buf, (size_t)k * node_bytes(n));
+    s->buf = NULL;
+    s->state &= (uint8_t)~S_OWN;
+}
+
+static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *leaves, const int64_t *tangents,
+                      int64_t k, int64_t *out_h)
+{
+    char b1[160];
+    ad_node *root;
+    int st = ad_resolve(T, root_h, &root);
+    if (st) return st;
+    if (root->size != 1)
+        return ad_err(AD_ERR_VALUE, "hvp: the function must return a scalar (one element), but its output has "
+                      "shape %s", ad_shape_str(b1, sizeof b1, root->ndim, root->shape));
+    if (k < 1) return ad_err(AD_ERR_VALUE, "hvp: the number of tangent directions must be at least 1, got %lld", (long long)k);
+    if (n_leaves > 0 && !out_h) return ad_err(AD_ERR_VALUE, "hvp: out_hvp is NULL");
+    ad_node **nodes = calloc((size_t)(3 * n_leaves + 1), sizeof *nodes);
+    if (!nodes) return ad_err(AD_ERR_MEMORY, "hvp: out of memory");
+    ad_node **tans = nodes + n_leaves, **outs = tans + n_leaves;
+    ad_slot *tan = NULL, *adj = NULL, *adt = NULL;
+    ad_node **order = ad_tape_order(T);
+    int64_t lo = 0, hi = -1;
+    ad_recycler rc = {{0}, {0}};
+    if ((st = resolve_leaves(T, "hvp", n_leaves, leaves, nodes)) ||
+        (st = check_tangents(T, "hvp", n_leaves, nodes, tangents, k, tans)))
+        goto done;
+    /* made before positions are read: creating a node may compact the tape */
+    for (int i = 0; i < n_leaves; i++)
+        if ((st = new_batch_node(T, nodes[i], k, &outs[i]))) goto done;
+
+    hi = root->pos;
+    lo = min_pos(n_leaves, nodes, hi);
+    if (lo > hi || !(root->flags & F_REQUIRES_GRAD)) goto done;   /* root does not depend on the inputs */
+    order = ad_tape_order(T);
+    int64_t span = hi - lo + 1;
+    tan = calloc((size_t)span, sizeof *tan);
+    adj = calloc((size_t)span, sizeof *adj);
+    adt = calloc((size_t)span, sizeof *adt);
+    if (!tan || !adj || !adt) { st = ad_err(AD_ERR_MEMORY, "hvp: out of memory for a sweep over %lld nodes", (long long)span); goto done; }
+    for (int i = 0; i < n_leaves; i++) {
+        if (nodes[i]->pos > hi) continue;   /* recorded after root: its rows are zero */
+        int64_t p = nodes[i]->pos - lo;
+        tan[p].state = S_SEED;
+        tan[p].buf = tans[i]->data;
+        adt[p].state = S_SEED;
+        adt[p].buf = outs[i]->data;   /* accumulated in place */
+    }
+    if ((st = mark_ancestors(order, tan, lo, hi, "hvp")) ||
+        (st = tangent_pass(T, order, tan, lo, hi, k, NULL, 1, &rc, "hvp")))
+        goto done;
+
+    /* the root's adjoint is 1 and its derivative along v is 0 (no gdot rows) */
+    ad_slot *sr = &adj[hi - lo];
+    int acc;
+    if ((st = hvp_target(T, &rc, sr, root, 1, &acc))) goto done;
+    if (root->dtype == AD_F64) *(double *)sr->buf = 1.0; else *(float *)sr->buf = 1.0f;
+
+    for (int64_t i = hi; i >= lo; i--) {
+        ad_node *n = order[i];
+        ad_slot *a = &adj[i - lo], *at = &adt[i - lo];
+        if (!n || !(a->state & S_HAS) || (at->state & S_SEED)) continue;  /* a seed does not flow on */
+        if (n->flags & F_RELEASED) {
+            st = ad_err(AD_ERR_RUNTIME, "hvp: part of the graph (a %s node) was released by an earlier backward(); "
+                        "pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
+            goto done;
+        }
+        const ad_opdef *def = &ad_ops[n->op];
+        int second = tan[i - lo].buf && !(def->flags & AD_VJP_CONST);
+        if (second && (!def->vjp2 || n->nin > 2)) {
+            st = ad_err(AD_ERR_RUNTIME, "hvp: op %s has no second-order rule", def->name);
+            goto done;
+        }
+        ad_second sec = {a->buf, {NULL, NULL}, tan[i - lo].buf};
+        for (int j = 0; j < n->nin && second; j++)
+            if (n->in[j]->pos >= lo) sec.tin[j] = tan[n->in[j]->pos - lo].buf;
+        for (int j = 0; j < n->nin; j++) {
+            ad_node *m = n->in[j];
+            if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo) continue;
+            ad_slot *am = &adj[m->pos - lo], *atm = &adt[m->pos - lo];
+            if (!(atm->state & S_SEED)) {
+                if ((st = hvp_target(T, &rc, am, m, 1, &acc)) ||
+                    (st = pass_rows_to_input(T, n, a->buf, j, am->buf, acc, 1, NULL)))
+                    goto done;
+            }
+            if (!(at->state & S_HAS) && !second) continue;
+            if ((st = hvp_target(T, &rc, atm, m, k, &acc))) goto done;
+            if ((at->state & S_HAS) && (st = pass_rows_to_input(T, n, at->buf, j, atm->buf, acc, k, NULL))) goto done;
+            if (second && (st = pass_rows_to_input(T, n, NULL, j, atm->buf, acc || (at->state & S_HAS), k, &sec)))
+                goto done;
+        }
+        hvp_drop(T, &rc, a, n, 1);
+        hvp_drop(T, &rc, at, n, k);
+    }
+
+done:
+    for (int i = 0; i < n_leaves; i++) {
+        if (!outs[i]) continue;
+        if (st) { ad_node_discard(T, outs[i]); continue; }
+        /* a direction the gradient does not depend on gives zero rows */
+        if (!adt || nodes[i]->pos > hi || !(adt[nodes[i]->pos - lo].state & S_HAS))
+            memset(outs[i]->data, 0, (size_t)k * node_bytes(nodes[i]));
+        out_h[i] = ad_handle(T, outs[i]);
+    }
+    free_slots(T, order, adt, lo, hi, k);
+    free_slots(T, order, adj, lo, hi, 1);
+    free_slots(T, order, tan, lo, hi, k);
+    rc_clear(T, &rc);
+    free(nodes);
+    return st;
+}
+
+int ad_hvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t k, int64_t *out_hvp)
+{
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    ad_long_work(INT64_MAX);
+    st = hvp_locked(T, root, n_leaves, leaves, tangents, k, out_hvp);
     ad_unlock(T);
     return st;
 }

@@ -8,7 +8,7 @@ from .ops import (negative, exp, log, sqrt, abs, sin, cos, tanh, sigmoid, relu, 
                   softmax, log_softmax)
 from .numerical import (numerical_grad, numerical_jacobian, gradcheck, GradcheckError, taylor_test,
                         TaylorResult, default_step)
-from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd
+from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hessian
 from .anomaly import detect_anomaly
 from ._capi import lib as _lib
 from . import nn, optim, data

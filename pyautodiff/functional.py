@@ -23,7 +23,7 @@ import numpy as np
 from ._capi import ffi, lib, check, as_float_array
 from .tensor import Tensor, _wrap, _from_array
 
-__all__ = ["grad", "value_and_grad", "vjp", "jvp", "jacrev", "jacfwd"]
+__all__ = ["grad", "value_and_grad", "vjp", "jvp", "jacrev", "jacfwd", "hvp", "hessian"]
 
 
 class _grad_enabled:
@@ -183,6 +183,21 @@ def _vjp_sweep(out, leaves, cotangent_rows):
     return [_wrap(res[i]).numpy().reshape(k, -1) for i in range(len(leaves))]
 
 
+def _hvp_sweep(out, leaves, seeds, k):
+    """Each leaf's k Hessian-vector rows (forward over reverse), as arrays of shape (k, leaf.size)."""
+    res = ffi.new("int64_t[]", max(len(leaves), 1))
+    check(lib.ad_hvp(out._h, len(leaves), _handles(leaves), _handles(seeds), k, res))
+    return [_wrap(res[i]).numpy().reshape(k, -1) for i in range(len(leaves))]
+
+
+def _scalar_output(out, name):
+    if out.size != 1:
+        raise TypeError(f"{name}: f must return a scalar (a tensor with one element), but it returned "
+                        f"shape {out.shape}; for a non-scalar output use ad.jacrev (the full "
+                        f"Jacobian) or ad.vjp (a vector-Jacobian product)")
+    return out
+
+
 def _matching(value, like_shape, like_dtype, what, like_what):
     """value as an array of like's shape and dtype; a float array or Tensor of another dtype, or
     any other shape, is a ValueError naming both. Lists, numbers and int/bool arrays take like's
@@ -218,11 +233,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
                 raise TypeError("value_and_grad: with has_aux=True, f must return a pair (value, aux), "
                                 f"got {type(res).__name__}")
             res, aux = res
-        out = _output(res, "value_and_grad")
-        if out.size != 1:
-            raise TypeError(f"grad: f must return a scalar (a tensor with one element), but it returned "
-                            f"shape {out.shape}; for a non-scalar output use ad.jacrev (the full "
-                            f"Jacobian) or ad.vjp (a vector-Jacobian product)")
+        out = _scalar_output(_output(res, "value_and_grad"), "grad")
         grads = _vjp_sweep(out, leaves, _from_array(np.ones((1, 1), out.dtype)))
         g = _pick(single, _regroup(specs, [_from_array(gr.reshape(l.shape)) for gr, l in zip(grads, leaves)]))
         value = out.detach()
@@ -261,39 +272,74 @@ def vjp(f, *primals):
     return out.detach(), vjp_fn
 
 
+def _seeded(name, primals, tangents):
+    """Fresh leaves for the primals, the arguments to call f with, their structures, and one
+    tangent direction per leaf (for jvp and hvp)."""
+    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
+        raise TypeError(f"{name}: primals and tangents must be tuples (or lists), e.g. "
+                        f"ad.{name}(f, (x,), (v,))")
+    if len(primals) != len(tangents):
+        raise ValueError(f"{name}: got {len(primals)} primals but {len(tangents)} tangents")
+    leaves, args, specs = _prepare(primals, range(len(primals)))
+    flat = [(i, t) for i, (tangent, spec) in enumerate(zip(tangents, specs))
+            for t in _flatten_like(tangent, spec, f"{name}: tangent {i}")]
+    seeds = [_rows(_matching(t, l.shape, l.dtype, f"{name}: tangent {i}", f"primal {i}")[np.newaxis])
+             for (i, t), l in zip(flat, leaves)]
+    return leaves, args, specs, seeds
+
+
 def jvp(f, primals, tangents):
     """``(f(*primals), tangent_out)``: the directional derivative of f at primals along tangents.
 
     ``primals`` and ``tangents`` are sequences of the same length; each tangent has its primal's
     structure, and each of its leaves the shape and dtype of the primal's leaf."""
-    if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
-        raise TypeError("jvp: primals and tangents must be tuples (or lists), e.g. "
-                        "ad.jvp(f, (x,), (v,))")
-    if len(primals) != len(tangents):
-        raise ValueError(f"jvp: got {len(primals)} primals but {len(tangents)} tangents")
-    leaves, args, specs = _prepare(primals, range(len(primals)))
-    flat = [(i, t) for i, (tangent, spec) in enumerate(zip(tangents, specs))
-            for t in _flatten_like(tangent, spec, f"jvp: tangent {i}")]
-    seeds = [_rows(_matching(t, l.shape, l.dtype, f"jvp: tangent {i}", f"primal {i}")[np.newaxis])
-             for (i, t), l in zip(flat, leaves)]
+    leaves, args, _, seeds = _seeded("jvp", primals, tangents)
     with _grad_enabled():
         out = _output(f(*args), "jvp")
     t_out = _jvp_sweep(out, leaves, seeds, 1)
     return out.detach(), _from_array(t_out.reshape(out.shape))
 
 
+def hvp(f, primals, tangents):
+    """``(f(*primals), hv)``: the Hessian of scalar f at primals applied to tangents, by forward
+    mode over reverse mode (one tangent pass and one reverse pass in C, exact, no differences).
+
+    ``primals`` and ``tangents`` as for jvp; ``hv`` is a tuple with one entry per primal, in its
+    structure: the derivative of f's gradient with respect to that primal along the tangents."""
+    leaves, args, specs, seeds = _seeded("hvp", primals, tangents)
+    with _grad_enabled():
+        out = _scalar_output(_output(f(*args), "hvp"), "hvp")
+    rows = _hvp_sweep(out, leaves, seeds, 1)
+    return out.detach(), tuple(_regroup(specs, [_from_array(r.reshape(l.shape)) for r, l in zip(rows, leaves)]))
+
+
+def _block(values, shape):
+    """A Jacobian or Hessian block as a Tensor of the given shape."""
+    shape = tuple(shape)
+    if len(shape) > lib.AD_MAXDIM:
+        raise ValueError(f"the result of shape {shape} has {len(shape)} dimensions, but tensors have "
+                         f"at most {lib.AD_MAXDIM}; reshape the input or output, or use jvp/vjp/hvp")
+    return _from_array(np.ascontiguousarray(values).reshape(shape))
+
+
 def _jacobian_blocks(rows, leaves, out_shape, by_output):
     """Jacobian blocks of shape out_shape + leaf.shape from the sweep's rows (by_output: row i is
     output element i, as jacrev's; else row j is input direction j, as jacfwd's)."""
-    blocks = []
-    for rows_i, leaf in zip(rows, leaves):
-        shape = tuple(out_shape) + leaf.shape
-        if len(shape) > lib.AD_MAXDIM:
-            raise ValueError(f"the Jacobian of shape {shape} has {len(shape)} dimensions, but tensors have "
-                             f"at most {lib.AD_MAXDIM}; reshape the input or output, or use jvp/vjp")
-        m = rows_i if by_output else rows_i.T
-        blocks.append(_from_array(np.ascontiguousarray(m).reshape(shape)))
-    return blocks
+    return [_block(rows_i if by_output else rows_i.T, tuple(out_shape) + leaf.shape)
+            for rows_i, leaf in zip(rows, leaves)]
+
+
+def _basis_seeds(leaves):
+    """All n basis directions of the concatenated inputs, split per leaf: (seeds, sizes)."""
+    sizes = [l.size for l in leaves]
+    n = sum(sizes)
+    seeds, offset = [], 0
+    for leaf, size in zip(leaves, sizes):
+        seed = np.zeros((n, size), leaf.dtype)
+        seed[offset:offset + size] = np.eye(size, dtype=leaf.dtype)
+        seeds.append(_from_array(seed))
+        offset += size
+    return seeds, sizes
 
 
 def jacfwd(f, argnums=0):
@@ -304,18 +350,9 @@ def jacfwd(f, argnums=0):
         leaves, args, specs = _prepare(args, nums)
         with _grad_enabled():
             out = _output(f(*args, **kwargs), "jacfwd")
-        sizes = [l.size for l in leaves]
+        seeds, sizes = _basis_seeds(leaves)
         n = sum(sizes)
-        if n == 0:
-            tangent = np.zeros((0, out.size), out.dtype)
-        else:
-            seeds, offset = [], 0
-            for leaf, size in zip(leaves, sizes):
-                seed = np.zeros((n, size), leaf.dtype)
-                seed[offset:offset + size] = np.eye(size, dtype=leaf.dtype)
-                seeds.append(_from_array(seed))
-                offset += size
-            tangent = _jvp_sweep(out, leaves, seeds, n)
+        tangent = _jvp_sweep(out, leaves, seeds, n) if n else np.zeros((0, out.size), out.dtype)
         splits = np.cumsum(sizes)[:-1]
         return _pick(single, _regroup(specs, _jacobian_blocks(np.split(tangent, splits), leaves, out.shape, False)))
 
@@ -340,3 +377,29 @@ def jacrev(f, argnums=0):
 
     jacrev_f.__name__ = f"jacrev({getattr(f, '__name__', 'f')})"
     return jacrev_f
+
+
+def hessian(f, argnums=0):
+    """A function returning the Hessian of scalar f with respect to args[argnums]: blocks
+    d2f / d args[i] d args[j] shaped args[i].shape + args[j].shape (nested tuples for a tuple
+    argnums, nested structures for containers, as JAX). All n input directions go through one
+    forward-over-reverse sweep of width n."""
+    def hessian_f(*args, **kwargs):
+        single, nums = _argnums(argnums, len(args), "hessian")
+        leaves, args, specs = _prepare(args, nums)
+        with _grad_enabled():
+            out = _scalar_output(_output(f(*args, **kwargs), "hessian"), "hessian")
+        seeds, sizes = _basis_seeds(leaves)
+        n = sum(sizes)
+        rows = _hvp_sweep(out, leaves, seeds, n) if n else [np.zeros((0, s), out.dtype) for s in sizes]
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+
+        def row_of(i):   # d/d leaf_i of the gradient with respect to every leaf j
+            return _pick(single, _regroup(specs, [
+                _block(rows[i][starts[j]:starts[j + 1]].T, leaves[i].shape + leaves[j].shape)
+                for j in range(len(leaves))]))
+
+        return _pick(single, _regroup(specs, [row_of(i) for i in range(len(leaves))]))
+
+    hessian_f.__name__ = f"hessian({getattr(f, '__name__', 'f')})"
+    return hessian_f

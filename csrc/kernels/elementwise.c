@@ -533,3 +533,91 @@ int64_t ad_scalar(int op, int64_t hx, double c)
     ad_unlock(T);
     return st;
 }
+
+/* ---------------- second-order terms (ad_hvp) ----------------
+ * d/de vjp(g) as the primals move along the tangents (t: an input's, ty: the output's), g fixed.
+ * Unary f: g * f''(x) * t. A zero cotangent or tangent contributes exactly zero (SAFE). */
+#define UNARY_VJP2(T, EXPR) do {                                             \
+        const T *G = g, *X = x->data, *Y = n->data, *TX = tin[0]; (void)X; (void)Y; \
+        SINK_LOOP(T, SAFE(G[i], SAFE(TX[i], EXPR)));                         \
+    } while (0)
+
+AD_SIMD int ad_vjp2_unary(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout,
+                          int which, ad_sink *s)
+{
+    (void)T; (void)tout; (void)which;
+    const ad_node *x = n->in[0];
+    switch (n->op) {
+#define CASE(OP, EXPR) case OP: BY_DTYPE(n->dtype, UNARY_VJP2, EXPR); break;
+    CASE(AD_OP_EXP, G[i] * Y[i] * TX[i])
+    CASE(AD_OP_LOG, -G[i] * TX[i] / (X[i] * X[i]))
+    CASE(AD_OP_SQRT, -G[i] * TX[i] / (4 * Y[i] * Y[i] * Y[i]))
+    CASE(AD_OP_SIN, -G[i] * Y[i] * TX[i])
+    CASE(AD_OP_COS, -G[i] * Y[i] * TX[i])
+    CASE(AD_OP_TANH, -2 * G[i] * Y[i] * (1 - Y[i] * Y[i]) * TX[i])
+    CASE(AD_OP_SIGMOID, G[i] * (Y[i] * (1 - Y[i]) * (1 - 2 * Y[i])) * TX[i])
+#undef CASE
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no second-order term for op %s", ad_ops[n->op].name);
+    }
+    return AD_OK;
+}
+
+/* Binary: ta, tb are the operands' tangents at the element (0 where the tangent is zero); each
+ * tangent's term is SAFE on its own, so a zero tangent adds exactly 0 beside an infinite
+ * coefficient. pow takes log(a) as 0 at a == 0, as its VJP does. */
+#define BIN_VJP2(T, E0, E1) do {                                                        \
+        const T *A = a->data, *B = b->data, *Y = n->data, *G = g, *TA = tin[0], *TB = tin[1], \
+                *TY = tout; T *D = s->dst;                                              \
+        (void)A; (void)B; (void)Y; (void)TY;                                            \
+        if (which == 0) {                                                               \
+            if (s->accumulate) BCAST_WALK({ BIN_T2(T); D[io] += SAFE(gi, E0); });       \
+            else BCAST_WALK({ BIN_T2(T); D[io] = SAFE(gi, E0); });                      \
+        } else {                                                                        \
+            if (s->accumulate) BCAST_WALK({ BIN_T2(T); D[io] += SAFE(gi, E1); });       \
+            else BCAST_WALK({ BIN_T2(T); D[io] = SAFE(gi, E1); });                      \
+        }                                                                               \
+    } while (0)
+#define BIN_T2(T) T gi = G[io], ta = TA ? TA[ia] : 0, tb = TB ? TB[ib] : 0; (void)ta; (void)tb
+#define LNA (A[ia] == 0 ? 0 : log(A[ia]))
+
+AD_SIMD int ad_vjp2_binary(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout,
+                           int which, ad_sink *s)
+{
+    (void)T;
+    const ad_node *a = n->in[0], *b = n->in[1];
+    switch (n->op) {
+#define CASE(OP, E0, E1) case OP: if (n->dtype == AD_F64) BIN_VJP2(double, E0, E1); else BIN_VJP2(float, E0, E1); break;
+    CASE(AD_OP_MUL, gi * tb, gi * ta)
+    CASE(AD_OP_DIV, -gi * SAFE(tb, tb / (B[ib] * B[ib])),
+                    gi * (SAFE(tb, 2 * A[ia] * tb / (B[ib] * B[ib] * B[ib])) - SAFE(ta, ta / (B[ib] * B[ib]))))
+    CASE(AD_OP_POW, gi * (SAFE(tb, tb * pow(A[ia], B[ib] - 1) * (1 + B[ib] * LNA)) +
+                          SAFE(ta, B[ib] * (B[ib] - 1) * pow(A[ia], B[ib] - 2) * ta)),
+                    A[ia] == 0 ? gi * 0 : gi * (SAFE(TY[io], TY[io] * LNA) + SAFE(ta, Y[io] * ta / A[ia])))
+#undef CASE
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no second-order term for op %s", ad_ops[n->op].name);
+    }
+    return AD_OK;
+}
+#undef LNA
+
+#define SCALAR_VJP2(T, EXPR) do {                                            \
+        const T *G = g, *X = x->data, *Y = n->data, *TX = tin[0]; const T c = (T)n->c[0]; \
+        (void)X; (void)Y; (void)c;                                           \
+        SINK_LOOP(T, SAFE(G[i], SAFE(TX[i], EXPR)));                         \
+    } while (0)
+
+AD_SIMD int ad_vjp2_scalar(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout,
+                           int which, ad_sink *s)
+{
+    (void)T; (void)tout; (void)which;
+    const ad_node *x = n->in[0];
+    switch (n->op) {
+#define CASE(OP, EXPR) case OP: BY_DTYPE(n->dtype, SCALAR_VJP2, EXPR); break;
+    CASE(AD_OP_RDIV_S, 2 * G[i] * Y[i] * TX[i] / (X[i] * X[i]))
+    CASE(AD_OP_POW_S, (c == 0 || c == 1) ? G[i] * 0 : G[i] * (c * (c - 1) * pow(X[i], c - 2)) * TX[i])
+    CASE(AD_OP_RPOW_S, c == 0 ? G[i] * 0 : G[i] * (Y[i] * log(c) * log(c)) * TX[i])
+#undef CASE
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no second-order term for op %s", ad_ops[n->op].name);
+    }
+    return AD_OK;
+}

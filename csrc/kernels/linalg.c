@@ -294,3 +294,23 @@ int ad_jvp_matmul(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
     }
     return AD_OK;
 }
+
+/* Second-order term (ad_hvp): matmul is bilinear, so d/de of dA = G @ B^T is G @ dB^T, the VJP
+ * itself with B moved to its tangent (and dB = A^T @ G likewise with A). */
+int ad_vjp2_matmul(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout,
+                   int which, ad_sink *s)
+{
+    (void)tout;
+    int other = 1 - which;
+    if (!tin[other]) {
+        if (!s->accumulate) memset(s->dst, 0, (size_t)s->size * ad_itemsize(n->dtype));
+        return AD_OK;
+    }
+    ad_node moved = *n->in[other];
+    moved.data = (void *)tin[other];
+    ad_node *ins[2] = {n->in[0], n->in[1]};
+    ins[other] = &moved;
+    ad_node at_tangent = *n;
+    at_tangent.in = ins;
+    return ad_vjp_matmul(T, &at_tangent, g, which, s);
+}

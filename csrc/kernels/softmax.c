@@ -225,3 +225,44 @@ int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, vo
     ad_buf_free(T, m, tmp_bytes);
     return AD_OK;
 }
+
+/* Second-order terms (ad_hvp): the VJPs above differentiated along the tangents t (input) and
+ * dout (output) with g fixed, p = softmax(x):
+ *   logsumexp   g * p * (t - dout)
+ *   softmax     dout * (g - sum(g * out)) - out * sum(g * dout)
+ *   log_softmax -p * dout * sum(g) */
+#define SOFTMAX_VJP2(TT) do {                                                            \
+        const TT *G = g, *X = x->data, *Y = n->data, *TX = tin[0], *TY = tout; TT *D = s->dst; \
+        for (int64_t i = 0; i < nslices; i++) { r1[i] = 0; r2[i] = 0; }                  \
+        if (n->op == AD_OP_LOGSUMEXP) {                                                  \
+            SHIFT_AND_SUM(TT, r1, r2);                                                   \
+            SLICE_WALK(x, mask, {                                                        \
+                double p = exp((double)X[ix] - r1[io]) / r2[io];                         \
+                STORE(D, ix, (TT)SAFE(G[io], G[io] * (SAFE(TX[ix], p * TX[ix]) - SAFE(TY[io], p * TY[io])))); }); \
+        } else if (n->op == AD_OP_SOFTMAX) {                                             \
+            SLICE_WALK(x, mask, { r1[io] += SAFE(G[ix], (double)G[ix] * Y[ix]);          \
+                                  r2[io] += SAFE(G[ix], (double)G[ix] * TY[ix]); });     \
+            SLICE_WALK(x, mask, STORE(D, ix, (TT)(SAFE(TY[ix], TY[ix] * (G[ix] - r1[io])) - \
+                                                  SAFE(r2[io], Y[ix] * r2[io]))));       \
+        } else {                                                                         \
+            SLICE_WALK(x, mask, r1[io] += G[ix]);                                        \
+            SLICE_WALK(x, mask, STORE(D, ix, (TT)SAFE(r1[io], SAFE(TY[ix], -exp((double)Y[ix]) * TY[ix] * r1[io])))); \
+        }                                                                                \
+    } while (0)
+
+int ad_vjp2_softmax(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout,
+                    int which, ad_sink *s)
+{
+    (void)which;
+    const ad_node *x = n->in[0];
+    uint64_t mask = n->axes;
+    int64_t rs[AD_MAXDIM];
+    int64_t nslices = slice_count(n, x, mask, rs);
+    size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
+    double *r1 = ad_buf_alloc(T, tmp_bytes);
+    if (!r1) return ad_err(AD_ERR_MEMORY, "second-order term of %s: out of memory", op_label(n->op));
+    double *r2 = r1 + (nslices ? nslices : 1);
+    if (x->dtype == AD_F64) SOFTMAX_VJP2(double); else SOFTMAX_VJP2(float);
+    ad_buf_free(T, r1, tmp_bytes);
+    return AD_OK;
+}

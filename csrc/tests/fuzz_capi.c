@@ -285,8 +285,18 @@ static void one_newer_call(void)
                                                     chance(90) ? 1 + below(5) : (int64_t)below(5) - 3));
         break;
     }
-    case 7:
     case 8: {
+        /* Hessian-vector products: like jvp, with one result per input */
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
+        int64_t k = chance(10) ? dim() : 1 + below(3), res[16];
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = any_handle(); res[i] = -1; }
+        int64_t st = ad_hvp(any_handle(), n, n > 16 || chance(5) ? NULL : hs, n > 16 || chance(5) ? NULL : outs, k,
+                            n > 16 || chance(5) ? NULL : res);
+        check_status("ad_hvp", st);
+        for (int i = 0; st == 0 && i < n; i++) check_handle("ad_hvp's result", res[i], 0);
+        break;
+    }
+    case 7: {
         /* batched forward mode: n inputs with k tangent directions each */
         int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
         int64_t k = chance(10) ? dim() : 1 + below(3);
