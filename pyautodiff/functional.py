@@ -313,11 +313,11 @@ def hvp(f, primals, tangents):
     return out.detach(), tuple(_regroup(specs, [_from_array(r.reshape(l.shape)) for r, l in zip(rows, leaves)]))
 
 
-def _block(values, shape):
+def _block(values, shape, what):
     """A Jacobian or Hessian block as a Tensor of the given shape."""
     shape = tuple(shape)
     if len(shape) > lib.AD_MAXDIM:
-        raise ValueError(f"the result of shape {shape} has {len(shape)} dimensions, but tensors have "
+        raise ValueError(f"the {what} of shape {shape} has {len(shape)} dimensions, but tensors have "
                          f"at most {lib.AD_MAXDIM}; reshape the input or output, or use jvp/vjp/hvp")
     return _from_array(np.ascontiguousarray(values).reshape(shape))
 
@@ -325,7 +325,7 @@ def _block(values, shape):
 def _jacobian_blocks(rows, leaves, out_shape, by_output):
     """Jacobian blocks of shape out_shape + leaf.shape from the sweep's rows (by_output: row i is
     output element i, as jacrev's; else row j is input direction j, as jacfwd's)."""
-    return [_block(rows_i if by_output else rows_i.T, tuple(out_shape) + leaf.shape)
+    return [_block(rows_i if by_output else rows_i.T, tuple(out_shape) + leaf.shape, "Jacobian")
             for rows_i, leaf in zip(rows, leaves)]
 
 
@@ -396,7 +396,7 @@ def hessian(f, argnums=0):
 
         def row_of(i):   # d/d leaf_i of the gradient with respect to every leaf j
             return _pick(single, _regroup(specs, [
-                _block(rows[i][starts[j]:starts[j + 1]].T, leaves[i].shape + leaves[j].shape)
+                _block(rows[i][starts[j]:starts[j + 1]].T, leaves[i].shape + leaves[j].shape, "Hessian block")
                 for j in range(len(leaves))]))
 
         return _pick(single, _regroup(specs, [row_of(i) for i in range(len(leaves))]))
