@@ -1,6 +1,6 @@
 """A short tour of the core for valgrind (tools/valgrind.sh): every op family forward and
 backward in both dtypes, broadcasting, retain_graph, no_grad, errors, a second thread, anomaly
-mode, empty and oversized shapes. Valgrind checks every read and write of the C core; this
+mode, empty and oversized shapes, the forward, batched reverse and second-order sweeps. Valgrind checks every read and write of the C core; this
 script checks the values are right and that the core's live counters come back to zero.
 Small on purpose: everything runs ~50x slower under valgrind."""
 import os
@@ -127,10 +127,28 @@ def anomaly():
             pass
 
 
+def sweeps(dtype):
+    """jacfwd, jacrev and hessian through every op with a second-order term."""
+    x = np.linspace(0.5, 2.0, 4).astype(dtype)
+
+    def f(v):
+        smooth = (ad.exp(v) + ad.log(v) + ad.sqrt(v) + ad.sin(v) + ad.cos(v) + ad.tanh(v) + ad.sigmoid(v)
+                  + v * v + v / (v + 1.0) + v ** v + 2.0 / v + v ** 3.0 + 2.0 ** v)
+        return (smooth.sum() + ad.logsumexp(v) + (ad.softmax(v) * v).sum() + (ad.log_softmax(v) * v).sum()
+                + ad.matmul(v, ad.reshape(v, (4, 1))).sum())
+
+    H = defined(ad.hessian(f)(x))
+    close(H.numpy(), H.numpy().T, "Hessian symmetric", tol=1e-4)
+    _, (hv,) = ad.hvp(f, (x,), (np.ones(4, dtype),))
+    close(defined(hv).numpy(), H.numpy().sum(axis=1), "hvp is the Hessian times a vector", tol=1e-4)
+    close(defined(ad.jacfwd(ad.tanh)(x)).numpy(), defined(ad.jacrev(ad.tanh)(x)).numpy(), "jacfwd == jacrev")
+
+
 def main():
     before = ad.tape_stats()
     for dtype in (np.float64, np.float32):
         tour(dtype)
+        sweeps(dtype)
     errors()
     threads()
     anomaly()
