@@ -22,7 +22,8 @@ int ad_any_nan(int dtype, const void *p, int64_t count)
     return 0;
 }
 
-static int node_has_nan(const ad_node *n) { return ad_any_nan(n->dtype, n->data, n->size); }
+/* a value freed because nothing reads it (ad_release) is not checked */
+static int node_has_nan(const ad_node *n) { return n->data && ad_any_nan(n->dtype, n->data, n->size); }
 
 /* "(2, 3) float64 and (3,) float64" */
 static const char *describe_inputs(char *buf, size_t len, int nin, ad_node **ins)

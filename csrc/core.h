@@ -13,7 +13,8 @@ enum {
     F_REQUIRES_GRAD = 1,
     F_LEAF = 2,
     F_RELEASED = 4,   /* backward went through without retain_graph: inputs dropped */
-    F_IN_USE = 8
+    F_IN_USE = 8,
+    F_VALUE_READ = 16 /* a consumer's VJP/JVP reads this node's value: it is kept (see ad_release) */
 };
 
 typedef struct ad_node ad_node;
@@ -26,6 +27,7 @@ struct ad_node {
     uint8_t flags;
     int32_t ndim;
     int32_t nin;
+    int32_t consumers;         /* recorded nodes that have this one as an input (part of refs) */
     int64_t size;
     int64_t shape[AD_MAXDIM];
     void *data;
@@ -95,6 +97,13 @@ enum {
     AD_VJP_PASS1 = 8,    /* ... to in[1] (add): the sweep may hand the buffer over, not copy it */
     AD_VJP_CONST = 16,   /* the VJP does not depend on the primal values (or only through
                           * comparisons): its second-order term is zero, so it needs no vjp2 */
+    /* Which values the op's VJP, JVP and vjp2 read, when AD_READS_KNOWN (otherwise: all). A value
+     * nothing reads is freed once the caller drops its tensor (ad_release), as NumPy frees a
+     * temporary: x*w + b keeps neither x*w nor its sum, only what tanh's VJP needs. */
+    AD_READS_KNOWN = 32,
+    AD_READS_IN0 = 64,
+    AD_READS_IN1 = 128,
+    AD_READS_OUT = 256,
 };
 #define AD_BOTH (-1)   /* not an input index */
 

@@ -449,7 +449,13 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
         n->in = ad_buf_alloc(T, (size_t)nin * sizeof(ad_node *));
         if (!n->in) { n->in = n->in_inline; return ad_err(AD_ERR_MEMORY, "out of memory recording %s", ad_ops[n->op].name); }
     }
-    for (int i = 0; i < nin; i++) { n->in[i] = ins[i]; ins[i]->refs++; }
+    int reads = ad_ops[n->op].flags;
+    for (int i = 0; i < nin; i++) {
+        n->in[i] = ins[i];
+        ins[i]->refs++;
+        ins[i]->consumers++;
+        if (!(reads & AD_READS_KNOWN) || i > 1 || (reads & (AD_READS_IN0 << i))) ins[i]->flags |= F_VALUE_READ;
+    }
     n->nin = nin;
     n->flags = (uint8_t)((n->flags & ~F_LEAF) | F_REQUIRES_GRAD);
     return AD_OK;
@@ -505,6 +511,7 @@ void ad_node_unref(ad_tape *T, ad_node *n)
     for (;;) {
         for (int i = 0; i < cur->nin; i++) {
             ad_node *m = cur->in[i];
+            m->consumers--;
             if (--m->refs == 0 && work_push(T, m, &len)) {
                 /* no memory for the worklist: keep the node (a leak beats a crash) */
                 m->refs = 1;
@@ -531,7 +538,7 @@ void ad_node_drop_graph(ad_tape *T, ad_node *n)
     n->in = n->in_inline;
     if (n->aux) { ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t)); n->aux = NULL; n->aux_len = 0; }
     n->flags |= F_RELEASED;
-    for (int i = 0; i < nin; i++) ad_node_unref(T, ins[i]);
+    for (int i = 0; i < nin; i++) { ins[i]->consumers--; ad_node_unref(T, ins[i]); }
     if (ins != ins_inline) ad_buf_free(T, ins, (size_t)nin * sizeof(ad_node *));
 }
 
@@ -609,11 +616,27 @@ int ad_retain(int64_t h)
     return AD_OK;
 }
 
+/* The caller's last handle to a recorded node is going and only its consumers hold it: if
+ * neither they (F_VALUE_READ) nor its own op's VJP/JVP read its value, nothing ever will (no
+ * new consumer can be made without a handle), so the value is freed now rather than when the
+ * graph goes. Only a count of the holders that are consumers is needed: any other holder (the
+ * caller, a sweep, a leaf whose grad it is) makes refs exceed it and keeps the value. */
+static void drop_unread_value(ad_tape *T, ad_node *n)
+{
+    int flags = ad_ops[n->op].flags;
+    if (n->refs - 1 != n->consumers || n->consumers == 0 || (n->flags & (F_LEAF | F_VALUE_READ)) ||
+        n->op == AD_OP_LEAF || !(flags & AD_READS_KNOWN) || (flags & AD_READS_OUT) || !n->data)
+        return;
+    ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
+    n->data = NULL;
+}
+
 int ad_release(int64_t h)
 {
     ad_tape *T; ad_node *n;
     int st = lock_handle(h, &T, &n);
     if (st) return st;
+    drop_unread_value(T, n);
     ad_node_unref(T, n);
     ad_unlock(T);
     return AD_OK;

@@ -139,13 +139,40 @@ def test_stats_rise_with_a_live_graph_and_return_after_release():
     x = ad.tensor(np.ones(1000), requires_grad=True)
     y = (ad.exp(x) * 2.0).sum()
     nodes1, bytes1 = live()
-    assert nodes1 == nodes0 + 4 and bytes1 >= bytes0 + 3 * 8000
+    # x and exp(x) (its VJP reads it) hold 8000 bytes each; exp(x) * 2.0, which no VJP reads,
+    # was freed when the expression dropped it, though its node stays in the graph
+    assert nodes1 == nodes0 + 4 and bytes0 + 2 * 8000 <= bytes1 < bytes0 + 3 * 8000
     y.backward()
     assert live()[0] == nodes0 + 3             # x, y (values kept), x.grad; the graph is gone
     del y
     x.grad = None
     del x
     assert live() == (nodes0, bytes0)
+
+
+def test_values_no_vjp_reads_are_freed_when_dropped():
+    n = 2 ** 17                            # 1 MiB per value: a whole size class of the pool
+    x = ad.tensor(np.linspace(-1.0, 1.0, n), requires_grad=True)
+    w, b = ad.tensor(0.7, requires_grad=True), ad.tensor(-0.2, requires_grad=True)
+    _, bytes0 = live()
+    h = x * w + b                          # x * w: only the add reads it, and the add reads nothing
+    t = ad.tanh(h)                         # tanh's VJP reads its output, not h
+    loss = (t * x).sum()                   # the product reads t and x; sum reads nothing
+    _, bytes_held = live()
+    del h
+    _, bytes_dropped = live()
+    # held: x*w freed at once; h (ours) and t; then h goes too: only t's MiB stays, plus records
+    assert bytes_held - bytes0 < 2 * 8 * n + 8 * n // 2
+    assert bytes_held - bytes_dropped >= 8 * n
+    assert bytes_dropped - bytes0 < 8 * n + 8 * n // 2
+    loss.backward(retain_graph=True)
+    tv = np.tanh(np.linspace(-1.0, 1.0, n) * 0.7 - 0.2)
+    xv = np.linspace(-1.0, 1.0, n)
+    expected_x = tv + xv * (1 - tv * tv) * 0.7
+    np.testing.assert_allclose(x.grad.numpy(), expected_x, rtol=1e-12, atol=1e-14)
+    loss.backward()                        # the kept values serve a second sweep too
+    np.testing.assert_allclose(x.grad.numpy(), 2 * expected_x, rtol=1e-12, atol=1e-14)
+    assert w.grad.item() == pytest.approx(2 * float((xv * (1 - tv * tv) * xv).sum()), rel=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------
