@@ -305,6 +305,10 @@ static int resolve_any(ad_tape *T, int64_t h, ad_node **out)
     ad_node *n = slot_node(T, slot);
     if (!(n->flags & F_IN_USE) || n->gen != gen)
         return ad_err(AD_ERR_HANDLE, "tensor handle %lld refers to a released node", (long long)h);
+    /* a node whose value was freed (drop_unread_value) lives on only for its consumers: every
+     * handle to it had been released, so using one is a use after release */
+    if (!n->data)
+        return ad_err(AD_ERR_HANDLE, "tensor handle %lld refers to a released tensor", (long long)h);
     ad_long_work(n->size);
     *out = n;
     return AD_OK;

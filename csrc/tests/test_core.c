@@ -99,6 +99,22 @@ static void test_lifecycle(void)
     CHECK_ERR(ad_retain(h), AD_ERR_HANDLE);
     DROP(h2);
     CHECK_BASELINE(base);
+    /* a recorded value nothing reads is freed with the caller's last handle; the node lives on
+     * for its consumer, and the stale handle is reported, not dereferenced */
+    int64_t x = vec(3, v, 1);
+    int64_t y = ad_scalar(AD_OP_MUL_S, x, 2.0);    /* only the sum reads y, and sum reads nothing */
+    int64_t z = ad_reduce(AD_OP_SUM, y, -1, NULL, 0);
+    CHECK(x > 0 && y > 0 && z > 0);
+    CHECK(ad_release(y) == AD_OK);
+    CHECK_ERR(ad_info(y, &info), AD_ERR_HANDLE);
+    CHECK_ERR(ad_unary(AD_OP_EXP, y), AD_ERR_HANDLE);
+    CHECK(ad_backward(z, 0, 0) == AD_OK);
+    int64_t g = ad_grad(x);
+    CHECK(g > 0 && at(g, 0) == 2 && at(g, 2) == 2);
+    DROP(g);
+    DROP(z);
+    DROP(x);
+    CHECK_BASELINE(base);
 }
 
 static void test_gradient_values(void)
