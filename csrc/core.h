@@ -14,7 +14,8 @@ enum {
     F_LEAF = 2,
     F_RELEASED = 4,   /* backward went through without retain_graph: inputs dropped */
     F_IN_USE = 8,
-    F_VALUE_READ = 16 /* a consumer's VJP/JVP reads this node's value: it is kept (see ad_release) */
+    F_VALUE_READ = 16, /* a consumer's VJP/JVP reads this node's value: it is kept (see ad_release) */
+    F_ADJ_UNIFORM = 32 /* adj holds one value standing for every element (see sweep.c) */
 };
 
 typedef struct ad_node ad_node;
@@ -57,6 +58,7 @@ typedef struct {
     void *dst;
     int accumulate;
     int reduce;
+    int g_uniform;             /* the cotangent is one value for every output element */
     int ndim;
     int64_t shape[AD_MAXDIM];
     int64_t size;
@@ -127,6 +129,11 @@ int ad_err(int code, const char *fmt, ...);
 
 /* dtype helpers */
 static inline size_t ad_itemsize(int dtype) { return dtype == AD_F32 ? 4 : 8; }
+/* bytes of n->adj as allocated (one element when uniform) */
+static inline size_t ad_adj_bytes(const ad_node *n)
+{
+    return (size_t)((n->flags & F_ADJ_UNIFORM) ? 1 : n->size) * ad_itemsize(n->dtype);
+}
 const char *ad_dtype_name(int dtype);
 /* "(2, 3)" into buf */
 const char *ad_shape_str(char *buf, size_t n, int ndim, const int64_t *shape);

@@ -14,6 +14,45 @@ static int same_shape(int na, const int64_t *a, int nb, const int64_t *b)
     return na == nb && !memcmp(a, b, (size_t)na * sizeof(int64_t));
 }
 
+/* A scalar sum or mean gives every element of its input the same adjoint. Written out, that is
+ * an output-sized buffer of one value, written once and read by the input's VJP; kept as one
+ * value (F_ADJ_UNIFORM) it costs nothing, and a binary op's VJP reads it once. It is written out
+ * (materialize) as soon as anything else needs the array: another contribution, or a VJP path
+ * that reads it element by element. */
+static int materialize(ad_tape *T, ad_node *m)
+{
+    size_t isz = ad_itemsize(m->dtype), bytes = (size_t)m->size * isz;
+    void *full = ad_buf_alloc(T, bytes);
+    if (!full) return ad_err(AD_ERR_MEMORY, "out of memory for the adjoint of a %s node (%zu bytes)", ad_ops[m->op].name, bytes);
+    if (m->dtype == AD_F64) { double v = *(double *)m->adj, *d = full; for (int64_t i = 0; i < m->size; i++) d[i] = v; }
+    else { float v = *(float *)m->adj, *d = full; for (int64_t i = 0; i < m->size; i++) d[i] = v; }
+    ad_buf_free(T, m->adj, isz);
+    m->adj = full;
+    m->flags &= (uint8_t)~F_ADJ_UNIFORM;
+    return AD_OK;
+}
+
+/* n is a sum or mean with one output element and m its interior input, with no adjoint yet and
+ * a binary op's VJP to read it: m's adjoint becomes that one value (what the reduction's VJP
+ * would write to every element, computed the same way). Returns 1 when done. */
+static int pass_uniform(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
+{
+    if (anomaly || (n->op != AD_OP_SUM && n->op != AD_OP_MEAN) || n->size != 1 || n->nin != 1) return 0;
+    ad_node *m = n->in[0];
+    if (!(m->flags & F_REQUIRES_GRAD) || (m->flags & F_LEAF) || m->adj || m->size == 0 ||
+        m->dtype != n->dtype || ad_ops[m->op].vjp != ad_vjp_binary)
+        return 0;
+    m->adj = ad_buf_alloc(T, ad_itemsize(m->dtype));
+    if (!m->adj) return 0;   /* the ordinary path reports the shortage */
+    double scale = n->op == AD_OP_MEAN ? 1.0 / (double)m->size : 1.0;
+    if (m->dtype == AD_F64) *(double *)m->adj = *(const double *)n->adj * scale;
+    else *(float *)m->adj = *(const float *)n->adj * (float)scale;
+    m->flags |= F_ADJ_UNIFORM;
+    m->refs++;   /* as adjoint_target */
+    (*pending)++;
+    return 1;
+}
+
 /* Where input m's adjoint lives: a leaf's grad node, else m->adj (allocated on first use). */
 static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, int64_t *pending)
 {
@@ -48,6 +87,8 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
         (*pending)++;
         *accumulate = 0;
     } else {
+        int st = (m->flags & F_ADJ_UNIFORM) ? materialize(T, m) : AD_OK;
+        if (st) return st;
         *accumulate = 1;
     }
     *dst = m->adj;
@@ -67,6 +108,7 @@ static int sink_shape(const ad_node *n, int j, const ad_node *m, ad_sink *s)
     }
     s->size = ad_shape_size(s->ndim, s->shape);
     s->reduce = 0;
+    s->g_uniform = 0;
     return same_shape(s->ndim, s->shape, m->ndim, m->shape);
 }
 
@@ -105,6 +147,7 @@ static int contribute(ad_tape *T, ad_node *n, int which, ad_node *m, void *targe
         s.dst = target;
         s.accumulate = acc;
         s.reduce = !direct;
+        s.g_uniform = !!(n->flags & F_ADJ_UNIFORM);   /* pass_to_inputs allows it only here */
         return def->vjp(T, n, n->adj, which, &s);
     }
     size_t bytes = (size_t)s.size * ad_itemsize(m->dtype);
@@ -155,11 +198,26 @@ static int can_hand_over(const ad_node *n, int j)
            same_shape(m->ndim, m->shape, n->ndim, n->shape);
 }
 
+/* Can n's uniform adjoint go to its VJP as one value: a binary op, each input's contribution
+ * written directly (not summed over broadcast axes, not x op x, not handed over)? */
+static int uniform_ok(const ad_node *n)
+{
+    if (ad_ops[n->op].vjp != ad_vjp_binary || n->in[0] == n->in[1]) return 0;
+    ad_sink s;
+    for (int j = 0; j < n->nin; j++)
+        if ((n->in[j]->flags & F_REQUIRES_GRAD) && (!sink_shape(n, j, n->in[j], &s) || can_hand_over(n, j)))
+            return 0;
+    return 1;
+}
+
 /* All of n's contributions; consumes n's adjoint (freed, or handed to an input). */
 static int pass_to_inputs(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
 {
     int st = AD_OK;
-    if (n->nin == 2 && n->in[0] == n->in[1] && (ad_ops[n->op].flags & AD_VJP_BOTH)) {
+    if ((n->flags & F_ADJ_UNIFORM) && !uniform_ok(n) && (st = materialize(T, n))) return st;
+    if (pass_uniform(T, n, pending, anomaly)) {
+        /* done */
+    } else if (n->nin == 2 && n->in[0] == n->in[1] && (ad_ops[n->op].flags & AD_VJP_BOTH)) {
         st = pass_to_input(T, n, AD_BOTH, pending, anomaly);
     } else {
         /* the input that takes the buffer over goes last, once the others have read it; anomaly
@@ -177,8 +235,9 @@ static int pass_to_inputs(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
             (*pending)++;
         }
     }
-    ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
+    ad_buf_free(T, n->adj, ad_adj_bytes(n));
     n->adj = NULL;
+    n->flags &= (uint8_t)~F_ADJ_UNIFORM;
     return st;
 }
 
@@ -268,8 +327,9 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         for (; i >= 0 && pending > 0; i--) {
             ad_node *n = ad_tape_order(T)[i];
             if (!n || !n->adj) continue;
-            ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
+            ad_buf_free(T, n->adj, ad_adj_bytes(n));
             n->adj = NULL;
+            n->flags &= (uint8_t)~F_ADJ_UNIFORM;
             pending--;
             ad_node_unref(T, n);
         }

@@ -493,7 +493,7 @@ static int work_push(ad_tape *T, ad_node *n, int64_t *len)
 static void node_free_one(ad_tape *T, ad_node *n)
 {
     ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
-    if (n->adj) ad_buf_free(T, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
+    if (n->adj) ad_buf_free(T, n->adj, ad_adj_bytes(n));
     if (n->aux) ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t));
     if (n->in != n->in_inline) ad_buf_free(T, n->in, (size_t)n->nin * sizeof(ad_node *));
     T->order[n->pos] = NULL;

@@ -127,10 +127,11 @@ def _model(xv, wv, bv):
 
 def _sweep_shortcuts(xv, wv, bv):
     # every shortcut of the reverse sweep (csrc/sweep.c): a broadcast input summed inside the
-    # kernel (w, 0-d), the add handing its adjoint buffer down, and h * h in one pass
+    # kernel (w, 0-d), the add handing its adjoint buffer down, h * h in one pass, and the mean
+    # giving h * x one adjoint value
     x, w = ad.tensor(xv, requires_grad=True), ad.tensor(wv[0, 0], requires_grad=True)
     h = ad.tanh(x * w + 0.5) + x
-    return (h * h).sum() + (h - w).sum(), (x, w)
+    return (h * h).sum() + (h - w).sum() + ad.mean(h * x), (x, w)
 
 
 @pytest.mark.parametrize("model", [_model, _sweep_shortcuts])

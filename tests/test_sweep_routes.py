@@ -1,9 +1,10 @@
 """The reverse sweep's shortcuts give the same gradients as the plain route.
 
-Three shortcuts save memory passes on large tensors (csrc/sweep.c): a binary op sums a broadcast
+Four shortcuts save memory passes on large tensors (csrc/sweep.c): a binary op sums a broadcast
 input's contribution while writing it (no output-sized scratch), `x op x` writes both
-contributions in one pass, and `a + b` / `a - b` hand their adjoint buffer down to an interior
-input instead of copying it. The op table's samples are small, so these tests use sizes that run
+contributions in one pass, `a + b` / `a - b` hand their adjoint buffer down to an interior
+input instead of copying it, and a scalar sum or mean gives its input one adjoint value instead
+of an array of it (written out when anything else needs the array). The op table's samples are small, so these tests use sizes that run
 the kernels' 8-way partial-sum loops (inner runs of at least 8) and the accumulate variants
 (an input that already has an adjoint, a second backward), against the NumPy reference. That
 anomaly mode gives the same bits through them is tested in test_anomaly.py.
@@ -145,3 +146,43 @@ def test_batched_vjp_sums_broadcast_inputs_in_the_kernel():
     np.testing.assert_allclose(np.asarray(jac), expected, rtol=1e-12, atol=1e-12)
     row = ad.jacrev(lambda b: (xv * b).sum(axis=1))(bv[:1])     # b of shape (1,): summed over 30
     np.testing.assert_allclose(np.asarray(row), xv.sum(axis=1, keepdims=True), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+@pytest.mark.parametrize("name", BINARY)
+def test_scalar_reduction_passes_one_adjoint_value(name, reduce, dtype):
+    a, b = _inputs(name, (3, 50), (3, 50), dtype, seed=8)
+    ta, tb = ad.tensor(a, requires_grad=True), ad.tensor(b, requires_grad=True)
+    out = getattr(ad, reduce)(getattr(ad, name)(ta, tb))
+    out.backward(retain_graph=True)
+    g = np.full(a.shape, 1.0 if reduce == "sum" else 1.0 / a.size, dtype)
+    expected = _reference_grads(name, a, b, g)
+    rtol, atol = TOL[dtype]
+    np.testing.assert_allclose(ta.grad.numpy(), expected[0], rtol=rtol, atol=atol)
+    np.testing.assert_allclose(tb.grad.numpy(), expected[1], rtol=rtol, atol=atol)
+    out.backward()
+    np.testing.assert_allclose(ta.grad.numpy(), 2 * expected[0], rtol=rtol, atol=2 * atol)
+
+
+@pytest.mark.parametrize("sum_first", [True, False])
+def test_one_value_adjoint_is_written_out_when_another_consumer_adds(sum_first):
+    rng = np.random.default_rng(9)
+    xv, yv, cv = (rng.standard_normal((4, 30)) for _ in range(3))
+    x, y = ad.tensor(xv, requires_grad=True), ad.tensor(yv, requires_grad=True)
+    m = x * y
+    terms = [ad.mean(m), (m * cv).sum()]     # the later one is swept first
+    loss = terms[0] + terms[1] if sum_first else terms[1] + terms[0]
+    loss.backward()
+    gm = 1.0 / m.size + cv
+    np.testing.assert_allclose(x.grad.numpy(), gm * yv, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(y.grad.numpy(), gm * xv, rtol=1e-13, atol=1e-15)
+    # through paths that need the array: a broadcast input, x * x, an add that hands over
+    w = ad.tensor(np.float64(0.5), requires_grad=True)
+    for make, expected in [(lambda: ad.sum(x * w), xv.sum()), (lambda: ad.sum((x + 0.0) * (x + 0.0)), None),
+                           (lambda: ad.sum(x * 2.0 + y), None)]:
+        x.grad, w.grad = None, None
+        make().backward()
+        if expected is not None:
+            assert w.grad.item() == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_array_equal(x.grad.numpy(), np.full(xv.shape, 2.0))

@@ -259,6 +259,12 @@ AD_SIMD static void binary_forward(int op, ad_node *n, const ad_node *a, const a
             else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, E0) + SAFE(gi, E1); });    \
         } else if (s->reduce) {                                                         \
             if (which == 0) BIN_REDUCE(T, 0, E0); else BIN_REDUCE(T, 1, E1);            \
+        } else if (s->g_uniform) {                                                      \
+            const T g0 = G[0];                                                          \
+            if (which == 0 && s->accumulate) BCAST_WALK({ T gi = g0; D[io] += SAFE(gi, E0); }); \
+            else if (which == 0) BCAST_WALK({ T gi = g0; D[io] = SAFE(gi, E0); });      \
+            else if (s->accumulate) BCAST_WALK({ T gi = g0; D[io] += SAFE(gi, E1); });  \
+            else BCAST_WALK({ T gi = g0; D[io] = SAFE(gi, E1); });                      \
         } else if (which == 0) {                                                        \
             if (s->accumulate) BCAST_WALK({ T gi = G[io]; D[io] += SAFE(gi, E0); });    \
             else BCAST_WALK({ T gi = G[io]; D[io] = SAFE(gi, E0); });                   \
@@ -271,7 +277,8 @@ AD_SIMD static void binary_forward(int op, ad_node *n, const ad_node *a, const a
 /* Ties in maximum/minimum split the cotangent equally between the two sides; a NaN operand is
  * the one the output came from, so it gets the cotangent (both do when both are NaN). pow's
  * exponent gradient out*log(a) is taken as 0 where a == 0 (the limit along a -> 0+ for positive
- * out). which == AD_BOTH (a and b are one node, so one shape): the sum of both contributions. */
+ * out). which == AD_BOTH (a and b are one node, so one shape): the sum of both contributions.
+ * A uniform cotangent (sink.g_uniform: g holds one value) is read once, for a direct sink. */
 AD_SIMD int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)T;
