@@ -96,7 +96,8 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
 }
 
 /* The contribution's shape for input m of n (see ad_sink); returns whether it lands in m's adjoint
- * as is (1) or must be summed over broadcast axes (0). reduce is left for the caller to set. */
+ * as is (1) or must be summed over broadcast axes (0). reduce and g_uniform start off: the
+ * caller turns them on. */
 static int sink_shape(const ad_node *n, int j, const ad_node *m, ad_sink *s)
 {
     const ad_opdef *def = &ad_ops[n->op];
