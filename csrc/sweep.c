@@ -716,6 +716,32 @@ static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void
     return st;
 }
 
+/* An adjoint slot of the batched reverse sweeps, given a k-row buffer if it has none; *acc says
+ * whether it already held a value (so the next contribution adds). */
+static int slot_target(ad_tape *T, ad_recycler *rc, ad_slot *sm, const ad_node *m, int64_t k, int *acc,
+                       const char *op)
+{
+    *acc = !!(sm->state & S_HAS);
+    if (!sm->buf) {
+        sm->buf = rc_take(T, rc, (size_t)k * node_bytes(m));
+        if (!sm->buf)
+            return ad_err(AD_ERR_MEMORY, "%s: out of memory for the adjoint of a %s node (%lld x %zu bytes)",
+                          op, ad_ops[m->op].name, (long long)k, node_bytes(m));
+        sm->state |= S_OWN;
+    }
+    sm->state |= S_HAS;
+    return AD_OK;
+}
+
+/* The slot's buffer, if its own, goes back to the recycler once the node has been swept. */
+static void slot_drop(ad_tape *T, ad_recycler *rc, ad_slot *s, const ad_node *n, int64_t k)
+{
+    if (!(s->state & S_OWN)) return;
+    rc_give(T, rc, s->buf, (size_t)k * node_bytes(n));
+    s->buf = NULL;
+    s->state &= (uint8_t)~S_OWN;
+}
+
 static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, const int64_t *leaves,
                       int64_t *out_h)
 {
@@ -778,24 +804,12 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
             ad_node *m = n->in[j];
             if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo) continue;
             ad_slot *sm = &slots[m->pos - lo];
-            int acc = !!(sm->state & S_HAS);
-            if (!sm->buf) {
-                sm->buf = rc_take(T, &rc, (size_t)k * node_bytes(m));
-                if (!sm->buf) {
-                    st = ad_err(AD_ERR_MEMORY, "vjp: out of memory for the adjoint of a %s node (%lld x %zu bytes)",
-                                ad_ops[m->op].name, (long long)k, node_bytes(m));
-                    goto done;
-                }
-                sm->state |= S_OWN;
-            }
-            sm->state |= S_HAS;
-            if ((st = pass_rows_to_input(T, n, s->buf, j, sm->buf, acc, k, NULL))) goto done;
+            int acc;
+            if ((st = slot_target(T, &rc, sm, m, k, &acc, "vjp")) ||
+                (st = pass_rows_to_input(T, n, s->buf, j, sm->buf, acc, k, NULL)))
+                goto done;
         }
-        if (s->state & S_OWN) {
-            rc_give(T, &rc, s->buf, (size_t)k * node_bytes(n));
-            s->buf = NULL;
-            s->state &= (uint8_t)~S_OWN;
-        }
+        slot_drop(T, &rc, s, n, k);
     }
 
 done:
@@ -837,28 +851,6 @@ int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves,
  * first term is the batched VJP of the k rows, the second the derivative of the VJP itself as the
  * op's values move along the tangents (zero for ops whose VJP does not read their values). The
  * seeded inputs' gdot rows are the result. */
-
-/* make sure slot sm has a k-row buffer; returns whether it already held a value (accumulate) */
-static int hvp_target(ad_tape *T, ad_recycler *rc, ad_slot *sm, const ad_node *m, int64_t k, int *acc)
-{
-    *acc = !!(sm->state & S_HAS);
-    if (!sm->buf) {
-        sm->buf = rc_take(T, rc, (size_t)k * node_bytes(m));
-        if (!sm->buf)
-            return ad_err(AD_ERR_MEMORY, "hvp: out of memory for the adjoint of a %s node (%lld x %zu bytes)",
-                          ad_ops[m->op].name, (long long)k, node_bytes(m));
-        sm->state |= S_OWN;
-    }
-    sm->state |= S_HAS;
-    return AD_OK;
-}
-
-static void hvp_drop(ad_tape *T, ad_recycler *rc, ad_slot *s, const ad_node *n, int64_t k)
-{
-    if (s->state & S_OWN) rc_give(T, rc, s->buf, (size_t)k * node_bytes(n));
-    s->buf = NULL;
-    s->state &= (uint8_t)~S_OWN;
-}
 
 static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *leaves, const int64_t *tangents,
                       int64_t k, int64_t *out_h)
@@ -910,7 +902,7 @@ static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     /* the root's adjoint is 1 and its derivative along v is 0 (no gdot rows) */
     ad_slot *sr = &adj[hi - lo];
     int acc;
-    if ((st = hvp_target(T, &rc, sr, root, 1, &acc))) goto done;
+    if ((st = slot_target(T, &rc, sr, root, 1, &acc, "hvp"))) goto done;
     if (root->dtype == AD_F64) *(double *)sr->buf = 1.0; else *(float *)sr->buf = 1.0f;
 
     for (int64_t i = hi; i >= lo; i--) {
@@ -936,18 +928,18 @@ static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
             if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo) continue;
             ad_slot *am = &adj[m->pos - lo], *atm = &adt[m->pos - lo];
             if (!(atm->state & S_SEED)) {
-                if ((st = hvp_target(T, &rc, am, m, 1, &acc)) ||
+                if ((st = slot_target(T, &rc, am, m, 1, &acc, "hvp")) ||
                     (st = pass_rows_to_input(T, n, a->buf, j, am->buf, acc, 1, NULL)))
                     goto done;
             }
             if (!(at->state & S_HAS) && !second) continue;
-            if ((st = hvp_target(T, &rc, atm, m, k, &acc))) goto done;
+            if ((st = slot_target(T, &rc, atm, m, k, &acc, "hvp"))) goto done;
             if ((at->state & S_HAS) && (st = pass_rows_to_input(T, n, at->buf, j, atm->buf, acc, k, NULL))) goto done;
             if (second && (st = pass_rows_to_input(T, n, NULL, j, atm->buf, acc || (at->state & S_HAS), k, &sec)))
                 goto done;
         }
-        hvp_drop(T, &rc, a, n, 1);
-        hvp_drop(T, &rc, at, n, k);
+        slot_drop(T, &rc, a, n, 1);
+        slot_drop(T, &rc, at, n, k);
     }
 
 done:
