@@ -109,6 +109,17 @@ enum {
 };
 #define AD_BOTH (-1)   /* not an input index */
 
+/* The differentiable rules: an op's VJP and JVP built from recorded ops (the node-level ad_mk_*
+ * constructors below), so that a sweep running them records a graph of its own, which a later
+ * sweep can differentiate again (higher order). T is locked; *out receives a new node holding one
+ * reference (the caller's).
+ * vjp_rec: the contribution to input `which` for the cotangent node g (shaped like n), with the
+ *          shape the numeric VJP's contribution has (ad_sink: the output's for elementwise ops,
+ *          summed over broadcast axes by the sweep; the input's otherwise).
+ * jvp_rec: the output's tangent from one tangent node per input (NULL: zero; at least one is not). */
+typedef int (*ad_vjp_rec_fn)(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+typedef int (*ad_jvp_rec_fn)(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+
 typedef struct {
     const char *name;
     ad_vjp_fn vjp;
@@ -117,7 +128,16 @@ typedef struct {
     ad_vjp_rows_fn vjp_rows;
     int flags;
     ad_vjp2_fn vjp2;
+    ad_vjp_rec_fn vjp_rec;
+    ad_jvp_rec_fn jvp_rec;
 } ad_opdef;
+
+/* Node-level op constructors, for code that holds the tape lock (the public ad_* functions are
+ * thin wrappers: lock, resolve handles, construct, hand out the handle): inputs are live nodes of
+ * T; *out receives a new node holding one reference (the caller's, dropped with ad_node_unref).
+ * It is recorded when grad mode is on and an input requires grad, exactly as the public op. */
+int ad_mk_unary(ad_tape *T, int op, ad_node *x, double c0, double c1, ad_node **out);
+int ad_mk_binary(ad_tape *T, int op, ad_node *a, ad_node *b, ad_node **out);
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);
 void ad_contrib_matmul(const ad_node *n, int which, int *ndim, int64_t *shape);
@@ -157,7 +177,9 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins);
 void ad_node_unref(ad_tape *T, ad_node *n);
 void ad_node_drop_graph(ad_tape *T, ad_node *n);   /* release inputs and params, mark released */
 static inline ad_node *ad_in(ad_node *n, int i) { return n->in[i]; }
-/* A finished op: link inputs (or not) and return the handle, or free the node on failure. */
+/* A finished op: link inputs (or not), or free the node on failure (status returned). */
+int ad_record(ad_tape *T, ad_node *n, int nin, ad_node **ins);
+/* ad_record, then the node's handle (or the negative status). */
 int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins);
 void ad_node_discard(ad_tape *T, ad_node *n);
 ad_tape *ad_node_tape(ad_node *n);

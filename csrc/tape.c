@@ -465,7 +465,7 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
     return AD_OK;
 }
 
-int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins)
+int ad_record(ad_tape *T, ad_node *n, int nin, ad_node **ins)
 {
     if (T->anomaly) {
         n->site = T->pending_site;
@@ -474,7 +474,13 @@ int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins)
     }
     int st = ad_node_link(T, n, nin, ins);
     if (st) { ad_node_discard(T, n); return st; }
-    return ad_handle(T, n);
+    return AD_OK;
+}
+
+int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins)
+{
+    int st = ad_record(T, n, nin, ins);
+    return st ? st : ad_handle(T, n);
 }
 
 static int work_push(ad_tape *T, ad_node *n, int64_t *len)

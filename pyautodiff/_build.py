@@ -1,7 +1,8 @@
 """cffi builder for the C core (out-of-line API mode).
 
 The cdef is read from csrc/ad.h itself, so the header stays the one description of the C API.
-PYAUTODIFF_SANITIZE=1 builds the same extension with AddressSanitizer + UndefinedBehaviorSanitizer.
+PYAUTODIFF_SANITIZE=1 builds the same extension with AddressSanitizer + UndefinedBehaviorSanitizer;
+PYAUTODIFF_DEBUG=1 builds it unoptimised with debug information.
 """
 import glob
 import os
@@ -54,6 +55,9 @@ def _flags():
         # Python is built with -fwrapv, which would silence UBSan's signed-overflow check
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-wrapv", "-UNDEBUG"]
         return ["-std=c11", "-O1", "-g"] + san, ["-fsanitize=address,undefined"]
+    if os.environ.get("PYAUTODIFF_DEBUG") == "1":
+        # for gdb, and for quick rebuilds while editing C (seconds instead of a minute)
+        return ["-std=c11", "-O0", "-g"], []
     # -O3 and no -march=native: the wheel must run on any x86-64 / aarch64 machine
     return ["-std=c11", "-O3", "-fno-math-errno"], []
 
