@@ -129,20 +129,40 @@ int ad_jvp_unary(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void
     return AD_OK;
 }
 
-int64_t ad_unary(int op, int64_t hx)
+static void scalar_forward(int op, ad_node *n, const ad_node *x, double cd);
+
+int ad_mk_unary(ad_tape *T, int op, ad_node *x, double c0, double c1, ad_node **out)
 {
-    if (op < AD_OP_NEG || op > AD_OP_RELU)
+    (void)c1;
+    int scalar = op >= AD_OP_ADD_S && op <= AD_OP_RPOW_S;
+    if (!scalar && (op < AD_OP_NEG || op > AD_OP_RELU))
         return ad_err(AD_ERR_TYPE, "unary: op code %d is not a unary op", op);
+    ad_node *n;
+    int st = ad_node_new(T, op, x->dtype, x->ndim, x->shape, &n);
+    if (st) return st;
+    if (scalar) { n->c[0] = c0; scalar_forward(op, n, x, c0); }
+    else unary_forward(op, n, x);
+    if ((st = ad_record(T, n, 1, &x))) return st;
+    *out = n;
+    return AD_OK;
+}
+
+static int64_t unary_entry(int op, int64_t hx, double c0, double c1)
+{
     ad_tape *T;
     int64_t st = ad_lock_current(&T);
     if (st) return st;
     ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_node_new(T, op, x->dtype, x->ndim, x->shape, &n))) {
-        unary_forward(op, n, x);
-        st = ad_finish(T, n, 1, &x);
-    }
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_unary(T, op, x, c0, c1, &n))) st = ad_handle(T, n);
     ad_unlock(T);
     return st;
+}
+
+int64_t ad_unary(int op, int64_t hx)
+{
+    if (op < AD_OP_NEG || op > AD_OP_RELU)
+        return ad_err(AD_ERR_TYPE, "unary: op code %d is not a unary op", op);
+    return unary_entry(op, hx, 0, 0);
 }
 
 /* ---------------- binary, broadcasting ---------------- */
@@ -408,25 +428,32 @@ static int64_t promote(ad_tape *T, ad_node **a, ad_node **b, ad_node **tmp)
     return AD_OK;
 }
 
-int64_t ad_binary(int op, int64_t ha, int64_t hb)
+int ad_mk_binary(ad_tape *T, int op, ad_node *a, ad_node *b, ad_node **out)
 {
     if (op < AD_OP_ADD || op > AD_OP_MINIMUM)
         return ad_err(AD_ERR_TYPE, "binary: op code %d is not a binary op", op);
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *a, *b, *n, *tmp = NULL;
-    int nout;
+    ad_node *n, *tmp = NULL;
+    int nout, st;
     int64_t shape[AD_MAXDIM];
-    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) &&
-        !(st = ad_broadcast_shapes(ad_ops[op].name, a->ndim, a->shape, b->ndim, b->shape, &nout, shape)) &&
+    if (!(st = ad_broadcast_shapes(ad_ops[op].name, a->ndim, a->shape, b->ndim, b->shape, &nout, shape)) &&
         !(st = promote(T, &a, &b, &tmp)) &&
         !(st = ad_node_new(T, op, a->dtype, nout, shape, &n))) {
         binary_forward(op, n, a, b);
         ad_node *ins[2] = {a, b};
-        st = ad_finish(T, n, 2, ins);
+        if (!(st = ad_record(T, n, 2, ins))) *out = n;
     }
     if (tmp) ad_node_unref(T, tmp);
+    return st;
+}
+
+int64_t ad_binary(int op, int64_t ha, int64_t hb)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *a, *b, *n;
+    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) && !(st = ad_mk_binary(T, op, a, b, &n)))
+        st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
@@ -528,17 +555,7 @@ int64_t ad_scalar(int op, int64_t hx, double c)
 {
     if (op < AD_OP_ADD_S || op > AD_OP_RPOW_S)
         return ad_err(AD_ERR_TYPE, "scalar: op code %d is not a tensor-scalar op", op);
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_node_new(T, op, x->dtype, x->ndim, x->shape, &n))) {
-        n->c[0] = c;
-        scalar_forward(op, n, x, c);
-        st = ad_finish(T, n, 1, &x);
-    }
-    ad_unlock(T);
-    return st;
+    return unary_entry(op, hx, c, 0);
 }
 
 /* ---------------- second-order terms (ad_hvp) ----------------
