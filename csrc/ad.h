@@ -34,13 +34,14 @@ typedef enum { AD_F32 = 0, AD_F64 = 1 } ad_dtype;
 /* Op codes: the tape stores these, so a recorded node can be re-executed from code + inputs. */
 typedef enum {
     AD_OP_LEAF = 0,
-    /* unary */
-    AD_OP_NEG, AD_OP_EXP, AD_OP_LOG, AD_OP_SQRT, AD_OP_ABS, AD_OP_SIN, AD_OP_COS, AD_OP_TANH,
-    AD_OP_SIGMOID, AD_OP_RELU,
-    /* binary, broadcasting */
-    AD_OP_ADD, AD_OP_SUB, AD_OP_MUL, AD_OP_DIV, AD_OP_POW, AD_OP_MAXIMUM, AD_OP_MINIMUM,
-    /* tensor with a Python scalar c: x+c, x*c, c-x, x/c, c/x, x**c, c**x */
-    AD_OP_ADD_S, AD_OP_MUL_S, AD_OP_RSUB_S, AD_OP_DIV_S, AD_OP_RDIV_S, AD_OP_POW_S, AD_OP_RPOW_S,
+    /* unary (with up to two constants: x + c, leaky_relu's slope, ...), then binary with NumPy
+     * broadcasting, one per row of pyautodiff/opdefs.py */
+    /* BEGIN elementwise ops, generated from pyautodiff/opdefs.py */
+    AD_OP_NEG, AD_OP_EXP, AD_OP_LOG, AD_OP_SQRT, AD_OP_ABS, AD_OP_SIN, AD_OP_COS, AD_OP_TANH, AD_OP_SIGMOID, AD_OP_RELU, AD_OP_LOG1P, AD_OP_EXPM1, AD_OP_LOG2, AD_OP_LOG10, AD_OP_EXP2, AD_OP_SQUARE, AD_OP_RECIPROCAL, AD_OP_TAN, AD_OP_ARCSIN, AD_OP_ARCCOS, AD_OP_ARCTAN, AD_OP_SINH, AD_OP_COSH, AD_OP_ARCSINH, AD_OP_ARCCOSH, AD_OP_ARCTANH, AD_OP_ERF, AD_OP_SOFTPLUS, AD_OP_GELU, AD_OP_GELU_TANH, AD_OP_SILU, AD_OP_LEAKY_RELU, AD_OP_ELU, AD_OP_HARDTANH, AD_OP_SIGN, AD_OP_FLOOR, AD_OP_CEIL, AD_OP_ROUND, AD_OP_TRUNC, AD_OP_ADD_S, AD_OP_MUL_S, AD_OP_RSUB_S, AD_OP_DIV_S, AD_OP_RDIV_S, AD_OP_POW_S, AD_OP_RPOW_S,
+    AD_OP_UNARY_FIRST = AD_OP_NEG, AD_OP_UNARY_LAST = AD_OP_RPOW_S,
+    AD_OP_ADD, AD_OP_SUB, AD_OP_MUL, AD_OP_DIV, AD_OP_POW, AD_OP_MAXIMUM, AD_OP_MINIMUM, AD_OP_LOGADDEXP, AD_OP_ARCTAN2, AD_OP_HYPOT, AD_OP_FLOOR_DIVIDE, AD_OP_MOD,
+    AD_OP_BINARY_FIRST = AD_OP_ADD, AD_OP_BINARY_LAST = AD_OP_MOD,
+    /* END elementwise ops */
     /* reductions */
     AD_OP_SUM, AD_OP_MEAN, AD_OP_MAX, AD_OP_MIN,
     /* linear algebra and layout */
@@ -89,9 +90,10 @@ int64_t ad_detach(int64_t h);
 
 /* Ops. Each computes its value now and, when grad mode is on and an input requires grad,
  * records a node for the backward sweep. */
-int64_t ad_unary(int op, int64_t x);
+/* An elementwise op of one tensor and up to two constants (x + c: c0 = c; leaky_relu: c0 = the
+ * slope; hardtanh: c0, c1 = the bounds; ops without constants ignore them). */
+int64_t ad_unary(int op, int64_t x, double c0, double c1);
 int64_t ad_binary(int op, int64_t a, int64_t b);
-int64_t ad_scalar(int op, int64_t x, double c);
 /* naxes < 0 reduces every axis; axes may be negative; duplicates are an error. */
 int64_t ad_reduce(int op, int64_t x, int naxes, const int64_t *axes, int keepdims);
 int64_t ad_matmul(int64_t a, int64_t b);

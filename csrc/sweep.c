@@ -360,7 +360,7 @@ double ad_bench_sweep(int64_t n)
     int64_t y = x;
     ad_retain(y);
     for (int64_t i = 0; i < n; i++) {
-        int64_t z = ad_scalar(AD_OP_ADD_S, y, 1.0);
+        int64_t z = ad_unary(AD_OP_ADD_S, y, 1.0, 0);
         ad_release(y);
         if (z < 0) { ad_release(x); return (double)z; }
         y = z;

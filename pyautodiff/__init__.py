@@ -2,8 +2,8 @@
 from ._capi import float32, float64
 from .tensor import (Tensor, tensor, zeros, ones, full, zeros_like, ones_like, no_grad,
                      is_grad_enabled, tape_stats)
-from .ops import (negative, exp, log, sqrt, abs, sin, cos, tanh, sigmoid, relu, add, subtract,
-                  multiply, divide, power, maximum, minimum, matmul, sum, mean, max, min, reshape,
+from .ops import ELEMENTWISE as _ELEMENTWISE
+from .ops import (gelu, round, isnan, isinf, isfinite, matmul, sum, mean, max, min, reshape,
                   transpose, broadcast_to, astype, concatenate, stack, split, where, clip, logsumexp,
                   softmax, log_softmax)
 from .numerical import (numerical_grad, numerical_jacobian, gradcheck, GradcheckError, taylor_test,
@@ -12,6 +12,9 @@ from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hes
 from .anomaly import detect_anomaly
 from ._capi import lib as _lib
 from . import nn, optim, data
+
+# the elementwise ops, one per row of opdefs.py (exp, log1p, logaddexp, ...)
+globals().update(_ELEMENTWISE)
 
 
 def _bench_sweep(n_nodes):

@@ -4,35 +4,56 @@ value is computed and the node recorded; the gradient rules live beside the kern
 A converted argument is bound to a name before its handle goes to C: `as_tensor(x)._h` alone would
 let the temporary Tensor be freed (and its node released) before the call reads the handle."""
 import builtins
+import inspect
 import operator
 
 import numpy as np
 
+from . import opdefs
 from ._capi import ffi, lib, check_int64, dtype_code, resolve_dtype
 from .tensor import Tensor, _wrap, as_tensor, _gather, _index_grid
 
 _PY_SCALARS = (float, int, bool)
 
 
-def _unary_op(code, name, doc):
-    def op(x):
-        x = as_tensor(x)
-        return _wrap(lib.ad_unary(code, x._h))
-    op.__name__ = op.__qualname__ = name
-    op.__doc__ = doc
-    return op
+# ---- elementwise ops: one function per row of opdefs.py ----
+
+def _unary_op(op):
+    code = getattr(lib, op.code)
+    if not op.params:
+        def f(x):
+            x = as_tensor(x)
+            return _wrap(lib.ad_unary(code, x._h, 0.0, 0.0))
+    else:
+        names = tuple(op.params)
+        sig = inspect.Signature(
+            [inspect.Parameter("x", inspect.Parameter.POSITIONAL_OR_KEYWORD)] +
+            [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d) for p, d in op.params.items()])
+
+        def f(*args, **kwargs):
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError as e:
+                raise TypeError(f"{op.name}: {e}") from None
+            bound.apply_defaults()
+            c = [_constant(op.name, p, bound.arguments[p]) for p in names] + [0.0] * (2 - len(names))
+            if op.name == "hardtanh" and c[0] > c[1]:
+                raise ValueError(f"hardtanh: min_val ({c[0]}) must not exceed max_val ({c[1]})")
+            x = as_tensor(bound.arguments["x"])
+            return _wrap(lib.ad_unary(code, x._h, c[0], c[1]))
+        f.__signature__ = sig
+    f.__name__ = f.__qualname__ = op.name
+    f.__doc__ = op.doc
+    return f
 
 
-negative = _unary_op(lib.AD_OP_NEG, "negative", "-x elementwise.")
-exp = _unary_op(lib.AD_OP_EXP, "exp", "e**x elementwise.")
-log = _unary_op(lib.AD_OP_LOG, "log", "Natural logarithm elementwise.")
-sqrt = _unary_op(lib.AD_OP_SQRT, "sqrt", "Square root elementwise (gradient +inf at 0).")
-abs = _unary_op(lib.AD_OP_ABS, "abs", "|x| elementwise; its gradient at 0 is 0.")
-sin = _unary_op(lib.AD_OP_SIN, "sin", "Sine elementwise.")
-cos = _unary_op(lib.AD_OP_COS, "cos", "Cosine elementwise.")
-tanh = _unary_op(lib.AD_OP_TANH, "tanh", "Hyperbolic tangent elementwise.")
-sigmoid = _unary_op(lib.AD_OP_SIGMOID, "sigmoid", "1 / (1 + exp(-x)), computed without overflow.")
-relu = _unary_op(lib.AD_OP_RELU, "relu", "max(x, 0) elementwise; its gradient at 0 is 0.")
+def _constant(op, name, v):
+    if isinstance(v, Tensor) or np.ndim(v) != 0 or isinstance(v, (str, bytes, complex)):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(v).__name__}")
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"{op}: {name} must be a real number, got {v!r}") from None
 
 
 # Operands converted with as_tensor are bound to locals before their handles go to C: a temporary
@@ -49,40 +70,82 @@ def _operands(a, b):
     return a, as_tensor(b)
 
 
-def _binary_op(code, name, scalar_rhs, scalar_lhs, doc):
-    """A binary op on Tensors/arrays; with a Python scalar on either side it uses the scalar kernel
-    (scalar_rhs(c) -> (op, c') for x op c; scalar_lhs for c op x), so Python numbers never become
-    tensors and never change the tensor's dtype."""
-    def op(a, b):
-        if type(b) in _PY_SCALARS and scalar_rhs and type(a) not in _PY_SCALARS:
+# x op c and c op x with a Python number c use the tensor-with-constant ops, so Python numbers never
+# become tensors: op name -> (for x op c: c -> (code, c'), for c op x: c -> (code, c'))
+_SCALAR_FORMS = {
+    "add": (lambda c: (lib.AD_OP_ADD_S, c), lambda c: (lib.AD_OP_ADD_S, c)),
+    "subtract": (lambda c: (lib.AD_OP_ADD_S, -c), lambda c: (lib.AD_OP_RSUB_S, c)),
+    "multiply": (lambda c: (lib.AD_OP_MUL_S, c), lambda c: (lib.AD_OP_MUL_S, c)),
+    "divide": (lambda c: (lib.AD_OP_DIV_S, c), lambda c: (lib.AD_OP_RDIV_S, c)),
+    "power": (lambda c: (lib.AD_OP_POW_S, c), lambda c: (lib.AD_OP_RPOW_S, c)),
+}
+
+
+def _binary_op(op):
+    """A binary op on Tensors/arrays with NumPy broadcasting; with a Python number on one side it
+    uses the constant form where there is one, and otherwise a 0-d tensor of the other side's dtype."""
+    code = getattr(lib, op.code)
+    scalar_rhs, scalar_lhs = _SCALAR_FORMS.get(op.name, (None, None))
+
+    def f(a, b):
+        if scalar_rhs and type(b) in _PY_SCALARS and type(a) not in _PY_SCALARS:
             k, c = scalar_rhs(b)
             a = as_tensor(a)
-            return _wrap(lib.ad_scalar(k, a._h, c))
-        if type(a) in _PY_SCALARS and scalar_lhs and type(b) not in _PY_SCALARS:
+            return _wrap(lib.ad_unary(k, a._h, c, 0.0))
+        if scalar_lhs and type(a) in _PY_SCALARS and type(b) not in _PY_SCALARS:
             k, c = scalar_lhs(a)
             b = as_tensor(b)
-            return _wrap(lib.ad_scalar(k, b._h, c))
+            return _wrap(lib.ad_unary(k, b._h, c, 0.0))
         a, b = _operands(a, b)
         return _wrap(lib.ad_binary(code, a._h, b._h))
-    op.__name__ = op.__qualname__ = name
-    op.__doc__ = doc
-    return op
+    f.__name__ = f.__qualname__ = op.name
+    f.__doc__ = op.doc
+    return f
 
 
-add = _binary_op(lib.AD_OP_ADD, "add", lambda c: (lib.AD_OP_ADD_S, c), lambda c: (lib.AD_OP_ADD_S, c),
-                 "a + b with NumPy broadcasting; the gradient is distributed to both.")
-subtract = _binary_op(lib.AD_OP_SUB, "subtract", lambda c: (lib.AD_OP_ADD_S, -c), lambda c: (lib.AD_OP_RSUB_S, c),
-                      "a - b with NumPy broadcasting.")
-multiply = _binary_op(lib.AD_OP_MUL, "multiply", lambda c: (lib.AD_OP_MUL_S, c), lambda c: (lib.AD_OP_MUL_S, c),
-                      "a * b with NumPy broadcasting; the gradient swaps the operands.")
-divide = _binary_op(lib.AD_OP_DIV, "divide", lambda c: (lib.AD_OP_DIV_S, c), lambda c: (lib.AD_OP_RDIV_S, c),
-                    "a / b with NumPy broadcasting.")
-power = _binary_op(lib.AD_OP_POW, "power", lambda c: (lib.AD_OP_POW_S, c), lambda c: (lib.AD_OP_RPOW_S, c),
-                   "a ** b with NumPy broadcasting; d/db is taken as 0 where a == 0.")
-maximum = _binary_op(lib.AD_OP_MAXIMUM, "maximum", None, None,
-                     "Elementwise max (NaN propagates); ties split the gradient equally.")
-minimum = _binary_op(lib.AD_OP_MINIMUM, "minimum", None, None,
-                     "Elementwise min (NaN propagates); ties split the gradient equally.")
+ELEMENTWISE = {}
+for _op in opdefs.ALL:
+    if _op.public:
+        ELEMENTWISE[_op.name] = (_unary_op if _op.kind == "unary" else _binary_op)(_op)
+globals().update(ELEMENTWISE)
+_GELU = {"none": _unary_op(opdefs.BY_NAME["gelu_erf"]), "tanh": _unary_op(opdefs.BY_NAME["gelu_tanh"])}
+_ROUND = _unary_op(opdefs.BY_NAME["round"])
+
+
+def gelu(x, approximate="none"):
+    """Gaussian error linear unit, x * Phi(x); approximate="tanh" uses
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as PyTorch's gelu."""
+    if approximate not in _GELU:
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return _GELU[approximate](x)
+
+
+def round(x, decimals=0):
+    """Round to `decimals` places, halves to even, as numpy.round; the gradient is 0."""
+    d = operator.index(decimals)
+    if d == 0:
+        return _ROUND(x)
+    scale = 10.0 ** d
+    return _ROUND(as_tensor(x) * scale) / scale
+
+
+def _values(x):
+    return x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def isnan(x):
+    """NaN test elementwise: a NumPy bool array (like the comparisons; no gradient)."""
+    return np.isnan(_values(x))
+
+
+def isinf(x):
+    """Infinity test elementwise: a NumPy bool array (no gradient)."""
+    return np.isinf(_values(x))
+
+
+def isfinite(x):
+    """Neither infinite nor NaN, elementwise: a NumPy bool array (no gradient)."""
+    return np.isfinite(_values(x))
 
 
 def matmul(a, b):

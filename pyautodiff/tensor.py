@@ -17,7 +17,6 @@ from ._capi import (ffi, lib, raise_status, check, as_float_array, check_int64, 
 
 _new = object.__new__
 _binary = lib.ad_binary
-_scalar = lib.ad_scalar
 _unary = lib.ad_unary
 _matmul = lib.ad_matmul
 _release = lib.ad_release
@@ -261,7 +260,7 @@ class Tensor:
         if type(other) is Tensor:
             h = _binary(ADD, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _scalar(ADD_S, self._h, other)
+            h = _unary(ADD_S, self._h, other, 0.0)
         else:
             o = _other("+", other)
             if o is None:
@@ -275,7 +274,7 @@ class Tensor:
 
     def __radd__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_scalar(ADD_S, self._h, other))
+            return _wrap(_unary(ADD_S, self._h, other, 0.0))
         o = _other("+", other)
         return NotImplemented if o is None else _wrap(_binary(ADD, o._h, self._h))
 
@@ -283,7 +282,7 @@ class Tensor:
         if type(other) is Tensor:
             h = _binary(SUB, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _scalar(ADD_S, self._h, -other)   # x - c == x + (-c) exactly in IEEE arithmetic
+            h = _unary(ADD_S, self._h, -other, 0.0)   # x - c == x + (-c) exactly in IEEE arithmetic
         else:
             o = _other("-", other)
             if o is None:
@@ -297,7 +296,7 @@ class Tensor:
 
     def __rsub__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_scalar(RSUB_S, self._h, other))
+            return _wrap(_unary(RSUB_S, self._h, other, 0.0))
         o = _other("-", other)
         return NotImplemented if o is None else _wrap(_binary(SUB, o._h, self._h))
 
@@ -305,7 +304,7 @@ class Tensor:
         if type(other) is Tensor:
             h = _binary(MUL, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _scalar(MUL_S, self._h, other)
+            h = _unary(MUL_S, self._h, other, 0.0)
         else:
             o = _other("*", other)
             if o is None:
@@ -319,7 +318,7 @@ class Tensor:
 
     def __rmul__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_scalar(MUL_S, self._h, other))
+            return _wrap(_unary(MUL_S, self._h, other, 0.0))
         o = _other("*", other)
         return NotImplemented if o is None else _wrap(_binary(MUL, o._h, self._h))
 
@@ -327,7 +326,7 @@ class Tensor:
         if type(other) is Tensor:
             h = _binary(DIV, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _scalar(DIV_S, self._h, other)
+            h = _unary(DIV_S, self._h, other, 0.0)
         else:
             o = _other("/", other)
             if o is None:
@@ -341,21 +340,37 @@ class Tensor:
 
     def __rtruediv__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_scalar(RDIV_S, self._h, other))
+            return _wrap(_unary(RDIV_S, self._h, other, 0.0))
         o = _other("/", other)
         return NotImplemented if o is None else _wrap(_binary(DIV, o._h, self._h))
 
     def __pow__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_scalar(POW_S, self._h, other))
+            return _wrap(_unary(POW_S, self._h, other, 0.0))
         o = other if type(other) is Tensor else _other("**", other)
         return NotImplemented if o is None else _wrap(_binary(POW, self._h, o._h))
 
     def __rpow__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_scalar(RPOW_S, self._h, other))
+            return _wrap(_unary(RPOW_S, self._h, other, 0.0))
         o = _other("**", other)
         return NotImplemented if o is None else _wrap(_binary(POW, o._h, self._h))
+
+    def __floordiv__(self, other):
+        from .ops import floor_divide
+        return floor_divide(self, other)
+
+    def __rfloordiv__(self, other):
+        from .ops import floor_divide
+        return floor_divide(other, self)
+
+    def __mod__(self, other):
+        from .ops import mod
+        return mod(self, other)
+
+    def __rmod__(self, other):
+        from .ops import mod
+        return mod(other, self)
 
     def __matmul__(self, other):
         o = other if type(other) is Tensor else _other("@", other)
@@ -366,7 +381,7 @@ class Tensor:
         return NotImplemented if o is None else _wrap(_matmul(o._h, self._h))
 
     def __neg__(self):
-        h = _unary(NEG, self._h)
+        h = _unary(NEG, self._h, 0.0, 0.0)
         if h < 0:
             raise_status(h)
         t = _new(Tensor)
@@ -377,7 +392,7 @@ class Tensor:
         return self
 
     def __abs__(self):
-        return _wrap(_unary(lib.AD_OP_ABS, self._h))
+        return _wrap(_unary(lib.AD_OP_ABS, self._h, 0.0, 0.0))
 
     # ---- comparisons: NumPy bool arrays, no gradient ----
     def __lt__(self, other):
@@ -418,6 +433,10 @@ class Tensor:
     def min(self, axis=None, keepdims=False):
         from .ops import min as f
         return f(self, axis, keepdims)
+
+    def round(self, decimals=0):
+        from .ops import round as f
+        return f(self, decimals)
 
     def reshape(self, *shape):
         from .ops import reshape as f

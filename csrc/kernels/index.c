@@ -277,13 +277,24 @@ int64_t ad_where(int cnd, const int64_t *cshape, const uint8_t *cond, int64_t ha
     ad_tape *T;
     int64_t st = ad_lock_current(&T);
     if (st) return st;
-    ad_node *a, *b, *n = NULL, *tmp = NULL;
+    ad_node *a, *b, *n;
+    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) &&
+        !(st = ad_mk_where(T, cnd, cshape, cond, a, b, &n)))
+        st = ad_handle(T, n);
+    ad_unlock(T);
+    return st;
+}
+
+int ad_mk_where(ad_tape *T, int cnd, const int64_t *cshape, const uint8_t *cond, ad_node *a, ad_node *b,
+                ad_node **out)
+{
+    int st;
+    ad_node *n = NULL, *tmp = NULL;
     int nab, nout;
     int64_t sab[AD_MAXDIM], shape[AD_MAXDIM];
     uint8_t *mask = NULL;
     size_t mask_bytes = 0;
-    if ((st = ad_resolve(T, ha, &a)) || (st = ad_resolve(T, hb, &b)) ||
-        (st = ad_broadcast_shapes("where", a->ndim, a->shape, b->ndim, b->shape, &nab, sab)) ||
+    if ((st = ad_broadcast_shapes("where", a->ndim, a->shape, b->ndim, b->shape, &nab, sab)) ||
         (st = ad_broadcast_shapes("where", cnd, cshape, nab, sab, &nout, shape)))
         goto out;
     int64_t csize = ad_shape_size(cnd, cshape);
@@ -340,11 +351,10 @@ int64_t ad_where(int cnd, const int64_t *cshape, const uint8_t *cond, int64_t ha
         }
         mask = NULL;
     }
-    st = ad_finish(T, n, 2, ins);
+    if (!(st = ad_record(T, n, 2, ins))) *out = n;
 out:
     if (mask) ad_buf_free(T, mask, mask_bytes);
     if (tmp) ad_node_unref(T, tmp);
-    ad_unlock(T);
     return st;
 }
 
