@@ -52,6 +52,32 @@ def distinct(rng, *shapes):
     return arrays
 
 
+def inside_unit(rng, shape):
+    """Inside (-1, 1), at least 0.1 from either end (the domain of arcsin, arccos, arctanh)."""
+    return rng.uniform(-0.9, 0.9, shape)
+
+
+def away_from_integers(rng, shape):
+    """At least 0.1 from every integer and every half-integer (the jumps of floor, ceil, trunc
+    and round)."""
+    return rng.integers(-3, 3, shape) + rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.1, 0.4, shape)
+
+
+def mod_operands(rng, shape_a, shape_b):
+    """(a, b) with b away from 0 and a / b at least 0.1 from every integer, where mod and
+    floor_divide jump. One shape must broadcast to the other: the larger operand is built from
+    the smaller one and a quotient q = a / b drawn away from the integers."""
+    shape = np.broadcast_shapes(shape_a, shape_b)
+    quotient = away_from_integers(rng, shape)
+    if shape == tuple(shape_a):
+        b = away_from_zero(rng, shape_b)
+        return b * quotient, b
+    assert shape == tuple(shape_b), "mod_operands: one shape must broadcast to the other"
+    a = away_from_zero(rng, shape_a)
+    # |q| >= 0.1 by construction, so |b| = |a / q| lies in [0.3 / 3.4, 20]: b is never near 0.
+    return a, a / quotient
+
+
 def case(*arrays, **params):
     return list(arrays), params
 
@@ -68,6 +94,50 @@ CASES = {
     "tanh": [lambda r: case(smooth(r, (2, 3)))],
     "sigmoid": [lambda r: case(smooth(r, (2, 3)) * 3)],
     "relu": [lambda r: case(away_from_zero(r, (3, 4)))],
+    "log1p": [lambda r: case(r.uniform(-0.5, 2.0, (2, 3)))],
+    "expm1": [lambda r: case(smooth(r, (2, 3)))],
+    "log2": [lambda r: case(positive(r, (2, 3)))],
+    "log10": [lambda r: case(positive(r, (2, 3)))],
+    "exp2": [lambda r: case(smooth(r, (2, 3)))],
+    "square": [lambda r: case(smooth(r, (2, 3)))],
+    "reciprocal": [lambda r: case(away_from_zero(r, (2, 3)))],
+    "tan": [lambda r: case(r.uniform(-1.2, 1.2, (5,)))],
+    "arcsin": [lambda r: case(inside_unit(r, (5,)))],
+    "arccos": [lambda r: case(inside_unit(r, (5,)))],
+    "arctan": [lambda r: case(smooth(r, (5,)) * 2)],
+    "sinh": [lambda r: case(smooth(r, (5,)))],
+    "cosh": [lambda r: case(smooth(r, (5,)))],
+    "arcsinh": [lambda r: case(smooth(r, (5,)) * 2)],
+    "arccosh": [lambda r: case(r.uniform(1.2, 4.0, (5,)))],
+    "arctanh": [lambda r: case(inside_unit(r, (5,)))],
+    "erf": [lambda r: case(smooth(r, (2, 3)) * 1.5)],
+    "softplus": [lambda r: case(smooth(r, (2, 3)) * 3)],
+    "gelu": [lambda r: case(smooth(r, (2, 3)) * 2),
+             lambda r: case(smooth(r, (2, 3)) * 2, approximate="none"),
+             lambda r: case(smooth(r, (2, 3)) * 2, approximate="tanh")],
+    "silu": [lambda r: case(smooth(r, (2, 3)) * 3)],
+    "leaky_relu": [lambda r: case(away_from_zero(r, (3, 4))),
+                   lambda r: case(away_from_zero(r, (3, 4)), negative_slope=0.2)],
+    "elu": [lambda r: case(away_from_zero(r, (3, 4))),
+            lambda r: case(away_from_zero(r, (3, 4)), alpha=0.5)],
+    # The distinct grid (spacing 0.3, offset 0.05) never lands within 0.05 of +-1 or +-0.5.
+    "hardtanh": [lambda r: case(*distinct(r, (3, 4))),
+                 lambda r: case(*distinct(r, (3, 4)), min_val=-0.5, max_val=0.5)],
+    "sign": [lambda r: case(away_from_zero(r, (3, 4)))],
+    "floor": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "ceil": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "round": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "trunc": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "logaddexp": [lambda r: case(smooth(r, (3, 4)), smooth(r, (4,))),
+                  lambda r: case(smooth(r, (3, 1)), smooth(r, (2, 1, 5)))],
+    "arctan2": [lambda r: case(smooth(r, (3, 4)), away_from_zero(r, (4,))),
+                lambda r: case(away_from_zero(r, (3, 1)), smooth(r, (2, 1, 5)))],
+    "hypot": [lambda r: case(away_from_zero(r, (3, 4)), smooth(r, (4,))),
+              lambda r: case(smooth(r, (3, 1)), away_from_zero(r, (2, 1, 5)))],
+    "floor_divide": [lambda r: case(*mod_operands(r, (3, 4), (4,))),
+                     lambda r: case(*mod_operands(r, (3, 1), (2, 3, 5)))],
+    "mod": [lambda r: case(*mod_operands(r, (3, 4), (4,))),
+            lambda r: case(*mod_operands(r, (3, 1), (2, 3, 5)))],
     "add": [lambda r: case(smooth(r, (3, 4)), smooth(r, (3, 4))),
             lambda r: case(smooth(r, (2, 1, 4)), smooth(r, (3, 1))),
             lambda r: case(smooth(r, ()), smooth(r, (2, 3)))],
@@ -441,7 +511,8 @@ def test_jvp_accepts_none_for_a_zero_tangent():
 
 # Broadcasting shapes beyond the hand-picked cases: the VJP of every broadcasting binary op has
 # the input's shape and is adjoint to the JVP.
-BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum"]
+BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "logaddexp",
+          "arctan2", "hypot", "floor_divide", "mod"]
 
 
 @settings(max_examples=60, deadline=None)
