@@ -52,6 +52,33 @@ def distinct(rng, *shapes):
     return arrays
 
 
+def inside_unit(rng, shape):
+    """Inside (-1, 1), at least 0.1 from either end (the domain of arcsin, arccos, arctanh)."""
+    return rng.uniform(-0.9, 0.9, shape)
+
+
+def away_from_integers(rng, shape):
+    """At least 0.1 from every integer and every half-integer (the jumps of floor, ceil, trunc
+    and round)."""
+    offset = rng.choice([-1.0, 1.0], size=shape) * rng.uniform(0.1, 0.4, shape)
+    return rng.integers(-3, 3, shape) + offset
+
+
+def mod_operands(rng, shape_a, shape_b):
+    """(a, b) with b away from 0 and a / b at least 0.1 from every integer, where mod and
+    floor_divide jump. One shape must broadcast to the other: the larger operand is built from
+    the smaller one and a quotient q = a / b drawn away from the integers."""
+    shape = np.broadcast_shapes(shape_a, shape_b)
+    quotient = away_from_integers(rng, shape)
+    if shape == tuple(shape_a):
+        b = away_from_zero(rng, shape_b)
+        return b * quotient, b
+    assert shape == tuple(shape_b), "mod_operands: one shape must broadcast to the other"
+    a = away_from_zero(rng, shape_a)
+    # |q| >= 0.1 by construction, so |b| = |a / q| lies in [0.3 / 3.4, 20]: b is never near 0.
+    return a, a / quotient
+
+
 def case(*arrays, **params):
     return list(arrays), params
 
@@ -68,6 +95,50 @@ CASES = {
     "tanh": [lambda r: case(smooth(r, (2, 3)))],
     "sigmoid": [lambda r: case(smooth(r, (2, 3)) * 3)],
     "relu": [lambda r: case(away_from_zero(r, (3, 4)))],
+    "log1p": [lambda r: case(r.uniform(-0.5, 2.0, (2, 3)))],
+    "expm1": [lambda r: case(smooth(r, (2, 3)))],
+    "log2": [lambda r: case(positive(r, (2, 3)))],
+    "log10": [lambda r: case(positive(r, (2, 3)))],
+    "exp2": [lambda r: case(smooth(r, (2, 3)))],
+    "square": [lambda r: case(smooth(r, (2, 3)))],
+    "reciprocal": [lambda r: case(away_from_zero(r, (2, 3)))],
+    "tan": [lambda r: case(r.uniform(-1.2, 1.2, (5,)))],
+    "arcsin": [lambda r: case(inside_unit(r, (5,)))],
+    "arccos": [lambda r: case(inside_unit(r, (5,)))],
+    "arctan": [lambda r: case(smooth(r, (5,)) * 2)],
+    "sinh": [lambda r: case(smooth(r, (5,)))],
+    "cosh": [lambda r: case(smooth(r, (5,)))],
+    "arcsinh": [lambda r: case(smooth(r, (5,)) * 2)],
+    "arccosh": [lambda r: case(r.uniform(1.2, 4.0, (5,)))],
+    "arctanh": [lambda r: case(inside_unit(r, (5,)))],
+    "erf": [lambda r: case(smooth(r, (2, 3)) * 1.5)],
+    "softplus": [lambda r: case(smooth(r, (2, 3)) * 3)],
+    "gelu": [lambda r: case(smooth(r, (2, 3)) * 2),
+             lambda r: case(smooth(r, (2, 3)) * 2, approximate="none"),
+             lambda r: case(smooth(r, (2, 3)) * 2, approximate="tanh")],
+    "silu": [lambda r: case(smooth(r, (2, 3)) * 3)],
+    "leaky_relu": [lambda r: case(away_from_zero(r, (3, 4))),
+                   lambda r: case(away_from_zero(r, (3, 4)), negative_slope=0.2)],
+    "elu": [lambda r: case(away_from_zero(r, (3, 4))),
+            lambda r: case(away_from_zero(r, (3, 4)), alpha=0.5)],
+    # The distinct grid (spacing 0.3, offset 0.05) never lands within 0.05 of +-1 or +-0.5.
+    "hardtanh": [lambda r: case(*distinct(r, (3, 4))),
+                 lambda r: case(*distinct(r, (3, 4)), min_val=-0.5, max_val=0.5)],
+    "sign": [lambda r: case(away_from_zero(r, (3, 4)))],
+    "floor": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "ceil": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "round": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "trunc": [lambda r: case(away_from_integers(r, (3, 4)))],
+    "logaddexp": [lambda r: case(smooth(r, (3, 4)), smooth(r, (4,))),
+                  lambda r: case(smooth(r, (3, 1)), smooth(r, (2, 1, 5)))],
+    "arctan2": [lambda r: case(smooth(r, (3, 4)), away_from_zero(r, (4,))),
+                lambda r: case(away_from_zero(r, (3, 1)), smooth(r, (2, 1, 5)))],
+    "hypot": [lambda r: case(away_from_zero(r, (3, 4)), smooth(r, (4,))),
+              lambda r: case(smooth(r, (3, 1)), away_from_zero(r, (2, 1, 5)))],
+    "floor_divide": [lambda r: case(*mod_operands(r, (3, 4), (4,))),
+                     lambda r: case(*mod_operands(r, (3, 1), (2, 3, 5)))],
+    "mod": [lambda r: case(*mod_operands(r, (3, 4), (4,))),
+            lambda r: case(*mod_operands(r, (3, 1), (2, 3, 5)))],
     "add": [lambda r: case(smooth(r, (3, 4)), smooth(r, (3, 4))),
             lambda r: case(smooth(r, (2, 1, 4)), smooth(r, (3, 1))),
             lambda r: case(smooth(r, ()), smooth(r, (2, 3)))],
@@ -294,6 +365,25 @@ SINGULAR = [
     ("exp", [np.array([1000.0, 0.0])], {}),
     ("abs", [np.array([np.nan, 1.0])], {}),
     ("multiply", [np.array([np.inf, 1.0]), np.array([2.0, 3.0])], {}),
+    ("log1p", [np.array([-1.0, 1.0])], {}),
+    ("log2", [np.array([0.0, 2.0])], {}),
+    ("log10", [np.array([0.0, 2.0])], {}),
+    ("reciprocal", [np.array([0.0, 2.0])], {}),
+    ("expm1", [np.array([1000.0, 0.0])], {}),
+    ("exp2", [np.array([2000.0, 0.0])], {}),
+    ("sinh", [np.array([1000.0, 0.0])], {}),
+    ("cosh", [np.array([1000.0, 0.0])], {}),
+    ("arcsin", [np.array([1.0, 0.5])], {}),
+    ("arccos", [np.array([-1.0, 0.5])], {}),
+    ("arccosh", [np.array([1.0, 2.0])], {}),
+    ("arctanh", [np.array([1.0, 0.5])], {}),
+    ("leaky_relu", [np.array([np.nan, 1.0])], {}),
+    ("elu", [np.array([np.nan, -1.0])], {}),
+    ("hardtanh", [np.array([np.nan, 0.5])], {}),
+    ("logaddexp", [np.array([np.inf, 1.0]), np.array([np.inf, 2.0])], {}),
+    ("arctan2", [np.array([0.0, 1.0]), np.array([0.0, 2.0])], {}),
+    ("hypot", [np.array([0.0, 1.0]), np.array([0.0, 2.0])], {}),
+    ("mod", [np.array([1.0, 5.0]), np.array([0.0, 3.0])], {}),
 ]
 
 
@@ -441,7 +531,8 @@ def test_jvp_accepts_none_for_a_zero_tangent():
 
 # Broadcasting shapes beyond the hand-picked cases: the VJP of every broadcasting binary op has
 # the input's shape and is adjoint to the JVP.
-BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum"]
+BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum", "logaddexp",
+          "arctan2", "hypot", "floor_divide", "mod"]
 
 
 @settings(max_examples=60, deadline=None)
@@ -464,10 +555,12 @@ def test_binary_ops_on_random_broadcast_shapes(shapes, name, seed):
 
 
 def test_nan_inputs_give_nan_gradients_and_route_through_maximum():
-    # IEEE: a NaN input has a NaN local derivative, also for the kinked ops (abs, relu, clip);
+    # IEEE: a NaN input has a NaN local derivative, also for the kinked ops (abs, relu, clip,
+    # leaky_relu, elu, hardtanh);
     # with a zero cotangent the NaN-safety rule still gives exactly 0.
     x = np.array([np.nan, 2.0])
-    for name, params in [("abs", {}), ("relu", {}), ("clip", {"lo": -1.0, "hi": 1.0})]:
+    for name, params in [("abs", {}), ("relu", {}), ("clip", {"lo": -1.0, "hi": 1.0}),
+                         ("leaky_relu", {}), ("elu", {}), ("hardtanh", {})]:
         op = REFERENCE[name]
         out = op.forward(x, **params)
         assert np.isnan(out[0]), name
@@ -486,3 +579,194 @@ def test_nan_inputs_give_nan_gradients_and_route_through_maximum():
     y = np.array([1.0, np.nan, 3.0, np.nan])
     (gy,) = REFERENCE["max"].vjp(np.array(1.0), REFERENCE["max"].forward(y), y)
     np.testing.assert_array_equal(gy, [0.0, 0.5, 0.0, 0.5])
+
+
+# ---------------------------------------------------------------------------------------------
+# Named rules of the activation, rounding and two-argument ops
+# ---------------------------------------------------------------------------------------------
+def test_reciprocal_at_zero_is_inf_with_derivative_minus_inf():
+    x = np.array([0.0, -0.0, 2.0])
+    op = REFERENCE["reciprocal"]
+    out = op.forward(x)
+    np.testing.assert_array_equal(out, [np.inf, -np.inf, 0.5])
+    (g,) = op.vjp(np.ones(3), out, x)
+    np.testing.assert_array_equal(g, [-np.inf, -np.inf, -0.25])
+    np.testing.assert_array_equal(op.jvp((np.ones(3),), out, x), [-np.inf, -np.inf, -0.25])
+    # 1 / x, not np.reciprocal's integer truncation.
+    np.testing.assert_array_equal(op.forward(np.array([2, 4])), [0.5, 0.25])
+
+
+def test_leaky_relu_elu_hardtanh_kinks():
+    x = np.array([-2.0, 0.0, 3.0])
+    ones = np.ones(3)
+    # leaky_relu'(0) = negative_slope (PyTorch's rule), in the VJP and the JVP alike.
+    op = REFERENCE["leaky_relu"]
+    for params, slope in [({}, 0.01), ({"negative_slope": 0.2}, 0.2)]:
+        out = op.forward(x, **params)
+        np.testing.assert_array_equal(out, [-2.0 * slope, 0.0, 3.0])
+        np.testing.assert_array_equal(op.vjp(ones, out, x, **params)[0], [slope, slope, 1.0])
+        np.testing.assert_array_equal(op.jvp((ones,), out, x, **params), [slope, slope, 1.0])
+    # elu'(0) = alpha exp(0) = alpha: the x <= 0 branch.
+    op = REFERENCE["elu"]
+    out = op.forward(x, alpha=0.5)
+    np.testing.assert_allclose(out, [0.5 * np.expm1(-2.0), 0.0, 3.0], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(op.vjp(ones, out, x, alpha=0.5)[0], [0.5 * np.exp(-2.0), 0.5, 1.0],
+                               rtol=1e-15, atol=0)
+    # elu uses expm1: accurate for tiny negative x, where exp(x) - 1 loses every digit.
+    np.testing.assert_allclose(op.forward(np.array([-1e-20])), [-1e-20], rtol=1e-15)
+    # hardtanh: derivative 1 strictly inside, 0 at the bounds (unlike clip) and outside.
+    op = REFERENCE["hardtanh"]
+    y = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
+    out = op.forward(y)
+    np.testing.assert_array_equal(out, [-1.0, -1.0, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(op.vjp(np.ones(5), out, y)[0], [0.0, 0.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(op.jvp((np.ones(5),), out, y), [0.0, 0.0, 1.0, 0.0, 0.0])
+    (g_clip,) = REFERENCE["clip"].vjp(np.ones(5), out, y, -1.0, 1.0)
+    np.testing.assert_array_equal(g_clip, [0.0, 1.0, 1.0, 1.0, 0.0])
+    z = np.array([-0.5, 0.25, 0.5])
+    np.testing.assert_array_equal(
+        op.vjp(np.ones(3), op.forward(z, min_val=-0.5, max_val=0.5), z, min_val=-0.5,
+               max_val=0.5)[0], [0.0, 1.0, 0.0])
+
+
+ZERO_GRADIENT_UNARY = ["sign", "floor", "ceil", "round", "trunc"]
+
+
+@pytest.mark.parametrize("name", ZERO_GRADIENT_UNARY)
+def test_piecewise_constant_ops_have_exactly_zero_gradient(name):
+    op = REFERENCE[name]
+    for dtype in (np.float64, np.float32):
+        x = np.array([[np.nan, np.inf, -np.inf], [0.0, -1.5, 2.5]], dtype=dtype)
+        out = op.forward(x)
+        # Exact +0, even for an inf or NaN cotangent or tangent and at inf/NaN inputs: zeros, not
+        # g * 0 (which would be NaN, or -0 for a negative g).
+        nasty = np.array([[np.nan, np.inf, -np.inf], [-1.0, np.nan, -np.inf]], dtype=dtype)
+        (g,) = op.vjp(nasty, out, x)
+        t = op.jvp((nasty,), out, x)
+        for r in (g, t):
+            assert r.shape == x.shape and r.dtype == dtype
+            np.testing.assert_array_equal(r, np.zeros_like(x))
+            assert not np.any(np.signbit(r))
+
+
+def test_rounding_forwards_follow_numpy():
+    x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, -0.7, 0.7, np.nan])
+    # round is NumPy's half to even (as PyTorch), not half away from zero.
+    np.testing.assert_array_equal(REFERENCE["round"].forward(x),
+                                  [-2.0, -2.0, -0.0, 0.0, 2.0, 2.0, -1.0, 1.0, np.nan])
+    np.testing.assert_array_equal(REFERENCE["floor"].forward(x),
+                                  [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, -1.0, 0.0, np.nan])
+    np.testing.assert_array_equal(REFERENCE["ceil"].forward(x),
+                                  [-2.0, -1.0, -0.0, 1.0, 2.0, 3.0, -0.0, 1.0, np.nan])
+    np.testing.assert_array_equal(REFERENCE["trunc"].forward(x),
+                                  [-2.0, -1.0, -0.0, 0.0, 1.0, 2.0, -0.0, 0.0, np.nan])
+    np.testing.assert_array_equal(REFERENCE["sign"].forward(np.array([-3.0, 0.0, 2.0, np.nan])),
+                                  [-1.0, 0.0, 1.0, np.nan])
+
+
+def test_floor_divide_and_mod():
+    a = np.array([[7.0], [-7.0]])
+    b = np.array([3.0, -3.0])
+    # mod takes the sign of the divisor (Python's %); floor_divide rounds toward -inf.
+    np.testing.assert_array_equal(REFERENCE["mod"].forward(a, b), [[1.0, -2.0], [2.0, -1.0]])
+    np.testing.assert_array_equal(REFERENCE["floor_divide"].forward(a, b),
+                                  [[2.0, -3.0], [-3.0, 2.0]])
+    # mod: d/da = 1, d/db = -floor(a / b); broadcasting undone by the wrapper.
+    op = REFERENCE["mod"]
+    out = op.forward(a, b)
+    ga, gb = op.vjp(np.ones((2, 2)), out, a, b)
+    np.testing.assert_array_equal(ga, [[2.0], [2.0]])
+    np.testing.assert_array_equal(gb, [-2.0 + 3.0, 3.0 - 2.0])
+    np.testing.assert_array_equal(op.jvp((np.zeros((2, 1)), np.ones(2)), out, a, b),
+                                  [[-2.0, 3.0], [3.0, -2.0]])
+    # floor_divide: exactly zero gradients of each input's shape, whatever the cotangent.
+    op = REFERENCE["floor_divide"]
+    out = op.forward(a, b)
+    nasty = np.array([[np.nan, np.inf], [-1.0, -np.inf]])
+    ga, gb = op.vjp(nasty, out, a, b)
+    assert ga.shape == a.shape and gb.shape == b.shape
+    for r in (ga, gb, op.jvp((nasty[:, :1], nasty[0]), out, a, b)):
+        np.testing.assert_array_equal(r, np.zeros_like(r))
+        assert not np.any(np.signbit(r))
+
+
+def test_two_argument_ops_at_the_origin_and_at_infinity():
+    zero = np.array([0.0])
+    for name in ("arctan2", "hypot"):  # 0 / 0 in both derivatives
+        op = REFERENCE[name]
+        grads = op.vjp(np.ones(1), op.forward(zero, zero), zero, zero)
+        assert all(np.isnan(g[0]) for g in grads), name
+    # arctan2(a, b) is the angle of (x=b, y=a).
+    a, b = np.array([1.0, 1.0, -1.0]), np.array([1.0, -1.0, 0.0])
+    op = REFERENCE["arctan2"]
+    out = op.forward(a, b)
+    np.testing.assert_allclose(out, [np.pi / 4, 3 * np.pi / 4, -np.pi / 2], rtol=1e-15)
+    ga, gb = op.vjp(np.ones(3), out, a, b)
+    np.testing.assert_array_equal(ga, [0.5, -0.5, 0.0])
+    np.testing.assert_array_equal(gb, [-0.5, -0.5, 1.0])
+    # hypot: the derivative is the unit vector (a, b) / |(a, b)|.
+    a, b = np.array([3.0, 1e200]), np.array([4.0, 1e200])
+    op = REFERENCE["hypot"]
+    out = op.forward(a, b)
+    ga, gb = op.vjp(np.ones(2), out, a, b)
+    np.testing.assert_allclose(ga, [0.6, np.sqrt(0.5)], rtol=1e-15)
+    np.testing.assert_allclose(gb, [0.8, np.sqrt(0.5)], rtol=1e-15)
+
+
+def test_logaddexp_softplus_silu_are_stable_at_plus_minus_1000():
+    big = np.array([1000.0, -1000.0])
+    op = REFERENCE["logaddexp"]
+    a, b = np.array([1000.0, -1000.0, 1000.0]), np.array([-1000.0, 1000.0, 1000.0])
+    out = op.forward(a, b)
+    np.testing.assert_allclose(out, [1000.0, 1000.0, 1000.0 + np.log(2.0)], rtol=1e-15)
+    ga, gb = op.vjp(np.ones(3), out, a, b)
+    np.testing.assert_array_equal(ga, [1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(gb, [0.0, 1.0, 0.5])
+
+    op = REFERENCE["softplus"]
+    out = op.forward(big)
+    np.testing.assert_array_equal(out, [1000.0, 0.0])
+    np.testing.assert_array_equal(op.vjp(np.ones(2), out, big)[0], [1.0, 0.0])
+    np.testing.assert_allclose(op.forward(np.array([0.0, -50.0])), [np.log(2.0), np.exp(-50.0)],
+                               rtol=1e-15)  # the tiny side keeps its relative accuracy
+
+    op = REFERENCE["silu"]
+    out = op.forward(big)
+    np.testing.assert_array_equal(out, [1000.0, 0.0])
+    np.testing.assert_array_equal(op.vjp(np.ones(2), out, big)[0], [1.0, 0.0])
+
+
+def test_erf_and_gelu_closed_forms():
+    # erf: values from its Taylor series summed in 150-digit decimal arithmetic, and its symmetry.
+    x = np.array([0.0, 0.5, 1.0, 2.0, np.inf, np.nan])
+    np.testing.assert_allclose(REFERENCE["erf"].forward(x),
+                               [0.0, 0.5204998778130465, 0.8427007929497149,
+                                0.9953222650189527, 1.0, np.nan], rtol=1e-15)
+    erf = REFERENCE["erf"].forward
+    np.testing.assert_array_equal(erf(-x[:4]), -erf(x[:4]))
+    assert REFERENCE["erf"].forward(np.float32(0.5)).dtype == np.float32
+    (g,) = REFERENCE["erf"].vjp(np.ones(1), np.zeros(1), np.zeros(1))
+    np.testing.assert_allclose(g, [2 / np.sqrt(np.pi)], rtol=1e-15)
+
+    op = REFERENCE["gelu"]
+    for approximate in ("none", "tanh"):
+        # gelu(0) = 0 and gelu'(0) = 1/2 in both forms; gelu(x) - gelu(-x) = x.
+        zero = np.zeros(1)
+        np.testing.assert_array_equal(op.forward(zero, approximate=approximate), [0.0])
+        np.testing.assert_array_equal(op.vjp(np.ones(1), zero, zero, approximate=approximate)[0],
+                                      [0.5])
+        y = np.linspace(-4.0, 4.0, 17)
+        np.testing.assert_allclose(op.forward(y, approximate=approximate)
+                                   - op.forward(-y, approximate=approximate), y,
+                                   rtol=1e-14, atol=1e-15)
+    # none: x Phi(x), with Phi(1) = 0.8413447460685429 and Phi(-10) = 7.619853024160525e-24 (the
+    # same 150-digit series): the lower tail keeps its relative accuracy (1 + erf would give 0).
+    np.testing.assert_allclose(op.forward(np.array([1.0, -10.0])),
+                               [0.8413447460685429, -7.619853024160525e-23], rtol=1e-13)
+    # tanh approximates none to within 4.8e-4: its largest error, 4.73e-4 near |x| = 2.7, measured
+    # on a 1e-4 grid over [-10, 10]. A wrong constant in either form errs by far more.
+    y = np.linspace(-6.0, 6.0, 1201)
+    gap = op.forward(y, approximate="tanh") - op.forward(y)
+    assert np.max(np.abs(gap)) < 4.8e-4
+    with pytest.raises(ValueError, match="approximate"):
+        op.forward(y, approximate="erf")

@@ -39,7 +39,9 @@ Parameters by op: ``power_scalar(x, p)``; ``sum/mean/max/min/logsumexp(x, axis=N
 keepdims=False)``; ``softmax/log_softmax(x, axis=-1)``; ``reshape(x, shape)``;
 ``transpose(x, axes=None)``; ``broadcast_to(x, shape)``; ``cast(x, dtype)``;
 ``getitem(x, index)``; ``concatenate(*xs, axis=0)``; ``stack(*xs, axis=0)``;
-``where(a, b, cond=bool_array)``; ``clip(x, lo, hi)``.
+``where(a, b, cond=bool_array)``; ``clip(x, lo, hi)``; ``leaky_relu(x, negative_slope=0.01)``;
+``elu(x, alpha=1.0)``; ``hardtanh(x, min_val=-1.0, max_val=1.0)``;
+``gelu(x, approximate="none")`` (``"none"`` or ``"tanh"``).
 """
 from . import elementwise, linalg, reduce, shape
 from ._core import RefOp, expand_reduced, normalize_axes, ref_op, unbroadcast, zero_safe

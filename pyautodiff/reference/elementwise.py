@@ -10,22 +10,24 @@ NaN inputs: a formula-derived local derivative at NaN is NaN (IEEE), and the kin
 clip) say the same explicitly; maximum/minimum route the gradient to the NaN operand, because
 that is the operand the output came from.
 """
+import math
+
 import numpy as np
 
-from ._core import ref_op, zero_safe
+from ._core import grad_dtype, ref_op, zero_safe
 
 OPS = {}
 
 
 def _unary_rules(local_derivative):
-    """VJP and JVP of y = f(x) given f'(x) as a function of (out, x)."""
+    """VJP and JVP of y = f(x) given f'(x) as a function of (out, x, *params)."""
 
-    def vjp(g, out, x):
-        return (zero_safe(g, local_derivative(out, x)),)
+    def vjp(g, out, x, *args, **params):
+        return (zero_safe(g, local_derivative(out, x, *args, **params)),)
 
-    def jvp(tangents, out, x):
+    def jvp(tangents, out, x, *args, **params):
         (tx,) = tangents
-        return zero_safe(tx, local_derivative(out, x))
+        return zero_safe(tx, local_derivative(out, x, *args, **params))
 
     return vjp, jvp
 
@@ -132,6 +134,312 @@ def relu_forward(x):
 
 relu_vjp, relu_jvp = _unary_rules(lambda out, x: _nan_where_nan(x, x > 0))
 OPS["relu"] = ref_op(relu_forward, relu_vjp, relu_jvp, arity=1)
+
+
+# --- log1p / expm1: accurate near 0 ---------------------------------------------------------
+def log1p_forward(x):
+    return np.log1p(x)
+
+
+log1p_vjp, log1p_jvp = _unary_rules(lambda out, x: 1 / (1 + x))
+OPS["log1p"] = ref_op(log1p_forward, log1p_vjp, log1p_jvp, arity=1)
+
+
+def expm1_forward(x):
+    return np.expm1(x)
+
+
+# From the output, as exp does (and as PyTorch's expm1 backward does): y + 1 = exp(x).
+expm1_vjp, expm1_jvp = _unary_rules(lambda out, x: out + 1)
+OPS["expm1"] = ref_op(expm1_forward, expm1_vjp, expm1_jvp, arity=1)
+
+
+# --- log2 / log10 / exp2: the natural log and exp up to a constant factor ----------------------
+# The constants are Python floats (weak scalars), so a float32 x stays float32.
+_LN2, _LN10 = math.log(2.0), math.log(10.0)
+
+
+def log2_forward(x):
+    return np.log2(x)
+
+
+log2_vjp, log2_jvp = _unary_rules(lambda out, x: 1 / (x * _LN2))
+OPS["log2"] = ref_op(log2_forward, log2_vjp, log2_jvp, arity=1)
+
+
+def log10_forward(x):
+    return np.log10(x)
+
+
+log10_vjp, log10_jvp = _unary_rules(lambda out, x: 1 / (x * _LN10))
+OPS["log10"] = ref_op(log10_forward, log10_vjp, log10_jvp, arity=1)
+
+
+def exp2_forward(x):
+    return np.exp2(x)
+
+
+exp2_vjp, exp2_jvp = _unary_rules(lambda out, x: out * _LN2)
+OPS["exp2"] = ref_op(exp2_forward, exp2_vjp, exp2_jvp, arity=1)
+
+
+# --- square / reciprocal ------------------------------------------------------------------------
+def square_forward(x):
+    return np.square(x)
+
+
+square_vjp, square_jvp = _unary_rules(lambda out, x: 2 * x)
+OPS["square"] = ref_op(square_forward, square_vjp, square_jvp, arity=1)
+
+
+def reciprocal_forward(x):
+    # 1 / x rather than np.reciprocal, which truncates integer input (reciprocal(2) == 0).
+    return 1 / x
+
+
+# -1/x^2 from the output: at x = 0, y = inf and the derivative is -inf (NaN-safe).
+reciprocal_vjp, reciprocal_jvp = _unary_rules(lambda out, x: -(out * out))
+OPS["reciprocal"] = ref_op(reciprocal_forward, reciprocal_vjp, reciprocal_jvp, arity=1)
+
+
+# --- tan and the inverse trigonometric functions -------------------------------------------------
+# 1 - x^2 is written (1 - x)(1 + x): no cancellation near |x| = 1, where the derivative is largest.
+def tan_forward(x):
+    return np.tan(x)
+
+
+tan_vjp, tan_jvp = _unary_rules(lambda out, x: 1 + out * out)
+OPS["tan"] = ref_op(tan_forward, tan_vjp, tan_jvp, arity=1)
+
+
+def arcsin_forward(x):
+    return np.arcsin(x)
+
+
+arcsin_vjp, arcsin_jvp = _unary_rules(lambda out, x: 1 / np.sqrt((1 - x) * (1 + x)))
+OPS["arcsin"] = ref_op(arcsin_forward, arcsin_vjp, arcsin_jvp, arity=1)
+
+
+def arccos_forward(x):
+    return np.arccos(x)
+
+
+arccos_vjp, arccos_jvp = _unary_rules(lambda out, x: -1 / np.sqrt((1 - x) * (1 + x)))
+OPS["arccos"] = ref_op(arccos_forward, arccos_vjp, arccos_jvp, arity=1)
+
+
+def arctan_forward(x):
+    return np.arctan(x)
+
+
+arctan_vjp, arctan_jvp = _unary_rules(lambda out, x: 1 / (1 + x * x))
+OPS["arctan"] = ref_op(arctan_forward, arctan_vjp, arctan_jvp, arity=1)
+
+
+# --- hyperbolic functions and their inverses ------------------------------------------------------
+def sinh_forward(x):
+    return np.sinh(x)
+
+
+sinh_vjp, sinh_jvp = _unary_rules(lambda out, x: np.cosh(x))
+OPS["sinh"] = ref_op(sinh_forward, sinh_vjp, sinh_jvp, arity=1)
+
+
+def cosh_forward(x):
+    return np.cosh(x)
+
+
+cosh_vjp, cosh_jvp = _unary_rules(lambda out, x: np.sinh(x))
+OPS["cosh"] = ref_op(cosh_forward, cosh_vjp, cosh_jvp, arity=1)
+
+
+def arcsinh_forward(x):
+    return np.arcsinh(x)
+
+
+arcsinh_vjp, arcsinh_jvp = _unary_rules(lambda out, x: 1 / np.sqrt(x * x + 1))
+OPS["arcsinh"] = ref_op(arcsinh_forward, arcsinh_vjp, arcsinh_jvp, arity=1)
+
+
+# Domain x >= 1: +inf at x = 1 (NaN-safe), NaN below (sqrt of a negative number).
+def arccosh_forward(x):
+    return np.arccosh(x)
+
+
+arccosh_vjp, arccosh_jvp = _unary_rules(lambda out, x: 1 / np.sqrt((x - 1) * (x + 1)))
+OPS["arccosh"] = ref_op(arccosh_forward, arccosh_vjp, arccosh_jvp, arity=1)
+
+
+def arctanh_forward(x):
+    return np.arctanh(x)
+
+
+arctanh_vjp, arctanh_jvp = _unary_rules(lambda out, x: 1 / ((1 - x) * (1 + x)))
+OPS["arctanh"] = ref_op(arctanh_forward, arctanh_vjp, arctanh_jvp, arity=1)
+
+
+# --- erf: 2/sqrt(pi) exp(-x^2) --------------------------------------------------------------------
+# NumPy has no erf: the standard library's, elementwise in float64 (math.erf is correctly rounded to
+# within an ulp or so), then cast back so that a float32 x gives a float32 result. erfc likewise,
+# for gelu's lower tail.
+_math_erf = np.vectorize(math.erf, otypes=[np.float64])
+_math_erfc = np.vectorize(math.erfc, otypes=[np.float64])
+_TWO_OVER_SQRT_PI = 2 / math.sqrt(math.pi)
+
+
+def _float_dtype(x):
+    """The dtype a transcendental op returns for x: x's own float dtype, float64 for integers."""
+    return np.result_type(x, np.float32)
+
+
+def _erf(x):
+    return _math_erf(x).astype(_float_dtype(x))
+
+
+def _erfc(x):
+    return _math_erfc(x).astype(_float_dtype(x))
+
+
+def erf_forward(x):
+    return _erf(x)
+
+
+erf_vjp, erf_jvp = _unary_rules(lambda out, x: _TWO_OVER_SQRT_PI * np.exp(-(x * x)))
+OPS["erf"] = ref_op(erf_forward, erf_vjp, erf_jvp, arity=1)
+
+
+# --- softplus: log(1 + exp(x)), stably; the derivative is sigmoid(x) ------------------------------
+def softplus_forward(x):
+    # exp of a non-positive number only: softplus(1000) = 1000 and softplus(-1000) = 0, both finite.
+    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
+
+
+softplus_vjp, softplus_jvp = _unary_rules(lambda out, x: sigmoid_forward(x))
+OPS["softplus"] = ref_op(softplus_forward, softplus_vjp, softplus_jvp, arity=1)
+
+
+# --- gelu(x, approximate="none" | "tanh") ---------------------------------------------------------
+# none: y = x Phi(x), y' = Phi(x) + x phi(x), with the standard normal cdf Phi and density phi.
+# Phi is taken as 0.5 erfc(-x/sqrt 2), which equals 0.5 (1 + erf(x/sqrt 2)) but keeps its relative
+# accuracy in the lower tail (1 + erf cancels to 0 below x ~ -8).
+# tanh: y = 0.5 x (1 + t), t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), and
+#       y' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _gelu_check(approximate):
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+def _normal_cdf(x):
+    return 0.5 * _erfc(-x * _SQRT_HALF)
+
+
+def _gelu_tanh_inner(x):
+    return np.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * (x * x * x)))
+
+
+def gelu_forward(x, approximate="none"):
+    _gelu_check(approximate)
+    if approximate == "none":
+        return x * _normal_cdf(x)
+    return 0.5 * x * (1 + _gelu_tanh_inner(x))
+
+
+def _gelu_local(out, x, approximate="none"):
+    _gelu_check(approximate)
+    if approximate == "none":
+        return _normal_cdf(x) + x * (_INV_SQRT_2PI * np.exp(-0.5 * (x * x)))
+    t = _gelu_tanh_inner(x)
+    return (0.5 * (1 + t)
+            + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * (x * x)))
+
+
+gelu_vjp, gelu_jvp = _unary_rules(_gelu_local)
+OPS["gelu"] = ref_op(gelu_forward, gelu_vjp, gelu_jvp, arity=1)
+
+
+# --- silu: x sigmoid(x); the derivative is s (1 + x (1 - s)) ------------------------------------
+def silu_forward(x):
+    return x * sigmoid_forward(x)
+
+
+def _silu_local(out, x):
+    s = sigmoid_forward(x)
+    return s * (1 + x * (1 - s))
+
+
+silu_vjp, silu_jvp = _unary_rules(_silu_local)
+OPS["silu"] = ref_op(silu_forward, silu_vjp, silu_jvp, arity=1)
+
+
+# --- leaky_relu(x, negative_slope=0.01): slope 1 for x > 0, negative_slope for x <= 0 ------------
+# At 0 the derivative is negative_slope (PyTorch's rule). Parameters become Python floats (weak
+# scalars) so that a float32 x stays float32.
+def leaky_relu_forward(x, negative_slope=0.01):
+    return np.where(x > 0, x, float(negative_slope) * x)
+
+
+def _leaky_relu_local(out, x, negative_slope=0.01):
+    return _nan_where_nan(x, np.where(x > 0, 1.0, float(negative_slope)))
+
+
+leaky_relu_vjp, leaky_relu_jvp = _unary_rules(_leaky_relu_local)
+OPS["leaky_relu"] = ref_op(leaky_relu_forward, leaky_relu_vjp, leaky_relu_jvp, arity=1)
+
+
+# --- elu(x, alpha=1.0): x for x > 0, alpha (exp(x) - 1) for x <= 0 -------------------------------
+def elu_forward(x, alpha=1.0):
+    return np.where(x > 0, x, float(alpha) * np.expm1(x))
+
+
+def _elu_local(out, x, alpha=1.0):
+    return _nan_where_nan(x, np.where(x > 0, 1.0, float(alpha) * np.exp(x)))
+
+
+elu_vjp, elu_jvp = _unary_rules(_elu_local)
+OPS["elu"] = ref_op(elu_forward, elu_vjp, elu_jvp, arity=1)
+
+
+# --- hardtanh(x, min_val=-1.0, max_val=1.0): clip with PyTorch's boundary rule -------------------
+# Unlike clip (whose gradient passes on the closed interval), hardtanh's derivative is 1 only
+# strictly inside (min_val, max_val) and 0 at the bounds, as torch.nn.functional.hardtanh.
+def hardtanh_forward(x, min_val=-1.0, max_val=1.0):
+    return np.clip(x, float(min_val), float(max_val))
+
+
+def _hardtanh_local(out, x, min_val=-1.0, max_val=1.0):
+    return _nan_where_nan(x, (x > float(min_val)) & (x < float(max_val)))
+
+
+hardtanh_vjp, hardtanh_jvp = _unary_rules(_hardtanh_local)
+OPS["hardtanh"] = ref_op(hardtanh_forward, hardtanh_vjp, hardtanh_jvp, arity=1)
+
+
+# --- sign, floor, ceil, round, trunc: piecewise constant, gradient exactly zero ------------------
+# The gradient is exact zeros of the right shape and dtype, whatever the cotangent or tangent holds
+# (inf and NaN included) and whatever x is (NaN included): PyTorch's zeros_like(grad), not g * 0.
+def _zero_gradient_rules():
+    def vjp(g, out, *inputs):
+        return tuple(np.zeros(x.shape, grad_dtype(x)) for x in inputs)
+
+    def jvp(tangents, out, *inputs):
+        return np.zeros(out.shape, out.dtype)
+
+    return vjp, jvp
+
+
+_zero_vjp, _zero_jvp = _zero_gradient_rules()
+
+OPS["sign"] = ref_op(np.sign, _zero_vjp, _zero_jvp, arity=1)    # sign(NaN) = NaN, sign(0) = 0
+OPS["floor"] = ref_op(np.floor, _zero_vjp, _zero_jvp, arity=1)
+OPS["ceil"] = ref_op(np.ceil, _zero_vjp, _zero_jvp, arity=1)
+OPS["round"] = ref_op(np.round, _zero_vjp, _zero_jvp, arity=1)  # halves to even: 2.5 -> 2
+OPS["trunc"] = ref_op(np.trunc, _zero_vjp, _zero_jvp, arity=1)
 
 
 # --- add: the gradient distributor -------------------------------------------------------------
@@ -312,6 +620,95 @@ def minimum_jvp(tangents, out, a, b):
 
 
 OPS["minimum"] = ref_op(minimum_forward, minimum_vjp, minimum_jvp, arity=2)
+
+
+# --- logaddexp: log(exp(a) + exp(b)); d/da = sigmoid(a - b), d/db = sigmoid(b - a) -------------
+# The stable sigmoid: finite gradients at +-1000. Where a = b = +-inf, a - b is NaN and so are
+# both derivatives (IEEE; NaN-safe for a zero cotangent).
+def logaddexp_forward(a, b):
+    return np.logaddexp(a, b)
+
+
+def _logaddexp_locals(a, b):
+    return sigmoid_forward(a - b), sigmoid_forward(b - a)
+
+
+def logaddexp_vjp(g, out, a, b):
+    da, db = _logaddexp_locals(a, b)
+    return zero_safe(g, da), zero_safe(g, db)
+
+
+def logaddexp_jvp(tangents, out, a, b):
+    ta, tb = tangents
+    da, db = _logaddexp_locals(a, b)
+    return zero_safe(ta, da) + zero_safe(tb, db)
+
+
+OPS["logaddexp"] = ref_op(logaddexp_forward, logaddexp_vjp, logaddexp_jvp, arity=2)
+
+
+# --- arctan2(a, b): the angle of the point (x=b, y=a) -------------------------------------------
+# d/da = b / (a^2 + b^2), d/db = -a / (a^2 + b^2): 0/0 = NaN at the origin (NaN-safe).
+def arctan2_forward(a, b):
+    return np.arctan2(a, b)
+
+
+def _arctan2_locals(a, b):
+    r2 = a * a + b * b
+    return b / r2, -a / r2
+
+
+def arctan2_vjp(g, out, a, b):
+    da, db = _arctan2_locals(a, b)
+    return zero_safe(g, da), zero_safe(g, db)
+
+
+def arctan2_jvp(tangents, out, a, b):
+    ta, tb = tangents
+    da, db = _arctan2_locals(a, b)
+    return zero_safe(ta, da) + zero_safe(tb, db)
+
+
+OPS["arctan2"] = ref_op(arctan2_forward, arctan2_vjp, arctan2_jvp, arity=2)
+
+
+# --- hypot(a, b) = sqrt(a^2 + b^2); d/da = a / y, d/db = b / y (0/0 = NaN at the origin) --------
+def hypot_forward(a, b):
+    return np.hypot(a, b)
+
+
+def hypot_vjp(g, out, a, b):
+    return zero_safe(g, a / out), zero_safe(g, b / out)
+
+
+def hypot_jvp(tangents, out, a, b):
+    ta, tb = tangents
+    return zero_safe(ta, a / out) + zero_safe(tb, b / out)
+
+
+OPS["hypot"] = ref_op(hypot_forward, hypot_vjp, hypot_jvp, arity=2)
+
+
+# --- floor_divide: piecewise constant in both inputs, gradient exactly zero (as floor) -----------
+OPS["floor_divide"] = ref_op(np.floor_divide, _zero_vjp, _zero_jvp, arity=2)
+
+
+# --- mod(a, b) = a - b floor(a / b), the sign of the divisor (Python's %) ------------------------
+# d/da = 1 (the cotangent passes, as in add), d/db = -floor_divide(a, b).
+def mod_forward(a, b):
+    return np.mod(a, b)
+
+
+def mod_vjp(g, out, a, b):
+    return g, zero_safe(g, -np.floor_divide(a, b))
+
+
+def mod_jvp(tangents, out, a, b):
+    ta, tb = tangents
+    return ta + zero_safe(tb, -np.floor_divide(a, b))
+
+
+OPS["mod"] = ref_op(mod_forward, mod_vjp, mod_jvp, arity=2)
 
 
 # --- clip(x, lo, hi) ------------------------------------------------------------------------------
