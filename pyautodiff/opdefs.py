@@ -25,7 +25,7 @@ did not come from that input. A derivative that is the constant 0 (floor, sign, 
 zeros, as PyTorch does.
 
 Test fields: `domain` draws smooth random samples ("normal", "wide", "positive", "unit", "above1",
-"nonzero", "ties"; per input for binary ops), `edges` adds edge values checked against the
+"nonzero"; per input for binary ops), `edges` adds edge values checked against the
 reference exactly (not by finite differences), `test_params` lists parameter sets to test besides
 the defaults.
 """
@@ -39,7 +39,7 @@ C_FUNCTIONS = {
     "tanh": "tanh", "log1p": "log1p", "expm1": "expm1", "log2": "log2", "log10": "log10",
     "exp2": "exp2", "tan": "tan", "arcsin": "asin", "arccos": "acos", "arctan": "atan",
     "sinh": "sinh", "cosh": "cosh", "arcsinh": "asinh", "arccosh": "acosh", "arctanh": "atanh",
-    "erf": "erf", "floor": "floor", "ceil": "ceil", "trunc": "trunc", "round": "nearbyint",
+    "erf": "erf", "erfc": "erfc", "floor": "floor", "ceil": "ceil", "trunc": "trunc", "round": "nearbyint",
     "power": "pow", "arctan2": "atan2", "hypot": "hypot",
     # NumPy's floor_divide and mod (divmod semantics, csrc/kernels/ewmath.h)
     "np_floor_divide": "ad_floor_divide", "np_mod": "ad_mod",
@@ -104,7 +104,8 @@ unary("relu", "where(x > 0 or isnan(x), x, 0)", "where(x > 0, 1, where(isnan(x),
       "max(x, 0) elementwise; its gradient at 0 is 0.", edges=(0.0, [-1.0, 0.0, 2.0, -0.0], [nan, -1.0]))
 unary("log1p", "log1p(x)", "1 / (1 + x)", "log(1 + x), accurate for small x.", domain=("positive",),
       edges=([-1.0, 0.0, 1e-20], -2.0))
-unary("expm1", "expm1(x)", "y + 1", "exp(x) - 1, accurate for small x.", domain=("wide",),
+# exp(x), not y + 1, which is 0 below x = -40
+unary("expm1", "expm1(x)", "exp(x)", "exp(x) - 1, accurate for small x.", domain=("wide",),
       edges=([-1000.0, 0.0, 1e-20, 800.0],))
 unary("log2", "log2(x)", "1 / (x * 0.6931471805599453)", "Base-2 logarithm.", domain=("positive",),
       edges=([0.0, 1.0, 8.0],))
@@ -116,9 +117,10 @@ unary("square", "x * x", "2 * x", "x * x elementwise.", edges=([0.0, 1e200, -3.0
 unary("reciprocal", "1 / x", "-(y * y)", "1 / x elementwise.", domain=("nonzero",),
       edges=([0.0, -0.0, inf],))
 unary("tan", "tan(x)", "1 + y * y", "Tangent elementwise.", domain=("unit",), edges=([0.0, 1.5],))
-unary("arcsin", "arcsin(x)", "1 / sqrt(1 - x * x)", "Inverse sine (NumPy's name).", domain=("unit",),
+# (1 - x)(1 + x) rather than 1 - x*x: no cancellation near |x| = 1
+unary("arcsin", "arcsin(x)", "1 / sqrt((1 - x) * (1 + x))", "Inverse sine (NumPy's name).", domain=("unit",),
       edges=([-1.0, 0.0, 1.0], 2.0))
-unary("arccos", "arccos(x)", "-1 / sqrt(1 - x * x)", "Inverse cosine (NumPy's name).", domain=("unit",),
+unary("arccos", "arccos(x)", "-1 / sqrt((1 - x) * (1 + x))", "Inverse cosine (NumPy's name).", domain=("unit",),
       edges=([-1.0, 0.0, 1.0], 2.0))
 unary("arctan", "arctan(x)", "1 / (1 + x * x)", "Inverse tangent (NumPy's name).", domain=("wide",),
       edges=([-1e200, 0.0, inf],))
@@ -126,24 +128,28 @@ unary("sinh", "sinh(x)", "cosh(x)", "Hyperbolic sine.", domain=("wide",), edges=
 unary("cosh", "cosh(x)", "sinh(x)", "Hyperbolic cosine.", domain=("wide",), edges=([0.0, -800.0],))
 unary("arcsinh", "arcsinh(x)", "1 / sqrt(x * x + 1)", "Inverse hyperbolic sine.", domain=("wide",),
       edges=([0.0, 1e200],))
-unary("arccosh", "arccosh(x)", "1 / sqrt(x * x - 1)", "Inverse hyperbolic cosine (x >= 1).",
+unary("arccosh", "arccosh(x)", "1 / sqrt((x - 1) * (x + 1))", "Inverse hyperbolic cosine (x >= 1).",
       domain=("above1",), edges=([1.0, 2.0], 0.5))
-unary("arctanh", "arctanh(x)", "1 / (1 - x * x)", "Inverse hyperbolic tangent (|x| < 1).",
+unary("arctanh", "arctanh(x)", "1 / ((1 - x) * (1 + x))", "Inverse hyperbolic tangent (|x| < 1).",
       domain=("unit",), edges=([-1.0, 0.0, 1.0], 2.0))
 unary("erf", "erf(x)", "1.1283791670955126 * exp(-(x * x))", "The error function.", domain=("wide",),
       edges=([0.0, 30.0, -30.0],))
+unary("erfc", "erfc(x)", "-1.1283791670955126 * exp(-(x * x))",
+      "1 - erf(x), accurate where erf(x) is near 1.", domain=("wide",), edges=([0.0, 30.0, -30.0],))
 # max(x, 0) + log1p(exp(-|x|)): finite at +-1000
 unary("softplus", "where(x > 0, x, 0) + log1p(exp(-abs(x)))", "sigmoid(x)",
       "log(1 + exp(x)), computed without overflow.", domain=("wide",), edges=([-1000.0, 0.0, 1000.0],))
-# gelu(x, approximate=...) in ops.py picks one of the two
-unary("gelu_erf", "0.5 * x * (1 + erf(x * 0.7071067811865476))",
-      "0.5 * (1 + erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * exp(-0.5 * (x * x))",
+# gelu(x, approximate=...) in ops.py picks one of the two. Phi(x) = 0.5 erfc(-x / sqrt 2) and
+# 0.5 (1 + tanh u) = sigmoid(2u): the forms with 1 + erf or 1 + tanh cancel for negative x
+unary("gelu_erf", "0.5 * x * erfc(x * -0.7071067811865476)",
+      "0.5 * erfc(x * -0.7071067811865476) + x * 0.3989422804014327 * exp(-0.5 * (x * x))",
       "Gaussian error linear unit x * Phi(x).", enum="GELU", public=False, domain=("wide",),
       edges=([-40.0, 0.0, 40.0],))
-unary("gelu_tanh", "0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * (x * x * x))))",
-      "0.5 * (1 + tanh(0.7978845608028654 * (x + 0.044715 * (x * x * x))))"
-      " + 0.5 * x * (1 - tanh(0.7978845608028654 * (x + 0.044715 * (x * x * x))) ** 2)"
-      " * 0.7978845608028654 * (1 + 0.134145 * (x * x))",
+unary("gelu_tanh", "x * sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x)))",
+      "sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x)))"
+      " + x * sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x)))"
+      " * (1 - sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x))))"
+      " * 1.5957691216057308 * (1 + 0.134145 * (x * x))",
       "GELU with the tanh approximation.", enum="GELU_TANH", public=False, domain=("wide",),
       edges=([-40.0, 0.0, 40.0],))
 unary("silu", "x * sigmoid(x)", "sigmoid(x) * (1 + x * (1 - sigmoid(x)))", "x * sigmoid(x) (swish).",

@@ -37,6 +37,7 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 
 import pyautodiff as ad
+from pyautodiff import opdefs
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 
@@ -156,47 +157,59 @@ def row(**kw):
 
 
 # ---------------------------------------------------------------------------------------------
-# unary ops
+# the elementwise ops: one row per row of pyautodiff/opdefs.py, with its domain and edge values
 # ---------------------------------------------------------------------------------------------
-row(name="negative", fn=ad.negative, ref="negative", public="negative", samples=unary(normal, [0.0, [1e308, -1e-308]]))
-row(name="neg_operator", fn=lambda x: -x, ref="negative", public="negative", samples=unary(normal))
-row(name="exp", fn=ad.exp, ref="exp", public="exp",
-    # underflow to 0, overflow to inf; NaN and infinities
-    samples=unary(wide, [[-1000.0, 0.0, 700.0], 800.0, [np.nan, -np.inf, np.inf]]))
-row(name="log", fn=ad.log, ref="log", public="log",
-    samples=unary(positive, [0.0, [0.0, 1.0, 1e-300], -1.0]))     # log(0) = -inf, grad +inf; log(-1) NaN
-row(name="sqrt", fn=ad.sqrt, ref="sqrt", public="sqrt",
-    samples=unary(positive, [0.0, [0.0, 4.0, 1e-300], [np.nan, np.inf, -1.0]]))           # grad +inf at 0
-row(name="abs", fn=ad.abs, ref="abs", public="abs",
-    samples=unary(normal, [0.0, [-2.0, 0.0, 3.0, -0.0], [np.nan, 1.0]]))   # abs'(0) = 0; NaN in, NaN out
-row(name="abs_operator", fn=lambda x: abs(x), ref="abs", public="abs", samples=unary(normal))
-row(name="sin", fn=ad.sin, ref="sin", public="sin", samples=unary(wide, [[0.0, np.pi, -np.pi / 2]]))
-row(name="cos", fn=ad.cos, ref="cos", public="cos", samples=unary(wide, [[0.0, np.pi, np.pi / 2]]))
-row(name="tanh", fn=ad.tanh, ref="tanh", public="tanh", samples=unary(wide, [[-50.0, 0.0, 50.0, 1e-10]]))
-row(name="sigmoid", fn=ad.sigmoid, ref="sigmoid", public="sigmoid",
-    samples=unary(wide, [[-1000.0, -40.0, 0.0, 40.0, 1000.0]]))   # stable at +-1000
-row(name="relu", fn=ad.relu, ref="relu", public="relu",
-    samples=unary(normal, [0.0, [-1.0, 0.0, 2.0, -0.0], [np.nan, -1.0]]))  # relu'(0) = 0; NaN in, NaN out
+def unit(rng, shape):
+    return rng.uniform(-0.9, 0.9, shape)
 
-# ---------------------------------------------------------------------------------------------
-# binary ops (tensor with tensor, NumPy broadcasting)
-# ---------------------------------------------------------------------------------------------
-row(name="add", fn=ad.add, ref="add", public="add", samples=binary(normal, normal))
+
+def above1(rng, shape):
+    return rng.uniform(1.1, 4.0, shape)
+
+
+DOMAINS = {"normal": normal, "wide": wide, "positive": positive, "nonzero": nonzero, "unit": unit,
+           "above1": above1}
+# opdefs rows reached through another public function, and the reference op they check against
+VIA = {"gelu_erf": (lambda x, **kw: ad.gelu(x, **kw), "gelu", {"approximate": "none"}),
+       "gelu_tanh": (lambda x, **kw: ad.gelu(x, **kw), "gelu", {"approximate": "tanh"}),
+       "round": (lambda x: ad.round(x), "round", {})}
+
+
+def _with_params(gen, params):
+    def out(rng):
+        return [Sample(smp.args, f"{smp.label}-{params}", smp.smooth, dict(params)) for smp in gen(rng)]
+    return out
+
+
+for _op in opdefs.ALL:
+    if not _op.public and _op.name not in VIA:
+        continue                      # x op c: the scalar rows below
+    _fn, _ref, _call_params = VIA[_op.name] if _op.name in VIA else (getattr(ad, _op.name), _op.name, {})
+    if _op.kind == "unary":
+        _gen = unary(DOMAINS[_op.domain[0]], _op.edges)
+    else:
+        _gen = binary(DOMAINS[_op.domain[0]], DOMAINS[_op.domain[-1]],
+                      [(a, b, f"edge{i}") for i, (a, b) in enumerate(_op.edges)])
+    if _call_params:
+        _gen = _with_params(_gen, _call_params)
+    row(name=_op.name, fn=_fn, ref=_ref, public=_op.name, samples=_gen)
+    for _k, _p in enumerate(_op.test_params):
+        row(name=f"{_op.name}_params{_k}", fn=_fn, ref=_ref, public=_op.name, samples=_with_params(_gen, _p))
+
+# the same ops through operators and methods
+row(name="neg_operator", fn=lambda x: -x, ref="negative", public="negative", samples=unary(normal))
+row(name="abs_operator", fn=lambda x: abs(x), ref="abs", public="abs", samples=unary(normal))
+row(name="round_method", fn=lambda x: x.round(), ref="round", public="round", samples=unary(wide, [[0.5, 1.5]]))
 row(name="add_operator", fn=lambda a, b: a + b, ref="add", public="add", samples=binary(normal, normal))
-row(name="subtract", fn=ad.subtract, ref="subtract", public="subtract", samples=binary(normal, normal))
 row(name="sub_operator", fn=lambda a, b: a - b, ref="subtract", public="subtract", samples=binary(normal, normal))
-row(name="multiply", fn=ad.multiply, ref="multiply", public="multiply",
-    samples=binary(normal, normal, [([0.0, 1.0, np.inf], [np.inf, 0.0, 2.0], "inf*0")]))
 row(name="mul_operator", fn=lambda a, b: a * b, ref="multiply", public="multiply", samples=binary(normal, normal))
-row(name="divide", fn=ad.divide, ref="divide", public="divide",
-    samples=binary(normal, nonzero, [([1.0, 0.0, -1.0], [0.0, 0.0, 0.0], "by0")]))
 row(name="div_operator", fn=lambda a, b: a / b, ref="divide", public="divide", samples=binary(normal, nonzero))
-row(name="power", fn=ad.power, ref="power", public="power",
-    samples=binary(positive, normal, [
-        ([0.0, 0.0, 2.0, 0.0], [2.0, 0.5, 0.0, 0.0], "base0_exp0"),   # d/db = 0 at a == 0; d/da = 0 at b == 0
-        ([-2.0, -1.5], [3.0, 2.0], "negative_base_int_exp"),          # d/db = out*log(a) = NaN, as IEEE says
-    ]))
 row(name="pow_operator", fn=lambda a, b: a ** b, ref="power", public="power", samples=binary(positive, normal))
+row(name="floordiv_operator", fn=lambda a, b: a // b, ref="floor_divide", public="floor_divide",
+    samples=binary(wide, nonzero))
+row(name="mod_operator", fn=lambda a, b: a % b, ref="mod", public="mod", samples=binary(wide, nonzero))
+row(name="mod_rscalar", fn=lambda x: 5.5 % x, ref="mod", public="mod", ref_inputs=lambda x: (_c(x, 5.5), x),
+    grad_of=(1,), samples=unary(nonzero))
 
 
 def _ties(rng, shape):
@@ -205,12 +218,6 @@ def _ties(rng, shape):
 
 
 for _name, _fn in (("maximum", ad.maximum), ("minimum", ad.minimum)):
-    row(name=_name, fn=_fn, ref=_name, public=_name, samples=binary(normal, normal, [
-        ([1.0, 2.0, -3.0, 0.0], [1.0, 1.0, -3.0, -0.0], "ties"),       # equal elements split 0.5 / 0.5
-        ([[2.0], [1.0]], [2.0, 2.0, 0.0], "ties_broadcast"),             # a tie reached through broadcasting
-        # NaN propagates, and the NaN side gets the gradient (both sides when both are NaN)
-        ([np.nan, 1.0, np.nan, 2.0], [0.0, np.nan, np.nan, 1.0], "nan"),
-    ]))
     row(name=_name + "_ties", fn=_fn, ref=_name, public=_name,
         samples=lambda rng: [Sample((_ties(rng, sa), _ties(rng, sb)), f"{sa}x{sb}", smooth=False)
                              for sa, sb in BINARY_SHAPES])

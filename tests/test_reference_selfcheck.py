@@ -112,6 +112,7 @@ CASES = {
     "arccosh": [lambda r: case(r.uniform(1.2, 4.0, (5,)))],
     "arctanh": [lambda r: case(inside_unit(r, (5,)))],
     "erf": [lambda r: case(smooth(r, (2, 3)) * 1.5)],
+    "erfc": [lambda r: case(smooth(r, (2, 3)) * 1.5)],
     "softplus": [lambda r: case(smooth(r, (2, 3)) * 3)],
     "gelu": [lambda r: case(smooth(r, (2, 3)) * 2),
              lambda r: case(smooth(r, (2, 3)) * 2, approximate="none"),

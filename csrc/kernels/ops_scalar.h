@@ -18,10 +18,10 @@ static inline double ad_f_reciprocal_d(double x) { return (1 / x); }
 static inline float ad_f_reciprocal_f(float x) { return (1 / x); }
 static inline double ad_f_softplus_d(double x) { return (((x > 0) ? x : 0) + log1p(exp((-fabs(x))))); }
 static inline float ad_f_softplus_f(float x) { return (((x > 0) ? x : 0) + log1p(exp((-fabs(x))))); }
-static inline double ad_f_gelu_erf_d(double x) { return (((double)0.5 * x) * (1 + erf((x * (double)0.7071067811865476)))); }
-static inline float ad_f_gelu_erf_f(float x) { return (((float)0.5 * x) * (1 + erf((x * (float)0.7071067811865476)))); }
-static inline double ad_f_gelu_tanh_d(double x) { return (((double)0.5 * x) * (1 + tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))))); }
-static inline float ad_f_gelu_tanh_f(float x) { return (((float)0.5 * x) * (1 + tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))))); }
+static inline double ad_f_gelu_erf_d(double x) { return (((double)0.5 * x) * erfc((x * (double)-0.7071067811865476))); }
+static inline float ad_f_gelu_erf_f(float x) { return (((float)0.5 * x) * erfc((x * (float)-0.7071067811865476))); }
+static inline double ad_f_gelu_tanh_d(double x) { return (x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))); }
+static inline float ad_f_gelu_tanh_f(float x) { return (x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))); }
 static inline double ad_f_silu_d(double x) { return (x * ad_f_sigmoid_d(x)); }
 static inline float ad_f_silu_f(float x) { return (x * ad_f_sigmoid_f(x)); }
 static inline double ad_f_sign_d(double x) { return ((x > 0) ? 1 : ((x < 0) ? -1 : x)); }

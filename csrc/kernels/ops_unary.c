@@ -656,17 +656,17 @@ AD_VEC_FN static void ad_ew_expm1_fwd_f(const void *const *in, void *out, int64_
 static void ad_ew_expm1_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
-    const double *restrict Y_ = in[2];
+    const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = (y + 1); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = exp(x); }
 }
 
 static void ad_ew_expm1_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
-    const float *restrict Y_ = in[2];
+    const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (y + 1); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = exp(x); }
 }
 
 static int ad_ew_expm1_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -675,7 +675,7 @@ static int ad_ew_expm1_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scal
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_mk_unary(T, AD_OP_ADD_S, y, 1, 0, &v[0]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_EXP, in0, 0, 0, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -1090,7 +1090,7 @@ static void ad_ew_arcsin_d0_d(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / sqrt((1 - (x * x)))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / sqrt(((1 - x) * (1 + x)))); }
 }
 
 static void ad_ew_arcsin_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1098,7 +1098,7 @@ static void ad_ew_arcsin_d0_f(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / sqrt((1 - (x * x)))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / sqrt(((1 - x) * (1 + x)))); }
 }
 
 static void ad_ew_arcsin_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1106,7 +1106,7 @@ static void ad_ew_arcsin_h00_d(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-((((double)0.5 / sqrt((1 - (x * x)))) * (-(x + x))) / (sqrt((1 - (x * x))) * sqrt((1 - (x * x)))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-((((double)0.5 / sqrt(((1 - x) * (1 + x)))) * ((-(1 + x)) + (1 - x))) / (sqrt(((1 - x) * (1 + x))) * sqrt(((1 - x) * (1 + x)))))); }
 }
 
 static void ad_ew_arcsin_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1114,23 +1114,24 @@ static void ad_ew_arcsin_h00_f(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-((((float)0.5 / sqrt((1 - (x * x)))) * (-(x + x))) / (sqrt((1 - (x * x))) * sqrt((1 - (x * x)))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-((((float)0.5 / sqrt(((1 - x) * (1 + x)))) * ((-(1 + x)) + (1 - x))) / (sqrt(((1 - x) * (1 + x))) * sqrt(((1 - x) * (1 + x)))))); }
 }
 
 static int ad_ew_arcsin_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
 {
-    ad_node *v[4] = {0};
+    ad_node *v[5] = {0};
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[0]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, v[0], 1, 0, &v[1]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_SQRT, v[1], 0, 0, &v[2]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[2], 1, 0, &v[3]))) goto done;
-    *node = v[3];
-    v[3] = NULL;
+    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, in0, 1, 0, &v[0]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_ADD_S, in0, 1, 0, &v[1]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[0], v[1], &v[2]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_SQRT, v[2], 0, 0, &v[3]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[3], 1, 0, &v[4]))) goto done;
+    *node = v[4];
+    v[4] = NULL;
 done:
-    for (int i = 0; i < 4; i++) if (v[i]) ad_node_unref(T, v[i]);
+    for (int i = 0; i < 5; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
 
@@ -1157,7 +1158,7 @@ static void ad_ew_arccos_d0_d(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-1 / sqrt((1 - (x * x)))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-1 / sqrt(((1 - x) * (1 + x)))); }
 }
 
 static void ad_ew_arccos_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1165,7 +1166,7 @@ static void ad_ew_arccos_d0_f(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-1 / sqrt((1 - (x * x)))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-1 / sqrt(((1 - x) * (1 + x)))); }
 }
 
 static void ad_ew_arccos_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1173,7 +1174,7 @@ static void ad_ew_arccos_h00_d(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-((-(((double)0.5 / sqrt((1 - (x * x)))) * (-(x + x)))) / (sqrt((1 - (x * x))) * sqrt((1 - (x * x)))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-((-(((double)0.5 / sqrt(((1 - x) * (1 + x)))) * ((-(1 + x)) + (1 - x)))) / (sqrt(((1 - x) * (1 + x))) * sqrt(((1 - x) * (1 + x)))))); }
 }
 
 static void ad_ew_arccos_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1181,23 +1182,24 @@ static void ad_ew_arccos_h00_f(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-((-(((float)0.5 / sqrt((1 - (x * x)))) * (-(x + x)))) / (sqrt((1 - (x * x))) * sqrt((1 - (x * x)))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-((-(((float)0.5 / sqrt(((1 - x) * (1 + x)))) * ((-(1 + x)) + (1 - x)))) / (sqrt(((1 - x) * (1 + x))) * sqrt(((1 - x) * (1 + x)))))); }
 }
 
 static int ad_ew_arccos_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
 {
-    ad_node *v[4] = {0};
+    ad_node *v[5] = {0};
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[0]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, v[0], 1, 0, &v[1]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_SQRT, v[1], 0, 0, &v[2]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[2], -1, 0, &v[3]))) goto done;
-    *node = v[3];
-    v[3] = NULL;
+    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, in0, 1, 0, &v[0]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_ADD_S, in0, 1, 0, &v[1]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[0], v[1], &v[2]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_SQRT, v[2], 0, 0, &v[3]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[3], -1, 0, &v[4]))) goto done;
+    *node = v[4];
+    v[4] = NULL;
 done:
-    for (int i = 0; i < 4; i++) if (v[i]) ad_node_unref(T, v[i]);
+    for (int i = 0; i < 5; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
 
@@ -1453,7 +1455,7 @@ static void ad_ew_arccosh_d0_d(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / sqrt(((x * x) - 1))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / sqrt(((x - 1) * (x + 1)))); }
 }
 
 static void ad_ew_arccosh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1461,7 +1463,7 @@ static void ad_ew_arccosh_d0_f(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / sqrt(((x * x) - 1))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / sqrt(((x - 1) * (x + 1)))); }
 }
 
 static void ad_ew_arccosh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1469,7 +1471,7 @@ static void ad_ew_arccosh_h00_d(const void *const *in, void *out, int64_t n, con
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-((((double)0.5 / sqrt(((x * x) - 1))) * (x + x)) / (sqrt(((x * x) - 1)) * sqrt(((x * x) - 1))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-((((double)0.5 / sqrt(((x - 1) * (x + 1)))) * ((x + 1) + (x - 1))) / (sqrt(((x - 1) * (x + 1))) * sqrt(((x - 1) * (x + 1)))))); }
 }
 
 static void ad_ew_arccosh_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1477,23 +1479,24 @@ static void ad_ew_arccosh_h00_f(const void *const *in, void *out, int64_t n, con
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-((((float)0.5 / sqrt(((x * x) - 1))) * (x + x)) / (sqrt(((x * x) - 1)) * sqrt(((x * x) - 1))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-((((float)0.5 / sqrt(((x - 1) * (x + 1)))) * ((x + 1) + (x - 1))) / (sqrt(((x - 1) * (x + 1))) * sqrt(((x - 1) * (x + 1)))))); }
 }
 
 static int ad_ew_arccosh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
 {
-    ad_node *v[4] = {0};
+    ad_node *v[5] = {0};
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[0]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_ADD_S, v[0], -(1), 0, &v[1]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_SQRT, v[1], 0, 0, &v[2]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[2], 1, 0, &v[3]))) goto done;
-    *node = v[3];
-    v[3] = NULL;
+    if ((st = ad_mk_unary(T, AD_OP_ADD_S, in0, -(1), 0, &v[0]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_ADD_S, in0, 1, 0, &v[1]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[0], v[1], &v[2]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_SQRT, v[2], 0, 0, &v[3]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[3], 1, 0, &v[4]))) goto done;
+    *node = v[4];
+    v[4] = NULL;
 done:
-    for (int i = 0; i < 4; i++) if (v[i]) ad_node_unref(T, v[i]);
+    for (int i = 0; i < 5; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
 
@@ -1520,7 +1523,7 @@ static void ad_ew_arctanh_d0_d(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / (1 - (x * x))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / ((1 - x) * (1 + x))); }
 }
 
 static void ad_ew_arctanh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1528,7 +1531,7 @@ static void ad_ew_arctanh_d0_f(const void *const *in, void *out, int64_t n, cons
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / (1 - (x * x))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / ((1 - x) * (1 + x))); }
 }
 
 static void ad_ew_arctanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1536,7 +1539,7 @@ static void ad_ew_arctanh_h00_d(const void *const *in, void *out, int64_t n, con
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-((-(x + x)) / ((1 - (x * x)) * (1 - (x * x))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-(((-(1 + x)) + (1 - x)) / (((1 - x) * (1 + x)) * ((1 - x) * (1 + x))))); }
 }
 
 static void ad_ew_arctanh_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1544,22 +1547,23 @@ static void ad_ew_arctanh_h00_f(const void *const *in, void *out, int64_t n, con
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-((-(x + x)) / ((1 - (x * x)) * (1 - (x * x))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-(((-(1 + x)) + (1 - x)) / (((1 - x) * (1 + x)) * ((1 - x) * (1 + x))))); }
 }
 
 static int ad_ew_arctanh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
 {
-    ad_node *v[3] = {0};
+    ad_node *v[4] = {0};
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[0]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, v[0], 1, 0, &v[1]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[1], 1, 0, &v[2]))) goto done;
-    *node = v[2];
-    v[2] = NULL;
+    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, in0, 1, 0, &v[0]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_ADD_S, in0, 1, 0, &v[1]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[0], v[1], &v[2]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_RDIV_S, v[2], 1, 0, &v[3]))) goto done;
+    *node = v[3];
+    v[3] = NULL;
 done:
-    for (int i = 0; i < 3; i++) if (v[i]) ad_node_unref(T, v[i]);
+    for (int i = 0; i < 4; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
 
@@ -1623,6 +1627,71 @@ static int ad_ew_erf_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     if ((st = ad_mk_unary(T, AD_OP_NEG, v[0], 0, 0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_EXP, v[1], 0, 0, &v[2]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[2], (double)1.1283791670955126, 0, &v[3]))) goto done;
+    *node = v[3];
+    v[3] = NULL;
+done:
+    for (int i = 0; i < 4; i++) if (v[i]) ad_node_unref(T, v[i]);
+    return st;
+}
+
+static void ad_ew_erfc_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = erfc(x); }
+}
+
+static void ad_ew_erfc_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = erfc(x); }
+}
+
+static void ad_ew_erfc_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((double)-1.1283791670955126 * exp((-(x * x)))); }
+}
+
+static void ad_ew_erfc_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((float)-1.1283791670955126 * exp((-(x * x)))); }
+}
+
+static void ad_ew_erfc_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((double)-1.1283791670955126 * (exp((-(x * x))) * (-(x + x)))); }
+}
+
+static void ad_ew_erfc_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((float)-1.1283791670955126 * (exp((-(x * x))) * (-(x + x)))); }
+}
+
+static int ad_ew_erfc_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
+{
+    ad_node *v[4] = {0};
+    int st = AD_OK;
+    ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
+    (void)in0; (void)in1; (void)y; (void)scalar;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[0]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_NEG, v[0], 0, 0, &v[1]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_EXP, v[1], 0, 0, &v[2]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[2], (double)-1.1283791670955126, 0, &v[3]))) goto done;
     *node = v[3];
     v[3] = NULL;
 done:
@@ -1694,22 +1763,20 @@ done:
     return st;
 }
 
-AD_VEC_FN static void ad_ew_gelu_erf_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_gelu_erf_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * x) * (1 + erf((x * (double)0.7071067811865476)))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * x) * erfc((x * (double)-0.7071067811865476))); }
 }
 
-AD_VEC_FN static void ad_ew_gelu_erf_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_gelu_erf_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * x) * (1 + erf((x * (float)0.7071067811865476)))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * x) * erfc((x * (float)-0.7071067811865476))); }
 }
 
 static void ad_ew_gelu_erf_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1717,7 +1784,7 @@ static void ad_ew_gelu_erf_d0_d(const void *const *in, void *out, int64_t n, con
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * (1 + erf((x * (double)0.7071067811865476)))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); }
 }
 
 static void ad_ew_gelu_erf_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1725,7 +1792,7 @@ static void ad_ew_gelu_erf_d0_f(const void *const *in, void *out, int64_t n, con
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * (1 + erf((x * (float)0.7071067811865476)))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); }
 }
 
 static void ad_ew_gelu_erf_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1733,7 +1800,7 @@ static void ad_ew_gelu_erf_h00_d(const void *const *in, void *out, int64_t n, co
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * (((double)1.1283791670955126 * exp((-((x * (double)0.7071067811865476) * (x * (double)0.7071067811865476))))) * (double)0.7071067811865476)) + (((double)0.3989422804014327 * exp(((double)-0.5 * (x * x)))) + ((x * (double)0.3989422804014327) * (exp(((double)-0.5 * (x * x))) * ((double)-0.5 * (x + x)))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * (((double)-1.1283791670955126 * exp((-((x * (double)-0.7071067811865476) * (x * (double)-0.7071067811865476))))) * (double)-0.7071067811865476)) + (((double)0.3989422804014327 * exp(((double)-0.5 * (x * x)))) + ((x * (double)0.3989422804014327) * (exp(((double)-0.5 * (x * x))) * ((double)-0.5 * (x + x)))))); }
 }
 
 static void ad_ew_gelu_erf_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1741,48 +1808,45 @@ static void ad_ew_gelu_erf_h00_f(const void *const *in, void *out, int64_t n, co
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * (((float)1.1283791670955126 * exp((-((x * (float)0.7071067811865476) * (x * (float)0.7071067811865476))))) * (float)0.7071067811865476)) + (((float)0.3989422804014327 * exp(((float)-0.5 * (x * x)))) + ((x * (float)0.3989422804014327) * (exp(((float)-0.5 * (x * x))) * ((float)-0.5 * (x + x)))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * (((float)-1.1283791670955126 * exp((-((x * (float)-0.7071067811865476) * (x * (float)-0.7071067811865476))))) * (float)-0.7071067811865476)) + (((float)0.3989422804014327 * exp(((float)-0.5 * (x * x)))) + ((x * (float)0.3989422804014327) * (exp(((float)-0.5 * (x * x))) * ((float)-0.5 * (x + x)))))); }
 }
 
 static int ad_ew_gelu_erf_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
 {
-    ad_node *v[10] = {0};
+    ad_node *v[9] = {0};
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, (double)0.7071067811865476, 0, &v[0]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_ERF, v[0], 0, 0, &v[1]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_ADD_S, v[1], 1, 0, &v[2]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[2], (double)0.5, 0, &v[3]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, (double)0.3989422804014327, 0, &v[4]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[5]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[5], (double)-0.5, 0, &v[6]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_EXP, v[6], 0, 0, &v[7]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, v[4], v[7], &v[8]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_ADD, v[3], v[8], &v[9]))) goto done;
-    *node = v[9];
-    v[9] = NULL;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, (double)-0.7071067811865476, 0, &v[0]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_ERFC, v[0], 0, 0, &v[1]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[1], (double)0.5, 0, &v[2]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, (double)0.3989422804014327, 0, &v[3]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[4]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[4], (double)-0.5, 0, &v[5]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_EXP, v[5], 0, 0, &v[6]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[3], v[6], &v[7]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_ADD, v[2], v[7], &v[8]))) goto done;
+    *node = v[8];
+    v[8] = NULL;
 done:
-    for (int i = 0; i < 10; i++) if (v[i]) ad_node_unref(T, v[i]);
+    for (int i = 0; i < 9; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
 
-AD_VEC_FN static void ad_ew_gelu_tanh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_gelu_tanh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * x) * (1 + tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))); }
 }
 
-AD_VEC_FN static void ad_ew_gelu_tanh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_gelu_tanh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * x) * (1 + tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))); }
 }
 
 static void ad_ew_gelu_tanh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1790,7 +1854,7 @@ static void ad_ew_gelu_tanh_d0_d(const void *const *in, void *out, int64_t n, co
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * (1 + tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))))) + (((((double)0.5 * x) * (1 - (tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))) * tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x)))))))) * (double)0.7978845608028654) * (1 + ((double)0.134145 * (x * x))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); }
 }
 
 static void ad_ew_gelu_tanh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1798,7 +1862,7 @@ static void ad_ew_gelu_tanh_d0_f(const void *const *in, void *out, int64_t n, co
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * (1 + tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))))) + (((((float)0.5 * x) * (1 - (tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))) * tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x)))))))) * (float)0.7978845608028654) * (1 + ((float)0.134145 * (x * x))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); }
 }
 
 static void ad_ew_gelu_tanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1806,7 +1870,7 @@ static void ad_ew_gelu_tanh_h00_d(const void *const *in, void *out, int64_t n, c
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * ((1 - (tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))) * tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))))) * ((double)0.7978845608028654 * (1 + ((double)0.044715 * (((x + x) * x) + (x * x))))))) + ((((((double)0.5 * (1 - (tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))) * tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x)))))))) + (((double)0.5 * x) * (-((2 * tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x)))))) * ((1 - (tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))) * tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))))) * ((double)0.7978845608028654 * (1 + ((double)0.044715 * (((x + x) * x) + (x * x)))))))))) * (double)0.7978845608028654) * (1 + ((double)0.134145 * (x * x)))) + (((((double)0.5 * x) * (1 - (tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x))))) * tanh(((double)0.7978845608028654 * (x + ((double)0.044715 * ((x * x) * x)))))))) * (double)0.7978845608028654) * ((double)0.134145 * (x + x))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * ((double)1.5957691216057308 * (1 + ((double)0.044715 * (((x + x) * x) + (x * x)))))) + ((((((ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + (x * ((ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * ((double)1.5957691216057308 * (1 + ((double)0.044715 * (((x + x) * x) + (x * x)))))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) + ((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (-((ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * ((double)1.5957691216057308 * (1 + ((double)0.044715 * (((x + x) * x) + (x * x))))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x)))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * ((double)0.134145 * (x + x))))); }
 }
 
 static void ad_ew_gelu_tanh_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1814,12 +1878,12 @@ static void ad_ew_gelu_tanh_h00_f(const void *const *in, void *out, int64_t n, c
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * ((1 - (tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))) * tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))))) * ((float)0.7978845608028654 * (1 + ((float)0.044715 * (((x + x) * x) + (x * x))))))) + ((((((float)0.5 * (1 - (tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))) * tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x)))))))) + (((float)0.5 * x) * (-((2 * tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x)))))) * ((1 - (tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))) * tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))))) * ((float)0.7978845608028654 * (1 + ((float)0.044715 * (((x + x) * x) + (x * x)))))))))) * (float)0.7978845608028654) * (1 + ((float)0.134145 * (x * x)))) + (((((float)0.5 * x) * (1 - (tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x))))) * tanh(((float)0.7978845608028654 * (x + ((float)0.044715 * ((x * x) * x)))))))) * (float)0.7978845608028654) * ((float)0.134145 * (x + x))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * ((float)1.5957691216057308 * (1 + ((float)0.044715 * (((x + x) * x) + (x * x)))))) + ((((((ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + (x * ((ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * ((float)1.5957691216057308 * (1 + ((float)0.044715 * (((x + x) * x) + (x * x)))))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) + ((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (-((ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * ((float)1.5957691216057308 * (1 + ((float)0.044715 * (((x + x) * x) + (x * x))))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x)))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * ((float)0.134145 * (x + x))))); }
 }
 
 static int ad_ew_gelu_tanh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
 {
-    ad_node *v[24] = {0};
+    ad_node *v[27] = {0};
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
@@ -1827,30 +1891,33 @@ static int ad_ew_gelu_tanh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *
     if ((st = ad_mk_binary(T, AD_OP_MUL, v[0], in0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[1], (double)0.044715, 0, &v[2]))) goto done;
     if ((st = ad_mk_binary(T, AD_OP_ADD, in0, v[2], &v[3]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[3], (double)0.7978845608028654, 0, &v[4]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_TANH, v[4], 0, 0, &v[5]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_ADD_S, v[5], 1, 0, &v[6]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[6], (double)0.5, 0, &v[7]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, (double)0.5, 0, &v[8]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[9]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, v[9], in0, &v[10]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[10], (double)0.044715, 0, &v[11]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_ADD, in0, v[11], &v[12]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[12], (double)0.7978845608028654, 0, &v[13]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_TANH, v[13], 0, 0, &v[14]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_POW_S, v[14], 2, 0, &v[15]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, v[15], 1, 0, &v[16]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, v[8], v[16], &v[17]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[17], (double)0.7978845608028654, 0, &v[18]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[19]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[19], (double)0.134145, 0, &v[20]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_ADD_S, v[20], 1, 0, &v[21]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, v[18], v[21], &v[22]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_ADD, v[7], v[22], &v[23]))) goto done;
-    *node = v[23];
-    v[23] = NULL;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[3], (double)1.5957691216057308, 0, &v[4]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_SIGMOID, v[4], 0, 0, &v[5]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[6]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[6], in0, &v[7]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[7], (double)0.044715, 0, &v[8]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_ADD, in0, v[8], &v[9]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[9], (double)1.5957691216057308, 0, &v[10]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_SIGMOID, v[10], 0, 0, &v[11]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, v[11], &v[12]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[13]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[13], in0, &v[14]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[14], (double)0.044715, 0, &v[15]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_ADD, in0, v[15], &v[16]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[16], (double)1.5957691216057308, 0, &v[17]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_SIGMOID, v[17], 0, 0, &v[18]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_RSUB_S, v[18], 1, 0, &v[19]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[12], v[19], &v[20]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[20], (double)1.5957691216057308, 0, &v[21]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, in0, in0, &v[22]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[22], (double)0.134145, 0, &v[23]))) goto done;
+    if ((st = ad_mk_unary(T, AD_OP_ADD_S, v[23], 1, 0, &v[24]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL, v[21], v[24], &v[25]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_ADD, v[5], v[25], &v[26]))) goto done;
+    *node = v[26];
+    v[26] = NULL;
 done:
-    for (int i = 0; i < 24; i++) if (v[i]) ad_node_unref(T, v[i]);
+    for (int i = 0; i < 27; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
 
@@ -2017,7 +2084,7 @@ static void ad_ew_elu_h00_f(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x > 0) ? 0 : (alpha * exp(x))); }
 }
 
-static void ad_ew_elu_k91_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_elu_k94_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -2025,7 +2092,7 @@ static void ad_ew_elu_k91_d(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (x > 0); }
 }
 
-static void ad_ew_elu_k91_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_elu_k94_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -2042,7 +2109,7 @@ static int ad_ew_elu_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     if ((st = ad_ew_const(T, n->dtype, 1, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_EXP, in0, 0, 0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[1], n->c[0], 0, &v[2]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_elu_k91_f, ad_ew_elu_k91_d}, v[0], v[2], &v[3]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_elu_k94_f, ad_ew_elu_k94_d}, v[0], v[2], &v[3]))) goto done;
     *node = v[3];
     v[3] = NULL;
 done:
@@ -2449,7 +2516,7 @@ static void ad_ew_pow_scalar_h00_f(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((c == 0) ? 0 : ((c == 2) ? 2 : (c * (((c - 1) == 0) ? 0 : ((c - 1) * pow(x, (float)((c - 1) - 1))))))); }
 }
 
-static void ad_ew_pow_scalar_k113_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k116_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
@@ -2457,7 +2524,7 @@ static void ad_ew_pow_scalar_k113_d(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 0); }
 }
 
-static void ad_ew_pow_scalar_k113_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k116_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
@@ -2465,7 +2532,7 @@ static void ad_ew_pow_scalar_k113_f(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 0); }
 }
 
-static void ad_ew_pow_scalar_k114_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k117_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
@@ -2473,7 +2540,7 @@ static void ad_ew_pow_scalar_k114_d(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 2); }
 }
 
-static void ad_ew_pow_scalar_k114_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k117_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
@@ -2491,8 +2558,8 @@ static int ad_ew_pow_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double 
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, 2, 0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_POW_S, in0, (n->c[0] - 1), 0, &v[2]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[2], n->c[0], 0, &v[3]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k114_f, ad_ew_pow_scalar_k114_d}, v[1], v[3], &v[4]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k113_f, ad_ew_pow_scalar_k113_d}, v[0], v[4], &v[5]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k117_f, ad_ew_pow_scalar_k117_d}, v[1], v[3], &v[4]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k116_f, ad_ew_pow_scalar_k116_d}, v[0], v[4], &v[5]))) goto done;
     *node = v[5];
     v[5] = NULL;
 done:
@@ -2550,7 +2617,7 @@ static void ad_ew_rpow_scalar_h00_f(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (((c == 0) ? 0 : log(c)) * ((c == 0) ? 0 : (y * log(c)))); }
 }
 
-static void ad_ew_rpow_scalar_k118_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rpow_scalar_k121_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
@@ -2558,7 +2625,7 @@ static void ad_ew_rpow_scalar_k118_d(const void *const *in, void *out, int64_t n
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 0); }
 }
 
-static void ad_ew_rpow_scalar_k118_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rpow_scalar_k121_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
@@ -2574,7 +2641,7 @@ static int ad_ew_rpow_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double
     (void)in0; (void)in1; (void)y; (void)scalar;
     if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, y, log(n->c[0]), 0, &v[1]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_rpow_scalar_k118_f, ad_ew_rpow_scalar_k118_d}, v[0], v[1], &v[2]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_rpow_scalar_k121_f, ad_ew_rpow_scalar_k121_d}, v[0], v[1], &v[2]))) goto done;
     *node = v[2];
     v[2] = NULL;
 done:
@@ -2610,6 +2677,7 @@ const ad_ew_kernels ad_ew_unary[AD_OP_UNARY_LAST - AD_OP_UNARY_FIRST + 1] = {
     [AD_OP_ARCCOSH - AD_OP_UNARY_FIRST] = {{ad_ew_arccosh_fwd_f, ad_ew_arccosh_fwd_d}, {{ad_ew_arccosh_d0_f, ad_ew_arccosh_d0_d}}, {{{ad_ew_arccosh_h00_f, ad_ew_arccosh_h00_d}}}, {ad_ew_arccosh_rec0}, {0}, 0},
     [AD_OP_ARCTANH - AD_OP_UNARY_FIRST] = {{ad_ew_arctanh_fwd_f, ad_ew_arctanh_fwd_d}, {{ad_ew_arctanh_d0_f, ad_ew_arctanh_d0_d}}, {{{ad_ew_arctanh_h00_f, ad_ew_arctanh_h00_d}}}, {ad_ew_arctanh_rec0}, {0}, 0},
     [AD_OP_ERF - AD_OP_UNARY_FIRST] = {{ad_ew_erf_fwd_f, ad_ew_erf_fwd_d}, {{ad_ew_erf_d0_f, ad_ew_erf_d0_d}}, {{{ad_ew_erf_h00_f, ad_ew_erf_h00_d}}}, {ad_ew_erf_rec0}, {0}, 0},
+    [AD_OP_ERFC - AD_OP_UNARY_FIRST] = {{ad_ew_erfc_fwd_f, ad_ew_erfc_fwd_d}, {{ad_ew_erfc_d0_f, ad_ew_erfc_d0_d}}, {{{ad_ew_erfc_h00_f, ad_ew_erfc_h00_d}}}, {ad_ew_erfc_rec0}, {0}, 0},
     [AD_OP_SOFTPLUS - AD_OP_UNARY_FIRST] = {{ad_ew_softplus_fwd_f, ad_ew_softplus_fwd_d}, {{ad_ew_softplus_d0_f, ad_ew_softplus_d0_d}}, {{{ad_ew_softplus_h00_f, ad_ew_softplus_h00_d}}}, {ad_ew_softplus_rec0}, {0}, 0},
     [AD_OP_GELU - AD_OP_UNARY_FIRST] = {{ad_ew_gelu_erf_fwd_f, ad_ew_gelu_erf_fwd_d}, {{ad_ew_gelu_erf_d0_f, ad_ew_gelu_erf_d0_d}}, {{{ad_ew_gelu_erf_h00_f, ad_ew_gelu_erf_h00_d}}}, {ad_ew_gelu_erf_rec0}, {0}, 0},
     [AD_OP_GELU_TANH - AD_OP_UNARY_FIRST] = {{ad_ew_gelu_tanh_fwd_f, ad_ew_gelu_tanh_fwd_d}, {{ad_ew_gelu_tanh_d0_f, ad_ew_gelu_tanh_d0_d}}, {{{ad_ew_gelu_tanh_h00_f, ad_ew_gelu_tanh_h00_d}}}, {ad_ew_gelu_tanh_rec0}, {0}, 0},

@@ -308,6 +308,15 @@ erf_vjp, erf_jvp = _unary_rules(lambda out, x: _TWO_OVER_SQRT_PI * np.exp(-(x * 
 OPS["erf"] = ref_op(erf_forward, erf_vjp, erf_jvp, arity=1)
 
 
+# --- erfc: 1 - erf(x), keeping its relative accuracy where erf(x) is near 1 -----------------------
+def erfc_forward(x):
+    return _erfc(x)
+
+
+erfc_vjp, erfc_jvp = _unary_rules(lambda out, x: -_TWO_OVER_SQRT_PI * np.exp(-(x * x)))
+OPS["erfc"] = ref_op(erfc_forward, erfc_vjp, erfc_jvp, arity=1)
+
+
 # --- softplus: log(1 + exp(x)), stably; the derivative is sigmoid(x) ------------------------------
 def softplus_forward(x):
     # exp of a non-positive number only: softplus(1000) = 1000 and softplus(-1000) = 0, both finite.
@@ -323,7 +332,8 @@ OPS["softplus"] = ref_op(softplus_forward, softplus_vjp, softplus_jvp, arity=1)
 # Phi is taken as 0.5 erfc(-x/sqrt 2), which equals 0.5 (1 + erf(x/sqrt 2)) but keeps its relative
 # accuracy in the lower tail (1 + erf cancels to 0 below x ~ -8).
 # tanh: y = 0.5 x (1 + t), t = tanh(sqrt(2/pi) (x + 0.044715 x^3)), and
-#       y' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+#       y' = 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2), computed through
+#       s = sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)) = 0.5 (1 + t).
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -339,24 +349,25 @@ def _normal_cdf(x):
     return 0.5 * _erfc(-x * _SQRT_HALF)
 
 
-def _gelu_tanh_inner(x):
-    return np.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * (x * x * x)))
+def _gelu_tanh_sigmoid(x):
+    return sigmoid_forward(2 * _SQRT_2_OVER_PI * (x + _GELU_CUBIC * (x * x * x)))
 
 
 def gelu_forward(x, approximate="none"):
     _gelu_check(approximate)
     if approximate == "none":
         return x * _normal_cdf(x)
-    return 0.5 * x * (1 + _gelu_tanh_inner(x))
+    # 0.5 (1 + tanh u) = sigmoid(2u), which does not cancel for negative x
+    return x * _gelu_tanh_sigmoid(x)
 
 
 def _gelu_local(out, x, approximate="none"):
     _gelu_check(approximate)
     if approximate == "none":
         return _normal_cdf(x) + x * (_INV_SQRT_2PI * np.exp(-0.5 * (x * x)))
-    t = _gelu_tanh_inner(x)
-    return (0.5 * (1 + t)
-            + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (1 + 3 * _GELU_CUBIC * (x * x)))
+    # with s = sigmoid(2u): 0.5 (1 + t) = s and 0.5 (1 - t^2) = 2 s (1 - s)
+    s = _gelu_tanh_sigmoid(x)
+    return s + x * s * (1 - s) * (2 * _SQRT_2_OVER_PI) * (1 + 3 * _GELU_CUBIC * (x * x))
 
 
 gelu_vjp, gelu_jvp = _unary_rules(_gelu_local)
