@@ -62,6 +62,17 @@ def _flags():
     return ["-std=c11", "-O3", "-fno-math-errno"], []
 
 
+def _generate():
+    """Bring the elementwise ops' generated C up to date with pyautodiff/opdefs.py (a no-op when it
+    is: the committed files are the generator's output, checked by tests/test_opdefs.py)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_genops", os.path.join(HERE, "_genops.py"))
+    genops = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(genops)
+    genops.main([])
+
+
+_generate()
 ffibuilder = FFI()
 _MVEC = _have_libmvec()
 ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "ad.h")))

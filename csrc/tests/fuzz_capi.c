@@ -184,7 +184,7 @@ static void *make_foreign(void *p)
     for (int i = 0; i < 4 && nforeign < 8; i++) {
         int64_t x = ad_full(AD_F64, 2, s, 1.5, 1);
         foreign[nforeign++] = x;
-        if (nforeign < 8) foreign[nforeign++] = ad_unary(AD_OP_EXP, x);
+        if (nforeign < 8) foreign[nforeign++] = ad_unary(AD_OP_EXP, x, 0, 0);
     }
     return NULL;
 }
@@ -376,10 +376,10 @@ static void one_call(void)
     case 5: check_status("ad_set_requires_grad", ad_set_requires_grad(any_handle(), (int)below(3))); break;
     case 6: check_handle("ad_detach", ad_detach(any_handle()), 0); break;
     case 7:
-    case 8: check_handle("ad_unary", ad_unary(op_arg(AD_OP_NEG, AD_OP_RELU), any_handle()), 0); break;
+    case 8: check_handle("ad_unary", ad_unary(op_arg(AD_OP_UNARY_FIRST, AD_OP_UNARY_LAST), any_handle(), scalar_arg(), scalar_arg()), 0); break;
     case 9:
-    case 10: check_handle("ad_binary", ad_binary(op_arg(AD_OP_ADD, AD_OP_MINIMUM), any_handle(), any_handle()), 0); break;
-    case 11: check_handle("ad_scalar", ad_scalar(op_arg(AD_OP_ADD_S, AD_OP_RPOW_S), any_handle(), scalar_arg()), 0); break;
+    case 10: check_handle("ad_binary", ad_binary(op_arg(AD_OP_BINARY_FIRST, AD_OP_BINARY_LAST), any_handle(), any_handle()), 0); break;
+    case 11: check_handle("ad_unary", ad_unary(op_arg(AD_OP_ADD_S, AD_OP_RPOW_S), any_handle(), scalar_arg(), 0), 0); break;
     case 12: {
         int n = chance(20) ? -1 : (int)below(chance(5) ? 17 : 4);
         for (int i = 0; i < 16; i++) axes[i] = chance(5) ? dim() : below(9) - 4;
