@@ -173,6 +173,12 @@ int ad_set_anomaly(int enabled, ad_site_fn site_fn);
 /* Creation-site id of the op behind the calling thread's last AD_ERR_FLOAT (0: unknown). */
 int64_t ad_anomaly_site(void);
 
+/* What the op table holds for op code `op` (its name into *name): the AD_RULE_* bits of the
+ * rules it has, or AD_ERR_VALUE (negative) for a code out of range. For the completeness test. */
+enum { AD_RULE_VJP = 1, AD_RULE_JVP = 2, AD_RULE_SECOND_ORDER = 4, AD_RULE_VJP_RECORDED = 8,
+       AD_RULE_JVP_RECORDED = 16 };
+int ad_op_rules(int op, const char **name);
+
 /* Counters of the calling thread's tape. */
 int ad_stats(ad_stats_t *out);
 

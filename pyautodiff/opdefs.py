@@ -58,9 +58,14 @@ class Op:
     route: bool = False
     public: bool = True             # False: reached through another function (x + c, gelu's variants)
     method: bool = False            # also a Tensor method (NumPy's ndarray has one)
+    ref: str = ""                   # key of its NumPy reference (default: name)
     domain: tuple = ("normal",)
     edges: tuple = ()
     test_params: tuple = ()
+
+    @property
+    def reference(self):
+        return self.ref or self.name
 
     @property
     def code(self):
@@ -143,14 +148,14 @@ unary("softplus", "where(x > 0, x, 0) + log1p(exp(-abs(x)))", "sigmoid(x)",
 # 0.5 (1 + tanh u) = sigmoid(2u): the forms with 1 + erf or 1 + tanh cancel for negative x
 unary("gelu_erf", "0.5 * x * erfc(x * -0.7071067811865476)",
       "0.5 * erfc(x * -0.7071067811865476) + x * 0.3989422804014327 * exp(-0.5 * (x * x))",
-      "Gaussian error linear unit x * Phi(x).", enum="GELU", public=False, domain=("wide",),
+      "Gaussian error linear unit x * Phi(x).", enum="GELU", public=False, ref="gelu", domain=("wide",),
       edges=([-40.0, 0.0, 40.0],))
 unary("gelu_tanh", "x * sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x)))",
       "sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x)))"
       " + x * sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x)))"
       " * (1 - sigmoid(1.5957691216057308 * (x + 0.044715 * (x * x * x))))"
       " * 1.5957691216057308 * (1 + 0.134145 * (x * x))",
-      "GELU with the tanh approximation.", enum="GELU_TANH", public=False, domain=("wide",),
+      "GELU with the tanh approximation.", enum="GELU_TANH", public=False, ref="gelu", domain=("wide",),
       edges=([-40.0, 0.0, 40.0],))
 unary("silu", "x * sigmoid(x)", "sigmoid(x) * (1 + x * (1 - sigmoid(x)))", "x * sigmoid(x) (swish).",
       domain=("wide",), edges=([-1000.0, 0.0, 1000.0],))
@@ -178,15 +183,15 @@ unary("trunc", "trunc(x)", "0", "Integer part, toward zero; gradient 0.", domain
 # tensor with a Python scalar c (operators and add/subtract/... with a number): never public by
 # themselves, and they keep the tensor's dtype as NumPy's weak scalars do
 S = dict(public=False, params={"c": 0.0})
-unary("add_scalar", "x + c", "1", "x + c", enum="ADD_S", **S)
-unary("mul_scalar", "x * c", "c", "x * c", enum="MUL_S", **S)
-unary("rsub_scalar", "c - x", "-1", "c - x", enum="RSUB_S", **S)
-unary("div_scalar", "x / c", "1 / c", "x / c", enum="DIV_S", **S)
-unary("rdiv_scalar", "c / x", "-y / x", "c / x", enum="RDIV_S", **S)
+unary("add_scalar", "x + c", "1", "x + c", enum="ADD_S", ref="add", **S)
+unary("mul_scalar", "x * c", "c", "x * c", enum="MUL_S", ref="multiply", **S)
+unary("rsub_scalar", "c - x", "-1", "c - x", enum="RSUB_S", ref="subtract", **S)
+unary("div_scalar", "x / c", "1 / c", "x / c", enum="DIV_S", ref="divide", **S)
+unary("rdiv_scalar", "c / x", "-y / x", "c / x", enum="RDIV_S", ref="divide", **S)
 # squaring is common and pow() is slow; d/dx is 0 for c == 0, even at x == 0
 unary("pow_scalar", "where(c == 2, x * x, power(x, c))",
-      "where(c == 0, 0, where(c == 2, 2 * x, c * x ** (c - 1)))", "x ** c", enum="POW_S", **S)
-unary("rpow_scalar", "power(c, x)", "where(c == 0, 0, y * log(c))", "c ** x", enum="RPOW_S", **S)
+      "where(c == 0, 0, where(c == 2, 2 * x, c * x ** (c - 1)))", "x ** c", enum="POW_S", ref="power_scalar", **S)
+unary("rpow_scalar", "power(c, x)", "where(c == 0, 0, y * log(c))", "c ** x", enum="RPOW_S", ref="power", **S)
 
 # ---- binary (NumPy broadcasting) --------------------------------------------------------------
 binary("add", "a + b", "1", "1", "a + b with NumPy broadcasting; the gradient is distributed to both.")

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 import pyautodiff as ad
+from pyautodiff import opdefs
+from op_table import DOMAINS, nonzero
 from pyautodiff.numerical import (GradcheckError, TaylorResult, default_step, gradcheck,
                                   numerical_grad, numerical_jacobian, taylor_test)
 
@@ -312,6 +314,34 @@ OP_CHECKS = {
     "broadcast_to": (lambda x: ad.broadcast_to(x, (2, 3, 4)), lambda r: (r.standard_normal((3, 1)),)),
     "astype": (lambda x: ad.astype(x, np.float32), lambda r: (r.standard_normal((3, 4)),)),
 }
+def _mid(rng, shape):
+    """Halfway between integers, give or take 0.2: a finite difference sees no jump of floor & co."""
+    return rng.integers(-4, 4, shape) + 0.5 + rng.uniform(-0.2, 0.2, shape)
+
+
+def _quotients(rng):
+    """a, b with a / b halfway between integers: floor_divide and mod have no jump nearby."""
+    b = np.full((3, 1), 1.5) * rng.choice([-1.0, 1.0], (3, 1))
+    return _mid(rng, (2, 1, 4)) * np.abs(b[0, 0]), b
+
+
+OP_CHECKS.update({
+    "floor": (ad.floor, lambda r: (_mid(r, (3, 4)),)), "ceil": (ad.ceil, lambda r: (_mid(r, (3, 4)),)),
+    "trunc": (ad.trunc, lambda r: (_mid(r, (3, 4)),)), "sign": (ad.sign, lambda r: (nonzero(r, (3, 4)),)),
+    "round": (ad.round, lambda r: (_mid(r, (3, 4)) - 0.5,)),
+    "floor_divide": (ad.floor_divide, _quotients), "mod": (ad.mod, _quotients),
+    # kinks at 0 and at +-1: points at least 0.2 away
+    "leaky_relu": (ad.leaky_relu, lambda r: (nonzero(r, (3, 4)),)),
+    "hardtanh": (ad.hardtanh, lambda r: (r.choice([-1.0, 1.0], (3, 4)) * r.choice([0.5, 2.0], (3, 4))
+                                         + r.uniform(-0.3, 0.3, (3, 4)),)),
+})
+# every other elementwise op of pyautodiff/opdefs.py, on its own domain (binary ones broadcasting)
+for _op in opdefs.ALL:
+    if _op.public and _op.name not in OP_CHECKS:
+        _draw = [DOMAINS[d] for d in _op.domain]
+        OP_CHECKS[_op.name] = (getattr(ad, _op.name),
+                               (lambda r, d=_draw: (d[0](r, (3, 4)),)) if _op.kind == "unary" else
+                               (lambda r, d=_draw: (d[0](r, (2, 1, 4)), d[-1](r, (3, 1)))))
 
 
 @pytest.mark.parametrize("name", sorted(OP_CHECKS))

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 
 import pyautodiff as ad
+from pyautodiff import opdefs
 from pyautodiff.reference import REFERENCE
+from op_table import DOMAINS
 
 DTYPES = [np.float64, np.float32]
 # summing up to ~10^3 products: float32 rounding of the running terms, relative to the sum
 TOL = {np.float64: (1e-12, 1e-12), np.float32: (2e-5, 2e-5)}
-BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum"]
+BINARY = [op.name for op in opdefs.BINARY if op.public]
 # (shape of a, shape of b): broadcast along the inner run (the partial-sum loop, with and without
 # a remainder), along outer axes (rows added one by one), and both at once
 SHAPES = [
@@ -29,13 +31,11 @@ SHAPES = [
 
 def _inputs(name, sa, sb, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    a = rng.uniform(0.5, 2.0, sa) if name == "power" else rng.standard_normal(sa)
-    b = rng.standard_normal(sb)
+    domain = opdefs.BY_NAME[name].domain
+    a, b = DOMAINS[domain[0]](rng, sa), DOMAINS[domain[-1]](rng, sb)
     if name in ("maximum", "minimum"):
         b = np.round(b, 1)          # some exact ties between a's and b's elements
         a = np.round(a, 1)
-    if name == "divide":
-        b = np.where(np.abs(b) < 0.3, 0.7, b)
     return a.astype(dtype), b.astype(dtype)
 
 

@@ -38,3 +38,14 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_SOFTMAX] = {"softmax", ad_vjp_softmax, 0, ad_jvp_softmax, 0, 0, ad_vjp2_softmax},
     [AD_OP_LOG_SOFTMAX] = {"log_softmax", ad_vjp_softmax, 0, ad_jvp_softmax, 0, 0, ad_vjp2_softmax},
 };
+
+int ad_op_rules(int op, const char **name)
+{
+    if (op <= AD_OP_LEAF || op >= AD_OP_COUNT) return ad_err(AD_ERR_VALUE, "op_rules: no op code %d", op);
+    const ad_opdef *d = &ad_ops[op];
+    *name = d->name;
+    /* a zero second-order term needs no kernel (AD_VJP_CONST) */
+    return (d->vjp ? AD_RULE_VJP : 0) | (d->jvp ? AD_RULE_JVP : 0) |
+           (d->vjp2 || (d->flags & AD_VJP_CONST) ? AD_RULE_SECOND_ORDER : 0) |
+           (d->vjp_rec ? AD_RULE_VJP_RECORDED : 0) | (d->jvp_rec ? AD_RULE_JVP_RECORDED : 0);
+}

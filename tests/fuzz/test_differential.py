@@ -45,6 +45,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import pyautodiff as ad
+from pyautodiff import opdefs
 from pyautodiff.reference import REFERENCE, normalize_axes
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -55,8 +56,9 @@ ELEMENTWISE = {F64: (1e-13, 1e-15), F32: (2e-6, 1e-7)}
 ACCUMULATE = {F64: 1e-12, F32: 1e-5}
 GRAD_RTOL = {F64: 1e-9, F32: 2e-4}
 
-UNARY = ["negative", "exp", "log", "sqrt", "abs", "sin", "cos", "tanh", "sigmoid", "relu"]
-BINARY = ["add", "subtract", "multiply", "divide", "power", "maximum", "minimum"]
+# every public elementwise op of pyautodiff/opdefs.py (parameters at their defaults)
+UNARY = [op.name for op in opdefs.UNARY if op.public]
+BINARY = [op.name for op in opdefs.BINARY if op.public]
 REDUCE = ["sum", "mean", "max", "min"]
 SOFTMAX = ["logsumexp", "softmax", "log_softmax"]
 
