@@ -298,15 +298,18 @@ int ad_vjp2_softmax(ad_tape *T, ad_node *n, const void *g, const void *const *ti
  * each computes one formula at n contiguous elements. in[0] and in[1] are the inputs (x, or a and
  * b), in[2] the output y, c the node's constants (n->c). Arrays of two are indexed by dtype. */
 typedef void (*ad_ew_fn)(const void *const *in, void *out, int64_t n, const double *c);
+/* out (+= when acc) w * dy/d(input), w a cotangent or tangent: n values (ws = 1) or one (ws = 0);
+ * the NaN-safety rule applied (and routing, for the ops that route) */
+typedef void (*ad_ew_wfn)(const void *const *in, const void *w, int64_t ws, void *out, int64_t n,
+                          const double *c, int acc);
 typedef struct {
     ad_ew_fn fwd[2];
-    ad_ew_fn d[2][2];          /* [which][dtype]: dy/d(input which); NULL: the constant 0 */
+    ad_ew_wfn d[2][2];         /* [which][dtype]: w * dy/d(input which); NULL: the constant 0 */
     ad_ew_fn h[2][2][2];       /* [which][k][dtype]: d(d[which])/d(input k), the second-order
                                 * coefficient (through y too); NULL: 0 */
     /* d[which] as recorded ops (*node, a new reference), or *node = NULL and *scalar when it
      * reads no tensor value (add: 1, x * c: c) */
     int (*rec_d[2])(ad_tape *T, ad_node *n, ad_node **node, double *scalar);
-    uint8_t dconst[2];         /* d[which] reads no tensor value: the same at every element */
     uint8_t route;             /* where d is 0 the input gets exactly 0, whatever the cotangent */
 } ad_ew_kernels;
 extern const ad_ew_kernels ad_ew_unary[AD_OP_UNARY_LAST - AD_OP_UNARY_FIRST + 1];

@@ -382,6 +382,42 @@ class Unit:
         return name
 
 
+    def weighted(self, op, e, role, route, vector=False):
+        """out (+)= w * e at n contiguous elements, with the NaN-safety rule (a zero weight gives
+        exactly 0; route: a zero e gives exactly 0), for w a cotangent or a tangent: an array
+        (ws = 1) or one value (ws = 0). Fused, so a VJP or JVP is one pass over its operands."""
+        name = f"ad_ew_{op.name}_{role}"
+        used = variables(e)
+        pnames = list(op.params)
+        ins = inputs_of(op)
+        for T, suf in (("double", "d"), ("float", "f")):
+            loads = [f"const {T} *restrict {v.upper()}_ = in[{i}];" for i, v in enumerate(ins) if v in used]
+            if "y" in used:
+                loads.append(f"const {T} *restrict Y_ = in[2];")
+            params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(pnames)
+                             if ("par", i) in _pars(e))
+            per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
+            d = c_expr(e, T, pnames)
+            safe = f"ad_zero_safe_{suf}"
+            val = f"(d_ == 0 ? 0 : w_ * d_)" if route else f"{safe}(w_, w_ * d_)"
+            pragma = "        AD_VEC_LOOP\n" if vector else ""
+            loops = []
+            for ws in (1, 0):
+                wload = "W_[i]" if ws else "w0"
+                for acc in ("+=", "="):
+                    loops.append(f"{pragma}        for (int64_t i = 0; i < n; i++) {{ {per} {T} w_ = {wload}, d_ = {d}; "
+                                 f"O_[i] {acc} {val}; }}")
+            attr = "AD_VEC_FN " if vector else ""
+            self.lines.append(
+                f"{attr}static void {name}_{suf}(const void *const *in, const void *w, int64_t ws, void *out, "
+                f"int64_t n, const double *cs, int acc)\n"
+                f"{{\n    (void)in; (void)cs;{params}\n    {' '.join(loads)}\n"
+                f"    const {T} *restrict W_ = w; {T} *restrict O_ = out; const {T} w0 = W_[0];\n"
+                f"    if (ws) {{\n        if (acc)\n{loops[0]}\n        else\n{loops[1]}\n    }} else {{\n"
+                f"        if (acc)\n{loops[2]}\n        else\n{loops[3]}\n    }}\n}}\n")
+        return name
+
+
 def _pars(e, out=None):
     out = set() if out is None else out
     if e[0] == "par":
@@ -559,21 +595,21 @@ def family_file(ops, kind):
         f = unit.kernel(op, fwd, "fwd", vector=vec)
         ds = derivatives(op)
         hs = second_order(op)
-        dn, hn, recs, dconst = [], [], [], []
+        dn, hn, recs = [], [], []
         for j, d in enumerate(ds):
-            dn.append(None if is_num(d, 0.0) else unit.kernel(op, d, f"d{j}"))
-            dconst.append(not variables(d))
+            vec_d = bool(calls(d) & LIBMVEC)
+            dn.append(None if is_num(d, 0.0) else unit.weighted(op, d, f"d{j}", op.route, vec_d))
             hn.append([None if is_num(h, 0.0) else unit.kernel(op, h, f"h{j}{k}") for k, h in enumerate(hs[j])])
             recs.append(None if is_num(d, 0.0) else rec_function(unit, op, j, d))
-        entries.append((op, f, dn, hn, recs, dconst))
+        entries.append((op, f, dn, hn, recs))
     body = []
-    for op, f, dn, hn, recs, dconst in entries:
+    for op, f, dn, hn, recs in entries:
         pair = lambda name: f"{{{name}_f, {name}_d}}" if name else "{0, 0}"  # noqa: E731
         d = ", ".join(pair(x) for x in dn)
         h = ", ".join("{" + ", ".join(pair(x) for x in row) + "}" for row in hn)
         rec = ", ".join(r or "0" for r in recs)
         body.append(f"    [{op.code} - AD_OP_{kind.upper()}_FIRST] = {{{pair(f)}, {{{d}}}, {{{h}}}, {{{rec}}}, "
-                    f"{{{', '.join(str(int(c)) for c in dconst)}}}, {int(op.route)}}},")
+                    f"{int(op.route)}}},")
     table = [f"const ad_ew_kernels ad_ew_{kind}[AD_OP_{kind.upper()}_LAST - AD_OP_{kind.upper()}_FIRST + 1] = {{"]
     table += body + ["};", ""]
     return "\n".join(out) + "\n" + "\n".join(unit.lines) + "\n" + "\n".join(table)

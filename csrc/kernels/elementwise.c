@@ -126,21 +126,6 @@ static void combine(int dtype, const void *w, int64_t ws, const void *d, int64_t
 
 static void fill_zero(int dtype, void *p, int64_t m) { memset(p, 0, (size_t)m * ad_itemsize(dtype)); }
 
-/* A kernel's value at m elements into buf, or once (*stride 0) when it reads no tensor value. */
-static const void *eval(ad_ew_fn fn, int constant, const void *const *in, int64_t m,
-                        const double *c, void *buf, int64_t *stride)
-{
-    *stride = constant ? 0 : 1;
-    if (constant) {
-        static const double none[1] = {0};
-        const void *nothing[3] = {none, none, none};
-        fn(nothing, buf, 1, c);
-    } else {
-        fn(in, buf, m, c);
-    }
-    return buf;
-}
-
 typedef union { double d[CHUNK]; float f[CHUNK]; } chunk;
 
 /* ---------------- forward ---------------- */
@@ -190,48 +175,43 @@ static void lane_sum(int dtype, const void *v, int64_t k0, int64_t m, int64_t le
     }
 }
 
-/* Contribution of n's cotangent g to input `which` (or to both, AD_BOTH) through d_which. */
+/* Contribution of n's cotangent g to input `which` (or to both, AD_BOTH): g * d_which, written
+ * into the sink directly, or summed over input `which`'s broadcast axes as it is written. */
 static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
 {
     const ad_ew_kernels *K = kernels_of(n->op);
     int dt = n->dtype;
-    size_t isz = ad_itemsize(dt);
     int both = which == AD_BOTH;
     int j = both ? 0 : which;
-    const ad_node *in_j = n->in[j];
-    if (s->reduce && !s->accumulate) fill_zero(dt, s->dst, in_j->size);
+    int64_t gs = s->g_uniform ? 0 : 1;
+    if (s->reduce && !s->accumulate) fill_zero(dt, s->dst, n->in[j]->size);
     runs r;
     if (!runs_init(&r, n, n->in[0], n->nin > 1 ? n->in[1] : NULL)) {
         if (!s->accumulate && !s->reduce) fill_zero(dt, s->dst, s->size);
         return AD_OK;
     }
-    chunk ba, bb, bd, bc;
+    chunk ba, bb, bc;
     int64_t dR = j == 0 ? r.dA : r.dB;
     do {
+        /* contiguous operands written straight into the sink go in one call */
+        int contiguous = r.dA == 1 && (n->nin < 2 || r.dB == 1);
+        int64_t step = contiguous && !s->reduce ? r.len : CHUNK;
         double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t k = 0; k < r.len; k += CHUNK) {
-            int64_t m = r.len - k < CHUNK ? r.len - k : CHUNK;
+        for (int64_t k = 0; k < r.len; k += step) {
+            int64_t m = r.len - k < step ? r.len - k : step;
             const void *in[3];
             run_inputs(n, &r, k, m, &ba, &bb, in);
-            const void *gk = s->g_uniform ? g : cat(dt, g, r.oo + k);
-            int64_t gs = s->g_uniform ? 0 : 1;
-            /* the contribution of these m elements, into bc */
-            int wrote = 0;
+            const void *gk = gs ? cat(dt, g, r.oo + k) : g;
+            void *out = s->reduce ? (void *)&bc : at(dt, s->dst, r.oo + k);
+            int acc = !s->reduce && s->accumulate, wrote = 0;
             for (int w = j; w <= (both ? 1 : j); w++) {
-                ad_ew_fn fn = K->d[w][dt];
-                if (!fn) continue;
-                int64_t ds;
-                const void *d = eval(fn, K->dconst[w], in, m, n->c, &bd, &ds);
-                combine(dt, gk, gs, d, ds, &bc, m, wrote, K->route);
+                if (!K->d[w][dt]) continue;
+                K->d[w][dt](in, gk, gs, out, m, n->c, acc || wrote);
                 wrote = 1;
             }
-            if (!wrote) fill_zero(dt, &bc, m);
-            if (!s->reduce) {
-                void *dst = at(dt, s->dst, r.oo + k);
-                if (!s->accumulate) memcpy(dst, &bc, (size_t)m * isz);
-                else if (dt == AD_F64) for (int64_t i = 0; i < m; i++) ((double *)dst)[i] += bc.d[i];
-                else for (int64_t i = 0; i < m; i++) ((float *)dst)[i] += bc.f[i];
-            } else if (dR == 0) {
+            if (!wrote && !acc) fill_zero(dt, out, m);
+            if (!s->reduce) continue;
+            if (dR == 0) {
                 lane_sum(dt, &bc, k, m, r.len, p);
             } else {
                 int64_t o = (j == 0 ? r.oa : r.ob) + k * dR;
@@ -261,7 +241,7 @@ int ad_vjp_binary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     return vjp_ew(n, g, which, s);
 }
 
-/* ---------------- JVP: k directions; each derivative is evaluated once for all of them -------- */
+/* ---------------- JVP: k directions, sum_j t_j * d_j ---------------- */
 
 static int jvp_ew(ad_node *n, const void *const *tin, int64_t kdir, void *tout)
 {
@@ -271,24 +251,21 @@ static int jvp_ew(ad_node *n, const void *const *tin, int64_t kdir, void *tout)
     size_t isz = ad_itemsize(dt);
     runs r;
     if (!runs_init(&r, n, n->in[0], nin > 1 ? n->in[1] : NULL)) return AD_OK;
-    chunk ba, bb, bd[2], bt;
+    chunk ba, bb, bt;
     do {
-        for (int64_t k = 0; k < r.len; k += CHUNK) {
-            int64_t m = r.len - k < CHUNK ? r.len - k : CHUNK;
-            const void *in[3], *d[2] = {NULL, NULL};
-            int64_t ds[2] = {0, 0};
+        int64_t step = r.dA == 1 && (nin < 2 || r.dB == 1) ? r.len : CHUNK;
+        for (int64_t k = 0; k < r.len; k += step) {
+            int64_t m = r.len - k < step ? r.len - k : step;
+            const void *in[3];
             run_inputs(n, &r, k, m, &ba, &bb, in);
-            for (int j = 0; j < nin; j++)
-                if (tin[j] && K->d[j][dt]) d[j] = eval(K->d[j][dt], K->dconst[j], in, m, n->c, &bd[j], &ds[j]);
             for (int64_t q = 0; q < kdir; q++) {
                 void *to = at(dt, tout, q * n->size + r.oo + k);
                 int wrote = 0;
                 for (int j = 0; j < nin; j++) {
-                    if (!d[j]) continue;
-                    const ad_node *x = n->in[j];
+                    if (!tin[j] || !K->d[j][dt]) continue;
                     int64_t off = j == 0 ? r.oa : r.ob, st = j == 0 ? r.dA : r.dB;
-                    const void *t = view(dt, cat(dt, tin[j], q * x->size), off + k * st, st, m, &bt);
-                    combine(dt, t, 1, d[j], ds[j], to, m, wrote, K->route);
+                    const void *t = view(dt, cat(dt, tin[j], q * n->in[j]->size), off + k * st, st, m, &bt);
+                    K->d[j][dt](in, t, 1, to, m, n->c, wrote);
                     wrote = 1;
                 }
                 if (!wrote) memset(to, 0, (size_t)m * isz);

@@ -22,20 +22,40 @@ static void ad_ew_add_fwd_f(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (a + b); }
 }
 
-static void ad_ew_add_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_add_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_add_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_add_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_add_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -44,6 +64,42 @@ static int ad_ew_add_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     *node = NULL;
     *scalar = 1;
     return AD_OK;
+}
+
+static void ad_ew_add_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_add_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_add_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -70,20 +126,40 @@ static void ad_ew_subtract_fwd_f(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (a - b); }
 }
 
-static void ad_ew_subtract_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_subtract_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_subtract_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_subtract_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_subtract_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -94,20 +170,40 @@ static int ad_ew_subtract_rec0(ad_tape *T, ad_node *n, ad_node **node, double *s
     return AD_OK;
 }
 
-static void ad_ew_subtract_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_subtract_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = -1; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_subtract_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_subtract_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = -1; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_subtract_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -134,20 +230,40 @@ static void ad_ew_multiply_fwd_f(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (a * b); }
 }
 
-static void ad_ew_multiply_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_multiply_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double b = B_[i]; O_[i] = b; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_multiply_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_multiply_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float b = B_[i]; O_[i] = b; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_multiply_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -179,20 +295,40 @@ static int ad_ew_multiply_rec0(ad_tape *T, ad_node *n, ad_node **node, double *s
     return st;
 }
 
-static void ad_ew_multiply_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_multiply_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; O_[i] = a; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_multiply_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_multiply_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; O_[i] = a; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_multiply_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -224,20 +360,40 @@ static void ad_ew_divide_fwd_f(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (a / b); }
 }
 
-static void ad_ew_divide_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_divide_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double b = B_[i]; O_[i] = (1 / b); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = (1 / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = (1 / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_divide_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_divide_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float b = B_[i]; O_[i] = (1 / b); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = (1 / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = (1 / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_divide_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -270,20 +426,40 @@ done:
     return st;
 }
 
-static void ad_ew_divide_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_divide_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; O_[i] = ((-y) / b); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_divide_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_divide_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; O_[i] = ((-y) / b); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_divide_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -351,20 +527,40 @@ AD_VEC_FN static void ad_ew_power_fwd_f(const void *const *in, void *out, int64_
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = pow(a, b); }
 }
 
-static void ad_ew_power_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_power_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_power_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -399,7 +595,7 @@ static void ad_ew_power_h01_f(const void *const *in, void *out, int64_t n, const
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((b == 0) ? 0 : (pow(a, (float)(b - 1)) + (b * ((a == 0) ? 0 : (pow(a, (b - 1)) * log(a)))))); }
 }
 
-static void ad_ew_power_k19_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_k11_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
@@ -407,7 +603,7 @@ static void ad_ew_power_k19_d(const void *const *in, void *out, int64_t n, const
     for (int64_t i = 0; i < n; i++) { double b = B_[i]; O_[i] = (b == 0); }
 }
 
-static void ad_ew_power_k19_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_k11_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
@@ -425,7 +621,7 @@ static int ad_ew_power_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scal
     if ((st = ad_mk_unary(T, AD_OP_ADD_S, in1, -(1), 0, &v[1]))) goto done;
     if ((st = ad_mk_binary(T, AD_OP_POW, in0, v[1], &v[2]))) goto done;
     if ((st = ad_mk_binary(T, AD_OP_MUL, in1, v[2], &v[3]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k19_f, ad_ew_power_k19_d}, v[0], v[3], &v[4]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k11_f, ad_ew_power_k11_d}, v[0], v[3], &v[4]))) goto done;
     *node = v[4];
     v[4] = NULL;
 done:
@@ -433,20 +629,48 @@ done:
     return st;
 }
 
-static void ad_ew_power_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_power_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; O_[i] = ((a == 0) ? 0 : (y * log(a))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_power_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_power_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; O_[i] = ((a == 0) ? 0 : (y * log(a))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_power_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -481,7 +705,7 @@ static void ad_ew_power_h11_f(const void *const *in, void *out, int64_t n, const
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; O_[i] = (((a == 0) ? 0 : log(a)) * ((a == 0) ? 0 : (y * log(a)))); }
 }
 
-static void ad_ew_power_k23_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_k14_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0];
@@ -489,7 +713,7 @@ static void ad_ew_power_k23_d(const void *const *in, void *out, int64_t n, const
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; O_[i] = (a == 0); }
 }
 
-static void ad_ew_power_k23_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_k14_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0];
@@ -506,7 +730,7 @@ static int ad_ew_power_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scal
     if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_LOG, in0, 0, 0, &v[1]))) goto done;
     if ((st = ad_mk_binary(T, AD_OP_MUL, y, v[1], &v[2]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k23_f, ad_ew_power_k23_d}, v[0], v[2], &v[3]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k14_f, ad_ew_power_k14_d}, v[0], v[2], &v[3]))) goto done;
     *node = v[3];
     v[3] = NULL;
 done:
@@ -530,7 +754,43 @@ static void ad_ew_maximum_fwd_f(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (((a > b) || (a != a)) ? a : b); }
 }
 
-static void ad_ew_maximum_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_maximum_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_maximum_k16_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -538,7 +798,7 @@ static void ad_ew_maximum_d0_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_maximum_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_k16_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -552,7 +812,7 @@ static int ad_ew_maximum_rec0(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_d0_f, ad_ew_maximum_d0_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_k16_f, ad_ew_maximum_k16_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -560,7 +820,43 @@ done:
     return st;
 }
 
-static void ad_ew_maximum_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_maximum_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_maximum_k17_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -568,7 +864,7 @@ static void ad_ew_maximum_d1_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_maximum_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_k17_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -582,7 +878,7 @@ static int ad_ew_maximum_rec1(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_d1_f, ad_ew_maximum_d1_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_k17_f, ad_ew_maximum_k17_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -606,7 +902,43 @@ static void ad_ew_minimum_fwd_f(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (((a < b) || (a != a)) ? a : b); }
 }
 
-static void ad_ew_minimum_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_minimum_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_minimum_k19_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -614,7 +946,7 @@ static void ad_ew_minimum_d0_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_minimum_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_k19_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -628,7 +960,7 @@ static int ad_ew_minimum_rec0(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_d0_f, ad_ew_minimum_d0_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_k19_f, ad_ew_minimum_k19_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -636,7 +968,43 @@ done:
     return st;
 }
 
-static void ad_ew_minimum_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_minimum_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
+}
+
+static void ad_ew_minimum_k20_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -644,7 +1012,7 @@ static void ad_ew_minimum_d1_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_minimum_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_k20_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -658,7 +1026,7 @@ static int ad_ew_minimum_rec1(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_d1_f, ad_ew_minimum_d1_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_k20_f, ad_ew_minimum_k20_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -684,20 +1052,40 @@ AD_VEC_FN static void ad_ew_logaddexp_fwd_f(const void *const *in, void *out, in
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
 }
 
-static void ad_ew_logaddexp_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_logaddexp_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ad_f_sigmoid_d((a - b)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((a - b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((a - b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_logaddexp_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_logaddexp_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ad_f_sigmoid_f((a - b)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((a - b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((a - b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_logaddexp_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -747,20 +1135,40 @@ done:
     return st;
 }
 
-static void ad_ew_logaddexp_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_logaddexp_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ad_f_sigmoid_d((b - a)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((b - a)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((b - a)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_logaddexp_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_logaddexp_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ad_f_sigmoid_f((b - a)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((b - a)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((b - a)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_logaddexp_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -828,20 +1236,40 @@ AD_VEC_FN static void ad_ew_arctan2_fwd_f(const void *const *in, void *out, int6
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = atan2(a, b); }
 }
 
-static void ad_ew_arctan2_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctan2_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (b / ((a * a) + (b * b))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arctan2_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctan2_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (b / ((a * a) + (b * b))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arctan2_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -893,20 +1321,40 @@ done:
     return st;
 }
 
-static void ad_ew_arctan2_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctan2_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ((-a) / ((a * a) + (b * b))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arctan2_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctan2_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((-a) / ((a * a) + (b * b))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arctan2_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -977,20 +1425,40 @@ AD_VEC_FN static void ad_ew_hypot_fwd_f(const void *const *in, void *out, int64_
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = hypot(a, b); }
 }
 
-static void ad_ew_hypot_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_hypot_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; O_[i] = (a / y); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = (a / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = (a / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_hypot_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_hypot_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; O_[i] = (a / y); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = (a / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = (a / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_hypot_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1039,20 +1507,40 @@ done:
     return st;
 }
 
-static void ad_ew_hypot_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_hypot_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; O_[i] = (b / y); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = (b / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = (b / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_hypot_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_hypot_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; O_[i] = (b / y); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = (b / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = (b / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_hypot_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1133,20 +1621,40 @@ static void ad_ew_mod_fwd_f(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ad_mod(a, b); }
 }
 
-static void ad_ew_mod_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mod_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_mod_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mod_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_mod_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1157,7 +1665,43 @@ static int ad_ew_mod_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     return AD_OK;
 }
 
-static void ad_ew_mod_d1_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mod_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (-ad_f_floor_divide_d(a, b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (-ad_f_floor_divide_d(a, b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_mod_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (-ad_f_floor_divide_f(a, b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (-ad_f_floor_divide_f(a, b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_mod_k38_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -1165,7 +1709,7 @@ static void ad_ew_mod_d1_d(const void *const *in, void *out, int64_t n, const do
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (-ad_f_floor_divide_d(a, b)); }
 }
 
-static void ad_ew_mod_d1_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mod_k38_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -1179,7 +1723,7 @@ static int ad_ew_mod_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_mod_d1_f, ad_ew_mod_d1_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_mod_k38_f, ad_ew_mod_k38_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -1188,16 +1732,16 @@ done:
 }
 
 const ad_ew_kernels ad_ew_binary[AD_OP_BINARY_LAST - AD_OP_BINARY_FIRST + 1] = {
-    [AD_OP_ADD - AD_OP_BINARY_FIRST] = {{ad_ew_add_fwd_f, ad_ew_add_fwd_d}, {{ad_ew_add_d0_f, ad_ew_add_d0_d}, {ad_ew_add_d0_f, ad_ew_add_d0_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_add_rec0, ad_ew_add_rec1}, {1, 1}, 0},
-    [AD_OP_SUB - AD_OP_BINARY_FIRST] = {{ad_ew_subtract_fwd_f, ad_ew_subtract_fwd_d}, {{ad_ew_subtract_d0_f, ad_ew_subtract_d0_d}, {ad_ew_subtract_d1_f, ad_ew_subtract_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_subtract_rec0, ad_ew_subtract_rec1}, {1, 1}, 0},
-    [AD_OP_MUL - AD_OP_BINARY_FIRST] = {{ad_ew_multiply_fwd_f, ad_ew_multiply_fwd_d}, {{ad_ew_multiply_d0_f, ad_ew_multiply_d0_d}, {ad_ew_multiply_d1_f, ad_ew_multiply_d1_d}}, {{{0, 0}, {ad_ew_multiply_h01_f, ad_ew_multiply_h01_d}}, {{ad_ew_multiply_h01_f, ad_ew_multiply_h01_d}, {0, 0}}}, {ad_ew_multiply_rec0, ad_ew_multiply_rec1}, {0, 0}, 0},
-    [AD_OP_DIV - AD_OP_BINARY_FIRST] = {{ad_ew_divide_fwd_f, ad_ew_divide_fwd_d}, {{ad_ew_divide_d0_f, ad_ew_divide_d0_d}, {ad_ew_divide_d1_f, ad_ew_divide_d1_d}}, {{{0, 0}, {ad_ew_divide_h01_f, ad_ew_divide_h01_d}}, {{ad_ew_divide_h10_f, ad_ew_divide_h10_d}, {ad_ew_divide_h11_f, ad_ew_divide_h11_d}}}, {ad_ew_divide_rec0, ad_ew_divide_rec1}, {0, 0}, 0},
-    [AD_OP_POW - AD_OP_BINARY_FIRST] = {{ad_ew_power_fwd_f, ad_ew_power_fwd_d}, {{ad_ew_power_d0_f, ad_ew_power_d0_d}, {ad_ew_power_d1_f, ad_ew_power_d1_d}}, {{{ad_ew_power_h00_f, ad_ew_power_h00_d}, {ad_ew_power_h01_f, ad_ew_power_h01_d}}, {{ad_ew_power_h10_f, ad_ew_power_h10_d}, {ad_ew_power_h11_f, ad_ew_power_h11_d}}}, {ad_ew_power_rec0, ad_ew_power_rec1}, {0, 0}, 0},
-    [AD_OP_MAXIMUM - AD_OP_BINARY_FIRST] = {{ad_ew_maximum_fwd_f, ad_ew_maximum_fwd_d}, {{ad_ew_maximum_d0_f, ad_ew_maximum_d0_d}, {ad_ew_maximum_d1_f, ad_ew_maximum_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_maximum_rec0, ad_ew_maximum_rec1}, {0, 0}, 1},
-    [AD_OP_MINIMUM - AD_OP_BINARY_FIRST] = {{ad_ew_minimum_fwd_f, ad_ew_minimum_fwd_d}, {{ad_ew_minimum_d0_f, ad_ew_minimum_d0_d}, {ad_ew_minimum_d1_f, ad_ew_minimum_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_minimum_rec0, ad_ew_minimum_rec1}, {0, 0}, 1},
-    [AD_OP_LOGADDEXP - AD_OP_BINARY_FIRST] = {{ad_ew_logaddexp_fwd_f, ad_ew_logaddexp_fwd_d}, {{ad_ew_logaddexp_d0_f, ad_ew_logaddexp_d0_d}, {ad_ew_logaddexp_d1_f, ad_ew_logaddexp_d1_d}}, {{{ad_ew_logaddexp_h00_f, ad_ew_logaddexp_h00_d}, {ad_ew_logaddexp_h01_f, ad_ew_logaddexp_h01_d}}, {{ad_ew_logaddexp_h10_f, ad_ew_logaddexp_h10_d}, {ad_ew_logaddexp_h11_f, ad_ew_logaddexp_h11_d}}}, {ad_ew_logaddexp_rec0, ad_ew_logaddexp_rec1}, {0, 0}, 0},
-    [AD_OP_ARCTAN2 - AD_OP_BINARY_FIRST] = {{ad_ew_arctan2_fwd_f, ad_ew_arctan2_fwd_d}, {{ad_ew_arctan2_d0_f, ad_ew_arctan2_d0_d}, {ad_ew_arctan2_d1_f, ad_ew_arctan2_d1_d}}, {{{ad_ew_arctan2_h00_f, ad_ew_arctan2_h00_d}, {ad_ew_arctan2_h01_f, ad_ew_arctan2_h01_d}}, {{ad_ew_arctan2_h10_f, ad_ew_arctan2_h10_d}, {ad_ew_arctan2_h11_f, ad_ew_arctan2_h11_d}}}, {ad_ew_arctan2_rec0, ad_ew_arctan2_rec1}, {0, 0}, 0},
-    [AD_OP_HYPOT - AD_OP_BINARY_FIRST] = {{ad_ew_hypot_fwd_f, ad_ew_hypot_fwd_d}, {{ad_ew_hypot_d0_f, ad_ew_hypot_d0_d}, {ad_ew_hypot_d1_f, ad_ew_hypot_d1_d}}, {{{ad_ew_hypot_h00_f, ad_ew_hypot_h00_d}, {ad_ew_hypot_h01_f, ad_ew_hypot_h01_d}}, {{ad_ew_hypot_h10_f, ad_ew_hypot_h10_d}, {ad_ew_hypot_h11_f, ad_ew_hypot_h11_d}}}, {ad_ew_hypot_rec0, ad_ew_hypot_rec1}, {0, 0}, 0},
-    [AD_OP_FLOOR_DIVIDE - AD_OP_BINARY_FIRST] = {{ad_ew_floor_divide_fwd_f, ad_ew_floor_divide_fwd_d}, {{0, 0}, {0, 0}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {0, 0}, {1, 1}, 0},
-    [AD_OP_MOD - AD_OP_BINARY_FIRST] = {{ad_ew_mod_fwd_f, ad_ew_mod_fwd_d}, {{ad_ew_mod_d0_f, ad_ew_mod_d0_d}, {ad_ew_mod_d1_f, ad_ew_mod_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_mod_rec0, ad_ew_mod_rec1}, {1, 0}, 0},
+    [AD_OP_ADD - AD_OP_BINARY_FIRST] = {{ad_ew_add_fwd_f, ad_ew_add_fwd_d}, {{ad_ew_add_d0_f, ad_ew_add_d0_d}, {ad_ew_add_d1_f, ad_ew_add_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_add_rec0, ad_ew_add_rec1}, 0},
+    [AD_OP_SUB - AD_OP_BINARY_FIRST] = {{ad_ew_subtract_fwd_f, ad_ew_subtract_fwd_d}, {{ad_ew_subtract_d0_f, ad_ew_subtract_d0_d}, {ad_ew_subtract_d1_f, ad_ew_subtract_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_subtract_rec0, ad_ew_subtract_rec1}, 0},
+    [AD_OP_MUL - AD_OP_BINARY_FIRST] = {{ad_ew_multiply_fwd_f, ad_ew_multiply_fwd_d}, {{ad_ew_multiply_d0_f, ad_ew_multiply_d0_d}, {ad_ew_multiply_d1_f, ad_ew_multiply_d1_d}}, {{{0, 0}, {ad_ew_multiply_h01_f, ad_ew_multiply_h01_d}}, {{ad_ew_multiply_h01_f, ad_ew_multiply_h01_d}, {0, 0}}}, {ad_ew_multiply_rec0, ad_ew_multiply_rec1}, 0},
+    [AD_OP_DIV - AD_OP_BINARY_FIRST] = {{ad_ew_divide_fwd_f, ad_ew_divide_fwd_d}, {{ad_ew_divide_d0_f, ad_ew_divide_d0_d}, {ad_ew_divide_d1_f, ad_ew_divide_d1_d}}, {{{0, 0}, {ad_ew_divide_h01_f, ad_ew_divide_h01_d}}, {{ad_ew_divide_h10_f, ad_ew_divide_h10_d}, {ad_ew_divide_h11_f, ad_ew_divide_h11_d}}}, {ad_ew_divide_rec0, ad_ew_divide_rec1}, 0},
+    [AD_OP_POW - AD_OP_BINARY_FIRST] = {{ad_ew_power_fwd_f, ad_ew_power_fwd_d}, {{ad_ew_power_d0_f, ad_ew_power_d0_d}, {ad_ew_power_d1_f, ad_ew_power_d1_d}}, {{{ad_ew_power_h00_f, ad_ew_power_h00_d}, {ad_ew_power_h01_f, ad_ew_power_h01_d}}, {{ad_ew_power_h10_f, ad_ew_power_h10_d}, {ad_ew_power_h11_f, ad_ew_power_h11_d}}}, {ad_ew_power_rec0, ad_ew_power_rec1}, 0},
+    [AD_OP_MAXIMUM - AD_OP_BINARY_FIRST] = {{ad_ew_maximum_fwd_f, ad_ew_maximum_fwd_d}, {{ad_ew_maximum_d0_f, ad_ew_maximum_d0_d}, {ad_ew_maximum_d1_f, ad_ew_maximum_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_maximum_rec0, ad_ew_maximum_rec1}, 1},
+    [AD_OP_MINIMUM - AD_OP_BINARY_FIRST] = {{ad_ew_minimum_fwd_f, ad_ew_minimum_fwd_d}, {{ad_ew_minimum_d0_f, ad_ew_minimum_d0_d}, {ad_ew_minimum_d1_f, ad_ew_minimum_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_minimum_rec0, ad_ew_minimum_rec1}, 1},
+    [AD_OP_LOGADDEXP - AD_OP_BINARY_FIRST] = {{ad_ew_logaddexp_fwd_f, ad_ew_logaddexp_fwd_d}, {{ad_ew_logaddexp_d0_f, ad_ew_logaddexp_d0_d}, {ad_ew_logaddexp_d1_f, ad_ew_logaddexp_d1_d}}, {{{ad_ew_logaddexp_h00_f, ad_ew_logaddexp_h00_d}, {ad_ew_logaddexp_h01_f, ad_ew_logaddexp_h01_d}}, {{ad_ew_logaddexp_h10_f, ad_ew_logaddexp_h10_d}, {ad_ew_logaddexp_h11_f, ad_ew_logaddexp_h11_d}}}, {ad_ew_logaddexp_rec0, ad_ew_logaddexp_rec1}, 0},
+    [AD_OP_ARCTAN2 - AD_OP_BINARY_FIRST] = {{ad_ew_arctan2_fwd_f, ad_ew_arctan2_fwd_d}, {{ad_ew_arctan2_d0_f, ad_ew_arctan2_d0_d}, {ad_ew_arctan2_d1_f, ad_ew_arctan2_d1_d}}, {{{ad_ew_arctan2_h00_f, ad_ew_arctan2_h00_d}, {ad_ew_arctan2_h01_f, ad_ew_arctan2_h01_d}}, {{ad_ew_arctan2_h10_f, ad_ew_arctan2_h10_d}, {ad_ew_arctan2_h11_f, ad_ew_arctan2_h11_d}}}, {ad_ew_arctan2_rec0, ad_ew_arctan2_rec1}, 0},
+    [AD_OP_HYPOT - AD_OP_BINARY_FIRST] = {{ad_ew_hypot_fwd_f, ad_ew_hypot_fwd_d}, {{ad_ew_hypot_d0_f, ad_ew_hypot_d0_d}, {ad_ew_hypot_d1_f, ad_ew_hypot_d1_d}}, {{{ad_ew_hypot_h00_f, ad_ew_hypot_h00_d}, {ad_ew_hypot_h01_f, ad_ew_hypot_h01_d}}, {{ad_ew_hypot_h10_f, ad_ew_hypot_h10_d}, {ad_ew_hypot_h11_f, ad_ew_hypot_h11_d}}}, {ad_ew_hypot_rec0, ad_ew_hypot_rec1}, 0},
+    [AD_OP_FLOOR_DIVIDE - AD_OP_BINARY_FIRST] = {{ad_ew_floor_divide_fwd_f, ad_ew_floor_divide_fwd_d}, {{0, 0}, {0, 0}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {0, 0}, 0},
+    [AD_OP_MOD - AD_OP_BINARY_FIRST] = {{ad_ew_mod_fwd_f, ad_ew_mod_fwd_d}, {{ad_ew_mod_d0_f, ad_ew_mod_d0_d}, {ad_ew_mod_d1_f, ad_ew_mod_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_mod_rec0, ad_ew_mod_rec1}, 0},
 };

@@ -22,20 +22,40 @@ static void ad_ew_negative_fwd_f(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-x); }
 }
 
-static void ad_ew_negative_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_negative_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = -1; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_negative_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_negative_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = -1; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_negative_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -64,7 +84,43 @@ AD_VEC_FN static void ad_ew_exp_fwd_f(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = exp(x); }
 }
 
-static void ad_ew_exp_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_exp_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict Y_ = in[2];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = y; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = y; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_exp_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict Y_ = in[2];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = y; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = y; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_exp_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
@@ -72,7 +128,7 @@ static void ad_ew_exp_d0_d(const void *const *in, void *out, int64_t n, const do
     for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = y; }
 }
 
-static void ad_ew_exp_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_exp_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
@@ -111,20 +167,40 @@ AD_VEC_FN static void ad_ew_log_fwd_f(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log(x); }
 }
 
-static void ad_ew_log_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / x); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_log_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / x); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_log_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -173,20 +249,40 @@ static void ad_ew_sqrt_fwd_f(const void *const *in, void *out, int64_t n, const 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sqrt(x); }
 }
 
-static void ad_ew_sqrt_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_sqrt_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = ((double)0.5 / y); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((double)0.5 / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((double)0.5 / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_sqrt_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_sqrt_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = ((float)0.5 / y); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((float)0.5 / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((float)0.5 / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_sqrt_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -235,7 +331,43 @@ static void ad_ew_abs_fwd_f(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = fabs(x); }
 }
 
-static void ad_ew_abs_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_abs_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_abs_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_abs_k8_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -243,7 +375,7 @@ static void ad_ew_abs_d0_d(const void *const *in, void *out, int64_t n, const do
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); }
 }
 
-static void ad_ew_abs_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_abs_k8_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -257,7 +389,7 @@ static int ad_ew_abs_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_abs_d0_f, ad_ew_abs_d0_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_abs_k8_f, ad_ew_abs_k8_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -283,20 +415,48 @@ AD_VEC_FN static void ad_ew_sin_fwd_f(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sin(x); }
 }
 
-static void ad_ew_sin_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_sin_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = cos(x); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_sin_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_sin_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cos(x); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_sin_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -347,20 +507,48 @@ AD_VEC_FN static void ad_ew_cos_fwd_f(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cos(x); }
 }
 
-static void ad_ew_cos_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_cos_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-sin(x)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_cos_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_cos_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-sin(x)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_cos_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -412,20 +600,40 @@ AD_VEC_FN static void ad_ew_tanh_fwd_f(const void *const *in, void *out, int64_t
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = tanh(x); }
 }
 
-static void ad_ew_tanh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_tanh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = (1 - (y * y)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 - (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 - (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_tanh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_tanh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (1 - (y * y)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 - (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 - (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_tanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -477,20 +685,40 @@ AD_VEC_FN static void ad_ew_sigmoid_fwd_f(const void *const *in, void *out, int6
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
 }
 
-static void ad_ew_sigmoid_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_sigmoid_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = (y * (1 - y)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (1 - y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (1 - y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_sigmoid_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_sigmoid_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (y * (1 - y)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (1 - y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (1 - y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_sigmoid_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -540,7 +768,43 @@ static void ad_ew_relu_fwd_f(const void *const *in, void *out, int64_t n, const 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x > 0) || (x != x)) ? x : 0); }
 }
 
-static void ad_ew_relu_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_relu_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_relu_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_relu_k18_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -548,7 +812,7 @@ static void ad_ew_relu_d0_d(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); }
 }
 
-static void ad_ew_relu_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_relu_k18_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -562,7 +826,7 @@ static int ad_ew_relu_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scala
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_relu_d0_f, ad_ew_relu_d0_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_relu_k18_f, ad_ew_relu_k18_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -588,20 +852,40 @@ AD_VEC_FN static void ad_ew_log1p_fwd_f(const void *const *in, void *out, int64_
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log1p(x); }
 }
 
-static void ad_ew_log1p_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log1p_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / (1 + x)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_log1p_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log1p_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / (1 + x)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_log1p_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -653,7 +937,51 @@ AD_VEC_FN static void ad_ew_expm1_fwd_f(const void *const *in, void *out, int64_
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = expm1(x); }
 }
 
-static void ad_ew_expm1_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_expm1_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_VEC_FN static void ad_ew_expm1_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_expm1_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -661,7 +989,7 @@ static void ad_ew_expm1_d0_d(const void *const *in, void *out, int64_t n, const 
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = exp(x); }
 }
 
-static void ad_ew_expm1_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_expm1_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -701,20 +1029,40 @@ AD_VEC_FN static void ad_ew_log2_fwd_f(const void *const *in, void *out, int64_t
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log2(x); }
 }
 
-static void ad_ew_log2_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log2_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / (x * (double)0.6931471805599453)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)0.6931471805599453)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)0.6931471805599453)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_log2_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log2_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / (x * (float)0.6931471805599453)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)0.6931471805599453)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)0.6931471805599453)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_log2_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -766,20 +1114,40 @@ AD_VEC_FN static void ad_ew_log10_fwd_f(const void *const *in, void *out, int64_
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log10(x); }
 }
 
-static void ad_ew_log10_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log10_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / (x * (double)2.302585092994046)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)2.302585092994046)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)2.302585092994046)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_log10_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_log10_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / (x * (float)2.302585092994046)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)2.302585092994046)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)2.302585092994046)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_log10_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -831,20 +1199,40 @@ AD_VEC_FN static void ad_ew_exp2_fwd_f(const void *const *in, void *out, int64_t
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = exp2(x); }
 }
 
-static void ad_ew_exp2_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_exp2_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = (y * (double)0.6931471805599453); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (double)0.6931471805599453); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (double)0.6931471805599453); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_exp2_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_exp2_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (y * (float)0.6931471805599453); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (float)0.6931471805599453); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (float)0.6931471805599453); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_exp2_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -893,20 +1281,40 @@ static void ad_ew_square_fwd_f(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (x * x); }
 }
 
-static void ad_ew_square_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_square_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (2 * x); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (2 * x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (2 * x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_square_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_square_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (2 * x); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (2 * x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (2 * x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_square_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -955,20 +1363,40 @@ static void ad_ew_reciprocal_fwd_f(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / x); }
 }
 
-static void ad_ew_reciprocal_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_reciprocal_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = (-(y * y)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (-(y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (-(y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_reciprocal_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_reciprocal_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (-(y * y)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (-(y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (-(y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_reciprocal_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1020,20 +1448,40 @@ AD_VEC_FN static void ad_ew_tan_fwd_f(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = tan(x); }
 }
 
-static void ad_ew_tan_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_tan_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = (1 + (y * y)); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 + (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 + (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_tan_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_tan_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (1 + (y * y)); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 + (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 + (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_tan_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1085,20 +1533,40 @@ AD_VEC_FN static void ad_ew_arcsin_fwd_f(const void *const *in, void *out, int64
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = asin(x); }
 }
 
-static void ad_ew_arcsin_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arcsin_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / sqrt(((1 - x) * (1 + x)))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arcsin_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arcsin_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / sqrt(((1 - x) * (1 + x)))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arcsin_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1153,20 +1621,40 @@ AD_VEC_FN static void ad_ew_arccos_fwd_f(const void *const *in, void *out, int64
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = acos(x); }
 }
 
-static void ad_ew_arccos_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arccos_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-1 / sqrt(((1 - x) * (1 + x)))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arccos_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arccos_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (-1 / sqrt(((1 - x) * (1 + x)))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arccos_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1221,20 +1709,40 @@ AD_VEC_FN static void ad_ew_arctan_fwd_f(const void *const *in, void *out, int64
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = atan(x); }
 }
 
-static void ad_ew_arctan_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctan_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / (1 + (x * x))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arctan_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctan_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / (1 + (x * x))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arctan_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1287,20 +1795,48 @@ AD_VEC_FN static void ad_ew_sinh_fwd_f(const void *const *in, void *out, int64_t
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sinh(x); }
 }
 
-static void ad_ew_sinh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_sinh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = cosh(x); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_sinh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_sinh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cosh(x); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_sinh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1335,20 +1871,48 @@ AD_VEC_FN static void ad_ew_cosh_fwd_f(const void *const *in, void *out, int64_t
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cosh(x); }
 }
 
-static void ad_ew_cosh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_cosh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = sinh(x); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_cosh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_cosh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sinh(x); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_cosh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1383,20 +1947,40 @@ AD_VEC_FN static void ad_ew_arcsinh_fwd_f(const void *const *in, void *out, int6
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = asinh(x); }
 }
 
-static void ad_ew_arcsinh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arcsinh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / sqrt(((x * x) + 1))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arcsinh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arcsinh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / sqrt(((x * x) + 1))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arcsinh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1450,20 +2034,40 @@ AD_VEC_FN static void ad_ew_arccosh_fwd_f(const void *const *in, void *out, int6
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = acosh(x); }
 }
 
-static void ad_ew_arccosh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arccosh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / sqrt(((x - 1) * (x + 1)))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arccosh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arccosh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / sqrt(((x - 1) * (x + 1)))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arccosh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1518,20 +2122,40 @@ AD_VEC_FN static void ad_ew_arctanh_fwd_f(const void *const *in, void *out, int6
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = atanh(x); }
 }
 
-static void ad_ew_arctanh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctanh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (1 / ((1 - x) * (1 + x))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_arctanh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_arctanh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (1 / ((1 - x) * (1 + x))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_arctanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1585,20 +2209,48 @@ AD_VEC_FN static void ad_ew_erf_fwd_f(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = erf(x); }
 }
 
-static void ad_ew_erf_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_erf_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((double)1.1283791670955126 * exp((-(x * x)))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_erf_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_erf_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((float)1.1283791670955126 * exp((-(x * x)))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_erf_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1650,20 +2302,48 @@ static void ad_ew_erfc_fwd_f(const void *const *in, void *out, int64_t n, const 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = erfc(x); }
 }
 
-static void ad_ew_erfc_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_erfc_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((double)-1.1283791670955126 * exp((-(x * x)))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_erfc_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_erfc_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((float)-1.1283791670955126 * exp((-(x * x)))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_erfc_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1717,20 +2397,40 @@ AD_VEC_FN static void ad_ew_softplus_fwd_f(const void *const *in, void *out, int
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x > 0) ? x : 0) + log1p(exp((-fabs(x))))); }
 }
 
-static void ad_ew_softplus_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_softplus_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ad_f_sigmoid_d(x); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ad_f_sigmoid_d(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ad_f_sigmoid_d(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_softplus_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_softplus_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ad_f_sigmoid_f(x); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ad_f_sigmoid_f(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ad_f_sigmoid_f(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_softplus_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1779,20 +2479,48 @@ static void ad_ew_gelu_erf_fwd_f(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * x) * erfc((x * (float)-0.7071067811865476))); }
 }
 
-static void ad_ew_gelu_erf_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_gelu_erf_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_gelu_erf_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_gelu_erf_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_gelu_erf_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1849,20 +2577,40 @@ static void ad_ew_gelu_tanh_fwd_f(const void *const *in, void *out, int64_t n, c
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))); }
 }
 
-static void ad_ew_gelu_tanh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_gelu_tanh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_gelu_tanh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_gelu_tanh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_gelu_tanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1937,20 +2685,40 @@ static void ad_ew_silu_fwd_f(const void *const *in, void *out, int64_t n, const 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (x * ad_f_sigmoid_f(x)); }
 }
 
-static void ad_ew_silu_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_silu_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_silu_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_silu_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_silu_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -2004,7 +2772,43 @@ static void ad_ew_leaky_relu_fwd_f(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x > 0) || (x != x)) ? x : (negative_slope * x)); }
 }
 
-static void ad_ew_leaky_relu_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_leaky_relu_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs; const double negative_slope = (double)cs[0];
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_leaky_relu_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs; const float negative_slope = (float)cs[0];
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_leaky_relu_k62_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double negative_slope = (double)cs[0];
     const double *restrict X_ = in[0];
@@ -2012,7 +2816,7 @@ static void ad_ew_leaky_relu_d0_d(const void *const *in, void *out, int64_t n, c
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); }
 }
 
-static void ad_ew_leaky_relu_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_leaky_relu_k62_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float negative_slope = (float)cs[0];
     const float *restrict X_ = in[0];
@@ -2026,7 +2830,7 @@ static int ad_ew_leaky_relu_rec0(ad_tape *T, ad_node *n, ad_node **node, double 
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_leaky_relu_d0_f, ad_ew_leaky_relu_d0_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_leaky_relu_k62_f, ad_ew_leaky_relu_k62_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -2052,20 +2856,48 @@ AD_VEC_FN static void ad_ew_elu_fwd_f(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x > 0) || (x != x)) ? x : (alpha * expm1(x))); }
 }
 
-static void ad_ew_elu_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_elu_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const double alpha = (double)cs[0];
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x > 0) ? 1 : (alpha * exp(x))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_elu_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_elu_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const float alpha = (float)cs[0];
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x > 0) ? 1 : (alpha * exp(x))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_elu_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -2084,7 +2916,7 @@ static void ad_ew_elu_h00_f(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x > 0) ? 0 : (alpha * exp(x))); }
 }
 
-static void ad_ew_elu_k94_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_elu_k65_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -2092,7 +2924,7 @@ static void ad_ew_elu_k94_d(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (x > 0); }
 }
 
-static void ad_ew_elu_k94_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_elu_k65_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -2109,7 +2941,7 @@ static int ad_ew_elu_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     if ((st = ad_ew_const(T, n->dtype, 1, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_EXP, in0, 0, 0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[1], n->c[0], 0, &v[2]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_elu_k94_f, ad_ew_elu_k94_d}, v[0], v[2], &v[3]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_elu_k65_f, ad_ew_elu_k65_d}, v[0], v[2], &v[3]))) goto done;
     *node = v[3];
     v[3] = NULL;
 done:
@@ -2133,7 +2965,43 @@ static void ad_ew_hardtanh_fwd_f(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x < min_val) ? min_val : ((x > max_val) ? max_val : x)); }
 }
 
-static void ad_ew_hardtanh_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_hardtanh_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs; const double min_val = (double)cs[0]; const double max_val = (double)cs[1];
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_hardtanh_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs; const float min_val = (float)cs[0]; const float max_val = (float)cs[1];
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_hardtanh_k67_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double min_val = (double)cs[0]; const double max_val = (double)cs[1];
     const double *restrict X_ = in[0];
@@ -2141,7 +3009,7 @@ static void ad_ew_hardtanh_d0_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); }
 }
 
-static void ad_ew_hardtanh_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_hardtanh_k67_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float min_val = (float)cs[0]; const float max_val = (float)cs[1];
     const float *restrict X_ = in[0];
@@ -2155,7 +3023,7 @@ static int ad_ew_hardtanh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *s
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_hardtanh_d0_f, ad_ew_hardtanh_d0_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_hardtanh_k67_f, ad_ew_hardtanh_k67_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -2259,20 +3127,40 @@ static void ad_ew_add_scalar_fwd_f(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (x + c); }
 }
 
-static void ad_ew_add_scalar_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_add_scalar_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_add_scalar_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_add_scalar_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_add_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -2299,20 +3187,40 @@ static void ad_ew_mul_scalar_fwd_f(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (x * c); }
 }
 
-static void ad_ew_mul_scalar_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mul_scalar_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = c; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = c; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = c; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_mul_scalar_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mul_scalar_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = c; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = c; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = c; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_mul_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -2339,20 +3247,40 @@ static void ad_ew_rsub_scalar_fwd_f(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (c - x); }
 }
 
-static void ad_ew_rsub_scalar_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rsub_scalar_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = -1; }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_rsub_scalar_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rsub_scalar_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = -1; }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_rsub_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -2379,20 +3307,40 @@ static void ad_ew_div_scalar_fwd_f(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (x / c); }
 }
 
-static void ad_ew_div_scalar_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_div_scalar_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = (1 / c); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = (1 / c); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = (1 / c); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_div_scalar_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_div_scalar_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) {  O_[i] = (1 / c); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = (1 / c); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = (1 / c); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static int ad_ew_div_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -2419,20 +3367,40 @@ static void ad_ew_rdiv_scalar_fwd_f(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (c / x); }
 }
 
-static void ad_ew_rdiv_scalar_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rdiv_scalar_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0]; const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; O_[i] = ((-y) / x); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_rdiv_scalar_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rdiv_scalar_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0]; const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; O_[i] = ((-y) / x); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_rdiv_scalar_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -2484,20 +3452,40 @@ AD_VEC_FN static void ad_ew_pow_scalar_fwd_f(const void *const *in, void *out, i
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((c == 2) ? (x * x) : pow(x, c)); }
 }
 
-static void ad_ew_pow_scalar_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict X_ = in[0];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_pow_scalar_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict X_ = in[0];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_pow_scalar_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -2516,7 +3504,7 @@ static void ad_ew_pow_scalar_h00_f(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((c == 0) ? 0 : ((c == 2) ? 2 : (c * (((c - 1) == 0) ? 0 : ((c - 1) * pow(x, (float)((c - 1) - 1))))))); }
 }
 
-static void ad_ew_pow_scalar_k116_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k81_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
@@ -2524,7 +3512,7 @@ static void ad_ew_pow_scalar_k116_d(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 0); }
 }
 
-static void ad_ew_pow_scalar_k116_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k81_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
@@ -2532,7 +3520,7 @@ static void ad_ew_pow_scalar_k116_f(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 0); }
 }
 
-static void ad_ew_pow_scalar_k117_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k82_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
@@ -2540,7 +3528,7 @@ static void ad_ew_pow_scalar_k117_d(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 2); }
 }
 
-static void ad_ew_pow_scalar_k117_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_pow_scalar_k82_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
@@ -2558,8 +3546,8 @@ static int ad_ew_pow_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double 
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, 2, 0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_POW_S, in0, (n->c[0] - 1), 0, &v[2]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[2], n->c[0], 0, &v[3]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k117_f, ad_ew_pow_scalar_k117_d}, v[1], v[3], &v[4]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k116_f, ad_ew_pow_scalar_k116_d}, v[0], v[4], &v[5]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k82_f, ad_ew_pow_scalar_k82_d}, v[1], v[3], &v[4]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_pow_scalar_k81_f, ad_ew_pow_scalar_k81_d}, v[0], v[4], &v[5]))) goto done;
     *node = v[5];
     v[5] = NULL;
 done:
@@ -2585,20 +3573,48 @@ AD_VEC_FN static void ad_ew_rpow_scalar_fwd_f(const void *const *in, void *out, 
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = pow(c, x); }
 }
 
-static void ad_ew_rpow_scalar_d0_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_rpow_scalar_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict Y_ = in[2];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = ((c == 0) ? 0 : (y * log(c))); }
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-static void ad_ew_rpow_scalar_d0_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN static void ad_ew_rpow_scalar_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict Y_ = in[2];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = ((c == 0) ? 0 : (y * log(c))); }
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 static void ad_ew_rpow_scalar_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -2617,7 +3633,7 @@ static void ad_ew_rpow_scalar_h00_f(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) { float y = Y_[i]; O_[i] = (((c == 0) ? 0 : log(c)) * ((c == 0) ? 0 : (y * log(c)))); }
 }
 
-static void ad_ew_rpow_scalar_k121_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rpow_scalar_k85_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
@@ -2625,7 +3641,7 @@ static void ad_ew_rpow_scalar_k121_d(const void *const *in, void *out, int64_t n
     for (int64_t i = 0; i < n; i++) {  O_[i] = (c == 0); }
 }
 
-static void ad_ew_rpow_scalar_k121_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_rpow_scalar_k85_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
@@ -2641,7 +3657,7 @@ static int ad_ew_rpow_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double
     (void)in0; (void)in1; (void)y; (void)scalar;
     if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, y, log(n->c[0]), 0, &v[1]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_rpow_scalar_k121_f, ad_ew_rpow_scalar_k121_d}, v[0], v[1], &v[2]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_rpow_scalar_k85_f, ad_ew_rpow_scalar_k85_d}, v[0], v[1], &v[2]))) goto done;
     *node = v[2];
     v[2] = NULL;
 done:
@@ -2650,51 +3666,51 @@ done:
 }
 
 const ad_ew_kernels ad_ew_unary[AD_OP_UNARY_LAST - AD_OP_UNARY_FIRST + 1] = {
-    [AD_OP_NEG - AD_OP_UNARY_FIRST] = {{ad_ew_negative_fwd_f, ad_ew_negative_fwd_d}, {{ad_ew_negative_d0_f, ad_ew_negative_d0_d}}, {{{0, 0}}}, {ad_ew_negative_rec0}, {1}, 0},
-    [AD_OP_EXP - AD_OP_UNARY_FIRST] = {{ad_ew_exp_fwd_f, ad_ew_exp_fwd_d}, {{ad_ew_exp_d0_f, ad_ew_exp_d0_d}}, {{{ad_ew_exp_d0_f, ad_ew_exp_d0_d}}}, {ad_ew_exp_rec0}, {0}, 0},
-    [AD_OP_LOG - AD_OP_UNARY_FIRST] = {{ad_ew_log_fwd_f, ad_ew_log_fwd_d}, {{ad_ew_log_d0_f, ad_ew_log_d0_d}}, {{{ad_ew_log_h00_f, ad_ew_log_h00_d}}}, {ad_ew_log_rec0}, {0}, 0},
-    [AD_OP_SQRT - AD_OP_UNARY_FIRST] = {{ad_ew_sqrt_fwd_f, ad_ew_sqrt_fwd_d}, {{ad_ew_sqrt_d0_f, ad_ew_sqrt_d0_d}}, {{{ad_ew_sqrt_h00_f, ad_ew_sqrt_h00_d}}}, {ad_ew_sqrt_rec0}, {0}, 0},
-    [AD_OP_ABS - AD_OP_UNARY_FIRST] = {{ad_ew_abs_fwd_f, ad_ew_abs_fwd_d}, {{ad_ew_abs_d0_f, ad_ew_abs_d0_d}}, {{{0, 0}}}, {ad_ew_abs_rec0}, {0}, 0},
-    [AD_OP_SIN - AD_OP_UNARY_FIRST] = {{ad_ew_sin_fwd_f, ad_ew_sin_fwd_d}, {{ad_ew_sin_d0_f, ad_ew_sin_d0_d}}, {{{ad_ew_sin_h00_f, ad_ew_sin_h00_d}}}, {ad_ew_sin_rec0}, {0}, 0},
-    [AD_OP_COS - AD_OP_UNARY_FIRST] = {{ad_ew_cos_fwd_f, ad_ew_cos_fwd_d}, {{ad_ew_cos_d0_f, ad_ew_cos_d0_d}}, {{{ad_ew_cos_h00_f, ad_ew_cos_h00_d}}}, {ad_ew_cos_rec0}, {0}, 0},
-    [AD_OP_TANH - AD_OP_UNARY_FIRST] = {{ad_ew_tanh_fwd_f, ad_ew_tanh_fwd_d}, {{ad_ew_tanh_d0_f, ad_ew_tanh_d0_d}}, {{{ad_ew_tanh_h00_f, ad_ew_tanh_h00_d}}}, {ad_ew_tanh_rec0}, {0}, 0},
-    [AD_OP_SIGMOID - AD_OP_UNARY_FIRST] = {{ad_ew_sigmoid_fwd_f, ad_ew_sigmoid_fwd_d}, {{ad_ew_sigmoid_d0_f, ad_ew_sigmoid_d0_d}}, {{{ad_ew_sigmoid_h00_f, ad_ew_sigmoid_h00_d}}}, {ad_ew_sigmoid_rec0}, {0}, 0},
-    [AD_OP_RELU - AD_OP_UNARY_FIRST] = {{ad_ew_relu_fwd_f, ad_ew_relu_fwd_d}, {{ad_ew_relu_d0_f, ad_ew_relu_d0_d}}, {{{0, 0}}}, {ad_ew_relu_rec0}, {0}, 0},
-    [AD_OP_LOG1P - AD_OP_UNARY_FIRST] = {{ad_ew_log1p_fwd_f, ad_ew_log1p_fwd_d}, {{ad_ew_log1p_d0_f, ad_ew_log1p_d0_d}}, {{{ad_ew_log1p_h00_f, ad_ew_log1p_h00_d}}}, {ad_ew_log1p_rec0}, {0}, 0},
-    [AD_OP_EXPM1 - AD_OP_UNARY_FIRST] = {{ad_ew_expm1_fwd_f, ad_ew_expm1_fwd_d}, {{ad_ew_expm1_d0_f, ad_ew_expm1_d0_d}}, {{{ad_ew_expm1_d0_f, ad_ew_expm1_d0_d}}}, {ad_ew_expm1_rec0}, {0}, 0},
-    [AD_OP_LOG2 - AD_OP_UNARY_FIRST] = {{ad_ew_log2_fwd_f, ad_ew_log2_fwd_d}, {{ad_ew_log2_d0_f, ad_ew_log2_d0_d}}, {{{ad_ew_log2_h00_f, ad_ew_log2_h00_d}}}, {ad_ew_log2_rec0}, {0}, 0},
-    [AD_OP_LOG10 - AD_OP_UNARY_FIRST] = {{ad_ew_log10_fwd_f, ad_ew_log10_fwd_d}, {{ad_ew_log10_d0_f, ad_ew_log10_d0_d}}, {{{ad_ew_log10_h00_f, ad_ew_log10_h00_d}}}, {ad_ew_log10_rec0}, {0}, 0},
-    [AD_OP_EXP2 - AD_OP_UNARY_FIRST] = {{ad_ew_exp2_fwd_f, ad_ew_exp2_fwd_d}, {{ad_ew_exp2_d0_f, ad_ew_exp2_d0_d}}, {{{ad_ew_exp2_h00_f, ad_ew_exp2_h00_d}}}, {ad_ew_exp2_rec0}, {0}, 0},
-    [AD_OP_SQUARE - AD_OP_UNARY_FIRST] = {{ad_ew_square_fwd_f, ad_ew_square_fwd_d}, {{ad_ew_square_d0_f, ad_ew_square_d0_d}}, {{{ad_ew_square_h00_f, ad_ew_square_h00_d}}}, {ad_ew_square_rec0}, {0}, 0},
-    [AD_OP_RECIPROCAL - AD_OP_UNARY_FIRST] = {{ad_ew_reciprocal_fwd_f, ad_ew_reciprocal_fwd_d}, {{ad_ew_reciprocal_d0_f, ad_ew_reciprocal_d0_d}}, {{{ad_ew_reciprocal_h00_f, ad_ew_reciprocal_h00_d}}}, {ad_ew_reciprocal_rec0}, {0}, 0},
-    [AD_OP_TAN - AD_OP_UNARY_FIRST] = {{ad_ew_tan_fwd_f, ad_ew_tan_fwd_d}, {{ad_ew_tan_d0_f, ad_ew_tan_d0_d}}, {{{ad_ew_tan_h00_f, ad_ew_tan_h00_d}}}, {ad_ew_tan_rec0}, {0}, 0},
-    [AD_OP_ARCSIN - AD_OP_UNARY_FIRST] = {{ad_ew_arcsin_fwd_f, ad_ew_arcsin_fwd_d}, {{ad_ew_arcsin_d0_f, ad_ew_arcsin_d0_d}}, {{{ad_ew_arcsin_h00_f, ad_ew_arcsin_h00_d}}}, {ad_ew_arcsin_rec0}, {0}, 0},
-    [AD_OP_ARCCOS - AD_OP_UNARY_FIRST] = {{ad_ew_arccos_fwd_f, ad_ew_arccos_fwd_d}, {{ad_ew_arccos_d0_f, ad_ew_arccos_d0_d}}, {{{ad_ew_arccos_h00_f, ad_ew_arccos_h00_d}}}, {ad_ew_arccos_rec0}, {0}, 0},
-    [AD_OP_ARCTAN - AD_OP_UNARY_FIRST] = {{ad_ew_arctan_fwd_f, ad_ew_arctan_fwd_d}, {{ad_ew_arctan_d0_f, ad_ew_arctan_d0_d}}, {{{ad_ew_arctan_h00_f, ad_ew_arctan_h00_d}}}, {ad_ew_arctan_rec0}, {0}, 0},
-    [AD_OP_SINH - AD_OP_UNARY_FIRST] = {{ad_ew_sinh_fwd_f, ad_ew_sinh_fwd_d}, {{ad_ew_sinh_d0_f, ad_ew_sinh_d0_d}}, {{{ad_ew_sinh_fwd_f, ad_ew_sinh_fwd_d}}}, {ad_ew_sinh_rec0}, {0}, 0},
-    [AD_OP_COSH - AD_OP_UNARY_FIRST] = {{ad_ew_cosh_fwd_f, ad_ew_cosh_fwd_d}, {{ad_ew_cosh_d0_f, ad_ew_cosh_d0_d}}, {{{ad_ew_cosh_fwd_f, ad_ew_cosh_fwd_d}}}, {ad_ew_cosh_rec0}, {0}, 0},
-    [AD_OP_ARCSINH - AD_OP_UNARY_FIRST] = {{ad_ew_arcsinh_fwd_f, ad_ew_arcsinh_fwd_d}, {{ad_ew_arcsinh_d0_f, ad_ew_arcsinh_d0_d}}, {{{ad_ew_arcsinh_h00_f, ad_ew_arcsinh_h00_d}}}, {ad_ew_arcsinh_rec0}, {0}, 0},
-    [AD_OP_ARCCOSH - AD_OP_UNARY_FIRST] = {{ad_ew_arccosh_fwd_f, ad_ew_arccosh_fwd_d}, {{ad_ew_arccosh_d0_f, ad_ew_arccosh_d0_d}}, {{{ad_ew_arccosh_h00_f, ad_ew_arccosh_h00_d}}}, {ad_ew_arccosh_rec0}, {0}, 0},
-    [AD_OP_ARCTANH - AD_OP_UNARY_FIRST] = {{ad_ew_arctanh_fwd_f, ad_ew_arctanh_fwd_d}, {{ad_ew_arctanh_d0_f, ad_ew_arctanh_d0_d}}, {{{ad_ew_arctanh_h00_f, ad_ew_arctanh_h00_d}}}, {ad_ew_arctanh_rec0}, {0}, 0},
-    [AD_OP_ERF - AD_OP_UNARY_FIRST] = {{ad_ew_erf_fwd_f, ad_ew_erf_fwd_d}, {{ad_ew_erf_d0_f, ad_ew_erf_d0_d}}, {{{ad_ew_erf_h00_f, ad_ew_erf_h00_d}}}, {ad_ew_erf_rec0}, {0}, 0},
-    [AD_OP_ERFC - AD_OP_UNARY_FIRST] = {{ad_ew_erfc_fwd_f, ad_ew_erfc_fwd_d}, {{ad_ew_erfc_d0_f, ad_ew_erfc_d0_d}}, {{{ad_ew_erfc_h00_f, ad_ew_erfc_h00_d}}}, {ad_ew_erfc_rec0}, {0}, 0},
-    [AD_OP_SOFTPLUS - AD_OP_UNARY_FIRST] = {{ad_ew_softplus_fwd_f, ad_ew_softplus_fwd_d}, {{ad_ew_softplus_d0_f, ad_ew_softplus_d0_d}}, {{{ad_ew_softplus_h00_f, ad_ew_softplus_h00_d}}}, {ad_ew_softplus_rec0}, {0}, 0},
-    [AD_OP_GELU - AD_OP_UNARY_FIRST] = {{ad_ew_gelu_erf_fwd_f, ad_ew_gelu_erf_fwd_d}, {{ad_ew_gelu_erf_d0_f, ad_ew_gelu_erf_d0_d}}, {{{ad_ew_gelu_erf_h00_f, ad_ew_gelu_erf_h00_d}}}, {ad_ew_gelu_erf_rec0}, {0}, 0},
-    [AD_OP_GELU_TANH - AD_OP_UNARY_FIRST] = {{ad_ew_gelu_tanh_fwd_f, ad_ew_gelu_tanh_fwd_d}, {{ad_ew_gelu_tanh_d0_f, ad_ew_gelu_tanh_d0_d}}, {{{ad_ew_gelu_tanh_h00_f, ad_ew_gelu_tanh_h00_d}}}, {ad_ew_gelu_tanh_rec0}, {0}, 0},
-    [AD_OP_SILU - AD_OP_UNARY_FIRST] = {{ad_ew_silu_fwd_f, ad_ew_silu_fwd_d}, {{ad_ew_silu_d0_f, ad_ew_silu_d0_d}}, {{{ad_ew_silu_h00_f, ad_ew_silu_h00_d}}}, {ad_ew_silu_rec0}, {0}, 0},
-    [AD_OP_LEAKY_RELU - AD_OP_UNARY_FIRST] = {{ad_ew_leaky_relu_fwd_f, ad_ew_leaky_relu_fwd_d}, {{ad_ew_leaky_relu_d0_f, ad_ew_leaky_relu_d0_d}}, {{{0, 0}}}, {ad_ew_leaky_relu_rec0}, {0}, 0},
-    [AD_OP_ELU - AD_OP_UNARY_FIRST] = {{ad_ew_elu_fwd_f, ad_ew_elu_fwd_d}, {{ad_ew_elu_d0_f, ad_ew_elu_d0_d}}, {{{ad_ew_elu_h00_f, ad_ew_elu_h00_d}}}, {ad_ew_elu_rec0}, {0}, 0},
-    [AD_OP_HARDTANH - AD_OP_UNARY_FIRST] = {{ad_ew_hardtanh_fwd_f, ad_ew_hardtanh_fwd_d}, {{ad_ew_hardtanh_d0_f, ad_ew_hardtanh_d0_d}}, {{{0, 0}}}, {ad_ew_hardtanh_rec0}, {0}, 0},
-    [AD_OP_SIGN - AD_OP_UNARY_FIRST] = {{ad_ew_sign_fwd_f, ad_ew_sign_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, {1}, 0},
-    [AD_OP_FLOOR - AD_OP_UNARY_FIRST] = {{ad_ew_floor_fwd_f, ad_ew_floor_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, {1}, 0},
-    [AD_OP_CEIL - AD_OP_UNARY_FIRST] = {{ad_ew_ceil_fwd_f, ad_ew_ceil_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, {1}, 0},
-    [AD_OP_ROUND - AD_OP_UNARY_FIRST] = {{ad_ew_round_fwd_f, ad_ew_round_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, {1}, 0},
-    [AD_OP_TRUNC - AD_OP_UNARY_FIRST] = {{ad_ew_trunc_fwd_f, ad_ew_trunc_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, {1}, 0},
-    [AD_OP_ADD_S - AD_OP_UNARY_FIRST] = {{ad_ew_add_scalar_fwd_f, ad_ew_add_scalar_fwd_d}, {{ad_ew_add_scalar_d0_f, ad_ew_add_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_add_scalar_rec0}, {1}, 0},
-    [AD_OP_MUL_S - AD_OP_UNARY_FIRST] = {{ad_ew_mul_scalar_fwd_f, ad_ew_mul_scalar_fwd_d}, {{ad_ew_mul_scalar_d0_f, ad_ew_mul_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_mul_scalar_rec0}, {1}, 0},
-    [AD_OP_RSUB_S - AD_OP_UNARY_FIRST] = {{ad_ew_rsub_scalar_fwd_f, ad_ew_rsub_scalar_fwd_d}, {{ad_ew_rsub_scalar_d0_f, ad_ew_rsub_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_rsub_scalar_rec0}, {1}, 0},
-    [AD_OP_DIV_S - AD_OP_UNARY_FIRST] = {{ad_ew_div_scalar_fwd_f, ad_ew_div_scalar_fwd_d}, {{ad_ew_div_scalar_d0_f, ad_ew_div_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_div_scalar_rec0}, {1}, 0},
-    [AD_OP_RDIV_S - AD_OP_UNARY_FIRST] = {{ad_ew_rdiv_scalar_fwd_f, ad_ew_rdiv_scalar_fwd_d}, {{ad_ew_rdiv_scalar_d0_f, ad_ew_rdiv_scalar_d0_d}}, {{{ad_ew_rdiv_scalar_h00_f, ad_ew_rdiv_scalar_h00_d}}}, {ad_ew_rdiv_scalar_rec0}, {0}, 0},
-    [AD_OP_POW_S - AD_OP_UNARY_FIRST] = {{ad_ew_pow_scalar_fwd_f, ad_ew_pow_scalar_fwd_d}, {{ad_ew_pow_scalar_d0_f, ad_ew_pow_scalar_d0_d}}, {{{ad_ew_pow_scalar_h00_f, ad_ew_pow_scalar_h00_d}}}, {ad_ew_pow_scalar_rec0}, {0}, 0},
-    [AD_OP_RPOW_S - AD_OP_UNARY_FIRST] = {{ad_ew_rpow_scalar_fwd_f, ad_ew_rpow_scalar_fwd_d}, {{ad_ew_rpow_scalar_d0_f, ad_ew_rpow_scalar_d0_d}}, {{{ad_ew_rpow_scalar_h00_f, ad_ew_rpow_scalar_h00_d}}}, {ad_ew_rpow_scalar_rec0}, {0}, 0},
+    [AD_OP_NEG - AD_OP_UNARY_FIRST] = {{ad_ew_negative_fwd_f, ad_ew_negative_fwd_d}, {{ad_ew_negative_d0_f, ad_ew_negative_d0_d}}, {{{0, 0}}}, {ad_ew_negative_rec0}, 0},
+    [AD_OP_EXP - AD_OP_UNARY_FIRST] = {{ad_ew_exp_fwd_f, ad_ew_exp_fwd_d}, {{ad_ew_exp_d0_f, ad_ew_exp_d0_d}}, {{{ad_ew_exp_h00_f, ad_ew_exp_h00_d}}}, {ad_ew_exp_rec0}, 0},
+    [AD_OP_LOG - AD_OP_UNARY_FIRST] = {{ad_ew_log_fwd_f, ad_ew_log_fwd_d}, {{ad_ew_log_d0_f, ad_ew_log_d0_d}}, {{{ad_ew_log_h00_f, ad_ew_log_h00_d}}}, {ad_ew_log_rec0}, 0},
+    [AD_OP_SQRT - AD_OP_UNARY_FIRST] = {{ad_ew_sqrt_fwd_f, ad_ew_sqrt_fwd_d}, {{ad_ew_sqrt_d0_f, ad_ew_sqrt_d0_d}}, {{{ad_ew_sqrt_h00_f, ad_ew_sqrt_h00_d}}}, {ad_ew_sqrt_rec0}, 0},
+    [AD_OP_ABS - AD_OP_UNARY_FIRST] = {{ad_ew_abs_fwd_f, ad_ew_abs_fwd_d}, {{ad_ew_abs_d0_f, ad_ew_abs_d0_d}}, {{{0, 0}}}, {ad_ew_abs_rec0}, 0},
+    [AD_OP_SIN - AD_OP_UNARY_FIRST] = {{ad_ew_sin_fwd_f, ad_ew_sin_fwd_d}, {{ad_ew_sin_d0_f, ad_ew_sin_d0_d}}, {{{ad_ew_sin_h00_f, ad_ew_sin_h00_d}}}, {ad_ew_sin_rec0}, 0},
+    [AD_OP_COS - AD_OP_UNARY_FIRST] = {{ad_ew_cos_fwd_f, ad_ew_cos_fwd_d}, {{ad_ew_cos_d0_f, ad_ew_cos_d0_d}}, {{{ad_ew_cos_h00_f, ad_ew_cos_h00_d}}}, {ad_ew_cos_rec0}, 0},
+    [AD_OP_TANH - AD_OP_UNARY_FIRST] = {{ad_ew_tanh_fwd_f, ad_ew_tanh_fwd_d}, {{ad_ew_tanh_d0_f, ad_ew_tanh_d0_d}}, {{{ad_ew_tanh_h00_f, ad_ew_tanh_h00_d}}}, {ad_ew_tanh_rec0}, 0},
+    [AD_OP_SIGMOID - AD_OP_UNARY_FIRST] = {{ad_ew_sigmoid_fwd_f, ad_ew_sigmoid_fwd_d}, {{ad_ew_sigmoid_d0_f, ad_ew_sigmoid_d0_d}}, {{{ad_ew_sigmoid_h00_f, ad_ew_sigmoid_h00_d}}}, {ad_ew_sigmoid_rec0}, 0},
+    [AD_OP_RELU - AD_OP_UNARY_FIRST] = {{ad_ew_relu_fwd_f, ad_ew_relu_fwd_d}, {{ad_ew_relu_d0_f, ad_ew_relu_d0_d}}, {{{0, 0}}}, {ad_ew_relu_rec0}, 0},
+    [AD_OP_LOG1P - AD_OP_UNARY_FIRST] = {{ad_ew_log1p_fwd_f, ad_ew_log1p_fwd_d}, {{ad_ew_log1p_d0_f, ad_ew_log1p_d0_d}}, {{{ad_ew_log1p_h00_f, ad_ew_log1p_h00_d}}}, {ad_ew_log1p_rec0}, 0},
+    [AD_OP_EXPM1 - AD_OP_UNARY_FIRST] = {{ad_ew_expm1_fwd_f, ad_ew_expm1_fwd_d}, {{ad_ew_expm1_d0_f, ad_ew_expm1_d0_d}}, {{{ad_ew_expm1_h00_f, ad_ew_expm1_h00_d}}}, {ad_ew_expm1_rec0}, 0},
+    [AD_OP_LOG2 - AD_OP_UNARY_FIRST] = {{ad_ew_log2_fwd_f, ad_ew_log2_fwd_d}, {{ad_ew_log2_d0_f, ad_ew_log2_d0_d}}, {{{ad_ew_log2_h00_f, ad_ew_log2_h00_d}}}, {ad_ew_log2_rec0}, 0},
+    [AD_OP_LOG10 - AD_OP_UNARY_FIRST] = {{ad_ew_log10_fwd_f, ad_ew_log10_fwd_d}, {{ad_ew_log10_d0_f, ad_ew_log10_d0_d}}, {{{ad_ew_log10_h00_f, ad_ew_log10_h00_d}}}, {ad_ew_log10_rec0}, 0},
+    [AD_OP_EXP2 - AD_OP_UNARY_FIRST] = {{ad_ew_exp2_fwd_f, ad_ew_exp2_fwd_d}, {{ad_ew_exp2_d0_f, ad_ew_exp2_d0_d}}, {{{ad_ew_exp2_h00_f, ad_ew_exp2_h00_d}}}, {ad_ew_exp2_rec0}, 0},
+    [AD_OP_SQUARE - AD_OP_UNARY_FIRST] = {{ad_ew_square_fwd_f, ad_ew_square_fwd_d}, {{ad_ew_square_d0_f, ad_ew_square_d0_d}}, {{{ad_ew_square_h00_f, ad_ew_square_h00_d}}}, {ad_ew_square_rec0}, 0},
+    [AD_OP_RECIPROCAL - AD_OP_UNARY_FIRST] = {{ad_ew_reciprocal_fwd_f, ad_ew_reciprocal_fwd_d}, {{ad_ew_reciprocal_d0_f, ad_ew_reciprocal_d0_d}}, {{{ad_ew_reciprocal_h00_f, ad_ew_reciprocal_h00_d}}}, {ad_ew_reciprocal_rec0}, 0},
+    [AD_OP_TAN - AD_OP_UNARY_FIRST] = {{ad_ew_tan_fwd_f, ad_ew_tan_fwd_d}, {{ad_ew_tan_d0_f, ad_ew_tan_d0_d}}, {{{ad_ew_tan_h00_f, ad_ew_tan_h00_d}}}, {ad_ew_tan_rec0}, 0},
+    [AD_OP_ARCSIN - AD_OP_UNARY_FIRST] = {{ad_ew_arcsin_fwd_f, ad_ew_arcsin_fwd_d}, {{ad_ew_arcsin_d0_f, ad_ew_arcsin_d0_d}}, {{{ad_ew_arcsin_h00_f, ad_ew_arcsin_h00_d}}}, {ad_ew_arcsin_rec0}, 0},
+    [AD_OP_ARCCOS - AD_OP_UNARY_FIRST] = {{ad_ew_arccos_fwd_f, ad_ew_arccos_fwd_d}, {{ad_ew_arccos_d0_f, ad_ew_arccos_d0_d}}, {{{ad_ew_arccos_h00_f, ad_ew_arccos_h00_d}}}, {ad_ew_arccos_rec0}, 0},
+    [AD_OP_ARCTAN - AD_OP_UNARY_FIRST] = {{ad_ew_arctan_fwd_f, ad_ew_arctan_fwd_d}, {{ad_ew_arctan_d0_f, ad_ew_arctan_d0_d}}, {{{ad_ew_arctan_h00_f, ad_ew_arctan_h00_d}}}, {ad_ew_arctan_rec0}, 0},
+    [AD_OP_SINH - AD_OP_UNARY_FIRST] = {{ad_ew_sinh_fwd_f, ad_ew_sinh_fwd_d}, {{ad_ew_sinh_d0_f, ad_ew_sinh_d0_d}}, {{{ad_ew_sinh_fwd_f, ad_ew_sinh_fwd_d}}}, {ad_ew_sinh_rec0}, 0},
+    [AD_OP_COSH - AD_OP_UNARY_FIRST] = {{ad_ew_cosh_fwd_f, ad_ew_cosh_fwd_d}, {{ad_ew_cosh_d0_f, ad_ew_cosh_d0_d}}, {{{ad_ew_cosh_fwd_f, ad_ew_cosh_fwd_d}}}, {ad_ew_cosh_rec0}, 0},
+    [AD_OP_ARCSINH - AD_OP_UNARY_FIRST] = {{ad_ew_arcsinh_fwd_f, ad_ew_arcsinh_fwd_d}, {{ad_ew_arcsinh_d0_f, ad_ew_arcsinh_d0_d}}, {{{ad_ew_arcsinh_h00_f, ad_ew_arcsinh_h00_d}}}, {ad_ew_arcsinh_rec0}, 0},
+    [AD_OP_ARCCOSH - AD_OP_UNARY_FIRST] = {{ad_ew_arccosh_fwd_f, ad_ew_arccosh_fwd_d}, {{ad_ew_arccosh_d0_f, ad_ew_arccosh_d0_d}}, {{{ad_ew_arccosh_h00_f, ad_ew_arccosh_h00_d}}}, {ad_ew_arccosh_rec0}, 0},
+    [AD_OP_ARCTANH - AD_OP_UNARY_FIRST] = {{ad_ew_arctanh_fwd_f, ad_ew_arctanh_fwd_d}, {{ad_ew_arctanh_d0_f, ad_ew_arctanh_d0_d}}, {{{ad_ew_arctanh_h00_f, ad_ew_arctanh_h00_d}}}, {ad_ew_arctanh_rec0}, 0},
+    [AD_OP_ERF - AD_OP_UNARY_FIRST] = {{ad_ew_erf_fwd_f, ad_ew_erf_fwd_d}, {{ad_ew_erf_d0_f, ad_ew_erf_d0_d}}, {{{ad_ew_erf_h00_f, ad_ew_erf_h00_d}}}, {ad_ew_erf_rec0}, 0},
+    [AD_OP_ERFC - AD_OP_UNARY_FIRST] = {{ad_ew_erfc_fwd_f, ad_ew_erfc_fwd_d}, {{ad_ew_erfc_d0_f, ad_ew_erfc_d0_d}}, {{{ad_ew_erfc_h00_f, ad_ew_erfc_h00_d}}}, {ad_ew_erfc_rec0}, 0},
+    [AD_OP_SOFTPLUS - AD_OP_UNARY_FIRST] = {{ad_ew_softplus_fwd_f, ad_ew_softplus_fwd_d}, {{ad_ew_softplus_d0_f, ad_ew_softplus_d0_d}}, {{{ad_ew_softplus_h00_f, ad_ew_softplus_h00_d}}}, {ad_ew_softplus_rec0}, 0},
+    [AD_OP_GELU - AD_OP_UNARY_FIRST] = {{ad_ew_gelu_erf_fwd_f, ad_ew_gelu_erf_fwd_d}, {{ad_ew_gelu_erf_d0_f, ad_ew_gelu_erf_d0_d}}, {{{ad_ew_gelu_erf_h00_f, ad_ew_gelu_erf_h00_d}}}, {ad_ew_gelu_erf_rec0}, 0},
+    [AD_OP_GELU_TANH - AD_OP_UNARY_FIRST] = {{ad_ew_gelu_tanh_fwd_f, ad_ew_gelu_tanh_fwd_d}, {{ad_ew_gelu_tanh_d0_f, ad_ew_gelu_tanh_d0_d}}, {{{ad_ew_gelu_tanh_h00_f, ad_ew_gelu_tanh_h00_d}}}, {ad_ew_gelu_tanh_rec0}, 0},
+    [AD_OP_SILU - AD_OP_UNARY_FIRST] = {{ad_ew_silu_fwd_f, ad_ew_silu_fwd_d}, {{ad_ew_silu_d0_f, ad_ew_silu_d0_d}}, {{{ad_ew_silu_h00_f, ad_ew_silu_h00_d}}}, {ad_ew_silu_rec0}, 0},
+    [AD_OP_LEAKY_RELU - AD_OP_UNARY_FIRST] = {{ad_ew_leaky_relu_fwd_f, ad_ew_leaky_relu_fwd_d}, {{ad_ew_leaky_relu_d0_f, ad_ew_leaky_relu_d0_d}}, {{{0, 0}}}, {ad_ew_leaky_relu_rec0}, 0},
+    [AD_OP_ELU - AD_OP_UNARY_FIRST] = {{ad_ew_elu_fwd_f, ad_ew_elu_fwd_d}, {{ad_ew_elu_d0_f, ad_ew_elu_d0_d}}, {{{ad_ew_elu_h00_f, ad_ew_elu_h00_d}}}, {ad_ew_elu_rec0}, 0},
+    [AD_OP_HARDTANH - AD_OP_UNARY_FIRST] = {{ad_ew_hardtanh_fwd_f, ad_ew_hardtanh_fwd_d}, {{ad_ew_hardtanh_d0_f, ad_ew_hardtanh_d0_d}}, {{{0, 0}}}, {ad_ew_hardtanh_rec0}, 0},
+    [AD_OP_SIGN - AD_OP_UNARY_FIRST] = {{ad_ew_sign_fwd_f, ad_ew_sign_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, 0},
+    [AD_OP_FLOOR - AD_OP_UNARY_FIRST] = {{ad_ew_floor_fwd_f, ad_ew_floor_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, 0},
+    [AD_OP_CEIL - AD_OP_UNARY_FIRST] = {{ad_ew_ceil_fwd_f, ad_ew_ceil_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, 0},
+    [AD_OP_ROUND - AD_OP_UNARY_FIRST] = {{ad_ew_round_fwd_f, ad_ew_round_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, 0},
+    [AD_OP_TRUNC - AD_OP_UNARY_FIRST] = {{ad_ew_trunc_fwd_f, ad_ew_trunc_fwd_d}, {{0, 0}}, {{{0, 0}}}, {0}, 0},
+    [AD_OP_ADD_S - AD_OP_UNARY_FIRST] = {{ad_ew_add_scalar_fwd_f, ad_ew_add_scalar_fwd_d}, {{ad_ew_add_scalar_d0_f, ad_ew_add_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_add_scalar_rec0}, 0},
+    [AD_OP_MUL_S - AD_OP_UNARY_FIRST] = {{ad_ew_mul_scalar_fwd_f, ad_ew_mul_scalar_fwd_d}, {{ad_ew_mul_scalar_d0_f, ad_ew_mul_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_mul_scalar_rec0}, 0},
+    [AD_OP_RSUB_S - AD_OP_UNARY_FIRST] = {{ad_ew_rsub_scalar_fwd_f, ad_ew_rsub_scalar_fwd_d}, {{ad_ew_rsub_scalar_d0_f, ad_ew_rsub_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_rsub_scalar_rec0}, 0},
+    [AD_OP_DIV_S - AD_OP_UNARY_FIRST] = {{ad_ew_div_scalar_fwd_f, ad_ew_div_scalar_fwd_d}, {{ad_ew_div_scalar_d0_f, ad_ew_div_scalar_d0_d}}, {{{0, 0}}}, {ad_ew_div_scalar_rec0}, 0},
+    [AD_OP_RDIV_S - AD_OP_UNARY_FIRST] = {{ad_ew_rdiv_scalar_fwd_f, ad_ew_rdiv_scalar_fwd_d}, {{ad_ew_rdiv_scalar_d0_f, ad_ew_rdiv_scalar_d0_d}}, {{{ad_ew_rdiv_scalar_h00_f, ad_ew_rdiv_scalar_h00_d}}}, {ad_ew_rdiv_scalar_rec0}, 0},
+    [AD_OP_POW_S - AD_OP_UNARY_FIRST] = {{ad_ew_pow_scalar_fwd_f, ad_ew_pow_scalar_fwd_d}, {{ad_ew_pow_scalar_d0_f, ad_ew_pow_scalar_d0_d}}, {{{ad_ew_pow_scalar_h00_f, ad_ew_pow_scalar_h00_d}}}, {ad_ew_pow_scalar_rec0}, 0},
+    [AD_OP_RPOW_S - AD_OP_UNARY_FIRST] = {{ad_ew_rpow_scalar_fwd_f, ad_ew_rpow_scalar_fwd_d}, {{ad_ew_rpow_scalar_d0_f, ad_ew_rpow_scalar_d0_d}}, {{{ad_ew_rpow_scalar_h00_f, ad_ew_rpow_scalar_h00_d}}}, {ad_ew_rpow_scalar_rec0}, 0},
 };
