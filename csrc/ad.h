@@ -49,6 +49,8 @@ typedef enum {
     AD_OP_GATHER, AD_OP_CONCATENATE, AD_OP_STACK, AD_OP_WHERE, AD_OP_CLIP,
     /* normalisers over axes (kernels/softmax.c) */
     AD_OP_LOGSUMEXP, AD_OP_SOFTMAX, AD_OP_LOG_SOFTMAX,
+    /* out = zeros(shape), out.flat[index[i]] += x.flat[i]: gather's VJP (kernels/index.c) */
+    AD_OP_SCATTER_ADD,
     AD_OP_COUNT
 } ad_op;
 
@@ -113,6 +115,9 @@ int64_t ad_clip(int64_t x, double lo, double hi);
 /* logsumexp / softmax / log_softmax over axes (naxes < 0: all), max-shifted so +-1000 stays finite;
  * keepdims applies to logsumexp only. */
 int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdims);
+/* zeros of `shape` with x.flat[i] added at flat position index[i] (x.size indices, repeats
+ * accumulate; outside [0, prod(shape)) is AD_ERR_INDEX): the VJP of ad_gather, whose VJP it is. */
+int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
  * accumulate into their grad; without retain_graph the swept graph is released. */
