@@ -162,6 +162,13 @@ int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
  * dtype. Unlike ad_backward it leaves .grad alone and keeps the graph, so it can run again. */
 int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads);
 
+/* Recorded reverse sweep: like ad_vjp for one cotangent shaped like root (root's dtype), but each
+ * out_grads[i] (shaped like leaves[i]) is built from recorded ops, so it can be differentiated again
+ * (w.r.t. the primals, and the cotangent if it requires grad). Every op needs a differentiable rule. */
+int ad_vjp_graph(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads);
+/* Recorded forward sweep: ad_jvp for one direction (tangents shaped like the leaves), recorded. */
+int ad_jvp_graph(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t *out_tangent);
+
 /* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */
 int ad_grad_enabled(void);
 int ad_set_grad_enabled(int enabled);
