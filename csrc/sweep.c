@@ -1055,7 +1055,7 @@ static int vjp_graph_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_lea
     ad_node **nodes = calloc((size_t)(2 * n_leaves + 1), sizeof *nodes);
     if (!nodes) return ad_err(AD_ERR_MEMORY, "vjp_graph: out of memory");
     ad_node **res = nodes + n_leaves, **adj = NULL;
-    uint8_t *seed = NULL;
+    uint8_t *seed = NULL;   /* per position: S_SEED (a requested input), S_NEED (leads to one) */
     int64_t lo = 0, hi = -1;
     int held = 0;
     if ((st = resolve_leaves(T, "vjp_graph", n_leaves, leaves, nodes))) goto done;
@@ -1066,7 +1066,14 @@ static int vjp_graph_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_lea
     seed = calloc((size_t)(hi - lo + 1), 1);
     if (!adj || !seed) { st = ad_err(AD_ERR_MEMORY, "vjp_graph: out of memory for a sweep over %lld nodes", (long long)(hi - lo + 1)); goto done; }
     for (int i = 0; i < n_leaves; i++)
-        if (nodes[i]->pos <= hi) seed[nodes[i]->pos - lo] = 1;
+        if (nodes[i]->pos <= hi) seed[nodes[i]->pos - lo] = S_SEED | S_NEED;
+    /* S_NEED: the node leads to a requested input. Contributions go only there, so a branch that
+     * reaches none records nothing (and needs no rule). */
+    for (int64_t i = lo; i <= hi; i++) {
+        ad_node *n = ad_tape_order(T)[i];
+        for (int j = 0; n && !(seed[i - lo] & S_NEED) && j < n->nin; j++)
+            if (n->in[j]->pos >= lo && (seed[n->in[j]->pos - lo] & S_NEED)) seed[i - lo] |= S_NEED;
+    }
     cot->refs++;
     adj[hi - lo] = cot;
 
@@ -1075,7 +1082,7 @@ static int vjp_graph_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_lea
     for (int64_t i = hi; i >= lo; i--) {
         ad_node *n = ad_tape_order(T)[i], *a = adj[i - lo];
         /* a requested node's adjoint is a result and does not flow on into its inputs (as in ad_vjp) */
-        if (!n || !a || seed[i - lo]) continue;
+        if (!n || !a || (seed[i - lo] & S_SEED)) continue;
         if (n->flags & F_RELEASED) {
             st = ad_err(AD_ERR_RUNTIME, "vjp_graph: part of the graph (a %s node) was released by an earlier "
                         "backward(); pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
@@ -1083,7 +1090,7 @@ static int vjp_graph_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_lea
         }
         for (int j = 0; j < n->nin; j++) {
             ad_node *m = n->in[j], *c;
-            if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo) continue;
+            if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo || !(seed[m->pos - lo] & S_NEED)) continue;
             if ((st = contribution_rec(T, n, a, j, &c)) || (st = accumulate_rec(T, &adj[m->pos - lo], c))) goto done;
         }
         adj[i - lo] = NULL;

@@ -288,3 +288,13 @@ def test_errors():
     z.backward()
     with pytest.raises(RuntimeError, match="released"):
         vjp_graph(z, ad.tensor(np.array(1.0)), [x])
+
+
+def test_branches_that_reach_no_requested_input_record_nothing():
+    """Only nodes on a path to a requested input get contributions: the exp branch below needs no
+    rule (and records nothing) when only x is asked for."""
+    x = ad.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    z = ad.tensor(np.array([0.5]), requires_grad=True)
+    y = ad.concatenate([ad.exp(z), x])
+    (gx,) = vjp_graph(y, ad.tensor(np.array([7.0, 8.0, 9.0])), [x])
+    close(gx.numpy(), [8.0, 9.0], (0, 0))
