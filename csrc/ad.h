@@ -50,6 +50,8 @@ typedef enum {
     AD_OP_GATHER, AD_OP_CONCATENATE, AD_OP_STACK, AD_OP_WHERE, AD_OP_CLIP,
     /* normalisers over axes (kernels/softmax.c) */
     AD_OP_LOGSUMEXP, AD_OP_SOFTMAX, AD_OP_LOG_SOFTMAX,
+    /* out = zeros(shape), out.flat[index[i]] += x.flat[i]: gather's VJP (kernels/index.c) */
+    AD_OP_SCATTER_ADD,
     AD_OP_COUNT
 } ad_op;
 
@@ -115,6 +117,9 @@ int64_t ad_clip(int64_t x, double lo, double hi);
 /* logsumexp / softmax / log_softmax over axes (naxes < 0: all), max-shifted so +-1000 stays finite;
  * keepdims applies to logsumexp only. */
 int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdims);
+/* zeros of `shape` with x.flat[i] added at flat position index[i] (x.size indices, repeats
+ * accumulate; outside [0, prod(shape)) is AD_ERR_INDEX): the VJP of ad_gather, whose VJP it is. */
+int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
  * accumulate into their grad; without retain_graph the swept graph is released. */
@@ -158,6 +163,13 @@ int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
  * out_grads[i] receives a new tensor of shape (k, *input.shape) (or (k, size)) in the input's
  * dtype. Unlike ad_backward it leaves .grad alone and keeps the graph, so it can run again. */
 int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads);
+
+/* Recorded reverse sweep: like ad_vjp for one cotangent shaped like root (root's dtype), but each
+ * out_grads[i] (shaped like leaves[i]) is built from recorded ops, so it can be differentiated again
+ * (w.r.t. the primals, and the cotangent if it requires grad). Every op needs a differentiable rule. */
+int ad_vjp_graph(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads);
+/* Recorded forward sweep: ad_jvp for one direction (tangents shaped like the leaves), recorded. */
+int ad_jvp_graph(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t *out_tangent);
 
 /* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */
 int ad_grad_enabled(void);

@@ -37,7 +37,7 @@ struct ad_node {
     ad_node *in_inline[AD_MAXIN_INLINE];
     ad_node **in;
     int64_t pos;               /* index in the tape's creation order */
-    double c[2];               /* scalar parameters (ad_scalar's c, clip bounds, ...) */
+    double c[2];               /* constants (ad_unary's c0 and c1, clip bounds, ...) */
     uint64_t axes;             /* reductions: bit i set = axis i reduced */
     int32_t keepdims;
     int32_t aux_len;           /* entries in aux (perm of transpose, ...) */
@@ -138,6 +138,36 @@ typedef struct {
  * It is recorded when grad mode is on and an input requires grad, exactly as the public op. */
 int ad_mk_unary(ad_tape *T, int op, ad_node *x, double c0, double c1, ad_node **out);
 int ad_mk_binary(ad_tape *T, int op, ad_node *a, ad_node *b, ad_node **out);
+/* The other families' constructors, same contract. Reductions and the softmax family take the
+ * reduced axes as a bit mask (bit i = axis i, as ad_node.axes holds them; bits past ndim are an
+ * error); the others take what their public op takes. */
+int ad_mk_reduce(ad_tape *T, int op, ad_node *x, uint64_t axes, int keepdims, ad_node **out);
+int ad_mk_softmax(ad_tape *T, int op, ad_node *x, uint64_t axes, int keepdims, ad_node **out);
+int ad_mk_matmul(ad_tape *T, ad_node *a, ad_node *b, ad_node **out);
+int ad_mk_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out);
+int ad_mk_transpose(ad_tape *T, ad_node *x, int naxes, const int64_t *perm, ad_node **out);
+int ad_mk_broadcast_to(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out);
+int ad_mk_cast(ad_tape *T, ad_node *x, int dtype, ad_node **out);
+int ad_mk_gather(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out);
+int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out);
+int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int new_axis, ad_node **out);
+int ad_mk_where(ad_tape *T, int cond_ndim, const int64_t *cond_shape, const uint8_t *cond, ad_node *a, ad_node *b,
+                ad_node **out);
+int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out);
+/* A new constant (unrecorded leaf) shaped like `shape`, every element `value` in dtype. */
+int ad_mk_full(ad_tape *T, int dtype, int ndim, const int64_t *shape, double value, ad_node **out);
+
+/* Helpers of the differentiable rules (kernels/reduce.c), same contract as the constructors:
+ * ad_rec_expand: g, shaped like the result of reducing x over `axes` (keepdims or not), broadcast
+ *                back to x's shape (the VJP of a sum);
+ * ad_rec_unbroadcast: c summed over the axes along which a tensor of shape (ndim, shape) was
+ *                broadcast to c's shape, then shaped like it (the sweep's one place where
+ *                broadcasting is undone, as recorded ops). Both may hand back g / c itself with
+ *                a new reference when there is nothing to do. */
+int ad_rec_expand(ad_tape *T, ad_node *g, const ad_node *x, uint64_t axes, ad_node **out);
+int ad_rec_unbroadcast(ad_tape *T, ad_node *c, int ndim, const int64_t *shape, ad_node **out);
+/* x reshaped to (ndim, shape), or x itself with a new reference when it has that shape. */
+int ad_rec_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out);
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape);
 void ad_contrib_matmul(const ad_node *n, int which, int *ndim, int64_t *shape);
@@ -322,9 +352,6 @@ int ad_jvp_rec_ew(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out);
 int ad_ew_const(ad_tape *T, int dtype, double value, ad_node **out);
 int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_node *q, ad_node **out);
-/* cond ? a : b with NumPy broadcasting (kernels/index.c) */
-int ad_mk_where(ad_tape *T, int cond_ndim, const int64_t *cond_shape, const uint8_t *cond, ad_node *a,
-                ad_node *b, ad_node **out);
 
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
@@ -339,5 +366,19 @@ int ad_jvp_layout(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
 int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_jvp_softmax(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
 int ad_vjp_rows_matmul(ad_tape *T, ad_node *n, const void *g, int64_t k, int which, void *dst, int accumulate);
+
+/* differentiable rules (ad_vjp_rec_fn / ad_jvp_rec_fn) of the non-elementwise families, next to
+ * each family's numeric VJP and JVP. A rule may hand back an existing node (the cotangent itself,
+ * for broadcast_to) with a new reference instead of a new node. */
+int ad_vjp_rec_reduce(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+int ad_vjp_rec_matmul(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+int ad_vjp_rec_layout(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+int ad_vjp_rec_index(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+int ad_vjp_rec_softmax(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+int ad_jvp_rec_reduce(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+int ad_jvp_rec_matmul(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+int ad_jvp_rec_layout(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+int ad_jvp_rec_index(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+int ad_jvp_rec_softmax(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 
 #endif

@@ -969,3 +969,284 @@ int ad_hvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
     ad_unlock(T);
     return st;
 }
+
+/* ---------------- recorded sweeps: derivatives of any order ----------------
+ *
+ * ad_vjp_graph and ad_jvp_graph walk the tape as ad_vjp and ad_jvp do, but each adjoint and
+ * tangent is a node, built by the ops' differentiable rules (vjp_rec / jvp_rec) out of recorded
+ * ops, with grad mode on: the result carries a graph of its own, which any sweep (a recorded one
+ * again, for third order) can differentiate. The sink logic is pass_to_input's, as recorded ops:
+ * a contribution shaped like the output is summed over the broadcast axes (ad_rec_unbroadcast),
+ * and contributions to one input add up with a recorded add.
+ *
+ * Every adjoint or tangent node is held by one reference in the sweep's slot array; a slot is
+ * dropped as soon as its node has been swept (reverse) or its last consumer has read it
+ * (forward), so the nodes that are no part of the result are freed as the sweep goes, and on an
+ * error dropping the remaining slots frees everything the sweep made. New nodes are appended to
+ * the creation order while the sweep walks it by position, so the order is held (no compaction)
+ * and re-read at every step (growing it may move it). */
+
+static int no_rule(const char *sweep, const ad_node *n)
+{
+    return ad_err(AD_ERR_RUNTIME, "%s: %s has no differentiable rule (its derivative cannot be recorded, so "
+                  "it cannot be differentiated twice yet)", sweep, ad_ops[n->op].name);
+}
+
+/* A rule's result must be what the numeric kernel writes: a bug there is reported, not swept on. */
+static int check_rule_result(const char *sweep, const ad_node *n, const char *what, const ad_node *r, int dtype,
+                             int ndim, const int64_t *shape)
+{
+    if (r->dtype == dtype && same_shape(r->ndim, r->shape, ndim, shape)) return AD_OK;
+    char b1[160], b2[160];
+    return ad_err(AD_ERR_RUNTIME, "%s: internal: the differentiable rule of %s made a %s of shape %s and dtype %s, "
+                  "expected shape %s and dtype %s", sweep, ad_ops[n->op].name, what,
+                  ad_shape_str(b1, sizeof b1, r->ndim, r->shape), ad_dtype_name(r->dtype),
+                  ad_shape_str(b2, sizeof b2, ndim, shape), ad_dtype_name(dtype));
+}
+
+/* n's contribution to input j for its adjoint node g, as a new node shaped like the input */
+static int contribution_rec(ad_tape *T, ad_node *n, ad_node *g, int j, ad_node **out)
+{
+    const ad_opdef *def = &ad_ops[n->op];
+    ad_node *m = n->in[j], *c;
+    if (!def->vjp_rec) return no_rule("vjp_graph", n);
+    /* an empty output contributes zero, without running the rule (see pass_to_input) */
+    if (n->size == 0) return ad_mk_full(T, m->dtype, m->ndim, m->shape, 0, out);
+    int st = def->vjp_rec(T, n, g, j, &c);
+    if (st) return st;
+    ad_sink s;
+    int direct = sink_shape(n, j, m, &s);
+    if ((st = check_rule_result("vjp_graph", n, "contribution", c, m->dtype, s.ndim, s.shape))) {
+        ad_node_unref(T, c);
+        return st;
+    }
+    if (direct) { *out = c; return AD_OK; }
+    st = ad_rec_unbroadcast(T, c, m->ndim, m->shape, out);
+    ad_node_unref(T, c);
+    return st;
+}
+
+/* *slot += c, recorded; takes over the reference c holds */
+static int accumulate_rec(ad_tape *T, ad_node **slot, ad_node *c)
+{
+    if (!*slot) { *slot = c; return AD_OK; }
+    ad_node *sum;
+    int st = ad_mk_binary(T, AD_OP_ADD, *slot, c, &sum);
+    ad_node_unref(T, c);
+    if (st) return st;
+    ad_node_unref(T, *slot);
+    *slot = sum;
+    return AD_OK;
+}
+
+static int vjp_graph_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, const int64_t *leaves,
+                            int64_t *out_h)
+{
+    char b1[160], b2[160];
+    ad_node *root, *cot;
+    int st;
+    if ((st = ad_resolve(T, root_h, &root)) || (st = ad_resolve(T, cot_h, &cot))) return st;
+    if (!same_shape(cot->ndim, cot->shape, root->ndim, root->shape) || cot->dtype != root->dtype)
+        return ad_err(AD_ERR_VALUE, "vjp_graph: cotangent has shape %s and dtype %s, but the output has shape %s and "
+                      "dtype %s; they must match",
+                      ad_shape_str(b1, sizeof b1, cot->ndim, cot->shape), ad_dtype_name(cot->dtype),
+                      ad_shape_str(b2, sizeof b2, root->ndim, root->shape), ad_dtype_name(root->dtype));
+    if (n_leaves > 0 && !out_h) return ad_err(AD_ERR_VALUE, "vjp_graph: out_grads is NULL");
+    ad_node **nodes = calloc((size_t)(2 * n_leaves + 1), sizeof *nodes);
+    if (!nodes) return ad_err(AD_ERR_MEMORY, "vjp_graph: out of memory");
+    ad_node **res = nodes + n_leaves, **adj = NULL;
+    uint8_t *seed = NULL;   /* per position: S_SEED (a requested input), S_NEED (leads to one) */
+    int64_t lo = 0, hi = -1;
+    int held = 0;
+    if ((st = resolve_leaves(T, "vjp_graph", n_leaves, leaves, nodes))) goto done;
+    hi = root->pos;
+    lo = min_pos(n_leaves, nodes, hi);
+    if (lo > hi || !(root->flags & F_REQUIRES_GRAD)) goto done;   /* root does not depend on the inputs */
+    adj = calloc((size_t)(hi - lo + 1), sizeof *adj);
+    seed = calloc((size_t)(hi - lo + 1), 1);
+    if (!adj || !seed) { st = ad_err(AD_ERR_MEMORY, "vjp_graph: out of memory for a sweep over %lld nodes", (long long)(hi - lo + 1)); goto done; }
+    for (int i = 0; i < n_leaves; i++)
+        if (nodes[i]->pos <= hi) seed[nodes[i]->pos - lo] = S_SEED | S_NEED;
+    /* S_NEED: the node leads to a requested input. Contributions go only there, so a branch that
+     * reaches none records nothing (and needs no rule). */
+    for (int64_t i = lo; i <= hi; i++) {
+        ad_node *n = ad_tape_order(T)[i];
+        for (int j = 0; n && !(seed[i - lo] & S_NEED) && j < n->nin; j++)
+            if (n->in[j]->pos >= lo && (seed[n->in[j]->pos - lo] & S_NEED)) seed[i - lo] |= S_NEED;
+    }
+    cot->refs++;
+    adj[hi - lo] = cot;
+
+    ad_tape_hold_order(T, 1);
+    held = 1;
+    for (int64_t i = hi; i >= lo; i--) {
+        ad_node *n = ad_tape_order(T)[i], *a = adj[i - lo];
+        /* a requested node's adjoint is a result and does not flow on into its inputs (as in ad_vjp) */
+        if (!n || !a || (seed[i - lo] & S_SEED)) continue;
+        if (n->flags & F_RELEASED) {
+            st = ad_err(AD_ERR_RUNTIME, "vjp_graph: part of the graph (a %s node) was released by an earlier "
+                        "backward(); pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
+            goto done;
+        }
+        for (int j = 0; j < n->nin; j++) {
+            ad_node *m = n->in[j], *c;
+            if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo || !(seed[m->pos - lo] & S_NEED)) continue;
+            if ((st = contribution_rec(T, n, a, j, &c)) || (st = accumulate_rec(T, &adj[m->pos - lo], c))) goto done;
+        }
+        adj[i - lo] = NULL;
+        ad_node_unref(T, a);
+    }
+
+done:
+    /* the order stays held while zeros are made: positions are still read */
+    for (int i = 0; i < n_leaves && !st; i++) {
+        ad_node **slot = adj && nodes[i]->pos <= hi ? &adj[nodes[i]->pos - lo] : NULL;
+        if (slot && *slot) { res[i] = *slot; *slot = NULL; }
+        /* an input the root does not depend on has a zero gradient */
+        else st = ad_mk_full(T, nodes[i]->dtype, nodes[i]->ndim, nodes[i]->shape, 0, &res[i]);
+    }
+    for (int i = 0; i < n_leaves; i++) {
+        if (!res[i]) continue;
+        if (st) ad_node_unref(T, res[i]);
+        else out_h[i] = ad_handle(T, res[i]);
+    }
+    if (held) ad_tape_hold_order(T, 0);
+    if (adj) {
+        for (int64_t i = 0; i <= hi - lo; i++)
+            if (adj[i]) ad_node_unref(T, adj[i]);
+    }
+    free(adj);
+    free(seed);
+    free(nodes);
+    return st;
+}
+
+static int jvp_graph_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *leaves, const int64_t *tangents,
+                            int64_t *out_h)
+{
+    char b1[160], b2[160];
+    ad_node *root;
+    int st = ad_resolve(T, root_h, &root);
+    if (st) return st;
+    ad_node **nodes = calloc((size_t)(2 * n_leaves + 1), sizeof *nodes);
+    if (!nodes) return ad_err(AD_ERR_MEMORY, "jvp_graph: out of memory");
+    ad_node **tans = nodes + n_leaves, **tan = NULL, *result = NULL;
+    ad_node *tin_inline[4], **tin = tin_inline;
+    int tin_cap = 4;
+    ad_slot *slots = NULL;
+    int64_t lo = 0, hi = -1;
+    int held = 0;
+    if ((st = resolve_leaves(T, "jvp_graph", n_leaves, leaves, nodes))) goto done;
+    if (n_leaves > 0 && !tangents) { st = ad_err(AD_ERR_VALUE, "jvp_graph: tangents is NULL"); goto done; }
+    for (int i = 0; i < n_leaves; i++) {
+        if ((st = ad_resolve(T, tangents[i], &tans[i]))) goto done;
+        if (!same_shape(tans[i]->ndim, tans[i]->shape, nodes[i]->ndim, nodes[i]->shape) || tans[i]->dtype != nodes[i]->dtype) {
+            st = ad_err(AD_ERR_VALUE, "jvp_graph: tangent %d has shape %s and dtype %s, but its input has shape %s and "
+                        "dtype %s; they must match", i,
+                        ad_shape_str(b1, sizeof b1, tans[i]->ndim, tans[i]->shape), ad_dtype_name(tans[i]->dtype),
+                        ad_shape_str(b2, sizeof b2, nodes[i]->ndim, nodes[i]->shape), ad_dtype_name(nodes[i]->dtype));
+            goto done;
+        }
+    }
+    hi = root->pos;
+    lo = min_pos(n_leaves, nodes, hi);
+    if (lo > hi || !(root->flags & F_REQUIRES_GRAD)) goto done;   /* root does not depend on the inputs */
+    slots = calloc((size_t)(hi - lo + 1), sizeof *slots);
+    tan = calloc((size_t)(hi - lo + 1), sizeof *tan);
+    if (!slots || !tan) { st = ad_err(AD_ERR_MEMORY, "jvp_graph: out of memory for a sweep over %lld nodes", (long long)(hi - lo + 1)); goto done; }
+    for (int i = 0; i < n_leaves; i++) {
+        if (nodes[i]->pos > hi) continue;   /* recorded after root: cannot affect it */
+        slots[nodes[i]->pos - lo].state = S_SEED;
+        tans[i]->refs++;
+        tan[nodes[i]->pos - lo] = tans[i];
+    }
+    if ((st = mark_ancestors(ad_tape_order(T), slots, lo, hi, "jvp_graph"))) goto done;
+
+    ad_tape_hold_order(T, 1);
+    held = 1;
+    for (int64_t i = lo; i <= hi; i++) {
+        ad_node *n = ad_tape_order(T)[i];
+        if (!n || (slots[i - lo].state & (S_NEED | S_SEED)) != S_NEED || n->nin == 0) continue;
+        if (n->nin > tin_cap) {
+            ad_node **grown = malloc((size_t)n->nin * sizeof *tin);
+            if (!grown) { st = ad_err(AD_ERR_MEMORY, "jvp_graph: out of memory"); goto done; }
+            if (tin != tin_inline) free(tin);
+            tin = grown;
+            tin_cap = n->nin;
+        }
+        int any = 0;
+        for (int j = 0; j < n->nin; j++) {
+            ad_node *m = n->in[j];
+            tin[j] = m->pos >= lo ? tan[m->pos - lo] : NULL;
+            any |= tin[j] != NULL;
+        }
+        if (any) {
+            const ad_opdef *def = &ad_ops[n->op];
+            if (!def->jvp_rec) { st = no_rule("jvp_graph", n); goto done; }
+            /* an empty output has an empty tangent: no rule to run (see tangent_pass) */
+            if (n->size == 0) st = ad_mk_full(T, n->dtype, n->ndim, n->shape, 0, &tan[i - lo]);
+            else st = def->jvp_rec(T, n, tin, &tan[i - lo]);
+            if (st) goto done;
+            if ((st = check_rule_result("jvp_graph", n, "tangent", tan[i - lo], n->dtype, n->ndim, n->shape))) goto done;
+        }
+        /* a tangent goes once its last consumer has read it: a long chain holds O(1) of them */
+        for (int j = 0; j < n->nin; j++) {
+            ad_node *m = n->in[j];
+            if (m->pos < lo) continue;
+            if (--slots[m->pos - lo].uses == 0 && tan[m->pos - lo]) {
+                ad_node_unref(T, tan[m->pos - lo]);
+                tan[m->pos - lo] = NULL;
+            }
+        }
+    }
+    result = tan[hi - lo];
+    tan[hi - lo] = NULL;
+
+done:
+    /* the root's tangent is zero when it does not depend on the inputs */
+    if (!st && !result) st = ad_mk_full(T, root->dtype, root->ndim, root->shape, 0, &result);
+    if (held) ad_tape_hold_order(T, 0);
+    if (tan) {
+        for (int64_t i = 0; i <= hi - lo; i++)
+            if (tan[i]) ad_node_unref(T, tan[i]);
+    }
+    if (st && result) { ad_node_unref(T, result); result = NULL; }
+    if (!st) *out_h = ad_handle(T, result);
+    if (tin != tin_inline) free(tin);
+    free(tan);
+    free(slots);
+    free(nodes);
+    return st;
+}
+
+/* The recorded sweeps run with grad mode on, whatever the caller's, so that the rules record. */
+int ad_vjp_graph(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads)
+{
+    int prev = ad_set_grad_enabled(1);
+    if (prev < 0) return prev;
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (!st) {
+        ad_long_work(INT64_MAX);
+        st = vjp_graph_locked(T, root, cotangent, n_leaves, leaves, out_grads);
+        ad_unlock(T);
+    }
+    ad_set_grad_enabled(prev);
+    return st;
+}
+
+int ad_jvp_graph(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t *out_tangent)
+{
+    if (!out_tangent) return ad_err(AD_ERR_VALUE, "jvp_graph: out_tangent is NULL");
+    int prev = ad_set_grad_enabled(1);
+    if (prev < 0) return prev;
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (!st) {
+        ad_long_work(INT64_MAX);
+        st = jvp_graph_locked(T, root, n_leaves, leaves, tangents, out_tangent);
+        ad_unlock(T);
+    }
+    ad_set_grad_enabled(prev);
+    return st;
+}

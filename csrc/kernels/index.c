@@ -36,31 +36,35 @@ static int recording(ad_tape *T, int nin, ad_node **ins)
 
 /* ---------------- gather ---------------- */
 
-int64_t ad_gather(int64_t hx, int ndim, const int64_t *shape, const int64_t *index)
+/* Copy the caller's index into n->aux when n will be recorded (its VJP and JVP read it). */
+static int save_index(ad_tape *T, ad_node *n, ad_node *x, int64_t count, const int64_t *index, const char *name)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    if ((st = ad_resolve(T, hx, &x))) goto out;
-    if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && !shape)) {
-        st = ad_err(AD_ERR_VALUE, "getitem: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
-        goto out;
-    }
-    if ((st = ad_node_new(T, AD_OP_GATHER, x->dtype, ndim, shape, &n))) goto out;
+    if (!count || !recording(T, 1, &x)) return AD_OK;
+    n->aux = ad_buf_alloc(T, (size_t)count * sizeof(int64_t));
+    if (!n->aux) return ad_err(AD_ERR_MEMORY, "%s: out of memory saving the index", name);
+    memcpy(n->aux, index, (size_t)count * sizeof(int64_t));
+    n->aux_len = (int32_t)count;
+    return AD_OK;
+}
+
+int ad_mk_gather(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out)
+{
+    ad_node *n;
+    int st;
+    if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && !shape))
+        return ad_err(AD_ERR_VALUE, "getitem: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
+    if ((st = ad_node_new(T, AD_OP_GATHER, x->dtype, ndim, shape, &n))) return st;
     if (n->size > INT32_MAX) {
         ad_node_discard(T, n);
-        st = ad_err(AD_ERR_VALUE, "getitem: cannot select more than %d elements at once", INT32_MAX);
-        goto out;
+        return ad_err(AD_ERR_VALUE, "getitem: cannot select more than %d elements at once", INT32_MAX);
     }
-    if (n->size && !index) { ad_node_discard(T, n); st = ad_err(AD_ERR_VALUE, "getitem: index is NULL"); goto out; }
+    if (n->size && !index) { ad_node_discard(T, n); return ad_err(AD_ERR_VALUE, "getitem: index is NULL"); }
     for (int64_t i = 0; i < n->size; i++) {
         if (index[i] < 0 || index[i] >= x->size) {
             char b[160];
             ad_node_discard(T, n);
-            st = ad_err(AD_ERR_INDEX, "getitem: flat index %lld is out of bounds for a tensor of shape %s (size %lld)",
-                        (long long)index[i], ad_shape_str(b, sizeof b, x->ndim, x->shape), (long long)x->size);
-            goto out;
+            return ad_err(AD_ERR_INDEX, "getitem: flat index %lld is out of bounds for a tensor of shape %s (size %lld)",
+                          (long long)index[i], ad_shape_str(b, sizeof b, x->ndim, x->shape), (long long)x->size);
         }
     }
     if (x->dtype == AD_F64) {
@@ -70,14 +74,19 @@ int64_t ad_gather(int64_t hx, int ndim, const int64_t *shape, const int64_t *ind
         const float *X = x->data; float *Y = n->data;
         for (int64_t i = 0; i < n->size; i++) Y[i] = X[index[i]];
     }
-    if (n->size && recording(T, 1, &x)) {
-        n->aux = ad_buf_alloc(T, (size_t)n->size * sizeof(int64_t));
-        if (!n->aux) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "getitem: out of memory saving the index"); goto out; }
-        memcpy(n->aux, index, (size_t)n->size * sizeof(int64_t));
-        n->aux_len = (int32_t)n->size;
-    }
-    st = ad_finish(T, n, 1, &x);
-out:
+    if ((st = save_index(T, n, x, n->size, index, "getitem"))) { ad_node_discard(T, n); return st; }
+    if ((st = ad_record(T, n, 1, &x))) return st;
+    *out = n;
+    return AD_OK;
+}
+
+int64_t ad_gather(int64_t hx, int ndim, const int64_t *shape, const int64_t *index)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_gather(T, x, ndim, shape, index, &n))) st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
@@ -109,6 +118,82 @@ static void jvp_gather(ad_node *n, const void *const *tin, int64_t k, void *tout
 #undef PICK
 }
 
+/* ---------------- scatter_add (the VJP of gather) ----------------
+ * out = zeros(shape); out.flat[index[i]] += x.flat[i]. Its VJP is a gather with the same index
+ * and gather's is a scatter_add, so the pair differentiates to any order. */
+
+int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out)
+{
+    ad_node *n;
+    int st;
+    if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && !shape))
+        return ad_err(AD_ERR_VALUE, "scatter_add: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
+    if (x->size > INT32_MAX)
+        return ad_err(AD_ERR_VALUE, "scatter_add: cannot scatter more than %d elements at once", INT32_MAX);
+    if (x->size && !index) return ad_err(AD_ERR_VALUE, "scatter_add: index is NULL");
+    if ((st = ad_node_new(T, AD_OP_SCATTER_ADD, x->dtype, ndim, shape, &n))) return st;
+    for (int64_t i = 0; i < x->size; i++) {
+        if (index[i] < 0 || index[i] >= n->size) {
+            char b[160];
+            ad_node_discard(T, n);
+            return ad_err(AD_ERR_INDEX, "scatter_add: flat index %lld is out of bounds for a result of shape %s (size %lld)",
+                          (long long)index[i], ad_shape_str(b, sizeof b, ndim, shape), (long long)n->size);
+        }
+    }
+#define SCATTER_FWD(TT) do {                                                             \
+        const TT *X = x->data; TT *Y = n->data;                                          \
+        memset(Y, 0, (size_t)n->size * sizeof(TT));                                      \
+        for (int64_t i = 0; i < x->size; i++) Y[index[i]] += X[i];                       \
+    } while (0)
+    if (n->dtype == AD_F64) SCATTER_FWD(double); else SCATTER_FWD(float);
+#undef SCATTER_FWD
+    if ((st = save_index(T, n, x, x->size, index, "scatter_add"))) { ad_node_discard(T, n); return st; }
+    if ((st = ad_record(T, n, 1, &x))) return st;
+    *out = n;
+    return AD_OK;
+}
+
+int64_t ad_scatter_add(int64_t hx, int ndim, const int64_t *shape, const int64_t *index)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_scatter_add(T, x, ndim, shape, index, &n))) st = ad_handle(T, n);
+    ad_unlock(T);
+    return st;
+}
+
+/* VJP: each input element takes the cotangent of the place it was added to. */
+static int vjp_scatter(ad_node *n, const void *g, ad_sink *s)
+{
+    const int64_t *I = n->aux;
+#define PICK_BACK(TT) do {                                                               \
+        TT *D = s->dst; const TT *G = g;                                                 \
+        if (s->accumulate) for (int64_t i = 0; i < n->aux_len; i++) D[i] += G[I[i]];     \
+        else for (int64_t i = 0; i < n->aux_len; i++) D[i] = G[I[i]];                    \
+    } while (0)
+    if (n->dtype == AD_F64) PICK_BACK(double); else PICK_BACK(float);
+#undef PICK_BACK
+    return AD_OK;
+}
+
+/* JVP: each direction is scattered as the values were. */
+static void jvp_scatter(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    const ad_node *x = n->in[0];
+    const int64_t *I = n->aux;
+#define SCATTER_T(TT) do {                                                               \
+        for (int64_t r = 0; r < k; r++) {                                                \
+            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
+            memset(TO, 0, (size_t)n->size * sizeof(TT));                                 \
+            for (int64_t i = 0; i < n->aux_len; i++) TO[I[i]] += TX[i];                  \
+        }                                                                                \
+    } while (0)
+    if (n->dtype == AD_F64) SCATTER_T(double); else SCATTER_T(float);
+#undef SCATTER_T
+}
+
 /* ---------------- concatenate / stack ---------------- */
 
 /* Both ops lay the inputs side by side along one output axis: seen as (outer, extent, inner)
@@ -135,22 +220,19 @@ static int64_t extent(const ad_node *n, const ad_node *x, int axis)
     return n->op == AD_OP_STACK ? 1 : x->shape[axis];
 }
 
-int64_t ad_concatenate(int nx, const int64_t *hs, int64_t axis, int new_axis)
+int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int new_axis, ad_node **out)
 {
     const char *name = new_axis ? "stack" : "concatenate";
-    if (nx < 1 || !hs) return ad_err(AD_ERR_VALUE, "%s: need at least one tensor", name);
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
+    if (nx < 1 || !xs) return ad_err(AD_ERR_VALUE, "%s: need at least one tensor", name);
     ad_node **ins = ad_buf_alloc(T, (size_t)nx * sizeof *ins);
     ad_node **casts = ad_buf_alloc(T, (size_t)nx * sizeof *casts);
     ad_node *n = NULL;
-    int ncast = 0;
+    int ncast = 0, st = AD_OK;
     char b1[160], b2[160];
     if (!ins || !casts) { st = ad_err(AD_ERR_MEMORY, "%s: out of memory", name); goto out; }
     int dtype = AD_F32;
     for (int k = 0; k < nx; k++) {
-        if ((st = ad_resolve(T, hs[k], &ins[k]))) goto out;
+        ins[k] = xs[k];
         if (ins[k]->dtype == AD_F64) dtype = AD_F64;
     }
     const ad_node *x0 = ins[0];
@@ -201,11 +283,26 @@ int64_t ad_concatenate(int nx, const int64_t *hs, int64_t axis, int new_axis)
             pos += (int64_t)len;
         }
     }
-    st = ad_finish(T, n, nx, ins);
+    if (!(st = ad_record(T, n, nx, ins))) *out = n;
 out:
     for (int k = 0; k < ncast; k++) ad_node_unref(T, casts[k]);
     if (ins) ad_buf_free(T, ins, (size_t)nx * sizeof *ins);
     if (casts) ad_buf_free(T, casts, (size_t)nx * sizeof *casts);
+    return st;
+}
+
+int64_t ad_concatenate(int nx, const int64_t *hs, int64_t axis, int new_axis)
+{
+    const char *name = new_axis ? "stack" : "concatenate";
+    if (nx < 1 || !hs) return ad_err(AD_ERR_VALUE, "%s: need at least one tensor", name);
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node **xs = ad_buf_alloc(T, (size_t)nx * sizeof *xs), *n;
+    if (!xs) st = ad_err(AD_ERR_MEMORY, "%s: out of memory", name);
+    for (int k = 0; k < nx && !st; k++) st = ad_resolve(T, hs[k], &xs[k]);
+    if (!st && !(st = ad_mk_concatenate(T, nx, xs, axis, new_axis, &n))) st = ad_handle(T, n);
+    if (xs) ad_buf_free(T, xs, (size_t)nx * sizeof *xs);
     ad_unlock(T);
     return st;
 }
@@ -261,36 +358,12 @@ static void jvp_concatenate(ad_node *n, const void *const *tin, int64_t k, void 
  * while the node is recorded, since the VJP selects with it. */
 static int64_t mask_words(int64_t size) { return (size + 7) / 8; }
 
-int64_t ad_where(int cnd, const int64_t *cshape, const uint8_t *cond, int64_t ha, int64_t hb)
+int ad_mk_where(ad_tape *T, int cnd, const int64_t *cshape, const uint8_t *cond, ad_node *a, ad_node *b, ad_node **out)
 {
     if (cnd < 0 || cnd > AD_MAXDIM || (cnd > 0 && !cshape))
         return ad_err(AD_ERR_VALUE, "where: the condition must have 0 to %d dimensions, got %d", AD_MAXDIM, cnd);
-    /* the condition's shape comes from the caller, not from a node: validate it like one */
-    int64_t size = 1;
-    for (int i = 0; i < cnd; i++) {
-        if (cshape[i] < 0)
-            return ad_err(AD_ERR_VALUE, "where: negative dimension %lld in the condition's shape", (long long)cshape[i]);
-        if (cshape[i] && size > (INT64_MAX / 8) / cshape[i])
-            return ad_err(AD_ERR_VALUE, "where: the condition's shape has too many elements to address");
-        size *= cshape[i];
-    }
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *a, *b, *n;
-    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) &&
-        !(st = ad_mk_where(T, cnd, cshape, cond, a, b, &n)))
-        st = ad_handle(T, n);
-    ad_unlock(T);
-    return st;
-}
-
-int ad_mk_where(ad_tape *T, int cnd, const int64_t *cshape, const uint8_t *cond, ad_node *a, ad_node *b,
-                ad_node **out)
-{
-    int st;
     ad_node *n = NULL, *tmp = NULL;
-    int nab, nout;
+    int nab, nout, st;
     int64_t sab[AD_MAXDIM], shape[AD_MAXDIM];
     uint8_t *mask = NULL;
     size_t mask_bytes = 0;
@@ -358,6 +431,30 @@ out:
     return st;
 }
 
+int64_t ad_where(int cnd, const int64_t *cshape, const uint8_t *cond, int64_t ha, int64_t hb)
+{
+    if (cnd < 0 || cnd > AD_MAXDIM || (cnd > 0 && !cshape))
+        return ad_err(AD_ERR_VALUE, "where: the condition must have 0 to %d dimensions, got %d", AD_MAXDIM, cnd);
+    /* the condition's shape comes from the caller, not from a node: validate it like one */
+    int64_t size = 1;
+    for (int i = 0; i < cnd; i++) {
+        if (cshape[i] < 0)
+            return ad_err(AD_ERR_VALUE, "where: negative dimension %lld in the condition's shape", (long long)cshape[i]);
+        if (cshape[i] && size > (INT64_MAX / 8) / cshape[i])
+            return ad_err(AD_ERR_VALUE, "where: the condition's shape has too many elements to address");
+        size *= cshape[i];
+    }
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *a, *b, *n;
+    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) &&
+        !(st = ad_mk_where(T, cnd, cshape, cond, a, b, &n)))
+        st = ad_handle(T, n);
+    ad_unlock(T);
+    return st;
+}
+
 /* Selection, not multiplication: the side not chosen gets exactly 0 whatever g holds. The
  * contribution is output-shaped; the sweep sums broadcast axes back. */
 static int vjp_where(ad_node *n, const void *g, int which, ad_sink *s)
@@ -408,16 +505,14 @@ static void jvp_where(ad_node *n, const void *const *tin, int64_t k, void *tout)
 /* ---------------- clip ---------------- */
 
 /* np.clip is minimum(maximum(x, lo), hi): NaN x stays NaN, lo > hi gives hi, a NaN bound gives NaN. */
-int64_t ad_clip(int64_t hx, double lo, double hi)
+int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
+    ad_node *n;
+    int st = ad_node_new(T, AD_OP_CLIP, x->dtype, x->ndim, x->shape, &n);
     if (st) return st;
-    ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_node_new(T, AD_OP_CLIP, x->dtype, x->ndim, x->shape, &n))) {
-        n->c[0] = lo;
-        n->c[1] = hi;
-        int nan_bound = lo != lo || hi != hi;
+    n->c[0] = lo;
+    n->c[1] = hi;
+    int nan_bound = lo != lo || hi != hi;
 #define CLIP(TT) do {                                                                    \
         const TT *X = x->data; TT *Y = n->data; const TT l = (TT)lo, h = (TT)hi;         \
         for (int64_t i = 0; i < n->size; i++) {                                          \
@@ -425,10 +520,20 @@ int64_t ad_clip(int64_t hx, double lo, double hi)
             Y[i] = nan_bound ? (TT)NAN : (t > h ? h : t);                                \
         }                                                                                \
     } while (0)
-        if (n->dtype == AD_F64) CLIP(double); else CLIP(float);
+    if (n->dtype == AD_F64) CLIP(double); else CLIP(float);
 #undef CLIP
-        st = ad_finish(T, n, 1, &x);
-    }
+    if ((st = ad_record(T, n, 1, &x))) return st;
+    *out = n;
+    return AD_OK;
+}
+
+int64_t ad_clip(int64_t hx, double lo, double hi)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_clip(T, x, lo, hi, &n))) st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
@@ -478,6 +583,7 @@ int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     (void)T;
     switch (n->op) {
     case AD_OP_GATHER: return vjp_gather(n, g, s);
+    case AD_OP_SCATTER_ADD: return vjp_scatter(n, g, s);
     case AD_OP_CONCATENATE: case AD_OP_STACK: return vjp_concatenate(n, g, which, s);
     case AD_OP_WHERE: return vjp_where(n, g, which, s);
     case AD_OP_CLIP: return vjp_clip(n, g, s);
@@ -490,9 +596,136 @@ int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void
     (void)T;
     switch (n->op) {
     case AD_OP_GATHER: jvp_gather(n, tin, k, tout); return AD_OK;
+    case AD_OP_SCATTER_ADD: jvp_scatter(n, tin, k, tout); return AD_OK;
     case AD_OP_CONCATENATE: case AD_OP_STACK: jvp_concatenate(n, tin, k, tout); return AD_OK;
     case AD_OP_WHERE: jvp_where(n, tin, k, tout); return AD_OK;
     case AD_OP_CLIP: jvp_clip(n, tin, k, tout); return AD_OK;
     default: return ad_err(AD_ERR_RUNTIME, "internal: no JVP for op %d", n->op);
+    }
+}
+
+/* ---------------- differentiable rules (recorded ops, for higher order) ---------------- */
+
+/* a 0-d zero of n's dtype: the side of a selection that is not chosen */
+static int zero_of(ad_tape *T, const ad_node *n, ad_node **out)
+{
+    return ad_mk_full(T, n->dtype, 0, NULL, 0, out);
+}
+
+/* where(mask, v, 0) (or where(mask, 0, v) with v_second) over n's shape */
+static int select_mask(ad_tape *T, const ad_node *n, const uint8_t *mask, ad_node *v, int v_second, ad_node **out)
+{
+    ad_node *zero;
+    int st = zero_of(T, n, &zero);
+    if (st) return st;
+    st = ad_mk_where(T, n->ndim, n->shape, mask, v_second ? zero : v, v_second ? v : zero, out);
+    ad_node_unref(T, zero);
+    return st;
+}
+
+/* The block of g that concatenate / stack filled from input `which`, as a gather of g's flat
+ * positions (so its own VJP is a scatter_add, and that one's a gather again). */
+static int rec_concat_block(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out)
+{
+    const ad_node *m = n->in[which];
+    int ax = axis_of(n);
+    int64_t outer, inner, offset = 0;
+    axis_split(n, ax, &outer, &inner);
+    for (int k = 0; k < which; k++) offset += extent(n, n->in[k], ax);
+    int64_t len = extent(n, m, ax) * inner, total = n->shape[ax] * inner;
+    size_t bytes = (size_t)(m->size ? m->size : 1) * sizeof(int64_t);
+    int64_t *idx = ad_buf_alloc(T, bytes);
+    if (!idx) return ad_err(AD_ERR_MEMORY, "differentiable rule of %s: out of memory", ad_ops[n->op].name);
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < len; i++) idx[o * len + i] = o * total + offset * inner + i;
+    int st = ad_mk_gather(T, g, m->ndim, m->shape, idx, out);
+    ad_buf_free(T, idx, bytes);
+    return st;
+}
+
+/* clip passes the cotangent (and the tangent) on [lo, hi] and 0 outside: a selection by a mask
+ * of the values, constant where the rule is differentiable. (At a NaN input the numeric VJP
+ * gives NaN; this rule gives 0 there.) */
+static int clip_inside(ad_tape *T, const ad_node *n, uint8_t **mask, size_t *bytes)
+{
+    const ad_node *x = n->in[0];
+    *bytes = (size_t)(x->size ? x->size : 1);
+    uint8_t *M = ad_buf_alloc(T, *bytes);
+    if (!M) return ad_err(AD_ERR_MEMORY, "differentiable rule of clip: out of memory");
+#define INSIDE(TT) do {                                                                  \
+        const TT *X = x->data, l = (TT)n->c[0], h = (TT)n->c[1];                          \
+        for (int64_t i = 0; i < x->size; i++) M[i] = X[i] >= l && X[i] <= h;             \
+    } while (0)
+    if (n->dtype == AD_F64) INSIDE(double); else INSIDE(float);
+#undef INSIDE
+    *mask = M;
+    return AD_OK;
+}
+
+int ad_vjp_rec_index(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out)
+{
+    const ad_node *x = n->in[0];
+    switch (n->op) {
+    case AD_OP_GATHER: return ad_mk_scatter_add(T, g, x->ndim, x->shape, n->aux, out);
+    case AD_OP_SCATTER_ADD: return ad_mk_gather(T, g, x->ndim, x->shape, n->aux, out);
+    case AD_OP_CONCATENATE: case AD_OP_STACK: return rec_concat_block(T, n, g, which, out);
+    /* output-shaped, as the numeric contribution: the sweep sums the broadcast axes */
+    case AD_OP_WHERE: return select_mask(T, n, (const uint8_t *)n->aux, g, which == 1, out);
+    case AD_OP_CLIP: {
+        uint8_t *M;
+        size_t bytes;
+        int st = clip_inside(T, n, &M, &bytes);
+        if (st) return st;
+        st = select_mask(T, n, M, g, 0, out);
+        ad_buf_free(T, M, bytes);
+        return st;
+    }
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no differentiable rule for op %s", ad_ops[n->op].name);
+    }
+}
+
+/* JVPs: each op applied to the tangents, with 0 for an input that has none. */
+static int jvp_rec_concatenate(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
+{
+    size_t bytes = (size_t)n->nin * sizeof(ad_node *);
+    ad_node **ts = ad_buf_alloc(T, bytes);
+    if (!ts) return ad_err(AD_ERR_MEMORY, "differentiable rule of %s: out of memory", ad_ops[n->op].name);
+    int st = AD_OK, made = 0;
+    for (; made < n->nin && !st; made++) {
+        if (tin[made]) { ts[made] = tin[made]; tin[made]->refs++; }
+        else st = ad_mk_full(T, n->dtype, n->in[made]->ndim, n->in[made]->shape, 0, &ts[made]);
+    }
+    if (st) made--;   /* the failed entry holds nothing */
+    if (!st) st = ad_mk_concatenate(T, n->nin, ts, axis_of(n), n->op == AD_OP_STACK, out);
+    for (int j = 0; j < made; j++) ad_node_unref(T, ts[j]);
+    ad_buf_free(T, ts, bytes);
+    return st;
+}
+
+int ad_jvp_rec_index(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
+{
+    switch (n->op) {
+    case AD_OP_GATHER: return ad_mk_gather(T, tin[0], n->ndim, n->shape, n->aux, out);
+    case AD_OP_SCATTER_ADD: return ad_mk_scatter_add(T, tin[0], n->ndim, n->shape, n->aux, out);
+    case AD_OP_CONCATENATE: case AD_OP_STACK: return jvp_rec_concatenate(T, n, tin, out);
+    case AD_OP_WHERE: {
+        ad_node *zero;
+        int st = zero_of(T, n, &zero);
+        if (st) return st;
+        st = ad_mk_where(T, n->ndim, n->shape, (const uint8_t *)n->aux, tin[0] ? tin[0] : zero,
+                         tin[1] ? tin[1] : zero, out);
+        ad_node_unref(T, zero);
+        return st;
+    }
+    case AD_OP_CLIP: {
+        uint8_t *M;
+        size_t bytes;
+        int st = clip_inside(T, n, &M, &bytes);
+        if (st) return st;
+        st = select_mask(T, n, M, tin[0], 0, out);
+        ad_buf_free(T, M, bytes);
+        return st;
+    }
+    default: return ad_err(AD_ERR_RUNTIME, "internal: no differentiable rule for op %s", ad_ops[n->op].name);
     }
 }

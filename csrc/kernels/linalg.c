@@ -111,48 +111,39 @@ static void batch_offsets(const bplan *p, int64_t t, int64_t *ia, int64_t *ib)
     }
 }
 
-int64_t ad_matmul(int64_t ha, int64_t hb)
+int ad_mk_matmul(ad_tape *T, ad_node *a, ad_node *b, ad_node **out)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *a, *b, *n, *tmp = NULL;
+    ad_node *n, *tmp = NULL;
     char b1[160], b2[160];
-    if ((st = ad_resolve(T, ha, &a)) || (st = ad_resolve(T, hb, &b))) goto out;
-    if (a->ndim == 0 || b->ndim == 0) {
-        st = ad_err(AD_ERR_VALUE, "matmul: operands must have at least 1 dimension, got shapes %s and %s "
-                    "(use * to multiply by a scalar)",
-                    ad_shape_str(b1, sizeof b1, a->ndim, a->shape), ad_shape_str(b2, sizeof b2, b->ndim, b->shape));
-        goto out;
-    }
+    int st;
+    if (a->ndim == 0 || b->ndim == 0)
+        return ad_err(AD_ERR_VALUE, "matmul: operands must have at least 1 dimension, got shapes %s and %s "
+                      "(use * to multiply by a scalar)",
+                      ad_shape_str(b1, sizeof b1, a->ndim, a->shape), ad_shape_str(b2, sizeof b2, b->ndim, b->shape));
     mview va, vb;
     view_of(a, 0, &va);
     view_of(b, 1, &vb);
-    if (va.cols != vb.rows) {
-        st = ad_err(AD_ERR_VALUE, "matmul: inner dimensions do not match: shapes %s and %s (%lld != %lld)",
-                    ad_shape_str(b1, sizeof b1, a->ndim, a->shape), ad_shape_str(b2, sizeof b2, b->ndim, b->shape),
-                    (long long)va.cols, (long long)vb.rows);
-        goto out;
-    }
+    if (va.cols != vb.rows)
+        return ad_err(AD_ERR_VALUE, "matmul: inner dimensions do not match: shapes %s and %s (%lld != %lld)",
+                      ad_shape_str(b1, sizeof b1, a->ndim, a->shape), ad_shape_str(b2, sizeof b2, b->ndim, b->shape),
+                      (long long)va.cols, (long long)vb.rows);
     bplan p;
-    if ((st = plan_batches(&va, &vb, &p))) goto out;
+    if ((st = plan_batches(&va, &vb, &p))) return st;
     int64_t oshape[AD_MAXDIM + 2];
     int ond = p.nb;
     memcpy(oshape, p.shape, (size_t)p.nb * sizeof(int64_t));
     if (a->ndim > 1) oshape[ond++] = va.rows;
     if (b->ndim > 1) oshape[ond++] = vb.cols;
-    if (ond > AD_MAXDIM) {
-        st = ad_err(AD_ERR_VALUE, "matmul: result would have more than %d dimensions", AD_MAXDIM);
-        goto out;
-    }
+    if (ond > AD_MAXDIM)
+        return ad_err(AD_ERR_VALUE, "matmul: result would have more than %d dimensions", AD_MAXDIM);
     /* promote float32 with float64 to float64 by reusing the binary ops' cast */
     if (a->dtype != b->dtype) {
         ad_node **lo = a->dtype == AD_F32 ? &a : &b;
-        if ((st = ad_node_new(T, AD_OP_CAST, AD_F64, (*lo)->ndim, (*lo)->shape, &tmp))) goto out;
+        if ((st = ad_node_new(T, AD_OP_CAST, AD_F64, (*lo)->ndim, (*lo)->shape, &tmp))) return st;
         const float *src = (*lo)->data;
         double *dst = tmp->data;
         for (int64_t i = 0; i < tmp->size; i++) dst[i] = src[i];
-        if ((st = ad_node_link(T, tmp, 1, lo))) { ad_node_discard(T, tmp); tmp = NULL; goto out; }
+        if ((st = ad_node_link(T, tmp, 1, lo))) { ad_node_discard(T, tmp); return st; }
         *lo = tmp;
     }
     if ((st = ad_node_new(T, AD_OP_MATMUL, a->dtype, ond, oshape, &n))) goto out;
@@ -167,9 +158,20 @@ int64_t ad_matmul(int64_t ha, int64_t hb)
                 (char *)b->data + (size_t)(ib * k * nn) * isz, nn, 0, (char *)n->data + (size_t)(t * m * nn) * isz, nn);
     }
     ad_node *ins[2] = {a, b};
-    st = ad_finish(T, n, 2, ins);
+    if (!(st = ad_record(T, n, 2, ins))) *out = n;
 out:
     if (tmp) ad_node_unref(T, tmp);
+    return st;
+}
+
+int64_t ad_matmul(int64_t ha, int64_t hb)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *a, *b, *n;
+    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) && !(st = ad_mk_matmul(T, a, b, &n)))
+        st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
@@ -313,4 +315,70 @@ int ad_vjp2_matmul(ad_tape *T, ad_node *n, const void *g, const void *const *tin
     ad_node at_tangent = *n;
     at_tangent.in = ins;
     return ad_vjp_matmul(T, &at_tangent, g, which, s);
+}
+
+/* ---------------- differentiable rules (recorded ops, for higher order) ---------------- */
+
+/* x as a matrix operand: a 1-D left operand as a row (1, k), a 1-D right one as a column (k, 1)
+ * (view_of's convention); x itself, with a new reference, otherwise. */
+static int as_matrix(ad_tape *T, ad_node *x, int is_b, ad_node **out)
+{
+    if (x->ndim >= 2) { x->refs++; *out = x; return AD_OK; }
+    int64_t sh[2] = {is_b ? x->shape[0] : 1, is_b ? 1 : x->shape[0]};
+    return ad_mk_reshape(T, x, 2, sh, out);
+}
+
+/* x with its last two axes swapped */
+static int swap_last(ad_tape *T, ad_node *x, ad_node **out)
+{
+    int64_t perm[AD_MAXDIM];
+    for (int i = 0; i < x->ndim; i++) perm[i] = i;
+    perm[x->ndim - 2] = x->ndim - 1;
+    perm[x->ndim - 1] = x->ndim - 2;
+    return ad_mk_transpose(T, x, x->ndim, perm, out);
+}
+
+/* dA = G @ B^T, dB = A^T @ G on the matrix views, with the output's batch axes kept: the
+ * contribution has ad_contrib_matmul's shape and the sweep sums the broadcast batch axes. */
+int ad_vjp_rec_matmul(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out)
+{
+    mview va, vb;
+    bplan p;
+    plan_of(n, &va, &vb, &p);
+    int64_t gshape[AD_MAXDIM], cshape[AD_MAXDIM];
+    int gnd = p.nb + 2, cnd;
+    memcpy(gshape, p.shape, (size_t)p.nb * sizeof(int64_t));
+    gshape[p.nb] = va.rows;
+    gshape[p.nb + 1] = vb.cols;
+    ad_node *g2 = NULL, *other = NULL, *other_t = NULL, *c = NULL;
+    int st;
+    if ((st = ad_rec_reshape(T, g, gnd, gshape, &g2)) ||
+        (st = as_matrix(T, n->in[1 - which], which == 0, &other)) ||
+        (st = swap_last(T, other, &other_t)))
+        goto done;
+    if ((st = which == 0 ? ad_mk_matmul(T, g2, other_t, &c) : ad_mk_matmul(T, other_t, g2, &c))) goto done;
+    ad_contrib_matmul(n, which, &cnd, cshape);
+    st = ad_rec_reshape(T, c, cnd, cshape, out);
+done:
+    if (g2) ad_node_unref(T, g2);
+    if (other) ad_node_unref(T, other);
+    if (other_t) ad_node_unref(T, other_t);
+    if (c) ad_node_unref(T, c);
+    return st;
+}
+
+/* d(A @ B) = dA @ B + A @ dB */
+int ad_jvp_rec_matmul(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
+{
+    ad_node *ta = NULL, *tb = NULL;
+    int st = AD_OK;
+    if (tin[0] && (st = ad_mk_matmul(T, tin[0], n->in[1], tin[1] ? &ta : out))) return st;
+    if (tin[1]) {
+        if ((st = ad_mk_matmul(T, n->in[0], tin[1], tin[0] ? &tb : out))) goto done;
+        if (tin[0]) st = ad_mk_binary(T, AD_OP_ADD, ta, tb, out);
+    }
+done:
+    if (ta) ad_node_unref(T, ta);
+    if (tb) ad_node_unref(T, tb);
+    return st;
 }

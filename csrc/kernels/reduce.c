@@ -83,17 +83,15 @@ static const char *op_label(int op)
     return op == AD_OP_SUM ? "sum" : op == AD_OP_MEAN ? "mean" : op == AD_OP_MAX ? "max" : "min";
 }
 
-AD_SIMD int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
+AD_SIMD int ad_mk_reduce(ad_tape *T, int op, ad_node *x, uint64_t mask, int keepdims, ad_node **out)
 {
     if (op < AD_OP_SUM || op > AD_OP_MIN)
         return ad_err(AD_ERR_TYPE, "reduce: op code %d is not a reduction", op);
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n = NULL;
-    uint64_t mask = 0;
-    if ((st = ad_resolve(T, hx, &x)) || (st = ad_normalize_axes(op_label(op), x->ndim, naxes, axes, &mask)))
-        goto out;
+    if (x->ndim < 64 && (mask >> x->ndim))
+        return ad_err(AD_ERR_VALUE, "%s: axis mask 0x%llx names an axis past the %d dimensions of the tensor",
+                      op_label(op), (unsigned long long)mask, x->ndim);
+    ad_node *n;
+    int st;
     int64_t oshape[AD_MAXDIM], count = reduced_count(x, mask);
     int ond = 0;
     for (int i = 0; i < x->ndim; i++) {
@@ -105,16 +103,15 @@ AD_SIMD int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, in
     }
     if ((op == AD_OP_MAX || op == AD_OP_MIN) && count == 0) {
         char b[160];
-        st = ad_err(AD_ERR_VALUE, "%s: cannot reduce over a zero-size axis of a tensor of shape %s (max and min have no identity)",
-                    op_label(op), ad_shape_str(b, sizeof b, x->ndim, x->shape));
-        goto out;
+        return ad_err(AD_ERR_VALUE, "%s: cannot reduce over a zero-size axis of a tensor of shape %s (max and min have no identity)",
+                      op_label(op), ad_shape_str(b, sizeof b, x->ndim, x->shape));
     }
-    if ((st = ad_node_new(T, op, x->dtype, ond, oshape, &n))) goto out;
+    if ((st = ad_node_new(T, op, x->dtype, ond, oshape, &n))) return st;
     n->axes = mask;
     n->keepdims = keepdims;
     size_t tmp_bytes = (size_t)(n->size ? n->size : 1) * sizeof(double);
     void *tmp = ad_buf_alloc(T, tmp_bytes);
-    if (!tmp) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); goto out; }
+    if (!tmp) { ad_node_discard(T, n); return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); }
     double scale = op == AD_OP_MEAN ? 1.0 / (double)count : 1.0;
     if (op == AD_OP_MEAN && count == 0) scale = NAN;
     switch (op) {
@@ -129,8 +126,23 @@ AD_SIMD int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, in
         break;
     }
     ad_buf_free(T, tmp, tmp_bytes);
-    st = ad_finish(T, n, 1, &x);
-out:
+    if ((st = ad_record(T, n, 1, &x))) return st;
+    *out = n;
+    return AD_OK;
+}
+
+int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
+{
+    if (op < AD_OP_SUM || op > AD_OP_MIN)
+        return ad_err(AD_ERR_TYPE, "reduce: op code %d is not a reduction", op);
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    uint64_t mask = 0;
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_normalize_axes(op_label(op), x->ndim, naxes, axes, &mask)) &&
+        !(st = ad_mk_reduce(T, op, x, mask, keepdims, &n)))
+        st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
@@ -237,4 +249,154 @@ int ad_jvp_reduce(ad_tape *T, ad_node *node, const void *const *tin, int64_t k, 
     }
     ad_buf_free(T, tmp, tmp_bytes);
     return AD_OK;
+}
+
+/* ---------------- differentiable rules (recorded ops, for higher order) ---------------- */
+
+static int same_dims(int na, const int64_t *a, int nb, const int64_t *b)
+{
+    return na == nb && !memcmp(a, b, (size_t)na * sizeof(int64_t));
+}
+
+int ad_rec_expand(ad_tape *T, ad_node *g, const ad_node *x, uint64_t axes, ad_node **out)
+{
+    int64_t keep[AD_MAXDIM];
+    for (int i = 0; i < x->ndim; i++) keep[i] = (axes & ((uint64_t)1 << i)) ? 1 : x->shape[i];
+    ad_node *k;
+    int st = ad_rec_reshape(T, g, x->ndim, keep, &k);
+    if (st) return st;
+    if (same_dims(x->ndim, keep, x->ndim, x->shape)) { *out = k; return AD_OK; }
+    st = ad_mk_broadcast_to(T, k, x->ndim, x->shape, out);
+    ad_node_unref(T, k);
+    return st;
+}
+
+int ad_rec_unbroadcast(ad_tape *T, ad_node *c, int ndim, const int64_t *shape, ad_node **out)
+{
+    int lead = c->ndim - ndim;
+    if (lead < 0) {
+        char b1[160], b2[160];
+        return ad_err(AD_ERR_RUNTIME, "internal: a contribution of shape %s cannot be summed down to shape %s",
+                      ad_shape_str(b1, sizeof b1, c->ndim, c->shape), ad_shape_str(b2, sizeof b2, ndim, shape));
+    }
+    uint64_t mask = 0;
+    for (int i = 0; i < c->ndim; i++)
+        if (i < lead || (shape[i - lead] == 1 && c->shape[i] != 1)) mask |= (uint64_t)1 << i;
+    ad_node *s = c;
+    int st;
+    c->refs++;
+    if (mask) {
+        st = ad_mk_reduce(T, AD_OP_SUM, c, mask, 0, &s);
+        ad_node_unref(T, c);
+        if (st) return st;
+    }
+    st = ad_rec_reshape(T, s, ndim, shape, out);
+    ad_node_unref(T, s);
+    return st;
+}
+
+/* sum: the cotangent broadcast back over the reduced axes (sum and broadcast are duals); mean
+ * scales it first, as its numeric VJP does. */
+static int vjp_rec_reduce_sum(ad_tape *T, ad_node *n, ad_node *g, ad_node **out)
+{
+    const ad_node *x = n->in[0];
+    if (n->op == AD_OP_SUM) return ad_rec_expand(T, g, x, n->axes, out);
+    int64_t count = reduced_count(x, n->axes);
+    ad_node *scaled;
+    int st = ad_mk_unary(T, AD_OP_MUL_S, g, 1.0 / (double)(count ? count : 1), 0, &scaled);
+    if (st) return st;
+    st = ad_rec_expand(T, scaled, x, n->axes, out);
+    ad_node_unref(T, scaled);
+    return st;
+}
+
+/* max/min are piecewise constant in their winners, so the rules take them as constants from the
+ * values: hit marks the elements equal to their slice's result (the NaNs of a NaN result), cnt
+ * (shaped like n; NULL when no slice has a tie) how many share each result. */
+static int extreme_winners(ad_tape *T, ad_node *n, uint8_t **hit_out, size_t *hit_bytes, ad_node **cnt_out)
+{
+    const ad_node *x = n->in[0];
+    uint64_t mask = n->axes;
+    size_t hb = (size_t)(x->size ? x->size : 1);
+    uint8_t *hit = ad_buf_alloc(T, hb);
+    if (!hit) return ad_err(AD_ERR_MEMORY, "differentiable rule of %s: out of memory", op_label(n->op));
+    ad_node *cnt;
+    int st = ad_mk_full(T, n->dtype, n->ndim, n->shape, 0, &cnt);
+    if (st) { ad_buf_free(T, hit, hb); return st; }
+    int ties = 0;
+#define WINNERS(TT) do {                                                                \
+        const TT *X = x->data, *Y = n->data; TT *C = cnt->data;                        \
+        REDUCE_WALK(for (int64_t i = 0; i < len; i++) {                                \
+                int64_t o = oo + i * dout, e = ox + i * dx;                            \
+                hit[e] = IS_HIT(X[e], Y[o]);                                           \
+                C[o] += hit[e];                                                        \
+            });                                                                        \
+        for (int64_t i = 0; i < n->size; i++) ties |= C[i] > 1;                        \
+    } while (0)
+    if (n->dtype == AD_F64) WINNERS(double); else WINNERS(float);
+#undef WINNERS
+    if (!ties) { ad_node_unref(T, cnt); cnt = NULL; }
+    *hit_out = hit;
+    *hit_bytes = hb;
+    *cnt_out = cnt;
+    return AD_OK;
+}
+
+/* where(hit, v, 0): selection, so the elements that lost get exactly 0 whatever v holds */
+static int select_hits(ad_tape *T, const ad_node *x, const uint8_t *hit, ad_node *v, ad_node **out)
+{
+    ad_node *zero;
+    int st = ad_mk_full(T, v->dtype, 0, NULL, 0, &zero);
+    if (st) return st;
+    st = ad_mk_where(T, x->ndim, x->shape, hit, v, zero, out);
+    ad_node_unref(T, zero);
+    return st;
+}
+
+/* max/min: the cotangent, divided among tied winners, goes to the winners:
+ * where(hit, expand(g / cnt), 0) */
+static int vjp_rec_extreme(ad_tape *T, ad_node *n, ad_node *g, ad_node **out)
+{
+    uint8_t *hit;
+    size_t hb;
+    ad_node *cnt, *share = NULL, *wide = NULL;
+    int st = extreme_winners(T, n, &hit, &hb, &cnt);
+    if (st) return st;
+    if (cnt && (st = ad_mk_binary(T, AD_OP_DIV, g, cnt, &share))) goto done;
+    if ((st = ad_rec_expand(T, share ? share : g, n->in[0], n->axes, &wide))) goto done;
+    st = select_hits(T, n->in[0], hit, wide, out);
+done:
+    if (share) ad_node_unref(T, share);
+    if (wide) ad_node_unref(T, wide);
+    if (cnt) ad_node_unref(T, cnt);
+    ad_buf_free(T, hit, hb);
+    return st;
+}
+
+int ad_vjp_rec_reduce(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out)
+{
+    (void)which;
+    if (n->op == AD_OP_SUM || n->op == AD_OP_MEAN) return vjp_rec_reduce_sum(T, n, g, out);
+    return vjp_rec_extreme(T, n, g, out);
+}
+
+/* JVP: sum and mean reduce the tangent as they reduce the value; max/min pass on the mean of the
+ * winners' tangents, sum(where(hit, t, 0)) / cnt. */
+int ad_jvp_rec_reduce(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
+{
+    if (n->op == AD_OP_SUM || n->op == AD_OP_MEAN) return ad_mk_reduce(T, n->op, tin[0], n->axes, n->keepdims, out);
+    uint8_t *hit;
+    size_t hb;
+    ad_node *cnt, *picked = NULL, *s = NULL;
+    int st = extreme_winners(T, n, &hit, &hb, &cnt);
+    if (st) return st;
+    if ((st = select_hits(T, n->in[0], hit, tin[0], &picked))) goto done;
+    if ((st = ad_mk_reduce(T, AD_OP_SUM, picked, n->axes, n->keepdims, cnt ? &s : out))) goto done;
+    if (cnt) st = ad_mk_binary(T, AD_OP_DIV, s, cnt, out);
+done:
+    if (s) ad_node_unref(T, s);
+    if (picked) ad_node_unref(T, picked);
+    if (cnt) ad_node_unref(T, cnt);
+    ad_buf_free(T, hit, hb);
+    return st;
 }

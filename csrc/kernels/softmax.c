@@ -78,17 +78,15 @@ static int64_t slice_count(const ad_node *n, const ad_node *x, uint64_t mask, in
             SLICE_WALK(x, mask, Y[ix] = (TT)(((double)X[ix] - m[io]) - log(s[io])));     \
     } while (0)
 
-int64_t ad_softmax(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
+int ad_mk_softmax(ad_tape *T, int op, ad_node *x, uint64_t mask, int keepdims, ad_node **out)
 {
     if (op != AD_OP_LOGSUMEXP && op != AD_OP_SOFTMAX && op != AD_OP_LOG_SOFTMAX)
         return ad_err(AD_ERR_TYPE, "softmax: op code %d is not logsumexp, softmax or log_softmax", op);
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    uint64_t mask = 0;
-    if ((st = ad_resolve(T, hx, &x)) || (st = ad_normalize_axes(op_label(op), x->ndim, naxes, axes, &mask)))
-        goto out;
+    if (mask >> x->ndim)
+        return ad_err(AD_ERR_VALUE, "%s: axis mask 0x%llx names an axis past the %d dimensions of the tensor",
+                      op_label(op), (unsigned long long)mask, x->ndim);
+    ad_node *n;
+    int st;
     int64_t oshape[AD_MAXDIM];
     int ond = 0;
     if (op == AD_OP_LOGSUMEXP) {
@@ -100,20 +98,35 @@ int64_t ad_softmax(int op, int64_t hx, int naxes, const int64_t *axes, int keepd
         ond = x->ndim;
         memcpy(oshape, x->shape, sizeof oshape);
     }
-    if ((st = ad_node_new(T, op, x->dtype, ond, oshape, &n))) goto out;
+    if ((st = ad_node_new(T, op, x->dtype, ond, oshape, &n))) return st;
     n->axes = mask;
     n->keepdims = keepdims;
     int64_t rs[AD_MAXDIM];
     int64_t nslices = slice_count(n, x, mask, rs);
     size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
     double *m = ad_buf_alloc(T, tmp_bytes);
-    if (!m) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); goto out; }
+    if (!m) { ad_node_discard(T, n); return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); }
     double *s = m + (nslices ? nslices : 1);
     if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
     else { SHIFT_AND_SUM(float, m, s); FINISH(float); }
     ad_buf_free(T, m, tmp_bytes);
-    st = ad_finish(T, n, 1, &x);
-out:
+    if ((st = ad_record(T, n, 1, &x))) return st;
+    *out = n;
+    return AD_OK;
+}
+
+int64_t ad_softmax(int op, int64_t hx, int naxes, const int64_t *axes, int keepdims)
+{
+    if (op != AD_OP_LOGSUMEXP && op != AD_OP_SOFTMAX && op != AD_OP_LOG_SOFTMAX)
+        return ad_err(AD_ERR_TYPE, "softmax: op code %d is not logsumexp, softmax or log_softmax", op);
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    uint64_t mask = 0;
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_normalize_axes(op_label(op), x->ndim, naxes, axes, &mask)) &&
+        !(st = ad_mk_softmax(T, op, x, mask, keepdims, &n)))
+        st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
@@ -265,4 +278,83 @@ int ad_vjp2_softmax(ad_tape *T, ad_node *n, const void *g, const void *const *ti
     if (x->dtype == AD_F64) SOFTMAX_VJP2(double); else SOFTMAX_VJP2(float);
     ad_buf_free(T, r1, tmp_bytes);
     return AD_OK;
+}
+
+/* ---------------- differentiable rules (recorded ops, for higher order) ----------------
+ * The formulas of the VJPs and JVPs above, as recorded ops (p = softmax(x), y = the output, sums
+ * over the op's axes with keepdims, so they broadcast back):
+ *   logsumexp    vjp expand(g) * p            jvp sum(t * p)
+ *   softmax      vjp y * (g - sum(g * y))     jvp y * (t - sum(t * y))
+ *   log_softmax  vjp g - exp(y) * sum(g)      jvp t - sum(exp(y) * t)
+ * softmax's VJP and JVP are one formula (the Jacobian is symmetric), as are log_softmax's up to
+ * a transpose, so each is written once below with `v` the cotangent or the tangent. */
+
+/* a * b, then (optionally) reduced over the op's axes with keepdims */
+static int mul_sum(ad_tape *T, ad_node *a, ad_node *b, const ad_node *n, int keepdims, ad_node **out)
+{
+    ad_node *prod;
+    int st = ad_mk_binary(T, AD_OP_MUL, a, b, &prod);
+    if (st) return st;
+    st = ad_mk_reduce(T, AD_OP_SUM, prod, n->axes, keepdims, out);
+    ad_node_unref(T, prod);
+    return st;
+}
+
+/* y * (v - sum(v * y)) */
+static int rec_softmax(ad_tape *T, ad_node *n, ad_node *v, ad_node **out)
+{
+    ad_node *s = NULL, *d = NULL;
+    int st;
+    if (!(st = mul_sum(T, v, n, n, 1, &s)) && !(st = ad_mk_binary(T, AD_OP_SUB, v, s, &d)))
+        st = ad_mk_binary(T, AD_OP_MUL, n, d, out);
+    if (s) ad_node_unref(T, s);
+    if (d) ad_node_unref(T, d);
+    return st;
+}
+
+/* v - exp(y) * sum(v) (transpose 0) or v - sum(exp(y) * v) (transpose 1) */
+static int rec_log_softmax(ad_tape *T, ad_node *n, ad_node *v, int transpose, ad_node **out)
+{
+    ad_node *p = NULL, *s = NULL, *w = NULL;
+    int st = ad_mk_unary(T, AD_OP_EXP, n, 0, 0, &p);
+    if (st) return st;
+    if (transpose) st = mul_sum(T, p, v, n, 1, &w);
+    else if (!(st = ad_mk_reduce(T, AD_OP_SUM, v, n->axes, 1, &s))) st = ad_mk_binary(T, AD_OP_MUL, p, s, &w);
+    if (!st) st = ad_mk_binary(T, AD_OP_SUB, v, w, out);
+    ad_node_unref(T, p);
+    if (s) ad_node_unref(T, s);
+    if (w) ad_node_unref(T, w);
+    return st;
+}
+
+/* p = softmax(x) over logsumexp's axes, recorded from x (what the numeric rules recompute) */
+static int lse_weights(ad_tape *T, ad_node *n, ad_node **p)
+{
+    return ad_mk_softmax(T, AD_OP_SOFTMAX, n->in[0], n->axes, 0, p);
+}
+
+int ad_vjp_rec_softmax(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out)
+{
+    (void)which;
+    if (n->op == AD_OP_SOFTMAX) return rec_softmax(T, n, g, out);
+    if (n->op == AD_OP_LOG_SOFTMAX) return rec_log_softmax(T, n, g, 0, out);
+    ad_node *p, *wide = NULL;
+    int st = lse_weights(T, n, &p);
+    if (st) return st;
+    if (!(st = ad_rec_expand(T, g, n->in[0], n->axes, &wide))) st = ad_mk_binary(T, AD_OP_MUL, wide, p, out);
+    ad_node_unref(T, p);
+    if (wide) ad_node_unref(T, wide);
+    return st;
+}
+
+int ad_jvp_rec_softmax(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
+{
+    if (n->op == AD_OP_SOFTMAX) return rec_softmax(T, n, tin[0], out);
+    if (n->op == AD_OP_LOG_SOFTMAX) return rec_log_softmax(T, n, tin[0], 1, out);
+    ad_node *p;
+    int st = lse_weights(T, n, &p);
+    if (st) return st;
+    st = mul_sum(T, tin[0], p, n, n->keepdims, out);
+    ad_node_unref(T, p);
+    return st;
 }

@@ -15,8 +15,11 @@ void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape)
 #define IN (AD_READS_KNOWN | AD_READS_IN0)
 #define OUT (AD_READS_KNOWN | AD_READS_OUT)
 #define INS (AD_READS_KNOWN | AD_READS_IN0 | AD_READS_IN1)
-#define R(name, fl) {name, ad_vjp_reduce, 0, ad_jvp_reduce, 0, C | (fl), 0}
-#define L(name, vjp, contrib, jvp) {name, vjp, contrib, jvp, 0, C, 0}
+#define R(name, fl) {name, ad_vjp_reduce, 0, ad_jvp_reduce, 0, C | (fl), 0, ad_vjp_rec_reduce, ad_jvp_rec_reduce}
+/* the family's numeric VJP and JVP and its differentiable rules: ad_vjp_<fam>, ad_vjp_rec_<fam>, ... */
+#define L(name, fam, contrib, fl) {name, ad_vjp_##fam, contrib, ad_jvp_##fam, 0, C | (fl), 0, \
+                                   ad_vjp_rec_##fam, ad_jvp_rec_##fam}
+#define SM(name) {name, ad_vjp_softmax, 0, ad_jvp_softmax, 0, 0, ad_vjp2_softmax, ad_vjp_rec_softmax, ad_jvp_rec_softmax}
 
 const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_LEAF] = {"tensor", 0, 0},
@@ -24,19 +27,20 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
 #include "ops_table.inc"
     [AD_OP_SUM] = R("sum", NONE), [AD_OP_MEAN] = R("mean", NONE), [AD_OP_MAX] = R("max", 0), [AD_OP_MIN] = R("min", 0),
     [AD_OP_MATMUL] = {"matmul", ad_vjp_matmul, ad_contrib_matmul, ad_jvp_matmul, ad_vjp_rows_matmul, 0,
-                      ad_vjp2_matmul},
-    [AD_OP_RESHAPE] = L("reshape", ad_vjp_layout, 0, ad_jvp_layout),
-    [AD_OP_TRANSPOSE] = L("transpose", ad_vjp_layout, 0, ad_jvp_layout),
-    [AD_OP_BROADCAST_TO] = L("broadcast_to", ad_vjp_layout, ad_contrib_output, ad_jvp_layout),
-    [AD_OP_CAST] = L("cast", ad_vjp_layout, 0, ad_jvp_layout),
-    [AD_OP_GATHER] = L("getitem", ad_vjp_index, 0, ad_jvp_index),
-    [AD_OP_CONCATENATE] = L("concatenate", ad_vjp_index, 0, ad_jvp_index),
-    [AD_OP_STACK] = L("stack", ad_vjp_index, 0, ad_jvp_index),
-    [AD_OP_WHERE] = L("where", ad_vjp_index, ad_contrib_output, ad_jvp_index),
-    [AD_OP_CLIP] = L("clip", ad_vjp_index, 0, ad_jvp_index),
-    [AD_OP_LOGSUMEXP] = {"logsumexp", ad_vjp_softmax, 0, ad_jvp_softmax, 0, 0, ad_vjp2_softmax},
-    [AD_OP_SOFTMAX] = {"softmax", ad_vjp_softmax, 0, ad_jvp_softmax, 0, 0, ad_vjp2_softmax},
-    [AD_OP_LOG_SOFTMAX] = {"log_softmax", ad_vjp_softmax, 0, ad_jvp_softmax, 0, 0, ad_vjp2_softmax},
+                      ad_vjp2_matmul, ad_vjp_rec_matmul, ad_jvp_rec_matmul},
+    [AD_OP_RESHAPE] = L("reshape", layout, 0, 0),
+    [AD_OP_TRANSPOSE] = L("transpose", layout, 0, 0),
+    [AD_OP_BROADCAST_TO] = L("broadcast_to", layout, ad_contrib_output, 0),
+    [AD_OP_CAST] = L("cast", layout, 0, 0),
+    [AD_OP_GATHER] = L("getitem", index, 0, 0),
+    [AD_OP_CONCATENATE] = L("concatenate", index, 0, 0),
+    [AD_OP_STACK] = L("stack", index, 0, 0),
+    [AD_OP_WHERE] = L("where", index, ad_contrib_output, 0),
+    [AD_OP_CLIP] = L("clip", index, 0, 0),
+    [AD_OP_LOGSUMEXP] = SM("logsumexp"),
+    [AD_OP_SOFTMAX] = SM("softmax"),
+    [AD_OP_LOG_SOFTMAX] = SM("log_softmax"),
+    [AD_OP_SCATTER_ADD] = L("scatter_add", index, 0, NONE),
 };
 
 int ad_op_rules(int op, const char **name)

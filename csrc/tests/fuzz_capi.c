@@ -228,7 +228,7 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(10)) {
+    switch (below(13)) {
     case 0: {
         nd = chance(50) ? like_shape(sh) : ndim_arg();
         for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
@@ -306,6 +306,42 @@ static void one_newer_call(void)
                             chance(5) ? NULL : &out);
         check_status("ad_jvp", st);
         if (st == 0) check_handle("ad_jvp's tangent", out, 0);
+        break;
+    }
+    case 9: {
+        /* recorded reverse sweep: one cotangent shaped like the root */
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = -1; }
+        int64_t st = ad_vjp_graph(any_handle(), any_handle(), n, n > 16 || chance(5) ? NULL : hs,
+                                  n > 16 || chance(5) ? NULL : outs);
+        check_status("ad_vjp_graph", st);
+        for (int i = 0; st == 0 && i < n; i++) check_handle("ad_vjp_graph's grad", outs[i], 0);
+        break;
+    }
+    case 10: {
+        /* recorded forward sweep: one tangent per input, shaped like it */
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = any_handle(); }
+        int64_t out = 0;
+        int64_t st = ad_jvp_graph(any_handle(), n, n > 16 || chance(5) ? NULL : hs, n > 16 || chance(5) ? NULL : outs,
+                                  chance(5) ? NULL : &out);
+        check_status("ad_jvp_graph", st);
+        if (st == 0) check_handle("ad_jvp_graph's tangent", out, 0);
+        break;
+    }
+    case 11: {
+        /* scatter_add: one index per element of x, into a result of the given shape */
+        int64_t x = any_handle();
+        ad_info_t info;
+        nd = chance(50) ? like_shape(sh) : ndim_arg();
+        for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
+        const int64_t *s = chance(90) ? sh : shape_arg(sh, nd);
+        int64_t n = small_size(nd, s);
+        int known = ad_info(x, &info) == AD_OK && info.size <= 35000;
+        for (int64_t i = 0; known && i < info.size; i++)
+            index_buf[i] = chance(97) ? below(n > 0 ? n : 1) : (chance(50) ? -1 - below(3) : (int64_t)1 << 40);
+        /* an index array only when x's size is known; otherwise NULL */
+        check_handle("ad_scatter_add", ad_scatter_add(x, nd, s, known && chance(95) ? index_buf : NULL), 0);
         break;
     }
     default: {
