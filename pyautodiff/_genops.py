@@ -110,6 +110,17 @@ def power(u, k):
     return ("pow", u, k)
 
 
+def safe_mul(u, v):
+    """u * v, exactly 0 where u is 0 (the op mul_zero_safe), simplified like mul."""
+    if is_num(u, 0.0) or is_num(v, 0.0):
+        return ZERO
+    if is_num(u, 1.0):
+        return v
+    if is_num(v, 1.0) or (is_num(u) and not math.isnan(u[1])):
+        return mul(u, v)
+    return ("call", "mul_zero_safe", [u, v])
+
+
 def where(c, p, q):
     if p == q:
         return p
@@ -247,6 +258,10 @@ def diff(e, var):
         return mul(term, du)
     if kind == "where":
         return where(e[1], diff(e[2], var), diff(e[3], var))
+    if kind == "call" and e[1] == "mul_zero_safe":
+        # the product rule with zero-safe products, so a zero factor still gives exactly 0
+        u, v = e[2]
+        return add(safe_mul(diff(u, var), v), safe_mul(u, diff(v, var)))
     if kind == "call":
         f, args = e[1], e[2]
         row = opdefs.BY_NAME.get(f)

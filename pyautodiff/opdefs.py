@@ -30,6 +30,8 @@ reference exactly (not by finite differences), `test_params` lists parameter set
 the defaults.
 """
 from dataclasses import dataclass, field
+
+import numpy as np
 from typing import Optional
 
 # C functions a forward formula may call, by formula name -> C name (tgmath picks the float
@@ -200,8 +202,9 @@ binary("multiply", "a * b", "b", "a", "a * b with NumPy broadcasting; the gradie
        enum="MUL", edges=(([0.0, 1.0, inf], [inf, 0.0, 2.0]),))
 binary("divide", "a / b", "1 / b", "-y / b", "a / b with NumPy broadcasting.", enum="DIV",
        domain=("normal", "nonzero"), edges=(([1.0, 0.0, -1.0], [0.0, 0.0, 0.0]),))
-# d/da is 0 where the exponent is 0 and d/db is 0 where the base is 0 (log(0) would give NaN)
-binary("power", "power(a, b)", "where(b == 0, 0, b * a ** (b - 1))", "where(a == 0, 0, y * log(a))",
+# d/da is exactly 0 where the exponent is 0 (even at a = 0, where a**(b - 1) is inf: the zero-safe
+# product, which stays differentiable in b there) and d/db is 0 where the base is 0
+binary("power", "power(a, b)", "mul_zero_safe(b, a ** (b - 1))", "where(a == 0, 0, y * log(a))",
        "a ** b with NumPy broadcasting; d/db is taken as 0 where a == 0.", enum="POW",
        domain=("positive", "normal"),
        edges=(([0.0, 0.0, 2.0, 0.0], [2.0, 0.5, 0.0, 0.0]), ([-2.0, -1.5], [3.0, 2.0])))
@@ -231,6 +234,12 @@ binary("mod", "np_mod(a, b)", "1", "-floor_divide(a, b)",
        "a - b * floor(a / b), with the sign of b (NumPy's mod, the operator %); its gradient is 1 "
        "in a and -floor_divide(a, b) in b, as PyTorch.", domain=("wide", "nonzero"),
        edges=(([7.0, -7.0, 7.0, 1.0], [2.0, 2.0, -2.0, 0.0]),))
+
+# the product the NaN-safety rule makes (w * d, exactly 0 where the weight w is 0 even if d is inf
+# or NaN): what the differentiable rules record for a cotangent or tangent times a derivative
+binary("mul_zero_safe", "where(a == 0, 0, a * b)", "b", "a",
+       "a * b, but exactly 0 where a is 0 (even when b is inf or NaN).", enum="MUL_SAFE", public=False,
+       edges=(([0.0, 0.0, 1.0, 2.0], [np.inf, np.nan, np.inf, 3.0]),))
 
 ALL = UNARY + BINARY
 BY_NAME = {op.name: op for op in ALL}

@@ -103,13 +103,13 @@ def _binary_op(op):
     return f
 
 
-ELEMENTWISE = {}
-for _op in opdefs.ALL:
-    if _op.public:
-        ELEMENTWISE[_op.name] = (_unary_op if _op.kind == "unary" else _binary_op)(_op)
+# every row as a function; the public ones are ad.<name>, the others are reached through gelu,
+# round, the operators, or only by the tests (mul_zero_safe)
+ROWS = {op.name: (_unary_op if op.kind == "unary" else _binary_op)(op) for op in opdefs.ALL}
+ELEMENTWISE = {name: f for name, f in ROWS.items() if opdefs.BY_NAME[name].public}
 globals().update(ELEMENTWISE)
-_GELU = {"none": _unary_op(opdefs.BY_NAME["gelu_erf"]), "tanh": _unary_op(opdefs.BY_NAME["gelu_tanh"])}
-_ROUND = _unary_op(opdefs.BY_NAME["round"])
+_GELU = {"none": ROWS["gelu_erf"], "tanh": ROWS["gelu_tanh"]}
+_ROUND = ROWS["round"]
 
 
 def gelu(x, approximate="none"):
@@ -261,6 +261,18 @@ def split(t, indices_or_sections, axis=0):
         # AxisError is a ValueError, like every other bad axis here (np.split's own is an IndexError)
         raise np.exceptions.AxisError(axis, ndim, msg_prefix="split")
     return [_gather(t, part) for part in np.split(_index_grid(t), indices_or_sections, axis)]
+
+
+def _scatter_add(t, index, shape):
+    """Zeros of `shape` with t.flat[i] added at flat position index.flat[i] (repeats accumulate):
+    the VJP of a gather, as an op (the differentiable rule of indexing). Internal."""
+    t = as_tensor(t)
+    index = np.asarray(index, dtype=np.int64, order="C").reshape(-1)
+    if index.size != t.size:
+        raise ValueError(f"scatter_add: {index.size} indices for a tensor of {t.size} elements")
+    n, c = _shape(shape)
+    ptr = ffi.from_buffer("int64_t[]", index) if index.size else ffi.NULL
+    return _wrap(lib.ad_scatter_add(t._h, n, c, ptr))
 
 
 def _same_kind(x, like):

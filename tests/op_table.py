@@ -172,7 +172,8 @@ DOMAINS = {"normal": normal, "wide": wide, "positive": positive, "nonzero": nonz
 # opdefs rows reached through another public function, and the reference op they check against
 VIA = {"gelu_erf": (lambda x, **kw: ad.gelu(x, **kw), "gelu", {"approximate": "none"}),
        "gelu_tanh": (lambda x, **kw: ad.gelu(x, **kw), "gelu", {"approximate": "tanh"}),
-       "round": (lambda x: ad.round(x), "round", {})}
+       "round": (lambda x: ad.round(x), "round", {}),
+       "mul_zero_safe": (ad.ops.ROWS["mul_zero_safe"], "mul_zero_safe", {})}
 
 
 def _with_params(gen, params):

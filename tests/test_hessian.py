@@ -156,3 +156,15 @@ def test_hvp_errors():
         ad.hvp(ad.logsumexp, (X,), (np.ones(3),))
     with pytest.raises(ValueError, match="got 1 primals but 2 tangents"):
         ad.hvp(ad.logsumexp, (X,), (X, X))
+
+
+def test_hessian_of_power_where_the_exponent_is_zero():
+    # a**b at b = 0 is 1 for every a, yet d2/da db = a**(b-1) (1 + b log a) = 1/a there: a rule
+    # that takes d/da as a constant 0 at b == 0 (to avoid 0 * inf at a = 0) must not lose it
+    def f(v):
+        return ad.power(v[0], v[1])
+    H = ad.hessian(f)(np.array([2.0, 0.0]))
+    close(H, np.array([[0.0, 0.5], [0.5, np.log(2.0) ** 2]]), (1e-13, 1e-14), "power at b = 0")
+    # and at a = 0, b = 0 the exponent's and base's terms stay exact zeros where they are constant
+    H0 = ad.hessian(lambda v: ad.power(v[0], v[1]))(np.array([0.0, 0.0]))
+    assert H0[0, 0] == 0.0

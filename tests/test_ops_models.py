@@ -71,6 +71,11 @@ CASES = [
     ("getitem-empty-slice", "getitem", [_normal(3, 4)], lambda x: x[2:2], (slice(2, 2),), {}),
     ("getitem-empty-mask", "getitem", [_normal(3)], lambda x: x[np.zeros(3, bool)], (np.zeros(3, bool),), {}),
     ("getitem-0d-source", "getitem", [np.array(1.5)], lambda x: x[None], (None,), {}),
+    # scatter_add (getitem's VJP as an op): repeated positions accumulate, untouched ones stay 0
+    ("scatter_add-repeats", "scatter_add", [_normal(2, 3)],
+     lambda x: ad.ops._scatter_add(x, [[4, 0, 4], [7, 1, 4]], (2, 4)), ([[4, 0, 4], [7, 1, 4]], (2, 4)), {}),
+    ("scatter_add-0d", "scatter_add", [np.array(2.5)], lambda x: ad.ops._scatter_add(x, [2], (3,)),
+     ([2], (3,)), {}),
     # concatenate / stack
     ("concatenate-axis0", "concatenate", [_normal(2, 3), _normal(1, 3, seed=1), _normal(4, 3, seed=2)],
      lambda *t: ad.concatenate(t, axis=0), (), {"axis": 0}),

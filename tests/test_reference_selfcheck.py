@@ -192,6 +192,8 @@ CASES = {
     "broadcast_to": [lambda r: case(smooth(r, (3, 1)), shape=(2, 3, 4)),
                      lambda r: case(smooth(r, ()), shape=(2, 2))],
     "cast": [lambda r: case(smooth(r, (2, 3)), dtype=np.float64)],
+    "scatter_add": [lambda r: case(smooth(r, (2, 3)), index=[4, 0, 4, 7, 1, 4], shape=(2, 4))],
+    "mul_zero_safe": [lambda r: case(smooth(r, (3, 4)), smooth(r, (4,)))],
     "getitem": [lambda r: case(smooth(r, (4, 5)), index=(slice(None, None, -2), 3)),
                 lambda r: case(smooth(r, (4, 5)), index=(None, Ellipsis, slice(1, 4))),
                 lambda r: case(smooth(r, (4, 5)), index=(np.array([0, 2, 0, 3]),)),

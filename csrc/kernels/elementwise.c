@@ -17,6 +17,7 @@
  * are not all contiguous is processed in chunks of CHUNK elements gathered into stack buffers, so
  * that every generated kernel is one plain loop over contiguous data (and the build stays small). */
 #include "../core.h"
+#include <math.h>
 #include <string.h>
 
 enum { CHUNK = 256 };
@@ -506,10 +507,13 @@ static int times_d(ad_tape *T, ad_node *n, int j, ad_node *w, ad_node **out)
     if (!d) {
         if (c == 0 && K->route) return zeros_like(T, n, out);
         if (c == 1) { w->refs++; *out = w; return AD_OK; }
-        return ad_mk_unary(T, AD_OP_MUL_S, w, c, 0, out);
+        if (isfinite(c)) return ad_mk_unary(T, AD_OP_MUL_S, w, c, 0, out);
+        /* w * inf: a zero w must still give 0 */
+        if ((st = ad_ew_const(T, n->dtype, c, &d))) return st;
     }
+    /* the NaN-safety rule as an op: a zero cotangent or tangent gives exactly 0, whatever d is */
     ad_node *prod = NULL, *zero = NULL;
-    st = ad_mk_binary(T, AD_OP_MUL, w, d, &prod);
+    st = ad_mk_binary(T, AD_OP_MUL_SAFE, w, d, &prod);
     if (!st && K->route) {
         /* where d is 0 the input gets exactly 0, even from an infinite cotangent; d is piecewise
          * constant for such ops, so d's values decide (d broadcast to n's shape first) */

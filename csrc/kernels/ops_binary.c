@@ -534,14 +534,14 @@ static void ad_ew_power_d0_d(const void *const *in, const void *w, int64_t ws, v
     const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -552,14 +552,14 @@ static void ad_ew_power_d0_f(const void *const *in, const void *w, int64_t ws, v
     const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -568,7 +568,7 @@ static void ad_ew_power_h00_d(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ((b == 0) ? 0 : (b * (((b - 1) == 0) ? 0 : ((b - 1) * pow(a, (double)((b - 1) - 1)))))); }
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ad_f_mul_zero_safe_d(b, ad_f_mul_zero_safe_d((b - 1), pow(a, (double)((b - 1) - 1)))); }
 }
 
 static void ad_ew_power_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -576,7 +576,7 @@ static void ad_ew_power_h00_f(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((b == 0) ? 0 : (b * (((b - 1) == 0) ? 0 : ((b - 1) * pow(a, (float)((b - 1) - 1)))))); }
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ad_f_mul_zero_safe_f(b, ad_f_mul_zero_safe_f((b - 1), pow(a, (float)((b - 1) - 1)))); }
 }
 
 static void ad_ew_power_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -584,7 +584,7 @@ static void ad_ew_power_h01_d(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ((b == 0) ? 0 : (pow(a, (double)(b - 1)) + (b * ((a == 0) ? 0 : (pow(a, (b - 1)) * log(a)))))); }
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (pow(a, (double)(b - 1)) + ad_f_mul_zero_safe_d(b, ((a == 0) ? 0 : (pow(a, (b - 1)) * log(a))))); }
 }
 
 static void ad_ew_power_h01_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -592,40 +592,22 @@ static void ad_ew_power_h01_f(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((b == 0) ? 0 : (pow(a, (float)(b - 1)) + (b * ((a == 0) ? 0 : (pow(a, (b - 1)) * log(a)))))); }
-}
-
-static void ad_ew_power_k11_d(const void *const *in, void *out, int64_t n, const double *cs)
-{
-    (void)in; (void)cs;
-    const double *restrict B_ = in[1];
-    double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double b = B_[i]; O_[i] = (b == 0); }
-}
-
-static void ad_ew_power_k11_f(const void *const *in, void *out, int64_t n, const double *cs)
-{
-    (void)in; (void)cs;
-    const float *restrict B_ = in[1];
-    float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float b = B_[i]; O_[i] = (b == 0); }
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (pow(a, (float)(b - 1)) + ad_f_mul_zero_safe_f(b, ((a == 0) ? 0 : (pow(a, (b - 1)) * log(a))))); }
 }
 
 static int ad_ew_power_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
 {
-    ad_node *v[5] = {0};
+    ad_node *v[3] = {0};
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
-    if ((st = ad_mk_unary(T, AD_OP_ADD_S, in1, -(1), 0, &v[1]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_POW, in0, v[1], &v[2]))) goto done;
-    if ((st = ad_mk_binary(T, AD_OP_MUL, in1, v[2], &v[3]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k11_f, ad_ew_power_k11_d}, v[0], v[3], &v[4]))) goto done;
-    *node = v[4];
-    v[4] = NULL;
+    if ((st = ad_mk_unary(T, AD_OP_ADD_S, in1, -(1), 0, &v[0]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_POW, in0, v[0], &v[1]))) goto done;
+    if ((st = ad_mk_binary(T, AD_OP_MUL_SAFE, in1, v[1], &v[2]))) goto done;
+    *node = v[2];
+    v[2] = NULL;
 done:
-    for (int i = 0; i < 5; i++) if (v[i]) ad_node_unref(T, v[i]);
+    for (int i = 0; i < 3; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
 
@@ -678,7 +660,7 @@ static void ad_ew_power_h10_d(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double y = Y_[i]; O_[i] = (((a == 0) ? 0 : (y * (1 / a))) + (((a == 0) ? 0 : log(a)) * ((b == 0) ? 0 : (b * pow(a, (double)(b - 1)))))); }
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double y = Y_[i]; O_[i] = (((a == 0) ? 0 : (y * (1 / a))) + (((a == 0) ? 0 : log(a)) * ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))))); }
 }
 
 static void ad_ew_power_h10_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -686,7 +668,7 @@ static void ad_ew_power_h10_f(const void *const *in, void *out, int64_t n, const
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float y = Y_[i]; O_[i] = (((a == 0) ? 0 : (y * (1 / a))) + (((a == 0) ? 0 : log(a)) * ((b == 0) ? 0 : (b * pow(a, (float)(b - 1)))))); }
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float y = Y_[i]; O_[i] = (((a == 0) ? 0 : (y * (1 / a))) + (((a == 0) ? 0 : log(a)) * ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))))); }
 }
 
 static void ad_ew_power_h11_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -705,7 +687,7 @@ static void ad_ew_power_h11_f(const void *const *in, void *out, int64_t n, const
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; O_[i] = (((a == 0) ? 0 : log(a)) * ((a == 0) ? 0 : (y * log(a)))); }
 }
 
-static void ad_ew_power_k14_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_k13_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0];
@@ -713,7 +695,7 @@ static void ad_ew_power_k14_d(const void *const *in, void *out, int64_t n, const
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; O_[i] = (a == 0); }
 }
 
-static void ad_ew_power_k14_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_power_k13_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0];
@@ -730,7 +712,7 @@ static int ad_ew_power_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scal
     if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_LOG, in0, 0, 0, &v[1]))) goto done;
     if ((st = ad_mk_binary(T, AD_OP_MUL, y, v[1], &v[2]))) goto done;
-    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k14_f, ad_ew_power_k14_d}, v[0], v[2], &v[3]))) goto done;
+    if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k13_f, ad_ew_power_k13_d}, v[0], v[2], &v[3]))) goto done;
     *node = v[3];
     v[3] = NULL;
 done:
@@ -790,7 +772,7 @@ static void ad_ew_maximum_d0_f(const void *const *in, const void *w, int64_t ws,
     }
 }
 
-static void ad_ew_maximum_k16_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_k15_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -798,7 +780,7 @@ static void ad_ew_maximum_k16_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_maximum_k16_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_k15_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -812,7 +794,7 @@ static int ad_ew_maximum_rec0(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_k16_f, ad_ew_maximum_k16_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_k15_f, ad_ew_maximum_k15_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -856,7 +838,7 @@ static void ad_ew_maximum_d1_f(const void *const *in, const void *w, int64_t ws,
     }
 }
 
-static void ad_ew_maximum_k17_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_k16_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -864,7 +846,7 @@ static void ad_ew_maximum_k17_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_maximum_k17_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_maximum_k16_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -878,7 +860,7 @@ static int ad_ew_maximum_rec1(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_k17_f, ad_ew_maximum_k17_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_maximum_k16_f, ad_ew_maximum_k16_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -938,7 +920,7 @@ static void ad_ew_minimum_d0_f(const void *const *in, const void *w, int64_t ws,
     }
 }
 
-static void ad_ew_minimum_k19_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_k18_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -946,7 +928,7 @@ static void ad_ew_minimum_k19_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_minimum_k19_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_k18_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -960,7 +942,7 @@ static int ad_ew_minimum_rec0(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_k19_f, ad_ew_minimum_k19_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_k18_f, ad_ew_minimum_k18_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -1004,7 +986,7 @@ static void ad_ew_minimum_d1_f(const void *const *in, const void *w, int64_t ws,
     }
 }
 
-static void ad_ew_minimum_k20_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_k19_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -1012,7 +994,7 @@ static void ad_ew_minimum_k20_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); }
 }
 
-static void ad_ew_minimum_k20_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_minimum_k19_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -1026,7 +1008,7 @@ static int ad_ew_minimum_rec1(ad_tape *T, ad_node *n, ad_node **node, double *sc
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_k20_f, ad_ew_minimum_k20_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_minimum_k19_f, ad_ew_minimum_k19_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
@@ -1701,7 +1683,7 @@ static void ad_ew_mod_d1_f(const void *const *in, const void *w, int64_t ws, voi
     }
 }
 
-static void ad_ew_mod_k38_d(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mod_k37_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -1709,7 +1691,7 @@ static void ad_ew_mod_k38_d(const void *const *in, void *out, int64_t n, const d
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (-ad_f_floor_divide_d(a, b)); }
 }
 
-static void ad_ew_mod_k38_f(const void *const *in, void *out, int64_t n, const double *cs)
+static void ad_ew_mod_k37_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -1723,10 +1705,140 @@ static int ad_ew_mod_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_mod_k38_f, ad_ew_mod_k38_d}, &v[0]))) goto done;
+    if ((st = ad_ew_eval(T, n, (const ad_ew_fn[2]){ad_ew_mod_k37_f, ad_ew_mod_k37_d}, &v[0]))) goto done;
     *node = v[0];
     v[0] = NULL;
 done:
+    for (int i = 0; i < 1; i++) if (v[i]) ad_node_unref(T, v[i]);
+    return st;
+}
+
+static void ad_ew_mul_zero_safe_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ((a == 0) ? 0 : (a * b)); }
+}
+
+static void ad_ew_mul_zero_safe_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((a == 0) ? 0 : (a * b)); }
+}
+
+static void ad_ew_mul_zero_safe_d0_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict B_ = in[1];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_mul_zero_safe_d0_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict B_ = in[1];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_mul_zero_safe_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+}
+
+static void ad_ew_mul_zero_safe_h01_f(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) {  O_[i] = 1; }
+}
+
+static int ad_ew_mul_zero_safe_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
+{
+    ad_node *v[1] = {0};
+    int st = AD_OK;
+    ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
+    (void)in0; (void)in1; (void)y; (void)scalar;
+    *node = in1;
+    in1->refs++;
+
+    for (int i = 0; i < 1; i++) if (v[i]) ad_node_unref(T, v[i]);
+    return st;
+}
+
+static void ad_ew_mul_zero_safe_d1_d(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+static void ad_ew_mul_zero_safe_d1_f(const void *const *in, const void *w, int64_t ws, void *out, int64_t n, const double *cs, int acc)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    if (ws) {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        if (acc)
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+        else
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+static int ad_ew_mul_zero_safe_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
+{
+    ad_node *v[1] = {0};
+    int st = AD_OK;
+    ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
+    (void)in0; (void)in1; (void)y; (void)scalar;
+    *node = in0;
+    in0->refs++;
+
     for (int i = 0; i < 1; i++) if (v[i]) ad_node_unref(T, v[i]);
     return st;
 }
@@ -1744,4 +1856,5 @@ const ad_ew_kernels ad_ew_binary[AD_OP_BINARY_LAST - AD_OP_BINARY_FIRST + 1] = {
     [AD_OP_HYPOT - AD_OP_BINARY_FIRST] = {{ad_ew_hypot_fwd_f, ad_ew_hypot_fwd_d}, {{ad_ew_hypot_d0_f, ad_ew_hypot_d0_d}, {ad_ew_hypot_d1_f, ad_ew_hypot_d1_d}}, {{{ad_ew_hypot_h00_f, ad_ew_hypot_h00_d}, {ad_ew_hypot_h01_f, ad_ew_hypot_h01_d}}, {{ad_ew_hypot_h10_f, ad_ew_hypot_h10_d}, {ad_ew_hypot_h11_f, ad_ew_hypot_h11_d}}}, {ad_ew_hypot_rec0, ad_ew_hypot_rec1}, 0},
     [AD_OP_FLOOR_DIVIDE - AD_OP_BINARY_FIRST] = {{ad_ew_floor_divide_fwd_f, ad_ew_floor_divide_fwd_d}, {{0, 0}, {0, 0}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {0, 0}, 0},
     [AD_OP_MOD - AD_OP_BINARY_FIRST] = {{ad_ew_mod_fwd_f, ad_ew_mod_fwd_d}, {{ad_ew_mod_d0_f, ad_ew_mod_d0_d}, {ad_ew_mod_d1_f, ad_ew_mod_d1_d}}, {{{0, 0}, {0, 0}}, {{0, 0}, {0, 0}}}, {ad_ew_mod_rec0, ad_ew_mod_rec1}, 0},
+    [AD_OP_MUL_SAFE - AD_OP_BINARY_FIRST] = {{ad_ew_mul_zero_safe_fwd_f, ad_ew_mul_zero_safe_fwd_d}, {{ad_ew_mul_zero_safe_d0_f, ad_ew_mul_zero_safe_d0_d}, {ad_ew_mul_zero_safe_d1_f, ad_ew_mul_zero_safe_d1_d}}, {{{0, 0}, {ad_ew_mul_zero_safe_h01_f, ad_ew_mul_zero_safe_h01_d}}, {{ad_ew_mul_zero_safe_h01_f, ad_ew_mul_zero_safe_h01_d}, {0, 0}}}, {ad_ew_mul_zero_safe_rec0, ad_ew_mul_zero_safe_rec1}, 0},
 };

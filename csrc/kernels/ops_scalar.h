@@ -44,5 +44,7 @@ static inline double ad_f_floor_divide_d(double a, double b) { return ad_floor_d
 static inline float ad_f_floor_divide_f(float a, float b) { return ad_floor_divide(a, b); }
 static inline double ad_f_mod_d(double a, double b) { return ad_mod(a, b); }
 static inline float ad_f_mod_f(float a, float b) { return ad_mod(a, b); }
+static inline double ad_f_mul_zero_safe_d(double a, double b) { return ((a == 0) ? 0 : (a * b)); }
+static inline float ad_f_mul_zero_safe_f(float a, float b) { return ((a == 0) ? 0 : (a * b)); }
 
 #endif

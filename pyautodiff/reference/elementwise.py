@@ -791,3 +791,22 @@ def cast_jvp(tangents, out, x, dtype):
 
 
 OPS["cast"] = ref_op(cast_forward, cast_vjp, cast_jvp, arity=1)
+
+
+# --- mul_zero_safe: a * b, exactly 0 where a is 0 (the NaN-safety rule's product) ----------------
+# The differentiable rules record a cotangent or tangent times a derivative with it, so that a
+# recorded gradient keeps the rule: a zero cotangent contributes 0 even where the derivative is inf.
+def mul_zero_safe_forward(a, b):
+    return zero_safe(a, b)
+
+
+def mul_zero_safe_vjp(g, out, a, b):
+    return zero_safe(g, b), zero_safe(g, a)
+
+
+def mul_zero_safe_jvp(tangents, out, a, b):
+    ta, tb = tangents
+    return zero_safe(ta, b) + zero_safe(tb, a)
+
+
+OPS["mul_zero_safe"] = ref_op(mul_zero_safe_forward, mul_zero_safe_vjp, mul_zero_safe_jvp, arity=2)

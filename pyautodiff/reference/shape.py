@@ -83,6 +83,25 @@ def getitem_jvp(tangents, out, x, index):
 OPS["getitem"] = ref_op(getitem_forward, getitem_vjp, getitem_jvp, arity=1)
 
 
+# --- scatter_add(x, index, shape): zeros of `shape` with x.flat[i] added at flat position index[i] --
+# getitem's VJP as an op of its own (the differentiable rule of a gather); its VJP is a gather.
+def scatter_add_forward(x, index, shape):
+    out = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=np.result_type(x, np.float32))
+    np.add.at(out, np.asarray(index).reshape(-1), np.asarray(x).reshape(-1))
+    return out.reshape(shape)
+
+
+def scatter_add_vjp(g, out, x, index, shape):
+    return (np.asarray(g).reshape(-1)[np.asarray(index).reshape(-1)].reshape(np.shape(x)),)
+
+
+def scatter_add_jvp(tangents, out, x, index, shape):
+    return scatter_add_forward(tangents[0], index, shape)
+
+
+OPS["scatter_add"] = ref_op(scatter_add_forward, scatter_add_vjp, scatter_add_jvp, arity=1)
+
+
 # --- concatenate(*xs, axis=0): the VJP splits the cotangent at the same boundaries ------------------
 def concatenate_forward(*xs, axis=0):
     return np.concatenate(xs, axis=axis)
