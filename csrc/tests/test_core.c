@@ -722,7 +722,7 @@ static void test_recorded_sweeps(void)
     CHECK_CLOSE(at(tqs, 0), e2, 1e-14);
 
     /* a failure part-way (exp's rule, while the elementwise rules are not there) frees all it made */
-    int64_t e = ad_unary(AD_OP_EXP, x), em = ad_matmul(e, ax), r = 0;
+    int64_t e = ad_unary(AD_OP_EXP, x, 0, 0), em = ad_matmul(e, ax), r = 0;
     ad_stats_t before = stats();
     int st = ad_vjp_graph(em, one, 1, &x, &r);
     CHECK(st == AD_OK || (st == -AD_ERR_RUNTIME && strstr(ad_last_error(), "exp has no differentiable rule")));
