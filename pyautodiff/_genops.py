@@ -415,19 +415,19 @@ class Unit:
             d = c_expr(e, T, pnames)
             safe = f"ad_zero_safe_{suf}"
             val = f"(d_ == 0 ? 0 : w_ * d_)" if route else f"{safe}(w_, w_ * d_)"
-            pragma = "        AD_VEC_LOOP\n" if vector else ""
+            pragma = "            AD_VEC_LOOP\n" if vector else ""
             loops = []
             for ws in (1, 0):
                 wload = "W_[i]" if ws else "w0"
                 for acc in ("+=", "="):
-                    loops.append(f"{pragma}        for (int64_t i = 0; i < n; i++) {{ {per} {T} w_ = {wload}, d_ = {d}; "
+                    loops.append(f"{pragma}            for (int64_t i = 0; i < n; i++) {{ {per} {T} w_ = {wload}, d_ = {d}; "
                                  f"O_[i] {acc} {val}; }}")
             attr = "AD_VEC_FN " if vector else ""
             self.lines.append(
                 f"{attr}static void {name}_{suf}(const void *const *in, const void *w, int64_t ws, void *out, "
                 f"int64_t n, const double *cs, int acc)\n"
                 f"{{\n    (void)in; (void)cs;{params}\n    {' '.join(loads)}\n"
-                f"    const {T} *restrict W_ = w; {T} *restrict O_ = out; const {T} w0 = W_[0];\n"
+                f"    const {T} *restrict W_ = w; {T} *restrict O_ = out; const {T} w0 = ws ? 0 : W_[0];\n"
                 f"    if (ws) {{\n        if (acc)\n{loops[0]}\n        else\n{loops[1]}\n    }} else {{\n"
                 f"        if (acc)\n{loops[2]}\n        else\n{loops[3]}\n    }}\n}}\n")
         return name

@@ -196,22 +196,27 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
     do {
         /* contiguous operands written straight into the sink go in one call */
         int contiguous = r.dA == 1 && (n->nin < 2 || r.dB == 1);
-        int64_t step = contiguous && !s->reduce ? r.len : CHUNK;
+        int64_t step = contiguous && (!s->reduce || dR == 1) ? r.len : CHUNK;
         double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t k = 0; k < r.len; k += step) {
             int64_t m = r.len - k < step ? r.len - k : step;
             const void *in[3];
             run_inputs(n, &r, k, m, &ba, &bb, in);
             const void *gk = gs ? cat(dt, g, r.oo + k) : g;
-            void *out = s->reduce ? (void *)&bc : at(dt, s->dst, r.oo + k);
-            int acc = !s->reduce && s->accumulate, wrote = 0;
+            /* where the input runs along the output (summed over outer axes only), its
+             * contributions add straight into its adjoint; summed along the run, or strided,
+             * they are formed in a chunk first */
+            int direct = !s->reduce || dR == 1;
+            void *out = !s->reduce ? at(dt, s->dst, r.oo + k)
+                        : dR == 1 ? at(dt, s->dst, (j == 0 ? r.oa : r.ob) + k) : (void *)&bc;
+            int acc = s->reduce ? dR == 1 : s->accumulate, wrote = 0;
             for (int w = j; w <= (both ? 1 : j); w++) {
                 if (!K->d[w][dt]) continue;
                 K->d[w][dt](in, gk, gs, out, m, n->c, acc || wrote);
                 wrote = 1;
             }
             if (!wrote && !acc) fill_zero(dt, out, m);
-            if (!s->reduce) continue;
+            if (direct) continue;
             if (dR == 0) {
                 lane_sum(dt, &bc, k, m, r.len, p);
             } else {

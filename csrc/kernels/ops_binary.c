@@ -26,17 +26,17 @@ static void ad_ew_add_d0_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -44,17 +44,17 @@ static void ad_ew_add_d0_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -70,17 +70,17 @@ static void ad_ew_add_d1_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -88,17 +88,17 @@ static void ad_ew_add_d1_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -130,17 +130,17 @@ static void ad_ew_subtract_d0_d(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -148,17 +148,17 @@ static void ad_ew_subtract_d0_f(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -174,17 +174,17 @@ static void ad_ew_subtract_d1_d(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -192,17 +192,17 @@ static void ad_ew_subtract_d1_f(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -234,17 +234,17 @@ static void ad_ew_multiply_d0_d(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -252,17 +252,17 @@ static void ad_ew_multiply_d0_f(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -299,17 +299,17 @@ static void ad_ew_multiply_d1_d(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -317,17 +317,17 @@ static void ad_ew_multiply_d1_f(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -364,17 +364,17 @@ static void ad_ew_divide_d0_d(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = (1 / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = (1 / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = (1 / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = (1 / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -382,17 +382,17 @@ static void ad_ew_divide_d0_f(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = (1 / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = (1 / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = (1 / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = (1 / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -430,17 +430,17 @@ static void ad_ew_divide_d1_d(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -448,17 +448,17 @@ static void ad_ew_divide_d1_f(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -531,17 +531,17 @@ static void ad_ew_power_d0_d(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -549,17 +549,17 @@ static void ad_ew_power_d0_f(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -615,21 +615,21 @@ AD_VEC_FN static void ad_ew_power_d1_d(const void *const *in, const void *w, int
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -637,21 +637,21 @@ AD_VEC_FN static void ad_ew_power_d1_f(const void *const *in, const void *w, int
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -740,17 +740,17 @@ static void ad_ew_maximum_d0_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -758,17 +758,17 @@ static void ad_ew_maximum_d0_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -806,17 +806,17 @@ static void ad_ew_maximum_d1_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -824,17 +824,17 @@ static void ad_ew_maximum_d1_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -888,17 +888,17 @@ static void ad_ew_minimum_d0_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -906,17 +906,17 @@ static void ad_ew_minimum_d0_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -954,17 +954,17 @@ static void ad_ew_minimum_d1_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -972,17 +972,17 @@ static void ad_ew_minimum_d1_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
     }
 }
 
@@ -1038,17 +1038,17 @@ static void ad_ew_logaddexp_d0_d(const void *const *in, const void *w, int64_t w
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((a - b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((a - b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((a - b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((a - b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1056,17 +1056,17 @@ static void ad_ew_logaddexp_d0_f(const void *const *in, const void *w, int64_t w
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((a - b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((a - b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((a - b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((a - b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1121,17 +1121,17 @@ static void ad_ew_logaddexp_d1_d(const void *const *in, const void *w, int64_t w
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((b - a)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((b - a)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((b - a)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ad_f_sigmoid_d((b - a)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1139,17 +1139,17 @@ static void ad_ew_logaddexp_d1_f(const void *const *in, const void *w, int64_t w
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((b - a)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((b - a)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((b - a)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ad_f_sigmoid_f((b - a)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1222,17 +1222,17 @@ static void ad_ew_arctan2_d0_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1240,17 +1240,17 @@ static void ad_ew_arctan2_d0_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1307,17 +1307,17 @@ static void ad_ew_arctan2_d1_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1325,17 +1325,17 @@ static void ad_ew_arctan2_d1_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1411,17 +1411,17 @@ static void ad_ew_hypot_d0_d(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = (a / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = (a / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = (a / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = w0, d_ = (a / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1429,17 +1429,17 @@ static void ad_ew_hypot_d0_f(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = (a / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = (a / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = (a / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = w0, d_ = (a / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1493,17 +1493,17 @@ static void ad_ew_hypot_d1_d(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = (b / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = (b / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = (b / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = w0, d_ = (b / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1511,17 +1511,17 @@ static void ad_ew_hypot_d1_f(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = (b / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = (b / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = (b / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = w0, d_ = (b / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1607,17 +1607,17 @@ static void ad_ew_mod_d0_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1625,17 +1625,17 @@ static void ad_ew_mod_d0_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1651,17 +1651,17 @@ static void ad_ew_mod_d1_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (-ad_f_floor_divide_d(a, b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (-ad_f_floor_divide_d(a, b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (-ad_f_floor_divide_d(a, b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = w0, d_ = (-ad_f_floor_divide_d(a, b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1669,17 +1669,17 @@ static void ad_ew_mod_d1_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (-ad_f_floor_divide_f(a, b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (-ad_f_floor_divide_f(a, b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (-ad_f_floor_divide_f(a, b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = w0, d_ = (-ad_f_floor_divide_f(a, b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1733,17 +1733,17 @@ static void ad_ew_mul_zero_safe_d0_d(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = w0, d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1751,17 +1751,17 @@ static void ad_ew_mul_zero_safe_d0_f(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = w0, d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1798,17 +1798,17 @@ static void ad_ew_mul_zero_safe_d1_d(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = w0, d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1816,17 +1816,17 @@ static void ad_ew_mul_zero_safe_d1_f(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = w0, d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 

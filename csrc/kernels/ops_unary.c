@@ -26,17 +26,17 @@ static void ad_ew_negative_d0_d(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -44,17 +44,17 @@ static void ad_ew_negative_d0_f(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -88,17 +88,17 @@ static void ad_ew_exp_d0_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = y; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = y; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = y; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = y; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -106,17 +106,17 @@ static void ad_ew_exp_d0_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = y; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = y; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = y; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = y; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -171,17 +171,17 @@ static void ad_ew_log_d0_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -189,17 +189,17 @@ static void ad_ew_log_d0_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -253,17 +253,17 @@ static void ad_ew_sqrt_d0_d(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((double)0.5 / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((double)0.5 / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((double)0.5 / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((double)0.5 / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -271,17 +271,17 @@ static void ad_ew_sqrt_d0_f(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((float)0.5 / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((float)0.5 / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((float)0.5 / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((float)0.5 / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -335,17 +335,17 @@ static void ad_ew_abs_d0_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -353,17 +353,17 @@ static void ad_ew_abs_d0_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -419,21 +419,21 @@ AD_VEC_FN static void ad_ew_sin_d0_d(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -441,21 +441,21 @@ AD_VEC_FN static void ad_ew_sin_d0_f(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -511,21 +511,21 @@ AD_VEC_FN static void ad_ew_cos_d0_d(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -533,21 +533,21 @@ AD_VEC_FN static void ad_ew_cos_d0_f(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -604,17 +604,17 @@ static void ad_ew_tanh_d0_d(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 - (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 - (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 - (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 - (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -622,17 +622,17 @@ static void ad_ew_tanh_d0_f(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 - (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 - (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 - (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 - (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -689,17 +689,17 @@ static void ad_ew_sigmoid_d0_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (1 - y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (1 - y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (1 - y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (1 - y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -707,17 +707,17 @@ static void ad_ew_sigmoid_d0_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (1 - y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (1 - y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (1 - y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (1 - y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -772,17 +772,17 @@ static void ad_ew_relu_d0_d(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -790,17 +790,17 @@ static void ad_ew_relu_d0_f(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -856,17 +856,17 @@ static void ad_ew_log1p_d0_d(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -874,17 +874,17 @@ static void ad_ew_log1p_d0_f(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -941,21 +941,21 @@ AD_VEC_FN static void ad_ew_expm1_d0_d(const void *const *in, const void *w, int
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -963,21 +963,21 @@ AD_VEC_FN static void ad_ew_expm1_d0_f(const void *const *in, const void *w, int
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1033,17 +1033,17 @@ static void ad_ew_log2_d0_d(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)0.6931471805599453)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)0.6931471805599453)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)0.6931471805599453)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)0.6931471805599453)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1051,17 +1051,17 @@ static void ad_ew_log2_d0_f(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)0.6931471805599453)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)0.6931471805599453)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)0.6931471805599453)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)0.6931471805599453)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1118,17 +1118,17 @@ static void ad_ew_log10_d0_d(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)2.302585092994046)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)2.302585092994046)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)2.302585092994046)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (x * (double)2.302585092994046)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1136,17 +1136,17 @@ static void ad_ew_log10_d0_f(const void *const *in, const void *w, int64_t ws, v
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)2.302585092994046)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)2.302585092994046)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)2.302585092994046)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (x * (float)2.302585092994046)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1203,17 +1203,17 @@ static void ad_ew_exp2_d0_d(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (double)0.6931471805599453); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (double)0.6931471805599453); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (double)0.6931471805599453); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (y * (double)0.6931471805599453); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1221,17 +1221,17 @@ static void ad_ew_exp2_d0_f(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (float)0.6931471805599453); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (float)0.6931471805599453); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (float)0.6931471805599453); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (y * (float)0.6931471805599453); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1285,17 +1285,17 @@ static void ad_ew_square_d0_d(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (2 * x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (2 * x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (2 * x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (2 * x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1303,17 +1303,17 @@ static void ad_ew_square_d0_f(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (2 * x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (2 * x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (2 * x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (2 * x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1367,17 +1367,17 @@ static void ad_ew_reciprocal_d0_d(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (-(y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (-(y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (-(y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (-(y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1385,17 +1385,17 @@ static void ad_ew_reciprocal_d0_f(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (-(y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (-(y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (-(y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (-(y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1452,17 +1452,17 @@ static void ad_ew_tan_d0_d(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 + (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 + (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 + (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = (1 + (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1470,17 +1470,17 @@ static void ad_ew_tan_d0_f(const void *const *in, const void *w, int64_t ws, voi
 {
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 + (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 + (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 + (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = (1 + (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1537,17 +1537,17 @@ static void ad_ew_arcsin_d0_d(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1555,17 +1555,17 @@ static void ad_ew_arcsin_d0_f(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1625,17 +1625,17 @@ static void ad_ew_arccos_d0_d(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1643,17 +1643,17 @@ static void ad_ew_arccos_d0_f(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1713,17 +1713,17 @@ static void ad_ew_arctan_d0_d(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1731,17 +1731,17 @@ static void ad_ew_arctan_d0_f(const void *const *in, const void *w, int64_t ws, 
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1799,21 +1799,21 @@ AD_VEC_FN static void ad_ew_sinh_d0_d(const void *const *in, const void *w, int6
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1821,21 +1821,21 @@ AD_VEC_FN static void ad_ew_sinh_d0_f(const void *const *in, const void *w, int6
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1875,21 +1875,21 @@ AD_VEC_FN static void ad_ew_cosh_d0_d(const void *const *in, const void *w, int6
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1897,21 +1897,21 @@ AD_VEC_FN static void ad_ew_cosh_d0_f(const void *const *in, const void *w, int6
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -1951,17 +1951,17 @@ static void ad_ew_arcsinh_d0_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -1969,17 +1969,17 @@ static void ad_ew_arcsinh_d0_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2038,17 +2038,17 @@ static void ad_ew_arccosh_d0_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2056,17 +2056,17 @@ static void ad_ew_arccosh_d0_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2126,17 +2126,17 @@ static void ad_ew_arctanh_d0_d(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2144,17 +2144,17 @@ static void ad_ew_arctanh_d0_f(const void *const *in, const void *w, int64_t ws,
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2213,21 +2213,21 @@ AD_VEC_FN static void ad_ew_erf_d0_d(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2235,21 +2235,21 @@ AD_VEC_FN static void ad_ew_erf_d0_f(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2306,21 +2306,21 @@ AD_VEC_FN static void ad_ew_erfc_d0_d(const void *const *in, const void *w, int6
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2328,21 +2328,21 @@ AD_VEC_FN static void ad_ew_erfc_d0_f(const void *const *in, const void *w, int6
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2401,17 +2401,17 @@ static void ad_ew_softplus_d0_d(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ad_f_sigmoid_d(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ad_f_sigmoid_d(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ad_f_sigmoid_d(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ad_f_sigmoid_d(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2419,17 +2419,17 @@ static void ad_ew_softplus_d0_f(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ad_f_sigmoid_f(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ad_f_sigmoid_f(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ad_f_sigmoid_f(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ad_f_sigmoid_f(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2483,21 +2483,21 @@ AD_VEC_FN static void ad_ew_gelu_erf_d0_d(const void *const *in, const void *w, 
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2505,21 +2505,21 @@ AD_VEC_FN static void ad_ew_gelu_erf_d0_f(const void *const *in, const void *w, 
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2581,17 +2581,17 @@ static void ad_ew_gelu_tanh_d0_d(const void *const *in, const void *w, int64_t w
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2599,17 +2599,17 @@ static void ad_ew_gelu_tanh_d0_f(const void *const *in, const void *w, int64_t w
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2689,17 +2689,17 @@ static void ad_ew_silu_d0_d(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2707,17 +2707,17 @@ static void ad_ew_silu_d0_f(const void *const *in, const void *w, int64_t ws, vo
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2776,17 +2776,17 @@ static void ad_ew_leaky_relu_d0_d(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const double negative_slope = (double)cs[0];
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2794,17 +2794,17 @@ static void ad_ew_leaky_relu_d0_f(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const float negative_slope = (float)cs[0];
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2860,21 +2860,21 @@ AD_VEC_FN static void ad_ew_elu_d0_d(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs; const double alpha = (double)cs[0];
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2882,21 +2882,21 @@ AD_VEC_FN static void ad_ew_elu_d0_f(const void *const *in, const void *w, int64
 {
     (void)in; (void)cs; const float alpha = (float)cs[0];
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -2969,17 +2969,17 @@ static void ad_ew_hardtanh_d0_d(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs; const double min_val = (double)cs[0]; const double max_val = (double)cs[1];
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -2987,17 +2987,17 @@ static void ad_ew_hardtanh_d0_f(const void *const *in, const void *w, int64_t ws
 {
     (void)in; (void)cs; const float min_val = (float)cs[0]; const float max_val = (float)cs[1];
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -3131,17 +3131,17 @@ static void ad_ew_add_scalar_d0_d(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -3149,17 +3149,17 @@ static void ad_ew_add_scalar_d0_f(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -3191,17 +3191,17 @@ static void ad_ew_mul_scalar_d0_d(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = c; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = c; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = c; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = c; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -3209,17 +3209,17 @@ static void ad_ew_mul_scalar_d0_f(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = c; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = c; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = c; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = c; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -3251,17 +3251,17 @@ static void ad_ew_rsub_scalar_d0_d(const void *const *in, const void *w, int64_t
 {
     (void)in; (void)cs;
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -3269,17 +3269,17 @@ static void ad_ew_rsub_scalar_d0_f(const void *const *in, const void *w, int64_t
 {
     (void)in; (void)cs;
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -3311,17 +3311,17 @@ static void ad_ew_div_scalar_d0_d(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = (1 / c); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = (1 / c); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = (1 / c); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  double w_ = w0, d_ = (1 / c); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -3329,17 +3329,17 @@ static void ad_ew_div_scalar_d0_f(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = (1 / c); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = (1 / c); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = (1 / c); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) {  float w_ = w0, d_ = (1 / c); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -3371,17 +3371,17 @@ static void ad_ew_rdiv_scalar_d0_d(const void *const *in, const void *w, int64_t
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0]; const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = w0, d_ = ((-y) / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -3389,17 +3389,17 @@ static void ad_ew_rdiv_scalar_d0_f(const void *const *in, const void *w, int64_t
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0]; const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = w0, d_ = ((-y) / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -3456,17 +3456,17 @@ static void ad_ew_pow_scalar_d0_d(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict X_ = in[0];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -3474,17 +3474,17 @@ static void ad_ew_pow_scalar_d0_f(const void *const *in, const void *w, int64_t 
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict X_ = in[0];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
@@ -3577,21 +3577,21 @@ AD_VEC_FN static void ad_ew_rpow_scalar_d0_d(const void *const *in, const void *
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict Y_ = in[2];
-    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = W_[0];
+    const double *restrict W_ = w; double *restrict O_ = out; const double w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
     }
 }
 
@@ -3599,21 +3599,21 @@ AD_VEC_FN static void ad_ew_rpow_scalar_d0_f(const void *const *in, const void *
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict Y_ = in[2];
-    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = W_[0];
+    const float *restrict W_ = w; float *restrict O_ = out; const float w0 = ws ? 0 : W_[0];
     if (ws) {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     } else {
         if (acc)
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
         else
-        AD_VEC_LOOP
-        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+            AD_VEC_LOOP
+            for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = w0, d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
     }
 }
 
