@@ -535,3 +535,35 @@ def test_deep_recursion_limits_do_not_apply():
         y = ad.sin(y) * 1.0
     y.backward()
     assert np.isfinite(x.grad.item()) and x.grad.item() != 0.0
+
+
+# ---- the elementwise ops' parameters (pyautodiff/opdefs.py rows) ----
+def test_elementwise_parameters_are_checked_and_named():
+    x = ad.tensor(np.array([-1.0, 0.5, 2.0]))
+    with pytest.raises(TypeError, match="leaky_relu: negative_slope must be a real number"):
+        ad.leaky_relu(x, negative_slope="0.1")
+    with pytest.raises(TypeError, match="elu: alpha must be a real number"):
+        ad.elu(x, alpha=np.ones(2))
+    with pytest.raises(TypeError, match="leaky_relu"):
+        ad.leaky_relu(x, slope=0.1)               # no such parameter
+    with pytest.raises(ValueError, match=r"hardtanh: min_val \(2.0\) must not exceed max_val \(1.0\)"):
+        ad.hardtanh(x, 2.0, 1.0)
+    with pytest.raises(ValueError, match="gelu: approximate must be 'none' or 'tanh'"):
+        ad.gelu(x, approximate="erf")
+    with pytest.raises(TypeError):
+        ad.round(x, 1.5)
+    # parameters by position and keyword, NumPy/PyTorch names, and the result is right
+    np.testing.assert_array_equal(ad.leaky_relu(x, 0.5).numpy(), [-0.5, 0.5, 2.0])
+    np.testing.assert_array_equal(ad.hardtanh(x, min_val=0.0, max_val=1.0).numpy(), [0.0, 0.5, 1.0])
+    np.testing.assert_allclose(ad.round(ad.tensor([1.234, -5.678]), 2).numpy(), [1.23, -5.68], rtol=1e-15)
+
+
+def test_binary_elementwise_shapes_and_dtypes_are_named():
+    with pytest.raises(ValueError, match=r"logaddexp.*\(3,\).*\(4,\)"):
+        ad.logaddexp(np.ones(3), np.ones(4))
+    with pytest.raises(TypeError):
+        ad.arctan2(np.ones(3, dtype=np.complex128), np.ones(3))
+    # a float32 tensor with a Python number stays float32 (NumPy's weak scalars), with an array promotes
+    t = ad.tensor(np.ones(3, np.float32))
+    assert ad.hypot(t, 2.0).dtype == np.float32 and (t % 2.0).dtype == np.float32
+    assert ad.mod(t, np.ones(3)).dtype == np.float64
