@@ -69,22 +69,33 @@ static int runs_next(runs *r)
     return !r->single && !ad_iter_next(&r->it, r->idx, &r->oo, &r->oa, &r->ob);
 }
 
-/* m elements of p from element `off` at stride st: p itself when contiguous, else gathered into buf */
-static const void *view(int dtype, const void *p, int64_t off, int64_t st, int64_t m, void *buf)
+/* A stack buffer for CHUNK elements of an operand that is not contiguous along a run. */
+typedef struct {
+    union { double d[CHUNK]; float f[CHUNK]; } v;
+    const void *bcast;   /* the element it holds CHUNK copies of (a broadcast operand), or NULL */
+} chunk;
+
+/* m <= CHUNK elements of p from element `off` at stride st: p itself when contiguous, else
+ * gathered into buf. A broadcast operand (st == 0) is copied out once per value, not per chunk:
+ * x * w with a scalar w costs one fill, not one per 256 elements. */
+static const void *view(int dtype, const void *p, int64_t off, int64_t st, int64_t m, chunk *buf)
 {
     if (!p) return NULL;
-    if (dtype == AD_F64) {
-        const double *s = (const double *)p + off;
-        if (st == 1) return s;
-        double *d = buf;
-        for (int64_t i = 0; i < m; i++) d[i] = s[i * st];
-    } else {
-        const float *s = (const float *)p + off;
-        if (st == 1) return s;
-        float *d = buf;
-        for (int64_t i = 0; i < m; i++) d[i] = s[i * st];
+    size_t isz = ad_itemsize(dtype);
+    const char *s = (const char *)p + off * (int64_t)isz;
+    if (st == 1) return s;
+    if (st == 0) {
+        if (buf->bcast != s) {
+            if (dtype == AD_F64) { double x = *(const double *)s; for (int i = 0; i < CHUNK; i++) buf->v.d[i] = x; }
+            else { float x = *(const float *)s; for (int i = 0; i < CHUNK; i++) buf->v.f[i] = x; }
+            buf->bcast = s;
+        }
+        return &buf->v;
     }
-    return buf;
+    buf->bcast = NULL;
+    if (dtype == AD_F64) for (int64_t i = 0; i < m; i++) buf->v.d[i] = ((const double *)s)[i * st];
+    else for (int64_t i = 0; i < m; i++) buf->v.f[i] = ((const float *)s)[i * st];
+    return &buf->v;
 }
 
 static void *at(int dtype, void *p, int64_t off) { return (char *)p + off * (int64_t)ad_itemsize(dtype); }
@@ -127,8 +138,6 @@ static void combine(int dtype, const void *w, int64_t ws, const void *d, int64_t
 
 static void fill_zero(int dtype, void *p, int64_t m) { memset(p, 0, (size_t)m * ad_itemsize(dtype)); }
 
-typedef union { double d[CHUNK]; float f[CHUNK]; } chunk;
-
 /* ---------------- forward ---------------- */
 
 static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const ad_node *b)
@@ -138,6 +147,7 @@ static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const 
     runs r;
     if (!runs_init(&r, n, a, b)) return;
     chunk ba, bb;
+    ba.bcast = bb.bcast = NULL;
     do {
         /* contiguous operands go in one call; others in gathered chunks */
         int64_t step = (r.dA == 1 && (!b || r.dB == 1)) ? r.len : CHUNK;
@@ -168,11 +178,19 @@ static void run_inputs(const ad_node *n, const runs *r, int64_t k, int64_t m, ch
  * it is written equals the one summed afterwards by the sink. */
 static void lane_sum(int dtype, const void *v, int64_t k0, int64_t m, int64_t len, double *p)
 {
-    int64_t whole = len - len % 8;
-    for (int64_t i = 0; i < m; i++) {
-        int64_t k = k0 + i;
-        double x = dtype == AD_F64 ? ((const double *)v)[i] : ((const float *)v)[i];
-        p[k < whole ? k % 8 : 0] += x;
+    /* k0 is a multiple of CHUNK, so of 8: the chunk's whole blocks start at lane 0 */
+    int64_t whole = len - len % 8 - k0;
+    int64_t mw = whole <= 0 ? 0 : whole < m ? whole : m, i = 0;
+    if (dtype == AD_F64) {
+        const double *x = v;
+        for (; i + 8 <= mw; i += 8)
+            for (int l = 0; l < 8; l++) p[l] += x[i + l];
+        for (; i < m; i++) p[0] += x[i];
+    } else {
+        const float *x = v;
+        for (; i + 8 <= mw; i += 8)
+            for (int l = 0; l < 8; l++) p[l] += x[i + l];
+        for (; i < m; i++) p[0] += x[i];
     }
 }
 
@@ -192,6 +210,7 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
         return AD_OK;
     }
     chunk ba, bb, bc;
+    ba.bcast = bb.bcast = NULL;
     int64_t dR = j == 0 ? r.dA : r.dB;
     do {
         /* contiguous operands written straight into the sink go in one call */
@@ -208,7 +227,7 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
              * they are formed in a chunk first */
             int direct = !s->reduce || dR == 1;
             void *out = !s->reduce ? at(dt, s->dst, r.oo + k)
-                        : dR == 1 ? at(dt, s->dst, (j == 0 ? r.oa : r.ob) + k) : (void *)&bc;
+                        : dR == 1 ? at(dt, s->dst, (j == 0 ? r.oa : r.ob) + k) : (void *)&bc.v;
             int acc = s->reduce ? dR == 1 : s->accumulate, wrote = 0;
             for (int w = j; w <= (both ? 1 : j); w++) {
                 if (!K->d[w][dt]) continue;
@@ -218,11 +237,11 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
             if (!wrote && !acc) fill_zero(dt, out, m);
             if (direct) continue;
             if (dR == 0) {
-                lane_sum(dt, &bc, k, m, r.len, p);
+                lane_sum(dt, &bc.v, k, m, r.len, p);
             } else {
                 int64_t o = (j == 0 ? r.oa : r.ob) + k * dR;
-                if (dt == AD_F64) for (int64_t i = 0; i < m; i++) ((double *)s->dst)[o + i * dR] += bc.d[i];
-                else for (int64_t i = 0; i < m; i++) ((float *)s->dst)[o + i * dR] += bc.f[i];
+                if (dt == AD_F64) for (int64_t i = 0; i < m; i++) ((double *)s->dst)[o + i * dR] += bc.v.d[i];
+                else for (int64_t i = 0; i < m; i++) ((float *)s->dst)[o + i * dR] += bc.v.f[i];
             }
         }
         if (s->reduce && dR == 0) {
@@ -258,6 +277,7 @@ static int jvp_ew(ad_node *n, const void *const *tin, int64_t kdir, void *tout)
     runs r;
     if (!runs_init(&r, n, n->in[0], nin > 1 ? n->in[1] : NULL)) return AD_OK;
     chunk ba, bb, bt;
+    ba.bcast = bb.bcast = bt.bcast = NULL;
     do {
         int64_t step = r.dA == 1 && (nin < 2 || r.dB == 1) ? r.len : CHUNK;
         for (int64_t k = 0; k < r.len; k += step) {
@@ -307,6 +327,7 @@ static int vjp2_ew(ad_node *n, const void *g, const void *const *tin, int which,
         return AD_OK;
     }
     chunk ba, bb, bh, bt, bi;
+    ba.bcast = bb.bcast = bt.bcast = NULL;
     do {
         for (int64_t k = 0; k < r.len; k += CHUNK) {
             int64_t m = r.len - k < CHUNK ? r.len - k : CHUNK;
@@ -318,8 +339,8 @@ static int vjp2_ew(ad_node *n, const void *g, const void *const *tin, int which,
                 if (!h || !tin[q]) continue;
                 int64_t off = q == 0 ? r.oa : r.ob, st = q == 0 ? r.dA : r.dB;
                 const void *t = view(dt, tin[q], off + k * st, st, m, &bt);
-                h(in, &bh, m, n->c);
-                combine(dt, t, 1, &bh, 1, &bi, m, wrote, 0);
+                h(in, &bh.v, m, n->c);
+                combine(dt, t, 1, &bh.v, 1, &bi.v, m, wrote, 0);
                 wrote = 1;
             }
             void *dst = at(dt, s->dst, r.oo + k);
@@ -328,7 +349,7 @@ static int vjp2_ew(ad_node *n, const void *g, const void *const *tin, int which,
                 continue;
             }
             const void *gk = s->g_uniform ? g : cat(dt, g, r.oo + k);
-            combine(dt, gk, s->g_uniform ? 0 : 1, &bi, 1, dst, m, s->accumulate, 0);
+            combine(dt, gk, s->g_uniform ? 0 : 1, &bi.v, 1, dst, m, s->accumulate, 0);
         }
     } while (runs_next(&r));
     return AD_OK;
@@ -437,6 +458,8 @@ int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out)
     runs r;
     if (runs_init(&r, n, n->in[0], n->nin > 1 ? n->in[1] : NULL)) {
         chunk ba, bb;
+        ba.bcast = bb.bcast = NULL;
+    ba.bcast = bb.bcast = NULL;
         do {
             for (int64_t k = 0; k < r.len; k += CHUNK) {
                 int64_t m = r.len - k < CHUNK ? r.len - k : CHUNK;
