@@ -30,8 +30,6 @@ reference exactly (not by finite differences), `test_params` lists parameter set
 the defaults.
 """
 from dataclasses import dataclass, field
-
-import numpy as np
 from typing import Optional
 
 # C functions a forward formula may call, by formula name -> C name (tgmath picks the float
@@ -239,7 +237,7 @@ binary("mod", "np_mod(a, b)", "1", "-floor_divide(a, b)",
 # or NaN): what the differentiable rules record for a cotangent or tangent times a derivative
 binary("mul_zero_safe", "where(a == 0, 0, a * b)", "b", "a",
        "a * b, but exactly 0 where a is 0 (even when b is inf or NaN).", enum="MUL_SAFE", public=False,
-       edges=(([0.0, 0.0, 1.0, 2.0], [np.inf, np.nan, np.inf, 3.0]),))
+       edges=(([0.0, 0.0, 1.0, 2.0], [inf, nan, inf, 3.0]),))
 
 ALL = UNARY + BINARY
 BY_NAME = {op.name: op for op in ALL}
