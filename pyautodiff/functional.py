@@ -33,7 +33,9 @@ returns a Tensor (``value_and_grad`` with ``has_aux=True``: a pair ``(value, aux
 
 A function whose output does not depend on the differentiated inputs (for example because it
 went through ``.numpy()`` or ``float()``, which leave the tape) gets zero derivatives and a
-UserWarning saying so, never a silent zero.
+UserWarning saying so, never a silent zero. (Not when f's output is built from an inner
+transform's derivative: there an independent output is the exact derivative of a function
+linear in the input, as in ``grad(grad(lambda x: 2 * x))``.)
 """
 import operator
 import threading
@@ -66,13 +68,17 @@ class _level:
     that transforms f calls know a higher order may need their results."""
 
     def __init__(self, name):
-        self._name = name
+        self.name = name
+        # set when f called a transform that took the recorded path: f's output is then (built
+        # from) a derivative, and one independent of the input is the exact derivative of a
+        # function linear in it (grad(grad(lambda x: 2 * x))), no sign of a trip off the tape
+        self.inner_derivative = False
 
     def __enter__(self):
         self._prev = lib.ad_set_grad_enabled(1)
         if self._prev < 0:
             check(self._prev)
-        _active().append(self._name)
+        _active().append(self)
 
     def __exit__(self, *exc):
         _active().pop()
@@ -83,11 +89,12 @@ class _level:
 def _inside_transform(what):
     """RuntimeError for an entry point whose numeric result an enclosing transform could not
     differentiate (backward() inside the function given to ad.grad, say)."""
-    names = _active()
-    if names:
+    levels = _active()
+    if levels:
+        name = levels[-1].name
         raise RuntimeError(
-            f"{what} inside the function given to ad.{names[-1]}: its result would be plain numbers, "
-            f"so ad.{names[-1]} could not differentiate through it; pass create_graph=True (or use "
+            f"{what} inside the function given to ad.{name}: its result would be plain numbers, "
+            f"so ad.{name} could not differentiate through it; pass create_graph=True (or use "
             f"an inner ad.grad/ad.vjp, which compose)")
 
 
@@ -217,6 +224,7 @@ class _Call:
             self.specs.append(spec)
         self.args = args
         self.graph = False
+        self.level = _level(name)
 
     def _own(self, x):
         if self.recording and _on_tape(x):
@@ -230,7 +238,7 @@ class _Call:
         """Choose the path for out (see the module docstring); warn when out does not depend on
         any differentiated input."""
         reached, outside = _dependence(out, self.leaves)
-        if self.leaves and not any(reached):
+        if self.leaves and not any(reached) and not self.level.inner_derivative:
             warnings.warn(f"{self.name}: the output of f does not depend on the differentiated input, so "
                           f"its derivative is zero. If that is unexpected, f may have left the tape "
                           f"(.numpy(), float(), np.asarray() or .item() give plain numbers that cannot "
@@ -242,8 +250,14 @@ class _Call:
 
     def done(self):
         """After the sweeps: this call's fresh leaves stop requiring grad, so that a result that
-        stayed on the tape is not taken by an enclosing call for a closure over a parameter."""
+        stayed on the tape is not taken by an enclosing call for a closure over a parameter; the
+        enclosing transform learns that its f computed a derivative (see _level)."""
         if self.graph:
+            levels = _active()
+            if levels:
+                levels[-1].inner_derivative = True
+            if self.name == "vjp":
+                return
             for t in self.fresh:
                 check(lib.ad_set_requires_grad(t._h, 0))
 
@@ -379,7 +393,7 @@ def _tangent_value(call, value, leaf, what, like_what):
 def _value_and_grad_call(name, f, argnums, has_aux, args, kwargs):
     single, nums = _argnums(argnums, len(args), name)
     call = _Call(name, args, nums)
-    with _level(name):
+    with call.level:
         res = f(*call.args, **kwargs)
     if has_aux:
         if not (isinstance(res, (tuple, list)) and len(res) == 2):
@@ -427,7 +441,7 @@ def vjp(f, *primals):
     """``(f(*primals), vjp_fn)``; ``vjp_fn(cotangent)`` returns one cotangent-weighted gradient per
     primal (a tuple), and may be called any number of times: the graph is kept, not released."""
     call = _Call("vjp", primals, range(len(primals)))
-    with _level("vjp"):
+    with call.level:
         out = _output(f(*call.args), "vjp")
     graph = call.decide(out, stacklevel=2)
     shape, dtype = out.shape, out.dtype
@@ -438,6 +452,8 @@ def vjp(f, *primals):
         if graph or (lib.ad_grad_enabled() and (_active() or _on_tape(cotangent))):
             c = _tangent_value(call, cotangent, out, what, "the output of f")
             grads = _grads_graph(out, call.leaves, c)
+            call.graph = True
+            call.done()       # (vjp's fresh leaves keep requiring grad: vjp_fn may run again)
         else:
             c = _matching(cotangent, shape, dtype, what, "the output of f")
             rows = _vjp_sweep(out, call.leaves, _rows(c[np.newaxis]))
@@ -473,7 +489,7 @@ def jvp(f, primals, tangents):
     ``primals`` and ``tangents`` are sequences of the same length; each tangent has its primal's
     structure, and each of its leaves the shape and dtype of the primal's leaf."""
     call, flat = _seeded("jvp", primals, tangents)
-    with _level("jvp"):
+    with call.level:
         out = _output(f(*call.args), "jvp")
     if call.decide(out, stacklevel=2, extra_on_tape=_tangents_on_tape(call, flat)):
         ts = [_tangent_value(call, t, l, what, like) for (t, what, like), l in zip(flat, call.leaves)]
@@ -497,7 +513,7 @@ def hvp(f, primals, tangents):
     When a higher order needs the result it is recorded instead, as the gradient of
     <gradient, tangents> (reverse over reverse)."""
     call, flat = _seeded("hvp", primals, tangents)
-    with _level("hvp"):
+    with call.level:
         out = _scalar_output(_output(f(*call.args), "hvp"), "hvp")
     if call.decide(out, stacklevel=2, extra_on_tape=_tangents_on_tape(call, flat)):
         ts = [_tangent_value(call, t, l, what, like) for (t, what, like), l in zip(flat, call.leaves)]
@@ -585,7 +601,7 @@ def jacfwd(f, argnums=0):
     def jacfwd_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "jacfwd")
         call = _Call("jacfwd", args, nums)
-        with _level("jacfwd"):
+        with call.level:
             out = _output(f(*call.args, **kwargs), "jacfwd")
         if call.decide(out, stacklevel=2):
             blocks = _jacfwd_graph(out, call.leaves)
@@ -609,7 +625,7 @@ def jacrev(f, argnums=0):
     def jacrev_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "jacrev")
         call = _Call("jacrev", args, nums)
-        with _level("jacrev"):
+        with call.level:
             out = _output(f(*call.args, **kwargs), "jacrev")
         if call.decide(out, stacklevel=2):
             blocks = _jacrev_graph(out, call.leaves)
@@ -660,7 +676,7 @@ def hessian(f, argnums=0):
     def hessian_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "hessian")
         call = _Call("hessian", args, nums)
-        with _level("hessian"):
+        with call.level:
             out = _scalar_output(_output(f(*call.args, **kwargs), "hessian"), "hessian")
         leaves = call.leaves
         if call.decide(out, stacklevel=2):
