@@ -171,6 +171,17 @@ int ad_vjp_graph(int64_t root, int64_t cotangent, int n_leaves, const int64_t *l
 /* Recorded forward sweep: ad_jvp for one direction (tangents shaped like the leaves), recorded. */
 int ad_jvp_graph(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tangents, int64_t *out_tangent);
 
+/* What root depends on, by one walk over its recorded ancestors that does not look through the
+ * n_stop (distinct) tensors in stop (a transform's own inputs): reached[i] (reached may be NULL) is
+ * set to 1 when root depends on stop[i], else 0; *outside to the number of requires-grad leaves
+ * outside stop that root depends on (a closed-over parameter, say). Costs one visit per ancestor. */
+int ad_depends(int64_t root, int n_stop, const int64_t *stop, int *reached, int64_t *outside);
+/* backward(create_graph=True): like ad_backward (seed == 0 means ones), but the sweep is recorded
+ * (as ad_vjp_graph) so every leaf's grad is itself differentiable; a leaf's grad accumulates as a
+ * recorded sum with its earlier grad. The graph is kept. A grad that depends on its own leaf keeps
+ * that leaf alive (a reference cycle, as in PyTorch) until the grad is cleared. */
+int ad_backward_graph(int64_t root, int64_t seed);
+
 /* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */
 int ad_grad_enabled(void);
 int ad_set_grad_enabled(int enabled);

@@ -15,7 +15,8 @@ enum {
     F_RELEASED = 4,   /* backward went through without retain_graph: inputs dropped */
     F_IN_USE = 8,
     F_VALUE_READ = 16, /* a consumer's VJP/JVP reads this node's value: it is kept (see ad_release) */
-    F_ADJ_UNIFORM = 32 /* adj holds one value standing for every element (see sweep.c) */
+    F_ADJ_UNIFORM = 32, /* adj holds one value standing for every element (see sweep.c) */
+    F_WALKED = 64      /* visited by the dependence walk in progress (sweep.c); clear otherwise */
 };
 
 typedef struct ad_node ad_node;

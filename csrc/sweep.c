@@ -64,10 +64,12 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
             m->grad = g;
             *accumulate = 0;
         } else {
-            if (m->grad->refs > 1) {
+            if (m->grad->refs > 1 || !(m->grad->flags & F_LEAF)) {
                 /* Someone else holds the grad (the user's tensor from .grad, or a graph whose
                  * VJPs read its values after `x.grad = y`): accumulate into a copy, so what they
-                 * hold never changes under them (PyTorch's AccumulateGrad does the same). */
+                 * hold never changes under them (PyTorch's AccumulateGrad does the same). A
+                 * recorded grad (backward(create_graph=True)) is copied too: written in place,
+                 * its value would no longer be what its recorded op computes. */
                 ad_node *g;
                 int st = ad_node_new(T, AD_OP_LEAF, m->dtype, m->ndim, m->shape, &g);
                 if (st) return st;
@@ -1245,6 +1247,189 @@ int ad_jvp_graph(int64_t root, int n_leaves, const int64_t *leaves, const int64_
     if (!st) {
         ad_long_work(INT64_MAX);
         st = jvp_graph_locked(T, root, n_leaves, leaves, tangents, out_tangent);
+        ad_unlock(T);
+    }
+    ad_set_grad_enabled(prev);
+    return st;
+}
+
+/* ---- dependence: which requires-grad tensors a root reaches ----
+ *
+ * The transforms in Python ask this to decide whether a derivative must stay on the tape (it
+ * depends on a requires-grad tensor other than the transform's own inputs, e.g. a closed-over
+ * parameter), and backward(create_graph=True) to find the leaves whose grad it records. A
+ * depth-first walk over the root's recorded ancestors: each is visited once (F_WALKED marks it
+ * and is cleared afterwards), so the cost is that of the graph f recorded, not of the tape. */
+
+typedef struct { ad_node *n; int index; } stop_entry;
+
+static int stop_cmp(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const stop_entry *)a)->n, y = (uintptr_t)((const stop_entry *)b)->n;
+    return x < y ? -1 : x > y;
+}
+
+/* The walk. stop (n_stop nodes, not looked through) marks reached[i]; the requires-grad leaves
+ * reached outside stop are counted in *outside and, when leaves is given, listed in *leaves (a
+ * malloc'd array the caller frees). */
+static int walk_dependence(ad_node *root, int n_stop, ad_node **stop, int *reached, int64_t *outside,
+                           ad_node ***leaves)
+{
+    int64_t cap = 64, top = 0, seen = 0, seen_cap = 64, nleaves = 0, leaves_cap = 0;
+    ad_node **stack = malloc((size_t)cap * sizeof *stack), **walked = malloc((size_t)seen_cap * sizeof *walked);
+    stop_entry *sorted = n_stop > 0 ? malloc((size_t)n_stop * sizeof *sorted) : NULL;
+    int st = AD_OK;
+    *outside = 0;
+    if (leaves) *leaves = NULL;
+    if (!stack || !walked || (n_stop > 0 && !sorted)) { st = ad_err(AD_ERR_MEMORY, "dependence walk: out of memory"); goto done; }
+    for (int i = 0; i < n_stop; i++) {
+        sorted[i].n = stop[i];
+        sorted[i].index = i;
+        if (reached) reached[i] = 0;
+    }
+    if (n_stop > 1) qsort(sorted, (size_t)n_stop, sizeof *sorted, stop_cmp);
+    /* stop nodes count as walked from the start: the walk never looks through them */
+    for (int i = 0; i < n_stop; i++) stop[i]->flags |= F_WALKED;
+    if (!(root->flags & F_REQUIRES_GRAD)) goto done;
+    stack[top++] = root;
+    for (;;) {
+        ad_node *m = NULL;
+        if (top == 0) break;
+        m = stack[--top];
+        if (m->flags & F_WALKED) {
+            if (n_stop > 0) {
+                stop_entry key = { m, 0 }, *hit = bsearch(&key, sorted, (size_t)n_stop, sizeof *sorted, stop_cmp);
+                if (hit && reached) reached[hit->index] = 1;
+            }
+            continue;
+        }
+        m->flags |= F_WALKED;
+        if (seen == seen_cap) {
+            ad_node **grown = realloc(walked, (size_t)(seen_cap *= 2) * sizeof *walked);
+            if (!grown) { st = ad_err(AD_ERR_MEMORY, "dependence walk: out of memory"); m->flags &= (uint8_t)~F_WALKED; goto done; }
+            walked = grown;
+        }
+        walked[seen++] = m;
+        if (m->flags & F_LEAF) {
+            (*outside)++;
+            if (leaves) {
+                if (nleaves == leaves_cap) {
+                    leaves_cap = leaves_cap ? 2 * leaves_cap : 16;
+                    ad_node **grown = realloc(*leaves, (size_t)leaves_cap * sizeof **leaves);
+                    if (!grown) { st = ad_err(AD_ERR_MEMORY, "dependence walk: out of memory"); goto done; }
+                    *leaves = grown;
+                }
+                (*leaves)[nleaves++] = m;
+            }
+            continue;
+        }
+        for (int j = 0; j < m->nin; j++) {
+            ad_node *p = m->in[j];
+            /* a tensor that does not require grad has no requires-grad ancestors */
+            if (!(p->flags & F_REQUIRES_GRAD)) continue;
+            if (top == cap) {
+                ad_node **grown = realloc(stack, (size_t)(cap *= 2) * sizeof *stack);
+                if (!grown) { st = ad_err(AD_ERR_MEMORY, "dependence walk: out of memory"); goto done; }
+                stack = grown;
+            }
+            stack[top++] = p;
+        }
+    }
+done:
+    for (int64_t i = 0; i < seen; i++) walked[i]->flags &= (uint8_t)~F_WALKED;
+    for (int i = 0; i < n_stop; i++) stop[i]->flags &= (uint8_t)~F_WALKED;
+    if (st && leaves) { free(*leaves); *leaves = NULL; }
+    free(stack);
+    free(walked);
+    free(sorted);
+    return st;
+}
+
+int ad_depends(int64_t root_h, int n_stop, const int64_t *stop, int *reached, int64_t *outside)
+{
+    if (!outside) return ad_err(AD_ERR_VALUE, "depends: outside is NULL");
+    if (n_stop < 0 || (n_stop > 0 && !stop)) return ad_err(AD_ERR_VALUE, "depends: bad stop list");
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *root, **nodes = calloc((size_t)n_stop + 1, sizeof *nodes);
+    if (!nodes) st = ad_err(AD_ERR_MEMORY, "depends: out of memory");
+    else if (!(st = ad_resolve(T, root_h, &root))) {
+        for (int i = 0; i < n_stop && !st; i++) {
+            st = ad_resolve(T, stop[i], &nodes[i]);
+            for (int j = 0; j < i && !st; j++)
+                if (nodes[j] == nodes[i]) st = ad_err(AD_ERR_VALUE, "depends: stop tensors %d and %d are the same tensor", j, i);
+        }
+        if (!st) st = walk_dependence(root, n_stop, nodes, reached, outside, NULL);
+    }
+    free(nodes);
+    ad_unlock(T);
+    return st;
+}
+
+/* backward(create_graph=True): the recorded sweep to every requires-grad leaf the root reaches,
+ * each result added (recorded) to the leaf's grad. */
+static int backward_graph_locked(ad_tape *T, int64_t root_h, int64_t seed_h)
+{
+    ad_node *root, *seed = NULL, *one = NULL, **leaves = NULL;
+    int64_t n = 0, *hs = NULL;
+    char b1[160], b2[160];
+    int st = ad_resolve(T, root_h, &root);
+    if (st) return st;
+    if (!(root->flags & F_REQUIRES_GRAD))
+        return ad_err(AD_ERR_RUNTIME, "backward: the tensor does not require grad (no input had "
+                      "requires_grad=True, or it was computed under no_grad() or detached)");
+    if (seed_h) {
+        if ((st = ad_resolve(T, seed_h, &seed))) return st;
+        if (!same_shape(seed->ndim, seed->shape, root->ndim, root->shape) || seed->dtype != root->dtype)
+            return ad_err(AD_ERR_VALUE, "backward: grad has shape %s and dtype %s but the tensor has shape %s and dtype %s",
+                          ad_shape_str(b1, sizeof b1, seed->ndim, seed->shape), ad_dtype_name(seed->dtype),
+                          ad_shape_str(b2, sizeof b2, root->ndim, root->shape), ad_dtype_name(root->dtype));
+    } else if (root->size != 1) {
+        return ad_err(AD_ERR_RUNTIME, "backward: grad can be implicitly created only for tensors with one "
+                      "element, but the tensor has shape %s; pass grad= (a cotangent of that shape)",
+                      ad_shape_str(b1, sizeof b1, root->ndim, root->shape));
+    } else if ((st = ad_mk_full(T, root->dtype, root->ndim, root->shape, 1, &one))) {
+        return st;
+    }
+    int64_t cot_h = ad_handle(T, seed ? seed : one);
+    if ((st = walk_dependence(root, 0, NULL, NULL, &n, &leaves))) goto done;
+    hs = calloc((size_t)(2 * n + 1), sizeof *hs);
+    if (!hs) { st = ad_err(AD_ERR_MEMORY, "backward: out of memory"); goto done; }
+    for (int64_t i = 0; i < n; i++) hs[i] = ad_handle(T, leaves[i]);
+    if (n > INT32_MAX) { st = ad_err(AD_ERR_VALUE, "backward: too many leaves"); goto done; }
+    if ((st = vjp_graph_locked(T, root_h, cot_h, (int)n, hs, hs + n))) goto done;
+    for (int64_t i = 0; i < n; i++) {
+        ad_node *g, *sum;
+        ad_resolve(T, hs[n + i], &g);   /* a fresh result: holds the one reference we own */
+        if (!st && leaves[i]->grad) {
+            st = ad_mk_binary(T, AD_OP_ADD, leaves[i]->grad, g, &sum);
+            ad_node_unref(T, g);
+            if (st) continue;
+            ad_node_unref(T, leaves[i]->grad);
+            g = sum;
+        } else if (st) {
+            ad_node_unref(T, g);
+            continue;
+        }
+        leaves[i]->grad = g;
+    }
+done:
+    if (one) ad_node_unref(T, one);
+    free(hs);
+    free(leaves);
+    return st;
+}
+
+int ad_backward_graph(int64_t root, int64_t seed)
+{
+    int prev = ad_set_grad_enabled(1);
+    if (prev < 0) return prev;
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (!st) {
+        ad_long_work(INT64_MAX);
+        st = backward_graph_locked(T, root, seed);
         ad_unlock(T);
     }
     ad_set_grad_enabled(prev);

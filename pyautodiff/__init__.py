@@ -11,7 +11,7 @@ from .numerical import (numerical_grad, numerical_jacobian, gradcheck, Gradcheck
 from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hessian
 from .anomaly import detect_anomaly
 from ._capi import lib as _lib
-from . import nn, optim, data
+from . import nn, optim, data, autograd
 
 # the elementwise ops, one per row of opdefs.py (exp, log1p, logaddexp, ...)
 globals().update(_ELEMENTWISE)

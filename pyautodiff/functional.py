@@ -1,11 +1,27 @@
-"""Function transformations, as JAX users know them: grad, value_and_grad, vjp, jvp, jacrev, jacfwd.
+"""Function transformations, as JAX users know them: grad, value_and_grad, vjp, jvp, jacrev,
+jacfwd, hvp, hessian. They compose to any depth and in any order (grad of grad, jvp of grad,
+jacfwd of jacrev, ...), and a function built from a transform is an ordinary differentiable
+function of its inputs, closed-over tensors included.
 
-Each transformation calls f once on fresh leaf copies of the differentiated arguments (so the
-caller's tensors and their .grad are never touched), then runs one sweep in C over the recorded
-graph: ``ad_jvp`` pushes k tangent directions forwards, ``ad_vjp`` pulls k cotangents backwards.
-jacfwd seeds all n basis directions of its inputs in one sweep of width n, jacrev all m basis
-cotangents of the output in one backward sweep of width m, so a Jacobian costs one call of f and
-one sweep, not a Python-level pass per row or column.
+Each call makes its own inputs: fresh tensors of its level, independent of everything else (a
+new leaf holding a copy of an array; for a tensor already on the tape, an identity op, so the
+call's sweep treats it as independent while an enclosing transform still sees the dependence).
+That is what keeps nested transforms from confusing their perturbations. It then calls f once
+and runs one sweep in C over the recorded graph, by one of two paths:
+
+- numeric (the fast path): ``ad_vjp`` pulls k cotangents backwards, ``ad_jvp`` pushes k tangents
+  forwards, ``ad_hvp`` does forward over reverse; jacfwd/jacrev/hessian take all their directions
+  in one sweep of width n (or m). The results are plain numbers.
+- recorded: ``ad_vjp_graph`` / ``ad_jvp_graph`` emit every op's derivative as recorded ops, so the
+  results stay on the tape and can be differentiated again (one sweep per direction).
+
+A call takes the recorded path only when a higher order may need its result: an enclosing
+transform is evaluating the function that made this call, or an input (tangent, cotangent)
+requires grad, or grad mode is on and f's output depends on a requires-grad tensor other than
+the call's own inputs (a closed-over parameter W: ``(ad.grad(f)(x) * W).sum().backward()`` must
+see how the gradient depends on W). Under ``ad.no_grad()`` nothing outside is differentiated
+through, so the numeric path is taken. The primal output a call returns is detached on the
+numeric path and stays on the tape on the recorded one.
 
 Arguments may be Tensors, NumPy arrays, lists or Python numbers, or containers of them (a
 "pytree", as in JAX): dicts, tuples (named ones too) and lists nest, and a differentiated
@@ -13,10 +29,17 @@ container gets its derivatives back in the same structure, e.g. ``grad(loss)(par
 params a dict of arrays returns a dict of gradients. A list or tuple is a container when it holds
 a Tensor, an array, a dict or another container; one of plain numbers is array data, as for
 ``ad.tensor``. Arguments not named in ``argnums`` (and keyword arguments) reach f unchanged. f
-returns a Tensor (``value_and_grad`` with ``has_aux=True``: a pair ``(value, aux)``). Results are
-Tensors; the returned primal output is detached, so holding it keeps no graph alive.
+returns a Tensor (``value_and_grad`` with ``has_aux=True``: a pair ``(value, aux)``).
+
+A function whose output does not depend on the differentiated inputs (for example because it
+went through ``.numpy()`` or ``float()``, which leave the tape) gets zero derivatives and a
+UserWarning saying so, never a silent zero. (Not when f's output is built from an inner
+transform's derivative: there an independent output is the exact derivative of a function
+linear in the input, as in ``grad(grad(lambda x: 2 * x))``.)
 """
 import operator
+import threading
+import warnings
 
 import numpy as np
 
@@ -26,17 +49,53 @@ from .tensor import Tensor, _wrap, _from_array
 __all__ = ["grad", "value_and_grad", "vjp", "jvp", "jacrev", "jacfwd", "hvp", "hessian"]
 
 
-class _grad_enabled:
-    """Record inside f even when the caller is in no_grad(): the transformations need the graph."""
+# ---- levels ----
+
+_state = threading.local()
+
+
+def _active():
+    """The transforms evaluating a user function on this thread, outermost first."""
+    names = getattr(_state, "names", None)
+    if names is None:
+        names = _state.names = []
+    return names
+
+
+class _level:
+    """While a transform evaluates f: grad mode on (the transform needs the graph, even when the
+    caller is in no_grad()) and the transform named on this thread's stack of active ones, so
+    that transforms f calls know a higher order may need their results."""
+
+    def __init__(self, name):
+        self.name = name
+        # set when f called a transform that took the recorded path: f's output is then (built
+        # from) a derivative, and one independent of the input is the exact derivative of a
+        # function linear in it (grad(grad(lambda x: 2 * x))), no sign of a trip off the tape
+        self.inner_derivative = False
 
     def __enter__(self):
         self._prev = lib.ad_set_grad_enabled(1)
         if self._prev < 0:
             check(self._prev)
+        _active().append(self)
 
     def __exit__(self, *exc):
+        _active().pop()
         lib.ad_set_grad_enabled(self._prev)
         return False
+
+
+def _inside_transform(what):
+    """RuntimeError for an entry point whose numeric result an enclosing transform could not
+    differentiate (backward() inside the function given to ad.grad, say)."""
+    levels = _active()
+    if levels:
+        name = levels[-1].name
+        raise RuntimeError(
+            f"{what} inside the function given to ad.{name}: its result would be plain numbers, "
+            f"so ad.{name} could not differentiate through it; pass create_graph=True (or use "
+            f"an inner ad.grad/ad.vjp, which compose)")
 
 
 def _argnums(argnums, nargs, name):
@@ -125,19 +184,85 @@ def _leaf(x):
     return _from_array(as_float_array(x, what="input"), requires_grad=True)
 
 
-def _prepare(args, nums):
-    """Fresh leaves for the arguments args[i], i in nums (every leaf of a container), the
-    arguments to call f with, and each differentiated argument's structure (see _regroup)."""
-    args = list(args)
-    leaves, specs = [], []
-    for i in nums:
-        values = []
-        spec = _flatten(args[i], values)
-        fresh = [_leaf(v) for v in values]
-        args[i] = _unflatten(spec, iter(fresh))
-        leaves += fresh
-        specs.append(spec)
-    return leaves, args, specs
+def _on_tape(x):
+    return isinstance(x, Tensor) and x.requires_grad
+
+
+def _dependence(out, leaves):
+    """(reached, outside): whether out depends on each of leaves, and how many requires-grad
+    leaves other than them it depends on (one walk over out's recorded ancestors, in C)."""
+    if not out.requires_grad:
+        return [False] * len(leaves), 0
+    reached = ffi.new("int[]", max(len(leaves), 1))
+    outside = ffi.new("int64_t *")
+    check(lib.ad_depends(out._h, len(leaves), _handles(leaves), reached, outside))
+    return [bool(reached[i]) for i in range(len(leaves))], outside[0]
+
+
+class _Call:
+    """One transform call's own inputs, and whether its derivatives must stay on the tape.
+
+    ``leaves`` are fresh tensors of this call's level, one per leaf of the differentiated
+    arguments (``args``: the arguments to call f with). For a tensor already on the tape the fresh
+    tensor is an identity op of it: the call's sweep counts it as independent (it stops there),
+    while an enclosing transform's sweep goes through it to the outer variable."""
+
+    def __init__(self, name, args, nums):
+        self.name = name
+        self.recording = bool(lib.ad_grad_enabled())
+        self.outer = bool(_active())
+        self.on_tape = False
+        self.fresh = []
+        args = list(args)
+        self.leaves, self.specs = [], []
+        for i in nums:
+            values = []
+            spec = _flatten(args[i], values)
+            own = [self._own(v) for v in values]
+            args[i] = _unflatten(spec, iter(own))
+            self.leaves += own
+            self.specs.append(spec)
+        self.args = args
+        self.graph = False
+        self.level = _level(name)
+
+    def _own(self, x):
+        if self.recording and _on_tape(x):
+            self.on_tape = True
+            return _wrap(lib.ad_reshape(x._h, x.ndim, ffi.new("int64_t[]", x.shape or (0,))))
+        t = _leaf(x)
+        self.fresh.append(t)
+        return t
+
+    def decide(self, out, stacklevel, extra_on_tape=False):
+        """Choose the path for out (see the module docstring); warn when out does not depend on
+        any differentiated input."""
+        reached, outside = _dependence(out, self.leaves)
+        if self.leaves and not any(reached) and not self.level.inner_derivative:
+            warnings.warn(f"{self.name}: the output of f does not depend on the differentiated input, so "
+                          f"its derivative is zero. If that is unexpected, f may have left the tape "
+                          f"(.numpy(), float(), np.asarray() or .item() give plain numbers that cannot "
+                          f"be differentiated); use ad ops on tensors instead",
+                          UserWarning, stacklevel=stacklevel + 1)
+        self.on_tape = self.on_tape or (self.recording and extra_on_tape)
+        self.graph = self.recording and (self.outer or self.on_tape or outside > 0)
+        return self.graph
+
+    def done(self):
+        """After the sweeps: this call's fresh leaves stop requiring grad, so that a result that
+        stayed on the tape is not taken by an enclosing call for a closure over a parameter; the
+        enclosing transform learns that its f computed a derivative (see _level)."""
+        if self.graph:
+            levels = _active()
+            if levels:
+                levels[-1].inner_derivative = True
+            if self.name == "vjp":
+                return
+            for t in self.fresh:
+                check(lib.ad_set_requires_grad(t._h, 0))
+
+    def regroup(self, per_leaf):
+        return _regroup(self.specs, per_leaf)
 
 
 def _regroup(specs, per_leaf):
@@ -217,6 +342,77 @@ def _pick(single, items):
     return items[0] if single else tuple(items)
 
 
+# ---- the recorded sweeps (results stay on the tape) ----
+
+def _grads_graph(out, leaves, cotangent):
+    """d<cotangent, out>/d leaf for each leaf, as recorded tensors shaped like the leaves."""
+    res = ffi.new("int64_t[]", max(len(leaves), 1))
+    check(lib.ad_vjp_graph(out._h, cotangent._h, len(leaves), _handles(leaves), res))
+    return [_wrap(res[i]) for i in range(len(leaves))]
+
+
+def _tangent_graph(out, leaves, tangents):
+    """out's tangent along one direction (one tangent per leaf), as a recorded tensor."""
+    res = ffi.new("int64_t *")
+    check(lib.ad_jvp_graph(out._h, len(leaves), _handles(leaves), _handles(tangents), res))
+    return _wrap(res[0])
+
+
+def _ones(out):
+    return _from_array(np.ones(out.shape, out.dtype))
+
+
+def _basis(shape, dtype, i):
+    e = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype)
+    e[i] = 1
+    return _from_array(e.reshape(shape))
+
+
+def _flat_rows(parts):
+    """Recorded tensors stacked as rows of a (len(parts), size) tensor."""
+    from .ops import stack
+    return stack([p.reshape(-1) for p in parts])
+
+
+def _block_graph(t, shape, what):
+    shape = tuple(shape)
+    if len(shape) > lib.AD_MAXDIM:
+        _block(np.zeros(0), shape, what)     # raises the same ValueError as the numeric path
+    return t.reshape(shape)
+
+
+def _tangent_value(call, value, leaf, what, like_what):
+    """A tangent (or cotangent) as a tensor for a recorded sweep: a tensor on the tape is used as
+    it is, so that the result depends on it; anything else is checked and copied."""
+    arr = _matching(value, leaf.shape, leaf.dtype, what, like_what)
+    if call.recording and _on_tape(value):
+        return value
+    return _from_array(np.asarray(arr, order="C"))
+
+
+def _value_and_grad_call(name, f, argnums, has_aux, args, kwargs):
+    single, nums = _argnums(argnums, len(args), name)
+    call = _Call(name, args, nums)
+    with call.level:
+        res = f(*call.args, **kwargs)
+    if has_aux:
+        if not (isinstance(res, (tuple, list)) and len(res) == 2):
+            raise TypeError(f"{name}: with has_aux=True, f must return a pair (value, aux), "
+                            f"got {type(res).__name__}")
+        res, aux = res
+    out = _scalar_output(_output(res, name), name)
+    if call.decide(out, stacklevel=3):
+        grads = _grads_graph(out, call.leaves, _ones(out))
+        value = out
+    else:
+        rows = _vjp_sweep(out, call.leaves, _from_array(np.ones((1, 1), out.dtype)))
+        grads = [_from_array(r.reshape(l.shape)) for r, l in zip(rows, call.leaves)]
+        value = out.detach()
+    call.done()
+    g = _pick(single, call.regroup(grads))
+    return ((value, aux), g) if has_aux else (value, g)
+
+
 def value_and_grad(f, argnums=0, has_aux=False):
     """A function returning (f(*args), gradient of f with respect to args[argnums]).
 
@@ -224,20 +420,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
     With ``has_aux=True`` f returns ``(value, aux)`` and the result is ``((value, aux), grad)``.
     """
     def value_and_grad_f(*args, **kwargs):
-        single, nums = _argnums(argnums, len(args), "value_and_grad")
-        leaves, args, specs = _prepare(args, nums)
-        with _grad_enabled():
-            res = f(*args, **kwargs)
-        if has_aux:
-            if not (isinstance(res, (tuple, list)) and len(res) == 2):
-                raise TypeError("value_and_grad: with has_aux=True, f must return a pair (value, aux), "
-                                f"got {type(res).__name__}")
-            res, aux = res
-        out = _scalar_output(_output(res, "value_and_grad"), "grad")
-        grads = _vjp_sweep(out, leaves, _from_array(np.ones((1, 1), out.dtype)))
-        g = _pick(single, _regroup(specs, [_from_array(gr.reshape(l.shape)) for gr, l in zip(grads, leaves)]))
-        value = out.detach()
-        return ((value, aux), g) if has_aux else (value, g)
+        return _value_and_grad_call("value_and_grad", f, argnums, has_aux, args, kwargs)
 
     value_and_grad_f.__name__ = f"value_and_grad({getattr(f, '__name__', 'f')})"
     return value_and_grad_f
@@ -246,10 +429,8 @@ def value_and_grad(f, argnums=0, has_aux=False):
 def grad(f, argnums=0, has_aux=False):
     """A function returning the gradient of scalar f with respect to args[argnums] (a tuple for a
     tuple argnums; ``(grad, aux)`` with ``has_aux=True``)."""
-    vg = value_and_grad(f, argnums, has_aux)
-
     def grad_f(*args, **kwargs):
-        value, g = vg(*args, **kwargs)
+        value, g = _value_and_grad_call("grad", f, argnums, has_aux, args, kwargs)
         return (g, value[1]) if has_aux else g
 
     grad_f.__name__ = f"grad({getattr(f, '__name__', 'f')})"
@@ -259,33 +440,47 @@ def grad(f, argnums=0, has_aux=False):
 def vjp(f, *primals):
     """``(f(*primals), vjp_fn)``; ``vjp_fn(cotangent)`` returns one cotangent-weighted gradient per
     primal (a tuple), and may be called any number of times: the graph is kept, not released."""
-    leaves, args, specs = _prepare(primals, range(len(primals)))
-    with _grad_enabled():
-        out = _output(f(*args), "vjp")
+    call = _Call("vjp", primals, range(len(primals)))
+    with call.level:
+        out = _output(f(*call.args), "vjp")
+    graph = call.decide(out, stacklevel=2)
     shape, dtype = out.shape, out.dtype
 
     def vjp_fn(cotangent):
-        c = _matching(cotangent, shape, dtype, "vjp: the cotangent", "the output of f")
-        grads = _vjp_sweep(out, leaves, _rows(c[np.newaxis]))
-        return tuple(_regroup(specs, [_from_array(gr.reshape(l.shape)) for gr, l in zip(grads, leaves)]))
+        what = "vjp: the cotangent"
+        # a cotangent on the tape (or a call from inside another transform) needs the recorded sweep
+        if graph or (lib.ad_grad_enabled() and (_active() or _on_tape(cotangent))):
+            c = _tangent_value(call, cotangent, out, what, "the output of f")
+            grads = _grads_graph(out, call.leaves, c)
+            call.graph = True
+            call.done()       # (vjp's fresh leaves keep requiring grad: vjp_fn may run again)
+        else:
+            c = _matching(cotangent, shape, dtype, what, "the output of f")
+            rows = _vjp_sweep(out, call.leaves, _rows(c[np.newaxis]))
+            grads = [_from_array(r.reshape(l.shape)) for r, l in zip(rows, call.leaves)]
+        return tuple(call.regroup(grads))
 
-    return out.detach(), vjp_fn
+    return (out if graph else out.detach()), vjp_fn
 
 
 def _seeded(name, primals, tangents):
-    """Fresh leaves for the primals, the arguments to call f with, their structures, and one
-    tangent direction per leaf (for jvp and hvp)."""
+    """The call's inputs for primals, and one tangent per leaf, checked against its primal leaf
+    (for jvp and hvp): (call, [(tangent, what, like_what)])."""
     if not isinstance(primals, (tuple, list)) or not isinstance(tangents, (tuple, list)):
         raise TypeError(f"{name}: primals and tangents must be tuples (or lists), e.g. "
                         f"ad.{name}(f, (x,), (v,))")
     if len(primals) != len(tangents):
         raise ValueError(f"{name}: got {len(primals)} primals but {len(tangents)} tangents")
-    leaves, args, specs = _prepare(primals, range(len(primals)))
-    flat = [(i, t) for i, (tangent, spec) in enumerate(zip(tangents, specs))
+    call = _Call(name, primals, range(len(primals)))
+    flat = [(t, f"{name}: tangent {i}", f"primal {i}") for i, (tangent, spec) in enumerate(zip(tangents, call.specs))
             for t in _flatten_like(tangent, spec, f"{name}: tangent {i}")]
-    seeds = [_rows(_matching(t, l.shape, l.dtype, f"{name}: tangent {i}", f"primal {i}")[np.newaxis])
-             for (i, t), l in zip(flat, leaves)]
-    return leaves, args, specs, seeds
+    for (t, what, like), leaf in zip(flat, call.leaves):
+        _matching(t, leaf.shape, leaf.dtype, what, like)     # a bad tangent fails before f runs
+    return call, flat
+
+
+def _tangents_on_tape(call, flat):
+    return call.recording and any(_on_tape(t) for t, _, _ in flat)
 
 
 def jvp(f, primals, tangents):
@@ -293,11 +488,20 @@ def jvp(f, primals, tangents):
 
     ``primals`` and ``tangents`` are sequences of the same length; each tangent has its primal's
     structure, and each of its leaves the shape and dtype of the primal's leaf."""
-    leaves, args, _, seeds = _seeded("jvp", primals, tangents)
-    with _grad_enabled():
-        out = _output(f(*args), "jvp")
-    t_out = _jvp_sweep(out, leaves, seeds, 1)
-    return out.detach(), _from_array(t_out.reshape(out.shape))
+    call, flat = _seeded("jvp", primals, tangents)
+    with call.level:
+        out = _output(f(*call.args), "jvp")
+    if call.decide(out, stacklevel=2, extra_on_tape=_tangents_on_tape(call, flat)):
+        ts = [_tangent_value(call, t, l, what, like) for (t, what, like), l in zip(flat, call.leaves)]
+        t_out = _tangent_graph(out, call.leaves, ts)
+        result = out, t_out
+    else:
+        seeds = [_rows(_matching(t, l.shape, l.dtype, what, like)[np.newaxis])
+                 for (t, what, like), l in zip(flat, call.leaves)]
+        t_out = _jvp_sweep(out, call.leaves, seeds, 1)
+        result = out.detach(), _from_array(t_out.reshape(out.shape))
+    call.done()
+    return result
 
 
 def hvp(f, primals, tangents):
@@ -305,12 +509,32 @@ def hvp(f, primals, tangents):
     mode over reverse mode (one tangent pass and one reverse pass in C, exact, no differences).
 
     ``primals`` and ``tangents`` as for jvp; ``hv`` is a tuple with one entry per primal, in its
-    structure: the derivative of f's gradient with respect to that primal along the tangents."""
-    leaves, args, specs, seeds = _seeded("hvp", primals, tangents)
-    with _grad_enabled():
-        out = _scalar_output(_output(f(*args), "hvp"), "hvp")
-    rows = _hvp_sweep(out, leaves, seeds, 1)
-    return out.detach(), tuple(_regroup(specs, [_from_array(r.reshape(l.shape)) for r, l in zip(rows, leaves)]))
+    structure: the derivative of f's gradient with respect to that primal along the tangents.
+    When a higher order needs the result it is recorded instead, as the gradient of
+    <gradient, tangents> (reverse over reverse)."""
+    call, flat = _seeded("hvp", primals, tangents)
+    with call.level:
+        out = _scalar_output(_output(f(*call.args), "hvp"), "hvp")
+    if call.decide(out, stacklevel=2, extra_on_tape=_tangents_on_tape(call, flat)):
+        ts = [_tangent_value(call, t, l, what, like) for (t, what, like), l in zip(flat, call.leaves)]
+        grads = _grads_graph(out, call.leaves, _ones(out))
+        inner = None
+        for g, t in zip(grads, ts):
+            term = (g * t).sum()
+            inner = term if inner is None else inner + term
+        if inner is None:
+            hv = []
+        else:
+            hv = _grads_graph(inner, call.leaves, _ones(inner))
+        value = out
+    else:
+        seeds = [_rows(_matching(t, l.shape, l.dtype, what, like)[np.newaxis])
+                 for (t, what, like), l in zip(flat, call.leaves)]
+        rows = _hvp_sweep(out, call.leaves, seeds, 1)
+        hv = [_from_array(r.reshape(l.shape)) for r, l in zip(rows, call.leaves)]
+        value = out.detach()
+    call.done()
+    return value, tuple(call.regroup(hv))
 
 
 def _block(values, shape, what):
@@ -342,19 +566,53 @@ def _basis_seeds(leaves):
     return seeds, sizes
 
 
+def _zeros_block(shape, dtype):
+    return _from_array(np.zeros(shape, dtype))
+
+
+def _jacfwd_graph(out, leaves):
+    """Recorded Jacobian blocks out.shape + leaf.shape: one recorded tangent sweep per input
+    element, seeding that leaf alone (the others' tangents are zero)."""
+    blocks = []
+    for leaf in leaves:
+        shape = tuple(out.shape) + leaf.shape
+        if leaf.size == 0 or out.size == 0:
+            blocks.append(_zeros_block(shape, out.dtype))
+            continue
+        cols = [_tangent_graph(out, [leaf], [_basis(leaf.shape, leaf.dtype, e)]) for e in range(leaf.size)]
+        blocks.append(_block_graph(_flat_rows(cols).T, shape, "Jacobian"))
+    return blocks
+
+
+def _jacrev_graph(out, leaves):
+    """Recorded Jacobian blocks out.shape + leaf.shape: one recorded reverse sweep per output element."""
+    shapes = [tuple(out.shape) + l.shape for l in leaves]
+    if out.size == 0:
+        return [_zeros_block(s, l.dtype) for s, l in zip(shapes, leaves)]
+    per_row = [_grads_graph(out, leaves, _basis(out.shape, out.dtype, r)) for r in range(out.size)]
+    return [_block_graph(_flat_rows([row[i] for row in per_row]), shapes[i], "Jacobian")
+            if leaves[i].size else _zeros_block(shapes[i], leaves[i].dtype) for i in range(len(leaves))]
+
+
 def jacfwd(f, argnums=0):
     """A function returning the Jacobian of f with respect to args[argnums], shaped
-    out.shape + arg.shape, by forward mode: all input directions in one sweep."""
+    out.shape + arg.shape, by forward mode: all input directions in one sweep (one recorded sweep
+    per direction when a higher order needs the result)."""
     def jacfwd_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "jacfwd")
-        leaves, args, specs = _prepare(args, nums)
-        with _grad_enabled():
-            out = _output(f(*args, **kwargs), "jacfwd")
-        seeds, sizes = _basis_seeds(leaves)
-        n = sum(sizes)
-        tangent = _jvp_sweep(out, leaves, seeds, n) if n else np.zeros((0, out.size), out.dtype)
-        splits = np.cumsum(sizes)[:-1]
-        return _pick(single, _regroup(specs, _jacobian_blocks(np.split(tangent, splits), leaves, out.shape, False)))
+        call = _Call("jacfwd", args, nums)
+        with call.level:
+            out = _output(f(*call.args, **kwargs), "jacfwd")
+        if call.decide(out, stacklevel=2):
+            blocks = _jacfwd_graph(out, call.leaves)
+        else:
+            seeds, sizes = _basis_seeds(call.leaves)
+            n = sum(sizes)
+            tangent = _jvp_sweep(out, call.leaves, seeds, n) if n else np.zeros((0, out.size), out.dtype)
+            splits = np.cumsum(sizes)[:-1]
+            blocks = _jacobian_blocks(np.split(tangent, splits), call.leaves, out.shape, False)
+        call.done()
+        return _pick(single, call.regroup(blocks))
 
     jacfwd_f.__name__ = f"jacfwd({getattr(f, '__name__', 'f')})"
     return jacfwd_f
@@ -362,44 +620,77 @@ def jacfwd(f, argnums=0):
 
 def jacrev(f, argnums=0):
     """A function returning the Jacobian of f with respect to args[argnums], shaped
-    out.shape + arg.shape, by reverse mode: all output cotangents in one backward sweep."""
+    out.shape + arg.shape, by reverse mode: all output cotangents in one backward sweep (one
+    recorded sweep per output element when a higher order needs the result)."""
     def jacrev_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "jacrev")
-        leaves, args, specs = _prepare(args, nums)
-        with _grad_enabled():
-            out = _output(f(*args, **kwargs), "jacrev")
-        m = out.size
-        if m == 0:
-            rows = [np.zeros((0, l.size), l.dtype) for l in leaves]
+        call = _Call("jacrev", args, nums)
+        with call.level:
+            out = _output(f(*call.args, **kwargs), "jacrev")
+        if call.decide(out, stacklevel=2):
+            blocks = _jacrev_graph(out, call.leaves)
         else:
-            rows = _vjp_sweep(out, leaves, _from_array(np.eye(m, dtype=out.dtype)))
-        return _pick(single, _regroup(specs, _jacobian_blocks(rows, leaves, out.shape, True)))
+            m = out.size
+            if m == 0:
+                rows = [np.zeros((0, l.size), l.dtype) for l in call.leaves]
+            else:
+                rows = _vjp_sweep(out, call.leaves, _from_array(np.eye(m, dtype=out.dtype)))
+            blocks = _jacobian_blocks(rows, call.leaves, out.shape, True)
+        call.done()
+        return _pick(single, call.regroup(blocks))
 
     jacrev_f.__name__ = f"jacrev({getattr(f, '__name__', 'f')})"
     return jacrev_f
+
+
+def _hessian_graph(out, leaves):
+    """Recorded Hessian blocks (i, j) shaped leaves[i].shape + leaves[j].shape: the recorded
+    gradient, concatenated, then one recorded tangent sweep per input element (forward over
+    reverse, as the numeric path)."""
+    from .ops import concatenate
+    sizes = [l.size for l in leaves]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    grads = _grads_graph(out, leaves, _ones(out))
+    flat = concatenate([g.reshape(-1) for g in grads])
+    # row r of m: the derivative of the whole gradient along input direction r
+    cols = [_tangent_graph(flat, [leaf], [_basis(leaf.shape, leaf.dtype, e)])
+            for leaf in leaves for e in range(leaf.size)]
+    m = _flat_rows(cols) if cols else None
+
+    def block(i, j):
+        shape = leaves[i].shape + leaves[j].shape
+        if not sizes[i] or not sizes[j]:
+            return _zeros_block(shape, out.dtype)
+        part = m[int(starts[j]):int(starts[j + 1]), int(starts[i]):int(starts[i + 1])]
+        return _block_graph(part.T, shape, "Hessian block")
+
+    return [[block(i, j) for j in range(len(leaves))] for i in range(len(leaves))]
 
 
 def hessian(f, argnums=0):
     """A function returning the Hessian of scalar f with respect to args[argnums]: blocks
     d2f / d args[i] d args[j] shaped args[i].shape + args[j].shape (nested tuples for a tuple
     argnums, nested structures for containers, as JAX). All n input directions go through one
-    forward-over-reverse sweep of width n."""
+    forward-over-reverse sweep of width n (recorded sweeps, one per direction, when a higher
+    order needs the result)."""
     def hessian_f(*args, **kwargs):
         single, nums = _argnums(argnums, len(args), "hessian")
-        leaves, args, specs = _prepare(args, nums)
-        with _grad_enabled():
-            out = _scalar_output(_output(f(*args, **kwargs), "hessian"), "hessian")
-        seeds, sizes = _basis_seeds(leaves)
-        n = sum(sizes)
-        rows = _hvp_sweep(out, leaves, seeds, n) if n else [np.zeros((0, s), out.dtype) for s in sizes]
-        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
-
-        def row_of(i):   # d/d leaf_i of the gradient with respect to every leaf j
-            return _pick(single, _regroup(specs, [
-                _block(rows[i][starts[j]:starts[j + 1]].T, leaves[i].shape + leaves[j].shape, "Hessian block")
-                for j in range(len(leaves))]))
-
-        return _pick(single, _regroup(specs, [row_of(i) for i in range(len(leaves))]))
+        call = _Call("hessian", args, nums)
+        with call.level:
+            out = _scalar_output(_output(f(*call.args, **kwargs), "hessian"), "hessian")
+        leaves = call.leaves
+        if call.decide(out, stacklevel=2):
+            rows_of = _hessian_graph(out, leaves)
+        else:
+            seeds, sizes = _basis_seeds(leaves)
+            n = sum(sizes)
+            rows = _hvp_sweep(out, leaves, seeds, n) if n else [np.zeros((0, s), out.dtype) for s in sizes]
+            starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+            rows_of = [[_block(rows[i][starts[j]:starts[j + 1]].T, leaves[i].shape + leaves[j].shape,
+                               "Hessian block") for j in range(len(leaves))] for i in range(len(leaves))]
+        call.done()
+        # row i: d/d leaf_i of the gradient with respect to every leaf j
+        return _pick(single, call.regroup([_pick(single, call.regroup(r)) for r in rows_of]))
 
     hessian_f.__name__ = f"hessian({getattr(f, '__name__', 'f')})"
     return hessian_f

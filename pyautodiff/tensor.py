@@ -219,17 +219,28 @@ class Tensor:
         return (tensor, (self.numpy(), None, self.requires_grad))
 
     # ---- autodiff ----
-    def backward(self, grad=None, retain_graph=False):
-        """Accumulate d(self)/d(leaf), weighted by grad, into every leaf's .grad."""
-        if grad is None:
-            check(lib.ad_backward(self._h, 0, 1 if retain_graph else 0))
-            return
-        if not isinstance(grad, Tensor):
+    def backward(self, grad=None, retain_graph=None, create_graph=False):
+        """Accumulate d(self)/d(leaf), weighted by grad, into every leaf's .grad (as PyTorch).
+
+        Without retain_graph the swept graph is released. With create_graph=True the sweep is
+        recorded, so each .grad is itself a differentiable tensor (a higher-order derivative is
+        one more backward away); a leaf's grad then accumulates as a recorded sum, and the graph is
+        kept (create_graph implies retain_graph). As in PyTorch, a grad that depends on its own leaf
+        keeps that leaf's graph alive until the grad is cleared (x.grad = None or zero_grad()), and
+        ad.autograd.grad(..., create_graph=True) avoids that by returning the gradients instead."""
+        if grad is not None and not isinstance(grad, Tensor):
             arr = np.asarray(grad)
             if arr.dtype.kind not in "fiub":
                 raise TypeError(f"backward: grad must be real numbers, got dtype {arr.dtype}")
             grad = as_tensor(arr, self.dtype if arr.dtype.kind != "f" else None)
-        check(lib.ad_backward(self._h, grad._h, 1 if retain_graph else 0))
+        if create_graph:
+            if grad is not None and grad.dtype != self.dtype:
+                grad = grad.astype(self.dtype)
+            check(lib.ad_backward_graph(self._h, 0 if grad is None else grad._h))
+            return
+        from .functional import _inside_transform
+        _inside_transform("backward() without create_graph=True")
+        check(lib.ad_backward(self._h, 0 if grad is None else grad._h, 1 if retain_graph else 0))
 
     @property
     def grad(self):

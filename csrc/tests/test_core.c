@@ -738,6 +738,60 @@ static void test_recorded_sweeps(void)
     CHECK_BASELINE(base);
 }
 
+/* ad_depends: what a root reaches, stopping at a transform's own inputs; ad_backward_graph:
+ * recorded grads, accumulated as recorded sums, differentiable again; a numeric backward after it
+ * accumulates into a copy (the recorded grad's value stays what its op computed). */
+static void test_dependence_and_backward_graph(void)
+{
+    ad_stats_t base = stats();
+    const double xv[2] = {1, 2}, wv[2] = {3, 4};
+    int64_t x = vec(2, xv, 1), w = vec(2, wv, 1), c = vec(2, wv, 0);
+    int64_t xx = ad_binary(AD_OP_MUL, x, x), xxw = ad_binary(AD_OP_MUL, xx, w), y = ad_reduce(AD_OP_SUM, xxw, -1, NULL, 0);
+    int64_t xc = ad_binary(AD_OP_MUL, x, c);
+    CHECK(y > 0 && xc > 0);
+    int reached[2] = {-1, -1};
+    int64_t outside = -1, stop[2] = {x, w};
+    CHECK(ad_depends(y, 1, stop, reached, &outside) == AD_OK);
+    CHECK(reached[0] == 1 && outside == 1);              /* w is a requires-grad leaf outside {x} */
+    CHECK(ad_depends(y, 2, stop, reached, &outside) == AD_OK);
+    CHECK(reached[0] == 1 && reached[1] == 1 && outside == 0);
+    int64_t stop_xx[1] = {xx};
+    CHECK(ad_depends(y, 1, stop_xx, reached, &outside) == AD_OK);
+    CHECK(reached[0] == 1 && outside == 1);              /* x is behind xx: not looked through */
+    int64_t stop_w[1] = {w};
+    CHECK(ad_depends(xc, 1, stop_w, reached, &outside) == AD_OK);
+    CHECK(reached[0] == 0 && outside == 1);
+    CHECK(ad_depends(c, 0, NULL, NULL, &outside) == AD_OK && outside == 0);   /* a constant */
+    CHECK_ERR(ad_depends(y, 2, (int64_t[]){x, x}, reached, &outside), AD_ERR_VALUE);
+
+    /* y = sum(x^2 w): dy/dx = 2 x w, dy/dw = x^2, recorded */
+    CHECK(ad_backward_graph(y, 0) == AD_OK);
+    int64_t gx = ad_grad(x), gw = ad_grad(w);
+    for (int i = 0; i < 2; i++) {
+        CHECK_CLOSE(at(gx, i), 2 * xv[i] * wv[i], 1e-15);
+        CHECK_CLOSE(at(gw, i), xv[i] * xv[i], 1e-15);
+    }
+    CHECK(info_of(gx).requires_grad && !info_of(gx).is_leaf);
+    /* again: the grads accumulate as recorded sums */
+    CHECK(ad_backward_graph(y, 0) == AD_OK);
+    int64_t gx2 = ad_grad(x);
+    CHECK_CLOSE(at(gx2, 0), 4 * xv[0] * wv[0], 1e-15);
+    /* s = sum(x.grad) = sum(4 x w): ds/dw = 4 x, by a numeric backward into w's recorded grad,
+     * which accumulates into a copy: gw (held here) keeps its value */
+    int64_t s = ad_reduce(AD_OP_SUM, gx2, -1, NULL, 0);
+    CHECK(ad_backward(s, 0, 0) == AD_OK);
+    int64_t gw2 = ad_grad(w);
+    for (int i = 0; i < 2; i++) {
+        CHECK_CLOSE(at(gw2, i), 2 * xv[i] * xv[i] + 4 * xv[i], 1e-15);
+        CHECK_CLOSE(at(gw, i), xv[i] * xv[i], 1e-15);
+    }
+    CHECK_ERR(ad_backward_graph(c, 0), AD_ERR_RUNTIME);   /* a constant does not require grad */
+    /* x.grad depends on x: the reference cycle is broken by clearing the grads */
+    CHECK(ad_set_grad(x, 0) == AD_OK && ad_set_grad(w, 0) == AD_OK);
+    DROP(x, w, c, xx, xxw, y, xc, gx, gw, gx2, s, gw2);
+    CHECK_BASELINE(base);
+}
+
 int main(void)
 {
     ad_stats_t base = stats();
@@ -752,6 +806,7 @@ int main(void)
     RUN(test_empty);
     RUN(test_anomaly);
     RUN(test_recorded_sweeps);
+    RUN(test_dependence_and_backward_graph);
     ad_stats_t end = stats();
     /* the core's own counters: everything the tests made is gone */
     CHECK(end.live_nodes == 0 && base.live_nodes == 0);
