@@ -325,14 +325,14 @@ int ad_vjp2_softmax(ad_tape *T, ad_node *n, const void *g, const void *const *ti
 #define AD_VEC_FN
 #endif
 
-/* Elementwise kernels, generated from pyautodiff/opdefs.py (kernels/ops_unary.c, ops_binary.c):
+/* Elementwise kernels, generated from pyautodiff/opdefs.py (kernels/ops_*.c, tabled in ops_kernels.c):
  * each computes one formula at n contiguous elements. in[0] and in[1] are the inputs (x, or a and
  * b), in[2] the output y, c the node's constants (n->c). Arrays of two are indexed by dtype. */
 typedef void (*ad_ew_fn)(const void *const *in, void *out, int64_t n, const double *c);
-/* out (+= when acc) w * dy/d(input), w a cotangent or tangent: n values (ws = 1) or one (ws = 0);
- * the NaN-safety rule applied (and routing, for the ops that route) */
-typedef void (*ad_ew_wfn)(const void *const *in, const void *w, int64_t ws, void *out, int64_t n,
-                          const double *c, int acc);
+/* out (+= when acc) w * dy/d(input) at n elements, w a cotangent or tangent; the NaN-safety rule
+ * applied (and routing, for the ops that route) */
+typedef void (*ad_ew_wfn)(const void *const *in, const void *w, void *out, int64_t n, const double *c,
+                          int acc);
 typedef struct {
     ad_ew_fn fwd[2];
     ad_ew_wfn d[2][2];         /* [which][dtype]: w * dy/d(input which); NULL: the constant 0 */

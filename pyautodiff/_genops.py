@@ -7,7 +7,8 @@ so a committed file can never drift from its rows). Standard library only.
 From each row's forward formula f and derivative formulas d_j = dy/d(input j) it writes:
   - the enum lines of csrc/ad.h and the op-table rows (csrc/kernels/ops_table.inc), with the
     values the rules read found in the formulas (never kept by hand);
-  - numeric kernels for float64 and float32 (csrc/kernels/ops_unary.c, ops_binary.c): f, each d_j,
+  - numeric kernels for float64 and float32 (csrc/kernels/ops_unary_*.c, ops_binary.c, tabled in
+    ops_kernels.c): f, each d_j,
     and each second-order coefficient h_jk = d(d_j)/d(input k), got by differentiating d_j
     symbolically (through y, whose derivative is d_k); the hand-written drivers in
     elementwise.c combine them with cotangents and tangents (VJP g*d_j, JVP sum t_k*d_k,
@@ -359,16 +360,18 @@ def calls(e, out=None):
 
 
 class Unit:
-    """One generated C file: its numeric functions, each made once per expression."""
+    """One generated C file: its numeric functions, each made once per expression, and their
+    prototypes (for ops_kernels.h: the kernel tables in ops_kernels.c refer to them)."""
 
     def __init__(self):
         self.lines = []
-        self.fns = {}          # (expression, signature) -> function name
-        self.count = 0
+        self.protos = []
+        self.fns = {}          # (op, expression) -> function name
 
-    def kernel(self, op, e, role, vector=False):
+    def kernel(self, op, e, role, vector=False, clone=False):
         """A loop computing expression e at n contiguous elements, both dtypes; returns the
-        base name (suffix _d / _f)."""
+        base name (suffix _d / _f). vector: it calls libm (vectorised through libmvec, cloned);
+        clone: plain arithmetic, cloned for AVX2 / AVX-512 as the weighted kernels are."""
         key = (op.name, repr(e))
         if key in self.fns:
             return self.fns[key]
@@ -387,10 +390,11 @@ class Unit:
             params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(pnames)
                              if ("par", i) in _pars(e))
             per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
-            attr = "AD_VEC_FN " if vector else ""
+            attr = "AD_VEC_FN " if vector else "AD_SIMD " if clone else ""
             pragma = "    AD_VEC_LOOP\n" if vector else ""
+            self.protos.append(f"void {name}_{suf}(const void *const *in, void *out, int64_t n, const double *cs);")
             self.lines.append(
-                f"{attr}static void {name}_{suf}(const void *const *in, void *out, int64_t n, const double *cs)\n"
+                f"{attr}void {name}_{suf}(const void *const *in, void *out, int64_t n, const double *cs)\n"
                 f"{{\n    (void)in; (void)cs;{params}\n    {' '.join(loads)}\n    {T} *restrict O_ = out;\n"
                 f"{pragma}    for (int64_t i = 0; i < n; i++) {{ {per} O_[i] = {c_expr(e, T, pnames)}; }}\n}}\n")
         return name
@@ -398,8 +402,9 @@ class Unit:
 
     def weighted(self, op, e, role, route, vector=False):
         """out (+)= w * e at n contiguous elements, with the NaN-safety rule (a zero weight gives
-        exactly 0; route: a zero e gives exactly 0), for w a cotangent or a tangent: an array
-        (ws = 1) or one value (ws = 0). Fused, so a VJP or JVP is one pass over its operands."""
+        exactly 0; route: a zero e gives exactly 0), for w a cotangent or a tangent. Fused, so a
+        VJP or JVP is one pass over its operands. Cloned for AVX2 / AVX-512: on data in cache (a
+        broadcast operand's short runs) the wide loops halve the time."""
         name = f"ad_ew_{op.name}_{role}"
         used = variables(e)
         pnames = list(op.params)
@@ -412,23 +417,19 @@ class Unit:
                              if ("par", i) in _pars(e))
             per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
             d = c_expr(e, T, pnames)
-            safe = f"ad_zero_safe_{suf}"
-            val = f"(d_ == 0 ? 0 : w_ * d_)" if route else f"{safe}(w_, w_ * d_)"
-            pragma = "            AD_VEC_LOOP\n" if vector else ""
-            loops = []
-            for ws in (1, 0):
-                wload = "W_[i]" if ws else "w0"
-                for acc in ("+=", "="):
-                    loops.append(f"{pragma}            for (int64_t i = 0; i < n; i++) {{ {per} {T} w_ = {wload}, d_ = {d}; "
-                                 f"O_[i] {acc} {val}; }}")
-            attr = "AD_VEC_FN " if vector else ""
+            val = f"(d_ == 0 ? 0 : w_ * d_)" if route else f"ad_zero_safe_{suf}(w_, w_ * d_)"
+            pragma = "        AD_VEC_LOOP\n" if vector else ""
+            loops = [f"{pragma}        for (int64_t i = 0; i < n; i++) {{ {per} {T} w_ = W_[i], d_ = {d}; "
+                     f"O_[i] {acc} {val}; }}" for acc in ("+=", "=")]
+            attr = "AD_VEC_FN " if vector else "AD_SIMD "
+            self.protos.append(f"void {name}_{suf}(const void *const *in, const void *w, void *out, int64_t n, "
+                               f"const double *cs, int acc);")
             self.lines.append(
-                f"{attr}static void {name}_{suf}(const void *const *in, const void *w, int64_t ws, void *out, "
-                f"int64_t n, const double *cs, int acc)\n"
+                f"{attr}void {name}_{suf}(const void *const *in, const void *w, void *out, int64_t n, "
+                f"const double *cs, int acc)\n"
                 f"{{\n    (void)in; (void)cs;{params}\n    {' '.join(loads)}\n"
-                f"    const {T} *restrict W_ = w; {T} *restrict O_ = out; const {T} w0 = ws ? 0 : W_[0];\n"
-                f"    if (ws) {{\n        if (acc)\n{loops[0]}\n        else\n{loops[1]}\n    }} else {{\n"
-                f"        if (acc)\n{loops[2]}\n        else\n{loops[3]}\n    }}\n}}\n")
+                f"    const {T} *restrict W_ = w; {T} *restrict O_ = out;\n"
+                f"    if (acc)\n{loops[0]}\n    else\n{loops[1]}\n}}\n")
         return name
 
 
@@ -550,7 +551,8 @@ def rec_function(unit, op, j, d):
     name = f"ad_ew_{op.name}_rec{j}"
     em = RecEmitter(unit, op)
     kind, val = em.emit(d)
-    lines = [f"static int {name}(ad_tape *T, ad_node *n, ad_node **node, double *scalar)", "{"]
+    unit.protos.append(f"int {name}(ad_tape *T, ad_node *n, ad_node **node, double *scalar);")
+    lines = [f"int {name}(ad_tape *T, ad_node *n, ad_node **node, double *scalar)", "{"]
     if kind == "scalar":
         lines += ["    (void)T; (void)n;", "    *node = NULL;", f"    *scalar = {val};", "    return AD_OK;", "}"]
         unit.lines.append("\n".join(lines) + "\n")
@@ -595,38 +597,59 @@ def forward_expr(op):
     return parse(op.forward, op, inputs_of(op))
 
 
-def family_file(ops, kind):
-    unit = Unit()
-    out = [HEADER, f"/* The {kind} elementwise ops: for each, its forward, its derivatives, their "
-           "second-order coefficients (numeric loops, both dtypes) and its differentiable rule.",
-           " * elementwise.c drives them; pyautodiff/opdefs.py has the formulas. */",
-           '#include "../core.h"', '#include "vecmath.h"', '#include "ops_scalar.h"', ""]
-    # scalar versions of every op without parameters, for formulas that call an op with no C function
-    entries = []
-    for op in ops:
-        fwd = forward_expr(op)
-        vec = bool(calls(fwd) & LIBMVEC)
-        f = unit.kernel(op, fwd, "fwd", vector=vec)
-        ds = derivatives(op)
-        hs = second_order(op)
-        dn, hn, recs = [], [], []
-        for j, d in enumerate(ds):
-            vec_d = bool(calls(d) & LIBMVEC)
-            dn.append(None if is_num(d, 0.0) else unit.weighted(op, d, f"d{j}", op.route, vec_d))
-            hn.append([None if is_num(h, 0.0) else unit.kernel(op, h, f"h{j}{k}") for k, h in enumerate(hs[j])])
-            recs.append(None if is_num(d, 0.0) else rec_function(unit, op, j, d))
-        entries.append((op, f, dn, hn, recs))
-    body = []
-    for op, f, dn, hn, recs in entries:
+# the unary family is compiled as two files: one would take longer than the rest together
+PARTS = (("unary", 2), ("binary", 1))
+
+
+def kernel_files(csrc):
+    """{path: text}: the kernel files of every family, their prototypes (ops_kernels.h) and the
+    kernel tables (ops_kernels.c)."""
+    files, protos, tables = {}, [], []
+    for kind, nparts in PARTS:
+        ops = opdefs.UNARY if kind == "unary" else opdefs.BINARY
+        size = -(-len(ops) // nparts)
+        entries = []
+        for part in range(nparts):
+            unit = Unit()
+            for op in ops[part * size:(part + 1) * size]:
+                entries.append(kernels_of(unit, op))
+            name = f"ops_{kind}.c" if nparts == 1 else f"ops_{kind}_{part + 1}.c"
+            head = [HEADER, f"/* Kernels of the {kind} elementwise ops" + (f", part {part + 1} of {nparts}" if nparts > 1 else "")
+                    + ": for each, its forward, its derivatives (times a", " * cotangent or tangent), their "
+                    "second-order coefficients (numeric loops, both dtypes) and its differentiable rule.",
+                    " * elementwise.c drives them; pyautodiff/opdefs.py has the formulas. */",
+                    '#include "../core.h"', '#include "vecmath.h"', '#include "ops_scalar.h"', '#include "ops_kernels.h"', ""]
+            files[os.path.join(csrc, "kernels", name)] = "\n".join(head) + "\n" + "\n".join(unit.lines)
+            protos += unit.protos
         pair = lambda name: f"{{{name}_f, {name}_d}}" if name else "{0, 0}"  # noqa: E731
-        d = ", ".join(pair(x) for x in dn)
-        h = ", ".join("{" + ", ".join(pair(x) for x in row) + "}" for row in hn)
-        rec = ", ".join(r or "0" for r in recs)
-        body.append(f"    [{op.code} - AD_OP_{kind.upper()}_FIRST] = {{{pair(f)}, {{{d}}}, {{{h}}}, {{{rec}}}, "
-                    f"{int(op.route)}}},")
-    table = [f"const ad_ew_kernels ad_ew_{kind}[AD_OP_{kind.upper()}_LAST - AD_OP_{kind.upper()}_FIRST + 1] = {{"]
-    table += body + ["};", ""]
-    return "\n".join(out) + "\n" + "\n".join(unit.lines) + "\n" + "\n".join(table)
+        tables.append(f"const ad_ew_kernels ad_ew_{kind}[AD_OP_{kind.upper()}_LAST - AD_OP_{kind.upper()}_FIRST + 1] = {{")
+        for op, f, dn, hn, recs in entries:
+            d = ", ".join(pair(x) for x in dn)
+            h = ", ".join("{" + ", ".join(pair(x) for x in row) + "}" for row in hn)
+            rec = ", ".join(r or "0" for r in recs)
+            tables.append(f"    [{op.code} - AD_OP_{kind.upper()}_FIRST] = {{{pair(f)}, {{{d}}}, {{{h}}}, {{{rec}}}, "
+                          f"{int(op.route)}}},")
+        tables += ["};", ""]
+    files[os.path.join(csrc, "kernels", "ops_kernels.h")] = "\n".join(
+        [HEADER, "/* Prototypes of the generated kernels, for the tables in ops_kernels.c. */",
+         "#ifndef AD_OPS_KERNELS_H", "#define AD_OPS_KERNELS_H", '#include "../core.h"', ""] + protos + ["", "#endif", ""])
+    files[os.path.join(csrc, "kernels", "ops_kernels.c")] = "\n".join(
+        [HEADER, "/* Each elementwise op's kernels, by op code (elementwise.c looks them up here). */",
+         '#include "ops_kernels.h"', ""] + tables)
+    return files
+
+
+def kernels_of(unit, op):
+    """Writes op's kernels into unit; returns its table entry (op, fwd, d, h, rec names)."""
+    fwd = forward_expr(op)
+    f = unit.kernel(op, fwd, "fwd", vector=bool(calls(fwd) & LIBMVEC), clone=True)
+    ds, hs = derivatives(op), second_order(op)
+    dn, hn, recs = [], [], []
+    for j, d in enumerate(ds):
+        dn.append(None if is_num(d, 0.0) else unit.weighted(op, d, f"d{j}", op.route, bool(calls(d) & LIBMVEC)))
+        hn.append([None if is_num(h, 0.0) else unit.kernel(op, h, f"h{j}{k}") for k, h in enumerate(hs[j])])
+        recs.append(None if is_num(d, 0.0) else rec_function(unit, op, j, d))
+    return op, f, dn, hn, recs
 
 
 def scalar_functions():
@@ -689,8 +712,7 @@ def outputs(root=ROOT):
         header_path: header_enum(header),
         os.path.join(csrc, "kernels", "ops_table.inc"): table_rows(),
         os.path.join(csrc, "kernels", "ops_scalar.h"): scalar_functions(),
-        os.path.join(csrc, "kernels", "ops_unary.c"): family_file(opdefs.UNARY, "unary"),
-        os.path.join(csrc, "kernels", "ops_binary.c"): family_file(opdefs.BINARY, "binary"),
+        **kernel_files(csrc),
     }
 
 

@@ -1,5 +1,5 @@
 /* Elementwise ops: the drivers. Every op's formulas live in pyautodiff/opdefs.py, one row each,
- * and become small numeric kernels (ops_unary.c, ops_binary.c: forward, derivative d_j of the
+ * and become small numeric kernels (ops_unary_*.c, ops_binary.c: forward, derivative d_j of the
  * output by input j, second-order coefficients h_jk) that compute one formula over a contiguous
  * run. This file walks the broadcast shapes and combines those kernels with cotangents and
  * tangents, once for all ops:
@@ -202,26 +202,26 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
     int dt = n->dtype;
     int both = which == AD_BOTH;
     int j = both ? 0 : which;
-    int64_t gs = s->g_uniform ? 0 : 1;
+    int uniform = s->g_uniform;   /* g is one value: a chunk of copies of it stands for g */
     if (s->reduce && !s->accumulate) fill_zero(dt, s->dst, n->in[j]->size);
     runs r;
     if (!runs_init(&r, n, n->in[0], n->nin > 1 ? n->in[1] : NULL)) {
         if (!s->accumulate && !s->reduce) fill_zero(dt, s->dst, s->size);
         return AD_OK;
     }
-    chunk ba, bb, bc;
-    ba.bcast = bb.bcast = NULL;
+    chunk ba, bb, bc, bg;
+    ba.bcast = bb.bcast = bg.bcast = NULL;
     int64_t dR = j == 0 ? r.dA : r.dB;
     do {
         /* contiguous operands written straight into the sink go in one call */
         int contiguous = r.dA == 1 && (n->nin < 2 || r.dB == 1);
-        int64_t step = contiguous && (!s->reduce || dR == 1) ? r.len : CHUNK;
+        int64_t step = contiguous && !uniform && (!s->reduce || dR == 1) ? r.len : CHUNK;
         double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         for (int64_t k = 0; k < r.len; k += step) {
             int64_t m = r.len - k < step ? r.len - k : step;
             const void *in[3];
             run_inputs(n, &r, k, m, &ba, &bb, in);
-            const void *gk = gs ? cat(dt, g, r.oo + k) : g;
+            const void *gk = uniform ? view(dt, g, 0, 0, m, &bg) : cat(dt, g, r.oo + k);
             /* where the input runs along the output (summed over outer axes only), its
              * contributions add straight into its adjoint; summed along the run, or strided,
              * they are formed in a chunk first */
@@ -231,7 +231,7 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
             int acc = s->reduce ? dR == 1 : s->accumulate, wrote = 0;
             for (int w = j; w <= (both ? 1 : j); w++) {
                 if (!K->d[w][dt]) continue;
-                K->d[w][dt](in, gk, gs, out, m, n->c, acc || wrote);
+                K->d[w][dt](in, gk, out, m, n->c, acc || wrote);
                 wrote = 1;
             }
             if (!wrote && !acc) fill_zero(dt, out, m);
@@ -291,7 +291,7 @@ static int jvp_ew(ad_node *n, const void *const *tin, int64_t kdir, void *tout)
                     if (!tin[j] || !K->d[j][dt]) continue;
                     int64_t off = j == 0 ? r.oa : r.ob, st = j == 0 ? r.dA : r.dB;
                     const void *t = view(dt, cat(dt, tin[j], q * n->in[j]->size), off + k * st, st, m, &bt);
-                    K->d[j][dt](in, t, 1, to, m, n->c, wrote);
+                    K->d[j][dt](in, t, to, m, n->c, wrote);
                     wrote = 1;
                 }
                 if (!wrote) memset(to, 0, (size_t)m * isz);
