@@ -209,16 +209,31 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
         if (!s->accumulate && !s->reduce) fill_zero(dt, s->dst, s->size);
         return AD_OK;
     }
+    int64_t dR = j == 0 ? r.dA : r.dB;
+    /* the strides along a run are the same for every run: decide the route once */
+    int contiguous = r.dA == 1 && (n->nin < 2 || r.dB == 1);
+    if (contiguous && !uniform && (!s->reduce || dR == 1)) {
+        /* the common case, each run in one call per input straight into the sink (an input
+         * summed over outer axes only adds into its adjoint at its own offsets) */
+        ad_ew_wfn f0 = K->d[j][dt], f1 = both ? K->d[1][dt] : NULL;
+        int acc = s->reduce || s->accumulate;
+        do {
+            const void *in[3] = {cat(dt, n->in[0]->data, r.oa), n->nin > 1 ? cat(dt, n->in[1]->data, r.ob) : NULL,
+                                 cat(dt, n->data, r.oo)};
+            void *out = at(dt, s->dst, !s->reduce ? r.oo : j == 0 ? r.oa : r.ob);
+            const void *gk = cat(dt, g, r.oo);
+            if (f0) f0(in, gk, out, r.len, n->c, acc);
+            if (f1) f1(in, gk, out, r.len, n->c, acc || f0);
+            if (!f0 && !f1 && !acc) fill_zero(dt, out, r.len);
+        } while (runs_next(&r));
+        return AD_OK;
+    }
     chunk ba, bb, bc, bg;
     ba.bcast = bb.bcast = bg.bcast = NULL;
-    int64_t dR = j == 0 ? r.dA : r.dB;
     do {
-        /* contiguous operands written straight into the sink go in one call */
-        int contiguous = r.dA == 1 && (n->nin < 2 || r.dB == 1);
-        int64_t step = contiguous && !uniform && (!s->reduce || dR == 1) ? r.len : CHUNK;
         double p[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-        for (int64_t k = 0; k < r.len; k += step) {
-            int64_t m = r.len - k < step ? r.len - k : step;
+        for (int64_t k = 0; k < r.len; k += CHUNK) {
+            int64_t m = r.len - k < CHUNK ? r.len - k : CHUNK;
             const void *in[3];
             run_inputs(n, &r, k, m, &ba, &bb, in);
             const void *gk = uniform ? view(dt, g, 0, 0, m, &bg) : cat(dt, g, r.oo + k);
