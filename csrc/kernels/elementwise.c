@@ -43,11 +43,12 @@ typedef struct {
 static int runs_init(runs *r, const ad_node *n, const ad_node *a, const ad_node *b)
 {
     r->oo = r->oa = r->ob = 0;
-    r->single = !b;
-    if (!b) {
+    /* nothing broadcast (same sizes: at most leading 1s differ): one contiguous run, no iterator */
+    r->single = !b || (a->size == n->size && b->size == n->size);
+    if (r->single) {
         r->len = n->size;
         r->dA = 1;
-        r->dB = 0;
+        r->dB = b ? 1 : 0;
         return n->size > 0;
     }
     int64_t sa[AD_MAXDIM], sb[AD_MAXDIM], so[AD_MAXDIM];
@@ -144,6 +145,11 @@ static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const 
 {
     int dt = n->dtype;
     ad_ew_fn f = K->fwd[dt];
+    if (!b) {
+        const void *in[3] = {a->data, NULL, NULL};
+        if (n->size) f(in, n->data, n->size, n->c);
+        return;
+    }
     runs r;
     if (!runs_init(&r, n, a, b)) return;
     chunk ba, bb;
