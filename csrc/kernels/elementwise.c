@@ -1,17 +1,18 @@
 /* Elementwise ops: the drivers. Every op's formulas live in pyautodiff/opdefs.py, one row each,
- * and become small numeric kernels (ops_unary_*.c, ops_binary.c: forward, derivative d_j of the
- * output by input j, second-order coefficients h_jk) that compute one formula over a contiguous
- * run. This file walks the broadcast shapes and combines those kernels with cotangents and
- * tangents, once for all ops:
+ * and become small numeric kernels (ops_unary_*.c, ops_binary.c: the forward; w * d_j, the
+ * derivative by input j times a cotangent or tangent w; the second-order coefficients h_jk) that
+ * compute one formula over a contiguous run. This file walks the broadcast shapes and feeds
+ * those kernels, once for all ops:
  *   VJP           contribution_j = g * d_j      (summed over broadcast axes when the sweep asks)
  *   JVP           tangent        = sum_j t_j * d_j
  *   second order  contribution_j = g * sum_k t_k * h_jk
  *   recorded      the same products as recorded ops, from the generated rec_d (higher order).
  *
- * NaN-safety, in one place (combine): a zero cotangent or tangent contributes exactly zero, even
- * where the derivative is inf or NaN, so masked branches such as where(x > 0, sqrt(x), 0) keep
- * finite gradients. A nonzero cotangent stays IEEE: d/dx sqrt(x) at 0 is +inf. For routing ops
- * (maximum, minimum) a zero derivative gives exactly zero whatever the cotangent.
+ * NaN-safety: a zero cotangent or tangent contributes exactly zero, even where the derivative is
+ * inf or NaN, so masked branches such as where(x > 0, sqrt(x), 0) keep finite gradients (in the
+ * generated w * d kernels, safe_product below, and mul_zero_safe in the recorded rules). A nonzero
+ * cotangent stays IEEE: d/dx sqrt(x) at 0 is +inf. For routing ops (maximum, minimum) a zero
+ * derivative gives exactly zero whatever the cotangent.
  *
  * Broadcast operands are walked in runs along the innermost coalesced axis; a run whose operands
  * are not all contiguous is processed in chunks of CHUNK elements gathered into stack buffers, so
@@ -105,36 +106,21 @@ static const void *cat(int dtype, const void *p, int64_t off)
     return p ? (const char *)p + off * (int64_t)ad_itemsize(dtype) : NULL;
 }
 
-/* ---------------- combine: out (+)= weight * d, the NaN-safety rule in one place ----------------
- * weight is a cotangent or a tangent; ws and ds are 1 (arrays) or 0 (one value for all). */
-#define DEF_COMBINE(T, SUF)                                                                      \
-    static void combine_##SUF(const T *w, int64_t ws, const T *d, int64_t ds, T *out, int64_t m,  \
-                              int acc, int route)                                                \
-    {                                                                                            \
-        if (ws == 1 && ds == 1) {                                                                \
-            if (route) {                                                                         \
-                if (acc) for (int64_t i = 0; i < m; i++) out[i] += d[i] == 0 ? 0 : w[i] * d[i];  \
-                else for (int64_t i = 0; i < m; i++) out[i] = d[i] == 0 ? 0 : w[i] * d[i];       \
-            } else {                                                                             \
-                if (acc) for (int64_t i = 0; i < m; i++) out[i] += SAFE(w[i], w[i] * d[i]);      \
-                else for (int64_t i = 0; i < m; i++) out[i] = SAFE(w[i], w[i] * d[i]);           \
-            }                                                                                    \
-            return;                                                                              \
-        }                                                                                        \
-        for (int64_t i = 0; i < m; i++) {                                                        \
-            T wi = w[i * ws], di = d[i * ds];                                                    \
-            T v = route ? (di == 0 ? 0 : wi * di) : SAFE(wi, wi * di);                           \
-            if (acc) out[i] += v; else out[i] = v;                                               \
-        }                                                                                        \
+/* out (+)= w * d with the NaN-safety rule, for the second-order terms (the first-order kernels
+ * have it fused, from the generator) */
+#define DEF_SAFE_PRODUCT(T, SUF)                                                                  \
+    static void safe_product_##SUF(const T *w, const T *d, T *out, int64_t m, int acc)            \
+    {                                                                                             \
+        if (acc) for (int64_t i = 0; i < m; i++) out[i] += SAFE(w[i], w[i] * d[i]);               \
+        else for (int64_t i = 0; i < m; i++) out[i] = SAFE(w[i], w[i] * d[i]);                    \
     }
-DEF_COMBINE(double, d)
-DEF_COMBINE(float, f)
+DEF_SAFE_PRODUCT(double, d)
+DEF_SAFE_PRODUCT(float, f)
 
-static void combine(int dtype, const void *w, int64_t ws, const void *d, int64_t ds, void *out, int64_t m,
-                    int acc, int route)
+static void safe_product(int dtype, const void *w, const void *d, void *out, int64_t m, int acc)
 {
-    if (dtype == AD_F64) combine_d(w, ws, d, ds, out, m, acc, route);
-    else combine_f(w, ws, d, ds, out, m, acc, route);
+    if (dtype == AD_F64) safe_product_d(w, d, out, m, acc);
+    else safe_product_f(w, d, out, m, acc);
 }
 
 static void fill_zero(int dtype, void *p, int64_t m) { memset(p, 0, (size_t)m * ad_itemsize(dtype)); }
@@ -347,8 +333,8 @@ static int vjp2_ew(ad_node *n, const void *g, const void *const *tin, int which,
         if (!s->accumulate) fill_zero(dt, s->dst, s->size);
         return AD_OK;
     }
-    chunk ba, bb, bh, bt, bi;
-    ba.bcast = bb.bcast = bt.bcast = NULL;
+    chunk ba, bb, bh, bt, bi, bg;
+    ba.bcast = bb.bcast = bt.bcast = bg.bcast = NULL;
     do {
         for (int64_t k = 0; k < r.len; k += CHUNK) {
             int64_t m = r.len - k < CHUNK ? r.len - k : CHUNK;
@@ -361,7 +347,7 @@ static int vjp2_ew(ad_node *n, const void *g, const void *const *tin, int which,
                 int64_t off = q == 0 ? r.oa : r.ob, st = q == 0 ? r.dA : r.dB;
                 const void *t = view(dt, tin[q], off + k * st, st, m, &bt);
                 h(in, &bh.v, m, n->c);
-                combine(dt, t, 1, &bh.v, 1, &bi.v, m, wrote, 0);
+                safe_product(dt, t, &bh.v, &bi.v, m, wrote);
                 wrote = 1;
             }
             void *dst = at(dt, s->dst, r.oo + k);
@@ -369,8 +355,8 @@ static int vjp2_ew(ad_node *n, const void *g, const void *const *tin, int which,
                 if (!s->accumulate) fill_zero(dt, dst, m);
                 continue;
             }
-            const void *gk = s->g_uniform ? g : cat(dt, g, r.oo + k);
-            combine(dt, gk, s->g_uniform ? 0 : 1, &bi.v, 1, dst, m, s->accumulate, 0);
+            const void *gk = s->g_uniform ? view(dt, g, 0, 0, m, &bg) : cat(dt, g, r.oo + k);
+            safe_product(dt, gk, &bi.v, dst, m, s->accumulate);
         }
     } while (runs_next(&r));
     return AD_OK;
