@@ -349,9 +349,8 @@ extern const ad_ew_kernels ad_ew_binary[AD_OP_BINARY_LAST - AD_OP_BINARY_FIRST +
 int ad_vjp_rec_ew(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
 int ad_jvp_rec_ew(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 /* For the generated rules: fn evaluated at every element of n (inputs broadcast) into a new
- * constant node shaped like n; a 0-d constant; cond ? p : q with cond evaluated like ad_ew_eval. */
+ * constant node shaped like n; cond ? p : q with cond evaluated like ad_ew_eval. */
 int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out);
-int ad_ew_const(ad_tape *T, int dtype, double value, ad_node **out);
 int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_node *q, ad_node **out);
 
 /* forward helpers shared with the sweep */

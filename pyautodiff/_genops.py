@@ -518,7 +518,7 @@ class RecEmitter:
             for kind, val in args:
                 if kind == "scalar":
                     cn = self.new()
-                    self.step(f"ad_ew_const(T, n->dtype, {val}, &{cn})")
+                    self.step(f"ad_mk_full(T, n->dtype, 0, NULL, {val}, &{cn})")
                     val = cn
                 nodes.append(val)
             out = self.new()
@@ -535,7 +535,7 @@ class RecEmitter:
                 kind, val = self.emit(part)
                 if kind == "scalar":
                     cn = self.new()
-                    self.step(f"ad_ew_const(T, n->dtype, {val}, &{cn})")
+                    self.step(f"ad_mk_full(T, n->dtype, 0, NULL, {val}, &{cn})")
                     val = cn
                 branches.append(val)
             out = self.new()

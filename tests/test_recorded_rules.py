@@ -286,3 +286,21 @@ def test_branches_that_reach_no_requested_input_record_nothing():
     y = ad.concatenate([ad.exp(z), x])
     (gx,) = vjp_graph(y, ad.tensor(np.array([7.0, 8.0, 9.0])), [x])
     close(gx.numpy(), [8.0, 9.0], (0, 0))
+
+
+@pytest.mark.parametrize("name, f", [
+    ("clip", lambda t: ad.clip(t, 0.5, 2.5)), ("max", lambda t: ad.max(t, axis=1)),
+    ("maximum", lambda t: ad.maximum(t, 2.0)), ("relu", ad.relu), ("abs", ad.abs),
+    ("sqrt", ad.sqrt), ("hardtanh", ad.hardtanh)])
+def test_recorded_rules_keep_the_numeric_rules_at_edge_values(name, f):
+    # an infinite cotangent, a NaN input and a zero cotangent where the derivative is inf: the
+    # recorded rule gives the numeric VJP's numbers (NaN where IEEE says so, exact 0 where the rule
+    # routes or the cotangent is 0), not whatever its ops happen to give
+    x = np.array([[1.0, 5.0, 0.0], [np.nan, -1.0, 2.0]])
+    for fill in (np.inf, 0.0, -2.0):
+        xt = ad.tensor(x, requires_grad=True)
+        y = f(xt)
+        g = np.full(y.shape, fill)
+        (numeric,) = _vjp_sweep(y, [xt], _rows(g[np.newaxis]))
+        (recorded,) = ad.autograd.grad(y, xt, grad_outputs=ad.tensor(g), create_graph=True)
+        np.testing.assert_array_equal(recorded.numpy(), np.asarray(numeric).reshape(x.shape), err_msg=f"{name}, g={fill}")

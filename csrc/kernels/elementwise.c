@@ -480,17 +480,6 @@ int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out)
     return AD_OK;
 }
 
-int ad_ew_const(ad_tape *T, int dtype, double value, ad_node **out)
-{
-    ad_node *c;
-    int st = ad_node_new(T, AD_OP_LEAF, dtype, 0, NULL, &c);
-    if (st) return st;
-    if (dtype == AD_F64) *(double *)c->data = value;
-    else *(float *)c->data = (float)value;
-    *out = c;
-    return AD_OK;
-}
-
 /* cond's values (0 or 1) at every element of `like`'s shape, as the bytes ad_mk_where takes. */
 static uint8_t *mask_of(ad_tape *T, const ad_node *vals, int nonzero)
 {
@@ -525,9 +514,7 @@ int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_n
 
 static int zeros_like(ad_tape *T, const ad_node *n, ad_node **out)
 {
-    int st = ad_node_new(T, AD_OP_LEAF, n->dtype, n->ndim, n->shape, out);
-    if (!st) fill_zero(n->dtype, (*out)->data, n->size);
-    return st;
+    return ad_mk_full(T, n->dtype, n->ndim, n->shape, 0, out);
 }
 
 /* w * d_j as recorded ops, w a cotangent (shaped like n) or input j's tangent. */
@@ -544,7 +531,7 @@ static int times_d(ad_tape *T, ad_node *n, int j, ad_node *w, ad_node **out)
         if (c == 1) { w->refs++; *out = w; return AD_OK; }
         if (isfinite(c)) return ad_mk_unary(T, AD_OP_MUL_S, w, c, 0, out);
         /* w * inf: a zero w must still give 0 */
-        if ((st = ad_ew_const(T, n->dtype, c, &d))) return st;
+        if ((st = ad_mk_full(T, n->dtype, 0, NULL, c, &d))) return st;
     }
     /* the NaN-safety rule as an op: a zero cotangent or tangent gives exactly 0, whatever d is */
     ad_node *prod = NULL, *zero = NULL;

@@ -643,23 +643,25 @@ static int rec_concat_block(ad_tape *T, ad_node *n, ad_node *g, int which, ad_no
     return st;
 }
 
-/* clip passes the cotangent (and the tangent) on [lo, hi] and 0 outside: a selection by a mask
- * of the values, constant where the rule is differentiable. (At a NaN input the numeric VJP
- * gives NaN; this rule gives 0 there.) */
-static int clip_inside(ad_tape *T, const ad_node *n, uint8_t **mask, size_t *bytes)
+/* clip's derivative as a constant node (1 on [lo, hi], 0 outside, NaN at a NaN input: piecewise
+ * constant), times w (a cotangent or tangent) with the zero-safe product: the same numbers as the
+ * numeric VJP and JVP, an infinite cotangent outside the interval included. */
+static int clip_times_derivative(ad_tape *T, const ad_node *n, ad_node *w, ad_node **out)
 {
     const ad_node *x = n->in[0];
-    *bytes = (size_t)(x->size ? x->size : 1);
-    uint8_t *M = ad_buf_alloc(T, *bytes);
-    if (!M) return ad_err(AD_ERR_MEMORY, "differentiable rule of clip: out of memory");
-#define INSIDE(TT) do {                                                                  \
-        const TT *X = x->data, l = (TT)n->c[0], h = (TT)n->c[1];                          \
-        for (int64_t i = 0; i < x->size; i++) M[i] = X[i] >= l && X[i] <= h;             \
+    ad_node *d;
+    int st = ad_mk_full(T, n->dtype, x->ndim, x->shape, 0, &d);
+    if (st) return st;
+#define DERIV(TT) do {                                                                   \
+        const TT *X = x->data, l = (TT)n->c[0], h = (TT)n->c[1]; TT *D = d->data;         \
+        for (int64_t i = 0; i < x->size; i++)                                            \
+            D[i] = X[i] != X[i] ? (TT)NAN : (X[i] >= l && X[i] <= h ? 1 : 0);            \
     } while (0)
-    if (n->dtype == AD_F64) INSIDE(double); else INSIDE(float);
-#undef INSIDE
-    *mask = M;
-    return AD_OK;
+    if (n->dtype == AD_F64) DERIV(double); else DERIV(float);
+#undef DERIV
+    st = ad_mk_binary(T, AD_OP_MUL_SAFE, w, d, out);
+    ad_node_unref(T, d);
+    return st;
 }
 
 int ad_vjp_rec_index(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out)
@@ -671,15 +673,7 @@ int ad_vjp_rec_index(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **ou
     case AD_OP_CONCATENATE: case AD_OP_STACK: return rec_concat_block(T, n, g, which, out);
     /* output-shaped, as the numeric contribution: the sweep sums the broadcast axes */
     case AD_OP_WHERE: return select_mask(T, n, (const uint8_t *)n->aux, g, which == 1, out);
-    case AD_OP_CLIP: {
-        uint8_t *M;
-        size_t bytes;
-        int st = clip_inside(T, n, &M, &bytes);
-        if (st) return st;
-        st = select_mask(T, n, M, g, 0, out);
-        ad_buf_free(T, M, bytes);
-        return st;
-    }
+    case AD_OP_CLIP: return clip_times_derivative(T, n, g, out);
     default: return ad_err(AD_ERR_RUNTIME, "internal: no differentiable rule for op %s", ad_ops[n->op].name);
     }
 }
@@ -717,15 +711,7 @@ int ad_jvp_rec_index(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
         ad_node_unref(T, zero);
         return st;
     }
-    case AD_OP_CLIP: {
-        uint8_t *M;
-        size_t bytes;
-        int st = clip_inside(T, n, &M, &bytes);
-        if (st) return st;
-        st = select_mask(T, n, M, tin[0], 0, out);
-        ad_buf_free(T, M, bytes);
-        return st;
-    }
+    case AD_OP_CLIP: return clip_times_derivative(T, n, tin[0], out);
     default: return ad_err(AD_ERR_RUNTIME, "internal: no differentiable rule for op %s", ad_ops[n->op].name);
     }
 }

@@ -567,7 +567,7 @@ int ad_ew_power_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
+    if ((st = ad_mk_full(T, n->dtype, 0, NULL, 0, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_LOG, in0, 0, 0, &v[1]))) goto done;
     if ((st = ad_mk_binary(T, AD_OP_MUL, y, v[1], &v[2]))) goto done;
     if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_power_k13_f, ad_ew_power_k13_d}, v[0], v[2], &v[3]))) goto done;

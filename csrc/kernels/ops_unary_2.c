@@ -774,7 +774,7 @@ int ad_ew_elu_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_const(T, n->dtype, 1, &v[0]))) goto done;
+    if ((st = ad_mk_full(T, n->dtype, 0, NULL, 1, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_EXP, in0, 0, 0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[1], n->c[0], 0, &v[2]))) goto done;
     if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_elu_k20_f, ad_ew_elu_k20_d}, v[0], v[2], &v[3]))) goto done;
@@ -1280,7 +1280,7 @@ int ad_ew_pow_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
+    if ((st = ad_mk_full(T, n->dtype, 0, NULL, 0, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, in0, 2, 0, &v[1]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_POW_S, in0, (n->c[0] - 1), 0, &v[2]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, v[2], n->c[0], 0, &v[3]))) goto done;
@@ -1375,7 +1375,7 @@ int ad_ew_rpow_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scala
     int st = AD_OK;
     ad_node *in0 = n->in[0], *in1 = n->nin > 1 ? n->in[1] : NULL, *y = n;
     (void)in0; (void)in1; (void)y; (void)scalar;
-    if ((st = ad_ew_const(T, n->dtype, 0, &v[0]))) goto done;
+    if ((st = ad_mk_full(T, n->dtype, 0, NULL, 0, &v[0]))) goto done;
     if ((st = ad_mk_unary(T, AD_OP_MUL_S, y, log(n->c[0]), 0, &v[1]))) goto done;
     if ((st = ad_ew_where(T, n, (const ad_ew_fn[2]){ad_ew_rpow_scalar_k40_f, ad_ew_rpow_scalar_k40_d}, v[0], v[1], &v[2]))) goto done;
     *node = v[2];
