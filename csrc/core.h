@@ -320,10 +320,17 @@ int ad_vjp2_softmax(ad_tape *T, ad_node *n, const void *g, const void *const *ti
 #if defined(AD_HAVE_LIBMVEC) && defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__)
 #define AD_VEC_LOOP _Pragma("omp simd")
 #define AD_VEC_FN AD_SIMD
+/* no vector calls into libm here: the scalar functions, as NumPy's results on small arrays */
+#define AD_SCALAR_FN __attribute__((optimize("no-tree-vectorize")))
 #else
 #define AD_VEC_LOOP
 #define AD_VEC_FN
+#define AD_SCALAR_FN
 #endif
+/* Below this many elements a libm loop runs the scalar functions (libmvec's are accurate to 4
+ * ulp, libm's to about 1, and on small arrays the vector call saves nothing worth a different
+ * last bit from NumPy's). */
+#define AD_VEC_MIN 64
 
 /* Elementwise kernels, generated from pyautodiff/opdefs.py (kernels/ops_*.c, tabled in ops_kernels.c):
  * each computes one formula at n contiguous elements. in[0] and in[1] are the inputs (x, or a and

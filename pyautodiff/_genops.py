@@ -370,35 +370,20 @@ class Unit:
 
     def kernel(self, op, e, role, vector=False, clone=False):
         """A loop computing expression e at n contiguous elements, both dtypes; returns the
-        base name (suffix _d / _f). vector: it calls libm (vectorised through libmvec, cloned);
-        clone: plain arithmetic, cloned for AVX2 / AVX-512 as the weighted kernels are."""
+        base name (suffix _d / _f). vector: vectorise its libm calls (see _define); clone: plain
+        arithmetic, cloned for AVX2 / AVX-512 as the weighted kernels are."""
         key = (op.name, repr(e))
         if key in self.fns:
             return self.fns[key]
         name = f"ad_ew_{op.name}_{role}"
         self.fns[key] = name
-        used = variables(e)
-        pnames = list(op.params)
         for T, suf in (("double", "d"), ("float", "f")):
-            loads = []
-            ins = inputs_of(op)
-            for i, v in enumerate(ins):
-                if v in used:
-                    loads.append(f"const {T} *restrict {v.upper()}_ = in[{i}];")
-            if "y" in used:
-                loads.append(f"const {T} *restrict Y_ = in[2];")
-            params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(pnames)
-                             if ("par", i) in _pars(e))
-            per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
-            attr = "AD_VEC_FN " if vector else "AD_SIMD " if clone else ""
-            pragma = "    AD_VEC_LOOP\n" if vector else ""
-            self.protos.append(f"void {name}_{suf}(const void *const *in, void *out, int64_t n, const double *cs);")
-            self.lines.append(
-                f"{attr}void {name}_{suf}(const void *const *in, void *out, int64_t n, const double *cs)\n"
-                f"{{\n    (void)in; (void)cs;{params}\n    {' '.join(loads)}\n    {T} *restrict O_ = out;\n"
-                f"{pragma}    for (int64_t i = 0; i < n; i++) {{ {per} O_[i] = {c_expr(e, T, pnames)}; }}\n}}\n")
+            loads, per, params = _operands(op, e, T)
+            sig = "const void *const *in, void *out, int64_t n, const double *cs"
+            head = f"    (void)in; (void)cs;{params}\n    {loads}\n    {T} *restrict O_ = out;\n"
+            loop = f"for (int64_t i = 0; i < n; i++) {{ {per} O_[i] = {c_expr(e, T, list(op.params))}; }}"
+            self._define(f"{name}_{suf}", sig, "in, out, n, cs", head, [("", loop)], e, vector, clone)
         return name
-
 
     def weighted(self, op, e, role, route, vector=False):
         """out (+)= w * e at n contiguous elements, with the NaN-safety rule (a zero weight gives
@@ -406,31 +391,57 @@ class Unit:
         VJP or JVP is one pass over its operands. Cloned for AVX2 / AVX-512: on data in cache (a
         broadcast operand's short runs) the wide loops halve the time."""
         name = f"ad_ew_{op.name}_{role}"
-        used = variables(e)
-        pnames = list(op.params)
-        ins = inputs_of(op)
         for T, suf in (("double", "d"), ("float", "f")):
-            loads = [f"const {T} *restrict {v.upper()}_ = in[{i}];" for i, v in enumerate(ins) if v in used]
-            if "y" in used:
-                loads.append(f"const {T} *restrict Y_ = in[2];")
-            params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(pnames)
-                             if ("par", i) in _pars(e))
-            per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
-            d = c_expr(e, T, pnames)
-            val = f"(d_ == 0 ? 0 : w_ * d_)" if route else f"ad_zero_safe_{suf}(w_, w_ * d_)"
-            pragma = "        AD_VEC_LOOP\n" if vector else ""
-            loops = [f"{pragma}        for (int64_t i = 0; i < n; i++) {{ {per} {T} w_ = W_[i], d_ = {d}; "
-                     f"O_[i] {acc} {val}; }}" for acc in ("+=", "=")]
-            attr = "AD_VEC_FN " if vector else "AD_SIMD "
-            self.protos.append(f"void {name}_{suf}(const void *const *in, const void *w, void *out, int64_t n, "
-                               f"const double *cs, int acc);")
-            self.lines.append(
-                f"{attr}void {name}_{suf}(const void *const *in, const void *w, void *out, int64_t n, "
-                f"const double *cs, int acc)\n"
-                f"{{\n    (void)in; (void)cs;{params}\n    {' '.join(loads)}\n"
-                f"    const {T} *restrict W_ = w; {T} *restrict O_ = out;\n"
-                f"    if (acc)\n{loops[0]}\n    else\n{loops[1]}\n}}\n")
+            loads, per, params = _operands(op, e, T)
+            d = c_expr(e, T, list(op.params))
+            val = "(d_ == 0 ? 0 : w_ * d_)" if route else f"ad_zero_safe_{suf}(w_, w_ * d_)"
+            sig = "const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc"
+            head = (f"    (void)in; (void)cs;{params}\n    {loads}\n"
+                    f"    const {T} *restrict W_ = w; {T} *restrict O_ = out;\n")
+            loops = [(cond, f"for (int64_t i = 0; i < n; i++) {{ {per} {T} w_ = W_[i], d_ = {d}; O_[i] {acc} {val}; }}")
+                     for cond, acc in (("acc", "+="), ("", "="))]
+            self._define(f"{name}_{suf}", sig, "in, w, out, n, cs, acc", head, loops, e, vector, True)
         return name
+
+    def _define(self, fname, sig, args, head, loops, e, vector, clone):
+        """One kernel function. Its loops are `if (cond) loop else ...` (an empty cond: the last).
+        Where e calls libm: with `vector`, arrays of AD_VEC_MIN or more elements run the libmvec
+        loops (cloned), shorter ones a scalar twin (libm's own functions, correctly rounded or
+        nearly, as NumPy's: small results match NumPy's bits, as they did before); without it the
+        function stays scalar. AD_SCALAR_FN keeps the compiler from vectorising those calls on
+        its own through the simd declarations of vecmath.h."""
+        libm = bool(calls(e) & LIBMVEC)
+
+        def body(pragma):
+            if len(loops) == 1:
+                return f"{pragma}    {loops[0][1]}"
+            out = []
+            for cond, loop in loops:
+                out.append(f"{'if (' + cond + ') ' if cond else ''}{{\n{pragma}        {loop}\n    }}")
+            return "    " + " else ".join(out)
+
+        self.protos.append(f"void {fname}({sig});")
+        if libm and vector:
+            self.lines.append(f"AD_SCALAR_FN static void {fname}_short({sig})\n{{\n{head}{body('')}\n}}\n")
+            pragma = "        AD_VEC_LOOP\n" if len(loops) > 1 else "    AD_VEC_LOOP\n"
+            self.lines.append(f"AD_VEC_FN void {fname}({sig})\n{{\n"
+                              f"    if (n < AD_VEC_MIN) {{\n        {fname}_short({args});\n        return;\n    }}\n"
+                              f"{head}{body(pragma)}\n}}\n")
+        else:
+            attr = "AD_SCALAR_FN " if libm else "AD_SIMD " if clone else ""
+            self.lines.append(f"{attr}void {fname}({sig})\n{{\n{head}{body('')}\n}}\n")
+
+
+def _operands(op, e, T):
+    """The declarations a kernel of e needs: pointer loads, per-element values, parameters."""
+    used = variables(e)
+    ins = inputs_of(op)
+    loads = [f"const {T} *restrict {v.upper()}_ = in[{i}];" for i, v in enumerate(ins) if v in used]
+    if "y" in used:
+        loads.append(f"const {T} *restrict Y_ = in[2];")
+    per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
+    params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(op.params) if ("par", i) in _pars(e))
+    return " ".join(loads), per, params
 
 
 def _pars(e, out=None):

@@ -29,10 +29,11 @@ AD_SIMD void ad_ew_add_d0_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_add_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -40,10 +41,11 @@ AD_SIMD void ad_ew_add_d0_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_add_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -59,10 +61,11 @@ AD_SIMD void ad_ew_add_d1_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_add_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -70,10 +73,11 @@ AD_SIMD void ad_ew_add_d1_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_add_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -105,10 +109,11 @@ AD_SIMD void ad_ew_subtract_d0_d(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_subtract_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -116,10 +121,11 @@ AD_SIMD void ad_ew_subtract_d0_f(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_subtract_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -135,10 +141,11 @@ AD_SIMD void ad_ew_subtract_d1_d(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_subtract_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -146,10 +153,11 @@ AD_SIMD void ad_ew_subtract_d1_f(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_subtract_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -181,10 +189,11 @@ AD_SIMD void ad_ew_multiply_d0_d(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_multiply_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -192,10 +201,11 @@ AD_SIMD void ad_ew_multiply_d0_f(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_multiply_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -232,10 +242,11 @@ AD_SIMD void ad_ew_multiply_d1_d(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     const double *restrict A_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_multiply_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -243,10 +254,11 @@ AD_SIMD void ad_ew_multiply_d1_f(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     const float *restrict A_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_multiply_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -283,10 +295,11 @@ AD_SIMD void ad_ew_divide_d0_d(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_divide_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -294,10 +307,11 @@ AD_SIMD void ad_ew_divide_d0_f(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = (1 / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_divide_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -335,10 +349,11 @@ AD_SIMD void ad_ew_divide_d1_d(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_divide_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -346,10 +361,11 @@ AD_SIMD void ad_ew_divide_d1_f(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / b); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_divide_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -399,8 +415,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_power_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = pow(a, b); }
+}
+
 AD_VEC_FN void ad_ew_power_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_power_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
@@ -408,8 +436,20 @@ AD_VEC_FN void ad_ew_power_fwd_d(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = pow(a, b); }
 }
 
+AD_SCALAR_FN static void ad_ew_power_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = pow(a, b); }
+}
+
 AD_VEC_FN void ad_ew_power_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_power_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
@@ -422,10 +462,11 @@ AD_SIMD void ad_ew_power_d0_d(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_power_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -433,10 +474,11 @@ AD_SIMD void ad_ew_power_d0_f(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_power_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -455,7 +497,7 @@ void ad_ew_power_h00_f(const void *const *in, void *out, int64_t n, const double
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ad_f_mul_zero_safe_f(b, ad_f_mul_zero_safe_f((b - 1), pow(a, (float)((b - 1) - 1)))); }
 }
 
-void ad_ew_power_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_power_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
@@ -463,7 +505,7 @@ void ad_ew_power_h01_d(const void *const *in, void *out, int64_t n, const double
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (pow(a, (double)(b - 1)) + ad_f_mul_zero_safe_d(b, ((a == 0) ? 0 : (pow(a, (b - 1)) * log(a))))); }
 }
 
-void ad_ew_power_h01_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_power_h01_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
@@ -487,33 +529,67 @@ done:
     return st;
 }
 
-AD_VEC_FN void ad_ew_power_d1_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_power_d1_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_power_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_power_d1_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_power_d1_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_power_d1_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_power_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_power_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_power_d1_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((a == 0) ? 0 : (y * log(a))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_power_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
@@ -521,7 +597,7 @@ void ad_ew_power_h10_d(const void *const *in, void *out, int64_t n, const double
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double y = Y_[i]; O_[i] = (((a == 0) ? 0 : (y * (1 / a))) + (((a == 0) ? 0 : log(a)) * ad_f_mul_zero_safe_d(b, pow(a, (double)(b - 1))))); }
 }
 
-void ad_ew_power_h10_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_power_h10_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
@@ -529,7 +605,7 @@ void ad_ew_power_h10_f(const void *const *in, void *out, int64_t n, const double
     for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float y = Y_[i]; O_[i] = (((a == 0) ? 0 : (y * (1 / a))) + (((a == 0) ? 0 : log(a)) * ad_f_mul_zero_safe_f(b, pow(a, (float)(b - 1))))); }
 }
 
-void ad_ew_power_h11_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_power_h11_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
@@ -537,7 +613,7 @@ void ad_ew_power_h11_d(const void *const *in, void *out, int64_t n, const double
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; O_[i] = (((a == 0) ? 0 : log(a)) * ((a == 0) ? 0 : (y * log(a)))); }
 }
 
-void ad_ew_power_h11_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_power_h11_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
@@ -599,10 +675,11 @@ AD_SIMD void ad_ew_maximum_d0_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_maximum_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -610,10 +687,11 @@ AD_SIMD void ad_ew_maximum_d0_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a > b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 void ad_ew_maximum_k15_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -651,10 +729,11 @@ AD_SIMD void ad_ew_maximum_d1_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_maximum_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -662,10 +741,11 @@ AD_SIMD void ad_ew_maximum_d1_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b > a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 void ad_ew_maximum_k16_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -719,10 +799,11 @@ AD_SIMD void ad_ew_minimum_d0_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_minimum_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -730,10 +811,11 @@ AD_SIMD void ad_ew_minimum_d0_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((a < b) || (a != a)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 void ad_ew_minimum_k18_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -771,10 +853,11 @@ AD_SIMD void ad_ew_minimum_d1_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (double)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_minimum_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -782,10 +865,11 @@ AD_SIMD void ad_ew_minimum_d1_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] += (d_ == 0 ? 0 : w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (((b < a) || (b != b)) ? 1 : ((a == b) ? (float)0.5 : 0)); O_[i] = (d_ == 0 ? 0 : w_ * d_); }
+    }
 }
 
 void ad_ew_minimum_k19_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -818,8 +902,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_logaddexp_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
+}
+
 AD_VEC_FN void ad_ew_logaddexp_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_logaddexp_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
@@ -827,8 +923,20 @@ AD_VEC_FN void ad_ew_logaddexp_fwd_d(const void *const *in, void *out, int64_t n
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
 }
 
+AD_SCALAR_FN static void ad_ew_logaddexp_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
+}
+
 AD_VEC_FN void ad_ew_logaddexp_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_logaddexp_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
@@ -841,10 +949,11 @@ AD_SIMD void ad_ew_logaddexp_d0_d(const void *const *in, const void *w, void *ou
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((a - b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_logaddexp_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -852,10 +961,11 @@ AD_SIMD void ad_ew_logaddexp_d0_f(const void *const *in, const void *w, void *ou
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((a - b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_logaddexp_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -910,10 +1020,11 @@ AD_SIMD void ad_ew_logaddexp_d1_d(const void *const *in, const void *w, void *ou
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d((b - a)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_logaddexp_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -921,10 +1032,11 @@ AD_SIMD void ad_ew_logaddexp_d1_f(const void *const *in, const void *w, void *ou
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f((b - a)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_logaddexp_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -974,8 +1086,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_arctan2_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = atan2(a, b); }
+}
+
 AD_VEC_FN void ad_ew_arctan2_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arctan2_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
@@ -983,8 +1107,20 @@ AD_VEC_FN void ad_ew_arctan2_fwd_d(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = atan2(a, b); }
 }
 
+AD_SCALAR_FN static void ad_ew_arctan2_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = atan2(a, b); }
+}
+
 AD_VEC_FN void ad_ew_arctan2_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arctan2_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
@@ -997,10 +1133,11 @@ AD_SIMD void ad_ew_arctan2_d0_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arctan2_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1008,10 +1145,11 @@ AD_SIMD void ad_ew_arctan2_d0_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (b / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arctan2_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1068,10 +1206,11 @@ AD_SIMD void ad_ew_arctan2_d1_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arctan2_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1079,10 +1218,11 @@ AD_SIMD void ad_ew_arctan2_d1_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = ((-a) / ((a * a) + (b * b))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arctan2_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1135,8 +1275,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_hypot_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = hypot(a, b); }
+}
+
 AD_VEC_FN void ad_ew_hypot_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_hypot_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
@@ -1144,8 +1296,20 @@ AD_VEC_FN void ad_ew_hypot_fwd_d(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = hypot(a, b); }
 }
 
+AD_SCALAR_FN static void ad_ew_hypot_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = hypot(a, b); }
+}
+
 AD_VEC_FN void ad_ew_hypot_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_hypot_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
@@ -1158,10 +1322,11 @@ AD_SIMD void ad_ew_hypot_d0_d(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_hypot_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1169,10 +1334,11 @@ AD_SIMD void ad_ew_hypot_d0_f(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (a / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_hypot_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1226,10 +1392,11 @@ AD_SIMD void ad_ew_hypot_d1_d(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const double *restrict B_ = in[1]; const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double y = Y_[i]; double w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_hypot_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1237,10 +1404,11 @@ AD_SIMD void ad_ew_hypot_d1_f(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const float *restrict B_ = in[1]; const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float y = Y_[i]; float w_ = W_[i], d_ = (b / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_hypot_h10_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1326,10 +1494,11 @@ AD_SIMD void ad_ew_mod_d0_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_mod_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1337,10 +1506,11 @@ AD_SIMD void ad_ew_mod_d0_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_mod_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1356,10 +1526,11 @@ AD_SIMD void ad_ew_mod_d1_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; double w_ = W_[i], d_ = (-ad_f_floor_divide_d(a, b)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_mod_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1367,10 +1538,11 @@ AD_SIMD void ad_ew_mod_d1_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; float w_ = W_[i], d_ = (-ad_f_floor_divide_f(a, b)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_mod_k37_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1424,10 +1596,11 @@ AD_SIMD void ad_ew_mul_zero_safe_d0_d(const void *const *in, const void *w, void
     (void)in; (void)cs;
     const double *restrict B_ = in[1];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double b = B_[i]; double w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_mul_zero_safe_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1435,10 +1608,11 @@ AD_SIMD void ad_ew_mul_zero_safe_d0_f(const void *const *in, const void *w, void
     (void)in; (void)cs;
     const float *restrict B_ = in[1];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float b = B_[i]; float w_ = W_[i], d_ = b; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_mul_zero_safe_h01_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1475,10 +1649,11 @@ AD_SIMD void ad_ew_mul_zero_safe_d1_d(const void *const *in, const void *w, void
     (void)in; (void)cs;
     const double *restrict A_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double a = A_[i]; double w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_mul_zero_safe_d1_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1486,10 +1661,11 @@ AD_SIMD void ad_ew_mul_zero_safe_d1_f(const void *const *in, const void *w, void
     (void)in; (void)cs;
     const float *restrict A_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float a = A_[i]; float w_ = W_[i], d_ = a; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_mul_zero_safe_rec1(ad_tape *T, ad_node *n, ad_node **node, double *scalar)

@@ -29,10 +29,11 @@ AD_SIMD void ad_ew_negative_d0_d(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_negative_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -40,10 +41,11 @@ AD_SIMD void ad_ew_negative_d0_f(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_negative_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -54,8 +56,20 @@ int ad_ew_negative_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
     return AD_OK;
 }
 
+AD_SCALAR_FN static void ad_ew_exp_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = exp(x); }
+}
+
 AD_VEC_FN void ad_ew_exp_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_exp_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -63,8 +77,20 @@ AD_VEC_FN void ad_ew_exp_fwd_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = exp(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_exp_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = exp(x); }
+}
+
 AD_VEC_FN void ad_ew_exp_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_exp_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -77,10 +103,11 @@ AD_SIMD void ad_ew_exp_d0_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_exp_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -88,10 +115,11 @@ AD_SIMD void ad_ew_exp_d0_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = y; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_exp_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -123,8 +151,20 @@ int ad_ew_exp_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_log_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log(x); }
+}
+
 AD_VEC_FN void ad_ew_log_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -132,8 +172,20 @@ AD_VEC_FN void ad_ew_log_fwd_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_log_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log(x); }
+}
+
 AD_VEC_FN void ad_ew_log_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -146,10 +198,11 @@ AD_SIMD void ad_ew_log_d0_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_log_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -157,10 +210,11 @@ AD_SIMD void ad_ew_log_d0_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_log_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -214,10 +268,11 @@ AD_SIMD void ad_ew_sqrt_d0_d(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((double)0.5 / y); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_sqrt_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -225,10 +280,11 @@ AD_SIMD void ad_ew_sqrt_d0_f(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((float)0.5 / y); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_sqrt_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -282,10 +338,11 @@ AD_SIMD void ad_ew_abs_d0_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (double)NAN : 0))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_abs_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -293,10 +350,11 @@ AD_SIMD void ad_ew_abs_d0_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x < 0) ? -1 : ((x != x) ? (float)NAN : 0))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_abs_k8_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -329,8 +387,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_sin_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = sin(x); }
+}
+
 AD_VEC_FN void ad_ew_sin_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_sin_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -338,8 +408,20 @@ AD_VEC_FN void ad_ew_sin_fwd_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = sin(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_sin_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sin(x); }
+}
+
 AD_VEC_FN void ad_ew_sin_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_sin_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -347,33 +429,67 @@ AD_VEC_FN void ad_ew_sin_fwd_f(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sin(x); }
 }
 
-AD_VEC_FN void ad_ew_sin_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_sin_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_sin_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_sin_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_sin_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_sin_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_sin_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_sin_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_sin_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cos(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_sin_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -381,7 +497,7 @@ void ad_ew_sin_h00_d(const void *const *in, void *out, int64_t n, const double *
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-sin(x)); }
 }
 
-void ad_ew_sin_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_sin_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -403,8 +519,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_cos_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = cos(x); }
+}
+
 AD_VEC_FN void ad_ew_cos_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_cos_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -412,8 +540,20 @@ AD_VEC_FN void ad_ew_cos_fwd_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = cos(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_cos_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cos(x); }
+}
+
 AD_VEC_FN void ad_ew_cos_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_cos_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -421,33 +561,67 @@ AD_VEC_FN void ad_ew_cos_fwd_f(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cos(x); }
 }
 
-AD_VEC_FN void ad_ew_cos_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_cos_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_cos_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_cos_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_cos_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_cos_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_cos_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_cos_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_cos_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-sin(x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_cos_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -455,7 +629,7 @@ void ad_ew_cos_h00_d(const void *const *in, void *out, int64_t n, const double *
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (-cos(x)); }
 }
 
-void ad_ew_cos_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_cos_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -478,8 +652,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_tanh_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = tanh(x); }
+}
+
 AD_VEC_FN void ad_ew_tanh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_tanh_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -487,8 +673,20 @@ AD_VEC_FN void ad_ew_tanh_fwd_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = tanh(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_tanh_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = tanh(x); }
+}
+
 AD_VEC_FN void ad_ew_tanh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_tanh_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -501,10 +699,11 @@ AD_SIMD void ad_ew_tanh_d0_d(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_tanh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -512,10 +711,11 @@ AD_SIMD void ad_ew_tanh_d0_f(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 - (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_tanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -549,8 +749,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_sigmoid_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
+}
+
 AD_VEC_FN void ad_ew_sigmoid_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_sigmoid_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -558,8 +770,20 @@ AD_VEC_FN void ad_ew_sigmoid_fwd_d(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
 }
 
+AD_SCALAR_FN static void ad_ew_sigmoid_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
+}
+
 AD_VEC_FN void ad_ew_sigmoid_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_sigmoid_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -572,10 +796,11 @@ AD_SIMD void ad_ew_sigmoid_d0_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_sigmoid_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -583,10 +808,11 @@ AD_SIMD void ad_ew_sigmoid_d0_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (1 - y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_sigmoid_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -641,10 +867,11 @@ AD_SIMD void ad_ew_relu_d0_d(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_relu_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -652,10 +879,11 @@ AD_SIMD void ad_ew_relu_d0_f(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_relu_k18_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -688,8 +916,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_log1p_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log1p(x); }
+}
+
 AD_VEC_FN void ad_ew_log1p_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log1p_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -697,8 +937,20 @@ AD_VEC_FN void ad_ew_log1p_fwd_d(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log1p(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_log1p_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log1p(x); }
+}
+
 AD_VEC_FN void ad_ew_log1p_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log1p_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -711,10 +963,11 @@ AD_SIMD void ad_ew_log1p_d0_d(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_log1p_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -722,10 +975,11 @@ AD_SIMD void ad_ew_log1p_d0_f(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + x)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_log1p_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -759,8 +1013,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_expm1_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = expm1(x); }
+}
+
 AD_VEC_FN void ad_ew_expm1_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_expm1_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -768,8 +1034,20 @@ AD_VEC_FN void ad_ew_expm1_fwd_d(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = expm1(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_expm1_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = expm1(x); }
+}
+
 AD_VEC_FN void ad_ew_expm1_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_expm1_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -777,33 +1055,67 @@ AD_VEC_FN void ad_ew_expm1_fwd_f(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = expm1(x); }
 }
 
-AD_VEC_FN void ad_ew_expm1_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_expm1_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_expm1_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_expm1_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_expm1_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_expm1_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_expm1_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_expm1_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_expm1_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = exp(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_expm1_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -811,7 +1123,7 @@ void ad_ew_expm1_h00_d(const void *const *in, void *out, int64_t n, const double
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = exp(x); }
 }
 
-void ad_ew_expm1_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_expm1_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -833,8 +1145,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_log2_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log2(x); }
+}
+
 AD_VEC_FN void ad_ew_log2_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log2_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -842,8 +1166,20 @@ AD_VEC_FN void ad_ew_log2_fwd_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log2(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_log2_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log2(x); }
+}
+
 AD_VEC_FN void ad_ew_log2_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log2_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -856,10 +1192,11 @@ AD_SIMD void ad_ew_log2_d0_d(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)0.6931471805599453)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_log2_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -867,10 +1204,11 @@ AD_SIMD void ad_ew_log2_d0_f(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)0.6931471805599453)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_log2_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -904,8 +1242,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_log10_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log10(x); }
+}
+
 AD_VEC_FN void ad_ew_log10_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log10_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -913,8 +1263,20 @@ AD_VEC_FN void ad_ew_log10_fwd_d(const void *const *in, void *out, int64_t n, co
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = log10(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_log10_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = log10(x); }
+}
+
 AD_VEC_FN void ad_ew_log10_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_log10_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -927,10 +1289,11 @@ AD_SIMD void ad_ew_log10_d0_d(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (x * (double)2.302585092994046)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_log10_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -938,10 +1301,11 @@ AD_SIMD void ad_ew_log10_d0_f(const void *const *in, const void *w, void *out, i
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (x * (float)2.302585092994046)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_log10_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -975,8 +1339,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_exp2_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = exp2(x); }
+}
+
 AD_VEC_FN void ad_ew_exp2_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_exp2_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -984,8 +1360,20 @@ AD_VEC_FN void ad_ew_exp2_fwd_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = exp2(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_exp2_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = exp2(x); }
+}
+
 AD_VEC_FN void ad_ew_exp2_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_exp2_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -998,10 +1386,11 @@ AD_SIMD void ad_ew_exp2_d0_d(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (y * (double)0.6931471805599453); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_exp2_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1009,10 +1398,11 @@ AD_SIMD void ad_ew_exp2_d0_f(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (y * (float)0.6931471805599453); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_exp2_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1066,10 +1456,11 @@ AD_SIMD void ad_ew_square_d0_d(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_square_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1077,10 +1468,11 @@ AD_SIMD void ad_ew_square_d0_f(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (2 * x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_square_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1134,10 +1526,11 @@ AD_SIMD void ad_ew_reciprocal_d0_d(const void *const *in, const void *w, void *o
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_reciprocal_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1145,10 +1538,11 @@ AD_SIMD void ad_ew_reciprocal_d0_f(const void *const *in, const void *w, void *o
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (-(y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_reciprocal_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1182,8 +1576,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_tan_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = tan(x); }
+}
+
 AD_VEC_FN void ad_ew_tan_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_tan_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1191,8 +1597,20 @@ AD_VEC_FN void ad_ew_tan_fwd_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = tan(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_tan_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = tan(x); }
+}
+
 AD_VEC_FN void ad_ew_tan_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_tan_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1205,10 +1623,11 @@ AD_SIMD void ad_ew_tan_d0_d(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_tan_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1216,10 +1635,11 @@ AD_SIMD void ad_ew_tan_d0_f(const void *const *in, const void *w, void *out, int
     (void)in; (void)cs;
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = (1 + (y * y)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_tan_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1253,8 +1673,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_arcsin_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = asin(x); }
+}
+
 AD_VEC_FN void ad_ew_arcsin_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arcsin_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1262,8 +1694,20 @@ AD_VEC_FN void ad_ew_arcsin_fwd_d(const void *const *in, void *out, int64_t n, c
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = asin(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_arcsin_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = asin(x); }
+}
+
 AD_VEC_FN void ad_ew_arcsin_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arcsin_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1276,10 +1720,11 @@ AD_SIMD void ad_ew_arcsin_d0_d(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arcsin_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1287,10 +1732,11 @@ AD_SIMD void ad_ew_arcsin_d0_f(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arcsin_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1327,8 +1773,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_arccos_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = acos(x); }
+}
+
 AD_VEC_FN void ad_ew_arccos_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arccos_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1336,8 +1794,20 @@ AD_VEC_FN void ad_ew_arccos_fwd_d(const void *const *in, void *out, int64_t n, c
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = acos(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_arccos_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = acos(x); }
+}
+
 AD_VEC_FN void ad_ew_arccos_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arccos_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1350,10 +1820,11 @@ AD_SIMD void ad_ew_arccos_d0_d(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arccos_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1361,10 +1832,11 @@ AD_SIMD void ad_ew_arccos_d0_f(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (-1 / sqrt(((1 - x) * (1 + x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arccos_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1401,8 +1873,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_arctan_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = atan(x); }
+}
+
 AD_VEC_FN void ad_ew_arctan_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arctan_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1410,8 +1894,20 @@ AD_VEC_FN void ad_ew_arctan_fwd_d(const void *const *in, void *out, int64_t n, c
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = atan(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_arctan_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = atan(x); }
+}
+
 AD_VEC_FN void ad_ew_arctan_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arctan_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1424,10 +1920,11 @@ AD_SIMD void ad_ew_arctan_d0_d(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arctan_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1435,10 +1932,11 @@ AD_SIMD void ad_ew_arctan_d0_f(const void *const *in, const void *w, void *out, 
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / (1 + (x * x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arctan_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1473,8 +1971,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_sinh_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = sinh(x); }
+}
+
 AD_VEC_FN void ad_ew_sinh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_sinh_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1482,8 +1992,20 @@ AD_VEC_FN void ad_ew_sinh_fwd_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = sinh(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_sinh_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sinh(x); }
+}
+
 AD_VEC_FN void ad_ew_sinh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_sinh_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1491,30 +2013,64 @@ AD_VEC_FN void ad_ew_sinh_fwd_f(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = sinh(x); }
 }
 
-AD_VEC_FN void ad_ew_sinh_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_sinh_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_sinh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_sinh_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_sinh_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_sinh_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_VEC_FN void ad_ew_sinh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_sinh_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
         AD_VEC_LOOP
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         AD_VEC_LOOP
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = cosh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_sinh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1531,8 +2087,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_cosh_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = cosh(x); }
+}
+
 AD_VEC_FN void ad_ew_cosh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_cosh_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1540,8 +2108,20 @@ AD_VEC_FN void ad_ew_cosh_fwd_d(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = cosh(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_cosh_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cosh(x); }
+}
+
 AD_VEC_FN void ad_ew_cosh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_cosh_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1549,30 +2129,64 @@ AD_VEC_FN void ad_ew_cosh_fwd_f(const void *const *in, void *out, int64_t n, con
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = cosh(x); }
 }
 
-AD_VEC_FN void ad_ew_cosh_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_cosh_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_cosh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_cosh_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_cosh_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_cosh_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_VEC_FN void ad_ew_cosh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_cosh_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
         AD_VEC_LOOP
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         AD_VEC_LOOP
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = sinh(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_cosh_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1589,8 +2203,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_arcsinh_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = asinh(x); }
+}
+
 AD_VEC_FN void ad_ew_arcsinh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arcsinh_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1598,8 +2224,20 @@ AD_VEC_FN void ad_ew_arcsinh_fwd_d(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = asinh(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_arcsinh_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = asinh(x); }
+}
+
 AD_VEC_FN void ad_ew_arcsinh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arcsinh_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1612,10 +2250,11 @@ AD_SIMD void ad_ew_arcsinh_d0_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arcsinh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1623,10 +2262,11 @@ AD_SIMD void ad_ew_arcsinh_d0_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x * x) + 1))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arcsinh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)

@@ -8,8 +8,20 @@
 #include "ops_scalar.h"
 #include "ops_kernels.h"
 
+AD_SCALAR_FN static void ad_ew_arccosh_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = acosh(x); }
+}
+
 AD_VEC_FN void ad_ew_arccosh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arccosh_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -17,8 +29,20 @@ AD_VEC_FN void ad_ew_arccosh_fwd_d(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = acosh(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_arccosh_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = acosh(x); }
+}
+
 AD_VEC_FN void ad_ew_arccosh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arccosh_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -31,10 +55,11 @@ AD_SIMD void ad_ew_arccosh_d0_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arccosh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -42,10 +67,11 @@ AD_SIMD void ad_ew_arccosh_d0_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / sqrt(((x - 1) * (x + 1)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arccosh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -82,8 +108,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_arctanh_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = atanh(x); }
+}
+
 AD_VEC_FN void ad_ew_arctanh_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arctanh_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -91,8 +129,20 @@ AD_VEC_FN void ad_ew_arctanh_fwd_d(const void *const *in, void *out, int64_t n, 
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = atanh(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_arctanh_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = atanh(x); }
+}
+
 AD_VEC_FN void ad_ew_arctanh_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_arctanh_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -105,10 +155,11 @@ AD_SIMD void ad_ew_arctanh_d0_d(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_arctanh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -116,10 +167,11 @@ AD_SIMD void ad_ew_arctanh_d0_f(const void *const *in, const void *w, void *out,
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (1 / ((1 - x) * (1 + x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_arctanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -155,8 +207,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_erf_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = erf(x); }
+}
+
 AD_VEC_FN void ad_ew_erf_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_erf_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -164,8 +228,20 @@ AD_VEC_FN void ad_ew_erf_fwd_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = erf(x); }
 }
 
+AD_SCALAR_FN static void ad_ew_erf_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = erf(x); }
+}
+
 AD_VEC_FN void ad_ew_erf_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_erf_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -173,33 +249,67 @@ AD_VEC_FN void ad_ew_erf_fwd_f(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = erf(x); }
 }
 
-AD_VEC_FN void ad_ew_erf_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_erf_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_erf_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_erf_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_erf_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_erf_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_erf_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_erf_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_erf_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_erf_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -207,7 +317,7 @@ void ad_ew_erf_h00_d(const void *const *in, void *out, int64_t n, const double *
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((double)1.1283791670955126 * (exp((-(x * x))) * (-(x + x)))); }
 }
 
-void ad_ew_erf_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_erf_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -248,33 +358,67 @@ AD_SIMD void ad_ew_erfc_fwd_f(const void *const *in, void *out, int64_t n, const
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = erfc(x); }
 }
 
-AD_VEC_FN void ad_ew_erfc_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_erfc_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_erfc_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_erfc_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_erfc_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((double)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_erfc_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_erfc_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_erfc_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_erfc_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((float)-1.1283791670955126 * exp((-(x * x)))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_erfc_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -282,7 +426,7 @@ void ad_ew_erfc_h00_d(const void *const *in, void *out, int64_t n, const double 
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((double)-1.1283791670955126 * (exp((-(x * x))) * (-(x + x)))); }
 }
 
-void ad_ew_erfc_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_erfc_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -307,8 +451,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_softplus_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((x > 0) ? x : 0) + log1p(exp((-fabs(x))))); }
+}
+
 AD_VEC_FN void ad_ew_softplus_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_softplus_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -316,8 +472,20 @@ AD_VEC_FN void ad_ew_softplus_fwd_d(const void *const *in, void *out, int64_t n,
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((x > 0) ? x : 0) + log1p(exp((-fabs(x))))); }
 }
 
+AD_SCALAR_FN static void ad_ew_softplus_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x > 0) ? x : 0) + log1p(exp((-fabs(x))))); }
+}
+
 AD_VEC_FN void ad_ew_softplus_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_softplus_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -330,10 +498,11 @@ AD_SIMD void ad_ew_softplus_d0_d(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ad_f_sigmoid_d(x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_softplus_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -341,10 +510,11 @@ AD_SIMD void ad_ew_softplus_d0_f(const void *const *in, const void *w, void *out
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ad_f_sigmoid_f(x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_softplus_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -393,33 +563,67 @@ AD_SIMD void ad_ew_gelu_erf_fwd_f(const void *const *in, void *out, int64_t n, c
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((float)0.5 * x) * erfc((x * (float)-0.7071067811865476))); }
 }
 
-AD_VEC_FN void ad_ew_gelu_erf_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_gelu_erf_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_gelu_erf_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_gelu_erf_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_gelu_erf_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((double)0.5 * erfc((x * (double)-0.7071067811865476))) + ((x * (double)0.3989422804014327) * exp(((double)-0.5 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_gelu_erf_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_gelu_erf_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_gelu_erf_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_gelu_erf_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs;
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((float)0.5 * erfc((x * (float)-0.7071067811865476))) + ((x * (float)0.3989422804014327) * exp(((float)-0.5 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_gelu_erf_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
@@ -427,7 +631,7 @@ void ad_ew_gelu_erf_h00_d(const void *const *in, void *out, int64_t n, const dou
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((double)0.5 * (((double)-1.1283791670955126 * exp((-((x * (double)-0.7071067811865476) * (x * (double)-0.7071067811865476))))) * (double)-0.7071067811865476)) + (((double)0.3989422804014327 * exp(((double)-0.5 * (x * x)))) + ((x * (double)0.3989422804014327) * (exp(((double)-0.5 * (x * x))) * ((double)-0.5 * (x + x)))))); }
 }
 
-void ad_ew_gelu_erf_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_gelu_erf_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
@@ -478,10 +682,11 @@ AD_SIMD void ad_ew_gelu_tanh_d0_d(const void *const *in, const void *w, void *ou
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_d(((double)1.5957691216057308 * (x + ((double)0.044715 * ((x * x) * x))))))) * (double)1.5957691216057308) * (1 + ((double)0.134145 * (x * x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_gelu_tanh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -489,10 +694,11 @@ AD_SIMD void ad_ew_gelu_tanh_d0_f(const void *const *in, const void *w, void *ou
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))) + ((((x * ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x)))))) * (1 - ad_f_sigmoid_f(((float)1.5957691216057308 * (x + ((float)0.044715 * ((x * x) * x))))))) * (float)1.5957691216057308) * (1 + ((float)0.134145 * (x * x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_gelu_tanh_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -572,10 +778,11 @@ AD_SIMD void ad_ew_silu_d0_d(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (ad_f_sigmoid_d(x) * (1 + (x * (1 - ad_f_sigmoid_d(x))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_silu_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -583,10 +790,11 @@ AD_SIMD void ad_ew_silu_d0_f(const void *const *in, const void *w, void *out, in
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (ad_f_sigmoid_f(x) * (1 + (x * (1 - ad_f_sigmoid_f(x))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_silu_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -645,10 +853,11 @@ AD_SIMD void ad_ew_leaky_relu_d0_d(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const double negative_slope = (double)cs[0];
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (double)NAN : negative_slope)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_leaky_relu_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -656,10 +865,11 @@ AD_SIMD void ad_ew_leaky_relu_d0_f(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const float negative_slope = (float)cs[0];
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : ((x != x) ? (float)NAN : negative_slope)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_leaky_relu_k17_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -692,8 +902,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_elu_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs; const double alpha = (double)cs[0];
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((x > 0) || (x != x)) ? x : (alpha * expm1(x))); }
+}
+
 AD_VEC_FN void ad_ew_elu_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_elu_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs; const double alpha = (double)cs[0];
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -701,8 +923,20 @@ AD_VEC_FN void ad_ew_elu_fwd_d(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((x > 0) || (x != x)) ? x : (alpha * expm1(x))); }
 }
 
+AD_SCALAR_FN static void ad_ew_elu_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs; const float alpha = (float)cs[0];
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x > 0) || (x != x)) ? x : (alpha * expm1(x))); }
+}
+
 AD_VEC_FN void ad_ew_elu_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_elu_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs; const float alpha = (float)cs[0];
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -710,33 +944,67 @@ AD_VEC_FN void ad_ew_elu_fwd_f(const void *const *in, void *out, int64_t n, cons
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x > 0) || (x != x)) ? x : (alpha * expm1(x))); }
 }
 
-AD_VEC_FN void ad_ew_elu_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_elu_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const double alpha = (double)cs[0];
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_elu_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_elu_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_elu_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs; const double alpha = (double)cs[0];
+    const double *restrict X_ = in[0];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_elu_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const float alpha = (float)cs[0];
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_elu_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_elu_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_elu_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs; const float alpha = (float)cs[0];
+    const float *restrict X_ = in[0];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((x > 0) ? 1 : (alpha * exp(x))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_elu_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double alpha = (double)cs[0];
     const double *restrict X_ = in[0];
@@ -744,7 +1012,7 @@ void ad_ew_elu_h00_d(const void *const *in, void *out, int64_t n, const double *
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x > 0) ? 0 : (alpha * exp(x))); }
 }
 
-void ad_ew_elu_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_elu_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float alpha = (float)cs[0];
     const float *restrict X_ = in[0];
@@ -806,10 +1074,11 @@ AD_SIMD void ad_ew_hardtanh_d0_d(const void *const *in, const void *w, void *out
     (void)in; (void)cs; const double min_val = (double)cs[0]; const double max_val = (double)cs[1];
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (double)NAN : 0)); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_hardtanh_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -817,10 +1086,11 @@ AD_SIMD void ad_ew_hardtanh_d0_f(const void *const *in, const void *w, void *out
     (void)in; (void)cs; const float min_val = (float)cs[0]; const float max_val = (float)cs[1];
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = (((x > min_val) && (x < max_val)) ? 1 : ((x != x) ? (float)NAN : 0)); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_hardtanh_k22_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -954,10 +1224,11 @@ AD_SIMD void ad_ew_add_scalar_d0_d(const void *const *in, const void *w, void *o
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_add_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -965,10 +1236,11 @@ AD_SIMD void ad_ew_add_scalar_d0_f(const void *const *in, const void *w, void *o
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = 1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_add_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1000,10 +1272,11 @@ AD_SIMD void ad_ew_mul_scalar_d0_d(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const double c = (double)cs[0];
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_mul_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1011,10 +1284,11 @@ AD_SIMD void ad_ew_mul_scalar_d0_f(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const float c = (float)cs[0];
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = c; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_mul_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1046,10 +1320,11 @@ AD_SIMD void ad_ew_rsub_scalar_d0_d(const void *const *in, const void *w, void *
     (void)in; (void)cs;
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_rsub_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1057,10 +1332,11 @@ AD_SIMD void ad_ew_rsub_scalar_d0_f(const void *const *in, const void *w, void *
     (void)in; (void)cs;
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = -1; O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_rsub_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1092,10 +1368,11 @@ AD_SIMD void ad_ew_div_scalar_d0_d(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const double c = (double)cs[0];
     
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  double w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_div_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1103,10 +1380,11 @@ AD_SIMD void ad_ew_div_scalar_d0_f(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const float c = (float)cs[0];
     
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) {  float w_ = W_[i], d_ = (1 / c); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 int ad_ew_div_scalar_rec0(ad_tape *T, ad_node *n, ad_node **node, double *scalar)
@@ -1138,10 +1416,11 @@ AD_SIMD void ad_ew_rdiv_scalar_d0_d(const void *const *in, const void *w, void *
     (void)in; (void)cs;
     const double *restrict X_ = in[0]; const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double y = Y_[i]; double w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_rdiv_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1149,10 +1428,11 @@ AD_SIMD void ad_ew_rdiv_scalar_d0_f(const void *const *in, const void *w, void *
     (void)in; (void)cs;
     const float *restrict X_ = in[0]; const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float y = Y_[i]; float w_ = W_[i], d_ = ((-y) / x); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_rdiv_scalar_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1186,8 +1466,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_pow_scalar_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs; const double c = (double)cs[0];
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((c == 2) ? (x * x) : pow(x, c)); }
+}
+
 AD_VEC_FN void ad_ew_pow_scalar_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_pow_scalar_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1195,8 +1487,20 @@ AD_VEC_FN void ad_ew_pow_scalar_fwd_d(const void *const *in, void *out, int64_t 
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((c == 2) ? (x * x) : pow(x, c)); }
 }
 
+AD_SCALAR_FN static void ad_ew_pow_scalar_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs; const float c = (float)cs[0];
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((c == 2) ? (x * x) : pow(x, c)); }
+}
+
 AD_VEC_FN void ad_ew_pow_scalar_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_pow_scalar_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1209,10 +1513,11 @@ AD_SIMD void ad_ew_pow_scalar_d0_d(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict X_ = in[0];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { double x = X_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (double)(c - 1))))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
 AD_SIMD void ad_ew_pow_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
@@ -1220,10 +1525,11 @@ AD_SIMD void ad_ew_pow_scalar_d0_f(const void *const *in, const void *w, void *o
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict X_ = in[0];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
+    } else {
         for (int64_t i = 0; i < n; i++) { float x = X_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : ((c == 2) ? (2 * x) : (c * pow(x, (float)(c - 1))))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
 void ad_ew_pow_scalar_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -1293,8 +1599,20 @@ done:
     return st;
 }
 
+AD_SCALAR_FN static void ad_ew_rpow_scalar_fwd_d_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs; const double c = (double)cs[0];
+    const double *restrict X_ = in[0];
+    double *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = pow(c, x); }
+}
+
 AD_VEC_FN void ad_ew_rpow_scalar_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_rpow_scalar_fwd_d_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
@@ -1302,8 +1620,20 @@ AD_VEC_FN void ad_ew_rpow_scalar_fwd_d(const void *const *in, void *out, int64_t
     for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = pow(c, x); }
 }
 
+AD_SCALAR_FN static void ad_ew_rpow_scalar_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
+{
+    (void)in; (void)cs; const float c = (float)cs[0];
+    const float *restrict X_ = in[0];
+    float *restrict O_ = out;
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = pow(c, x); }
+}
+
 AD_VEC_FN void ad_ew_rpow_scalar_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
+    if (n < AD_VEC_MIN) {
+        ad_ew_rpow_scalar_fwd_f_short(in, out, n, cs);
+        return;
+    }
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
@@ -1311,33 +1641,67 @@ AD_VEC_FN void ad_ew_rpow_scalar_fwd_f(const void *const *in, void *out, int64_t
     for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = pow(c, x); }
 }
 
-AD_VEC_FN void ad_ew_rpow_scalar_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_SCALAR_FN static void ad_ew_rpow_scalar_d0_d_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict Y_ = in[2];
     const double *restrict W_ = w; double *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
 }
 
-AD_VEC_FN void ad_ew_rpow_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+AD_VEC_FN void ad_ew_rpow_scalar_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_rpow_scalar_d0_d_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs; const double c = (double)cs[0];
+    const double *restrict Y_ = in[2];
+    const double *restrict W_ = w; double *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_d(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { double y = Y_[i]; double w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_d(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN static void ad_ew_rpow_scalar_d0_f_short(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict Y_ = in[2];
     const float *restrict W_ = w; float *restrict O_ = out;
-    if (acc)
-        AD_VEC_LOOP
+    if (acc) {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
-    else
-        AD_VEC_LOOP
+    } else {
         for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
 }
 
-void ad_ew_rpow_scalar_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
+AD_VEC_FN void ad_ew_rpow_scalar_d0_f(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
+{
+    if (n < AD_VEC_MIN) {
+        ad_ew_rpow_scalar_d0_f_short(in, w, out, n, cs, acc);
+        return;
+    }
+    (void)in; (void)cs; const float c = (float)cs[0];
+    const float *restrict Y_ = in[2];
+    const float *restrict W_ = w; float *restrict O_ = out;
+    if (acc) {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] += ad_zero_safe_f(w_, w_ * d_); }
+    } else {
+        AD_VEC_LOOP
+        for (int64_t i = 0; i < n; i++) { float y = Y_[i]; float w_ = W_[i], d_ = ((c == 0) ? 0 : (y * log(c))); O_[i] = ad_zero_safe_f(w_, w_ * d_); }
+    }
+}
+
+AD_SCALAR_FN void ad_ew_rpow_scalar_h00_d(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const double c = (double)cs[0];
     const double *restrict Y_ = in[2];
@@ -1345,7 +1709,7 @@ void ad_ew_rpow_scalar_h00_d(const void *const *in, void *out, int64_t n, const 
     for (int64_t i = 0; i < n; i++) { double y = Y_[i]; O_[i] = (((c == 0) ? 0 : log(c)) * ((c == 0) ? 0 : (y * log(c)))); }
 }
 
-void ad_ew_rpow_scalar_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
+AD_SCALAR_FN void ad_ew_rpow_scalar_h00_f(const void *const *in, void *out, int64_t n, const double *cs)
 {
     (void)in; (void)cs; const float c = (float)cs[0];
     const float *restrict Y_ = in[2];
