@@ -13,6 +13,7 @@ NAMES = [
     "deep_chain_1e6",
     "jacobian_fwd",
     "jacobian_rev",
+    "kmeans",
 ]
 
 # Workloads that live in another workload's module (one file holds a family side by side).
