@@ -29,7 +29,7 @@ from benchmarks.harness import Cell
 from benchmarks.workloads import common
 
 NAME = "kmeans"
-TITLE = "GradBench kmeans dir: jvp(grad(cost)) along ones, J / Hdiag (k=100, n=1000, d=8)"
+TITLE = "GradBench kmeans dir: jvp(grad(cost)) along ones, J / Hdiag (k=100, n=1000, d=8; quick: 20, 200, 4)"
 PER_OP = False
 HAND_LABEL = "hand-written NumPy (assignments, J and Hdiag written out)"
 LEAVES = ["J (k, d)", "Hdiag (k, d)", "dir (k, d)"]
