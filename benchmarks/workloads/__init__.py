@@ -13,10 +13,17 @@ NAMES = [
     "deep_chain_1e6",
     "jacobian_fwd",
     "jacobian_rev",
+    "kmeans",
+    "hessian_compose_jac",
+    "hessian_compose_hvp_fwd",
+    "hessian_compose_hvp_rev",
 ]
 
 # Workloads that live in another workload's module (one file holds a family side by side).
-_MODULES = {"deep_chain_1e6": "deep_chain", "jacobian_fwd": "jacobian", "jacobian_rev": "jacobian"}
+_MODULES = {"deep_chain_1e6": "deep_chain", "jacobian_fwd": "jacobian", "jacobian_rev": "jacobian",
+            "hessian_compose_jac": "hessian_compose",
+            "hessian_compose_hvp_fwd": "hessian_compose",
+            "hessian_compose_hvp_rev": "hessian_compose"}
 
 
 def load(name):
