@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 import pyautodiff as ad
+from test_scale import rss_bound, rss_bytes
 from test_forward_mode import OP_CASES, close
 
 F64 = np.dtype(np.float64)
@@ -368,8 +369,12 @@ def test_gradient_penalty_training_runs_in_flat_memory():
         if step in (10, 999):
             del x, out, gx, loss
             counts.append(ad.tape_stats()["live_nodes"])
-    # W and its grad, nothing else: the recorded sweep's nodes went with the step
+        if step == 10:
+            rss0 = rss_bytes()
+    # W and its grad, nothing else: the recorded sweep's nodes went with the step; and no memory
+    # grew outside the tape's counters either (the bound and why: test_scale.rss_bound)
     assert counts == [base + 2, base + 2], (base, counts)
+    assert rss_bytes() - rss0 < rss_bound(), rss_bytes() - rss0
     # the backward(create_graph=True) form too, with the recorded grad cleared each step
     for step in range(200):
         x = ad.tensor(xv, requires_grad=True)
