@@ -127,18 +127,21 @@ def where(c, p, q):
     return ("where", c, p, q)
 
 
-def variables(e):
-    """The tensor variables (x, a, b, y) an expression reads."""
-    if e[0] == "var":
-        return {e[1]}
+def leaves(e, kind):
+    """The leaves of one kind ("var": tensor variables, "par": parameters) an expression reads."""
+    if e[0] == kind:
+        return {e}
     out = set()
     for part in e[1:]:
-        if isinstance(part, tuple):
-            out |= variables(part)
-        elif isinstance(part, list):
-            for p in part:
-                out |= variables(p)
+        for p in (part if isinstance(part, list) else [part]):
+            if isinstance(p, tuple):
+                out |= leaves(p, kind)
     return out
+
+
+def variables(e):
+    """The tensor variables (x, a, b, y) an expression reads."""
+    return {v[1] for v in leaves(e, "var")}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,21 +443,8 @@ def _operands(op, e, T):
     if "y" in used:
         loads.append(f"const {T} *restrict Y_ = in[2];")
     per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
-    params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(op.params) if ("par", i) in _pars(e))
+    params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(op.params) if ("par", i) in leaves(e, "par"))
     return " ".join(loads), per, params
-
-
-def _pars(e, out=None):
-    out = set() if out is None else out
-    if e[0] == "par":
-        out.add(e)
-    for p in e[1:]:
-        if isinstance(p, tuple):
-            _pars(p, out)
-        elif isinstance(p, list):
-            for q in p:
-                _pars(q, out)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
