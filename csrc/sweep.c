@@ -1402,6 +1402,22 @@ static int backward_graph_locked(ad_tape *T, int64_t root_h, int64_t seed_h)
     for (int64_t i = 0; i < n; i++) {
         ad_node *g, *sum;
         ad_resolve(T, hs[n + i], &g);   /* a fresh result: holds the one reference we own */
+        if (!st && leaves[i]->refs == leaves[i]->consumers) {
+            /* no handle reaches this leaf (only recorded consumers keep it): nobody can read its
+             * grad, and storing a recorded grad that refers to the leaf would make a cycle */
+            ad_node_unref(T, g);
+            continue;
+        }
+        if (!st && g == leaves[i]) {
+            /* the leaf's grad is the leaf itself (root = x + s with seed s: the cotangent passes
+             * through): a leaf holding itself would never be freed, so its grad is a recorded
+             * identity of it, which the release of the leaf's last handle drops (tape.c) */
+            ad_node *id;
+            st = ad_mk_reshape(T, g, g->ndim, g->shape, &id);
+            ad_node_unref(T, g);
+            if (st) continue;
+            g = id;
+        }
         if (!st && leaves[i]->grad) {
             st = ad_mk_binary(T, AD_OP_ADD, leaves[i]->grad, g, &sum);
             ad_node_unref(T, g);

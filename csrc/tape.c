@@ -513,24 +513,37 @@ static void node_free_one(ad_tape *T, ad_node *n)
 }
 
 /* Drop one reference; whatever reaches zero is freed, and so are the inputs it alone kept. */
+/* One reference fewer on m (it stays alive, or goes on the worklist to be freed). A node with a
+ * grad that only its recorded consumers still reference has no handle that could read the grad
+ * any more, so the grad goes too: a grad recorded by ad_backward_graph refers to its own leaf, a
+ * cycle that would otherwise keep both alive for good. */
+static void unref_one(ad_tape *T, ad_node *m, int64_t *len)
+{
+    if (--m->refs == 0) {
+        /* no memory for the worklist: keep the node (a leak beats a crash) */
+        if (work_push(T, m, len)) m->refs = 1;
+        return;
+    }
+    if (m->grad && m->refs == m->consumers) {
+        ad_node *g = m->grad;
+        m->grad = NULL;
+        unref_one(T, g, len);
+    }
+}
+
 void ad_node_unref(ad_tape *T, ad_node *n)
 {
-    if (--n->refs > 0) return;
     int64_t len = 0;
-    ad_node *cur = n;
+    unref_one(T, n, &len);
+    if (!len) return;
+    ad_node *cur = T->work[--len];
     for (;;) {
         for (int i = 0; i < cur->nin; i++) {
             ad_node *m = cur->in[i];
             m->consumers--;
-            if (--m->refs == 0 && work_push(T, m, &len)) {
-                /* no memory for the worklist: keep the node (a leak beats a crash) */
-                m->refs = 1;
-            }
+            unref_one(T, m, &len);
         }
-        if (cur->grad) {
-            ad_node *g = cur->grad;
-            if (--g->refs == 0 && work_push(T, g, &len)) g->refs = 1;
-        }
+        if (cur->grad) unref_one(T, cur->grad, &len);
         node_free_one(T, cur);
         if (!len) break;
         cur = T->work[--len];

@@ -513,3 +513,24 @@ def test_fourth_order_through_structural_ops():
     # forward mode for the last step agrees
     _, t4 = ad.jvp(d3, (0.0,), (1.0,))
     assert abs(t4.item() - d4) <= 1e-10 * max(1.0, abs(d4))
+
+
+def test_recorded_grads_do_not_keep_their_leaves_alive():
+    # backward(create_graph=True) gives x a grad computed from x (a reference cycle, as in
+    # PyTorch); dropping the last Tensor of x frees both, without clearing x.grad first. The
+    # cotangent that is itself a leaf of the graph (s.grad would be s) is stored as a copy.
+    gc.collect()
+    base = ad.tape_stats()["live_nodes"]
+    x = ad.tensor([1.0, 2.0], requires_grad=True)
+    (x * x).sum().backward(create_graph=True)
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
+    s = ad.tensor([0.5, -1.0], requires_grad=True)
+    (x + s).backward(grad=s, create_graph=True)
+    np.testing.assert_array_equal(s.grad.numpy(), [0.5, -1.0])
+    np.testing.assert_array_equal(x.grad.numpy(), [2.5, 3.0])
+    g = s.grad
+    (g * g).sum().backward()          # s.grad is differentiable in s: d/ds sum(s^2) = 2 s
+    np.testing.assert_array_equal(s.grad.numpy(), [1.5, -3.0])
+    del x, s, g
+    gc.collect()
+    assert ad.tape_stats()["live_nodes"] == base

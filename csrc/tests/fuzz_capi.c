@@ -228,7 +228,7 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(13)) {
+    switch (below(15)) {
     case 0: {
         nd = chance(50) ? like_shape(sh) : ndim_arg();
         for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
@@ -344,6 +344,23 @@ static void one_newer_call(void)
         check_handle("ad_scatter_add", ad_scatter_add(x, nd, s, known && chance(95) ? index_buf : NULL), 0);
         break;
     }
+    case 12: {
+        /* the dependence walk of the transforms: n stop tensors, flags back per stop */
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(4);
+        int reached[16];
+        int64_t outside = -1;
+        for (int i = 0; i < 16; i++) { hs[i] = any_handle(); reached[i] = -1; }
+        int *flags = chance(20) ? NULL : reached;
+        int64_t st = ad_depends(any_handle(), n, n > 16 || chance(5) ? NULL : hs, flags, chance(5) ? NULL : &outside);
+        check_status("ad_depends", st);
+        for (int i = 0; st == 0 && flags && i < n && i < 16; i++)
+            if (reached[i] != 0 && reached[i] != 1) fail("ad_depends left a reached flag that is not 0 or 1", reached[i]);
+        break;
+    }
+    case 13:
+        /* backward with create_graph: the recorded sweep into the leaves' grads */
+        check_status("ad_backward_graph", ad_backward_graph(any_handle(), chance(50) ? 0 : any_handle()));
+        break;
     default: {
         int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
         for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = -1; }
