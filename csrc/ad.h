@@ -179,7 +179,8 @@ int ad_depends(int64_t root, int n_stop, const int64_t *stop, int *reached, int6
 /* backward(create_graph=True): like ad_backward (seed == 0 means ones), but the sweep is recorded
  * (as ad_vjp_graph) so every leaf's grad is itself differentiable; a leaf's grad accumulates as a
  * recorded sum with its earlier grad. The graph is kept. A grad that depends on its own leaf keeps
- * that leaf alive (a reference cycle, as in PyTorch) until the grad is cleared. */
+ * that leaf alive while the leaf has a handle; releasing the last one frees both (a node that only
+ * recorded consumers reference drops its grad: nobody can read it). */
 int ad_backward_graph(int64_t root, int64_t seed);
 
 /* Grad mode of the calling thread; ad_set_grad_enabled returns the previous mode. */

@@ -225,9 +225,10 @@ class Tensor:
         Without retain_graph the swept graph is released. With create_graph=True the sweep is
         recorded, so each .grad is itself a differentiable tensor (a higher-order derivative is
         one more backward away); a leaf's grad then accumulates as a recorded sum, and the graph is
-        kept (create_graph implies retain_graph). As in PyTorch, a grad that depends on its own leaf
-        keeps that leaf's graph alive until the grad is cleared (x.grad = None or zero_grad()), and
-        ad.autograd.grad(..., create_graph=True) avoids that by returning the gradients instead."""
+        kept (create_graph implies retain_graph). A grad that depends on its own leaf keeps that
+        leaf's graph alive while the leaf is held; unlike PyTorch's reference cycle, dropping the
+        leaf's last Tensor frees both. ad.autograd.grad(..., create_graph=True) returns the
+        gradients instead of storing them."""
         if grad is not None and not isinstance(grad, Tensor):
             arr = np.asarray(grad)
             if arr.dtype.kind not in "fiub":
