@@ -68,7 +68,9 @@ tar -C "$ROOT" --exclude=./.git --exclude=./build --exclude=./dist --exclude=./v
 PYAUTODIFF_SANITIZE=1 "$VPY" -m pip install -q --disable-pip-version-check --no-build-isolation \
     --no-cache-dir --no-deps "$SRC"
 SO="$(find "$VENV" -path '*/site-packages/pyautodiff/_core*.so' | head -1)"
-if [[ -z "$SO" ]] || ! ldd "$SO" | grep -q libasan; then
+# grep without -q reads all of ldd's output: with -q it may exit first, ldd then dies of SIGPIPE and
+# pipefail turns a linked extension into a failure
+if [[ -z "$SO" ]] || ! ldd "$SO" | grep libasan >/dev/null; then
     echo "sanitize: the installed extension ($SO) is not linked against libasan" >&2
     exit 2
 fi
