@@ -10,7 +10,7 @@
  *                                log_softmax dx = g - exp(out) * sum(g)
  * each written so that a zero cotangent contributes exactly 0 (the NaN-safety rule). */
 #include "../core.h"
-#include <math.h>
+#include "vecmath.h"
 #include <string.h>
 
 
@@ -78,6 +78,215 @@ static int64_t slice_count(const ad_node *n, const ad_node *x, uint64_t mask, in
             SLICE_WALK(x, mask, Y[ix] = (TT)(((double)X[ix] - m[io]) - log(s[io])));     \
     } while (0)
 
+/* ---------------- the fast path: one contiguous run of reduced axes ----------------
+ * When the reduced axes are one run (the last axis, the first, a middle one, or several adjacent
+ * ones), x is `outer` blocks of shape (len, inner) and slice io = o * inner + j is x[o, :, j]. The
+ * loops below then walk contiguous memory only: along a slice when inner == 1, along a row of
+ * `inner` slices otherwise (every slice of the row advances together), so nothing is read with a
+ * stride and the exps run through the vector loop. Other axis sets take the general walk above. */
+typedef struct { int64_t outer, len, inner; } blocks;
+
+static int as_blocks(const ad_node *x, uint64_t mask, blocks *b)
+{
+    if (!mask || x->size == 0) return 0;
+    int a = __builtin_ctzll(mask);
+    uint64_t run = mask >> a;
+    if (run & (run + 1)) return 0;                 /* a gap between reduced axes */
+    int e = a + __builtin_popcountll(mask);
+    b->outer = b->len = b->inner = 1;
+    for (int i = 0; i < x->ndim; i++) {
+        if (i < a) b->outer *= x->shape[i];
+        else if (i < e) b->len *= x->shape[i];
+        else b->inner *= x->shape[i];
+    }
+    return 1;
+}
+
+/* exps are computed a chunk at a time into a stack buffer, summed from there (AD_SUM's eight
+ * partial sums, so the result does not depend on the vector width) */
+#define CHUNK 512
+/* fast_fwd's op for "the shift and the sum only" (logsumexp's VJP) */
+#define SHIFT_ONLY (-1)
+
+/* m = max of the slice (NaN if it holds one), then the shift: 0 unless m is finite */
+#define MAX_RUN(TT, X, len, mout) do {                                                   \
+        double p_[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};                     \
+        int nan_ = 0;                                                                    \
+        int64_t i_ = 0;                                                                  \
+        for (; i_ + 4 <= (len); i_ += 4)                                                 \
+            for (int l_ = 0; l_ < 4; l_++) {                                             \
+                double v_ = (X)[i_ + l_];                                                \
+                nan_ |= v_ != v_;                                                        \
+                p_[l_] = v_ > p_[l_] ? v_ : p_[l_];                                      \
+            }                                                                            \
+        for (; i_ < (len); i_++) { double v_ = (X)[i_]; nan_ |= v_ != v_; p_[0] = v_ > p_[0] ? v_ : p_[0]; } \
+        double m_ = p_[0] > p_[1] ? p_[0] : p_[1], q_ = p_[2] > p_[3] ? p_[2] : p_[3];     \
+        m_ = m_ > q_ ? m_ : q_;                                                          \
+        (mout) = nan_ || !isfinite(m_) ? 0 : m_;                                         \
+    } while (0)
+
+/* per-slice shift and sum for a row layout (inner > 1): M, S hold `inner` slices */
+#define ROWS_MAX(TT, X, len, inner, M) do {                                              \
+        for (int64_t j = 0; j < (inner); j++) (M)[j] = -INFINITY;                        \
+        for (int64_t r = 0; r < (len); r++) {                                            \
+            const TT *R_ = (X) + r * (inner);                                            \
+            for (int64_t j = 0; j < (inner); j++) {                                      \
+                double v_ = R_[j];                                                       \
+                (M)[j] = v_ > (M)[j] || v_ != v_ ? v_ : (M)[j];                          \
+            }                                                                            \
+        }                                                                                \
+        for (int64_t j = 0; j < (inner); j++) if (!isfinite((M)[j])) (M)[j] = 0;         \
+    } while (0)
+
+/* the three forward ops on one block; Y0 is the block's output (len * inner values for softmax
+ * and log_softmax, inner for logsumexp), m and s the block's `inner` slices */
+#define FAST_FWD(TT, SUF)                                                                \
+    AD_VEC_FN static void fast_fwd_##SUF(int op, const TT *X, TT *Y0, int64_t len, int64_t inner, \
+                                         double *m, double *s)                           \
+    {                                                                                    \
+        double e[CHUNK];                                                                 \
+        if (inner == 1) {                                                                \
+            double mm, ss = 0;                                                           \
+            MAX_RUN(TT, X, len, mm);                                                     \
+            for (int64_t c = 0; c < len; c += CHUNK) {                                   \
+                int64_t w = len - c < CHUNK ? len - c : CHUNK;                           \
+                AD_VEC_LOOP                                                              \
+                for (int64_t i = 0; i < w; i++) e[i] = exp((double)X[c + i] - mm);      \
+                ss += AD_SUM(double, e, w, 1);                                           \
+                if (op == AD_OP_SOFTMAX) for (int64_t i = 0; i < w; i++) Y0[c + i] = (TT)e[i]; \
+            }                                                                            \
+            m[0] = mm; s[0] = ss;                                                        \
+        } else {                                                                         \
+            ROWS_MAX(TT, X, len, inner, m);                                              \
+            for (int64_t j = 0; j < inner; j++) s[j] = 0;                                \
+            for (int64_t r = 0; r < len; r++) {                                          \
+                const TT *R = X + r * inner;                                             \
+                for (int64_t c = 0; c < inner; c += CHUNK) {                             \
+                    int64_t w = inner - c < CHUNK ? inner - c : CHUNK;                   \
+                    AD_VEC_LOOP                                                          \
+                    for (int64_t i = 0; i < w; i++) e[i] = exp((double)R[c + i] - m[c + i]); \
+                    for (int64_t i = 0; i < w; i++) s[c + i] += e[i];                    \
+                    if (op == AD_OP_SOFTMAX)                                             \
+                        for (int64_t i = 0; i < w; i++) Y0[r * inner + c + i] = (TT)e[i]; \
+                }                                                                        \
+            }                                                                            \
+        }                                                                                \
+        if (op == AD_OP_LOGSUMEXP) {                                                     \
+            for (int64_t j = 0; j < inner; j++) Y0[j] = (TT)(log(s[j]) + m[j]);         \
+        } else if (op == AD_OP_SOFTMAX) {                                                \
+            for (int64_t r = 0; r < len; r++)                                            \
+                for (int64_t j = 0; j < inner; j++)                                      \
+                    Y0[r * inner + j] = (TT)((double)Y0[r * inner + j] / s[j]);          \
+        } else if (op == AD_OP_LOG_SOFTMAX) {                                            \
+            for (int64_t j = 0; j < inner; j++) s[j] = log(s[j]);                        \
+            for (int64_t r = 0; r < len; r++)                                            \
+                for (int64_t j = 0; j < inner; j++)                                      \
+                    Y0[r * inner + j] = (TT)(((double)X[r * inner + j] - m[j]) - s[j]);  \
+        }                                                                                \
+    }
+FAST_FWD(double, d)
+FAST_FWD(float, f)
+
+/* Forward over all blocks; m and s have room for the slices of one block (inner each). */
+static void fast_forward(int op, const ad_node *x, ad_node *n, const blocks *b, double *m, double *s)
+{
+    size_t isz = ad_itemsize(x->dtype);
+    int64_t xblock = b->len * b->inner, yblock = op == AD_OP_LOGSUMEXP ? b->inner : xblock;
+    for (int64_t o = 0; o < b->outer; o++) {
+        const char *X = (const char *)x->data + (size_t)(o * xblock) * isz;
+        char *Y = (char *)n->data + (size_t)(o * yblock) * isz;
+        if (x->dtype == AD_F64) fast_fwd_d(op, (const double *)X, (double *)Y, b->len, b->inner, m, s);
+        else fast_fwd_f(op, (const float *)X, (float *)Y, b->len, b->inner, m, s);
+    }
+}
+
+/* VJPs on one block, D (+)= the contribution (STORE's accumulate rule):
+ *   logsumexp   SAFE(g, g * exp(x - lse)), lse = log(s) + m recomputed in double from x (as the
+ *               general path does; see LSE_VJP), g one value per slice
+ *   softmax     SAFE(d, y * d), d = g - red, red = sum(SAFE(g, g * y))
+ *   log_softmax red == 0 ? g : g - exp(y) * red, red = sum(g)
+ * The elementwise pass sees inner == 1 as one run of len elements sharing slice 0's values (held
+ * in a chunk-wide buffer, so the loop reads them like the per-slice arrays of the row layout). */
+#define FAST_VJP(TT, SUF)                                                                \
+    AD_VEC_FN static void fast_vjp_##SUF(int op, const TT *X, const TT *Y, const TT *G, TT *D, int acc, \
+                                         int64_t len, int64_t inner, double *m, double *red) \
+    {                                                                                    \
+        double e[CHUNK], rb[CHUNK];                                                      \
+        TT gb[CHUNK];                                                                    \
+        if (op == AD_OP_LOGSUMEXP) {                                                     \
+            fast_fwd_##SUF(SHIFT_ONLY, X, NULL, len, inner, m, red);                     \
+            for (int64_t j = 0; j < inner; j++) red[j] = log(red[j]) + m[j];             \
+        } else if (inner == 1) {                                                         \
+            red[0] = 0;                                                                  \
+            for (int64_t c = 0; c < len; c += CHUNK) {                                   \
+                int64_t w = len - c < CHUNK ? len - c : CHUNK;                           \
+                if (op == AD_OP_SOFTMAX)                                                 \
+                    for (int64_t i = 0; i < w; i++) e[i] = SAFE(G[c + i], (double)G[c + i] * Y[c + i]); \
+                else                                                                     \
+                    for (int64_t i = 0; i < w; i++) e[i] = G[c + i];                     \
+                red[0] += AD_SUM(double, e, w, 1);                                       \
+            }                                                                            \
+        } else {                                                                         \
+            for (int64_t j = 0; j < inner; j++) red[j] = 0;                              \
+            for (int64_t r = 0; r < len; r++) {                                          \
+                const TT *GR = G + r * inner, *YR = Y + r * inner;                       \
+                if (op == AD_OP_SOFTMAX)                                                 \
+                    for (int64_t j = 0; j < inner; j++) red[j] += SAFE(GR[j], (double)GR[j] * YR[j]); \
+                else                                                                     \
+                    for (int64_t j = 0; j < inner; j++) red[j] += GR[j];                 \
+            }                                                                            \
+        }                                                                                \
+        int64_t rows = inner == 1 ? 1 : len, width = inner == 1 ? len : inner;           \
+        if (inner == 1)                                                                  \
+            for (int i = 0; i < CHUNK; i++) { rb[i] = red[0]; gb[i] = op == AD_OP_LOGSUMEXP ? G[0] : 0; } \
+        for (int64_t r = 0; r < rows; r++) {                                             \
+            const TT *XR = X + r * width, *YR = Y + r * width, *GR = G + r * width;     \
+            TT *DR = D + r * width;                                                      \
+            for (int64_t c = 0; c < width; c += CHUNK) {                                 \
+                int64_t w = width - c < CHUNK ? width - c : CHUNK;                       \
+                const double *RD = inner == 1 ? rb : red + c;                            \
+                if (op == AD_OP_LOGSUMEXP) {                                             \
+                    const TT *GS = inner == 1 ? gb : G + c;                              \
+                    AD_VEC_LOOP                                                          \
+                    for (int64_t i = 0; i < w; i++) e[i] = exp((double)XR[c + i] - RD[i]); \
+                    for (int64_t i = 0; i < w; i++) e[i] = SAFE(GS[i], GS[i] * e[i]);    \
+                } else if (op == AD_OP_SOFTMAX) {                                        \
+                    for (int64_t i = 0; i < w; i++) {                                    \
+                        double d = GR[c + i] - RD[i];                                    \
+                        e[i] = SAFE(d, YR[c + i] * d);                                   \
+                    }                                                                    \
+                } else {                                                                 \
+                    AD_VEC_LOOP                                                          \
+                    for (int64_t i = 0; i < w; i++) e[i] = exp((double)YR[c + i]);       \
+                    for (int64_t i = 0; i < w; i++)                                      \
+                        e[i] = RD[i] == 0 ? GR[c + i] : GR[c + i] - e[i] * RD[i];        \
+                }                                                                        \
+                if (acc) for (int64_t i = 0; i < w; i++) DR[c + i] += (TT)e[i];          \
+                else for (int64_t i = 0; i < w; i++) DR[c + i] = (TT)e[i];               \
+            }                                                                            \
+        }                                                                                \
+    }
+FAST_VJP(double, d)
+FAST_VJP(float, f)
+
+static void fast_backward(const ad_node *n, const void *g, ad_sink *s, const blocks *b, double *m, double *red)
+{
+    const ad_node *x = n->in[0];
+    size_t isz = ad_itemsize(x->dtype);
+    int64_t xblock = b->len * b->inner, gblock = n->op == AD_OP_LOGSUMEXP ? b->inner : xblock;
+    for (int64_t o = 0; o < b->outer; o++) {
+        size_t xo = (size_t)(o * xblock) * isz, go = (size_t)(o * gblock) * isz;
+        const char *X = (const char *)x->data + xo, *Y = (const char *)n->data + xo;
+        if (n->op == AD_OP_LOGSUMEXP) Y = NULL;   /* not read: lse is recomputed from x */
+        if (x->dtype == AD_F64)
+            fast_vjp_d(n->op, (const double *)X, (const double *)Y, (const double *)((const char *)g + go),
+                       (double *)((char *)s->dst + xo), s->accumulate, b->len, b->inner, m, red);
+        else
+            fast_vjp_f(n->op, (const float *)X, (const float *)Y, (const float *)((const char *)g + go),
+                       (float *)((char *)s->dst + xo), s->accumulate, b->len, b->inner, m, red);
+    }
+}
+
 int ad_mk_softmax(ad_tape *T, int op, ad_node *x, uint64_t mask, int keepdims, ad_node **out)
 {
     if (op != AD_OP_LOGSUMEXP && op != AD_OP_SOFTMAX && op != AD_OP_LOG_SOFTMAX)
@@ -107,7 +316,9 @@ int ad_mk_softmax(ad_tape *T, int op, ad_node *x, uint64_t mask, int keepdims, a
     double *m = ad_buf_alloc(T, tmp_bytes);
     if (!m) { ad_node_discard(T, n); return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); }
     double *s = m + (nslices ? nslices : 1);
-    if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
+    blocks b;
+    if (as_blocks(x, mask, &b)) fast_forward(op, x, n, &b, m, s);
+    else if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
     else { SHIFT_AND_SUM(float, m, s); FINISH(float); }
     ad_buf_free(T, m, tmp_bytes);
     if ((st = ad_record(T, n, 1, &x))) return st;
@@ -166,20 +377,25 @@ int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     uint64_t mask = n->axes;
     int64_t rs[AD_MAXDIM];
     int64_t nslices = slice_count(n, x, mask, rs);
+    blocks b;
+    int fast = as_blocks(x, mask, &b);
     if (n->op == AD_OP_LOGSUMEXP) {
         size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
         double *m = ad_buf_alloc(T, tmp_bytes);
         if (!m) return ad_err(AD_ERR_MEMORY, "backward of logsumexp: out of memory");
         double *sum = m + (nslices ? nslices : 1);
-        if (x->dtype == AD_F64) SHIFT_AND_SUM(double, m, sum); else SHIFT_AND_SUM(float, m, sum);
-        if (x->dtype == AD_F64) LSE_VJP(double); else LSE_VJP(float);
+        if (fast) fast_backward(n, g, s, &b, m, sum);
+        else if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, sum); LSE_VJP(double); }
+        else { SHIFT_AND_SUM(float, m, sum); LSE_VJP(float); }
         ad_buf_free(T, m, tmp_bytes);
         return AD_OK;
     }
     size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * sizeof(double);
     double *red = ad_buf_alloc(T, tmp_bytes);
     if (!red) return ad_err(AD_ERR_MEMORY, "backward of %s: out of memory", op_label(n->op));
-    if (x->dtype == AD_F64) SOFTMAX_VJP(double); else SOFTMAX_VJP(float);
+    if (fast) fast_backward(n, g, s, &b, red, red);   /* m is logsumexp's only */
+    else if (x->dtype == AD_F64) SOFTMAX_VJP(double);
+    else SOFTMAX_VJP(float);
     ad_buf_free(T, red, tmp_bytes);
     return AD_OK;
 }
