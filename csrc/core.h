@@ -287,6 +287,10 @@ void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const in
 /* dst (contiguous, dst shape) = src viewed with element strides */
 void ad_copy_strided(int dtype, void *dst, const void *src, int ndim, const int64_t *shape,
                      const int64_t *src_strides);
+/* dst viewed with dst_strides = (or += when accumulate) src viewed with src_strides, over shape
+ * (strides in elements, any sign); transposes run in cache-sized tiles */
+void ad_strided_pass(int dtype, void *dst, const int64_t *dst_strides, const void *src,
+                     const int64_t *src_strides, int ndim, const int64_t *shape, int accumulate);
 
 /* vjp entry points of each kernel family, referenced by the op table */
 int ad_vjp_unary(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);

@@ -165,26 +165,69 @@ AD_SIMD void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, 
     else UNBROADCAST(float);
 }
 
-#define COPY_STRIDED(T)                                                                   \
-    do {                                                                                  \
-        T *d = dst; const T *s = src;                                                     \
-        int64_t sd[AD_MAXDIM], ss[AD_MAXDIM];                                             \
-        ad_contig_strides(ndim, shape, sd);                                               \
-        for (int i = 0; i < ndim; i++) ss[i] = src_strides[i];                            \
-        int64_t *strides[2] = {sd, ss};                                                   \
-        ad_iter it;                                                                       \
-        ad_iter_init(&it, 2, ndim, shape, strides);                                       \
-        int64_t len = it.shape[it.ndim - 1], id = it.st[0][it.ndim - 1],                  \
-                is = it.st[1][it.ndim - 1];                                               \
-        AD_ITER_FOR(it, od, os, o2) {                                                     \
-            (void)o2;                                                                     \
-            for (int64_t i = 0; i < len; i++) d[od + i * id] = s[os + i * is];            \
-        }                                                                                 \
+/* A transpose-like pass (each side contiguous along a different axis) walked row by row reads
+ * or writes one element per cache line; in TILE x TILE squares both sides stay in cache. */
+#define TILE 32
+
+#define PASS(T, ASSIGN) do {                                                               \
+        T *d = dst; const T *s = src;                                                      \
+        if (q < 0) {                                                                       \
+            AD_ITER_FOR(it, od, os, o2) {                                                  \
+                (void)o2;                                                                  \
+                T *dd = d + od; const T *ss = s + os;                                      \
+                if (dl == 1 && sl == 1) for (int64_t j = 0; j < len; j++) ASSIGN(dd[j], ss[j]); \
+                else for (int64_t j = 0; j < len; j++) ASSIGN(dd[j * dl], ss[j * sl]);     \
+            }                                                                              \
+            break;                                                                         \
+        }                                                                                  \
+        int64_t idx[AD_MAXDIM] = {0}, od = 0, os = 0, nq = it.shape[q], dq = it.st[0][q], sq = it.st[1][q]; \
+        for (;;) {                                                                         \
+            for (int64_t i0 = 0; i0 < nq; i0 += TILE)                                      \
+                for (int64_t j0 = 0; j0 < len; j0 += TILE) {                               \
+                    int64_t i1 = i0 + TILE < nq ? i0 + TILE : nq, j1 = j0 + TILE < len ? j0 + TILE : len; \
+                    for (int64_t i = i0; i < i1; i++)                                      \
+                        for (int64_t j = j0; j < j1; j++)                                  \
+                            ASSIGN(d[od + i * dq + j * dl], s[os + i * sq + j * sl]);      \
+                }                                                                          \
+            int d_ = it.ndim - 2;                                                          \
+            for (; d_ >= 0; d_--) {                                                        \
+                if (d_ == q) continue;                                                     \
+                if (++idx[d_] < it.shape[d_]) { od += it.st[0][d_]; os += it.st[1][d_]; break; } \
+                od -= it.st[0][d_] * (it.shape[d_] - 1);                                   \
+                os -= it.st[1][d_] * (it.shape[d_] - 1);                                   \
+                idx[d_] = 0;                                                               \
+            }                                                                              \
+            if (d_ < 0) break;                                                             \
+        }                                                                                  \
     } while (0)
+#define SET(a, b) ((a) = (b))
+#define ADD(a, b) ((a) += (b))
+
+void ad_strided_pass(int dtype, void *dst, const int64_t *dst_strides, const void *src,
+                     const int64_t *src_strides, int ndim, const int64_t *shape, int accumulate)
+{
+    int64_t sd[AD_MAXDIM], ss[AD_MAXDIM];
+    for (int i = 0; i < ndim; i++) { sd[i] = dst_strides[i]; ss[i] = src_strides[i]; }
+    int64_t *strides[2] = {sd, ss};
+    ad_iter it;
+    ad_iter_init(&it, 2, ndim, shape, strides);
+    int last = it.ndim - 1, q = -1;
+    int64_t len = it.shape[last], dl = it.st[0][last], sl = it.st[1][last];
+    /* tile when the side that is not contiguous along the last axis is contiguous along another */
+    if (len >= 8 && (dl != 1 || sl != 1))
+        for (int i = 0; i < last; i++)
+            if (it.shape[i] >= 8 && ((dl != 1 && it.st[0][i] == 1) || (sl != 1 && it.st[1][i] == 1))) q = i;
+    if (dtype == AD_F64) { if (accumulate) PASS(double, ADD); else PASS(double, SET); }
+    else { if (accumulate) PASS(float, ADD); else PASS(float, SET); }
+}
+#undef PASS
+#undef SET
+#undef ADD
 
 void ad_copy_strided(int dtype, void *dst, const void *src, int ndim, const int64_t *shape,
                      const int64_t *src_strides)
 {
-    if (dtype == AD_F64) COPY_STRIDED(double);
-    else COPY_STRIDED(float);
+    int64_t sd[AD_MAXDIM];
+    ad_contig_strides(ndim, shape, sd);
+    ad_strided_pass(dtype, dst, sd, src, src_strides, ndim, shape, 0);
 }

@@ -201,21 +201,12 @@ int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
         convert(x->dtype, s->dst, n->dtype, g, s->size, s->accumulate);
         return AD_OK;
     case AD_OP_TRANSPOSE: {
-        /* walk the cotangent in output order, writing to the input position of each element */
+        /* the cotangent, contiguous in output order, written to each element's input position */
         int64_t xs[AD_MAXDIM], ds[AD_MAXDIM], gs[AD_MAXDIM];
         ad_contig_strides(x->ndim, x->shape, xs);
         ad_contig_strides(n->ndim, n->shape, gs);
         for (int i = 0; i < n->ndim; i++) ds[i] = xs[n->aux[i]];
-        int64_t *strides[2] = {ds, gs};
-        ad_iter it;
-        ad_iter_init(&it, 2, n->ndim, n->shape, strides);
-        int64_t len = it.shape[it.ndim - 1], dd = it.st[0][it.ndim - 1], dg = it.st[1][it.ndim - 1];
-#define TR(TT) do { TT *D = s->dst; const TT *G = g;                                       \
-        AD_ITER_FOR(it, od, og, o2) { (void)o2;                                          \
-            if (s->accumulate) for (int64_t i = 0; i < len; i++) D[od + i * dd] += G[og + i * dg]; \
-            else for (int64_t i = 0; i < len; i++) D[od + i * dd] = G[og + i * dg]; } } while (0)
-        if (n->dtype == AD_F64) TR(double); else TR(float);
-#undef TR
+        ad_strided_pass(n->dtype, s->dst, ds, g, gs, n->ndim, n->shape, s->accumulate);
         return AD_OK;
     }
     default:
