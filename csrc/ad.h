@@ -52,6 +52,8 @@ typedef enum {
     AD_OP_LOGSUMEXP, AD_OP_SOFTMAX, AD_OP_LOG_SOFTMAX,
     /* out = zeros(shape), out.flat[index[i]] += x.flat[i]: gather's VJP (kernels/index.c) */
     AD_OP_SCATTER_ADD,
+    /* basic indexing: a strided view of x copied (kernels/index.c) */
+    AD_OP_SLICE,
     AD_OP_COUNT
 } ad_op;
 
@@ -105,9 +107,15 @@ int64_t ad_reshape(int64_t x, int ndim, const int64_t *shape);
 int64_t ad_transpose(int64_t x, int naxes, const int64_t *perm);
 int64_t ad_broadcast_to(int64_t x, int ndim, const int64_t *shape);
 int64_t ad_cast(int64_t x, int dtype);
-/* out[i] = x.flat[index[i]], shaped `shape` (prod(shape) indices); the VJP scatter-adds, so
- * repeated indices accumulate. An index outside [0, x.size) is AD_ERR_INDEX. */
-int64_t ad_gather(int64_t x, int ndim, const int64_t *shape, const int64_t *index);
+/* Advanced indexing: out, shaped `shape`, is prod(shape) / block blocks of `block` consecutive
+ * elements, block i = x.flat[index[i] : index[i] + block] (block 1: one element per index). The
+ * VJP scatter-adds, so repeated indices accumulate. A block reaching outside x is AD_ERR_INDEX;
+ * a block that does not divide prod(shape) is AD_ERR_VALUE. */
+int64_t ad_gather(int64_t x, int ndim, const int64_t *shape, const int64_t *index, int64_t block);
+/* Basic indexing: out[i_0, ..., i_n] = x.flat[offset + sum_d i_d * strides[d]] (strides in
+ * elements, any sign; what NumPy's view of the index has). A view reaching outside x is
+ * AD_ERR_INDEX. */
+int64_t ad_slice(int64_t x, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides);
 /* NumPy concatenate (new_axis == 0) or stack (new_axis == 1) of n tensors along axis. */
 int64_t ad_concatenate(int n, const int64_t *xs, int64_t axis, int new_axis);
 /* cond ? a : b with cond (bytes, 0 or 1, C order) broadcasting against a and b. */
@@ -117,9 +125,10 @@ int64_t ad_clip(int64_t x, double lo, double hi);
 /* logsumexp / softmax / log_softmax over axes (naxes < 0: all), max-shifted so +-1000 stays finite;
  * keepdims applies to logsumexp only. */
 int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdims);
-/* zeros of `shape` with x.flat[i] added at flat position index[i] (x.size indices, repeats
- * accumulate; outside [0, prod(shape)) is AD_ERR_INDEX): the VJP of ad_gather, whose VJP it is. */
-int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index);
+/* zeros of `shape` with block i of x (x.size / block blocks of `block` consecutive elements)
+ * added at out.flat[index[i] : index[i] + block] (repeats accumulate; a block reaching outside
+ * the result is AD_ERR_INDEX): the VJP of ad_gather, whose VJP it is. */
+int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index, int64_t block);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
  * accumulate into their grad; without retain_graph the swept graph is released. */

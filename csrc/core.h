@@ -42,6 +42,7 @@ struct ad_node {
     uint64_t axes;             /* reductions: bit i set = axis i reduced */
     int32_t keepdims;
     int32_t aux_len;           /* entries in aux (perm of transpose, ...) */
+    int64_t block;             /* gather, scatter_add: elements per index (kernels/index.c) */
     int64_t *aux;
     int64_t site;              /* anomaly mode: creation-site id from the bindings (0: none) */
     ad_node *next_free;
@@ -149,8 +150,12 @@ int ad_mk_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_nod
 int ad_mk_transpose(ad_tape *T, ad_node *x, int naxes, const int64_t *perm, ad_node **out);
 int ad_mk_broadcast_to(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out);
 int ad_mk_cast(ad_tape *T, ad_node *x, int dtype, ad_node **out);
-int ad_mk_gather(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out);
-int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out);
+int ad_mk_gather(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, int64_t block,
+                 ad_node **out);
+int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, int64_t block,
+                      ad_node **out);
+int ad_mk_slice(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides,
+                ad_node **out);
 int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int new_axis, ad_node **out);
 int ad_mk_where(ad_tape *T, int cond_ndim, const int64_t *cond_shape, const uint8_t *cond, ad_node *a, ad_node *b,
                 ad_node **out);

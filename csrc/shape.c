@@ -175,7 +175,10 @@ AD_SIMD void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, 
             AD_ITER_FOR(it, od, os, o2) {                                                  \
                 (void)o2;                                                                  \
                 T *dd = d + od; const T *ss = s + os;                                      \
+                /* one side contiguous: a loop the compiler unrolls without stride checks */  \
                 if (dl == 1 && sl == 1) for (int64_t j = 0; j < len; j++) ASSIGN(dd[j], ss[j]); \
+                else if (dl == 1) for (int64_t j = 0; j < len; j++) ASSIGN(dd[j], ss[j * sl]); \
+                else if (sl == 1) for (int64_t j = 0; j < len; j++) ASSIGN(dd[j * dl], ss[j]); \
                 else for (int64_t j = 0; j < len; j++) ASSIGN(dd[j * dl], ss[j * sl]);     \
             }                                                                              \
             break;                                                                         \

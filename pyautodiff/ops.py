@@ -11,7 +11,7 @@ import numpy as np
 
 from . import opdefs
 from ._capi import ffi, lib, check_int64, dtype_code, resolve_dtype
-from .tensor import Tensor, _wrap, as_tensor, _gather, _index_grid
+from .tensor import Tensor, _wrap, as_tensor, _slice
 
 _PY_SCALARS = (float, int, bool)
 
@@ -250,8 +250,8 @@ def split(t, indices_or_sections, axis=0):
     """A list of sub-tensors, as numpy.split: an int N cuts into N equal parts (ValueError if the
     axis does not divide), a sequence of indices cuts before each of them.
 
-    Each part is a gather of t, so the parts' gradients scatter back into one adjoint of t. NumPy
-    splits a grid of flat positions once, which gives numpy.split's exact semantics and errors."""
+    Each part is a slice of t, so the parts' gradients add back into one adjoint of t. NumPy
+    splits the positions along the axis, which gives numpy.split's exact semantics and errors."""
     t = as_tensor(t)
     if isinstance(indices_or_sections, (int, np.integer)) and indices_or_sections <= 0:
         # NumPy itself fails with ZeroDivisionError here
@@ -260,7 +260,9 @@ def split(t, indices_or_sections, axis=0):
     if not -ndim <= axis < ndim:
         # AxisError is a ValueError, like every other bad axis here (np.split's own is an IndexError)
         raise np.exceptions.AxisError(axis, ndim, msg_prefix="split")
-    return [_gather(t, part) for part in np.split(_index_grid(t), indices_or_sections, axis)]
+    before = (slice(None),) * (axis % ndim)
+    parts = np.split(np.arange(t.shape[axis]), indices_or_sections)
+    return [_slice(t, before + (slice(p[0], p[-1] + 1) if p.size else slice(0, 0),)) for p in parts]
 
 
 def _scatter_add(t, index, shape):
@@ -272,7 +274,7 @@ def _scatter_add(t, index, shape):
         raise ValueError(f"scatter_add: {index.size} indices for a tensor of {t.size} elements")
     n, c = _shape(shape)
     ptr = ffi.from_buffer("int64_t[]", index) if index.size else ffi.NULL
-    return _wrap(lib.ad_scatter_add(t._h, n, c, ptr))
+    return _wrap(lib.ad_scatter_add(t._h, n, c, ptr, 1))
 
 
 def _same_kind(x, like):

@@ -56,12 +56,72 @@ def _index_grid(t):
     return np.arange(t.size, dtype=np.int64).reshape(t.shape)
 
 
-def _gather(t, flat):
-    """The elements of t at the flat positions `flat`, shaped like `flat` (one C call)."""
+def _gather(t, flat, block=1):
+    """The blocks of `block` consecutive elements of t starting at the flat positions `flat`,
+    shaped flat.shape + `trailing` (one C call); block 1 picks single elements."""
     flat = np.asarray(flat, dtype=np.int64, order="C")
-    shape = ffi.new("int64_t[]", flat.shape or (0,))
+    return _gather_blocks(t, flat, flat.shape, block)
+
+
+def _gather_blocks(t, flat, shape, block):
+    c = ffi.new("int64_t[]", tuple(shape) or (0,))
     ptr = ffi.from_buffer("int64_t[]", flat) if flat.size else ffi.NULL
-    return _wrap(lib.ad_gather(t._h, flat.ndim, shape, ptr))
+    return _wrap(lib.ad_gather(t._h, len(shape), c, ptr, block))
+
+
+# A one-byte buffer that NumPy views with any shape: indexing such a view with a basic index
+# yields the result's offset and strides without reading a byte (see _slice).
+_PROBE = np.zeros(1, dtype=np.uint8)
+_PROBE_ADDRESS = _PROBE.__array_interface__["data"][0]
+_BASIC = (int, np.integer, slice, type(None), type(Ellipsis))
+
+
+def _is_basic(part):
+    return isinstance(part, _BASIC) and not isinstance(part, (bool, np.bool_))
+
+
+def _slice(t, parts):
+    """t[parts] for a basic index (ints, slices, None, Ellipsis): NumPy applies the index to a
+    view with t's shape and one-byte elements over _PROBE, so the offset and strides it reports
+    are in elements and its rules and IndexErrors are NumPy's own. A basic index only makes a
+    view; the trailing Ellipsis keeps an all-integer index a 0-d view rather than a read."""
+    shape = t.shape
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= n
+    probe = np.lib.stride_tricks.as_strided(_PROBE, shape, strides[::-1], writeable=False)
+    if not any(p is Ellipsis for p in parts):
+        parts = parts + (Ellipsis,)
+    view = probe[parts]
+    offset = view.__array_interface__["data"][0] - _PROBE_ADDRESS
+    c = ffi.new("int64_t[]", view.shape or (0,))
+    st = ffi.new("int64_t[]", view.strides or (0,))
+    return _wrap(lib.ad_slice(t._h, view.ndim, c, offset, st))
+
+
+def _whole(part):
+    return part is Ellipsis or (isinstance(part, slice) and part == slice(None))
+
+
+def _rows(t, parts):
+    """t[parts] when integer arrays or masks index the leading axes and every later axis is taken
+    whole (t[idx], t[idx, :], t[mask, ...]): a gather of whole trailing blocks, with the block
+    index made by NumPy from a grid of the leading axes only. None for any other index."""
+    lead = list(parts)
+    while lead and _whole(lead[-1]):
+        lead.pop()
+    if not lead or any(_is_basic(p) and not isinstance(p, (int, np.integer)) for p in lead):
+        return None
+    lead = [p if isinstance(p, (int, np.integer, np.ndarray)) else np.asarray(p) for p in lead]
+    k = sum(p.ndim if isinstance(p, np.ndarray) and p.dtype == np.bool_ else 1 for p in lead)
+    shape = t.shape
+    block = int(np.prod(shape[k:], dtype=np.int64))
+    if k >= len(shape) or block == 0:
+        return None
+    rows = np.arange(int(np.prod(shape[:k], dtype=np.int64)), dtype=np.int64).reshape(shape[:k])[tuple(lead)]
+    flat = np.ascontiguousarray(rows * block)
+    return _gather_blocks(t, flat, rows.shape + shape[k:], block)
 
 
 def _check_index(index):
@@ -182,15 +242,18 @@ class Tensor:
         masks. The result is a new tensor (a copy, as in any op); the gradient scatter-adds back,
         so an element picked twice receives both cotangents."""
         _check_index(index)
-        return _gather(self, _index_grid(self)[index])
+        parts = index if isinstance(index, tuple) else (index,)
+        if all(_is_basic(p) for p in parts):
+            return _slice(self, parts)
+        rows = _rows(self, parts)
+        return rows if rows is not None else _gather(self, _index_grid(self)[index])
 
     def __iter__(self):
         # explicit, so a 0-d tensor is a TypeError at iter() rather than a silent IndexError-ended
-        # loop, and the index grid is built once rather than per row
+        # loop
         if not self.shape:
             raise TypeError("iteration over a 0-d tensor")
-        grid = _index_grid(self)
-        return (_gather(self, row) for row in grid)
+        return (_slice(self, (i,)) for i in range(self.shape[0]))
 
     def __bool__(self):
         if self.size != 1:

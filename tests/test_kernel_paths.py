@@ -79,3 +79,103 @@ def test_softmax_family_zero_cotangent_contributes_zero(op):
     out = getattr(ad, op)(t, axis=1)
     out.backward(np.zeros(out.shape))
     np.testing.assert_array_equal(t.grad.numpy(), np.zeros_like(x))
+
+
+# --- indexing: basic indices are strided views (slice), leading integer arrays / masks with whole
+# trailing axes gather rows (blocks), everything else gathers single elements ---------------------
+
+IDX_MASK = np.array([True, False, True, True, False, True])
+INDEXES = [
+    # basic: ints, steps of every sign, None, Ellipsis, empty and full slices
+    (slice(None), slice(None, None, 2)), (1,), (-1, 2), (slice(1, 5, 2), Ellipsis, 0),
+    (slice(None, None, -1), slice(3, 0, -2)), (None, 2, slice(None), None), (Ellipsis, -1),
+    (slice(2, 2),), (0, 0, 0), (), (slice(-3, None), 1, slice(None, None, -3)),
+    # rows: integer arrays / masks on the leading axes, whole trailing axes
+    ([4, 0, 4, 1],), (np.array([[1, 5], [0, 0]]),), (IDX_MASK,), (IDX_MASK, Ellipsis),
+    ([2, 3], slice(None)), (np.array([0, 5]), np.array([1, 1])), (2, [0, 3, 3]),
+    (np.ones((6, 4), bool),), (np.array([], np.int64),),
+    # other advanced forms (single elements)
+    (slice(1, 3), [0, 2]), (Ellipsis, [1, 0]), ([0, 1], slice(None), [2, 3]), (None, [1, 2]),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index", INDEXES, ids=repr)
+def test_getitem_paths_match_numpy(index, dtype):
+    x = _data((6, 4, 5)).astype(dtype)
+    t = ad.tensor(x, requires_grad=True)
+    out = t[index]
+    expected = x[index]
+    assert out.shape == expected.shape and out.dtype == expected.dtype
+    np.testing.assert_array_equal(out.numpy(), expected)
+    g = _data(expected.shape, seed=2).astype(dtype)
+    out.backward(g)
+    (gx,) = REFERENCE["getitem"].vjp(g, expected, x, index)
+    np.testing.assert_array_equal(t.grad.numpy(), gx)      # sums of the same terms in the same order
+    tx = _data(x.shape, seed=3).astype(dtype)
+    _, tangent = ad.jvp(lambda a: a[index], (x,), (tx,))
+    np.testing.assert_array_equal(tangent.numpy(), tx[index])
+
+
+def test_getitem_second_order_through_views_and_rows():
+    x = _data((5, 6), seed=4)
+    # f = sum(sin(x[1:, ::2]) * sin(x[[0, 0, 3]])[:4, :3]): the hessian is exact in closed form
+    def f(a):
+        return (ad.sin(a[1:, ::2]) ** 2).sum() + (ad.sin(a[[0, 0, 3]]) ** 3).sum()
+    h = ad.hessian(f)(x).numpy().reshape(30, 30)
+    d2 = np.zeros((5, 6))
+    d2[1:, ::2] += 2 * np.cos(2 * x[1:, ::2])                       # (sin^2)'' = 2 cos 2x
+    s, c = np.sin(x), np.cos(x)
+    third = 6 * s * c * c - 3 * s ** 3                              # (sin^3)''
+    d2[0] += 2 * third[0]                                           # row 0 picked twice
+    d2[3] += third[3]
+    np.testing.assert_allclose(h, np.diag(d2.ravel()), rtol=1e-12, atol=1e-12)
+    gg = ad.grad(lambda a: ad.grad(f)(a).sum())(x).numpy()          # grad of grad: the row sums
+    np.testing.assert_allclose(gg, d2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2, -1])
+@pytest.mark.parametrize("sections", [2, [1, 3], [3, 1]])
+def test_split_every_axis(axis, sections):
+    x = _data((4, 6, 2), seed=5)
+    if isinstance(sections, int) and x.shape[axis] % sections:
+        return
+    t = ad.tensor(x, requires_grad=True)
+    parts = ad.split(t, sections, axis=axis)
+    expected = np.split(x, sections, axis=axis)
+    assert len(parts) == len(expected)
+    total = 0
+    for k, (p, e) in enumerate(zip(parts, expected)):
+        np.testing.assert_array_equal(p.numpy(), e)
+        total = total + (p * float(k + 1)).sum()
+    total.backward()
+    # parts may overlap ([3, 1] gives x[:3], x[3:1], x[1:]): each adds its weight where it reads
+    grad = np.zeros_like(x)
+    for k, pos in enumerate(np.split(np.arange(x.size).reshape(x.shape), sections, axis=axis)):
+        np.add.at(grad.reshape(-1), pos.ravel(), k + 1.0)
+    np.testing.assert_array_equal(t.grad.numpy(), grad)
+
+
+def test_slice_and_block_gather_validate_in_c():
+    # the bindings compute valid views and blocks; the C entry points must not trust their caller
+    from pyautodiff._capi import ffi, lib
+    from pyautodiff.tensor import _wrap
+    x = ad.tensor(np.arange(12.0).reshape(3, 4))
+    shape, strides = ffi.new("int64_t[]", [2, 2]), ffi.new("int64_t[]", [4, 2])
+    for offset in (-1, 7, 1 << 62):
+        with pytest.raises(IndexError, match="getitem"):
+            _wrap(lib.ad_slice(x._h, 2, shape, offset, strides))
+    huge = ffi.new("int64_t[]", [1 << 62, 1])
+    with pytest.raises(IndexError, match="getitem"):
+        _wrap(lib.ad_slice(x._h, 2, shape, 0, huge))
+    np.testing.assert_array_equal(_wrap(lib.ad_slice(x._h, 2, shape, 5, strides)).numpy(), [[5, 7], [9, 11]])
+    rows = ffi.new("int64_t[]", [8, 0])
+    np.testing.assert_array_equal(_wrap(lib.ad_gather(x._h, 2, shape, rows, 2)).numpy(), [[8, 9], [0, 1]])
+    with pytest.raises(ValueError, match="block of 3"):
+        _wrap(lib.ad_gather(x._h, 2, shape, rows, 3))
+    with pytest.raises(ValueError, match="block of 0"):
+        _wrap(lib.ad_gather(x._h, 2, shape, rows, 0))
+    with pytest.raises(IndexError, match="out of bounds"):
+        _wrap(lib.ad_gather(x._h, 2, shape, ffi.new("int64_t[]", [11, 0]), 2))
+    with pytest.raises(IndexError, match="out of bounds"):
+        _wrap(lib.ad_scatter_add(x._h, 1, ffi.new("int64_t[]", [13]), ffi.new("int64_t[]", [0, 2, 10]), 4))

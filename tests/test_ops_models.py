@@ -251,7 +251,7 @@ def test_gather_checks_flat_indices_in_c():
     for bad in (2, -1, 1 << 40):
         idx = ffi.new("int64_t[]", [bad])
         with pytest.raises(IndexError, match="out of bounds"):
-            _wrap(lib.ad_gather(x._h, 1, shape, idx))
+            _wrap(lib.ad_gather(x._h, 1, shape, idx, 1))
 
 
 def test_getitem_keeps_float32():

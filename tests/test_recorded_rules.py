@@ -198,19 +198,19 @@ def test_gather_scatter_add_pair_to_third_order():
 def test_scatter_add_op():
     x = ad.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
     idx = np.array([2, 0, 2], np.int64)
-    h = lib.ad_scatter_add(x._h, 2, ffi.new("int64_t[]", [2, 2]), ffi.cast("int64_t *", idx.ctypes.data))
+    h = lib.ad_scatter_add(x._h, 2, ffi.new("int64_t[]", [2, 2]), ffi.cast("int64_t *", idx.ctypes.data), 1)
     assert h > 0, check(h)
     y = _wrap(h)
     close(y.numpy(), [[2.0, 0.0], [4.0, 0.0]], (0, 0))
     y.backward(grad=np.array([[1.0, 2.0], [3.0, 4.0]]))
     close(x.grad.numpy(), [3.0, 1.0, 3.0], (0, 0))
     _, tangent = ad.jvp(lambda t: _wrap(lib.ad_scatter_add(t._h, 1, ffi.new("int64_t[]", [3]),
-                                                           ffi.cast("int64_t *", idx.ctypes.data))),
+                                                           ffi.cast("int64_t *", idx.ctypes.data), 1)),
                         (np.array([1.0, 2.0, 3.0]),), (np.array([1.0, 1.0, 1.0]),))
     close(tangent.numpy(), [1.0, 0.0, 2.0], (0, 0))
     bad = np.array([0, 4, 1], np.int64)
     with pytest.raises(IndexError, match="scatter_add"):
-        check(lib.ad_scatter_add(x._h, 1, ffi.new("int64_t[]", [4]), ffi.cast("int64_t *", bad.ctypes.data)))
+        check(lib.ad_scatter_add(x._h, 1, ffi.new("int64_t[]", [4]), ffi.cast("int64_t *", bad.ctypes.data), 1))
 
 
 def test_cotangent_and_inputs_independent_of_root():

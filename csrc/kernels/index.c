@@ -1,10 +1,12 @@
 /* Indexing and selection: gather (t[...]), concatenate / stack, where, clip. Forward and VJP of
  * each op sit together.
  *
- * gather takes flat source indices that the bindings compute with NumPy, so every NumPy indexing
- * form (slices with steps, None, Ellipsis, integer arrays, boolean masks) reduces to one kernel;
- * the indices are still checked here, because C must never read outside a buffer whatever it is
- * handed. Its VJP scatter-adds: an element picked twice collects both cotangents. */
+ * Basic indexing (ints, slices with steps, None, Ellipsis) is `slice`, a strided view copied;
+ * advanced indexing (integer arrays, boolean masks) is `gather` of flat source positions that the
+ * bindings compute with NumPy, in blocks of consecutive elements where the index leaves the
+ * trailing axes whole. Offsets and indices are still checked here, because C must never read
+ * outside a buffer whatever it is handed. gather's VJP scatter-adds: an element picked twice
+ * collects both cotangents. */
 #include "../core.h"
 #include <string.h>
 #include <math.h>
@@ -34,7 +36,10 @@ static int recording(ad_tape *T, int nin, ad_node **ins)
     return 0;
 }
 
-/* ---------------- gather ---------------- */
+/* ---------------- gather ----------------
+ * Each index picks a block of `block` consecutive elements (block 1: one element): t[rows] on a
+ * (10000, 64) tensor is 10^5 indices of 64-element rows, not 6.4 * 10^6 flat positions, so the
+ * bindings build, and the op saves, an index `block` times smaller and the kernels copy rows. */
 
 /* Copy the caller's index into n->aux when n will be recorded (its VJP and JVP read it). */
 static int save_index(ad_tape *T, ad_node *n, ad_node *x, int64_t count, const int64_t *index, const char *name)
@@ -47,151 +52,270 @@ static int save_index(ad_tape *T, ad_node *n, ad_node *x, int64_t count, const i
     return AD_OK;
 }
 
-int ad_mk_gather(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out)
+/* The checks gather and scatter_add share: `size` elements moved in blocks of `block` (it must
+ * divide size), each index the start of a block inside a tensor of `limit` elements. */
+static int check_blocks(const char *name, int64_t size, int64_t block, const int64_t *index, int64_t limit,
+                        int lndim, const int64_t *lshape)
+{
+    if (size > INT32_MAX)
+        return ad_err(AD_ERR_VALUE, "%s: cannot move more than %d elements at once", name, INT32_MAX);
+    if (block < 1 || size % block)
+        return ad_err(AD_ERR_VALUE, "%s: block of %lld elements does not divide the %lld elements moved",
+                      name, (long long)block, (long long)size);
+    if (size && !index) return ad_err(AD_ERR_VALUE, "%s: index is NULL", name);
+    for (int64_t i = 0, count = size / block; i < count; i++) {
+        if (index[i] < 0 || index[i] > limit - block) {
+            char b[160];
+            return ad_err(AD_ERR_INDEX, "%s: flat index %lld (block of %lld) is out of bounds for a tensor of shape %s (size %lld)",
+                          name, (long long)index[i], (long long)block, ad_shape_str(b, sizeof b, lndim, lshape),
+                          (long long)limit);
+        }
+    }
+    return AD_OK;
+}
+
+/* The two directions of a block move, dst (+)= src: `pick` reads the blocks of src at the index
+ * into consecutive blocks of dst (gather), `put` adds consecutive blocks of src into dst at the
+ * index (scatter-add: repeated indices accumulate). */
+#define BLOCK_MOVES(TT, SUF)                                                             \
+    static void pick_##SUF(TT *D, const TT *S, const int64_t *I, int64_t count, int64_t block, int acc) \
+    {                                                                                    \
+        if (block == 1) {                                                                \
+            if (acc) for (int64_t i = 0; i < count; i++) D[i] += S[I[i]];               \
+            else for (int64_t i = 0; i < count; i++) D[i] = S[I[i]];                     \
+            return;                                                                      \
+        }                                                                                \
+        for (int64_t i = 0; i < count; i++) {                                            \
+            TT *d = D + i * block; const TT *r = S + I[i];                               \
+            if (acc) for (int64_t j = 0; j < block; j++) d[j] += r[j];                   \
+            else memcpy(d, r, (size_t)block * sizeof(TT));                               \
+        }                                                                                \
+    }                                                                                    \
+    static void put_##SUF(TT *D, const TT *S, const int64_t *I, int64_t count, int64_t block) \
+    {                                                                                    \
+        if (block == 1) { for (int64_t i = 0; i < count; i++) D[I[i]] += S[i]; return; } \
+        for (int64_t i = 0; i < count; i++) {                                            \
+            TT *d = D + I[i]; const TT *r = S + i * block;                               \
+            for (int64_t j = 0; j < block; j++) d[j] += r[j];                            \
+        }                                                                                \
+    }
+BLOCK_MOVES(double, d)
+BLOCK_MOVES(float, f)
+#undef BLOCK_MOVES
+
+static void pick(int dtype, void *D, const void *S, const int64_t *I, int64_t count, int64_t block, int acc)
+{
+    if (dtype == AD_F64) pick_d(D, S, I, count, block, acc); else pick_f(D, S, I, count, block, acc);
+}
+
+/* dst = zeros (unless acc), then the blocks of src added at the index */
+static void put(int dtype, void *D, int64_t dsize, const void *S, const int64_t *I, int64_t count, int64_t block,
+                int acc)
+{
+    if (!acc) memset(D, 0, (size_t)dsize * ad_itemsize(dtype));
+    if (dtype == AD_F64) put_d(D, S, I, count, block); else put_f(D, S, I, count, block);
+}
+
+int ad_mk_gather(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, int64_t block,
+                 ad_node **out)
 {
     ad_node *n;
     int st;
     if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && !shape))
         return ad_err(AD_ERR_VALUE, "getitem: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
     if ((st = ad_node_new(T, AD_OP_GATHER, x->dtype, ndim, shape, &n))) return st;
-    if (n->size > INT32_MAX) {
+    if ((st = check_blocks("getitem", n->size, block, index, x->size, x->ndim, x->shape))) {
         ad_node_discard(T, n);
-        return ad_err(AD_ERR_VALUE, "getitem: cannot select more than %d elements at once", INT32_MAX);
+        return st;
     }
-    if (n->size && !index) { ad_node_discard(T, n); return ad_err(AD_ERR_VALUE, "getitem: index is NULL"); }
-    for (int64_t i = 0; i < n->size; i++) {
-        if (index[i] < 0 || index[i] >= x->size) {
-            char b[160];
-            ad_node_discard(T, n);
-            return ad_err(AD_ERR_INDEX, "getitem: flat index %lld is out of bounds for a tensor of shape %s (size %lld)",
-                          (long long)index[i], ad_shape_str(b, sizeof b, x->ndim, x->shape), (long long)x->size);
-        }
-    }
-    if (x->dtype == AD_F64) {
-        const double *X = x->data; double *Y = n->data;
-        for (int64_t i = 0; i < n->size; i++) Y[i] = X[index[i]];
-    } else {
-        const float *X = x->data; float *Y = n->data;
-        for (int64_t i = 0; i < n->size; i++) Y[i] = X[index[i]];
-    }
-    if ((st = save_index(T, n, x, n->size, index, "getitem"))) { ad_node_discard(T, n); return st; }
+    n->block = block;
+    pick(x->dtype, n->data, x->data, index, n->size / block, block, 0);
+    if ((st = save_index(T, n, x, n->size / block, index, "getitem"))) { ad_node_discard(T, n); return st; }
     if ((st = ad_record(T, n, 1, &x))) return st;
     *out = n;
     return AD_OK;
 }
 
-int64_t ad_gather(int64_t hx, int ndim, const int64_t *shape, const int64_t *index)
+int64_t ad_gather(int64_t hx, int ndim, const int64_t *shape, const int64_t *index, int64_t block)
 {
     ad_tape *T;
     int64_t st = ad_lock_current(&T);
     if (st) return st;
     ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_gather(T, x, ndim, shape, index, &n))) st = ad_handle(T, n);
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_gather(T, x, ndim, shape, index, block, &n)))
+        st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
 
-#define SCATTER(TT) do {                                                                 \
-        TT *D = s->dst; const TT *G = g; const int64_t *I = n->aux;                      \
-        if (!s->accumulate) memset(D, 0, (size_t)s->size * sizeof(TT));                 \
-        for (int64_t i = 0; i < n->aux_len; i++) D[I[i]] += G[i];                        \
-    } while (0)
-
+/* VJP: the cotangent's blocks scatter-add back, so an element picked twice collects both. */
 static int vjp_gather(ad_node *n, const void *g, ad_sink *s)
 {
-    if (n->dtype == AD_F64) SCATTER(double); else SCATTER(float);
+    put(n->dtype, s->dst, s->size, g, n->aux, n->aux_len, n->block, s->accumulate);
     return AD_OK;
 }
 
 /* JVP: each direction picks the same elements as the value did. */
 static void jvp_gather(ad_node *n, const void *const *tin, int64_t k, void *tout)
 {
-    const ad_node *x = n->in[0];
-    const int64_t *I = n->aux;
-#define PICK(TT) do {                                                                    \
-        for (int64_t r = 0; r < k; r++) {                                                \
-            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
-            for (int64_t i = 0; i < n->aux_len; i++) TO[i] = TX[I[i]];                   \
-        }                                                                                \
-    } while (0)
-    if (n->dtype == AD_F64) PICK(double); else PICK(float);
-#undef PICK
+    size_t isz = ad_itemsize(n->dtype);
+    for (int64_t r = 0; r < k; r++)
+        pick(n->dtype, (char *)tout + (size_t)(r * n->size) * isz,
+             (const char *)tin[0] + (size_t)(r * n->in[0]->size) * isz, n->aux, n->aux_len, n->block, 0);
 }
 
 /* ---------------- scatter_add (the VJP of gather) ----------------
- * out = zeros(shape); out.flat[index[i]] += x.flat[i]. Its VJP is a gather with the same index
- * and gather's is a scatter_add, so the pair differentiates to any order. */
+ * out = zeros(shape); block i of x is added at out.flat[index[i]:index[i] + block]. Its VJP is a
+ * gather with the same index and gather's is a scatter_add, so the pair differentiates to any
+ * order. */
 
-int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, ad_node **out)
+int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const int64_t *index, int64_t block,
+                      ad_node **out)
 {
     ad_node *n;
     int st;
     if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && !shape))
         return ad_err(AD_ERR_VALUE, "scatter_add: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
-    if (x->size > INT32_MAX)
-        return ad_err(AD_ERR_VALUE, "scatter_add: cannot scatter more than %d elements at once", INT32_MAX);
-    if (x->size && !index) return ad_err(AD_ERR_VALUE, "scatter_add: index is NULL");
     if ((st = ad_node_new(T, AD_OP_SCATTER_ADD, x->dtype, ndim, shape, &n))) return st;
-    for (int64_t i = 0; i < x->size; i++) {
-        if (index[i] < 0 || index[i] >= n->size) {
-            char b[160];
-            ad_node_discard(T, n);
-            return ad_err(AD_ERR_INDEX, "scatter_add: flat index %lld is out of bounds for a result of shape %s (size %lld)",
-                          (long long)index[i], ad_shape_str(b, sizeof b, ndim, shape), (long long)n->size);
-        }
+    if ((st = check_blocks("scatter_add", x->size, block, index, n->size, ndim, shape))) {
+        ad_node_discard(T, n);
+        return st;
     }
-#define SCATTER_FWD(TT) do {                                                             \
-        const TT *X = x->data; TT *Y = n->data;                                          \
-        memset(Y, 0, (size_t)n->size * sizeof(TT));                                      \
-        for (int64_t i = 0; i < x->size; i++) Y[index[i]] += X[i];                       \
-    } while (0)
-    if (n->dtype == AD_F64) SCATTER_FWD(double); else SCATTER_FWD(float);
-#undef SCATTER_FWD
-    if ((st = save_index(T, n, x, x->size, index, "scatter_add"))) { ad_node_discard(T, n); return st; }
+    n->block = block;
+    put(x->dtype, n->data, n->size, x->data, index, x->size / block, block, 0);
+    if ((st = save_index(T, n, x, x->size / block, index, "scatter_add"))) { ad_node_discard(T, n); return st; }
     if ((st = ad_record(T, n, 1, &x))) return st;
     *out = n;
     return AD_OK;
 }
 
-int64_t ad_scatter_add(int64_t hx, int ndim, const int64_t *shape, const int64_t *index)
+int64_t ad_scatter_add(int64_t hx, int ndim, const int64_t *shape, const int64_t *index, int64_t block)
 {
     ad_tape *T;
     int64_t st = ad_lock_current(&T);
     if (st) return st;
     ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_scatter_add(T, x, ndim, shape, index, &n))) st = ad_handle(T, n);
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_scatter_add(T, x, ndim, shape, index, block, &n)))
+        st = ad_handle(T, n);
     ad_unlock(T);
     return st;
 }
 
-/* VJP: each input element takes the cotangent of the place it was added to. */
+/* VJP: each input block takes the cotangent of the place it was added to. */
 static int vjp_scatter(ad_node *n, const void *g, ad_sink *s)
 {
-    const int64_t *I = n->aux;
-#define PICK_BACK(TT) do {                                                               \
-        TT *D = s->dst; const TT *G = g;                                                 \
-        if (s->accumulate) for (int64_t i = 0; i < n->aux_len; i++) D[i] += G[I[i]];     \
-        else for (int64_t i = 0; i < n->aux_len; i++) D[i] = G[I[i]];                    \
-    } while (0)
-    if (n->dtype == AD_F64) PICK_BACK(double); else PICK_BACK(float);
-#undef PICK_BACK
+    pick(n->dtype, s->dst, g, n->aux, n->aux_len, n->block, s->accumulate);
     return AD_OK;
 }
 
 /* JVP: each direction is scattered as the values were. */
 static void jvp_scatter(ad_node *n, const void *const *tin, int64_t k, void *tout)
 {
+    size_t isz = ad_itemsize(n->dtype);
+    for (int64_t r = 0; r < k; r++)
+        put(n->dtype, (char *)tout + (size_t)(r * n->size) * isz, n->size,
+            (const char *)tin[0] + (size_t)(r * n->in[0]->size) * isz, n->aux, n->aux_len, n->block, 0);
+}
+
+/* ---------------- slice: basic indexing ----------------
+ * Integers, slices with any step, None and Ellipsis select a strided view of x: an offset and
+ * one stride per output axis (in elements, any sign), which the bindings read off NumPy's own
+ * view of the index. One strided copy makes the value, with no index array at all; the VJP adds
+ * the cotangent back through the same strides. aux holds the offset, then the strides. */
+
+/* Is every element of the view inside x? (the lowest and highest positions it reaches) */
+static int slice_in_bounds(const ad_node *x, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides)
+{
+    int64_t lo = offset, hi = offset;
+    for (int i = 0; i < ndim; i++) {
+        int64_t reach;
+        if (__builtin_mul_overflow(strides[i], shape[i] - 1, &reach)) return 0;
+        if (reach < 0 ? __builtin_add_overflow(lo, reach, &lo) : __builtin_add_overflow(hi, reach, &hi)) return 0;
+    }
+    return lo >= 0 && hi < x->size;
+}
+
+int ad_mk_slice(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides,
+                ad_node **out)
+{
+    ad_node *n;
+    int st;
+    if (ndim < 0 || ndim > AD_MAXDIM || (ndim > 0 && (!shape || !strides)))
+        return ad_err(AD_ERR_VALUE, "getitem: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
+    if ((st = ad_node_new(T, AD_OP_SLICE, x->dtype, ndim, shape, &n))) return st;
+    if (n->size && !slice_in_bounds(x, ndim, shape, offset, strides)) {
+        char b1[160], b2[160];
+        ad_node_discard(T, n);
+        return ad_err(AD_ERR_INDEX, "getitem: a view of shape %s at offset %lld leaves a tensor of shape %s",
+                      ad_shape_str(b1, sizeof b1, ndim, shape), (long long)offset,
+                      ad_shape_str(b2, sizeof b2, x->ndim, x->shape));
+    }
+    n->aux = ad_buf_alloc(T, (size_t)(ndim + 1) * sizeof(int64_t));
+    if (!n->aux) { ad_node_discard(T, n); return ad_err(AD_ERR_MEMORY, "getitem: out of memory"); }
+    n->aux_len = ndim + 1;
+    n->aux[0] = offset;
+    memcpy(n->aux + 1, strides, (size_t)ndim * sizeof(int64_t));
+    if (n->size)
+        ad_copy_strided(x->dtype, n->data, (const char *)x->data + (size_t)offset * ad_itemsize(x->dtype), ndim,
+                        shape, strides);
+    if ((st = ad_record(T, n, 1, &x))) return st;
+    *out = n;
+    return AD_OK;
+}
+
+int64_t ad_slice(int64_t hx, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides)
+{
+    ad_tape *T;
+    int64_t st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *x, *n;
+    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_slice(T, x, ndim, shape, offset, strides, &n)))
+        st = ad_handle(T, n);
+    ad_unlock(T);
+    return st;
+}
+
+/* VJP: zeros, then the cotangent added through the view's strides (added, not stored: a view
+ * may reach one element twice, through a stride of 0). */
+static int vjp_slice(ad_node *n, const void *g, ad_sink *s)
+{
+    if (!s->accumulate) memset(s->dst, 0, (size_t)s->size * ad_itemsize(n->dtype));
+    if (!n->size) return AD_OK;
+    int64_t gs[AD_MAXDIM];
+    ad_contig_strides(n->ndim, n->shape, gs);
+    ad_strided_pass(n->dtype, (char *)s->dst + (size_t)n->aux[0] * ad_itemsize(n->dtype), n->aux + 1, g, gs,
+                    n->ndim, n->shape, 1);
+    return AD_OK;
+}
+
+/* JVP: each direction is viewed as the value was. */
+static void jvp_slice(ad_node *n, const void *const *tin, int64_t k, void *tout)
+{
+    size_t isz = ad_itemsize(n->dtype);
+    if (!n->size) return;
+    for (int64_t r = 0; r < k; r++)
+        ad_copy_strided(n->dtype, (char *)tout + (size_t)(r * n->size) * isz,
+                        (const char *)tin[0] + (size_t)(r * n->in[0]->size + n->aux[0]) * isz, n->ndim, n->shape,
+                        n->aux + 1);
+}
+
+/* The differentiable VJP: the cotangent scatter-added at the flat positions the view reaches
+ * (a scatter_add, whose own VJP gathers them again). Only higher-order sweeps build the index. */
+static int rec_slice_back(ad_tape *T, ad_node *n, ad_node *g, ad_node **out)
+{
+    size_t bytes = (size_t)(n->size ? n->size : 1) * sizeof(int64_t);
+    int64_t *idx = ad_buf_alloc(T, bytes), pos[AD_MAXDIM] = {0};
+    if (!idx) return ad_err(AD_ERR_MEMORY, "differentiable rule of getitem: out of memory");
+    for (int64_t i = 0; i < n->size; i++) {
+        int64_t p = n->aux[0];
+        for (int d = 0; d < n->ndim; d++) p += pos[d] * n->aux[1 + d];
+        idx[i] = p;
+        for (int d = n->ndim - 1; d >= 0 && ++pos[d] == n->shape[d]; d--) pos[d] = 0;
+    }
     const ad_node *x = n->in[0];
-    const int64_t *I = n->aux;
-#define SCATTER_T(TT) do {                                                               \
-        for (int64_t r = 0; r < k; r++) {                                                \
-            const TT *TX = (const TT *)tin[0] + r * x->size; TT *TO = (TT *)tout + r * n->size; \
-            memset(TO, 0, (size_t)n->size * sizeof(TT));                                 \
-            for (int64_t i = 0; i < n->aux_len; i++) TO[I[i]] += TX[i];                  \
-        }                                                                                \
-    } while (0)
-    if (n->dtype == AD_F64) SCATTER_T(double); else SCATTER_T(float);
-#undef SCATTER_T
+    int st = ad_mk_scatter_add(T, g, x->ndim, x->shape, idx, 1, out);
+    ad_buf_free(T, idx, bytes);
+    return st;
 }
 
 /* ---------------- concatenate / stack ---------------- */
@@ -583,6 +707,7 @@ int ad_vjp_index(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     (void)T;
     switch (n->op) {
     case AD_OP_GATHER: return vjp_gather(n, g, s);
+    case AD_OP_SLICE: return vjp_slice(n, g, s);
     case AD_OP_SCATTER_ADD: return vjp_scatter(n, g, s);
     case AD_OP_CONCATENATE: case AD_OP_STACK: return vjp_concatenate(n, g, which, s);
     case AD_OP_WHERE: return vjp_where(n, g, which, s);
@@ -596,6 +721,7 @@ int ad_jvp_index(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void
     (void)T;
     switch (n->op) {
     case AD_OP_GATHER: jvp_gather(n, tin, k, tout); return AD_OK;
+    case AD_OP_SLICE: jvp_slice(n, tin, k, tout); return AD_OK;
     case AD_OP_SCATTER_ADD: jvp_scatter(n, tin, k, tout); return AD_OK;
     case AD_OP_CONCATENATE: case AD_OP_STACK: jvp_concatenate(n, tin, k, tout); return AD_OK;
     case AD_OP_WHERE: jvp_where(n, tin, k, tout); return AD_OK;
@@ -632,13 +758,13 @@ static int rec_concat_block(ad_tape *T, ad_node *n, ad_node *g, int which, ad_no
     int64_t outer, inner, offset = 0;
     axis_split(n, ax, &outer, &inner);
     for (int k = 0; k < which; k++) offset += extent(n, n->in[k], ax);
-    int64_t len = extent(n, m, ax) * inner, total = n->shape[ax] * inner;
-    size_t bytes = (size_t)(m->size ? m->size : 1) * sizeof(int64_t);
+    /* one block of len elements per outer block of g */
+    int64_t len = extent(n, m, ax) * inner, total = n->shape[ax] * inner, count = len ? outer : 0;
+    size_t bytes = (size_t)(count ? count : 1) * sizeof(int64_t);
     int64_t *idx = ad_buf_alloc(T, bytes);
     if (!idx) return ad_err(AD_ERR_MEMORY, "differentiable rule of %s: out of memory", ad_ops[n->op].name);
-    for (int64_t o = 0; o < outer; o++)
-        for (int64_t i = 0; i < len; i++) idx[o * len + i] = o * total + offset * inner + i;
-    int st = ad_mk_gather(T, g, m->ndim, m->shape, idx, out);
+    for (int64_t o = 0; o < count; o++) idx[o] = o * total + offset * inner;
+    int st = ad_mk_gather(T, g, m->ndim, m->shape, idx, len ? len : 1, out);
     ad_buf_free(T, idx, bytes);
     return st;
 }
@@ -668,8 +794,9 @@ int ad_vjp_rec_index(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **ou
 {
     const ad_node *x = n->in[0];
     switch (n->op) {
-    case AD_OP_GATHER: return ad_mk_scatter_add(T, g, x->ndim, x->shape, n->aux, out);
-    case AD_OP_SCATTER_ADD: return ad_mk_gather(T, g, x->ndim, x->shape, n->aux, out);
+    case AD_OP_GATHER: return ad_mk_scatter_add(T, g, x->ndim, x->shape, n->aux, n->block, out);
+    case AD_OP_SCATTER_ADD: return ad_mk_gather(T, g, x->ndim, x->shape, n->aux, n->block, out);
+    case AD_OP_SLICE: return rec_slice_back(T, n, g, out);
     case AD_OP_CONCATENATE: case AD_OP_STACK: return rec_concat_block(T, n, g, which, out);
     /* output-shaped, as the numeric contribution: the sweep sums the broadcast axes */
     case AD_OP_WHERE: return select_mask(T, n, (const uint8_t *)n->aux, g, which == 1, out);
@@ -699,8 +826,9 @@ static int jvp_rec_concatenate(ad_tape *T, ad_node *n, ad_node *const *tin, ad_n
 int ad_jvp_rec_index(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
 {
     switch (n->op) {
-    case AD_OP_GATHER: return ad_mk_gather(T, tin[0], n->ndim, n->shape, n->aux, out);
-    case AD_OP_SCATTER_ADD: return ad_mk_scatter_add(T, tin[0], n->ndim, n->shape, n->aux, out);
+    case AD_OP_GATHER: return ad_mk_gather(T, tin[0], n->ndim, n->shape, n->aux, n->block, out);
+    case AD_OP_SCATTER_ADD: return ad_mk_scatter_add(T, tin[0], n->ndim, n->shape, n->aux, n->block, out);
+    case AD_OP_SLICE: return ad_mk_slice(T, tin[0], n->ndim, n->shape, n->aux[0], n->aux + 1, out);
     case AD_OP_CONCATENATE: case AD_OP_STACK: return jvp_rec_concatenate(T, n, tin, out);
     case AD_OP_WHERE: {
         ad_node *zero;

@@ -41,6 +41,7 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_SOFTMAX] = SM("softmax"),
     [AD_OP_LOG_SOFTMAX] = SM("log_softmax"),
     [AD_OP_SCATTER_ADD] = L("scatter_add", index, 0, NONE),
+    [AD_OP_SLICE] = L("getitem", index, 0, NONE),
 };
 
 int ad_op_rules(int op, const char **name)

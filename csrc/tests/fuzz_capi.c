@@ -207,6 +207,19 @@ static int64_t small_size(int nd, const int64_t *sh)
 }
 
 static int64_t index_buf[35000];
+
+/* an integer that no sane caller passes */
+static int64_t absurd_int(void)
+{
+    static const int64_t v[] = {0, -1, -5, (int64_t)1 << 40, -((int64_t)1 << 62), INT64_MAX, INT64_MIN};
+    return v[below(sizeof v / sizeof v[0])];
+}
+
+/* a gather / scatter_add block: mostly 1, sometimes rows, sometimes nonsense */
+static int64_t block_arg(void)
+{
+    return chance(70) ? 1 : chance(80) ? 1 + (int64_t)below(8) : absurd_int();
+}
 static uint8_t cond_buf[35000];
 
 static void optim_arg(ad_optim_t *o)
@@ -228,7 +241,18 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(15)) {
+    switch (below(16)) {
+    case 14: {
+        /* basic indexing: a strided view, mostly inside the source, sometimes reaching out */
+        nd = chance(50) ? like_shape(sh) : ndim_arg();
+        for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
+        int64_t st[16];
+        for (int i = 0; i < 16; i++) st[i] = chance(90) ? (int64_t)below(7) - 3 : absurd_int();
+        int64_t off = chance(90) ? (int64_t)below(12) : absurd_int();
+        check_handle("ad_slice", ad_slice(any_handle(), nd, chance(90) ? sh : shape_arg(sh, nd), off,
+                                          chance(95) ? st : NULL), 0);
+        break;
+    }
     case 0: {
         nd = chance(50) ? like_shape(sh) : ndim_arg();
         for (int i = 0; nd > 0 && i < nd && i < 16; i++) if (sh[i] < 0) sh[i] = 1;
@@ -237,7 +261,7 @@ static void one_newer_call(void)
         for (int64_t i = 0; i < (n > 0 ? n : 0); i++)
             index_buf[i] = chance(97) ? below(8) : (chance(50) ? -1 - below(3) : (int64_t)1 << 40);
         /* an index array only when its length is known; absurd shapes get NULL */
-        check_handle("ad_gather", ad_gather(any_handle(), nd, s, n >= 0 && chance(95) ? index_buf : NULL), 0);
+        check_handle("ad_gather", ad_gather(any_handle(), nd, s, n >= 0 && chance(95) ? index_buf : NULL, block_arg()), 0);
         break;
     }
     case 1: {
@@ -341,7 +365,7 @@ static void one_newer_call(void)
         for (int64_t i = 0; known && i < info.size; i++)
             index_buf[i] = chance(97) ? below(n > 0 ? n : 1) : (chance(50) ? -1 - below(3) : (int64_t)1 << 40);
         /* an index array only when x's size is known; otherwise NULL */
-        check_handle("ad_scatter_add", ad_scatter_add(x, nd, s, known && chance(95) ? index_buf : NULL), 0);
+        check_handle("ad_scatter_add", ad_scatter_add(x, nd, s, known && chance(95) ? index_buf : NULL, block_arg()), 0);
         break;
     }
     case 12: {
