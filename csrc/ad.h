@@ -215,9 +215,9 @@ int ad_op_rules(int op, const char **name);
 /* Counters of the calling thread's tape. */
 int ad_stats(ad_stats_t *out);
 
-/* gemm used by matmul: pointers with the Fortran BLAS signature (e.g. from scipy.linalg.cython_blas).
- * Without them matmul uses a blocked C loop. */
-int ad_set_blas(void *dgemm, void *sgemm);
+/* gemm and gemv used by matmul: pointers with the Fortran BLAS signature (e.g. from
+ * scipy.linalg.cython_blas), any of them NULL. Without them matmul uses a blocked C loop. */
+int ad_set_blas(void *dgemm, void *sgemm, void *dgemv, void *sgemv);
 
 /* Hessian-vector products of a scalar root (forward over reverse), for k directions at once:
  * tangents[i] holds k directions for leaves[i] (shape (k, *leaf.shape)); out_hvp[i] receives a new

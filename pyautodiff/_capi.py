@@ -102,8 +102,8 @@ def check_int64(values, what):
     return values
 
 
-def _gemm_pointer(name):
-    """Address of SciPy's BLAS ?gemm (its cython_blas C-API), or NULL when SciPy is absent."""
+def _blas_pointer(name):
+    """Address of a SciPy BLAS routine (its cython_blas C-API), or NULL when SciPy is absent."""
     try:
         from scipy.linalg import cython_blas
     except ImportError:
@@ -118,6 +118,6 @@ def _gemm_pointer(name):
     return ffi.cast("void *", get_ptr(capsule, get_name(capsule)))
 
 
-lib.ad_set_blas(_gemm_pointer("dgemm"), _gemm_pointer("sgemm"))
+lib.ad_set_blas(*(_blas_pointer(name) for name in ("dgemm", "sgemm", "dgemv", "sgemv")))
 # short calls keep the GIL, long work releases it (see _build.py)
 lib.pyautodiff_keep_gil_for_short_calls()

@@ -11,14 +11,53 @@ typedef void (*dgemm_t)(const char *, const char *, const int *, const int *, co
 typedef void (*sgemm_t)(const char *, const char *, const int *, const int *, const int *, const float *,
                         const float *, const int *, const float *, const int *, const float *, float *,
                         const int *);
+typedef void (*dgemv_t)(const char *, const int *, const int *, const double *, const double *, const int *,
+                        const double *, const int *, const double *, double *, const int *);
+typedef void (*sgemv_t)(const char *, const int *, const int *, const float *, const float *, const int *,
+                        const float *, const int *, const float *, float *, const int *);
 static dgemm_t g_dgemm;
 static sgemm_t g_sgemm;
+static dgemv_t g_dgemv;
+static sgemv_t g_sgemv;
 
-int ad_set_blas(void *dgemm, void *sgemm)
+int ad_set_blas(void *dgemm, void *sgemm, void *dgemv, void *sgemv)
 {
     g_dgemm = (dgemm_t)dgemm;
     g_sgemm = (sgemm_t)sgemm;
+    g_dgemv = (dgemv_t)dgemv;
+    g_sgemv = (sgemv_t)sgemv;
     return AD_OK;
+}
+
+/* y (m values at stride incy) = [y +] A x with A column-major (M x N, lda) or its transpose */
+static int gemv(int dtype, int trans, int64_t M, int64_t N, const void *A, int64_t lda, const void *x, int64_t incx,
+                int beta_one, void *y, int64_t incy)
+{
+    if (M > INT_MAX || N > INT_MAX || lda > INT_MAX || incx > INT_MAX || incy > INT_MAX || lda < (M > 1 ? M : 1) ||
+        incx < 1 || incy < 1)
+        return 0;
+    int m = (int)M, n = (int)N, la = (int)lda, ix = (int)incx, iy = (int)incy;
+    if (dtype == AD_F64 && g_dgemv) {
+        double one = 1, beta = beta_one ? 1 : 0;
+        g_dgemv(trans ? "T" : "N", &m, &n, &one, A, &la, x, &ix, &beta, y, &iy);
+        return 1;
+    }
+    if (dtype == AD_F32 && g_sgemv) {
+        float one = 1, beta = beta_one ? 1 : 0;
+        g_sgemv(trans ? "T" : "N", &m, &n, &one, A, &la, x, &ix, &beta, y, &iy);
+        return 1;
+    }
+    return 0;
+}
+
+/* C (m x n) = [C +] a b^T, an outer product (the inner dimension is 1): one pass over C, where
+ * gemm would pack both operands first */
+#define OUTER(T) do {                                                                              const T *a = A, *b = B; T *c = C;                                                         for (int64_t i = 0; i < m; i++) {                                                             T ai = a[i * sa], *ci = c + i * ldc;                                                      if (sb == 1) {                                                                                if (beta_one) for (int64_t j = 0; j < n; j++) ci[j] += ai * b[j];                         else for (int64_t j = 0; j < n; j++) ci[j] = ai * b[j];                               } else {                                                                                      if (beta_one) for (int64_t j = 0; j < n; j++) ci[j] += ai * b[j * sb];                    else for (int64_t j = 0; j < n; j++) ci[j] = ai * b[j * sb];                          }                                                                                     }                                                                                     } while (0)
+
+static void outer(int dtype, int64_t m, int64_t n, const void *A, int64_t sa, const void *B, int64_t sb,
+                  int beta_one, void *C, int64_t ldc)
+{
+    if (dtype == AD_F64) OUTER(double); else OUTER(float);
 }
 
 /* C (m x n, row-major, ldc) = [C +] op(A) op(B), row-major operands. */
@@ -42,6 +81,16 @@ int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, 
     if (m == 0 || n == 0) return AD_OK;
     if (k == 0) {
         if (!beta_one) for (int64_t i = 0; i < m; i++) memset((char *)C + (size_t)(i * ldc) * ad_itemsize(dtype), 0, (size_t)n * ad_itemsize(dtype));
+        return AD_OK;
+    }
+    /* matrix-vector products on gemv, which streams the matrix once (gemm with one column packs
+     * it first): a column result reads op(B)'s column, a row result op(A)'s row */
+    if (n == 1 && gemv(dtype, !transA, transA ? m : k, transA ? k : m, A, lda, B, transB ? 1 : ldb, beta_one, C, ldc))
+        return AD_OK;
+    if (m == 1 && gemv(dtype, transB, transB ? k : n, transB ? n : k, B, ldb, A, transA ? lda : 1, beta_one, C, 1))
+        return AD_OK;
+    if (k == 1) {
+        outer(dtype, m, n, A, transA ? 1 : lda, B, transB ? ldb : 1, beta_one, C, ldc);
         return AD_OK;
     }
     int fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX;
