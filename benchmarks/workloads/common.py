@@ -143,31 +143,49 @@ def micrograd_recursion_note(Value, depth):
 
 # ---- cells for array libraries: a workload writes only its loss, once per library ----
 
-def _backward_cell(tensors, loss, note):
-    """PyTorch-style: leaves with .grad, loss.backward(); grads cleared before every step."""
+def _backward_cell(tensors, loss, note, cotangent=None, cotangent_array=None):
+    """PyTorch-style: leaves with .grad, loss.backward(); grads cleared before every step.
+
+    With a cotangent (a tensor of the output's shape, made once), the output need not be a
+    scalar: out.backward(cotangent) runs the VJP, and the reported loss is <out, cotangent>."""
 
     def step():
         for t in tensors:
             t.grad = None
         out = loss(*tensors)
-        out.backward()
+        if cotangent is None:
+            out.backward()
+        else:
+            out.backward(cotangent)
         return out
 
     def grads(out):
-        return out.item(), [t.grad.numpy() for t in tensors]
+        value = (out.item() if cotangent is None else
+                 float(np.vdot(np.asarray(out.detach(), dtype=np.float64), cotangent_array)))
+        return value, [t.grad.numpy() for t in tensors]
 
     return Cell(step, grads, note=note)
 
 
-def pyautodiff_cell(leaves, loss, note=""):
+def pyautodiff_cell(leaves, loss, note="", cotangent=None):
+    """leaves keep their dtype (float32 stays float32); cotangent: a NumPy array or None."""
     ad = peers.load("pyautodiff")
-    return _backward_cell([ad.tensor(v, requires_grad=True) for v in leaves], loss, note)
+    seed = None if cotangent is None else ad.tensor(cotangent)
+    return _backward_cell([ad.tensor(v, requires_grad=True) for v in leaves], loss, note,
+                          seed, cotangent)
 
 
-def torch_cell(leaves, loss, note=""):
+def torch_dtype(value):
+    """float32 for a float32 array, else float64 (every contestant computes in float64)."""
     torch = peers.load("torch")
-    tensors = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in leaves]
-    return _backward_cell(tensors, loss, note)
+    return torch.float32 if getattr(value, "dtype", None) == np.float32 else torch.float64
+
+
+def torch_cell(leaves, loss, note="", cotangent=None):
+    torch = peers.load("torch")
+    tensors = [torch.tensor(v, dtype=torch_dtype(v), requires_grad=True) for v in leaves]
+    seed = None if cotangent is None else torch.tensor(cotangent, dtype=torch_dtype(cotangent))
+    return _backward_cell(tensors, loss, note, seed, cotangent)
 
 
 def jax_cell(leaves, loss, jit, note=""):
