@@ -98,64 +98,6 @@ def two(shapes):
     return lambda n: shapes(n) * 2
 
 
-# ---- the libraries under NumPy's names ----
-
-class TorchNames:
-    """torch with the NumPy spellings the cases use (axis=, amax for max, cat, ...)."""
-
-    def __init__(self, torch):
-        self.torch = torch
-
-    def __getattr__(self, name):
-        return getattr(self.torch, name)
-
-    @staticmethod
-    def _dims(x, axis):
-        return tuple(range(x.ndim)) if axis is None else axis
-
-    def sum(self, x, axis=None):
-        return self.torch.sum(x, dim=self._dims(x, axis))
-
-    def mean(self, x, axis=None):
-        return self.torch.mean(x, dim=self._dims(x, axis))
-
-    def max(self, x, axis=None):
-        return self.torch.amax(x, dim=self._dims(x, axis))  # ties share the gradient, as here
-
-    def min(self, x, axis=None):
-        return self.torch.amin(x, dim=self._dims(x, axis))
-
-    def logsumexp(self, x, axis=None):
-        return self.torch.logsumexp(x, dim=self._dims(x, axis))
-
-    def softmax(self, x, axis=-1):
-        return self.torch.softmax(x, dim=axis)
-
-    def log_softmax(self, x, axis=-1):
-        return self.torch.log_softmax(x, dim=axis)
-
-    def concatenate(self, xs, axis=0):
-        return self.torch.cat(xs, dim=axis)
-
-    def split(self, x, sections, axis=0):
-        return list(self.torch.tensor_split(x, sections, dim=axis))
-
-    def transpose(self, x, axes=None):
-        return x.permute(*(axes or reversed(range(x.ndim))))
-
-    def reshape(self, x, shape):
-        return x.reshape(shape)
-
-    def maximum(self, x, y):
-        return self.torch.maximum(x, y)
-
-    def divide(self, x, y):
-        return self.torch.div(x, y)
-
-    def relu(self, x):
-        return self.torch.relu(x)
-
-
 # ---- the cases ----
 
 def _kd(np, g, x, axis):
@@ -614,7 +556,7 @@ def _builders(case, np):
 
     def torch_cell(data, size):
         torch = peers.load("torch")
-        names = TorchNames(torch)
+        names = common.TorchNames(torch)
         c = {k: torch.from_numpy(v) for k, v in data["consts"].items()}
         fn = lambda *xs: (case.torch or case.ad)(names, c, *xs)  # noqa: E731
         if data["multi"]:
