@@ -42,6 +42,11 @@ GRAD_RTOL = {"float64": 1e-6, "float32": 1e-4}
 FULL_SIZES = (100, 10_000, 1_000_000)
 BIG = 10_000_000  # full run only, on the rows marked big
 WANTED = {"pyautodiff", "numpy", "torch"}
+# Ops real code uses that pyautodiff has no public function for (issue 15's matrix needs them)
+MISSING = ["a public scatter / scatter-add / index_add (only as the VJP of indexing)",
+           "indexed assignment (`t[idx] = v`)", "einsum", "outer (written as (n,1) @ (1,m))",
+           "take_along_axis / gather along an axis", "squeeze / expand_dims / swapaxes / "
+           "moveaxis (reshape and transpose stand in)", "prod, var, std, cumsum, argmax"]
 
 
 @dataclasses.dataclass
@@ -476,6 +481,12 @@ def cases(np):
         lambda c, *xs: np.concatenate(xs, axis=1),
         lambda c, g, o, *xs: np.split(g, 4, axis=1),
         lambda L, c, *xs: L.concatenate(list(xs), 1), sizes=(4 * 2048 * 256,))
+    for axis in (0, 2):
+        add("concat", f"stack(4 x (n,n), axis={axis})", quarters,
+            lambda c, *xs, a=axis: np.stack(xs, axis=a),
+            lambda c, g, o, *xs, a=axis: [g[(slice(None),) * a + (i,)] for i in range(4)],
+            lambda L, c, *xs, a=axis: L.stack(list(xs), a),
+            note="NumPy's backward: views of the cotangent")
     for axis in (0, 1, 2):
         add("concat", f"split(x, 4, axis={axis}), 3-D", lambda n: [
             tuple(4 * max(1, s // 4) for s in cube(n)[0])],
@@ -775,18 +786,16 @@ def render(meta, results, plot_note):
               "cotangent (`g.T`, a block of `g`). max/min inputs have no ties. Per-case: "
               + "; ".join(f"{n}" for n in notes) + ".", "",
               f"Plot: {plot_note}", ""]
-    missing = ["stack (ad.stack exists, not in the matrix yet)"]
-    lines += ["Not benchmarked: " + "; ".join(missing) + ".", ""]
+    lines += ["Not in the library, so not in the matrix: " + "; ".join(MISSING) + ".", ""]
     return "\n".join(lines)
 
 
 def heatmap(results, path):
-    try:
-        import matplotlib
-    except ModuleNotFoundError:
-        return None, "skipped (matplotlib is not installed)"
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks import report
+
+    plt = report.pyplot()
+    if plt is None:
+        return None, report.NO_MATPLOTLIB
     import numpy as np
     from matplotlib.colors import LogNorm
 

@@ -256,6 +256,9 @@ class TorchNames:
     def concatenate(self, xs, axis=0):
         return self.torch.cat(xs, dim=axis)
 
+    def stack(self, xs, axis=0):
+        return self.torch.stack(xs, dim=axis)
+
     def split(self, x, sections, axis=0):
         return list(self.torch.tensor_split(x, sections, dim=axis))
 

@@ -59,26 +59,22 @@ def build_numpy(data, size):
     return Cell(step, lambda out: (float(out[0]), out[1]))
 
 
+def loss(L, V, s, x):
+    """The objective for pyautodiff (L = ad) and torch."""
+    r = V @ x - s
+    return 0.5 * L.sum(r * r)
+
+
 def build_pyautodiff(data, size):
     ad = peers.load("pyautodiff")
     V, s = ad.tensor(data["V"]), ad.tensor(data["s"])
-
-    def loss(x):
-        r = V @ x - s
-        return 0.5 * ad.sum(r * r)
-
-    return common.pyautodiff_cell(data["leaves"], loss)
+    return common.pyautodiff_cell(data["leaves"], lambda x: loss(ad, V, s, x))
 
 
 def build_torch(data, size):
     torch = peers.load("torch")
     V, s = torch.from_numpy(data["V"]), torch.from_numpy(data["s"])
-
-    def loss(x):
-        r = V @ x - s
-        return 0.5 * torch.sum(r * r)
-
-    return common.torch_cell(data["leaves"], loss)
+    return common.torch_cell(data["leaves"], lambda x: loss(torch, V, s, x))
 
 
 BUILDERS = common.builders(globals())
