@@ -321,7 +321,7 @@ def _isolated_keys(workload):
     return set(peers.ORDER) if isolated == "all" else set(isolated)
 
 
-def run_workload(workload, cfg, wanted, run_isolated):
+def run_workload(workload, cfg, wanted, run_isolated, freeze=True):
     """Run one workload over the wanted contestants. ``run_isolated(name, key)`` runs a child."""
     started = time.perf_counter()
     size = workload.size(cfg.quick)
@@ -357,14 +357,17 @@ def run_workload(workload, cfg, wanted, run_isolated):
 
     # Imported libraries and built inputs move to GC's permanent generation: a full collection
     # in a process with torch and jax loaded scans ~240,000 objects (0.1 s here), a cost that
-    # depends on what else is imported, not on the library being timed.
-    gc.collect()
-    gc.freeze()
+    # depends on what else is imported, not on the library being timed. A caller that runs
+    # many small workloads (the op matrix) freezes around all of them instead (freeze=False).
+    if freeze:
+        gc.collect()
+        gc.freeze()
     try:
         for key, timing in time_cells(cells, cfg, first_seconds).items():
             records[key].update(timing)
     finally:
-        gc.unfreeze()
+        if freeze:
+            gc.unfreeze()
     cells.clear()
     gc.collect()
 

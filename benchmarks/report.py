@@ -328,13 +328,24 @@ def render(meta, results, sweep, plot_note):
 
 # ---- plot ----
 
-def plot(results, path):
+def pyplot():
+    """matplotlib.pyplot drawing to files (the Agg backend), or None without matplotlib."""
     try:
         import matplotlib
     except ModuleNotFoundError:
-        return None, "skipped (matplotlib is not installed)"
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+NO_MATPLOTLIB = "skipped (matplotlib is not installed)"
+
+
+def plot(results, path):
+    plt = pyplot()
+    if plt is None:
+        return None, NO_MATPLOTLIB
     from matplotlib.ticker import NullFormatter
 
     shown = [r for r in results if any(c["status"] == OK for c in r["cells"])]

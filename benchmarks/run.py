@@ -75,16 +75,21 @@ def pin_environment(keep_openblas_env):
     return removed, kept
 
 
+def pin_before_numpy(module, argv, keep_openblas_env):
+    """pin_environment, in a fresh interpreter running ``python -m module *argv`` if NumPy's BLAS
+    has already read its settings in this one."""
+    if "numpy" in sys.modules and not os.environ.get("BENCHMARKS_REEXEC"):
+        os.environ["BENCHMARKS_REEXEC"] = "1"
+        pin_environment(keep_openblas_env)
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+    return pin_environment(keep_openblas_env)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    if "numpy" in sys.modules and not os.environ.get("BENCHMARKS_REEXEC"):
-        # NumPy's BLAS has already read its settings: start over in a fresh interpreter.
-        os.environ["BENCHMARKS_REEXEC"] = "1"
-        pin_environment(args.keep_openblas_env)
-        os.chdir(ROOT)
-        os.execv(sys.executable, [sys.executable, "-m", "benchmarks", *argv])
-    removed, kept = pin_environment(args.keep_openblas_env)
+    removed, kept = pin_before_numpy("benchmarks", argv, args.keep_openblas_env)
 
     from benchmarks import harness, peers, report, workloads
 
@@ -166,6 +171,14 @@ def main(argv=None):
     for path in written:
         print(f"wrote {os.path.relpath(path, os.getcwd())}", file=sys.stderr)
     failures = report.failures(results, sweep)
+    if args.quick and not (args.only or args.contestants):
+        # the op matrix's quick subset (seconds): CI sees its gradients agree too
+        from benchmarks import opmatrix
+
+        print("[opmatrix] quick subset (python -m benchmarks.opmatrix --quick)", file=sys.stderr)
+        failures += opmatrix.measure_and_write(
+            True, keep_openblas_env=args.keep_openblas_env, removed=removed, kept=kept,
+            command=f"{meta['command']} (op matrix quick subset)")
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

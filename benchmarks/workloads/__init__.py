@@ -17,13 +17,21 @@ NAMES = [
     "hessian_compose_jac",
     "hessian_compose_hvp_fwd",
     "hessian_compose_hvp_rev",
+    "gmm_d2_k5",
+    "gmm_d10_k25",
+    "lstm",
+    "lse",
+    "llsq",
+    "ode",
+    "det",
 ]
 
 # Workloads that live in another workload's module (one file holds a family side by side).
 _MODULES = {"deep_chain_1e6": "deep_chain", "jacobian_fwd": "jacobian", "jacobian_rev": "jacobian",
             "hessian_compose_jac": "hessian_compose",
             "hessian_compose_hvp_fwd": "hessian_compose",
-            "hessian_compose_hvp_rev": "hessian_compose"}
+            "hessian_compose_hvp_rev": "hessian_compose",
+            "gmm_d2_k5": "gmm", "gmm_d10_k25": "gmm"}
 
 
 def load(name):

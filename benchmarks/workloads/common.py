@@ -143,31 +143,49 @@ def micrograd_recursion_note(Value, depth):
 
 # ---- cells for array libraries: a workload writes only its loss, once per library ----
 
-def _backward_cell(tensors, loss, note):
-    """PyTorch-style: leaves with .grad, loss.backward(); grads cleared before every step."""
+def _backward_cell(tensors, loss, note, cotangent=None, cotangent_array=None):
+    """PyTorch-style: leaves with .grad, loss.backward(); grads cleared before every step.
+
+    With a cotangent (a tensor of the output's shape, made once), the output need not be a
+    scalar: out.backward(cotangent) runs the VJP, and the reported loss is <out, cotangent>."""
 
     def step():
         for t in tensors:
             t.grad = None
         out = loss(*tensors)
-        out.backward()
+        if cotangent is None:
+            out.backward()
+        else:
+            out.backward(cotangent)
         return out
 
     def grads(out):
-        return out.item(), [t.grad.numpy() for t in tensors]
+        value = (out.item() if cotangent is None else
+                 float(np.vdot(np.asarray(out.detach(), dtype=np.float64), cotangent_array)))
+        return value, [t.grad.numpy() for t in tensors]
 
     return Cell(step, grads, note=note)
 
 
-def pyautodiff_cell(leaves, loss, note=""):
+def pyautodiff_cell(leaves, loss, note="", cotangent=None):
+    """leaves keep their dtype (float32 stays float32); cotangent: a NumPy array or None."""
     ad = peers.load("pyautodiff")
-    return _backward_cell([ad.tensor(v, requires_grad=True) for v in leaves], loss, note)
+    seed = None if cotangent is None else ad.tensor(cotangent)
+    return _backward_cell([ad.tensor(v, requires_grad=True) for v in leaves], loss, note,
+                          seed, cotangent)
 
 
-def torch_cell(leaves, loss, note=""):
+def torch_dtype(value):
+    """float32 for a float32 array, else float64 (every contestant computes in float64)."""
     torch = peers.load("torch")
-    tensors = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in leaves]
-    return _backward_cell(tensors, loss, note)
+    return torch.float32 if getattr(value, "dtype", None) == np.float32 else torch.float64
+
+
+def torch_cell(leaves, loss, note="", cotangent=None):
+    torch = peers.load("torch")
+    tensors = [torch.tensor(v, dtype=torch_dtype(v), requires_grad=True) for v in leaves]
+    seed = None if cotangent is None else torch.tensor(cotangent, dtype=torch_dtype(cotangent))
+    return _backward_cell(tensors, loss, note, seed, cotangent)
 
 
 def jax_cell(leaves, loss, jit, note=""):
@@ -197,3 +215,78 @@ def autograd_cell(leaves, loss, note=""):
 
 def jnp():
     return peers.load("jax").numpy
+
+
+# ---- PyTorch under NumPy's names: one model function serves pyautodiff and torch ----
+
+class TorchNames:
+    """torch with the NumPy spellings the cases use (axis=, amax for max, cat, ...)."""
+
+    def __init__(self, torch):
+        self.torch = torch
+
+    def __getattr__(self, name):
+        return getattr(self.torch, name)
+
+    @staticmethod
+    def _dims(x, axis):
+        return tuple(range(x.ndim)) if axis is None else axis
+
+    def sum(self, x, axis=None):
+        return self.torch.sum(x, dim=self._dims(x, axis))
+
+    def mean(self, x, axis=None):
+        return self.torch.mean(x, dim=self._dims(x, axis))
+
+    def max(self, x, axis=None):
+        return self.torch.amax(x, dim=self._dims(x, axis))  # ties share the gradient, as here
+
+    def min(self, x, axis=None):
+        return self.torch.amin(x, dim=self._dims(x, axis))
+
+    def logsumexp(self, x, axis=None):
+        return self.torch.logsumexp(x, dim=self._dims(x, axis))
+
+    def softmax(self, x, axis=-1):
+        return self.torch.softmax(x, dim=axis)
+
+    def log_softmax(self, x, axis=-1):
+        return self.torch.log_softmax(x, dim=axis)
+
+    def concatenate(self, xs, axis=0):
+        return self.torch.cat(xs, dim=axis)
+
+    def stack(self, xs, axis=0):
+        return self.torch.stack(xs, dim=axis)
+
+    def split(self, x, sections, axis=0):
+        return list(self.torch.tensor_split(x, sections, dim=axis))
+
+    def transpose(self, x, axes=None):
+        return x.permute(*(axes or reversed(range(x.ndim))))
+
+    def reshape(self, x, shape):
+        return x.reshape(shape)
+
+    def maximum(self, x, y):
+        return self.torch.maximum(x, y)
+
+    def divide(self, x, y):
+        return self.torch.div(x, y)
+
+    def relu(self, x):
+        return self.torch.relu(x)
+
+
+# ---- GradBench evals (issue 15) ----
+
+GRADBENCH_NOT_WRITTEN = {key: "not written for this GradBench eval"
+                         for key in ("jax", "jax_jit", "autograd", "micrograd")}
+
+
+def gradbench_targets(numpy_bound=None):
+    """Issue 15: every eval faster than PyTorch eager; some within a bound of NumPy by hand."""
+    targets = {"torch": {"max_ratio": 1.0, "strict": True, "text": "faster than PyTorch eager"}}
+    if numpy_bound is not None:
+        targets.update(hand_target(numpy_bound))
+    return targets
