@@ -179,3 +179,24 @@ def test_slice_and_block_gather_validate_in_c():
         _wrap(lib.ad_gather(x._h, 2, shape, ffi.new("int64_t[]", [11, 0]), 2))
     with pytest.raises(IndexError, match="out of bounds"):
         _wrap(lib.ad_scatter_add(x._h, 1, ffi.new("int64_t[]", [13]), ffi.new("int64_t[]", [0, 2, 10]), 4))
+
+
+# --- max / min: every axis set, ties split, NaN wins, -inf and +inf slices --------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize("axis", [None, 0, 1, 2, (0, 1), (1, 2), (0, 2), -1])
+def test_max_min_every_axis(op, axis, dtype):
+    x = np.round(_data((5, 6, 7), seed=6)).astype(dtype)   # rounded: many ties
+    x[0, 0, :] = np.inf if op == "max" else -np.inf
+    x[1, :, 0] = -np.inf if op == "max" else np.inf       # loses everywhere but an all-(-inf) slice
+    x[2, 1, 1] = np.nan
+    t = ad.tensor(x, requires_grad=True)
+    out = getattr(ad, op)(t, axis=axis)
+    ref = REFERENCE[op]
+    expected = ref.forward(x, axis=axis)
+    np.testing.assert_array_equal(out.numpy(), expected)
+    g = _data(np.shape(expected), seed=7).astype(dtype)
+    out.backward(g if np.ndim(g) else float(g))
+    (gx,) = ref.vjp(g, expected, x, axis=axis)
+    np.testing.assert_allclose(t.grad.numpy(), gx, rtol=1e-6 if dtype == np.float32 else 1e-15)

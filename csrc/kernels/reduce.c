@@ -57,23 +57,27 @@ static int64_t reduced_count(const ad_node *x, uint64_t mask)
         for (int64_t i = 0; i < n->size; i++) Y[i] = (T)(acc[i] * scale);              \
     } while (0)
 
-/* NaN wins, as in NumPy. */
+/* NaN wins, as in NumPy. Every output starts at the identity (-inf for max, +inf for min; an
+ * empty slice was refused above) and takes v where v is NaN or BETTER: a NaN result stays NaN, and
+ * the select vectorises. A reduced run (the innermost axis reduced) keeps four partial results,
+ * so the loop does not wait on one compare-and-select chain. */
+#define TAKE(v, y, BETTER) ((v) != (v) || (BETTER) ? (v) : (y))
 #define EXTREME_FWD(T, BETTER) do {                                                    \
         const T *X = x->data; T *Y = n->data;                                          \
-        for (int64_t i = 0; i < n->size; i++) Y[i] = NAN;                              \
-        char *seen = tmp;                                                              \
-        memset(seen, 0, (size_t)n->size);                                              \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            for (int64_t i = 0; i < len; i++) {                                        \
-                T v = X[ox + i * dx], *y = &Y[oo];                                     \
-                if (!seen[oo]) { *y = v; seen[oo] = 1; }                               \
-                else if (v != v || (*y == *y && (BETTER))) *y = v;                     \
-            }                                                                          \
+        const T init = op == AD_OP_MAX ? -INFINITY : INFINITY;                         \
+        for (int64_t i = 0; i < n->size; i++) Y[i] = init;                             \
+        REDUCE_WALK(if (dout == 0) {                                                   \
+            T p[4] = {Y[oo], Y[oo], Y[oo], Y[oo]}, *y;                                 \
+            int64_t i = 0;                                                             \
+            for (; i + 4 <= len; i += 4)                                               \
+                for (int l = 0; l < 4; l++) { T v = X[ox + (i + l) * dx]; y = &p[l]; p[l] = TAKE(v, *y, BETTER); } \
+            for (; i < len; i++) { T v = X[ox + i * dx]; y = &p[0]; p[0] = TAKE(v, *y, BETTER); } \
+            for (int l = 1; l < 4; l++) { T v = p[l]; y = &p[0]; p[0] = TAKE(v, *y, BETTER); } \
+            Y[oo] = p[0];                                                              \
         } else {                                                                       \
             for (int64_t i = 0; i < len; i++) {                                        \
                 T v = X[ox + i * dx], *y = &Y[oo + i * dout];                          \
-                if (!seen[oo + i * dout]) { *y = v; seen[oo + i * dout] = 1; }         \
-                else if (v != v || (*y == *y && (BETTER))) *y = v;                     \
+                *y = TAKE(v, *y, BETTER);                                              \
             }                                                                          \
         });                                                                            \
     } while (0)
