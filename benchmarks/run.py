@@ -15,7 +15,7 @@ import shlex
 import sys
 
 THREAD_VARIABLES = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"]
+                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "PYAUTODIFF_NUM_THREADS"]
 # Set on this machine for older OpenBLAS builds that misbehave on its CPU; they force a slower
 # kernel on a current NumPy (on the 2-core EPYC here, Haswell instead of SkylakeX: 512x512 GEMM
 # 4.3 ms instead of 2.7 ms). Removed together, for this process and its children only.

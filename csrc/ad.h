@@ -212,6 +212,11 @@ enum { AD_RULE_VJP = 1, AD_RULE_JVP = 2, AD_RULE_SECOND_ORDER = 4, AD_RULE_VJP_R
        AD_RULE_JVP_RECORDED = 16 };
 int ad_op_rules(int op, const char **name);
 
+/* Threads that one large elementwise op splits its work over (default: the machine's cores, at
+ * most 64). Results are bit-identical for any setting. */
+int ad_set_num_threads(int n);
+int ad_get_num_threads(void);
+
 /* Counters of the calling thread's tape. */
 int ad_stats(ad_stats_t *out);
 

@@ -369,6 +369,13 @@ int ad_jvp_rec_ew(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out);
 int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_node *q, ad_node **out);
 
+/* Intra-op threads (threads.c): fn(ctx, lo, hi) over parts of [0, n) on the pool, at least grain
+ * elements a part, in parallel when the setting and n allow, else fn(ctx, 0, n) here. Only for
+ * work whose every element is computed alike however the range is split (bit-identical results
+ * for any thread count). */
+typedef void (*ad_par_fn)(void *ctx, int64_t lo, int64_t hi);
+void ad_parallel(int64_t n, int64_t grain, ad_par_fn fn, void *ctx);
+
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
             int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);

@@ -1,7 +1,7 @@
 """pyautodiff: automatic differentiation with a C core. `import pyautodiff as ad`."""
 from ._capi import float32, float64
 from .tensor import (Tensor, tensor, zeros, ones, full, zeros_like, ones_like, no_grad,
-                     is_grad_enabled, tape_stats)
+                     is_grad_enabled, tape_stats, set_num_threads, get_num_threads)
 from .ops import ELEMENTWISE as _ELEMENTWISE
 from .ops import (gelu, round, isnan, isinf, isfinite, matmul, sum, mean, max, min, reshape,
                   transpose, broadcast_to, astype, concatenate, stack, split, where, clip, logsumexp,

@@ -217,9 +217,11 @@ binary("minimum", "where(a < b or isnan(a), a, b)",
        "Elementwise min (NaN propagates); ties split the gradient equally.", route=True,
        edges=(([1.0, 2.0, -3.0, 0.0], [1.0, 1.0, -3.0, -0.0]), ([[2.0], [1.0]], [2.0, 2.0, 0.0]),
               ([nan, 1.0, nan, 2.0], [0.0, nan, nan, 1.0])))
-binary("logaddexp", "where(a > b, a, b) + log1p(exp(-abs(a - b)))", "sigmoid(a - b)", "sigmoid(b - a)",
+# a == b first: at a = b = +-inf, a - b is NaN, and the result is a (+ log 2, which inf absorbs)
+binary("logaddexp", "where(a == b, a + 0.6931471805599453, where(a > b, a, b) + log1p(exp(-abs(a - b))))",
+       "sigmoid(a - b)", "sigmoid(b - a)",
        "log(exp(a) + exp(b)) without overflow.", domain=("wide", "wide"),
-       edges=(([1000.0, -1000.0, 0.0], [1000.0, 0.0, 0.0]),))
+       edges=(([1000.0, -1000.0, 0.0, inf, -inf, inf], [1000.0, 0.0, 0.0, inf, -inf, -inf]),))
 binary("arctan2", "arctan2(a, b)", "b / (a * a + b * b)", "-a / (a * a + b * b)",
        "The angle of the point (b, a): arctan(a / b) in the right quadrant (NumPy's arctan2(y, x)).",
        domain=("nonzero", "nonzero"), edges=(([0.0, 1.0, -1.0], [0.0, 0.0, -0.0]),))

@@ -69,10 +69,6 @@ def _gather_blocks(t, flat, shape, block):
     return _wrap(lib.ad_gather(t._h, len(shape), c, ptr, block))
 
 
-# A one-byte buffer that NumPy views with any shape: indexing such a view with a basic index
-# yields the result's offset and strides without reading a byte (see _slice).
-_PROBE = np.zeros(1, dtype=np.uint8)
-_PROBE_ADDRESS = _PROBE.__array_interface__["data"][0]
 _BASIC = (int, np.integer, slice, type(None), type(Ellipsis))
 
 
@@ -80,24 +76,50 @@ def _is_basic(part):
     return isinstance(part, _BASIC) and not isinstance(part, (bool, np.bool_))
 
 
-def _slice(t, parts):
-    """t[parts] for a basic index (ints, slices, None, Ellipsis): NumPy applies the index to a
-    view with t's shape and one-byte elements over _PROBE, so the offset and strides it reports
-    are in elements and its rules and IndexErrors are NumPy's own. A basic index only makes a
-    view; the trailing Ellipsis keeps an all-integer index a 0-d view rather than a read."""
-    shape = t.shape
-    strides, step = [], 1
-    for n in reversed(shape):
-        strides.append(step)
-        step *= n
-    probe = np.lib.stride_tricks.as_strided(_PROBE, shape, strides[::-1], writeable=False)
-    if not any(p is Ellipsis for p in parts):
+def _basic_view(shape, parts):
+    """(shape, offset, strides) in elements of the view a basic index (ints, slices, None,
+    Ellipsis) takes of a C-contiguous array of `shape`, with NumPy's rules and IndexErrors."""
+    if sum(p is Ellipsis for p in parts) > 1:
+        raise IndexError("an index can only have a single ellipsis ('...')")
+    used = sum(p is not None and p is not Ellipsis for p in parts)
+    if used > len(shape):
+        raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, but {used} were indexed")
+    if Ellipsis not in parts:
         parts = parts + (Ellipsis,)
-    view = probe[parts]
-    offset = view.__array_interface__["data"][0] - _PROBE_ADDRESS
-    c = ffi.new("int64_t[]", view.shape or (0,))
-    st = ffi.new("int64_t[]", view.strides or (0,))
-    return _wrap(lib.ad_slice(t._h, view.ndim, c, offset, st))
+    strides, step = [0] * len(shape), 1
+    for d in range(len(shape) - 1, -1, -1):
+        strides[d] = step
+        step *= shape[d]
+    out_shape, out_strides, offset, d = [], [], 0, 0
+    for p in parts:
+        if p is None:
+            out_shape.append(1)
+            out_strides.append(0)
+        elif p is Ellipsis:
+            for _ in range(len(shape) - used):
+                out_shape.append(shape[d])
+                out_strides.append(strides[d])
+                d += 1
+        elif isinstance(p, slice):
+            start, stop, step = p.indices(shape[d])
+            out_shape.append(len(range(start, stop, step)))
+            out_strides.append(strides[d] * step)
+            offset += start * strides[d]
+            d += 1
+        else:
+            i = operator.index(p)
+            if not -shape[d] <= i < shape[d]:
+                raise IndexError(f"index {i} is out of bounds for axis {d} with size {shape[d]}")
+            offset += (i + shape[d] if i < 0 else i) * strides[d]
+            d += 1
+    return out_shape, offset, out_strides
+
+
+def _slice(t, parts):
+    """t[parts] for a basic index: one strided copy in C (ad_slice), no index array."""
+    shape, offset, strides = _basic_view(t.shape, parts)
+    return _wrap(lib.ad_slice(t._h, len(shape), ffi.new("int64_t[]", shape or [0]), offset,
+                              ffi.new("int64_t[]", strides or [0])))
 
 
 def _whole(part):
@@ -179,7 +201,7 @@ class Tensor:
     @property
     def shape(self):
         info = self._info()
-        return tuple(info.shape[i] for i in range(info.ndim))
+        return tuple(info.shape[0:info.ndim])
 
     @property
     def ndim(self):
@@ -617,3 +639,21 @@ def tape_stats():
     check(lib.ad_stats(s))
     return {"live_nodes": s.live_nodes, "live_bytes": s.live_bytes,
             "pooled_bytes": s.pooled_bytes, "tape_length": s.tape_length}
+
+
+def set_num_threads(n):
+    """Threads that one large elementwise op (forward or VJP, >= 32768 elements, nothing
+    broadcast) splits its work over. The default is PYAUTODIFF_NUM_THREADS, else OMP_NUM_THREADS,
+    else the machine's cores (at most 64). Results are
+    bit-identical for any setting. BLAS (matmul) keeps its own setting: OPENBLAS_NUM_THREADS or
+    threadpoolctl set SciPy's OpenBLAS threads."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"set_num_threads: expected an int, got {type(n).__name__}")
+    if not -2**31 <= n < 2**31:
+        raise ValueError(f"set_num_threads: {n} threads is out of range")
+    check(lib.ad_set_num_threads(int(n)))
+
+
+def get_num_threads():
+    """The current set_num_threads setting."""
+    return lib.ad_get_num_threads()

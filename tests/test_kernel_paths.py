@@ -200,3 +200,74 @@ def test_max_min_every_axis(op, axis, dtype):
     out.backward(g if np.ndim(g) else float(g))
     (gx,) = ref.vjp(g, expected, x, axis=axis)
     np.testing.assert_allclose(t.grad.numpy(), gx, rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+# --- intra-op threads: bit-identical results for any thread count ----------------------------------
+
+@pytest.fixture
+def restore_threads():
+    before = ad.get_num_threads()
+    yield
+    ad.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["tanh", "exp", "log1p", "sin", "gelu", "multiply", "divide", "power", "maximum"])
+def test_threads_give_bit_identical_results(op, dtype, restore_threads):
+    n = 3 * 32768 + 1000 + 7          # several parts, a part boundary inside a chunk of 256, a tail
+    x = (np.abs(_data(n, seed=8)) + 0.1).astype(dtype)
+    y = (np.abs(_data(n, seed=9)) + 0.1).astype(dtype)
+    g = _data(n, seed=10).astype(dtype)
+    f = getattr(ad, op)
+    results = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        a, b = ad.tensor(x, requires_grad=True), ad.tensor(y, requires_grad=True)
+        out = f(a) if op in ("tanh", "exp", "log1p", "sin", "gelu") else f(a, b)
+        out.backward(g, retain_graph=True)    # a cotangent per element
+        (out * 1.0).sum().backward()          # a uniform cotangent, chunk by chunk
+        results.append((out.numpy(), a.grad.numpy(), b.grad.numpy() if b.grad is not None else None))
+    for r in results[1:]:
+        for got, want in zip(r, results[0]):
+            if want is not None:
+                np.testing.assert_array_equal(got, want)
+
+
+def test_set_num_threads_validates(restore_threads):
+    for bad in (0, -1, 65, 2**40):
+        with pytest.raises(ValueError, match="set_num_threads"):
+            ad.set_num_threads(bad)
+    for bad in (1.5, True, "2", None):
+        with pytest.raises(TypeError, match="set_num_threads"):
+            ad.set_num_threads(bad)
+    ad.set_num_threads(3)
+    assert ad.get_num_threads() == 3
+
+
+def test_forked_child_runs_parallel_ops(restore_threads):
+    # the child has no pool workers; its first parallel op starts new ones (threads.c's atfork)
+    import os
+    import signal
+    import time
+    ad.set_num_threads(2)
+    x = ad.tensor(_data(200_000, seed=11), requires_grad=True)
+    ad.tanh(x).sum().backward()
+    expected = ad.tanh(x).numpy()
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            ok = np.array_equal(ad.tanh(ad.tensor(_data(200_000, seed=11))).numpy(), expected)
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung in a parallel op")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

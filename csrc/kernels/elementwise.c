@@ -125,17 +125,66 @@ static void safe_product(int dtype, const void *w, const void *d, void *out, int
 
 static void fill_zero(int dtype, void *p, int64_t m) { memset(p, 0, (size_t)m * ad_itemsize(dtype)); }
 
+/* ---------------- threads ----------------
+ * A pass whose operands are all contiguous over the whole output (nothing broadcast, nothing
+ * summed) is split over the pool (threads.c) when it is long enough to pay for the dispatch; an
+ * element's value does not depend on the split. */
+enum { PAR_GRAIN = 32768 };
+
+typedef struct {
+    const ad_ew_kernels *K;
+    const ad_node *n;
+    const void *a, *b;         /* forward: the operands (n is not linked to them yet) */
+    const void *g;             /* VJP: the cotangent (one value when uniform) */
+    void *out;
+    int which, both, uniform, acc;
+} ew_job;
+
+static void fwd_part(void *p, int64_t lo, int64_t hi)
+{
+    const ew_job *j = p;
+    int dt = j->n->dtype;
+    const void *in[3] = {cat(dt, j->a, lo), cat(dt, j->b, lo), NULL};
+    j->K->fwd[dt](in, at(dt, j->out, lo), hi - lo, j->n->c);
+}
+
+/* g * d_which (both inputs' sum when j->both) over [lo, hi): in one call per kernel, or chunk by
+ * chunk from copies of a uniform cotangent */
+static void vjp_part(void *p, int64_t lo, int64_t hi)
+{
+    const ew_job *j = p;
+    const ad_node *n = j->n;
+    int dt = n->dtype;
+    chunk bg;
+    bg.bcast = NULL;
+    int64_t step = j->uniform ? CHUNK : hi - lo;
+    for (int64_t k = lo; k < hi; k += step) {
+        int64_t m = hi - k < step ? hi - k : step;
+        const void *in[3] = {cat(dt, n->in[0]->data, k), n->nin > 1 ? cat(dt, n->in[1]->data, k) : NULL,
+                             cat(dt, n->data, k)};
+        const void *gk = j->uniform ? view(dt, j->g, 0, 0, m, &bg) : cat(dt, j->g, k);
+        void *out = at(dt, j->out, k);
+        int wrote = 0;
+        for (int w = j->which; w <= (j->both ? 1 : j->which); w++) {
+            if (!j->K->d[w][dt]) continue;
+            j->K->d[w][dt](in, gk, out, m, n->c, j->acc || wrote);
+            wrote = 1;
+        }
+        if (!wrote && !j->acc) fill_zero(dt, out, m);
+    }
+}
+
 /* ---------------- forward ---------------- */
 
 static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const ad_node *b)
 {
     int dt = n->dtype;
-    ad_ew_fn f = K->fwd[dt];
-    if (!b) {
-        const void *in[3] = {a->data, NULL, NULL};
-        if (n->size) f(in, n->data, n->size, n->c);
+    if (!b || (a->size == n->size && b->size == n->size)) {
+        ew_job j = {K, n, a->data, b ? b->data : NULL, NULL, n->data, 0, 0, 0, 0};
+        if (n->size) ad_parallel(n->size, PAR_GRAIN, fwd_part, &j);
         return;
     }
+    ad_ew_fn f = K->fwd[dt];
     runs r;
     if (!runs_init(&r, n, a, b)) return;
     chunk ba, bb;
@@ -199,6 +248,11 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
     runs r;
     if (!runs_init(&r, n, n->in[0], n->nin > 1 ? n->in[1] : NULL)) {
         if (!s->accumulate && !s->reduce) fill_zero(dt, s->dst, s->size);
+        return AD_OK;
+    }
+    if (r.single && !s->reduce) {
+        ew_job job = {K, n, NULL, NULL, g, s->dst, j, both, uniform, s->accumulate};
+        ad_parallel(n->size, PAR_GRAIN, vjp_part, &job);
         return AD_OK;
     }
     int64_t dR = j == 0 ? r.dA : r.dB;

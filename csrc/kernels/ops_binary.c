@@ -907,7 +907,7 @@ AD_SCALAR_FN static void ad_ew_logaddexp_fwd_d_short(const void *const *in, void
     (void)in; (void)cs;
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ((a == b) ? (a + (double)0.6931471805599453) : (((a > b) ? a : b) + log1p(exp((-fabs((a - b))))))); }
 }
 
 AD_VEC_FN void ad_ew_logaddexp_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -920,7 +920,7 @@ AD_VEC_FN void ad_ew_logaddexp_fwd_d(const void *const *in, void *out, int64_t n
     const double *restrict A_ = in[0]; const double *restrict B_ = in[1];
     double *restrict O_ = out;
     AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
+    for (int64_t i = 0; i < n; i++) { double a = A_[i]; double b = B_[i]; O_[i] = ((a == b) ? (a + (double)0.6931471805599453) : (((a > b) ? a : b) + log1p(exp((-fabs((a - b))))))); }
 }
 
 AD_SCALAR_FN static void ad_ew_logaddexp_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
@@ -928,7 +928,7 @@ AD_SCALAR_FN static void ad_ew_logaddexp_fwd_f_short(const void *const *in, void
     (void)in; (void)cs;
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((a == b) ? (a + (float)0.6931471805599453) : (((a > b) ? a : b) + log1p(exp((-fabs((a - b))))))); }
 }
 
 AD_VEC_FN void ad_ew_logaddexp_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -941,7 +941,7 @@ AD_VEC_FN void ad_ew_logaddexp_fwd_f(const void *const *in, void *out, int64_t n
     const float *restrict A_ = in[0]; const float *restrict B_ = in[1];
     float *restrict O_ = out;
     AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
+    for (int64_t i = 0; i < n; i++) { float a = A_[i]; float b = B_[i]; O_[i] = ((a == b) ? (a + (float)0.6931471805599453) : (((a > b) ? a : b) + log1p(exp((-fabs((a - b))))))); }
 }
 
 AD_SIMD void ad_ew_logaddexp_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)

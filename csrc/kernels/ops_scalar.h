@@ -38,8 +38,8 @@ static inline double ad_f_maximum_d(double a, double b) { return (((a > b) || (a
 static inline float ad_f_maximum_f(float a, float b) { return (((a > b) || (a != a)) ? a : b); }
 static inline double ad_f_minimum_d(double a, double b) { return (((a < b) || (a != a)) ? a : b); }
 static inline float ad_f_minimum_f(float a, float b) { return (((a < b) || (a != a)) ? a : b); }
-static inline double ad_f_logaddexp_d(double a, double b) { return (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
-static inline float ad_f_logaddexp_f(float a, float b) { return (((a > b) ? a : b) + log1p(exp((-fabs((a - b)))))); }
+static inline double ad_f_logaddexp_d(double a, double b) { return ((a == b) ? (a + (double)0.6931471805599453) : (((a > b) ? a : b) + log1p(exp((-fabs((a - b))))))); }
+static inline float ad_f_logaddexp_f(float a, float b) { return ((a == b) ? (a + (float)0.6931471805599453) : (((a > b) ? a : b) + log1p(exp((-fabs((a - b))))))); }
 static inline double ad_f_floor_divide_d(double a, double b) { return ad_floor_divide(a, b); }
 static inline float ad_f_floor_divide_f(float a, float b) { return ad_floor_divide(a, b); }
 static inline double ad_f_mod_d(double a, double b) { return ad_mod(a, b); }
