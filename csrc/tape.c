@@ -2,7 +2,10 @@
  *
  * Memory: node records live in fixed chunks (pointers stay valid as the arena grows) and are
  * recycled through a free list; value and adjoint buffers come from power-of-two size classes
- * kept on free lists up to a bound. A node is freed when its last reference goes: the caller's
+ * kept on free lists. The lists hold up to the tape's peak live bytes (at least POOL_CAP): a
+ * loop that builds and drops a graph per step then reuses its buffers instead of having the
+ * kernel map and zero them again each step (on 10^7-element tensors that zeroing cost more
+ * than the ops). When the tape holds no node at all the lists shrink back to POOL_CAP. A node is freed when its last reference goes: the caller's
  * handles, its consumers, and an active sweep each hold one. Freeing cascades through a worklist,
  * never recursion, so a 10^6-node chain is released in a loop. */
 #define _GNU_SOURCE
@@ -44,6 +47,7 @@ struct ad_tape {
     int order_held;            /* a sweep walks the order by position: no compaction */
     void *pool[NCLASS];
     int64_t pooled_bytes, live_bytes, live_nodes;
+    int64_t peak_bytes;        /* most live_bytes since the tape last held no node (the pool's cap) */
     ad_node **work;            /* release worklist */
     int64_t work_cap;
     int anomaly;               /* anomaly mode (owner thread only, like grad_enabled) */
@@ -173,6 +177,7 @@ void *ad_buf_alloc(ad_tape *T, size_t bytes)
         p = bytes > max_buffer_bytes() ? NULL : big_alloc(bytes);
         if (p) T->live_bytes += (int64_t)bytes;
     }
+    if (T->live_bytes > T->peak_bytes) T->peak_bytes = T->live_bytes;
     return p;
 }
 
@@ -189,7 +194,7 @@ void ad_buf_free(ad_tape *T, void *p, size_t bytes)
     if (c < NCLASS) {
         size_t cb = (size_t)1 << (c + MIN_CLASS);
         T->live_bytes -= (int64_t)cb;
-        if (T->pooled_bytes + (int64_t)cb <= POOL_CAP) {
+        if (T->pooled_bytes + (int64_t)cb <= (T->peak_bytes > POOL_CAP ? T->peak_bytes : POOL_CAP)) {
             *(void **)p = T->pool[c];
             T->pool[c] = p;
             T->pooled_bytes += (int64_t)cb;
@@ -199,6 +204,19 @@ void ad_buf_free(ad_tape *T, void *p, size_t bytes)
         T->live_bytes -= (int64_t)bytes;
     }
     free(p);
+}
+
+/* Free pooled buffers, the largest first, until at most `keep` bytes stay pooled. */
+static void pool_shrink(ad_tape *T, int64_t keep)
+{
+    for (int c = NCLASS - 1; c >= 0 && T->pooled_bytes > keep; c--) {
+        while (T->pool[c] && T->pooled_bytes > keep) {
+            void *p = T->pool[c];
+            T->pool[c] = *(void **)p;
+            T->pooled_bytes -= (int64_t)((size_t)1 << (c + MIN_CLASS));
+            free(p);
+        }
+    }
 }
 
 static void pool_trim(ad_tape *T)
@@ -527,6 +545,10 @@ static void node_free_one(ad_tape *T, ad_node *n)
     T->free_nodes = n;
     T->live_nodes--;
     T->live_bytes -= (int64_t)sizeof(ad_node);
+    if (T->live_nodes == 0) {
+        pool_shrink(T, POOL_CAP);
+        T->peak_bytes = T->live_bytes;
+    }
 }
 
 /* Drop one reference; whatever reaches zero is freed, and so are the inputs it alone kept. */
