@@ -271,3 +271,49 @@ def test_forked_child_runs_parallel_ops(restore_threads):
         os.waitpid(pid, 0)
         pytest.fail("the forked child hung in a parallel op")
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+# --- matmul: gemv, outer products, batches folded into one gemm, broadcast batch axes ---------------
+
+MATMUL_SHAPES = [
+    ((50, 7), (7,)), ((7,), (7, 40)), ((30, 1), (1, 20)), ((6,), (6,)),           # gemv, dot, outer
+    ((3, 4, 5), (5, 2)), ((2, 3, 4, 5), (5,)), ((3, 80, 5), (5, 3)),              # folded batches
+    ((3, 4, 5), (3, 5, 2)), ((4, 5), (3, 5, 2)), ((2, 1, 4, 5), (1, 3, 5, 2)),    # per batch
+]
+MATMUL_TOL = {np.float64: (1e-12, 1e-12), np.float32: (2e-5, 2e-5)}   # different summation orders
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sa,sb", MATMUL_SHAPES, ids=str)
+def test_matmul_layouts(sa, sb, dtype):
+    a, b = _data(sa, seed=12).astype(dtype), _data(sb, seed=13).astype(dtype)
+    ta, tb = ad.tensor(a, requires_grad=True), ad.tensor(b, requires_grad=True)
+    out = ta @ tb
+    ref = REFERENCE["matmul"]
+    expected = ref.forward(a, b)
+    np.testing.assert_allclose(out.numpy(), expected, *MATMUL_TOL[dtype])
+    g = _data(expected.shape, seed=14).astype(dtype)
+    out.backward(g if np.ndim(g) else float(g))
+    ga, gb = ref.vjp(g, expected, a, b)
+    np.testing.assert_allclose(ta.grad.numpy(), ga, *MATMUL_TOL[dtype])
+    np.testing.assert_allclose(tb.grad.numpy(), gb, *MATMUL_TOL[dtype])
+    da, db = _data(sa, seed=15).astype(dtype), _data(sb, seed=16).astype(dtype)
+    _, tangent = ad.jvp(lambda x, y: x @ y, (a, b), (da, db))
+    np.testing.assert_allclose(tangent.numpy(), ref.jvp((da, db), expected, a, b), *MATMUL_TOL[dtype])
+
+
+@pytest.mark.parametrize("sa,sb", [((3, 4, 5), (5, 2)), ((2, 3, 5), (5,))], ids=str)
+def test_folded_matmul_second_order(sa, sb):
+    # d/dB of grad_B sum(tanh(A @ B)): the recorded rule sums the folded batches like the numeric one
+    a, b = _data(sa, seed=17) * 0.3, _data(sb, seed=18) * 0.3
+    f = lambda y: ad.tanh(ad.tensor(a) @ y).sum()
+    h = ad.hessian(f)(b).numpy().reshape(b.size, b.size)
+    gr = lambda y: ad.grad(f)(y).numpy().ravel()
+    eps, fd = 1e-6, np.zeros((b.size, b.size))
+    for i in range(b.size):
+        e = np.zeros(b.size)
+        e[i] = eps
+        fd[:, i] = (gr(b + e.reshape(b.shape)) - gr(b - e.reshape(b.shape))) / (2 * eps)
+    np.testing.assert_allclose(h, fd, rtol=1e-6, atol=1e-8)      # central differences: O(eps^2)
+    gg = ad.grad(lambda y: ad.grad(f)(y).sum())(b).numpy().ravel()
+    np.testing.assert_allclose(gg, h.sum(axis=0), rtol=1e-10, atol=1e-12)

@@ -149,6 +149,12 @@ static void plan_of(const ad_node *n, mview *va, mview *vb, bplan *p)
     plan_batches(va, vb, p);
 }
 
+/* b without batch axes (a matrix or a vector): every batch of a multiplies the same b, and a's
+ * batches are contiguous, so the whole product is one gemm of count * m rows, and b's VJP,
+ * summed over the batches, is one gemm over all those rows (no per-batch contributions for the
+ * sweep to sum afterwards). */
+static int folds(const mview *vb, const bplan *p) { return vb->nb == 0 && p->count > 1; }
+
 static void batch_offsets(const bplan *p, int64_t t, int64_t *ia, int64_t *ib)
 {
     *ia = 0; *ib = 0;
@@ -200,6 +206,10 @@ int ad_mk_matmul(ad_tape *T, ad_node *a, ad_node *b, ad_node **out)
     size_t isz = ad_itemsize(a->dtype);
     /* an empty result may still have 2^50 batches of empty matrices: nothing to compute */
     int64_t batches = n->size ? p.count : 0;
+    if (batches && folds(&vb, &p)) {
+        ad_gemm(a->dtype, 0, 0, batches * m, nn, k, a->data, k, b->data, nn, 0, n->data, nn);
+        batches = 0;
+    }
     for (int64_t t = 0; t < batches; t++) {
         int64_t ia, ib;
         batch_offsets(&p, t, &ia, &ib);
@@ -233,6 +243,11 @@ void ad_contrib_matmul(const ad_node *n, int which, int *ndim, int64_t *shape)
     bplan p;
     plan_of(n, &va, &vb, &p);
     int k = 0;
+    if (which == 1 && folds(&vb, &p)) {   /* summed over the batches as it is written */
+        *ndim = x->ndim;
+        for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
+        return;
+    }
     for (int i = 0; i < p.nb; i++) shape[k++] = p.shape[i];
     if (x->ndim == 1) shape[k++] = x->shape[0];
     else { shape[k++] = x->shape[x->ndim - 2]; shape[k++] = x->shape[x->ndim - 1]; }
@@ -248,6 +263,14 @@ int ad_vjp_matmul(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     plan_of(n, &va, &vb, &p);
     int64_t m = va.rows, k = va.cols, nn = vb.cols;
     size_t isz = ad_itemsize(n->dtype);
+    if (folds(&vb, &p)) {
+        int64_t rows = p.count * m;
+        if (which == 0)   /* dA (rows x k) = G (rows x n) @ B^T */
+            ad_gemm(n->dtype, 0, 1, rows, k, nn, g, nn, b->data, nn, s->accumulate, s->dst, k);
+        else              /* dB (k x n) = sum over batches of A_t^T G_t = A_all^T @ G_all */
+            ad_gemm(n->dtype, 1, 0, k, nn, rows, a->data, k, g, nn, s->accumulate, s->dst, nn);
+        return AD_OK;
+    }
     for (int64_t t = 0; t < p.count; t++) {
         int64_t ia, ib;
         batch_offsets(&p, t, &ia, &ib);
@@ -407,7 +430,15 @@ int ad_vjp_rec_matmul(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **o
         goto done;
     if ((st = which == 0 ? ad_mk_matmul(T, g2, other_t, &c) : ad_mk_matmul(T, other_t, g2, &c))) goto done;
     ad_contrib_matmul(n, which, &cnd, cshape);
-    st = ad_rec_reshape(T, c, cnd, cshape, out);
+    if (which == 1 && folds(&vb, &p)) {
+        /* the folded contribution is b's own: c (batches, k, n) summed over the batches */
+        ad_node *c2 = NULL;
+        int64_t bshape[2] = {va.cols, vb.cols};
+        if (!(st = ad_rec_unbroadcast(T, c, 2, bshape, &c2))) st = ad_rec_reshape(T, c2, cnd, cshape, out);
+        if (c2) ad_node_unref(T, c2);
+    } else {
+        st = ad_rec_reshape(T, c, cnd, cshape, out);
+    }
 done:
     if (g2) ad_node_unref(T, g2);
     if (other) ad_node_unref(T, other);
