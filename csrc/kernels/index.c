@@ -254,7 +254,7 @@ int ad_mk_slice(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, int64_t 
     if (!n->aux) { ad_node_discard(T, n); return ad_err(AD_ERR_MEMORY, "getitem: out of memory"); }
     n->aux_len = ndim + 1;
     n->aux[0] = offset;
-    memcpy(n->aux + 1, strides, (size_t)ndim * sizeof(int64_t));
+    if (ndim) memcpy(n->aux + 1, strides, (size_t)ndim * sizeof(int64_t));   /* a 0-d view may pass NULL */
     if (n->size)
         ad_copy_strided(x->dtype, n->data, (const char *)x->data + (size_t)offset * ad_itemsize(x->dtype), ndim,
                         shape, strides);
