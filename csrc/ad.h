@@ -142,6 +142,18 @@ int ad_set_grad(int64_t h, int64_t g);
  * anything (load_state_dict). Graphs recorded earlier see the new values. */
 int ad_assign(int64_t h, const void *data);
 
+/* In-place writes. Every write to a tensor's values (these, ad_assign, ad_optim_step) bumps its
+ * version; a sweep that would read a value saved at an older version fails with AD_ERR_RUNTIME
+ * naming the op and both versions, before it changes anything. */
+/* Overwrite dst's values with src's (same shape and dtype), recording nothing. Refused while grad
+ * mode is on when dst is a leaf that requires grad, or a recorded tensor (record the update). */
+int ad_write(int64_t dst, int64_t src);
+/* A new leaf that shares h's values (PyTorch's .data): not recorded, writes through either are
+ * seen by both and bump the version both report. */
+int64_t ad_data(int64_t h);
+/* The number of in-place writes to h's values so far (or a negative status). */
+int64_t ad_version(int64_t h);
+
 typedef enum { AD_OPTIM_SGD = 0, AD_OPTIM_ADAM = 1 } ad_optim_kind;
 
 typedef struct {

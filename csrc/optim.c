@@ -79,6 +79,10 @@ int ad_optim_step(const ad_optim_t *o, int64_t hp, int64_t hs0, int64_t hs1, int
         if (m == v) { st = ad_err(AD_ERR_VALUE, "optim_step: the two moments must be different tensors"); goto out; }
         if (p->dtype == AD_F64) ADAM_STEP(double); else ADAM_STEP(float);
     }
+    /* the values changed in place: a graph that saved them must not be swept any more */
+    ad_version_bump(T, p);
+    if (buf) ad_version_bump(T, buf);
+    if (m) { ad_version_bump(T, m); ad_version_bump(T, v); }
 out:
     ad_unlock(T);
     return st;
