@@ -19,11 +19,11 @@ def _rng(seed=0):
 
 class Block(nn.Module):
     def __init__(self):
-        self.scale = ad.tensor([2.0], requires_grad=True)
+        self.scale = nn.Parameter([2.0])
         self.inner = nn.Linear(3, 2, seed=0)
-        self.blocks = [nn.Linear(2, 2, seed=1), nn.Tanh(), nn.Linear(2, 1, bias=False, seed=2)]
-        self.constant = ad.tensor([1.0])            # no requires_grad: not a parameter
-        self.offset = ad.tensor([0.5], requires_grad=True)
+        self.blocks = nn.ModuleList([nn.Linear(2, 2, seed=1), nn.Tanh(), nn.Linear(2, 1, bias=False, seed=2)])
+        self.constant = ad.tensor([1.0])            # a plain tensor: not state
+        self.offset = nn.Parameter([0.5])
 
     def forward(self, x):
         h = self.inner(x) * self.scale
