@@ -312,11 +312,11 @@ def test_in_place_updates_refuse_computed_tensors():
     o = ffi.new("ad_optim_t *", {"kind": lib.AD_OPTIM_ADAM, "lr": 0.1, "beta1": 0.9, "beta2": 0.99})
     x.grad = [1.0]
     m, v = ad.zeros_like(x), ad.zeros(2)
-    assert lib.ad_optim_step(o, y._h, m._h, m._h, 1) != 0        # not a leaf
-    assert lib.ad_optim_step(o, x._h, m._h, v._h, 1) != 0        # state of the wrong shape
-    assert lib.ad_optim_step(o, x._h, m._h, m._h, 1) != 0        # the two moments aliased
-    assert lib.ad_optim_step(o, x._h, m._h, x._h, 1) != 0        # the parameter as its own state
-    assert lib.ad_optim_step(o, x._h, m._h, 0, 1) != 0            # no second moment
+    assert lib.ad_optim_step(o, y._h, m._h, m._h, 0, 1) != 0        # not a leaf
+    assert lib.ad_optim_step(o, x._h, m._h, v._h, 0, 1) != 0        # state of the wrong shape
+    assert lib.ad_optim_step(o, x._h, m._h, m._h, 0, 1) != 0        # the two moments aliased
+    assert lib.ad_optim_step(o, x._h, m._h, x._h, 0, 1) != 0        # the parameter as its own state
+    assert lib.ad_optim_step(o, x._h, m._h, 0, 0, 1) != 0            # no second moment
     assert x.item() == 1.0                                        # nothing was changed
 
 

@@ -224,7 +224,7 @@ static uint8_t cond_buf[35000];
 
 static void optim_arg(ad_optim_t *o)
 {
-    o->kind = chance(10) ? (int)below(5) - 2 : (int)below(2);
+    o->kind = chance(10) ? (int)below(7) - 2 : (int)below(4);
     o->lr = chance(80) ? 0.01 : scalar_arg();
     o->weight_decay = chance(70) ? 0 : scalar_arg();
     o->momentum = chance(50) ? 0 : 0.9;
@@ -234,6 +234,10 @@ static void optim_arg(ad_optim_t *o)
     o->beta2 = chance(80) ? 0.999 : scalar_arg();
     o->eps = chance(80) ? 1e-8 : scalar_arg();
     o->decoupled = (int)below(2);
+    o->amsgrad = (int)below(2);
+    o->alpha = chance(80) ? 0.99 : scalar_arg();
+    o->centered = (int)below(2);
+    o->lr_decay = chance(80) ? 0 : scalar_arg();
 }
 
 /* main's later entry points: indexing, selection, normalisers, in-place updates, batched sweeps */
@@ -306,6 +310,7 @@ static void one_newer_call(void)
         optim_arg(&o);
         check_status("ad_optim_step", ad_optim_step(chance(5) ? NULL : &o, any_handle(),
                                                     chance(30) ? 0 : any_handle(), chance(50) ? 0 : any_handle(),
+                                                    chance(50) ? 0 : any_handle(),
                                                     chance(90) ? 1 + below(5) : (int64_t)below(5) - 3));
         break;
     }
