@@ -68,6 +68,16 @@ class Optimizer:
                 raise ValueError(f"{type(self).__name__}: invalid {what} {value!r}: expected a number {rng}")
 
     @property
+    def lr(self):
+        raise AttributeError(f"{type(self).__name__} has no lr attribute: each parameter group has its own, "
+                             f"optimizer.param_groups[i]['lr'] (or let an optim.lr_scheduler set it)")
+
+    @lr.setter
+    def lr(self, value):
+        # an assignment that changed nothing would be a silent wrong schedule
+        self.lr  # noqa: B018 (raises the AttributeError above)
+
+    @property
     def params(self):
         """Every parameter, group after group."""
         return [p for g in self.param_groups for p in g["params"]]
