@@ -45,8 +45,9 @@ class Optimizer:
         for p in params:
             if not isinstance(p, Tensor):
                 raise TypeError(f"{name}: parameters must be Tensors, got {type(p).__name__}")
-            if not (p.is_leaf and p.requires_grad):
-                raise ValueError(f"{name}: can only optimize leaf tensors with requires_grad=True")
+            if not p.is_leaf:
+                # a frozen leaf (requires_grad=False) is accepted, as PyTorch: it has no grad to step on
+                raise ValueError(f"{name}: can only optimize leaf tensors, not one computed from others")
         ids = [id(p) for p in params]
         if len(set(ids)) != len(ids):
             raise ValueError(f"{name}: a parameter group lists the same parameter more than once")
