@@ -245,7 +245,7 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(16)) {
+    switch (below(17)) {
     case 14: {
         /* basic indexing: a strided view, mostly inside the source, sometimes reaching out */
         nd = chance(50) ? like_shape(sh) : ndim_arg();
@@ -390,6 +390,17 @@ static void one_newer_call(void)
         /* backward with create_graph: the recorded sweep into the leaves' grads */
         check_status("ad_backward_graph", ad_backward_graph(any_handle(), chance(50) ? 0 : any_handle()));
         break;
+    case 15: {
+        /* in-place writes and aliases, with grad mode either way: the sweeps above then meet
+         * bumped versions and nodes that share their values */
+        int prev = ad_set_grad_enabled((int)below(2));
+        check_status("ad_write", ad_write(any_handle(), any_handle()));
+        check_handle("ad_data", ad_data(any_handle()), 0);
+        int64_t v = ad_version(any_handle());
+        if (v < 0) check_status("ad_version", v);
+        ad_set_grad_enabled(prev);
+        break;
+    }
     default: {
         int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
         for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = -1; }
