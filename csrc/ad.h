@@ -142,7 +142,19 @@ int ad_set_grad(int64_t h, int64_t g);
  * anything (load_state_dict). Graphs recorded earlier see the new values. */
 int ad_assign(int64_t h, const void *data);
 
-typedef enum { AD_OPTIM_SGD = 0, AD_OPTIM_ADAM = 1 } ad_optim_kind;
+/* In-place writes. Every write to a tensor's values (these, ad_assign, ad_optim_step) bumps its
+ * version; a sweep that would read a value saved at an older version fails with AD_ERR_RUNTIME
+ * naming the op and both versions, before it changes anything. */
+/* Overwrite dst's values with src's (same shape and dtype), recording nothing. Refused while grad
+ * mode is on when dst is a leaf that requires grad, or a recorded tensor (record the update). */
+int ad_write(int64_t dst, int64_t src);
+/* A new leaf that shares h's values (PyTorch's .data): not recorded, writes through either are
+ * seen by both and bump the version both report. */
+int64_t ad_data(int64_t h);
+/* The number of in-place writes to h's values so far (or a negative status). */
+int64_t ad_version(int64_t h);
+
+typedef enum { AD_OPTIM_SGD = 0, AD_OPTIM_ADAM = 1, AD_OPTIM_RMSPROP = 2, AD_OPTIM_ADAGRAD = 3 } ad_optim_kind;
 
 typedef struct {
     int kind;                  /* ad_optim_kind */
@@ -151,12 +163,19 @@ typedef struct {
     int nesterov;              /* SGD */
     double beta1, beta2, eps;
     int decoupled;             /* Adam: 0 = L2 decay added to the gradient, 1 = AdamW */
+    int amsgrad;               /* Adam: divide by the running maximum of the second moment */
+    double alpha;              /* RMSprop: smoothing constant of the squared-gradient average */
+    int centered;              /* RMSprop: subtract the square of the gradient average */
+    double lr_decay;           /* Adagrad: lr / (1 + (t - 1) * lr_decay) */
 } ad_optim_t;
 
 /* One optimizer step on leaf p from its grad (nothing to do without one), in place, recording
- * nothing. State leaves of p's shape and dtype: SGD s0 = momentum buffer (0 without momentum);
- * Adam s0, s1 = first and second moments. t counts steps from 1 (SGD's buffer starts as g at 1). */
-int ad_optim_step(const ad_optim_t *o, int64_t p, int64_t s0, int64_t s1, int64_t t);
+ * nothing; p and its state leaves' versions are bumped. State leaves of p's shape and dtype (0:
+ * none): SGD s0 = momentum buffer (needed with momentum; it starts as g at t == 1); Adam s0, s1 =
+ * first and second moments, s2 = their running maximum (amsgrad); RMSprop s0 = square average,
+ * s1 = momentum buffer (with momentum), s2 = gradient average (centered); Adagrad s0 = sum of
+ * squares. t counts steps from 1. */
+int ad_optim_step(const ad_optim_t *o, int64_t p, int64_t s0, int64_t s1, int64_t s2, int64_t t);
 
 /* Forward mode: pushes k tangent directions from the given inputs to root in one sweep over the
  * recorded graph. tangents[i] holds input i's k directions, shape (k, *shape) or (k, size), with

@@ -46,6 +46,12 @@ struct ad_node {
     int64_t *aux;
     int64_t site;              /* anomaly mode: creation-site id from the bindings (0: none) */
     ad_node *next_free;
+    /* in-place writes and versions (tape.c, "versions"): */
+    uint32_t version;          /* in-place writes to the values (kept on the storage node) */
+    uint32_t saved_ver[AD_MAXIN_INLINE]; /* inputs' versions when recorded (nin > 2: after in[]) */
+    uint64_t oldest;           /* recorded: the tape's write count when n or its oldest recorded
+                                * ancestor was recorded (a sweep skips the check when current) */
+    ad_node *storage;          /* an alias (.data): the node whose values it shares; NULL: its own */
 };
 
 typedef struct ad_tape ad_tape;
@@ -225,6 +231,14 @@ int ad_tape_grow_adj(ad_tape *T, ad_node *n);  /* allocate n->adj (uninitialised
  * move when it grows, so re-read ad_tape_order after creating a node. */
 ad_node **ad_tape_order(ad_tape *T);
 void ad_tape_hold_order(ad_tape *T, int hold);
+
+/* Versions (tape.c): every in-place write to a node's values bumps its version; a recorded node
+ * keeps the versions of the inputs whose values its rules read; a sweep first checks them over the
+ * root's recorded ancestors (from creation position lo up) and fails, before changing anything,
+ * naming the op and both versions, when a value it would read was overwritten since. */
+static inline ad_node *ad_storage(ad_node *n) { return n->storage ? n->storage : n; }
+void ad_version_bump(ad_tape *T, ad_node *n);
+int ad_versions_check(ad_tape *T, ad_node *root, int64_t lo, const char *sweep);
 
 /* anomaly mode (anomaly.c): NaN made from NaN-free values is an AD_ERR_FLOAT naming the op */
 int ad_anomaly_on(ad_tape *T);

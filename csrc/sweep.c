@@ -286,6 +286,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
                       ad_shape_str(b1, sizeof b1, root->ndim, root->shape));
     }
 
+    if ((st = ad_versions_check(T, root, 0, "backward"))) return st;
     int64_t pending = 0;
     if (root->flags & F_LEAF) {
         void *dst;
@@ -613,7 +614,8 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     int64_t lo = 0, hi = -1;
     ad_recycler rc = {{0}, {0}};
     if ((st = resolve_leaves(T, "jvp", n_leaves, leaves, nodes)) ||
-        (st = check_tangents(T, "jvp", n_leaves, nodes, tangents, k, tans)))
+        (st = check_tangents(T, "jvp", n_leaves, nodes, tangents, k, tans)) ||
+        (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "jvp")))
         goto done;
     /* made before positions are read: creating a node may compact the tape */
     if ((st = new_batch_node(T, root, k, &out))) goto done;
@@ -769,7 +771,9 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
     ad_recycler rc = {{0}, {0}};
-    if ((st = resolve_leaves(T, "vjp", n_leaves, leaves, nodes))) goto done;
+    if ((st = resolve_leaves(T, "vjp", n_leaves, leaves, nodes)) ||
+        (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "vjp")))
+        goto done;
     /* made before positions are read: creating a node may compact the tape */
     for (int i = 0; i < n_leaves; i++)
         if ((st = new_batch_node(T, nodes[i], k, &outs[i]))) goto done;
@@ -874,7 +878,8 @@ static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     int64_t lo = 0, hi = -1;
     ad_recycler rc = {{0}, {0}};
     if ((st = resolve_leaves(T, "hvp", n_leaves, leaves, nodes)) ||
-        (st = check_tangents(T, "hvp", n_leaves, nodes, tangents, k, tans)))
+        (st = check_tangents(T, "hvp", n_leaves, nodes, tangents, k, tans)) ||
+        (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "hvp")))
         goto done;
     /* made before positions are read: creating a node may compact the tape */
     for (int i = 0; i < n_leaves; i++)
@@ -1060,7 +1065,9 @@ static int vjp_graph_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_lea
     uint8_t *seed = NULL;   /* per position: S_SEED (a requested input), S_NEED (leads to one) */
     int64_t lo = 0, hi = -1;
     int held = 0;
-    if ((st = resolve_leaves(T, "vjp_graph", n_leaves, leaves, nodes))) goto done;
+    if ((st = resolve_leaves(T, "vjp_graph", n_leaves, leaves, nodes)) ||
+        (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "vjp_graph")))
+        goto done;
     hi = root->pos;
     lo = min_pos(n_leaves, nodes, hi);
     if (lo > hi || !(root->flags & F_REQUIRES_GRAD)) goto done;   /* root does not depend on the inputs */
@@ -1138,7 +1145,9 @@ static int jvp_graph_locked(ad_tape *T, int64_t root_h, int n_leaves, const int6
     ad_slot *slots = NULL;
     int64_t lo = 0, hi = -1;
     int held = 0;
-    if ((st = resolve_leaves(T, "jvp_graph", n_leaves, leaves, nodes))) goto done;
+    if ((st = resolve_leaves(T, "jvp_graph", n_leaves, leaves, nodes)) ||
+        (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "jvp_graph")))
+        goto done;
     if (n_leaves > 0 && !tangents) { st = ad_err(AD_ERR_VALUE, "jvp_graph: tangents is NULL"); goto done; }
     for (int i = 0; i < n_leaves; i++) {
         if ((st = ad_resolve(T, tangents[i], &tans[i]))) goto done;
@@ -1393,6 +1402,7 @@ static int backward_graph_locked(ad_tape *T, int64_t root_h, int64_t seed_h)
         return st;
     }
     int64_t cot_h = ad_handle(T, seed ? seed : one);
+    if ((st = ad_versions_check(T, root, 0, "backward"))) goto done;
     if ((st = walk_dependence(root, 0, NULL, NULL, &n, &leaves))) goto done;
     hs = calloc((size_t)(2 * n + 1), sizeof *hs);
     if (!hs) { st = ad_err(AD_ERR_MEMORY, "backward: out of memory"); goto done; }

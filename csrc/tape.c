@@ -53,6 +53,7 @@ struct ad_tape {
     int anomaly;               /* anomaly mode (owner thread only, like grad_enabled) */
     ad_site_fn site_fn;
     int64_t pending_site;      /* site_fn's id for the op being recorded */
+    uint64_t writes;           /* in-place writes so far (see "versions") */
 };
 
 /* Every call takes its tape's lock, but it is contended only when another thread reads or drops
@@ -474,6 +475,159 @@ int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, a
     return AD_OK;
 }
 
+/* ---------- versions: in-place writes ----------
+ * A node with more inputs than fit inline keeps their saved versions after its in[] array. */
+static size_t ins_bytes(int nin) { return (size_t)nin * (sizeof(ad_node *) + sizeof(uint32_t)); }
+
+static uint32_t *saved_versions(ad_node *n)
+{
+    return n->nin > AD_MAXIN_INLINE ? (uint32_t *)(n->in + n->nin) : n->saved_ver;
+}
+
+/* Does n's op read input i's value (i == -1: its own output) in its VJP, JVP or second-order term? */
+static int reads_value(const ad_node *n, int i)
+{
+    int reads = ad_ops[n->op].flags;
+    if (!(reads & AD_READS_KNOWN)) return 1;
+    if (i < 0) return !!(reads & AD_READS_OUT);
+    return i <= 1 && (reads & (AD_READS_IN0 << i));
+}
+
+/* At recording: the versions n's rules will expect, and the oldest write count its graph saw. */
+static void versions_save(ad_tape *T, ad_node *n)
+{
+    uint32_t *v = saved_versions(n);
+    n->oldest = T->writes;
+    for (int i = 0; i < n->nin; i++) {
+        v[i] = ad_storage(n->in[i])->version;
+        if (!(n->in[i]->flags & F_LEAF) && n->in[i]->oldest < n->oldest) n->oldest = n->in[i]->oldest;
+    }
+}
+
+void ad_version_bump(ad_tape *T, ad_node *n)
+{
+    ad_storage(n)->version++;
+    T->writes++;
+}
+
+/* n's rules read a value overwritten since n was recorded: the message names both versions. */
+static int stale(const char *sweep, const ad_node *n, const char *what, ad_node *m, uint32_t saved)
+{
+    char b[160];
+    return ad_err(AD_ERR_RUNTIME, "%s: a value needed for gradient computation was modified by an in-place "
+                  "operation: %s of the %s node (shape %s, %s) is at version %u, but the %s node saved it at "
+                  "version %u. Compute the gradient before modifying it, or modify a clone() instead",
+                  sweep, what, ad_ops[n->op].name, ad_shape_str(b, sizeof b, m->ndim, m->shape),
+                  ad_dtype_name(m->dtype), (unsigned)ad_storage(m)->version, ad_ops[n->op].name, (unsigned)saved);
+}
+
+int ad_versions_check(ad_tape *T, ad_node *root, int64_t lo, const char *sweep)
+{
+    /* no write since the oldest node of root's graph was recorded: nothing can be stale */
+    if ((root->flags & F_LEAF) || root->oldest == T->writes) return AD_OK;
+    int64_t cap = 64, top = 0, seen = 0;
+    ad_node **stack = malloc((size_t)cap * sizeof *stack), **walked = malloc((size_t)cap * sizeof *walked);
+    int st = AD_OK;
+    if (!stack || !walked) { st = ad_err(AD_ERR_MEMORY, "%s: out of memory checking versions", sweep); goto done; }
+    stack[top++] = root;
+    root->flags |= F_WALKED;
+    walked[seen++] = root;
+    while (top > 0 && !st) {
+        ad_node *n = stack[--top];
+        const uint32_t *v = saved_versions(n);
+        char what[32];
+        if (reads_value(n, -1) && ad_storage(n)->version != 0) { st = stale(sweep, n, "the output", n, 0); break; }
+        for (int i = 0; i < n->nin && !st; i++) {
+            ad_node *m = n->in[i];
+            if (reads_value(n, i) && ad_storage(m)->version != v[i]) {
+                snprintf(what, sizeof what, "input %d", i);
+                st = stale(sweep, n, what, m, v[i]);
+                break;
+            }
+            if ((m->flags & (F_LEAF | F_WALKED)) || !(m->flags & F_REQUIRES_GRAD) || m->pos < lo) continue;
+            if (top == cap || seen == cap) {
+                cap *= 2;
+                ad_node **s2 = realloc(stack, (size_t)cap * sizeof *stack);
+                if (s2) stack = s2;
+                ad_node **w2 = s2 ? realloc(walked, (size_t)cap * sizeof *walked) : NULL;
+                if (w2) walked = w2;
+                if (!s2 || !w2) { st = ad_err(AD_ERR_MEMORY, "%s: out of memory checking versions", sweep); break; }
+            }
+            m->flags |= F_WALKED;
+            walked[seen++] = m;
+            stack[top++] = m;
+        }
+    }
+done:
+    for (int64_t i = 0; walked && i < seen; i++) walked[i]->flags &= (uint8_t)~F_WALKED;
+    free(stack);
+    free(walked);
+    return st;
+}
+
+int ad_write(int64_t dst_h, int64_t src_h)
+{
+    ad_tape *T;
+    ad_node *d, *s;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    char b1[160], b2[160];
+    if ((st = ad_resolve(T, dst_h, &d)) || (st = ad_resolve(T, src_h, &s))) goto out;
+    if (d->dtype != s->dtype || d->ndim != s->ndim || memcmp(d->shape, s->shape, (size_t)d->ndim * sizeof(int64_t))) {
+        st = ad_err(AD_ERR_VALUE, "write: the values have shape %s and dtype %s, but the tensor has shape %s and dtype %s",
+                    ad_shape_str(b1, sizeof b1, s->ndim, s->shape), ad_dtype_name(s->dtype),
+                    ad_shape_str(b2, sizeof b2, d->ndim, d->shape), ad_dtype_name(d->dtype));
+    } else if (T->grad_enabled && (d->flags & F_REQUIRES_GRAD) && (d->flags & F_LEAF)) {
+        st = ad_err(AD_ERR_RUNTIME, "a leaf tensor that requires grad is being used in an in-place operation; "
+                    "update it inside no_grad() (as an optimizer does), or use an out-of-place op");
+    } else if (T->grad_enabled && !(d->flags & F_LEAF)) {
+        /* with grad mode on, an in-place op on a recorded tensor must itself be recorded */
+        st = ad_err(AD_ERR_RUNTIME, "write: the tensor was computed by %s and grad mode is on: an in-place "
+                    "update of it must be recorded (the bindings record it as a new node)", ad_ops[d->op].name);
+    } else {
+        if (d->size && ad_storage(d) != ad_storage(s))
+            memcpy(d->data, s->data, (size_t)d->size * ad_itemsize(d->dtype));
+        ad_version_bump(T, d);
+    }
+out:
+    ad_unlock(T);
+    return st;
+}
+
+int64_t ad_data(int64_t h)
+{
+    ad_tape *T;
+    ad_node *x, *n;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    int64_t r = ad_resolve(T, h, &x);
+    if (!r) {
+        x = ad_storage(x);
+        r = ad_node_new(T, AD_OP_LEAF, x->dtype, x->ndim, x->shape, &n);
+        if (!r) {
+            ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
+            n->data = x->data;
+            n->storage = x;
+            x->refs++;
+            r = ad_handle(T, n);
+        }
+    }
+    ad_unlock(T);
+    return r;
+}
+
+int64_t ad_version(int64_t h)
+{
+    ad_tape *T; ad_node *n;
+    int st = lock_handle(h, &T, &n);
+    if (st) return st;
+    int64_t v = ad_storage(n)->version;
+    ad_unlock(T);
+    return v;
+}
+
+/* ---------- end of versions ---------- */
+
 int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
 {
     int any = 0;
@@ -485,7 +639,7 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
         return AD_OK;
     }
     if (nin > AD_MAXIN_INLINE) {
-        n->in = ad_buf_alloc(T, (size_t)nin * sizeof(ad_node *));
+        n->in = ad_buf_alloc(T, ins_bytes(nin));
         if (!n->in) { n->in = n->in_inline; return ad_err(AD_ERR_MEMORY, "out of memory recording %s", ad_ops[n->op].name); }
     }
     int reads = ad_ops[n->op].flags;
@@ -497,6 +651,7 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
     }
     n->nin = nin;
     n->flags = (uint8_t)((n->flags & ~F_LEAF) | F_REQUIRES_GRAD);
+    versions_save(T, n);
     return AD_OK;
 }
 
@@ -533,10 +688,10 @@ static int work_push(ad_tape *T, ad_node *n, int64_t *len)
 
 static void node_free_one(ad_tape *T, ad_node *n)
 {
-    ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
+    if (!n->storage) ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
     if (n->adj) ad_buf_free(T, n->adj, ad_adj_bytes(n));
     if (n->aux) ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t));
-    if (n->in != n->in_inline) ad_buf_free(T, n->in, (size_t)n->nin * sizeof(ad_node *));
+    if (n->in != n->in_inline) ad_buf_free(T, n->in, ins_bytes(n->nin));
     T->order[n->pos] = NULL;
     T->order_dead++;
     n->flags = 0;
@@ -583,6 +738,7 @@ void ad_node_unref(ad_tape *T, ad_node *n)
             unref_one(T, m, &len);
         }
         if (cur->grad) unref_one(T, cur->grad, &len);
+        if (cur->storage) unref_one(T, cur->storage, &len);
         node_free_one(T, cur);
         if (!len) break;
         cur = T->work[--len];
@@ -601,7 +757,7 @@ void ad_node_drop_graph(ad_tape *T, ad_node *n)
     if (n->aux) { ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t)); n->aux = NULL; n->aux_len = 0; }
     n->flags |= F_RELEASED;
     for (int i = 0; i < nin; i++) { ins[i]->consumers--; ad_node_unref(T, ins[i]); }
-    if (ins != ins_inline) ad_buf_free(T, ins, (size_t)nin * sizeof(ad_node *));
+    if (ins != ins_inline) ad_buf_free(T, ins, ins_bytes(nin));
 }
 
 void ad_node_discard(ad_tape *T, ad_node *n)
@@ -821,8 +977,9 @@ int ad_assign(int64_t h, const void *data)
                     "was computed by %s", ad_ops[n->op].name);
     } else if (n->size && !data) {
         st = ad_err(AD_ERR_VALUE, "assign: data is NULL");
-    } else if (n->size) {
-        memcpy(n->data, data, (size_t)n->size * ad_itemsize(n->dtype));
+    } else {
+        if (n->size) memcpy(n->data, data, (size_t)n->size * ad_itemsize(n->dtype));
+        ad_version_bump(T, n);
     }
     ad_unlock(T);
     return st;

@@ -91,7 +91,7 @@ def main():
         loss, acc = loss_and_accuracy(model, X, y)
         opt.zero_grad()
         loss.backward()
-        opt.lr = 1.0 - 0.9 * k / args.steps                           # micrograd's schedule
+        opt.param_groups[0]["lr"] = 1.0 - 0.9 * k / args.steps        # micrograd's schedule
         opt.step()
         if k % 10 == 0 or k == args.steps - 1:
             print(f"step {k:3d} loss {loss.item():.4f}, accuracy {100 * acc:.0f}%")

@@ -10,6 +10,9 @@ from .numerical import (numerical_grad, numerical_jacobian, gradcheck, Gradcheck
                         TaylorResult, default_step)
 from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hessian
 from .anomaly import detect_anomaly
+from .serialization import save, load
+from .creation import (empty, arange, linspace, eye, rand, randn, full_like, empty_like, rand_like, randn_like,
+                       manual_seed)
 from ._capi import lib as _lib
 from . import nn, optim, data, autograd
 

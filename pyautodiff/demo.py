@@ -3,9 +3,13 @@ the package, after checking the model's gradient numerically, and reports where 
 
 The last line is always `test accuracy: NN.N%`, measured on 360 images (20%) held out from
 training; the split is the same in every run, whatever --seed, so runs are comparable.
+
+--save PATH writes a checkpoint after every epoch (model, optimizer, scheduler, epoch, the
+shuffling generator's state and the curves, with ad.save); --resume PATH continues from one, and the
+resumed run is bit for bit the uninterrupted one (same options required); --stop-after N ends after
+epoch N, as an interruption would.
 """
 import argparse
-import math
 import sys
 import time
 
@@ -30,7 +34,12 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the shuffling (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64", help="parameter dtype")
     p.add_argument("--plot", metavar="PATH", help="write loss and accuracy curves to PATH (PNG; needs matplotlib)")
+    p.add_argument("--save", metavar="PATH", help="write a checkpoint to PATH after every epoch (ad.save)")
+    p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --save")
+    p.add_argument("--stop-after", type=int, metavar="N", help="end after epoch N, as an interruption would")
     args = p.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        p.error("--stop-after must be at least 1")
     for name in ("epochs", "hidden", "batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -63,6 +72,32 @@ def run_gradcheck(model, X, y):
     n = sum(p.size for p in params)
     print(f"gradcheck: ad.gradcheck of the loss w.r.t. all {n:,} parameters (float64, 8 random "
           f"directions, central differences, 16 images): passed")
+
+
+# the options a checkpoint must have been made with for a resumed run to be the same run
+RUN_OPTIONS = ("epochs", "hidden", "lr", "batch_size", "seed", "dtype")
+
+
+def load_checkpoint(path, args, model, opt, sched, rng):
+    """Restore a --save checkpoint into the freshly built run; returns (epoch done, curves)."""
+    ckpt = ad.load(path)
+    saved = ckpt.get("options", {}) if isinstance(ckpt, dict) else {}
+    differ = [k for k in RUN_OPTIONS if saved.get(k) != getattr(args, k)]
+    if differ:
+        raise SystemExit(f"--resume: {path} was made with " +
+                         ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in differ) +
+                         "; resume with the same options")
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    sched.load_state_dict(ckpt["scheduler"])
+    rng.bit_generator.state = ckpt["rng"]
+    return ckpt["epoch"], ckpt["curves"]
+
+
+def save_checkpoint(path, args, epoch, model, opt, sched, rng, curves):
+    ad.save({"options": {k: getattr(args, k) for k in RUN_OPTIONS}, "epoch": epoch, "model": model.state_dict(),
+             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.bit_generator.state,
+             "curves": curves}, path)
 
 
 def accuracy(model, X, y):
@@ -98,15 +133,21 @@ def main(argv=None):
     run_gradcheck(model, X_train, y_train)
 
     opt = optim.Adam(model.parameters(), lr=args.lr)
+    # cosine decay of the learning rate, stepped once per epoch: large steps early, small ones at
+    # the end, so the final model does not depend on where the last noisy step happened to land
+    sched = optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     rng = np.random.default_rng(args.seed)
     t_forward = t_backward = t_update = 0.0
     steps = 0
     curves = {"loss": [], "train": [], "test": []}
+    first = 1
+    if args.resume:
+        done, curves = load_checkpoint(args.resume, args, model, opt, sched, rng)
+        first = done + 1
+        print(f"resumed: {args.resume}, after epoch {done}")
+    last = min(args.epochs, args.stop_after or args.epochs)
     clock = time.perf_counter
-    for epoch in range(1, args.epochs + 1):
-        # cosine decay of the learning rate: large steps early, small ones at the end, so the
-        # final model does not depend on where the last noisy step happened to land
-        opt.lr = 0.5 * args.lr * (1 + math.cos(math.pi * (epoch - 1) / args.epochs))
+    for epoch in range(first, last + 1):
         order = rng.permutation(len(X_train))
         loss_sum = correct = 0.0
         t_epoch = clock()
@@ -136,10 +177,16 @@ def main(argv=None):
         curves["test"].append(test_acc)
         print(f"epoch {epoch:3d}/{args.epochs}  loss {train_loss:.4f}  train acc {100 * train_acc:5.1f}%  "
               f"test acc {100 * test_acc:5.1f}%  {len(order) / elapsed:9,.0f} samples/s")
+        sched.step()
+        if args.save:
+            save_checkpoint(args.save, args, epoch, model, opt, sched, rng, curves)
+    if last < args.epochs:
+        print(f"stopped after epoch {last} of {args.epochs} (--stop-after)" +
+              (f"; continue with --resume {args.save}" if args.save else ""))
 
     total = t_forward + t_backward + t_update
     print(f"time: forward {t_forward:.3f} s, backward {t_backward:.3f} s, update {t_update:.3f} s "
-          f"({steps} steps, {1e6 * total / steps:.0f} us per step)")
+          f"({steps} steps, {1e6 * total / max(steps, 1):.0f} us per step)")
     if plt is not None:
         write_plot(plt, args.plot, curves)
     print(f"test accuracy: {100 * accuracy(model, X_test, y_test):.1f}%")

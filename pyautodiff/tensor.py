@@ -169,6 +169,8 @@ def _operand_error(op, other):
 
 def _other(op, other):
     """The non-Python-scalar operand of a binary operator as a Tensor (None: not ours to handle)."""
+    if isinstance(other, Tensor):   # a subclass (nn.Parameter): the fast paths test the exact type
+        return other
     if isinstance(other, (np.ndarray, np.generic, list, tuple)):
         return as_tensor(other)
     return None
@@ -552,6 +554,164 @@ class Tensor:
     def astype(self, dtype):
         from .ops import astype as f
         return f(self, dtype)
+
+    # ---- in-place updates, PyTorch's names (see _update) and conveniences ----
+    def add_(self, other, alpha=1):
+        return _update(self, "add_", lambda t: t + (other if alpha == 1 else alpha * other), other)
+
+    def sub_(self, other, alpha=1):
+        return _update(self, "sub_", lambda t: t - (other if alpha == 1 else alpha * other), other)
+
+    def mul_(self, other):
+        return _update(self, "mul_", lambda t: t * other, other)
+
+    def div_(self, other):
+        return _update(self, "div_", lambda t: t / other, other)
+
+    __iadd__, __isub__, __imul__, __itruediv__ = add_, sub_, mul_, div_
+
+    def clamp_(self, min=None, max=None):
+        from .ops import clip
+        return _update(self, "clamp_", lambda t: clip(t, min, max))
+
+    def fill_(self, value):
+        return _update(self, "fill_", lambda t: _overwrite(t, np.ones(t.shape, bool), value), value)
+
+    def zero_(self):
+        return self.fill_(0.0)
+
+    def copy_(self, src):
+        """self's values become src's (broadcast to self's shape, converted to its dtype); when
+        recorded, the gradient goes to src, as PyTorch's copy_."""
+        return _update(self, "copy_", lambda t: _overwrite(t, np.ones(t.shape, bool), src), src)
+
+    def __setitem__(self, index, value):
+        """t[index] = value with NumPy's indexing and assignment rules (value broadcasts to the
+        selection; of repeated positions the last one wins). Recorded, it is differentiable in t
+        (zero where overwritten) and in value."""
+        _check_index(index)
+        pos = _index_grid(self)[index]
+        mask = np.zeros(self.size, dtype=bool)
+        mask[pos.reshape(-1)] = True
+        _update(self, "__setitem__", lambda t: _overwrite(t, mask.reshape(t.shape), value, pos), value)
+
+    def requires_grad_(self, requires_grad=True):
+        self.requires_grad = requires_grad
+        return self
+
+    def clone(self):
+        """A differentiable copy (gradient 1): later in-place updates of either leave the other alone."""
+        return _wrap(_unary(MUL_S, self._h, 1.0, 0.0))   # x * 1.0 is x exactly, -0.0 and NaN included
+
+    @property
+    def data(self):
+        """A leaf sharing this tensor's values, not tracked: in-place updates through it change
+        this tensor too (and bump the version both report), as PyTorch's .data."""
+        return _wrap(lib.ad_data(self._h))
+
+    def detach_(self):
+        """Make this tensor a leaf that does not require grad, keeping its values (shared)."""
+        _rebind(self, _wrap(lib.ad_data(self._h)))
+        return self
+
+    @property
+    def _version(self):
+        v = lib.ad_version(self._h)
+        if v < 0:
+            raise_status(v)
+        return v
+
+    def numel(self):
+        return self.size
+
+    def dim(self):
+        return self.ndim
+
+    def to(self, dtype):
+        """This tensor in dtype (itself when it already has it), as PyTorch's t.to(dtype)."""
+        return self if resolve_dtype(dtype) == self.dtype else self.astype(dtype)
+
+    def float(self):
+        return self.to(np.float32)
+
+    def double(self):
+        return self.to(np.float64)
+
+    def __int__(self):
+        return int(self.item())
+
+    def __round__(self, ndigits=None):
+        # PyTorch's round(t) is torch.round: a tensor
+        return self.round(0 if ndigits is None else ndigits)
+
+    def __format__(self, spec):
+        if self.size == 1:
+            return format(self.item(), spec)
+        if spec:
+            raise TypeError(f"format spec {spec!r} applies to tensors of one element, this one has shape {self.shape}")
+        return str(self)
+
+
+def _rebind(t, r):
+    """Tensor t takes over r's node (t's old node is released; r is left empty)."""
+    h, r._h = r._h, 0
+    old, t._h = t._h, h
+    _release(old)
+
+
+def _update(t, name, fn, operand=None):
+    """t <- fn(t), in place, with PyTorch's rules. Recorded (grad mode on and t or the operand
+    requires grad): t is rebound to the recorded result, a new node; the node t had stays as it
+    was, so every graph that read it still reads the values it saw (a functional update, as JAX's
+    .at[].set) and t's gradient flows through fn to the old node. A leaf that requires grad cannot
+    be updated that way (RuntimeError, as PyTorch). Otherwise fn runs unrecorded and its result is
+    written into t's buffer by the core, which bumps t's version: a graph that saved the old
+    values then refuses to sweep (no stale gradient)."""
+    info = t._info()
+    grad_on = lib.ad_grad_enabled()
+    recorded = grad_on and (info.requires_grad or (isinstance(operand, Tensor) and operand.requires_grad))
+    if recorded and info.is_leaf and info.requires_grad:
+        raise RuntimeError(f"{name}: a leaf tensor that requires grad is being used in an in-place operation; "
+                           f"update it inside ad.no_grad() (as an optimizer does), or use an out-of-place op")
+    if recorded:
+        r = fn(t)
+    else:
+        with no_grad():
+            r = fn(t)
+    if not isinstance(r, Tensor):
+        r = as_tensor(r, t.dtype)
+    if r.shape != t.shape:
+        raise ValueError(f"{name}: the result has shape {r.shape}, which does not match the tensor's shape "
+                         f"{t.shape} (an in-place op cannot change a tensor's shape)")
+    if r.dtype != t.dtype:
+        r = r.astype(t.dtype)
+    if recorded:
+        _rebind(t, r)
+    else:
+        check(lib.ad_write(t._h, r._h))
+    return t
+
+
+def _overwrite(t, mask, value, pos=None):
+    """t with the elements where mask is true replaced by value (broadcast to pos's shape, the
+    positions indexed, or to t's when pos is None), built from recorded ops (where, gather,
+    scatter_add) so that it is differentiable in t and in value to any order."""
+    from .ops import broadcast_to, where, _scatter_add
+    value = as_tensor(value, t.dtype if not isinstance(value, Tensor) else None)
+    if value.dtype != t.dtype:
+        value = value.astype(t.dtype)
+    if pos is None:
+        return where(mask, broadcast_to(value, t.shape), t)
+    flat = pos.reshape(-1)
+    value = broadcast_to(value, pos.shape)
+    # NumPy assigns repeated positions in order, so the last one wins: only it reaches t
+    _, first_of_reversed = np.unique(flat[::-1], return_index=True)
+    last = np.sort(flat.size - 1 - first_of_reversed)
+    if last.size != flat.size:
+        value = _gather(value, last)
+        flat = flat[last]
+    placed = _scatter_add(value, flat, t.shape)
+    return where(mask, placed, t)
 
 
 def _plain(x):

@@ -19,11 +19,11 @@ def _rng(seed=0):
 
 class Block(nn.Module):
     def __init__(self):
-        self.scale = ad.tensor([2.0], requires_grad=True)
+        self.scale = nn.Parameter([2.0])
         self.inner = nn.Linear(3, 2, seed=0)
-        self.blocks = [nn.Linear(2, 2, seed=1), nn.Tanh(), nn.Linear(2, 1, bias=False, seed=2)]
-        self.constant = ad.tensor([1.0])            # no requires_grad: not a parameter
-        self.offset = ad.tensor([0.5], requires_grad=True)
+        self.blocks = nn.ModuleList([nn.Linear(2, 2, seed=1), nn.Tanh(), nn.Linear(2, 1, bias=False, seed=2)])
+        self.constant = ad.tensor([1.0])            # a plain tensor: not state
+        self.offset = nn.Parameter([0.5])
 
     def forward(self, x):
         h = self.inner(x) * self.scale
@@ -258,6 +258,148 @@ def test_adam_and_adamw_match_published_rule(cls, decoupled, kw, dtype, tol):
     _compare(history, thetas, grads, lambda th, gs: _adam_rule(th, gs, decoupled=decoupled, **full), tol)
 
 
+def _adam_amsgrad_rule(theta, grads, lr, betas, eps, weight_decay):
+    """torch.optim.Adam's documented algorithm with amsgrad=True."""
+    b1, b2 = betas
+    m = v = vmax = 0.0
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = g + weight_decay * theta
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g ** 2
+        vmax = np.maximum(vmax, v)
+        theta = theta - lr * (m / (1 - b1 ** t)) / (np.sqrt(vmax / (1 - b2 ** t)) + eps)
+        out.append(theta)
+    return out
+
+
+def _rmsprop_rule(theta, grads, lr, alpha, eps, weight_decay, momentum, centered):
+    """torch.optim.RMSprop's documented algorithm."""
+    v = a = b = 0.0
+    out = []
+    for g in grads:
+        g = g + weight_decay * theta
+        v = alpha * v + (1 - alpha) * g ** 2
+        var = v
+        if centered:
+            a = alpha * a + (1 - alpha) * g
+            var = v - a ** 2
+        step = g / (np.sqrt(var) + eps)
+        if momentum:
+            b = momentum * b + step
+            step = b
+        theta = theta - lr * step
+        out.append(theta)
+    return out
+
+
+def _adagrad_rule(theta, grads, lr, lr_decay, weight_decay, initial_accumulator_value, eps):
+    """torch.optim.Adagrad's documented algorithm."""
+    s = initial_accumulator_value
+    out = []
+    for t, g in enumerate(grads, start=1):
+        g = g + weight_decay * theta
+        s = s + g ** 2
+        theta = theta - lr / (1 + (t - 1) * lr_decay) * g / (np.sqrt(s) + eps)
+        out.append(theta)
+    return out
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-6)])
+@pytest.mark.parametrize("cls,kw,rule", [
+    (optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, amsgrad=True), _adam_amsgrad_rule),
+    (optim.RMSprop, dict(lr=0.01, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False), _rmsprop_rule),
+    (optim.RMSprop, dict(lr=0.02, alpha=0.9, eps=1e-6, weight_decay=0.1, momentum=0.8, centered=True), _rmsprop_rule),
+    (optim.Adagrad, dict(lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10),
+     _adagrad_rule),
+    (optim.Adagrad, dict(lr=0.1, lr_decay=0.5, weight_decay=0.2, initial_accumulator_value=0.3, eps=1e-6),
+     _adagrad_rule),
+])
+def test_amsgrad_rmsprop_adagrad_match_published_rules(cls, kw, rule, dtype, tol):
+    thetas, grads = _params_and_grads(dtype, seed=2)
+    history = _run_optimizer(cls, thetas, grads, **kw)
+    args = {k: v for k, v in kw.items() if k != "amsgrad"}
+    _compare(history, thetas, grads, lambda th, gs: rule(th, gs, **args), tol)
+
+
+def test_parameter_groups_have_their_own_hyperparameters():
+    a, b = ad.tensor([1.0], requires_grad=True), ad.tensor([1.0], requires_grad=True)
+    opt = optim.SGD([{"params": [a]}, {"params": b, "lr": 0.5, "momentum": 0.9}], lr=0.1)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5] and opt.param_groups[0]["momentum"] == 0.0
+    for _ in range(2):
+        a.grad, b.grad = [1.0], [1.0]
+        opt.step()
+    assert a.item() == pytest.approx(1.0 - 0.1 - 0.1)
+    assert b.item() == pytest.approx(1.0 - 0.5 - 0.5 * (0.9 + 1.0))   # b: 1, then 0.9*1 + 1
+    c = ad.tensor([0.0], requires_grad=True)
+    opt.add_param_group({"params": [c], "lr": 2.0})
+    assert opt.param_groups[2]["momentum"] == 0.0 and opt.params == [a, b, c]
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [a]})
+    with pytest.raises(ValueError, match="more than once"):
+        optim.SGD([a, a], lr=0.1)                        # the issue's case: stepped twice before
+    with pytest.raises(ValueError, match="learning rate"):
+        opt.add_param_group({"params": [ad.tensor([0.0], requires_grad=True)], "lr": -1.0})
+    with pytest.raises(AttributeError, match="param_groups"):
+        opt.lr = 0.3                                     # would change nothing: an error
+    assert len(opt.param_groups) == 3
+
+
+@pytest.mark.parametrize("make", [
+    lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+    lambda ps: optim.Adam(ps, lr=0.01, amsgrad=True),
+    lambda ps: optim.AdamW(ps, lr=0.01),
+    lambda ps: optim.RMSprop(ps, lr=0.01, momentum=0.5, centered=True),
+    lambda ps: optim.Adagrad(ps, lr=0.1, lr_decay=0.01),
+])
+def test_resumed_optimizer_is_bit_identical(make, tmp_path):
+    thetas, grads = _params_and_grads(np.float32, seed=3)
+    grads = grads * 3                                    # 9 steps
+
+    def run(n_steps, params, opt):
+        for step_grads in grads[:n_steps]:
+            for p, g in zip(params, step_grads):
+                p.grad = g
+            opt.step()
+
+    straight = [ad.tensor(t, requires_grad=True) for t in thetas]
+    run(9, straight, make(straight))
+    first = [ad.tensor(t, requires_grad=True) for t in thetas]
+    opt = make(first)
+    run(4, first, opt)
+    ad.save({"params": first, "opt": opt.state_dict()}, tmp_path / "ckpt")
+    saved = ad.load(tmp_path / "ckpt")
+    resumed = [ad.tensor(p.numpy(), requires_grad=True) for p in saved["params"]]
+    opt2 = make(resumed)
+    opt2.load_state_dict(saved["opt"])
+    for step_grads in grads[4:]:
+        for p, g in zip(resumed, step_grads):
+            p.grad = g
+        opt2.step()
+    for p, q in zip(straight, resumed):
+        np.testing.assert_array_equal(p.numpy(), q.numpy())
+
+
+def test_optimizer_load_state_dict_checks_before_changing():
+    p = ad.tensor(np.ones(3), requires_grad=True)
+    opt = optim.Adam([p], lr=0.1)
+    p.grad = np.ones(3)
+    opt.step()
+    sd = opt.state_dict()
+    assert sd["param_groups"][0]["params"] == [0] and sd["state"][0]["step"] == 1
+    assert set(sd["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+    other = optim.Adam([ad.tensor(np.ones(2), requires_grad=True)], lr=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        other.load_state_dict(sd)
+    assert other.param_groups[0]["lr"] == 0.5 and other.state == {}
+    with pytest.raises(ValueError, match="2 parameter groups"):
+        opt.load_state_dict({"state": {}, "param_groups": sd["param_groups"] * 2})
+    with pytest.raises(ValueError, match="lr"):
+        opt.load_state_dict({"state": {}, "param_groups": [dict(sd["param_groups"][0], lr=-1.0)]})
+    with pytest.raises(ValueError):
+        opt.load_state_dict({"state": {5: {}}, "param_groups": sd["param_groups"]})
+
+
 def test_step_records_nothing_and_allocates_no_graph():
     params = [ad.tensor(np.ones((3, 3)), requires_grad=True), ad.tensor(np.ones(3), requires_grad=True)]
     for p in params:
@@ -288,8 +430,7 @@ def test_optimizer_argument_errors():
     p = ad.tensor([1.0], requires_grad=True)
     with pytest.raises(ValueError, match="empty"):
         optim.SGD([], lr=0.1)
-    with pytest.raises(ValueError, match="leaf"):
-        optim.Adam([ad.tensor([1.0])])
+    optim.Adam([ad.tensor([1.0])])          # a frozen leaf is accepted, as PyTorch (it never has a grad)
     with pytest.raises(ValueError, match="leaf"):
         optim.Adam([p * 2])
     with pytest.raises(TypeError):
@@ -312,11 +453,11 @@ def test_in_place_updates_refuse_computed_tensors():
     o = ffi.new("ad_optim_t *", {"kind": lib.AD_OPTIM_ADAM, "lr": 0.1, "beta1": 0.9, "beta2": 0.99})
     x.grad = [1.0]
     m, v = ad.zeros_like(x), ad.zeros(2)
-    assert lib.ad_optim_step(o, y._h, m._h, m._h, 1) != 0        # not a leaf
-    assert lib.ad_optim_step(o, x._h, m._h, v._h, 1) != 0        # state of the wrong shape
-    assert lib.ad_optim_step(o, x._h, m._h, m._h, 1) != 0        # the two moments aliased
-    assert lib.ad_optim_step(o, x._h, m._h, x._h, 1) != 0        # the parameter as its own state
-    assert lib.ad_optim_step(o, x._h, m._h, 0, 1) != 0            # no second moment
+    assert lib.ad_optim_step(o, y._h, m._h, m._h, 0, 1) != 0        # not a leaf
+    assert lib.ad_optim_step(o, x._h, m._h, v._h, 0, 1) != 0        # state of the wrong shape
+    assert lib.ad_optim_step(o, x._h, m._h, m._h, 0, 1) != 0        # the two moments aliased
+    assert lib.ad_optim_step(o, x._h, m._h, x._h, 0, 1) != 0        # the parameter as its own state
+    assert lib.ad_optim_step(o, x._h, m._h, 0, 0, 1) != 0            # no second moment
     assert x.item() == 1.0                                        # nothing was changed
 
 

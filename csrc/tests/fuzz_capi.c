@@ -224,7 +224,7 @@ static uint8_t cond_buf[35000];
 
 static void optim_arg(ad_optim_t *o)
 {
-    o->kind = chance(10) ? (int)below(5) - 2 : (int)below(2);
+    o->kind = chance(10) ? (int)below(7) - 2 : (int)below(4);
     o->lr = chance(80) ? 0.01 : scalar_arg();
     o->weight_decay = chance(70) ? 0 : scalar_arg();
     o->momentum = chance(50) ? 0 : 0.9;
@@ -234,6 +234,10 @@ static void optim_arg(ad_optim_t *o)
     o->beta2 = chance(80) ? 0.999 : scalar_arg();
     o->eps = chance(80) ? 1e-8 : scalar_arg();
     o->decoupled = (int)below(2);
+    o->amsgrad = (int)below(2);
+    o->alpha = chance(80) ? 0.99 : scalar_arg();
+    o->centered = (int)below(2);
+    o->lr_decay = chance(80) ? 0 : scalar_arg();
 }
 
 /* main's later entry points: indexing, selection, normalisers, in-place updates, batched sweeps */
@@ -241,7 +245,7 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(16)) {
+    switch (below(17)) {
     case 14: {
         /* basic indexing: a strided view, mostly inside the source, sometimes reaching out */
         nd = chance(50) ? like_shape(sh) : ndim_arg();
@@ -306,6 +310,7 @@ static void one_newer_call(void)
         optim_arg(&o);
         check_status("ad_optim_step", ad_optim_step(chance(5) ? NULL : &o, any_handle(),
                                                     chance(30) ? 0 : any_handle(), chance(50) ? 0 : any_handle(),
+                                                    chance(50) ? 0 : any_handle(),
                                                     chance(90) ? 1 + below(5) : (int64_t)below(5) - 3));
         break;
     }
@@ -385,6 +390,17 @@ static void one_newer_call(void)
         /* backward with create_graph: the recorded sweep into the leaves' grads */
         check_status("ad_backward_graph", ad_backward_graph(any_handle(), chance(50) ? 0 : any_handle()));
         break;
+    case 15: {
+        /* in-place writes and aliases, with grad mode either way: the sweeps above then meet
+         * bumped versions and nodes that share their values */
+        int prev = ad_set_grad_enabled((int)below(2));
+        check_status("ad_write", ad_write(any_handle(), any_handle()));
+        check_handle("ad_data", ad_data(any_handle()), 0);
+        int64_t v = ad_version(any_handle());
+        if (v < 0) check_status("ad_version", v);
+        ad_set_grad_enabled(prev);
+        break;
+    }
     default: {
         int n = chance(10) ? (int)below(30) - 10 : (int)below(3) + 1;
         for (int i = 0; i < 16; i++) { hs[i] = any_handle(); outs[i] = -1; }
