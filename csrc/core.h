@@ -384,11 +384,16 @@ int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out);
 int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_node *q, ad_node **out);
 
 /* Intra-op threads (threads.c): fn(ctx, lo, hi) over parts of [0, n) on the pool, at least grain
- * elements a part, in parallel when the setting and n allow, else fn(ctx, 0, n) here. Only for
- * work whose every element is computed alike however the range is split (bit-identical results
- * for any thread count). */
+ * elements a part, every part but the last a multiple of `align` long (so it starts at a multiple
+ * of align), in parallel when the setting and n allow, else fn(ctx, 0, n) here. Only for work
+ * whose every element is computed alike however the range is split (bit-identical results for
+ * any thread count). Elementwise passes align to AD_PAR_ALIGN: a kernel's vector loop then meets
+ * an element in its main body whatever the split, and only the last few of the whole range in
+ * its tail (which may call the scalar libm); it is the driver's chunk, so chunked passes cut the
+ * range where one thread would. */
 typedef void (*ad_par_fn)(void *ctx, int64_t lo, int64_t hi);
-void ad_parallel(int64_t n, int64_t grain, ad_par_fn fn, void *ctx);
+void ad_parallel(int64_t n, int64_t grain, int64_t align, ad_par_fn fn, void *ctx);
+#define AD_PAR_ALIGN 256
 
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,

@@ -29,25 +29,21 @@ typedef struct {
     int parts, pending;
     ad_par_fn fn;
     void *ctx;
-    int64_t n;
+    int64_t n, align;
 } pool_t;
 
 static pool_t g_pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
-                        PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0};
+                        PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, NULL, NULL, 0, 1};
 static _Atomic int g_threads;       /* the setting; 0 until first read (the machine's cores) */
 static pthread_once_t g_atfork_once = PTHREAD_ONCE_INIT;
 
-/* Part p of `parts`: whole blocks of ALIGN elements, the last part taking the remainder, so
- * every part but the last is a multiple of ALIGN long and starts at a multiple of it. A kernel's
- * vector loop then meets the same element in its main body whatever the split, and only the
- * final few elements of the whole range in its tail (which may call the scalar libm); ALIGN is
- * the elementwise driver's chunk, so chunked passes cut the range at the same places too. */
-#define ALIGN 256
-static void part_range(int64_t n, int parts, int p, int64_t *lo, int64_t *hi)
+/* Part p of `parts`: whole blocks of `align` elements, the last part taking the remainder, so
+ * every part but the last is a multiple of align long and starts at a multiple of it. */
+static void part_range(int64_t n, int64_t align, int parts, int p, int64_t *lo, int64_t *hi)
 {
-    int64_t blocks = n / ALIGN, per = blocks / parts, extra = blocks % parts;
-    *lo = (per * p + (p < extra ? p : extra)) * ALIGN;
-    *hi = p == parts - 1 ? n : *lo + (per + (p < extra)) * ALIGN;
+    int64_t blocks = n / align, per = blocks / parts, extra = blocks % parts;
+    *lo = (per * p + (p < extra ? p : extra)) * align;
+    *hi = p == parts - 1 ? n : *lo + (per + (p < extra)) * align;
 }
 
 static void *worker(void *arg)
@@ -62,7 +58,7 @@ static void *worker(void *arg)
         ad_par_fn fn = g_pool.fn;
         void *ctx = g_pool.ctx;
         int64_t lo, hi;
-        part_range(g_pool.n, g_pool.parts, id, &lo, &hi);
+        part_range(g_pool.n, g_pool.align, g_pool.parts, id, &lo, &hi);
         pthread_mutex_unlock(&g_pool.m);
         fn(ctx, lo, hi);
         pthread_mutex_lock(&g_pool.m);
@@ -113,10 +109,11 @@ int ad_set_num_threads(int n)
     return AD_OK;
 }
 
-void ad_parallel(int64_t n, int64_t grain, ad_par_fn fn, void *ctx)
+void ad_parallel(int64_t n, int64_t grain, int64_t align, ad_par_fn fn, void *ctx)
 {
     int threads = ad_get_num_threads();
-    int64_t most = n / (grain > ALIGN ? grain : ALIGN);
+    if (align < 1) align = 1;
+    int64_t most = n / (grain > align ? grain : align);
     int parts = most < threads ? (int)most : threads;
     if (parts <= 1 || pthread_mutex_trylock(&g_pool.lock)) {
         fn(ctx, 0, n);
@@ -138,13 +135,14 @@ void ad_parallel(int64_t n, int64_t grain, ad_par_fn fn, void *ctx)
     g_pool.fn = fn;
     g_pool.ctx = ctx;
     g_pool.n = n;
+    g_pool.align = align;
     g_pool.parts = parts;
     g_pool.pending = parts - 1;
     g_pool.epoch++;
     pthread_cond_broadcast(&g_pool.go);
     pthread_mutex_unlock(&g_pool.m);
     int64_t lo, hi;
-    part_range(n, parts, 0, &lo, &hi);
+    part_range(n, align, parts, 0, &lo, &hi);
     fn(ctx, lo, hi);
     pthread_mutex_lock(&g_pool.m);
     while (g_pool.pending > 0) pthread_cond_wait(&g_pool.done, &g_pool.m);

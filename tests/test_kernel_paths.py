@@ -317,3 +317,22 @@ def test_folded_matmul_second_order(sa, sb):
     np.testing.assert_allclose(h, fd, rtol=1e-6, atol=1e-8)      # central differences: O(eps^2)
     gg = ad.grad(lambda y: ad.grad(f)(y).sum())(b).numpy().ravel()
     np.testing.assert_allclose(gg, h.sum(axis=0), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["sum", "mean"])
+def test_blocked_total_is_thread_independent_and_accurate(op, dtype, restore_threads):
+    import math
+    x = _data(5 * 65536 + 11, seed=19).astype(dtype)
+    got = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        got.append(getattr(ad, op)(ad.tensor(x)).numpy())
+        got.append(getattr(ad, op)(ad.tensor(x.reshape(1, -1)), axis=1).numpy()[0])
+    assert len({float(v) for v in got}) == 1
+    exact = math.fsum(x.astype(np.float64)) / (x.size if op == "mean" else 1)
+    # double accumulation of 327,691 terms: a few ulps of the sum of |x| in double; float32 adds the
+    # one rounding of the result
+    scale = x.size if op == "mean" else 1
+    tol = 1e-12 * np.abs(x).sum() / scale + (6e-8 * abs(exact) if dtype == np.float32 else 0)
+    assert abs(float(got[0]) - exact) <= tol

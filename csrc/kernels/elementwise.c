@@ -21,7 +21,7 @@
 #include <math.h>
 #include <string.h>
 
-enum { CHUNK = 256 };
+enum { CHUNK = AD_PAR_ALIGN };
 
 static const ad_ew_kernels *kernels_of(int op)
 {
@@ -181,7 +181,7 @@ static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const 
     int dt = n->dtype;
     if (!b || (a->size == n->size && b->size == n->size)) {
         ew_job j = {K, n, a->data, b ? b->data : NULL, NULL, n->data, 0, 0, 0, 0};
-        if (n->size) ad_parallel(n->size, PAR_GRAIN, fwd_part, &j);
+        if (n->size) ad_parallel(n->size, PAR_GRAIN, AD_PAR_ALIGN, fwd_part, &j);
         return;
     }
     ad_ew_fn f = K->fwd[dt];
@@ -252,7 +252,7 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
     }
     if (r.single && !s->reduce) {
         ew_job job = {K, n, NULL, NULL, g, s->dst, j, both, uniform, s->accumulate};
-        ad_parallel(n->size, PAR_GRAIN, vjp_part, &job);
+        ad_parallel(n->size, PAR_GRAIN, AD_PAR_ALIGN, vjp_part, &job);
         return AD_OK;
     }
     int64_t dR = j == 0 ? r.dA : r.dB;

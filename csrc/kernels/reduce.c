@@ -57,6 +57,41 @@ static int64_t reduced_count(const ad_node *x, uint64_t mask)
         for (int64_t i = 0; i < n->size; i++) Y[i] = (T)(acc[i] * scale);              \
     } while (0)
 
+/* A sum of every element (a loss) over many elements is cut into blocks of SUM_BLOCK, each summed
+ * by AD_SUM, and the block sums are added in order: the blocks do not depend on the thread
+ * count, so neither does the result, and the blocks can be summed in parallel. */
+enum { SUM_BLOCK = 1 << 16 };
+
+typedef struct { const void *x; int dtype; int64_t size; double *part; } sum_job;
+
+static void sum_blocks(void *p, int64_t lo, int64_t hi)
+{
+    const sum_job *j = p;
+    for (int64_t b = lo; b < hi; b++) {
+        int64_t s = b * SUM_BLOCK, m = j->size - s < SUM_BLOCK ? j->size - s : SUM_BLOCK;
+        j->part[b] = j->dtype == AD_F64 ? ad_sum_f64((const double *)j->x + s, m, 1)
+                                        : ad_sum_f32((const float *)j->x + s, m, 1);
+    }
+}
+
+/* the blocked sum of all of x, or 0 when x is too small for blocks (*done stays 0) */
+static int sum_all(ad_tape *T, const ad_node *x, double *total, int *done)
+{
+    *done = 0;
+    if (x->size < 2 * SUM_BLOCK) return AD_OK;
+    int64_t nb = (x->size + SUM_BLOCK - 1) / SUM_BLOCK;
+    double *part = ad_buf_alloc(T, (size_t)nb * sizeof(double));
+    if (!part) return ad_err(AD_ERR_MEMORY, "sum: out of memory");
+    sum_job j = {x->data, x->dtype, x->size, part};
+    ad_parallel(nb, 1, 1, sum_blocks, &j);
+    double t = 0;
+    for (int64_t b = 0; b < nb; b++) t += part[b];
+    ad_buf_free(T, part, (size_t)nb * sizeof(double));
+    *total = t;
+    *done = 1;
+    return AD_OK;
+}
+
 /* NaN wins, as in NumPy. Every output starts at the identity (-inf for max, +inf for min; an
  * empty slice was refused above) and takes v where v is NaN or BETTER: a NaN result stays NaN, and
  * the select vectorises. A reduced run (the innermost axis reduced) keeps four partial results,
@@ -119,9 +154,23 @@ AD_SIMD int ad_mk_reduce(ad_tape *T, int op, ad_node *x, uint64_t mask, int keep
     double scale = op == AD_OP_MEAN ? 1.0 / (double)count : 1.0;
     if (op == AD_OP_MEAN && count == 0) scale = NAN;
     switch (op) {
-    case AD_OP_SUM: case AD_OP_MEAN:
-        if (x->dtype == AD_F64) SUM_FWD(double); else SUM_FWD(float);
+    case AD_OP_SUM: case AD_OP_MEAN: {
+        double total;
+        int done = 0;
+        if (n->size == 1 && (st = sum_all(T, x, &total, &done))) {
+            ad_buf_free(T, tmp, tmp_bytes);
+            ad_node_discard(T, n);
+            return st;
+        }
+        if (done) {
+            if (x->dtype == AD_F64) *(double *)n->data = total * scale; else *(float *)n->data = (float)(total * scale);
+        } else if (x->dtype == AD_F64) {
+            SUM_FWD(double);
+        } else {
+            SUM_FWD(float);
+        }
         break;
+    }
     case AD_OP_MAX:
         if (x->dtype == AD_F64) EXTREME_FWD(double, v > *y); else EXTREME_FWD(float, v > *y);
         break;
