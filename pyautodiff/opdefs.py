@@ -102,7 +102,8 @@ unary("cos", "cos(x)", "-sin(x)", "Cosine elementwise.", domain=("wide",), edges
 unary("tanh", "tanh(x)", "1 - y * y", "Hyperbolic tangent elementwise.", domain=("wide",),
       edges=([-50.0, 0.0, 50.0, 1e-10],))
 # exp of a non-positive number only: +-1000 neither overflows nor loses the small side
-unary("sigmoid", "where(x >= 0, 1 / (1 + exp(-abs(x))), exp(-abs(x)) / (1 + exp(-abs(x))))",
+# one exp and one division: 1 / (1 + e) for x >= 0, e / (1 + e) below, with e = exp(-|x|) <= 1
+unary("sigmoid", "where(x >= 0, 1, exp(-abs(x))) / (1 + exp(-abs(x)))",
       "y * (1 - y)", "1 / (1 + exp(-x)), computed without overflow.", domain=("wide",),
       edges=([-1000.0, -40.0, 0.0, 40.0, 1000.0],))
 unary("relu", "where(x > 0 or isnan(x), x, 0)", "where(x > 0, 1, where(isnan(x), nan, 0))",

@@ -8,8 +8,8 @@
 
 static inline double ad_f_negative_d(double x) { return (-x); }
 static inline float ad_f_negative_f(float x) { return (-x); }
-static inline double ad_f_sigmoid_d(double x) { return ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
-static inline float ad_f_sigmoid_f(float x) { return ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
+static inline double ad_f_sigmoid_d(double x) { return (((x >= 0) ? 1 : exp((-fabs(x)))) / (1 + exp((-fabs(x))))); }
+static inline float ad_f_sigmoid_f(float x) { return (((x >= 0) ? 1 : exp((-fabs(x)))) / (1 + exp((-fabs(x))))); }
 static inline double ad_f_relu_d(double x) { return (((x > 0) || (x != x)) ? x : 0); }
 static inline float ad_f_relu_f(float x) { return (((x > 0) || (x != x)) ? x : 0); }
 static inline double ad_f_square_d(double x) { return (x * x); }

@@ -754,7 +754,7 @@ AD_SCALAR_FN static void ad_ew_sigmoid_fwd_d_short(const void *const *in, void *
     (void)in; (void)cs;
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((x >= 0) ? 1 : exp((-fabs(x)))) / (1 + exp((-fabs(x))))); }
 }
 
 AD_VEC_FN void ad_ew_sigmoid_fwd_d(const void *const *in, void *out, int64_t n, const double *cs)
@@ -767,7 +767,7 @@ AD_VEC_FN void ad_ew_sigmoid_fwd_d(const void *const *in, void *out, int64_t n, 
     const double *restrict X_ = in[0];
     double *restrict O_ = out;
     AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
+    for (int64_t i = 0; i < n; i++) { double x = X_[i]; O_[i] = (((x >= 0) ? 1 : exp((-fabs(x)))) / (1 + exp((-fabs(x))))); }
 }
 
 AD_SCALAR_FN static void ad_ew_sigmoid_fwd_f_short(const void *const *in, void *out, int64_t n, const double *cs)
@@ -775,7 +775,7 @@ AD_SCALAR_FN static void ad_ew_sigmoid_fwd_f_short(const void *const *in, void *
     (void)in; (void)cs;
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x >= 0) ? 1 : exp((-fabs(x)))) / (1 + exp((-fabs(x))))); }
 }
 
 AD_VEC_FN void ad_ew_sigmoid_fwd_f(const void *const *in, void *out, int64_t n, const double *cs)
@@ -788,7 +788,7 @@ AD_VEC_FN void ad_ew_sigmoid_fwd_f(const void *const *in, void *out, int64_t n, 
     const float *restrict X_ = in[0];
     float *restrict O_ = out;
     AD_VEC_LOOP
-    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = ((x >= 0) ? (1 / (1 + exp((-fabs(x))))) : (exp((-fabs(x))) / (1 + exp((-fabs(x)))))); }
+    for (int64_t i = 0; i < n; i++) { float x = X_[i]; O_[i] = (((x >= 0) ? 1 : exp((-fabs(x)))) / (1 + exp((-fabs(x))))); }
 }
 
 AD_SIMD void ad_ew_sigmoid_d0_d(const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc)
