@@ -10,8 +10,10 @@ from .numerical import (numerical_grad, numerical_jacobian, gradcheck, Gradcheck
                         TaylorResult, default_step)
 from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hessian
 from .anomaly import detect_anomaly
+from .custom import custom_vjp, custom_jvp, Function, FunctionCtx
+from .checkpoint import checkpoint
 from ._capi import lib as _lib
-from . import nn, optim, data, autograd
+from . import nn, optim, data, autograd, viz
 
 # the elementwise ops, one per row of opdefs.py (exp, log1p, logaddexp, ...)
 globals().update(_ELEMENTWISE)
