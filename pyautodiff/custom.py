@@ -27,6 +27,7 @@ The core keys each custom node by its handle; this module keeps a record per key
 what it saved) until the core reports the node freed (``ad_custom_reap``).
 """
 import threading
+import weakref
 
 import numpy as np
 
@@ -112,13 +113,15 @@ def _dot(pairs):
     return total
 
 
-def _fresh_zeros(specs):
-    return [_from_array(np.zeros(shape, dtype), requires_grad=True) for shape, dtype in specs]
+def _fresh_points(specs):
+    # ones, not zeros: a rule that left the tape then shows a nonzero value (see _transpose)
+    return [_from_array(np.ones(shape, dtype), requires_grad=True) for shape, dtype in specs]
 
 
 def _transpose(name, linear, zeros, specs, record, what):
-    """The gradient of the scalar linear(zeros) with respect to zeros (fresh leaves): the transpose
-    of a linear map, evaluated by one reverse sweep (recorded when record is set)."""
+    """The gradient of the scalar linear(zeros) with respect to `zeros` (fresh leaves, any point:
+    the map is linear): the transpose of a linear map, by one reverse sweep (recorded when record
+    is set)."""
     from .functional import _dependence, _grads_graph, _vjp_sweep
     with _grad_on():
         total, values = linear(zeros)
@@ -194,7 +197,7 @@ class _Rule:
         def linear(ts):
             outs = self.user_jvp(ts)
             return _dot(zip(outs, gs)), outs
-        return _transpose(self.name, linear, _fresh_zeros(self.in_specs), self.in_specs, record, "jvp")
+        return _transpose(self.name, linear, _fresh_points(self.in_specs), self.in_specs, record, "jvp")
 
     def jvp(self, ts, record):
         ts = [t if t is not None else _from_array(np.zeros(shape, dtype))
@@ -205,7 +208,7 @@ class _Rule:
             def linear(gs):
                 grads = self.user_vjp(gs)
                 return _dot(zip(grads, ts)), grads
-            outs = _transpose(self.name, linear, _fresh_zeros(self.out_specs), self.out_specs, record, "backward")
+            outs = _transpose(self.name, linear, _fresh_points(self.out_specs), self.out_specs, record, "backward")
         outs = [o if o is not None else _from_array(np.zeros(shape, dtype))
                 for o, (shape, dtype) in zip(outs, self.out_specs)]
         return self.pack(outs)
@@ -472,7 +475,8 @@ class FunctionCtx:
         for t in self._saved:
             if isinstance(t, _SavedOutput):
                 if outs is None:
-                    outs = self._node.unpack(_borrow(self._node.key))
+                    node = self._node()
+                    outs = node.unpack(_borrow(node.key))
                 t = outs[t.index]
             saved.append(t)
         return tuple(saved)
@@ -550,7 +554,7 @@ class Function:
                 return list(res) if isinstance(res, (tuple, list)) else [res]
 
         rule = _Rule(name, inputs, outs, rule_bwd, rule_jvp)
-        ctx._node = rule
+        ctx._node = weakref.ref(rule)    # rule holds ctx (through rule_bwd): no cycle back
         made = _record(rule, inputs, outs)
         if made is None:
             return outs[0] if single else tuple(outs)

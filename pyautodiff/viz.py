@@ -58,8 +58,8 @@ def to_dot(t, params=None, name="graph"):
             title = op
             style = ""
             kind = "box"
-        label = f"{title}\\n{shape} {dtype}\\n{info.bytes} B"
-        lines.append(f'  n{h} [label="{_label_escape(label)}", shape={kind}{style}, '
+        label = "\\n".join(_label_escape(part) for part in (title, f"{shape} {dtype}", f"{info.bytes} B"))
+        lines.append(f'  n{h} [label="{label}", shape={kind}{style}, '
                      f'op="{_label_escape(op)}", bytes={info.bytes}];')
         for i in ins:
             lines.append(f"  n{i} -> n{h};")
