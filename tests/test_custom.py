@@ -528,3 +528,41 @@ def test_checkpoint_composes_with_transforms():
     w.grad = None
     f(ad.tensor(v), False).backward()
     np.testing.assert_array_equal(g_ck, w.grad.numpy())
+
+
+# ---- module hooks and the demo's graph ----
+
+def test_module_forward_and_full_backward_hooks():
+    lin = ad.nn.Linear(3, 2, seed=0)
+    w = lin.weight.numpy()
+    seen = []
+    fwd = lin.register_forward_hook(lambda m, inputs, out: out * 2)
+    lin.register_full_backward_hook(
+        lambda m, gi, go: seen.append((None if gi[0] is None else gi[0].numpy(), go[0].numpy())))
+    x = ad.tensor(np.ones((4, 3)), requires_grad=True)
+    lin(x).sum().backward()
+    (gi, go), = seen
+    np.testing.assert_array_equal(go, np.ones((4, 2)))        # d sum / d (hooked output)
+    np.testing.assert_allclose(gi, 2 * np.ones((4, 2)) @ w)   # through the forward hook's * 2
+    np.testing.assert_allclose(x.grad.numpy(), gi)
+    fwd.remove()
+    zero = lin.register_full_backward_hook(lambda m, gi, go: (gi[0] * 0,))    # replaces grad_input
+    x.grad = None
+    lin(x).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.zeros((4, 3)))
+    assert len(seen) == 2
+    zero.remove()
+    # an input that needs no gradient: the hook still runs, with grad_input None
+    lin(ad.tensor(np.ones((1, 3)))).sum().backward()
+    assert len(seen) == 3 and seen[-1][0] is None
+    np.testing.assert_array_equal(seen[-1][1], np.ones((1, 2)))
+
+
+def test_demo_writes_its_graph(tmp_path):
+    from pyautodiff import demo
+    path = tmp_path / "model.dot"
+    assert demo.main(["--epochs", "1", "--graph", str(path)]) == 0
+    nodes, edges = _parse_dot(path.read_text())
+    labels = [lbl.split("\\n")[0] for lbl in nodes.values()]
+    assert labels.count("matmul") == 2 and "0.weight" in labels and "2.bias" in labels
+    assert len(edges) >= len(nodes) - 1
