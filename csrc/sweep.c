@@ -325,8 +325,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         if (!acc) { copy_seed(root, dst, seed); return AD_OK; }
         if ((st = ad_tape_grow_adj(T, root))) return st;
         copy_seed(root, root->adj, seed);
-        if (root->dtype == AD_F64) { double *d = dst, *s = root->adj; for (int64_t i = 0; i < root->size; i++) d[i] += s[i]; }
-        else { float *d = dst, *s = root->adj; for (int64_t i = 0; i < root->size; i++) d[i] += s[i]; }
+        ad_add_into(root->dtype, dst, 1, root->adj, root->size);
         ad_buf_free(T, root->adj, (size_t)root->size * ad_itemsize(root->dtype));
         root->adj = NULL;
         return AD_OK;
