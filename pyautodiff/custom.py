@@ -48,11 +48,11 @@ def _reap():
     buf = ffi.new("int64_t[]", _REAP)
     while True:
         n = lib.ad_custom_reap(buf, _REAP)
-        for i in range(n):
-            _records.pop(buf[i], None)
-            _hooks.pop(buf[i], None)
-        if n < _REAP:
+        if n == 0:
             return
+        for i in range(n):
+            _records.pop(buf[i], None)    # may free more custom nodes: loop until none is left
+            _hooks.pop(buf[i], None)
 
 
 def _borrow(h):
