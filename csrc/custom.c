@@ -49,7 +49,7 @@ int ad_custom_reap(int64_t *keys, int cap)
     if (cap < 0 || (cap > 0 && !keys)) return ad_err(AD_ERR_VALUE, "custom_reap: bad buffer");
     pthread_mutex_lock(&g_dead_lock);
     int n = g_dead_len < cap ? (int)g_dead_len : cap;
-    memcpy(keys, g_dead + (g_dead_len - n), (size_t)n * sizeof *keys);
+    if (n > 0) memcpy(keys, g_dead + (g_dead_len - n), (size_t)n * sizeof *keys);   /* g_dead may be NULL */
     g_dead_len -= n;
     pthread_mutex_unlock(&g_dead_lock);
     return n;
