@@ -240,11 +240,9 @@ def pyautodiff_custom_rule(kind, node, nargs, args, nres, res):
                 raise
         if len(out) != nres:
             raise RuntimeError(f"internal: custom rule made {len(out)} results, the core expects {nres}")
-        taken = []
         for i, t in enumerate(out):
             if t is not None:
                 check(lib.ad_retain(t._h))    # the core takes this reference over
-                taken.append(t._h)
                 res[i] = t._h
         return 0
     except BaseException as e:   # noqa: B902 -- KeyboardInterrupt too: the sweep must abort cleanly
