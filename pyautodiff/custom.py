@@ -322,7 +322,35 @@ def _flat_outputs(name, out):
     return [_as_output(name, v, "output") for v in leaves], spec
 
 
-class custom_vjp:
+class _Custom:
+    """What custom_vjp and custom_jvp share: the wrapped function, its static arguments, and the
+    two ends of a call (the differentiated inputs; the node and the output's structure)."""
+
+    kind = "custom"
+
+    def __init__(self, fun, nondiff_argnums=()):
+        self.fun = fun
+        self.nondiff_argnums = tuple(nondiff_argnums)
+        self.__name__ = getattr(fun, "__name__", self.kind)
+        self.__doc__ = getattr(fun, "__doc__", None)
+
+    def _inputs(self, args, rule, define):
+        """(static args, differentiated positions, input tensors, their structures)."""
+        if rule is None:
+            raise TypeError(f"{self.__name__}: {self.kind} function has no rule; call {self.__name__}.{define} first")
+        static, diff = _split_args(args, self.nondiff_argnums, self.__name__)
+        return (static, diff) + _flat_inputs(args, diff)
+
+    @staticmethod
+    def _finish(rule, inputs, outs, out, out_struct):
+        made = _record(rule, inputs, outs)
+        if made is None:
+            return out
+        from .functional import _unflatten
+        return _unflatten(out_struct, iter(made))
+
+
+class custom_vjp(_Custom):
     """``f = ad.custom_vjp(f)``; ``f.defvjp(fwd, bwd)``: f with a reverse-mode rule of your own.
 
     As in JAX: ``fwd(*args) -> (out, residuals)`` and ``bwd(*nondiff_args, residuals, g) ->`` one
@@ -330,12 +358,8 @@ class custom_vjp:
     zero). Outputs and arguments may be containers of tensors. Forward mode (jvp, jacfwd, hessian)
     transposes bwd, so write bwd with library ops; it is then differentiable again, too."""
 
-    def __init__(self, fun, nondiff_argnums=()):
-        self.fun = fun
-        self.nondiff_argnums = tuple(nondiff_argnums)
-        self.fwd = self.bwd = None
-        self.__name__ = getattr(fun, "__name__", "custom_vjp")
-        self.__doc__ = getattr(fun, "__doc__", None)
+    kind = "custom_vjp"
+    fwd = bwd = None
 
     def defvjp(self, fwd, bwd):
         self.fwd, self.bwd = fwd, bwd
@@ -343,10 +367,7 @@ class custom_vjp:
 
     def __call__(self, *args):
         name = self.__name__
-        if self.fwd is None:
-            raise TypeError(f"{name}: custom_vjp function has no rule; call {name}.defvjp(fwd, bwd) first")
-        static, diff = _split_args(args, self.nondiff_argnums, name)
-        inputs, in_structs = _flat_inputs(args, diff)
+        static, diff, inputs, in_structs = self._inputs(args, self.fwd, "defvjp(fwd, bwd)")
         # fwd usually calls f itself for the output (as in JAX): that call is the plain function
         if not _recording(inputs) or getattr(_in_fwd, "fn", None) is self:
             return self.fun(*args)
@@ -377,12 +398,7 @@ class custom_vjp:
                     flat += _flatten_like(ct, struct, f"{name}: bwd's cotangent for argument {i}")
             return flat
 
-        rule = _Rule(name, inputs, outs, rule_bwd, None)
-        made = _record(rule, inputs, outs)
-        if made is None:
-            return out
-        from .functional import _unflatten
-        return _unflatten(out_struct, iter(made))
+        return self._finish(_Rule(name, inputs, outs, rule_bwd, None), inputs, outs, out, out_struct)
 
 
 def _flatten_like_none(struct):
@@ -392,19 +408,15 @@ def _flatten_like_none(struct):
     return [x for c in struct[2] for x in _flatten_like_none(c)]
 
 
-class custom_jvp:
+class custom_jvp(_Custom):
     """``f = ad.custom_jvp(f)``; ``f.defjvp(jvp)``: f with a forward-mode rule of your own.
 
     As in JAX: ``jvp(*nondiff_args, primals, tangents) -> (primal_out, tangent_out)``, primals and
     tangents tuples with one entry per differentiated argument. Reverse mode (grad, vjp, backward)
     transposes the rule, so write it with library ops; it is then differentiable again, too."""
 
-    def __init__(self, fun, nondiff_argnums=()):
-        self.fun = fun
-        self.nondiff_argnums = tuple(nondiff_argnums)
-        self.jvp = None
-        self.__name__ = getattr(fun, "__name__", "custom_jvp")
-        self.__doc__ = getattr(fun, "__doc__", None)
+    kind = "custom_jvp"
+    jvp = None
 
     def defjvp(self, jvp):
         self.jvp = jvp
@@ -412,10 +424,7 @@ class custom_jvp:
 
     def __call__(self, *args):
         name = self.__name__
-        if self.jvp is None:
-            raise TypeError(f"{name}: custom_jvp function has no rule; call {name}.defjvp(jvp) first")
-        static, diff = _split_args(args, self.nondiff_argnums, name)
-        inputs, in_structs = _flat_inputs(args, diff)
+        static, diff, inputs, in_structs = self._inputs(args, self.jvp, "defjvp(jvp)")
         if not _recording(inputs):
             return self.fun(*args)
         with no_grad():
@@ -433,12 +442,7 @@ class custom_jvp:
                 raise TypeError(f"{name}: the jvp rule must return a pair (primal_out, tangent_out)")
             return _flatten_like(res[1], out_struct, f"{name}: the jvp rule's tangent_out")
 
-        rule = _Rule(name, inputs, outs, None, rule_jvp)
-        made = _record(rule, inputs, outs)
-        if made is None:
-            return out
-        from .functional import _unflatten
-        return _unflatten(out_struct, iter(made))
+        return self._finish(_Rule(name, inputs, outs, None, rule_jvp), inputs, outs, out, out_struct)
 
 
 # ---------------- PyTorch style: Function ----------------
