@@ -54,6 +54,8 @@ typedef enum {
     AD_OP_SCATTER_ADD,
     /* basic indexing: a strided view of x copied (kernels/index.c) */
     AD_OP_SLICE,
+    /* a custom function: its rules live in the bindings (ad_custom, csrc/custom.c) */
+    AD_OP_CUSTOM,
     AD_OP_COUNT
 } ad_op;
 
@@ -235,6 +237,52 @@ int ad_op_rules(int op, const char **name);
  * most 64). Results are bit-identical for any setting. */
 int ad_set_num_threads(int n);
 int ad_get_num_threads(void);
+
+/* ---- custom functions, hooks and graph introspection (csrc/custom.c) ----
+ *
+ * A custom node's derivative rules, and a tensor's gradient hooks, live in the bindings. The core
+ * calls the one callback set here, with the tape unlocked (the rule runs ops on it), on the
+ * calling thread. kind says what is asked, node is the custom (or hooked) node's handle:
+ *   AD_CUSTOM_VJP, AD_CUSTOM_VJP_GRAPH: args[0] = the cotangent (shaped like node); res[j] = input
+ *     j's contribution, shaped like input j with its dtype, or 0 for zero. _GRAPH: recorded ops.
+ *   AD_CUSTOM_JVP, AD_CUSTOM_JVP_GRAPH: args[j] = input j's tangent (0: zero); res[0] = node's.
+ *   AD_CUSTOM_HOOK: args[0] = the gradient flowing into node; res[0] = a replacement or 0.
+ * Every res entry is a new reference the core takes over. A nonzero return aborts the sweep with
+ * AD_ERR_RUNTIME (the bindings keep their own exception); backward() then leaves every grad and
+ * the graph as they were. The GRAPH kinds run with grad mode on, the others with it as it was. */
+enum { AD_CUSTOM_VJP = 0, AD_CUSTOM_JVP = 1, AD_CUSTOM_VJP_GRAPH = 2, AD_CUSTOM_JVP_GRAPH = 3, AD_CUSTOM_HOOK = 4 };
+typedef int (*ad_custom_fn)(int kind, int64_t node, int n_args, const int64_t *args, int n_res, int64_t *res);
+void ad_set_custom_callback(ad_custom_fn fn);
+/* A custom node with value a copy of `value` and inputs ins (recorded like any op: when grad mode
+ * is on and an input requires grad; otherwise the result is a constant leaf). */
+int64_t ad_custom(int n_in, const int64_t *ins, int64_t value);
+/* Mark h (this thread's tensor, requiring grad) as having hooks: every reverse sweep through it
+ * calls the callback (AD_CUSTOM_HOOK) once its gradient is complete. */
+int ad_set_hook(int64_t h);
+/* Handles of custom or hooked nodes freed since the last call (at most cap, into keys), so the
+ * bindings can drop what they kept for them. */
+int ad_custom_reap(int64_t *keys, int cap);
+/* Custom and hooked nodes alive on all tapes (hessian takes its recorded path when any are). */
+int64_t ad_custom_live(void);
+
+typedef struct {
+    int op;                    /* ad_op; name from ad_op_rules */
+    int dtype;
+    int ndim;
+    int64_t shape[AD_MAXDIM];
+    int64_t bytes;             /* held by the node: its record, value and saved parameters */
+    int nin;                   /* recorded inputs (0 for a leaf or a released graph) */
+    int requires_grad;
+    int is_leaf;
+    int has_grad;
+    int graph_released;
+    int has_hook;
+} ad_node_info_t;
+/* The record behind h (this thread's tensor, or a handle this function gave) and the handles of up
+ * to cap of its inputs (inputs may be NULL when cap is 0). Read-only: the input handles are
+ * borrowed, valid while h's graph is (a stale one is an AD_ERR_HANDLE, never a crash); they may
+ * name interior nodes whose value was freed, which only this function accepts. */
+int ad_node_inputs(int64_t h, ad_node_info_t *info, int cap, int64_t *inputs);
 
 /* Counters of the calling thread's tape. */
 int ad_stats(ad_stats_t *out);

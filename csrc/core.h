@@ -16,7 +16,8 @@ enum {
     F_IN_USE = 8,
     F_VALUE_READ = 16, /* a consumer's VJP/JVP reads this node's value: it is kept (see ad_release) */
     F_ADJ_UNIFORM = 32, /* adj holds one value standing for every element (see sweep.c) */
-    F_WALKED = 64      /* visited by the dependence walk in progress (sweep.c); clear otherwise */
+    F_WALKED = 64,     /* visited by the dependence walk in progress (sweep.c); clear otherwise */
+    F_HOOK = 128       /* the bindings have gradient hooks on this node (custom.c) */
 };
 
 typedef struct ad_node ad_node;
@@ -422,5 +423,29 @@ int ad_jvp_rec_matmul(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out
 int ad_jvp_rec_layout(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 int ad_jvp_rec_index(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 int ad_jvp_rec_softmax(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+
+/* ---- custom nodes and hooks (custom.c): rules that live in the bindings ----
+ * Each runs the bindings' callback with T unlocked (they run ops on this tape) and T locked
+ * again on return; results are checked here, at the boundary, before the sweep uses them.
+ * ad_custom_vjp: custom node n's contribution to each input for its cotangent g (n->size values,
+ *   or one value standing for all when g_uniform): res[j] is a new node shaped like input j with
+ *   its dtype, or NULL for zero (and for inputs that do not require grad).
+ * ad_custom_vjp_graph: the same for a cotangent node, as recorded ops.
+ * ad_hook_numeric: n's hooks for its complete gradient g (n->size values), replaced in place.
+ * ad_hook_graph: the same for a gradient node: *g may be replaced by a new reference.
+ * ad_custom_freed: tape.c tells when a custom or hooked node is freed (T locked). */
+int ad_custom_vjp(ad_tape *T, ad_node *n, const void *g, int g_uniform, ad_node **res);
+int ad_custom_vjp_graph(ad_tape *T, ad_node *n, ad_node *g, ad_node **res);
+int ad_hook_numeric(ad_tape *T, ad_node *n, void *g);
+int ad_hook_graph(ad_tape *T, ad_node *n, ad_node **g);
+void ad_custom_freed(ad_tape *T, ad_node *n);
+/* ad_resolve, but a node whose value was freed (drop_unread_value) resolves too (tape.c) */
+int ad_resolve_record(ad_tape *T, int64_t h, ad_node **out);
+int ad_jvp_custom(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_jvp_rec_custom(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+int ad_vjp_custom_unused(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_vjp_rec_custom_unused(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+/* dst (+= when acc) n values of src */
+void ad_add_into(int dtype, void *dst, int acc, const void *src, int64_t n);
 
 #endif

@@ -53,10 +53,16 @@ static int pass_uniform(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
     return 1;
 }
 
+/* Set while a backward sweep defers leaves' grads to its end (see backward_locked). */
+static _Thread_local int t_defer_leaves;
+/* Set while ad_backward runs on this thread: a custom rule or hook it calls must not start
+ * another (both would use the nodes' adj fields). */
+static _Thread_local int t_in_backward;
+
 /* Where input m's adjoint lives: a leaf's grad node, else m->adj (allocated on first use). */
 static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, int64_t *pending)
 {
-    if (m->flags & F_LEAF) {
+    if ((m->flags & F_LEAF) && !t_defer_leaves) {
         if (!m->grad) {
             ad_node *g;
             int st = ad_node_new(T, AD_OP_LEAF, m->dtype, m->ndim, m->shape, &g);
@@ -261,6 +267,31 @@ static void copy_seed(ad_node *root, void *dst, const ad_node *seed)
     }
 }
 
+/* Custom node n's contributions to its inputs, all from one call of its backward rule (custom.c);
+ * consumes n's adjoint as pass_to_inputs does. */
+static int custom_pass(ad_tape *T, ad_node *n, int64_t *pending)
+{
+    ad_node *inl[4] = {0}, **res = n->nin <= 4 ? inl : calloc((size_t)n->nin, sizeof *res);
+    int st = res ? ad_custom_vjp(T, n, n->adj, !!(n->flags & F_ADJ_UNIFORM), res)
+                 : ad_err(AD_ERR_MEMORY, "backward: out of memory");
+    for (int j = 0; j < n->nin && !st; j++) {
+        ad_node *m = n->in[j];
+        void *dst;
+        int acc;
+        if (!res[j]) continue;
+        if ((st = adjoint_target(T, m, &dst, &acc, pending))) break;
+        ad_add_into(m->dtype, dst, acc, res[j]->data, m->size);
+    }
+    if (res) {
+        for (int j = 0; j < n->nin; j++) if (res[j]) ad_node_unref(T, res[j]);
+        if (res != inl) free(res);
+    }
+    ad_buf_free(T, n->adj, ad_adj_bytes(n));
+    n->adj = NULL;
+    n->flags &= (uint8_t)~F_ADJ_UNIFORM;
+    return st;
+}
+
 static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retain)
 {
     ad_node *root, *seed = NULL;
@@ -295,8 +326,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         if (!acc) { copy_seed(root, dst, seed); return AD_OK; }
         if ((st = ad_tape_grow_adj(T, root))) return st;
         copy_seed(root, root->adj, seed);
-        if (root->dtype == AD_F64) { double *d = dst, *s = root->adj; for (int64_t i = 0; i < root->size; i++) d[i] += s[i]; }
-        else { float *d = dst, *s = root->adj; for (int64_t i = 0; i < root->size; i++) d[i] += s[i]; }
+        ad_add_into(root->dtype, dst, 1, root->adj, root->size);
         ad_buf_free(T, root->adj, (size_t)root->size * ad_itemsize(root->dtype));
         root->adj = NULL;
         return AD_OK;
@@ -308,6 +338,15 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     pending = 1;
 
     int anomaly = ad_anomaly_on(T);
+    /* ---- custom functions and hooks: an all-or-nothing sweep ----
+     * A custom rule or hook may raise; backward() must then leave every grad and the graph as
+     * they were. So while any custom or hooked node is alive, leaves collect their adjoint like
+     * interior nodes (t_defer_leaves), swept nodes keep their graph, and both are committed once
+     * the whole sweep has succeeded. Without them nothing changes (and nothing is paid). */
+    int txn = ad_custom_live() > 0;
+    ad_node **swept = NULL;
+    int64_t nswept = 0, swept_cap = 0;
+    t_defer_leaves = txn;
     /* A leaf's first grad is a new node appended to the tape mid-sweep: hold the order so
      * positions stay put, and re-read the array each step because growing it may move it. */
     ad_tape_hold_order(T, 1);
@@ -320,12 +359,32 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
                         "earlier backward(); pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
             break;
         }
-        st = pass_to_inputs(T, n, &pending, anomaly);
+        if (txn && nswept == swept_cap) {
+            ad_node **grown = realloc(swept, (size_t)(swept_cap = swept_cap ? 2 * swept_cap : 64) * sizeof *grown);
+            if (!grown) { st = ad_err(AD_ERR_MEMORY, "backward: out of memory"); break; }
+            swept = grown;
+        }
+        if (n->flags & F_HOOK) {
+            /* n's gradient is complete here: every consumer has been swept */
+            if ((n->flags & F_ADJ_UNIFORM) && (st = materialize(T, n))) break;
+            if ((st = ad_hook_numeric(T, n, n->adj))) break;
+        }
+        if (txn && (n->flags & F_LEAF)) {
+            swept[nswept++] = n;   /* its adjoint (and reference) wait for the commit */
+            pending--;
+            continue;
+        }
+        st = n->op == AD_OP_CUSTOM ? custom_pass(T, n, &pending) : pass_to_inputs(T, n, &pending, anomaly);
         pending--;
-        if (!st && !retain) ad_node_drop_graph(T, n);
-        ad_node_unref(T, n);
+        if (txn) {
+            swept[nswept++] = n;
+        } else {
+            if (!st && !retain) ad_node_drop_graph(T, n);
+            ad_node_unref(T, n);
+        }
         if (st) break;
     }
+    t_defer_leaves = 0;
     if (st) {
         /* leave no adjoint behind: the tape must stay usable after an error */
         for (; i >= 0 && pending > 0; i--) {
@@ -338,17 +397,41 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
             ad_node_unref(T, n);
         }
     }
+    /* the commit: leaves' adjoints into their grads, then the swept graph released (or not) */
+    for (int64_t k = 0; k < nswept && !st; k++) {
+        ad_node *n = swept[k];
+        void *dst;
+        int acc;
+        int64_t unused = 0;
+        if (!(n->flags & F_LEAF)) continue;
+        /* only out of memory for a first grad can stop this; the grads before it are kept */
+        if ((st = adjoint_target(T, n, &dst, &acc, &unused))) break;
+        ad_add_into(n->dtype, dst, acc, n->adj, n->size);
+    }
+    for (int64_t k = 0; k < nswept; k++) {
+        ad_node *n = swept[k];
+        if (n->adj) { ad_buf_free(T, n->adj, ad_adj_bytes(n)); n->adj = NULL; }
+        n->flags &= (uint8_t)~F_ADJ_UNIFORM;
+        if (!st && !retain && !(n->flags & F_LEAF)) ad_node_drop_graph(T, n);
+        ad_node_unref(T, n);
+    }
+    free(swept);
     ad_tape_hold_order(T, 0);
     return st;
 }
 
 int ad_backward(int64_t root_h, int64_t seed_h, int retain_graph)
 {
+    if (t_in_backward)
+        return ad_err(AD_ERR_RUNTIME, "backward: called from a custom function's rule or a hook while backward() "
+                      "runs on this thread; use ad.autograd.grad or ad.vjp there (they leave .grad alone)");
     ad_tape *T;
     int st = ad_lock_current(&T);
     if (st) return st;
     ad_long_work(INT64_MAX);
+    t_in_backward = 1;
     st = backward_locked(T, root_h, seed_h, retain_graph);
+    t_in_backward = 0;
     ad_unlock(T);
     return st;
 }
@@ -544,8 +627,9 @@ static int tangent_pass(ad_tape *T, ad_node **order, ad_slot *slots, int64_t lo,
 {
     const void *tin_inline[4], **tin = tin_inline;
     int st = AD_OK;
+    (void)order;   /* re-read each step: a custom node's rule may grow the order (see ad_tape_order) */
     for (int64_t i = lo; i <= hi && !st; i++) {
-        ad_node *n = order[i];
+        ad_node *n = ad_tape_order(T)[i];
         ad_slot *s = &slots[i - lo];
         if (!n || (s->state & (S_NEED | S_SEED)) != S_NEED || n->nin == 0) continue;
         if (n->nin > 4) {
@@ -612,6 +696,7 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     ad_slot *slots = NULL;
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
+    int held = 0;
     ad_recycler rc = {{0}, {0}};
     if ((st = resolve_leaves(T, "jvp", n_leaves, leaves, nodes)) ||
         (st = check_tangents(T, "jvp", n_leaves, nodes, tangents, k, tans)) ||
@@ -634,6 +719,8 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
         s->state = S_SEED;
         s->buf = tans[i]->data;
     }
+    ad_tape_hold_order(T, 1);   /* a custom node's rule creates nodes mid-sweep */
+    held = 1;
     if ((st = mark_ancestors(order, slots, lo, hi, "jvp")) ||
         (st = tangent_pass(T, order, slots, lo, hi, k, out->data, 0, &rc, "jvp")))
         goto done;
@@ -641,7 +728,8 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     if (slots[hi - lo].state & S_SEED) memcpy(out->data, slots[hi - lo].buf, (size_t)k * row);
 
 done:
-    free_slots(T, order, slots, lo, hi, k);
+    free_slots(T, ad_tape_order(T), slots, lo, hi, k);
+    if (held) ad_tape_hold_order(T, 0);
     rc_clear(T, &rc);
     free(nodes);
     if (st) {
@@ -746,6 +834,46 @@ static void slot_drop(ad_tape *T, ad_recycler *rc, ad_slot *s, const ad_node *n,
     s->state &= (uint8_t)~S_OWN;
 }
 
+/* The k adjoint rows of n through the bindings (custom.c), one call per row: n's hooks replace
+ * each row in place; a custom node's backward rule hands each row to its inputs' slots. Without
+ * the slot's own buffer (the root's cotangent is only read) a hooked row is copied first. */
+static int custom_rows(ad_tape *T, ad_recycler *rc, ad_slot *slots, int64_t lo, ad_node *n, ad_slot *s, int64_t k)
+{
+    size_t row = node_bytes(n);
+    int st = AD_OK;
+    if ((n->flags & F_HOOK) && !(s->state & (S_OWN | S_SEED))) {
+        void *own = rc_take(T, rc, (size_t)k * row);
+        if (!own) return ad_err(AD_ERR_MEMORY, "vjp: out of memory");
+        memcpy(own, s->buf, (size_t)k * row);
+        s->buf = own;
+        s->state |= S_OWN;
+    }
+    for (int64_t r = 0; r < k && (n->flags & F_HOOK) && !st; r++) st = ad_hook_numeric(T, n, (char *)s->buf + r * row);
+    if (st || n->op != AD_OP_CUSTOM || (s->state & S_SEED)) return st;
+    /* every input's slot holds a value (zeros when new) before the rows are added in */
+    for (int j = 0; j < n->nin; j++) {
+        ad_node *m = n->in[j];
+        int acc;
+        if (m->pos < lo || !(m->flags & F_REQUIRES_GRAD)) continue;
+        if ((st = slot_target(T, rc, &slots[m->pos - lo], m, k, &acc, "vjp"))) return st;
+        if (!acc) memset(slots[m->pos - lo].buf, 0, (size_t)k * node_bytes(m));
+    }
+    ad_node *inl[4] = {0}, **res = n->nin <= 4 ? inl : calloc((size_t)n->nin, sizeof *res);
+    if (!res) return ad_err(AD_ERR_MEMORY, "vjp: out of memory");
+    for (int64_t r = 0; r < k && !st; r++) {
+        if ((st = ad_custom_vjp(T, n, (char *)s->buf + r * row, 0, res))) break;
+        for (int j = 0; j < n->nin; j++) {
+            ad_node *m = n->in[j];
+            if (res[j] && m->pos >= lo)
+                ad_add_into(m->dtype, (char *)slots[m->pos - lo].buf + r * node_bytes(m), 1, res[j]->data, m->size);
+            if (res[j]) { ad_node_unref(T, res[j]); res[j] = NULL; }
+        }
+    }
+    for (int j = 0; j < n->nin; j++) if (res[j]) ad_node_unref(T, res[j]);
+    if (res != inl) free(res);
+    return st;
+}
+
 static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, const int64_t *leaves,
                       int64_t *out_h)
 {
@@ -770,6 +898,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
     ad_slot *slots = NULL;
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
+    int held = 0;
     ad_recycler rc = {{0}, {0}};
     if ((st = resolve_leaves(T, "vjp", n_leaves, leaves, nodes)) ||
         (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "vjp")))
@@ -795,14 +924,21 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
     else sr->buf = cot->data;    /* only read: the root has no consumers inside the sweep */
     sr->state |= S_HAS;
 
+    /* a custom rule or hook creates nodes mid-sweep: positions must stay put (see ad_tape_order) */
+    ad_tape_hold_order(T, 1);
+    held = 1;
     for (int64_t i = hi; i >= lo; i--) {
-        ad_node *n = order[i];
+        ad_node *n = ad_tape_order(T)[i];
         ad_slot *s = &slots[i - lo];
         if (!n || !(s->state & S_HAS)) continue;
         if (n->flags & F_RELEASED) {
             st = ad_err(AD_ERR_RUNTIME, "vjp: part of the graph (a %s node) was released by an earlier backward(); "
                         "pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
             goto done;
+        }
+        if ((n->flags & F_HOOK) || (n->op == AD_OP_CUSTOM && !(s->state & S_SEED))) {
+            if ((st = custom_rows(T, &rc, slots, lo, n, s, k))) goto done;
+            if (n->op == AD_OP_CUSTOM) { slot_drop(T, &rc, s, n, k); continue; }
         }
         /* a requested node counts as independent, as in the forward sweep: its adjoint is the
          * result and does not flow on into its own inputs */
@@ -819,10 +955,12 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
     }
 
 done:
+    order = ad_tape_order(T);
     if (slots) {
         for (int64_t i = lo; i <= hi; i++)
             if (slots[i - lo].state & S_OWN) ad_buf_free(T, slots[i - lo].buf, (size_t)k * node_bytes(order[i]));
     }
+    if (held) ad_tape_hold_order(T, 0);
     rc_clear(T, &rc);
     for (int i = 0; i < n_leaves; i++) {
         if (!outs[i]) continue;
@@ -902,9 +1040,19 @@ static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
         adt[p].state = S_SEED;
         adt[p].buf = outs[i]->data;   /* accumulated in place */
     }
-    if ((st = mark_ancestors(order, tan, lo, hi, "hvp")) ||
-        (st = tangent_pass(T, order, tan, lo, hi, k, NULL, 1, &rc, "hvp")))
-        goto done;
+    if ((st = mark_ancestors(order, tan, lo, hi, "hvp"))) goto done;
+    for (int64_t i = lo; i <= hi; i++) {
+        ad_node *n = order[i];
+        /* their second-order terms live in the bindings: ad.hvp / ad.hessian take the recorded
+         * path (forward over the recorded reverse sweep) when such nodes are alive */
+        if (n && (tan[i - lo].state & S_NEED) && (n->op == AD_OP_CUSTOM || (n->flags & F_HOOK))) {
+            st = ad_err(AD_ERR_RUNTIME, "hvp: the graph holds a %s; its second-order term is not in the core, so "
+                        "differentiate it by composition (e.g. jvp of the recorded vjp)",
+                        n->op == AD_OP_CUSTOM ? "custom function" : "tensor with a gradient hook");
+            goto done;
+        }
+    }
+    if ((st = tangent_pass(T, order, tan, lo, hi, k, NULL, 1, &rc, "hvp"))) goto done;
 
     /* the root's adjoint is 1 and its derivative along v is 0 (no gdot rows) */
     ad_slot *sr = &adj[hi - lo];
@@ -1090,12 +1238,33 @@ static int vjp_graph_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_lea
     held = 1;
     for (int64_t i = hi; i >= lo; i--) {
         ad_node *n = ad_tape_order(T)[i], *a = adj[i - lo];
+        /* n's gradient is complete here: its hooks see it (and may replace it) */
+        if (n && a && (n->flags & F_HOOK)) {
+            if ((st = ad_hook_graph(T, n, &adj[i - lo]))) goto done;
+            a = adj[i - lo];
+        }
         /* a requested node's adjoint is a result and does not flow on into its inputs (as in ad_vjp) */
         if (!n || !a || (seed[i - lo] & S_SEED)) continue;
         if (n->flags & F_RELEASED) {
             st = ad_err(AD_ERR_RUNTIME, "vjp_graph: part of the graph (a %s node) was released by an earlier "
                         "backward(); pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
             goto done;
+        }
+        if (n->op == AD_OP_CUSTOM) {
+            /* all inputs' contributions from one call of the function's backward rule (custom.c) */
+            ad_node *inl[4] = {0}, **res = n->nin <= 4 ? inl : calloc((size_t)n->nin, sizeof *res);
+            st = res ? ad_custom_vjp_graph(T, n, a, res) : ad_err(AD_ERR_MEMORY, "vjp_graph: out of memory");
+            for (int j = 0; j < n->nin; j++) {
+                ad_node *m = n->in[j];
+                if (!res || !res[j]) continue;
+                if (st || m->pos < lo || !(seed[m->pos - lo] & S_NEED)) ad_node_unref(T, res[j]);
+                else st = accumulate_rec(T, &adj[m->pos - lo], res[j]);
+            }
+            if (res != inl) free(res);
+            if (st) goto done;
+            adj[i - lo] = NULL;
+            ad_node_unref(T, a);
+            continue;
         }
         for (int j = 0; j < n->nin; j++) {
             ad_node *m = n->in[j], *c;

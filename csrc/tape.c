@@ -332,7 +332,7 @@ static ad_tape *handle_tape(int64_t h)
     return atomic_load(&g_tapes[id]);
 }
 
-static int resolve_any(ad_tape *T, int64_t h, ad_node **out)
+static int resolve_any_record(ad_tape *T, int64_t h, ad_node **out, int need_value)
 {
     uint32_t slot = (uint32_t)(h & (MAX_SLOTS - 1));
     uint32_t gen = (uint32_t)((h >> SLOT_BITS) & GEN_MASK);
@@ -343,14 +343,17 @@ static int resolve_any(ad_tape *T, int64_t h, ad_node **out)
         return ad_err(AD_ERR_HANDLE, "tensor handle %lld refers to a released node", (long long)h);
     /* a node whose value was freed (drop_unread_value) lives on only for its consumers: every
      * handle to it had been released, so using one is a use after release */
-    if (!n->data)
+    if (!n->data && need_value)
         return ad_err(AD_ERR_HANDLE, "tensor handle %lld refers to a released tensor", (long long)h);
     ad_long_work(n->size);
     *out = n;
     return AD_OK;
 }
 
-int ad_resolve(ad_tape *T, int64_t h, ad_node **out)
+static int resolve_any(ad_tape *T, int64_t h, ad_node **out) { return resolve_any_record(T, h, out, 1); }
+
+/* ad_resolve(T, h) or, with need_value 0, ad_resolve_record */
+static int resolve_on(ad_tape *T, int64_t h, ad_node **out, int need_value)
 {
     if (h <= 0) return ad_err(AD_ERR_HANDLE, "invalid tensor handle %lld", (long long)h);
     if (handle_tape(h) != T) {
@@ -359,8 +362,11 @@ int ad_resolve(ad_tape *T, int64_t h, ad_node **out)
                       "its own tape, so use tensors in ops only on the thread that made them "
                       "(or pass its values, e.g. t.numpy())");
     }
-    return resolve_any(T, h, out);
+    return resolve_any_record(T, h, out, need_value);
 }
+
+int ad_resolve(ad_tape *T, int64_t h, ad_node **out) { return resolve_on(T, h, out, 1); }
+int ad_resolve_record(ad_tape *T, int64_t h, ad_node **out) { return resolve_on(T, h, out, 0); }
 
 /* Lock the tape a handle belongs to (any thread), for reads and releases. */
 static int lock_handle(int64_t h, ad_tape **T, ad_node **n)
@@ -692,6 +698,7 @@ static void node_free_one(ad_tape *T, ad_node *n)
     if (n->adj) ad_buf_free(T, n->adj, ad_adj_bytes(n));
     if (n->aux) ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t));
     if (n->in != n->in_inline) ad_buf_free(T, n->in, ins_bytes(n->nin));
+    ad_custom_freed(T, n);   /* the bindings drop their record of a custom or hooked node */
     T->order[n->pos] = NULL;
     T->order_dead++;
     n->flags = 0;
@@ -1031,4 +1038,5 @@ int ad_stats(ad_stats_t *out)
 
 /* sweep.c needs to walk the creation order */
 ad_node **ad_tape_order(ad_tape *T) { return T->order; }
-void ad_tape_hold_order(ad_tape *T, int hold) { T->order_held = hold; }
+/* counted: a custom rule run inside a sweep may run a sweep of its own */
+void ad_tape_hold_order(ad_tape *T, int hold) { T->order_held += hold ? 1 : -1; }

@@ -13,8 +13,10 @@ from .anomaly import detect_anomaly
 from .serialization import save, load
 from .creation import (empty, arange, linspace, eye, rand, randn, full_like, empty_like, rand_like, randn_like,
                        manual_seed)
+from .custom import custom_vjp, custom_jvp, Function, FunctionCtx
+from .checkpoint import checkpoint
 from ._capi import lib as _lib
-from . import nn, optim, data, autograd
+from . import nn, optim, data, autograd, viz
 
 # the elementwise ops, one per row of opdefs.py (exp, log1p, logaddexp, ...)
 globals().update(_ELEMENTWISE)

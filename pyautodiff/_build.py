@@ -79,6 +79,9 @@ ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "ad.h")))
 # the creation-site hook of anomaly mode (pyautodiff/anomaly.py), handed to ad_set_anomaly
 ffibuilder.cdef('extern "Python" int64_t pyautodiff_capture_site(void);')
 ffibuilder.cdef("void pyautodiff_keep_gil_for_short_calls(void);")
+# custom functions and hooks (pyautodiff/custom.py): the core's one callback into Python
+ffibuilder.cdef('extern "Python" int pyautodiff_custom_rule(int, int64_t, int, const int64_t *, int, int64_t *);')
+ffibuilder.cdef("void pyautodiff_install_custom_rule(void);")
 
 # cffi wraps every call in Py_BEGIN/END_ALLOW_THREADS. Releasing and retaking the GIL costs about
 # 35 ns, a fifth of a small op's call, and buys nothing for a call that takes a few hundred
@@ -95,6 +98,22 @@ static void pyautodiff_release_gil(void)
     if (!pyautodiff_saved && PyGILState_Check()) pyautodiff_saved = PyEval_SaveThread();
 }
 static void pyautodiff_keep_gil_for_short_calls(void) { ad_set_gil_hook(pyautodiff_release_gil); }
+/* The core calls a custom rule mid-sweep, perhaps after the hook released the GIL for the sweep.
+ * The rule's Python calls the core again, and those calls' wrappers must release and retake the
+ * GIL for themselves: so the outer call's saved state is set aside for the duration (cffi's
+ * callback takes the GIL on entry and gives it back on return), and restored for the outer
+ * wrapper to retake the GIL once the sweep returns. */
+static int pyautodiff_custom_rule(int, int64_t, int, const int64_t *, int, int64_t *);
+static int pyautodiff_custom_trampoline(int kind, int64_t node, int nargs, const int64_t *args, int nres,
+                                        int64_t *res)
+{
+    PyThreadState *outer = pyautodiff_saved;
+    pyautodiff_saved = NULL;
+    int rc = pyautodiff_custom_rule(kind, node, nargs, args, nres, res);
+    pyautodiff_saved = outer;
+    return rc;
+}
+static void pyautodiff_install_custom_rule(void) { ad_set_custom_callback(pyautodiff_custom_trampoline); }
 #undef Py_BEGIN_ALLOW_THREADS
 #undef Py_END_ALLOW_THREADS
 #define Py_BEGIN_ALLOW_THREADS {

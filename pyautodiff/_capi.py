@@ -5,6 +5,7 @@ becomes a Python exception, and `as_float_array` the only place user data is val
 converted (dtype, contiguity, byte order) before C reads it, because cffi itself checks nothing.
 """
 import ctypes
+import threading
 
 import numpy as np
 
@@ -29,8 +30,22 @@ _EXC = {
 }
 
 
+_callback = threading.local()
+
+
+def set_callback_error(exc):
+    """Keep the exception a custom rule or hook raised inside a sweep (pyautodiff/custom.py): the
+    core aborts the sweep, and raise_status raises this exception, not the core's summary."""
+    if getattr(_callback, "error", None) is None:
+        _callback.error = exc
+
+
 def raise_status(status):
     """Raise the exception for a negative (or positive) status returned by the core."""
+    exc = getattr(_callback, "error", None)
+    if exc is not None:
+        _callback.error = None
+        raise exc
     code = -int(status) if status < 0 else int(status)
     message = ffi.string(lib.ad_last_error()).decode("utf-8", "replace")
     if code == lib.AD_ERR_FLOAT:

@@ -37,6 +37,8 @@ def parse_args(argv):
     p.add_argument("--save", metavar="PATH", help="write a checkpoint to PATH after every epoch (ad.save)")
     p.add_argument("--resume", metavar="PATH", help="continue from a checkpoint written by --save")
     p.add_argument("--stop-after", type=int, metavar="N", help="end after epoch N, as an interruption would")
+    p.add_argument("--graph", metavar="PATH", help="write the model's recorded graph (one batch's loss) to PATH: "
+                   "DOT text for .dot, else SVG/PNG/PDF (needs graphviz or the dot program)")
     args = p.parse_args(argv)
     if args.stop_after is not None and args.stop_after < 1:
         p.error("--stop-after must be at least 1")
@@ -131,6 +133,8 @@ def main(argv=None):
     print(f"model: 64 -> Linear -> ReLU ({args.hidden}) -> Linear -> 10, {n_params:,} parameters, {dtype}; "
           f"Adam lr={args.lr:g} (cosine decay), batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
     run_gradcheck(model, X_train, y_train)
+    if args.graph:
+        write_graph(model, X_train[:args.batch_size], y_train[:args.batch_size], args.graph)
 
     opt = optim.Adam(model.parameters(), lr=args.lr)
     # cosine decay of the learning rate, stepped once per epoch: large steps early, small ones at
@@ -191,6 +195,22 @@ def main(argv=None):
         write_plot(plt, args.plot, curves)
     print(f"test accuracy: {100 * accuracy(model, X_test, y_test):.1f}%")
     return 0
+
+
+def write_graph(model, xb, yb, path):
+    """The graph one batch's loss records, as DOT text (.dot) or a picture (ad.viz.render)."""
+    loss = F.cross_entropy(model(xb), yb)
+    params = dict(model.named_parameters())
+    if str(path).endswith(".dot"):
+        with open(path, "w") as f:
+            f.write(ad.viz.to_dot(loss, params))
+    else:
+        try:
+            ad.viz.render(loss, path, params)
+        except RuntimeError as e:
+            print(f"--graph: {e}")
+            return
+    print(f"graph: wrote {path}")
 
 
 def write_plot(plt, path, curves):

@@ -515,7 +515,8 @@ def hvp(f, primals, tangents):
     call, flat = _seeded("hvp", primals, tangents)
     with call.level:
         out = _scalar_output(_output(f(*call.args), "hvp"), "hvp")
-    if call.decide(out, stacklevel=2, extra_on_tape=_tangents_on_tape(call, flat)):
+    graph = call.decide(out, stacklevel=2, extra_on_tape=_tangents_on_tape(call, flat))
+    if graph or _custom_alive():
         ts = [_tangent_value(call, t, l, what, like) for (t, what, like), l in zip(flat, call.leaves)]
         grads = _grads_graph(out, call.leaves, _ones(out))
         inner = None
@@ -527,6 +528,8 @@ def hvp(f, primals, tangents):
         else:
             hv = _grads_graph(inner, call.leaves, _ones(inner))
         value = out
+        if not graph:   # recorded only for the custom nodes' sake: hand back plain numbers
+            value, hv = out.detach(), [h.detach() for h in hv]
     else:
         seeds = [_rows(_matching(t, l.shape, l.dtype, what, like)[np.newaxis])
                  for (t, what, like), l in zip(flat, call.leaves)]
@@ -535,6 +538,13 @@ def hvp(f, primals, tangents):
         value = out.detach()
     call.done()
     return value, tuple(call.regroup(hv))
+
+
+def _custom_alive():
+    """Custom functions and gradient hooks keep their rules in Python, out of reach of the one-sweep
+    forward-over-reverse C path (ad_hvp): while any is alive, hvp and hessian compose the recorded
+    reverse sweep with a forward one instead (exact too, one sweep per direction)."""
+    return lib.ad_custom_live() > 0
 
 
 def _block(values, shape, what):
@@ -679,8 +689,11 @@ def hessian(f, argnums=0):
         with call.level:
             out = _scalar_output(_output(f(*call.args, **kwargs), "hessian"), "hessian")
         leaves = call.leaves
-        if call.decide(out, stacklevel=2):
+        graph = call.decide(out, stacklevel=2)
+        if graph or _custom_alive():
             rows_of = _hessian_graph(out, leaves)
+            if not graph:   # recorded only for the custom nodes' sake: hand back plain numbers
+                rows_of = [[b.detach() for b in row] for row in rows_of]
         else:
             seeds, sizes = _basis_seeds(leaves)
             n = sum(sizes)

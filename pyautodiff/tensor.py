@@ -316,6 +316,7 @@ class Tensor:
         leaf's graph alive while the leaf is held; unlike PyTorch's reference cycle, dropping the
         leaf's last Tensor frees both. ad.autograd.grad(..., create_graph=True) returns the
         gradients instead of storing them."""
+        from .hooks import backward_scope
         if grad is not None and not isinstance(grad, Tensor):
             arr = np.asarray(grad)
             if arr.dtype.kind not in "fiub":
@@ -324,11 +325,13 @@ class Tensor:
         if create_graph:
             if grad is not None and grad.dtype != self.dtype:
                 grad = grad.astype(self.dtype)
-            check(lib.ad_backward_graph(self._h, 0 if grad is None else grad._h))
+            with backward_scope():
+                check(lib.ad_backward_graph(self._h, 0 if grad is None else grad._h))
             return
         from .functional import _inside_transform
         _inside_transform("backward() without create_graph=True")
-        check(lib.ad_backward(self._h, 0 if grad is None else grad._h, 1 if retain_graph else 0))
+        with backward_scope():
+            check(lib.ad_backward(self._h, 0 if grad is None else grad._h, 1 if retain_graph else 0))
 
     @property
     def grad(self):
@@ -353,6 +356,25 @@ class Tensor:
     def detach(self):
         """A new leaf with the same values and no graph."""
         return _wrap(lib.ad_detach(self._h))
+
+    # ---- hooks and introspection (pyautodiff/hooks.py) ----
+    def register_hook(self, fn):
+        """Call fn(grad) whenever a gradient flows into this tensor in a reverse sweep (backward,
+        ad.grad, ad.vjp, autograd.grad); a returned tensor replaces the gradient. Returns a
+        handle whose remove() takes the hook off."""
+        from .hooks import register_hook
+        return register_hook(self, fn)
+
+    def retain_grad(self):
+        """Keep this computed tensor's gradient in .grad at backward() (leaves always do)."""
+        from .hooks import retain_grad
+        retain_grad(self)
+
+    @property
+    def grad_fn(self):
+        """The recorded op that made this tensor (name, next_functions), None for a leaf."""
+        from .hooks import grad_fn
+        return grad_fn(self)
 
     # ---- arithmetic: one C call each ----
     def __add__(self, other):
@@ -795,6 +817,8 @@ def is_grad_enabled():
 
 def tape_stats():
     """Counters of this thread's tape: live_nodes, live_bytes, pooled_bytes, tape_length."""
+    from .custom import _reap
+    _reap()      # records of freed custom nodes may still hold tensors
     s = ffi.new("ad_stats_t *")
     check(lib.ad_stats(s))
     return {"live_nodes": s.live_nodes, "live_bytes": s.live_bytes,

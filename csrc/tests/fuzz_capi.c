@@ -245,7 +245,26 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(17)) {
+    switch (below(20)) {
+    case 16: {
+        /* custom nodes and hooks with no callback set: every sweep through one must fail cleanly
+         * (backward's all-or-nothing path included) */
+        int n = chance(10) ? (int)below(30) - 10 : (int)below(3);
+        for (int i = 0; i < 16; i++) hs[i] = any_handle();
+        check_handle("ad_custom", ad_custom(n, n > 16 || chance(5) ? NULL : hs, any_handle()), 0);
+        break;
+    }
+    case 17: check_status("ad_set_hook", ad_set_hook(any_handle())); break;
+    case 18: {
+        ad_node_info_t info;
+        int cap = chance(10) ? (int)below(30) - 10 : (int)below(4);
+        int64_t st = ad_node_inputs(any_handle(), chance(5) ? NULL : &info, cap, cap > 16 || chance(5) ? NULL : hs);
+        check_status("ad_node_inputs", st);
+        int64_t keys[8];
+        int got = ad_custom_reap(chance(5) ? NULL : keys, (int)below(10) - 1);
+        if (got < -AD_ERR_FLOAT || got > 8) fail("ad_custom_reap returned an impossible count", got);
+        break;
+    }
     case 14: {
         /* basic indexing: a strided view, mostly inside the source, sometimes reaching out */
         nd = chance(50) ? like_shape(sh) : ndim_arg();

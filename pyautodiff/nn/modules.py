@@ -101,7 +101,25 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} does not define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        hooks = self.__dict__.get("_module_hooks")
+        if not hooks:
+            return self.forward(*args, **kwargs)
+        from .hooks import call_with_hooks
+        return call_with_hooks(self, hooks, args, kwargs)
+
+    # ---- hooks, as PyTorch's (pyautodiff/nn/hooks.py) ----
+    def register_forward_hook(self, hook):
+        """hook(module, inputs, output) after each forward; a returned value replaces the output.
+        Returns a handle whose remove() takes the hook off."""
+        from .hooks import add_hook
+        return add_hook(self, "forward", hook)
+
+    def register_full_backward_hook(self, hook):
+        """hook(module, grad_input, grad_output) once the gradients with respect to the module's
+        tensor inputs are known (None for inputs that need none); a returned tuple replaces
+        grad_input. Returns a handle whose remove() takes the hook off."""
+        from .hooks import add_hook
+        return add_hook(self, "backward", hook)
 
     # ---- listings ----
     def named_children(self):
