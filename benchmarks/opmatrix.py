@@ -44,7 +44,7 @@ BIG = 10_000_000  # full run only, on the rows marked big
 WANTED = {"pyautodiff", "numpy", "torch"}
 # Ops real code uses that pyautodiff has no public function for (issue 15's matrix needs them)
 MISSING = ["a public scatter / scatter-add / index_add (only as the VJP of indexing)",
-           "indexed assignment (`t[idx] = v`)", "einsum", "outer (written as (n,1) @ (1,m))",
+           "einsum", "outer (written as (n,1) @ (1,m))",
            "take_along_axis / gather along an axis", "squeeze / expand_dims / swapaxes / "
            "moveaxis (reshape and transpose stand in)", "prod, var, std, cumsum, argmax"]
 

@@ -179,6 +179,12 @@ def main(argv=None):
         failures += opmatrix.measure_and_write(
             True, keep_openblas_env=args.keep_openblas_env, removed=removed, kept=kept,
             command=f"{meta['command']} (op matrix quick subset)")
+        # intra-op threads: 1 and 2 threads give the same numbers (timings are not checked here)
+        from benchmarks import threads
+
+        print("[threads] 1 against 2 threads (python -m benchmarks.threads --quick)", file=sys.stderr)
+        rows = threads.measure(10**6, 1, 1)
+        failures += [f"threads: {r['case']} differs between 1 and 2 threads" for r in rows if not r["bit_identical"]]
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0
