@@ -141,6 +141,18 @@ typedef struct {
     ad_jvp_rec_fn jvp_rec;
 } ad_opdef;
 
+/* The body of a public op on one tensor: lock the calling thread's tape, resolve handle hx to x,
+ * construct n with MK (an ad_mk_* call naming T, x and &n), hand out n's handle, unlock. */
+#define AD_ONE_INPUT_ENTRY(hx, MK) do {                                                   \
+        ad_tape *T;                                                                       \
+        ad_node *x, *n;                                                                   \
+        int64_t st = ad_lock_current(&T);                                                 \
+        if (st) return st;                                                                \
+        if (!(st = ad_resolve(T, (hx), &x)) && !(st = (MK))) st = ad_handle(T, n);        \
+        ad_unlock(T);                                                                     \
+        return st;                                                                        \
+    } while (0)
+
 /* Node-level op constructors, for code that holds the tape lock (the public ad_* functions are
  * thin wrappers: lock, resolve handles, construct, hand out the handle): inputs are live nodes of
  * T; *out receives a new node holding one reference (the caller's, dropped with ad_node_unref).

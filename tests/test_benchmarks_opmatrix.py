@@ -7,11 +7,17 @@
   the eval's NumPy objective at a tiny size, and pyautodiff's gradient with it.
 """
 
+import os
+import sys
+
 import numpy as np
 import pytest
 
-from benchmarks import harness, opmatrix
-from benchmarks.workloads import load
+# benchmarks/ is not installed: found in the repository, appended so that pyautodiff still comes
+# from the installed build (the sanitizer run imports its ASan build from outside the tree)
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import harness, opmatrix  # noqa: E402
+from benchmarks.workloads import load  # noqa: E402
 
 QUICK_CELLS = opmatrix.plan(quick=True)
 GRADBENCH = ["gmm_d2_k5", "gmm_d10_k25", "lstm", "lse", "llsq", "ode", "det"]

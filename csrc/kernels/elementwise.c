@@ -486,13 +486,7 @@ int ad_mk_binary(ad_tape *T, int op, ad_node *a, ad_node *b, ad_node **out)
 
 int64_t ad_unary(int op, int64_t hx, double c0, double c1)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_unary(T, op, x, c0, c1, &n))) st = ad_handle(T, n);
-    ad_unlock(T);
-    return st;
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_unary(T, op, x, c0, c1, &n));
 }
 
 int64_t ad_binary(int op, int64_t ha, int64_t hb)

@@ -138,14 +138,7 @@ int ad_mk_gather(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, const i
 
 int64_t ad_gather(int64_t hx, int ndim, const int64_t *shape, const int64_t *index, int64_t block)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_gather(T, x, ndim, shape, index, block, &n)))
-        st = ad_handle(T, n);
-    ad_unlock(T);
-    return st;
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_gather(T, x, ndim, shape, index, block, &n));
 }
 
 /* VJP: the cotangent's blocks scatter-add back, so an element picked twice collects both. */
@@ -191,14 +184,7 @@ int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, co
 
 int64_t ad_scatter_add(int64_t hx, int ndim, const int64_t *shape, const int64_t *index, int64_t block)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_scatter_add(T, x, ndim, shape, index, block, &n)))
-        st = ad_handle(T, n);
-    ad_unlock(T);
-    return st;
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_scatter_add(T, x, ndim, shape, index, block, &n));
 }
 
 /* VJP: each input block takes the cotangent of the place it was added to. */
@@ -265,14 +251,7 @@ int ad_mk_slice(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, int64_t 
 
 int64_t ad_slice(int64_t hx, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_slice(T, x, ndim, shape, offset, strides, &n)))
-        st = ad_handle(T, n);
-    ad_unlock(T);
-    return st;
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_slice(T, x, ndim, shape, offset, strides, &n));
 }
 
 /* VJP: zeros, then the cotangent added through the view's strides (added, not stored: a view
@@ -653,13 +632,7 @@ int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out)
 
 int64_t ad_clip(int64_t hx, double lo, double hi)
 {
-    ad_tape *T;
-    int64_t st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *x, *n;
-    if (!(st = ad_resolve(T, hx, &x)) && !(st = ad_mk_clip(T, x, lo, hi, &n))) st = ad_handle(T, n);
-    ad_unlock(T);
-    return st;
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_clip(T, x, lo, hi, &n));
 }
 
 /* Gradient 1 on the closed interval [lo, hi] (as PyTorch's clamp), 0 strictly outside, NaN at a

@@ -3,25 +3,6 @@
 #include "../core.h"
 #include <string.h>
 
-static int64_t start(ad_tape **T, int64_t hx, ad_node **x)
-{
-    int64_t st = ad_lock_current(T);
-    if (st) return st;
-    if ((st = ad_resolve(*T, hx, x))) ad_unlock(*T);
-    return st;
-}
-
-/* The public layout ops: lock, resolve, construct, hand out the handle. */
-#define LAYOUT_ENTRY(MK) do {                                                             \
-        ad_tape *T;                                                                       \
-        ad_node *x, *n;                                                                   \
-        int64_t st = start(&T, hx, &x);                                                   \
-        if (st) return st;                                                                \
-        if (!(st = (MK))) st = ad_handle(T, n);                                           \
-        ad_unlock(T);                                                                     \
-        return st;                                                                        \
-    } while (0)
-
 int ad_mk_full(ad_tape *T, int dtype, int ndim, const int64_t *shape, double value, ad_node **out)
 {
     ad_node *n;
@@ -82,7 +63,7 @@ int ad_rec_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_no
 
 int64_t ad_reshape(int64_t hx, int ndim, const int64_t *shape)
 {
-    LAYOUT_ENTRY(ad_mk_reshape(T, x, ndim, shape, &n));
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_reshape(T, x, ndim, shape, &n));
 }
 
 int ad_mk_transpose(ad_tape *T, ad_node *x, int naxes, const int64_t *perm, ad_node **out)
@@ -124,7 +105,7 @@ int ad_mk_transpose(ad_tape *T, ad_node *x, int naxes, const int64_t *perm, ad_n
 
 int64_t ad_transpose(int64_t hx, int naxes, const int64_t *perm)
 {
-    LAYOUT_ENTRY(ad_mk_transpose(T, x, naxes, perm, &n));
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_transpose(T, x, naxes, perm, &n));
 }
 
 int ad_mk_broadcast_to(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out)
@@ -152,7 +133,7 @@ int ad_mk_broadcast_to(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, a
 
 int64_t ad_broadcast_to(int64_t hx, int ndim, const int64_t *shape)
 {
-    LAYOUT_ENTRY(ad_mk_broadcast_to(T, x, ndim, shape, &n));
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_broadcast_to(T, x, ndim, shape, &n));
 }
 
 static void convert(int to, void *dst, int from, const void *src, int64_t size, int accumulate)
@@ -187,7 +168,7 @@ int64_t ad_cast(int64_t hx, int dtype)
 {
     if (dtype != AD_F32 && dtype != AD_F64)
         return ad_err(AD_ERR_TYPE, "cast: dtype code %d is not float32 (0) or float64 (1)", dtype);
-    LAYOUT_ENTRY(ad_mk_cast(T, x, dtype, &n));
+    AD_ONE_INPUT_ENTRY(hx, ad_mk_cast(T, x, dtype, &n));
 }
 
 int ad_vjp_layout(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
