@@ -18,7 +18,7 @@ from benchmarks.workloads import common
 NAME = "broadcast_reduce"
 TITLE = "mean(sum((256,1,64) * (1,128,64), axis=1))"
 PER_OP = False
-HAND_LABEL = "hand-written NumPy"
+HAND_LABEL = "hand-written NumPy, op by op as an AD must (constrained: no algebraic shortcut)"
 LEAVES = ["a", "b"]
 ISOLATED = set()
 NOT_APPLICABLE = {"micrograd": "scalar-only library"}
