@@ -5,6 +5,7 @@ becomes a Python exception, and `as_float_array` the only place user data is val
 converted (dtype, contiguity, byte order) before C reads it, because cffi itself checks nothing.
 """
 import ctypes
+import operator
 import threading
 
 import numpy as np
@@ -79,6 +80,15 @@ def resolve_dtype(dtype):
     return d
 
 
+def plain_array(data, what):
+    """np.asarray(data), except that a NumPy masked array is a TypeError: np.asarray drops the mask,
+    and sum([1, --, 3]) would silently be 6."""
+    if isinstance(data, np.ma.MaskedArray):
+        raise TypeError(f"{what}: NumPy masked arrays are not supported (the mask would be ignored); "
+                        f"pass arr.filled(value) or arr.compressed()")
+    return np.asarray(data)
+
+
 def as_float_array(data, dtype=None, what="tensor"):
     """Validate user data and return a C-contiguous, native-order float32/float64 array.
 
@@ -88,7 +98,7 @@ def as_float_array(data, dtype=None, what="tensor"):
     if dtype is not None:
         dtype = resolve_dtype(dtype)
     try:
-        arr = np.asarray(data)
+        arr = plain_array(data, what)
     except ValueError as e:
         raise ValueError(f"{what}: cannot make a tensor from ragged or inhomogeneous data ({e})") from None
     kind = arr.dtype.kind
@@ -108,13 +118,29 @@ def as_float_array(data, dtype=None, what="tensor"):
     return np.asarray(arr, dtype=dtype, order="C")
 
 
-def check_int64(values, what):
-    """Shape or axis entries past int64 are a ValueError naming the tuple (cffi would raise
-    OverflowError when it packs them)."""
-    for v in values:
-        if not -2**63 <= v < 2**63:
-            raise ValueError(f"{what} {values}: entry {v} does not fit in int64")
-    return values
+def int_arg(value, what):
+    """One integer argument (an axis, a shape entry) as a Python int, as NumPy takes it: a bool or
+    a float is a TypeError (True is not axis 1), a value past int64 a ValueError (cffi would raise
+    OverflowError when it packs it)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{what} must be an int, got {value!r} (a bool)")
+    try:
+        # operator.index, not int(): 2.5 is a TypeError, not 2
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an int, got {value!r}") from None
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"{what} {value} does not fit in int64")
+    return value
+
+
+def int_tuple(values, what):
+    """An int or a sequence of ints (a shape, axes) as a tuple of Python ints (see int_arg)."""
+    if isinstance(values, (int, np.integer)) and not isinstance(values, (bool, np.bool_)):
+        values = (values,)
+    if isinstance(values, (bool, np.bool_)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{what} must be an int or a sequence of ints, got {values!r}")
+    return tuple(int_arg(v, f"{what} {values!r}: entry") for v in values)
 
 
 def _blas_pointer(name):

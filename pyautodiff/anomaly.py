@@ -10,7 +10,6 @@ line that recorded the op. Sites are deduplicated: an op made in a loop is one s
 Off (the default), none of this runs: the Tensor wrapper is untouched and the core pays one
 branch per op. The mode belongs to the calling thread, like no_grad().
 """
-import functools
 import linecache
 import os
 import sys
@@ -78,8 +77,5 @@ class detect_anomaly:
         return False
 
     def __call__(self, fn):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with detect_anomaly():
-                return fn(*args, **kwargs)
-        return wrapper
+        from .tensor import _context_decorator
+        return _context_decorator(detect_anomaly, fn)

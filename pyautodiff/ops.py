@@ -10,8 +10,8 @@ import operator
 import numpy as np
 
 from . import opdefs
-from ._capi import ffi, lib, check_int64, dtype_code, resolve_dtype
-from .tensor import Tensor, _wrap, as_tensor, _slice
+from ._capi import ffi, lib, int_arg, int_tuple, dtype_code, resolve_dtype
+from .tensor import Tensor, _wrap, as_tensor, _slice, _shape_arg
 
 _PY_SCALARS = (float, int, bool)
 
@@ -154,23 +154,16 @@ def matmul(a, b):
     return _wrap(lib.ad_matmul(a._h, b._h))
 
 
-def _axes(axis):
+def _axes(axis, name):
     if axis is None:
         return -1, ffi.NULL
-    if isinstance(axis, (int, np.integer)):
-        axis = (int(axis),)
-    try:
-        # operator.index, not int(): a float axis is a TypeError (as in NumPy), not truncated
-        axis = tuple(operator.index(a) for a in axis)
-    except TypeError:
-        raise TypeError(f"axis must be None, an int or a tuple of ints, got {axis!r}") from None
-    check_int64(axis, "axis")
+    axis = int_tuple(axis, f"{name}: axis")
     return len(axis), ffi.new("int64_t[]", axis or (0,))
 
 
 def _reduction(code, name, doc):
     def op(x, axis=None, keepdims=False):
-        n, axes = _axes(axis)
+        n, axes = _axes(axis, name)
         x = as_tensor(x)
         return _wrap(lib.ad_reduce(code, x._h, n, axes, 1 if keepdims else 0))
     op.__name__ = op.__qualname__ = name
@@ -185,15 +178,7 @@ min = _reduction(lib.AD_OP_MIN, "min", "Min over axis; tied minima share the gra
 
 
 def _shape(shape):
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    try:
-        shape = tuple(operator.index(s) for s in shape)
-    except TypeError:
-        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
-    check_int64(shape, "shape")
-    if len(shape) > lib.AD_MAXDIM:
-        raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
+    shape = _shape_arg(shape)
     return len(shape), ffi.new("int64_t[]", shape or (0,))
 
 
@@ -236,14 +221,14 @@ def concatenate(ts, axis=0):
     if axis is None:
         ts, axis = [reshape(t, -1) for t in ts], 0
     hs = ffi.new("int64_t[]", [t._h for t in ts] or [0])
-    return _wrap(lib.ad_concatenate(len(ts), hs, operator.index(axis), 0))
+    return _wrap(lib.ad_concatenate(len(ts), hs, int_arg(axis, "concatenate: axis"), 0))
 
 
 def stack(ts, axis=0):
     """Join same-shaped tensors along a new axis, as numpy.stack."""
     ts = [as_tensor(t) for t in ts]
     hs = ffi.new("int64_t[]", [t._h for t in ts] or [0])
-    return _wrap(lib.ad_concatenate(len(ts), hs, operator.index(axis), 1))
+    return _wrap(lib.ad_concatenate(len(ts), hs, int_arg(axis, "stack: axis"), 1))
 
 
 def split(t, indices_or_sections, axis=0):
@@ -256,7 +241,7 @@ def split(t, indices_or_sections, axis=0):
     if isinstance(indices_or_sections, (int, np.integer)) and indices_or_sections <= 0:
         # NumPy itself fails with ZeroDivisionError here
         raise ValueError(f"split: number of sections must be larger than 0, got {indices_or_sections}")
-    axis, ndim = operator.index(axis), t.ndim
+    axis, ndim = int_arg(axis, "split: axis"), t.ndim
     if not -ndim <= axis < ndim:
         # AxisError is a ValueError, like every other bad axis here (np.split's own is an IndexError)
         raise np.exceptions.AxisError(axis, ndim, msg_prefix="split")
@@ -322,14 +307,14 @@ def clip(t, lo=None, hi=None):
 def logsumexp(t, axis=None, keepdims=False):
     """log(sum(exp(t))) over axis, computed as m + log(sum(exp(t - m))) with m the max, so it
     neither overflows nor underflows. Its gradient is softmax(t)."""
-    n, axes = _axes(axis)
+    n, axes = _axes(axis, "logsumexp")
     t = as_tensor(t)
     return _wrap(lib.ad_softmax(lib.AD_OP_LOGSUMEXP, t._h, n, axes, 1 if keepdims else 0))
 
 
 def softmax(t, axis=-1):
     """exp(t) / sum(exp(t)) over axis (an int, a tuple, or None for all), max-shifted."""
-    n, axes = _axes(axis)
+    n, axes = _axes(axis, "softmax")
     t = as_tensor(t)
     return _wrap(lib.ad_softmax(lib.AD_OP_SOFTMAX, t._h, n, axes, 0))
 
@@ -337,6 +322,6 @@ def softmax(t, axis=-1):
 def log_softmax(t, axis=-1):
     """t - logsumexp(t) over axis, computed without forming softmax, so it stays finite where
     softmax underflows to 0."""
-    n, axes = _axes(axis)
+    n, axes = _axes(axis, "log_softmax")
     t = as_tensor(t)
     return _wrap(lib.ad_softmax(lib.AD_OP_LOG_SOFTMAX, t._h, n, axes, 0))

@@ -8,11 +8,13 @@ Threads: each thread records on its own tape. A tensor can be read (numpy, item,
 dropped on any thread, but takes part in ops, backward and no_grad only on the thread that made
 it; using it in an op on another thread is a RuntimeError.
 """
+import functools
+import inspect
 import operator
 
 import numpy as np
 
-from ._capi import (ffi, lib, raise_status, check, as_float_array, check_int64, dtype_code, dtype_of,
+from ._capi import (ffi, lib, raise_status, check, as_float_array, int_tuple, dtype_code, dtype_of,
                     resolve_dtype)
 
 _new = object.__new__
@@ -34,6 +36,13 @@ def _wrap(h):
     t = _new(Tensor)
     t._h = h
     return t
+
+
+def _adopt(self, t):
+    """self takes over t's node (a constructor: Tensor(...), Parameter(...)). Whatever node self
+    held before (__init__ called a second time) goes to t, which releases it as it dies: a swap
+    leaves no moment in which a node belongs to nobody."""
+    self._h, t._h = t._h, self._h
 
 
 def _from_array(arr, requires_grad=False):
@@ -184,11 +193,13 @@ class Tensor:
     __array_ufunc__ = None
     __array_priority__ = 1000
 
+    def __new__(cls, *args, **kwargs):
+        self = _new(cls)
+        self._h = 0      # __del__ finds a handle even when __init__ rejects the data
+        return self
+
     def __init__(self, data, dtype=None, requires_grad=False):
-        self._h = 0
-        arr = as_float_array(data, dtype)
-        t = _from_array(arr, requires_grad)
-        self._h, t._h = t._h, 0
+        _adopt(self, tensor(data, dtype, requires_grad))
 
     def __del__(self, _release=_release):
         if self._h:
@@ -749,13 +760,7 @@ def tensor(data, dtype=None, requires_grad=False):
 
 
 def _shape_arg(shape):
-    if isinstance(shape, (int, np.integer)):
-        shape = (int(shape),)
-    try:
-        shape = tuple(operator.index(s) for s in shape)   # 2.5 is a TypeError, not 2
-    except TypeError:
-        raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
-    check_int64(shape, "shape")
+    shape = int_tuple(shape, "shape")
     if len(shape) > lib.AD_MAXDIM:
         raise ValueError(f"tensors have at most {lib.AD_MAXDIM} dimensions, got shape {shape}")
     return shape
@@ -802,13 +807,43 @@ class no_grad:
         return False
 
     def __call__(self, fn):
-        import functools
+        return _context_decorator(no_grad, fn)
 
+
+def _context_decorator(context, fn):
+    """fn run inside a fresh context() (no_grad, detect_anomaly) at every call. A generator
+    function's body runs when the generator is resumed, not when it is called, so its generator is
+    wrapped instead: the context is entered around each resumption and left at each yield, as
+    PyTorch does, and the caller's code between two resumptions runs outside it."""
+    if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            with no_grad():
-                return fn(*args, **kwargs)
-        return wrapper
+        def generator(*args, **kwargs):
+            gen = fn(*args, **kwargs)
+            try:
+                with context():
+                    response = gen.send(None)
+                while True:
+                    try:
+                        request = yield response
+                    except GeneratorExit:
+                        with context():
+                            gen.close()
+                        raise
+                    except BaseException as exc:
+                        with context():
+                            response = gen.throw(exc)
+                    else:
+                        with context():
+                            response = gen.send(request)
+            except StopIteration as stop:
+                return stop.value
+        return generator
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with context():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def is_grad_enabled():

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .. import ops
+from .._capi import plain_array
 from ..ops import relu, tanh, sigmoid, softmax, log_softmax
 from ..tensor import Tensor, as_tensor, _gather
 
@@ -11,10 +12,13 @@ __all__ = ["cross_entropy", "mse_loss", "relu", "tanh", "sigmoid", "softmax", "l
 def _labels(labels, n, n_classes):
     if isinstance(labels, Tensor):
         labels = labels.numpy()
-    labels = np.asarray(labels)
-    if labels.dtype.kind == "f" and np.all(labels == np.round(labels)):
-        labels = labels.astype(np.int64)   # a Tensor holding class numbers (tensors are floats)
-    if labels.dtype.kind not in "iu":
+    labels = plain_array(labels, "cross_entropy: labels")
+    kind = labels.dtype.kind
+    # float labels are class numbers held in a Tensor (tensors are floats); they stay floats until
+    # every check has passed, because a cast first turns inf into -9223372036854775808
+    if kind == "f" and not np.all(np.isfinite(labels)):
+        raise ValueError(f"cross_entropy: label {labels[~np.isfinite(labels)][0]} is not a class index")
+    if kind not in "iu" and not (kind == "f" and np.all(labels == np.round(labels))):
         raise TypeError(f"cross_entropy: labels must be integer class indices, got dtype {labels.dtype}")
     if labels.shape != (n,):
         raise ValueError(f"cross_entropy: labels must have shape ({n},) to match logits with {n} rows, "

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from .. import ops
+from .._capi import plain_array
 from ..tensor import Tensor, _assign
 from .parameter import Parameter
 
@@ -222,7 +223,7 @@ class Module:
             if name not in state_dict:
                 continue
             value = state_dict[name]
-            value = value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+            value = value.numpy() if isinstance(value, Tensor) else plain_array(value, f"load_state_dict: {name}")
             if value.shape != t.shape or value.dtype != t.dtype:
                 raise ValueError(f"load_state_dict: {name} has shape {value.shape} and dtype {value.dtype} in the "
                                  f"state dict, but shape {t.shape} and dtype {t.dtype} in the module")

@@ -1,5 +1,5 @@
 """nn.Parameter: the marker that makes a tensor attribute of a Module part of its state."""
-from ..tensor import Tensor, tensor
+from ..tensor import Tensor, _adopt, tensor
 
 
 class Parameter(Tensor):
@@ -10,11 +10,7 @@ class Parameter(Tensor):
     __slots__ = ()
 
     def __init__(self, data=None, requires_grad=True, dtype=None):
-        self._h = 0
-        if data is None:
-            data = []
-        t = tensor(data, dtype=dtype, requires_grad=requires_grad)
-        self._h, t._h = t._h, 0
+        _adopt(self, tensor([] if data is None else data, dtype=dtype, requires_grad=requires_grad))
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()

@@ -2,11 +2,12 @@
 lr: learning rate, wd: weight decay, t: step count from 1). Each step is one call into the core per
 parameter (csrc/optim.c), which updates the values in place, bumps their versions and records
 nothing. Parameters come in groups, each with its own hyperparameters, as in PyTorch."""
+import math
 import numbers
 
 import numpy as np
 
-from .._capi import ffi, lib, check
+from .._capi import ffi, lib, check, plain_array
 from ..tensor import Tensor, zeros_like, full, tensor
 
 
@@ -32,6 +33,18 @@ class Optimizer:
             groups = [{"params": groups}]
         for g in groups:
             self.add_param_group(g)
+        self._settings = ffi.new("ad_optim_t *")
+
+    # pickle and copy.deepcopy, as in PyTorch: the parameters are copied with everything else (so
+    # deepcopy((model, optimizer)) gives a copy that steps the copied model's parameters), and the
+    # C settings block, a scratch area filled before every step, is made anew
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_settings"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
         self._settings = ffi.new("ad_optim_t *")
 
     def add_param_group(self, param_group):
@@ -63,8 +76,10 @@ class Optimizer:
     def _validate(self, group):
         for key, lo, hi in self._ranges:
             value = group[key]
-            if not isinstance(value, numbers.Real) or not (value >= lo and (hi is None or value < hi)):
-                rng = f"in [{lo}, {hi})" if hi is not None else f">= {lo}"
+            # NaN fails every comparison, and an infinite rate or decay turns the weights into NaN
+            if (not isinstance(value, numbers.Real) or not math.isfinite(value)
+                    or not (value >= lo and (hi is None or value < hi))):
+                rng = f"in [{lo}, {hi})" if hi is not None else f">= {lo} (finite)"
                 what = "learning rate (lr)" if key == "lr" else key
                 raise ValueError(f"{type(self).__name__}: invalid {what} {value!r}: expected a number {rng}")
 
@@ -151,7 +166,7 @@ class Optimizer:
                         raise ValueError(f"{name}.load_state_dict: parameter {key}'s step count is {v!r}")
                     restored[k] = int(v)
                     continue
-                arr = v.numpy() if isinstance(v, Tensor) else np.asarray(v)
+                arr = v.numpy() if isinstance(v, Tensor) else plain_array(v, f"{name}.load_state_dict: {k}")
                 if arr.shape != p.shape or arr.dtype.kind != "f":
                     raise ValueError(f"{name}.load_state_dict: parameter {key}'s {k} has shape {arr.shape} and dtype "
                                      f"{arr.dtype}, the parameter has shape {p.shape} (a float dtype expected)")
@@ -189,7 +204,7 @@ class SGD(Optimizer):
     b <- g on the first step, b <- mu*b + (1 - dampening)*g afterwards, and g <- b (or g + mu*b
     with nesterov);  theta <- theta - lr*g.  state[p]["momentum_buffer"] holds b."""
 
-    _ranges = Optimizer._ranges + (("momentum", 0.0, None),)
+    _ranges = Optimizer._ranges + (("momentum", 0.0, None), ("dampening", 0.0, None))
 
     def __init__(self, params, lr=1e-3, momentum=0.0, weight_decay=0.0, dampening=0.0, nesterov=False):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, dampening=dampening,
