@@ -307,7 +307,4 @@ int ad_hvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
 typedef void (*ad_gil_hook)(void);
 void ad_set_gil_hook(ad_gil_hook hook);
 
-/* Records an n-node chain of scalar adds and returns the backward sweep's nanoseconds per node. */
-double ad_bench_sweep(int64_t n);
-
 #endif

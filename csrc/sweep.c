@@ -5,6 +5,7 @@
  * at branches"), and leaves collect theirs in their grad. */
 #define _GNU_SOURCE
 #include "core.h"
+#include "testing.h"
 #include <string.h>
 #include <stdlib.h>
 #include <time.h>

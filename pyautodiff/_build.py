@@ -20,7 +20,7 @@ def _cdef_from_header(path):
     text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
     # cffi parses declarations and integer #defines, not include guards or includes
     keep = [line for line in text.splitlines()
-            if not re.match(r"\s*#\s*(if|ifndef|endif|include|define\s+AD_H\b)", line)]
+            if not re.match(r"\s*#\s*(if|ifndef|endif|include|define\s+AD_(TESTING_)?H\b)", line)]
     return "\n".join(keep)
 
 
@@ -80,8 +80,11 @@ _generate()
 ffibuilder = FFI()
 _MVEC = _have_libmvec()
 ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "ad.h")))
+ffibuilder.cdef(_cdef_from_header(os.path.join(CSRC, "testing.h")))
 # the creation-site hook of anomaly mode (pyautodiff/anomaly.py), handed to ad_set_anomaly
 ffibuilder.cdef('extern "Python" int64_t pyautodiff_capture_site(void);')
+# ... through this trampoline (see _GIL_PREAMBLE), whose address anomaly.py hands to the core
+ffibuilder.cdef("int64_t pyautodiff_site_trampoline(void);")
 ffibuilder.cdef("void pyautodiff_keep_gil_for_short_calls(void);")
 # custom functions and hooks (pyautodiff/custom.py): the core's one callback into Python
 ffibuilder.cdef('extern "Python" int pyautodiff_custom_rule(int, int64_t, int, const int64_t *, int, int64_t *);')
@@ -96,27 +99,35 @@ ffibuilder.cdef("void pyautodiff_install_custom_rule(void);")
 # release the GIL some other way: then it is not held, and nothing is done.
 _GIL_PREAMBLE = r"""
 #include "ad.h"
+#include "testing.h"
 static _Thread_local PyThreadState *pyautodiff_saved;
 static void pyautodiff_release_gil(void)
 {
     if (!pyautodiff_saved && PyGILState_Check()) pyautodiff_saved = PyEval_SaveThread();
 }
 static void pyautodiff_keep_gil_for_short_calls(void) { ad_set_gil_hook(pyautodiff_release_gil); }
-/* The core calls a custom rule mid-sweep, perhaps after the hook released the GIL for the sweep.
- * The rule's Python calls the core again, and those calls' wrappers must release and retake the
- * GIL for themselves: so the outer call's saved state is set aside for the duration (cffi's
- * callback takes the GIL on entry and gives it back on return), and restored for the outer
- * wrapper to retake the GIL once the sweep returns. */
+/* The core calls into Python (a custom rule mid-sweep, anomaly mode's creation-site hook before
+ * an op) perhaps after the hook released the GIL for a long call. The callback's Python may call
+ * the core again (a rule's ops; a garbage collection run by the site hook's allocations releases
+ * tensors), and those calls' wrappers must release and retake the GIL for themselves: so the
+ * outer call's saved state is set aside for the duration of every callback (cffi's callback takes
+ * the GIL on entry and gives it back on return), and restored for the outer wrapper to retake the
+ * GIL once the long call returns. Without this, an inner wrapper would "retake" the outer state
+ * while holding the GIL, and wait for itself forever. */
+#define PYAUTODIFF_CALLBACK(call)                                                     \
+    PyThreadState *outer_ = pyautodiff_saved;                                         \
+    pyautodiff_saved = NULL;                                                          \
+    __typeof__(call) rc_ = (call);                                                    \
+    pyautodiff_saved = outer_;                                                        \
+    return rc_;
 static int pyautodiff_custom_rule(int, int64_t, int, const int64_t *, int, int64_t *);
 static int pyautodiff_custom_trampoline(int kind, int64_t node, int nargs, const int64_t *args, int nres,
                                         int64_t *res)
 {
-    PyThreadState *outer = pyautodiff_saved;
-    pyautodiff_saved = NULL;
-    int rc = pyautodiff_custom_rule(kind, node, nargs, args, nres, res);
-    pyautodiff_saved = outer;
-    return rc;
+    PYAUTODIFF_CALLBACK(pyautodiff_custom_rule(kind, node, nargs, args, nres, res))
 }
+static int64_t pyautodiff_capture_site(void);
+static int64_t pyautodiff_site_trampoline(void) { PYAUTODIFF_CALLBACK(pyautodiff_capture_site()) }
 static void pyautodiff_install_custom_rule(void) { ad_set_custom_callback(pyautodiff_custom_trampoline); }
 #undef Py_BEGIN_ALLOW_THREADS
 #undef Py_END_ALLOW_THREADS

@@ -43,6 +43,10 @@ def pyautodiff_capture_site():
     return site
 
 
+# the core calls the hook through a C trampoline that keeps the GIL bookkeeping right (_build.py)
+_SITE_FN = ffi.addressof(lib, "pyautodiff_site_trampoline")
+
+
 def describe_site(site):
     """The creation site of an op as traceback-style lines ("" when unknown)."""
     if not 0 < site <= len(_sites) or not _sites[site - 1]:
@@ -66,14 +70,14 @@ class detect_anomaly:
     __slots__ = ("_prev",)
 
     def __enter__(self):
-        prev = lib.ad_set_anomaly(1, lib.pyautodiff_capture_site)
+        prev = lib.ad_set_anomaly(1, _SITE_FN)
         if prev < 0:
             raise_status(prev)
         self._prev = prev
         return self
 
     def __exit__(self, *exc):
-        lib.ad_set_anomaly(self._prev, lib.pyautodiff_capture_site if self._prev else ffi.NULL)
+        lib.ad_set_anomaly(self._prev, _SITE_FN if self._prev else ffi.NULL)
         return False
 
     def __call__(self, fn):

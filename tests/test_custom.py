@@ -1,6 +1,7 @@
 """Custom functions (custom_vjp, custom_jvp, Function), hooks, retain_grad, grad_fn, the DOT picture
 and checkpointing: against analytic derivatives and finite differences, inside every transform,
 with strict errors, and with exceptions that leave the graph and .grad as they were."""
+import gc
 import re
 import threading
 
@@ -427,6 +428,7 @@ def _parse_dot(text):
 
 
 def test_to_dot_matches_the_tape():
+    gc.collect()    # cyclic garbage from earlier tests, collected mid-test, would shift the count
     base = ad.tape_stats()["live_nodes"]
     w = ad.tensor(np.ones((3, 4)), requires_grad=True)
     b = ad.tensor(np.zeros(4, np.float32), requires_grad=True)

@@ -214,3 +214,47 @@ def test_optimizer_deepcopies_and_pickles(opt_cls):
         assert np.array_equal(model.weight.numpy(), lin.weight.numpy())
         assert model.weight is not lin.weight
     assert opt.state[lin.weight]["step"] == 3
+
+
+# ---- callbacks from the core into Python (issue 16, item 4) ----
+
+def run_python(code, timeout=120):
+    """Run code in a fresh interpreter (a hang there fails this test instead of hanging the suite)."""
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_garbage_collection_inside_the_anomaly_site_hook_during_a_long_call():
+    # ad._bench_sweep releases the GIL, then records ops from C; each calls anomaly mode's site
+    # hook, whose allocations run the cyclic collector, which frees tensors (ad_release). That
+    # inner call used to retake the GIL the thread already held, and wait forever.
+    out = run_python("""
+import gc
+import numpy as np
+import pyautodiff as ad
+
+class Cycle:
+    def __init__(self):
+        self.me = self
+        self.t = ad.tensor(np.ones(3))
+
+gc.set_threshold(1, 1, 1)
+with ad.detect_anomaly():
+    for _ in range(200):
+        Cycle()
+    ns = ad._bench_sweep(20000)
+gc.collect()
+print(ns > 0, ad.tape_stats()["live_nodes"])
+""")
+    assert out.split() == ["True", "0"]
+
+
+def test_bench_entry_point_is_not_public_c_api():
+    import pathlib
+    csrc = pathlib.Path(__file__).resolve().parents[1] / "csrc"
+    assert "ad_bench_sweep" not in (csrc / "ad.h").read_text()
+    assert "ad_bench_sweep" in (csrc / "testing.h").read_text()
+    assert ad._bench_sweep(100) > 0
