@@ -15,6 +15,9 @@
 #include <string.h>
 #include <stdatomic.h>
 #include <sched.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #ifdef __linux__
 #include <sys/sysinfo.h>
 #include <sys/mman.h>
@@ -54,6 +57,7 @@ struct ad_tape {
     ad_site_fn site_fn;
     int64_t pending_site;      /* site_fn's id for the op being recorded */
     uint64_t writes;           /* in-place writes so far (see "versions") */
+    uint32_t gen_floor;        /* generation of a fresh slot's first node (see tape_reclaim) */
 };
 
 /* Every call takes its tape's lock, but it is contended only when another thread reads or drops
@@ -234,16 +238,109 @@ static void pool_trim(ad_tape *T)
 
 /* ---------- tapes ---------- */
 
+/* An orphaned tape (its thread exited) whose last node is gone: no live tensor refers to it, so
+ * its memory (node records, creation order, worklist, pooled buffers) goes back to the system,
+ * and only the small struct stays, for a new thread to take over with its id. A process that
+ * runs many short-lived threads then holds memory for the tapes with live tensors only.
+ * Handles into the freed records may still exist as plain integers (released ones, stale): they
+ * must stay detectably stale. Until the tape is reused, every slot is past nslots (an invalid
+ * handle); afterwards the new life's nodes start at a generation above every one the old life
+ * issued (gen_floor), so an old handle matches no new node, as for a recycled slot (up to the
+ * 22-bit wrap of generations, the same bound as a slot's own reuse). Called with the lock held. */
+/* A chunk of node records (CHUNK of them, about a megabyte) is mapped on its own: zeroed pages
+ * that become resident only as records are used, and that go back to the system when the chunk is
+ * freed. From malloc, a freed chunk raises glibc's mmap threshold, after which the next threads'
+ * chunks come from the heap, zeroed (all resident) and fragmenting it. */
+static ad_node *chunk_alloc(void)
+{
+#if defined(__linux__)
+    void *p = mmap(NULL, CHUNK * sizeof(ad_node), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+#else
+    return calloc(CHUNK, sizeof(ad_node));
+#endif
+}
+
+static void chunk_free(ad_node *chunk)
+{
+#if defined(__linux__)
+    if (chunk) munmap(chunk, CHUNK * sizeof(ad_node));
+#else
+    free(chunk);
+#endif
+}
+
+/* malloc keeps what is freed in the middle of its heap for later mallocs; many reclaimed tapes
+ * leave megabytes there, resident, in holes between allocations that live on. Once enough has been
+ * freed since the last time, the holes' pages go back to the system (glibc's malloc_trim: a walk
+ * over the free lists, so not at every reclaim). */
+static void give_back(size_t bytes)
+{
+#ifdef __GLIBC__
+    static _Atomic size_t freed;
+    if (atomic_fetch_add(&freed, bytes) + bytes >= ((size_t)4 << 20)) {
+        atomic_store(&freed, 0);
+        malloc_trim(0);
+    }
+#else
+    (void)bytes;
+#endif
+}
+
+static void tape_reclaim(ad_tape *T)
+{
+    uint32_t top = T->gen_floor;
+    for (uint32_t s = 0; s < T->nslots; s++) {
+        uint32_t g = T->chunks[s >> CHUNK_BITS][s & (CHUNK - 1)].gen;
+        /* generations wrap: "above" is within half the cycle ahead of the floor */
+        if (((g - top) & GEN_MASK) < (GEN_MASK >> 1)) top = g;
+    }
+    T->gen_floor = (top + 1) & GEN_MASK;
+    size_t heap_bytes = (size_t)(T->order_cap + T->work_cap) * sizeof(ad_node *) + (size_t)T->pooled_bytes;
+    for (uint32_t c = 0; c < T->nchunks; c++) chunk_free(T->chunks[c]);
+    free(T->chunks);
+    free(T->order);
+    free(T->work);
+    T->chunks = NULL;
+    T->nchunks = T->nslots = 0;
+    T->free_nodes = NULL;
+    T->order = NULL;
+    T->order_len = T->order_cap = T->order_dead = 0;
+    T->work = NULL;
+    T->work_cap = 0;
+    pool_trim(T);
+    T->peak_bytes = T->live_bytes;
+    give_back(heap_bytes);
+}
+
 static void tape_thread_exit(void *p)
 {
     ad_tape *T = p;
     spin_lock(&T->lock);
     T->orphaned = 1;
-    if (T->live_nodes == 0) pool_trim(T);
+    if (T->live_nodes == 0) tape_reclaim(T);
     spin_unlock(&T->lock);
 }
 
 static void make_key(void) { pthread_key_create(&g_key, tape_thread_exit); }
+
+/* Tape structs are never freed (a reclaimed tape keeps its id for the next thread), so they come
+ * from blocks of their own: one calloc each would sit between the short-lived allocations of the
+ * threads that come and go, and keep their freed memory from going back to the system. Called
+ * with g_reg_lock held. */
+#define TAPE_BLOCK 256
+static ad_tape *tape_alloc(void)
+{
+    static ad_tape *block;
+    static uint32_t used = TAPE_BLOCK;
+    if (used == TAPE_BLOCK) {
+        ad_tape *b = calloc(TAPE_BLOCK, sizeof *b);
+        if (!b) return NULL;
+        block = b;
+        used = 0;
+    }
+    return &block[used++];
+}
 
 ad_tape *ad_tape_current(void)
 {
@@ -251,7 +348,8 @@ ad_tape *ad_tape_current(void)
     pthread_once(&g_once, make_key);
     pthread_mutex_lock(&g_reg_lock);
     ad_tape *T = NULL;
-    /* An empty tape whose thread exited is reused: no handle into it can still exist. */
+    /* An empty tape whose thread exited (already reclaimed) is reused: no live tensor refers to
+     * it, and stale handles into it stay detectably stale (tape_reclaim). */
     for (uint32_t i = 1; i < g_next_id && !T; i++) {
         ad_tape *c = atomic_load(&g_tapes[i]);
         if (!c) continue;
@@ -271,7 +369,7 @@ ad_tape *ad_tape_current(void)
             ad_err(AD_ERR_RUNTIME, "too many threads hold live tensors (at most %u tapes)", MAX_TAPES - 1);
             return NULL;
         }
-        T = calloc(1, sizeof *T);
+        T = tape_alloc();
         if (!T) {
             pthread_mutex_unlock(&g_reg_lock);
             ad_err(AD_ERR_MEMORY, "out of memory creating the thread's tape");
@@ -423,12 +521,13 @@ static ad_node *node_take(ad_tape *T)
         ad_node **c = realloc(T->chunks, (T->nchunks + 1) * sizeof *c);
         if (!c) { ad_err(AD_ERR_MEMORY, "out of memory growing the node arena"); return NULL; }
         T->chunks = c;
-        c[T->nchunks] = calloc(CHUNK, sizeof(ad_node));
+        c[T->nchunks] = chunk_alloc();
         if (!c[T->nchunks]) { ad_err(AD_ERR_MEMORY, "out of memory growing the node arena"); return NULL; }
         T->nchunks++;
     }
     ad_node *n = slot_node(T, T->nslots);
     n->slot = T->nslots++;
+    n->gen = T->gen_floor;   /* ad_node_new issues gen + 1: above a reclaimed life's (tape_reclaim) */
     return n;
 }
 
@@ -750,7 +849,7 @@ void ad_node_unref(ad_tape *T, ad_node *n)
         if (!len) break;
         cur = T->work[--len];
     }
-    if (T->orphaned && T->live_nodes == 0) pool_trim(T);
+    if (T->orphaned && T->live_nodes == 0) tape_reclaim(T);
 }
 
 void ad_node_drop_graph(ad_tape *T, ad_node *n)

@@ -384,8 +384,18 @@ static void test_threads(void)
     CHECK_ERR(ad_binary(AD_OP_ADD, mine, a.h), AD_ERR_RUNTIME);
     CHECK_ERR(ad_backward(a.h, 0, 0), AD_ERR_RUNTIME);
     CHECK_ERR(ad_set_grad(mine, a.h), AD_ERR_RUNTIME);
-    CHECK(ad_release(a.h) == AD_OK);
+    CHECK(ad_release(a.h) == AD_OK);      /* the exited thread's last node: its tape is reclaimed */
     CHECK_ERR(ad_release(a.h), AD_ERR_HANDLE);
+    /* a new thread takes the reclaimed tape over (same id) and fills its first slots again: the
+     * old handle must still be stale, not a handle to the new node in the same slot */
+    thread_arg b = {0};
+    pthread_create(&th, NULL, make_tensor, &b);
+    pthread_join(th, NULL);
+    CHECK(b.h > 0 && b.h >> 48 == a.h >> 48 && (b.h & ((1 << 26) - 1)) == (a.h & ((1 << 26) - 1)));
+    CHECK(b.h != a.h);
+    CHECK_ERR(ad_release(a.h), AD_ERR_HANDLE);
+    CHECK(at(b.h, 1) == 2);
+    CHECK(ad_release(b.h) == AD_OK);
     DROP(mine);
 
     /* four threads at once give bit-identical results to the same work done sequentially */
