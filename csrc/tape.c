@@ -322,7 +322,46 @@ static void tape_thread_exit(void *p)
     spin_unlock(&T->lock);
 }
 
-static void make_key(void) { pthread_key_create(&g_key, tape_thread_exit); }
+/* fork(): the child has only the forking thread. A lock another thread held at that moment would
+ * stay held in the child for good (its next op on that tape, or the next new thread, would spin
+ * forever), and that thread's op would be half done. So the registry lock and every tape's lock
+ * are taken before the fork, which thereby waits for any op or sweep in progress to finish (the
+ * intra-op pool holds its own lock likewise, threads.c; an op never waits for that one), and
+ * released on both sides after it. In the child, the other threads' tapes are orphaned, as if
+ * their threads had exited: tensors inherited from them can be read and dropped, and the tape
+ * is freed with its last node. The forking thread's tape carries on. */
+static void tape_before_fork(void)
+{
+    pthread_mutex_lock(&g_reg_lock);
+    for (uint32_t i = 1; i < g_next_id; i++) spin_lock(&atomic_load(&g_tapes[i])->lock);
+}
+
+static void tape_after_fork_parent(void)
+{
+    for (uint32_t i = 1; i < g_next_id; i++) spin_unlock(&atomic_load(&g_tapes[i])->lock);
+    pthread_mutex_unlock(&g_reg_lock);
+}
+
+static void tape_after_fork_child(void)
+{
+    for (uint32_t i = 1; i < g_next_id; i++) {
+        ad_tape *T = atomic_load(&g_tapes[i]);
+        if (T != t_tape && !T->orphaned) {
+            T->orphaned = 1;
+            if (T->live_nodes == 0) tape_reclaim(T);
+        }
+        spin_unlock(&T->lock);
+    }
+    pthread_mutex_unlock(&g_reg_lock);
+}
+
+static int g_init_failed;   /* the key or the fork handlers could not be set up (no memory) */
+
+static void make_key(void)
+{
+    g_init_failed = pthread_key_create(&g_key, tape_thread_exit) != 0 ||
+                    pthread_atfork(tape_before_fork, tape_after_fork_parent, tape_after_fork_child) != 0;
+}
 
 /* Tape structs are never freed (a reclaimed tape keeps its id for the next thread), so they come
  * from blocks of their own: one calloc each would sit between the short-lived allocations of the
@@ -346,6 +385,10 @@ ad_tape *ad_tape_current(void)
 {
     if (t_tape) return t_tape;
     pthread_once(&g_once, make_key);
+    if (g_init_failed) {
+        ad_err(AD_ERR_MEMORY, "out of memory setting up the per-thread tapes");
+        return NULL;
+    }
     pthread_mutex_lock(&g_reg_lock);
     ad_tape *T = NULL;
     /* An empty tape whose thread exited (already reclaimed) is reused: no live tensor refers to

@@ -332,3 +332,60 @@ def test_a_stale_handle_into_a_reclaimed_and_reused_tape_is_detected():
     with pytest.raises(RuntimeError, match="handle"):
         read(h)
     assert [t.item() for t in made[:4]] == [0.0, 1.0, 2.0, 3.0]
+
+
+# ---- fork (issue 16, item 1) ----
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_fork_while_another_thread_is_inside_the_core():
+    # children forked while a thread runs sweeps used to inherit its tape lock held, and hang
+    out = run_python("""
+import os, threading, time
+import numpy as np
+import pyautodiff as ad
+
+stop = threading.Event()
+made = []
+
+def busy():
+    x = ad.tensor(np.linspace(-1, 1, 40_000), requires_grad=True)
+    made.append(x)
+    while not stop.is_set():
+        (ad.tanh(x) * x).sum().backward()
+
+worker = threading.Thread(target=busy)
+worker.start()
+while not made:
+    time.sleep(0.001)
+mine = ad.tensor([1.0, 2.0], requires_grad=True)
+codes = []
+for _ in range(10):
+    pid = os.fork()
+    if pid == 0:
+        ok = 0
+        try:
+            t = ad.tensor([1.0])
+            (mine * 3).sum().backward()                        # the forking thread's tape works
+            ok = (t.item() == 1.0 and mine.grad.numpy().tolist() == [3.0, 3.0]
+                  and made[0].numpy()[0] == -1.0                 # the other thread's tensor reads
+                  and ad.tape_stats()["live_nodes"] >= 2)
+            mine.grad = None
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 30                            # watchdog
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            codes.append(os.waitstatus_to_exitcode(status))
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            codes.append("hung")
+            break
+        time.sleep(0.005)
+stop.set()
+worker.join()
+print(codes)
+""", timeout=900)
+    assert out.strip() == str([0] * 10)
