@@ -181,7 +181,10 @@ static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const 
     int dt = n->dtype;
     if (!b || (a->size == n->size && b->size == n->size)) {
         ew_job j = {K, n, a->data, b ? b->data : NULL, NULL, n->data, 0, 0, 0, 0};
-        if (n->size) ad_parallel(n->size, PAR_GRAIN, AD_PAR_ALIGN, fwd_part, &j);
+        /* a small op (most scalar graphs) calls its kernel here: the pool's bookkeeping would be
+         * a tenth of a 0-d op's C time */
+        if (n->size >= 2 * PAR_GRAIN) ad_parallel(n->size, PAR_GRAIN, AD_PAR_ALIGN, fwd_part, &j);
+        else if (n->size) fwd_part(&j, 0, n->size);
         return;
     }
     ad_ew_fn f = K->fwd[dt];
@@ -250,7 +253,7 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
         if (!s->accumulate && !s->reduce) fill_zero(dt, s->dst, s->size);
         return AD_OK;
     }
-    if (r.single && !s->reduce) {
+    if (r.single && !s->reduce && n->size >= 2 * PAR_GRAIN) {
         ew_job job = {K, n, NULL, NULL, g, s->dst, j, both, uniform, s->accumulate};
         ad_parallel(n->size, PAR_GRAIN, AD_PAR_ALIGN, vjp_part, &job);
         return AD_OK;
