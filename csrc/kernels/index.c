@@ -382,7 +382,12 @@ int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int 
     for (int64_t o = 0, pos = 0; o < outer; o++) {
         for (int k = 0; k < nx; k++) {
             size_t len = (size_t)(extent(n, ins[k], ax) * inner);
-            memcpy(Y + (size_t)pos * item, (const char *)ins[k]->data + (size_t)o * len * item, len * item);
+            const char *src = (const char *)ins[k]->data + (size_t)o * len * item;
+            /* stacking on the last axis moves one element per input and outer index: a memcpy
+             * call per element cost more than the copy */
+            if (len == 1 && item == 8) memcpy(Y + (size_t)pos * 8, src, 8);
+            else if (len == 1) memcpy(Y + (size_t)pos * 4, src, 4);
+            else memcpy(Y + (size_t)pos * item, src, len * item);
             pos += (int64_t)len;
         }
     }
@@ -420,6 +425,12 @@ static int vjp_concatenate(ad_node *n, const void *g, int which, ad_sink *s)
     int64_t len = extent(n, n->in[which], ax) * inner, total = n->shape[ax] * inner;
 #define SLICE(TT) do {                                                                   \
         TT *D = s->dst; const TT *G = g;                                                 \
+        if (len == 1) {   /* stacked on the last axis: a strided pick, one element each */ \
+            const TT *src = G + offset;                                                  \
+            if (s->accumulate) for (int64_t o = 0; o < outer; o++) D[o] += src[o * total]; \
+            else for (int64_t o = 0; o < outer; o++) D[o] = src[o * total];              \
+            break;                                                                       \
+        }                                                                                \
         for (int64_t o = 0; o < outer; o++) {                                            \
             const TT *src = G + o * total + offset * inner; TT *dst = D + o * len;       \
             if (s->accumulate) for (int64_t i = 0; i < len; i++) dst[i] += src[i];       \
