@@ -217,20 +217,32 @@ int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdi
 #define IS_HIT(v, y) ((v) == (y) || ((v) != (v) && (y) != (y)))
 #define EXTREME_VJP(T) do {                                                            \
         const T *G = g, *X = x->data, *Y = n->data; T *D = s->dst;                     \
-        double *cnt = tmp;                                                             \
-        for (int64_t i = 0; i < n->size; i++) cnt[i] = 0;                              \
-        REDUCE_WALK(if (dout == 0) {                                                                  \
-            for (int64_t i = 0; i < len; i++) cnt[oo] += IS_HIT(X[ox + i * dx], Y[oo]); \
+        double *share = tmp;   /* first the tie count of each output, then its share */ \
+        for (int64_t i = 0; i < n->size; i++) share[i] = 0;                            \
+        REDUCE_WALK(if (dout == 0) {                                                   \
+            double c = 0;                                                              \
+            for (int64_t i = 0; i < len; i++) c += IS_HIT(X[ox + i * dx], Y[oo]);      \
+            share[oo] += c;                                                            \
         } else {                                                                       \
             for (int64_t i = 0; i < len; i++)                                          \
-                cnt[oo + i * dout] += IS_HIT(X[ox + i * dx], Y[oo + i * dout]);         \
+                share[oo + i * dout] += IS_HIT(X[ox + i * dx], Y[oo + i * dout]);       \
         });                                                                            \
+        /* one division per output, not per element (the same quotient, rounded once) */ \
+        for (int64_t i = 0; i < n->size; i++) share[i] = G[i] != 0 ? G[i] / share[i] : 0; \
         const int acc_ = s->accumulate;                                                \
-        REDUCE_WALK(for (int64_t i = 0; i < len; i++) {                                \
-                int64_t o = oo + i * dout;                                             \
-                T c = IS_HIT(X[ox + i * dx], Y[o]) && G[o] != 0 ? (T)(G[o] / cnt[o]) : 0; \
+        REDUCE_WALK(if (dout == 0) {                                                   \
+            const T y = Y[oo], q = (T)share[oo];                                       \
+            for (int64_t i = 0; i < len; i++) {                                        \
+                T c = IS_HIT(X[ox + i * dx], y) ? q : 0;                               \
                 if (acc_) D[ox + i * dx] += c; else D[ox + i * dx] = c;                \
-            });                                                                        \
+            }                                                                          \
+        } else {                                                                       \
+            for (int64_t i = 0; i < len; i++) {                                        \
+                int64_t o = oo + i * dout;                                             \
+                T c = IS_HIT(X[ox + i * dx], Y[o]) ? (T)share[o] : 0;                  \
+                if (acc_) D[ox + i * dx] += c; else D[ox + i * dx] = c;                \
+            }                                                                          \
+        });                                                                            \
     } while (0)
 
 AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
