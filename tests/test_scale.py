@@ -21,17 +21,17 @@ def rss_bytes():
         return int(f.read().split()[1]) * PAGE
 
 
-def rss_bound():
-    """Allowed RSS growth over a 10,000-step loop: 2 MB of allocator noise. Under AddressSanitizer
+def rss_bound(base=2 * 2 ** 20):
+    """Allowed RSS growth: `base` bytes (default: 2 MB of allocator noise over a 10,000-step loop). Under AddressSanitizer
     (the PYAUTODIFF_SANITIZE=1 build) freed memory sits in ASan's quarantine (256 MB unless
     ASAN_OPTIONS sets quarantine_size_mb) before it is reused, which shows as RSS growth that is
     not ours: the quarantine is added to the bound there."""
     with open("/proc/self/maps") as f:
         asan = "libasan" in f.read()
     if not asan:
-        return 2 * 2 ** 20
+        return base
     opts = dict(o.split("=", 1) for o in os.environ.get("ASAN_OPTIONS", "").replace(",", ":").split(":") if "=" in o)
-    return (int(opts.get("quarantine_size_mb", 256)) + 2) * 2 ** 20
+    return int(opts.get("quarantine_size_mb", 256)) * 2 ** 20 + base
 
 
 def live():
