@@ -6,6 +6,8 @@ from .ops import ELEMENTWISE as _ELEMENTWISE
 from .ops import (gelu, round, isnan, isinf, isfinite, matmul, sum, mean, max, min, reshape,
                   transpose, broadcast_to, astype, concatenate, stack, split, where, clip, logsumexp,
                   softmax, log_softmax)
+from .shape_ops import (squeeze, expand_dims, unsqueeze, flatten, permute, moveaxis, swapaxes, flip, roll,
+                        tile, repeat, pad, take_along_axis, put_along_axis, scatter_add, tril, triu, diagonal)
 from .numerical import (numerical_grad, numerical_jacobian, gradcheck, GradcheckError, taylor_test,
                         TaylorResult, default_step)
 from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hessian

@@ -588,6 +588,59 @@ class Tensor:
         from .ops import astype as f
         return f(self, dtype)
 
+    # shape ops (pyautodiff/shape_ops.py); repeat is NumPy's (torch's Tensor.repeat is ad.tile)
+    def squeeze(self, axis=None):
+        from .shape_ops import squeeze
+        return squeeze(self, axis)
+
+    def unsqueeze(self, dim):
+        from .shape_ops import unsqueeze
+        return unsqueeze(self, dim)
+
+    def flatten(self, start_dim=0, end_dim=-1):
+        from .shape_ops import flatten
+        return flatten(self, start_dim, end_dim)
+
+    def permute(self, *dims):
+        from .shape_ops import permute
+        return permute(self, *dims)
+
+    def moveaxis(self, source, destination):
+        from .shape_ops import moveaxis
+        return moveaxis(self, source, destination)
+
+    def swapaxes(self, axis1, axis2):
+        from .shape_ops import swapaxes
+        return swapaxes(self, axis1, axis2)
+
+    def flip(self, axis=None):
+        from .shape_ops import flip
+        return flip(self, axis)
+
+    def roll(self, shift, axis=None):
+        from .shape_ops import roll
+        return roll(self, shift, axis)
+
+    def tile(self, reps):
+        from .shape_ops import tile
+        return tile(self, reps)
+
+    def repeat(self, repeats, axis=None):
+        from .shape_ops import repeat
+        return repeat(self, repeats, axis)
+
+    def diagonal(self, offset=0, axis1=0, axis2=1):
+        from .shape_ops import diagonal
+        return diagonal(self, offset, axis1, axis2)
+
+    def tril(self, k=0):
+        from .shape_ops import tril
+        return tril(self, k)
+
+    def triu(self, k=0):
+        from .shape_ops import triu
+        return triu(self, k)
+
     # ---- in-place updates, PyTorch's names (see _update) and conveniences ----
     def add_(self, other, alpha=1):
         return _update(self, "add_", lambda t: t + (other if alpha == 1 else alpha * other), other)

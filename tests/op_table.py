@@ -424,3 +424,111 @@ ISSUE2_OPS = ["add", "subtract", "multiply", "divide", "negative", "power", "exp
 def samples_for(row_):
     """(index, Sample) pairs of a row, for parametrisation."""
     return list(enumerate(row_.sample_list()))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17, shape ops (pyautodiff/shape_ops.py; references in reference/shape_ops.py). They only
+# move elements: forward EXACT; a gradient that sums several cotangents (tile, repeat, roll of a
+# repeated index, diagonal...) may add in another order than np.add.at, so REDUCTION for those
+# ---------------------------------------------------------------------------------------------
+def _cases(cases, draw=normal):
+    """Samples from (shape, params) pairs; a 0-size shape is left out of finite differences."""
+    def gen(rng):
+        return [Sample((draw(rng, shape),), f"{shape}-{params}", smooth=not _size_zero(shape), params=dict(params))
+                for shape, params in cases]
+    return gen
+
+
+def _shape_row(name, fn, ref, cases, public=None, **kw):
+    row(name=name, fn=fn, ref=ref, public=public or name, samples=_cases(cases), tol=EXACT,
+        grad_tol=kw.pop("grad_tol", REDUCTION), **kw)
+
+
+_shape_row("squeeze", lambda x, axis=None: ad.squeeze(x, axis), "squeeze",
+           [((1, 3, 1), {}), ((1, 3, 1), {"axis": -1}), ((1, 3, 1), {"axis": (0, 2)}), ((1,), {}), ((), {}),
+            ((2, 1, 0), {"axis": 1}), ((1, 1), {"axis": ()})])
+_shape_row("squeeze_method", lambda x, axis=None: x.squeeze(axis), "squeeze", [((4, 1), {"axis": 1})],
+           public="squeeze")
+_shape_row("expand_dims", lambda x, axis: ad.expand_dims(x, axis), "expand_dims",
+           [((3, 4), {"axis": 0}), ((3, 4), {"axis": -1}), ((3, 4), {"axis": (0, 3)}), ((), {"axis": 0}),
+            ((0, 2), {"axis": (1, -1)})])
+_shape_row("unsqueeze", lambda x, axis: ad.unsqueeze(x, axis), "expand_dims",
+           [((3, 4), {"axis": 1}), ((3,), {"axis": -1})])
+_shape_row("unsqueeze_method", lambda x, axis: x.unsqueeze(axis), "expand_dims", [((2, 3), {"axis": -2})],
+           public="unsqueeze")
+_shape_row("flatten", lambda x, **p: ad.flatten(x, **p), "flatten",
+           [((2, 3, 4), {}), ((2, 3, 4), {"start_dim": 1}), ((2, 3, 4), {"start_dim": 0, "end_dim": -2}),
+            ((), {}), ((5,), {}), ((2, 0, 3), {"start_dim": 1})])
+_shape_row("flatten_method", lambda x, **p: x.flatten(**p), "flatten", [((2, 3, 4), {"start_dim": -2})],
+           public="flatten")
+_shape_row("permute", lambda x, axes: ad.permute(x, *axes), "transpose",
+           [((2, 3, 4), {"axes": (2, 0, 1)}), ((2, 3, 4), {"axes": (-1, 1, 0)}), ((3,), {"axes": (0,)}),
+            ((), {"axes": ()}), ((2, 0, 1), {"axes": (1, 2, 0)})])
+_shape_row("permute_method", lambda x, axes: x.permute(axes), "transpose", [((2, 3), {"axes": (1, 0)})],
+           public="permute")
+_shape_row("moveaxis", lambda x, source, destination: ad.moveaxis(x, source, destination), "moveaxis",
+           [((2, 3, 4), {"source": 0, "destination": -1}), ((2, 3, 4), {"source": (0, 1), "destination": (-1, 0)}),
+            ((2, 3, 4), {"source": -1, "destination": 1}), ((1, 0, 2), {"source": 1, "destination": 0})])
+_shape_row("swapaxes", lambda x, axis1, axis2: ad.swapaxes(x, axis1, axis2), "swapaxes",
+           [((2, 3, 4), {"axis1": 0, "axis2": 2}), ((2, 3, 4), {"axis1": -1, "axis2": 1}),
+            ((3,), {"axis1": 0, "axis2": 0}), ((0, 3), {"axis1": 0, "axis2": 1})])
+_shape_row("flip", lambda x, axis=None: ad.flip(x, axis), "flip",
+           [((2, 3, 4), {}), ((2, 3, 4), {"axis": 1}), ((2, 3, 4), {"axis": (0, -1)}), ((5,), {"axis": -1}),
+            ((), {}), ((2, 0), {"axis": 1}), ((1, 3), {"axis": 0})])
+_shape_row("flip_method", lambda x, axis=None: x.flip(axis), "flip", [((3, 4), {"axis": 0})], public="flip")
+_shape_row("roll", lambda x, shift, axis=None: ad.roll(x, shift, axis), "roll",
+           [((2, 3, 4), {"shift": 1, "axis": 1}), ((2, 3, 4), {"shift": -5, "axis": -1}),
+            ((2, 3, 4), {"shift": 7}), ((2, 3, 4), {"shift": (1, -2), "axis": (0, 2)}),
+            ((2, 3, 4), {"shift": 2, "axis": (0, 1)}), ((2, 3), {"shift": (1, 1), "axis": (1, 1)}),
+            ((), {"shift": 3}), ((2, 0), {"shift": 1, "axis": 1}), ((1,), {"shift": 1, "axis": 0})])
+_shape_row("roll_method", lambda x, shift, axis=None: x.roll(shift, axis), "roll",
+           [((3, 4), {"shift": 1, "axis": 0})], public="roll")
+_shape_row("tile", lambda x, reps: ad.tile(x, reps), "tile",
+           [((2, 3), {"reps": 2}), ((2, 3), {"reps": (2, 1)}), ((2, 3), {"reps": (2, 1, 3)}), ((3,), {"reps": (2, 2)}),
+            ((), {"reps": 3}), ((2, 3), {"reps": (0, 2)}), ((1, 0), {"reps": 2}), ((2, 3), {"reps": ()})])
+_shape_row("tile_method", lambda x, reps: x.tile(reps), "tile", [((2, 3), {"reps": (1, 2)})], public="tile")
+_shape_row("repeat", lambda x, repeats, axis=None: ad.repeat(x, repeats, axis), "repeat",
+           [((2, 3), {"repeats": 2}), ((2, 3), {"repeats": 3, "axis": 0}), ((2, 3), {"repeats": 2, "axis": -1}),
+            ((2, 3), {"repeats": [1, 0, 2], "axis": 1}), ((2, 3, 2), {"repeats": [2, 1], "axis": 0}),
+            ((2, 3), {"repeats": [2], "axis": 1}), ((), {"repeats": 2}), ((2, 0), {"repeats": 2, "axis": 1}),
+            ((2, 3), {"repeats": 0, "axis": 0})])
+_shape_row("repeat_method", lambda x, repeats, axis=None: x.repeat(repeats, axis), "repeat",
+           [((2, 3), {"repeats": 2, "axis": 0})], public="repeat")
+_shape_row("pad", lambda x, pad_width, **p: ad.pad(x, pad_width, **p), "pad_constant",
+           [((2, 3), {"pad_width": 1}), ((2, 3), {"pad_width": ((0, 2), (1, 0))}), ((2, 3, 4), {"pad_width": ((0, 0), (1, 1), (0, 0))}),
+            ((2, 3), {"pad_width": (2, 1), "constant_values": 1.5}), ((2, 3), {"pad_width": ((1, 0), (0, 2)), "constant_values": ((1, 2), (3, 4))}),
+            ((3,), {"pad_width": 0}), ((2, 0), {"pad_width": 1}), ((), {"pad_width": 0})])
+for _mode in ("reflect", "edge"):
+    _shape_row("pad_" + _mode, lambda x, pad_width, mode: ad.pad(x, pad_width, mode=mode), "pad_moves",
+               [((3, 4), {"pad_width": 2, "mode": _mode}), ((3, 4), {"pad_width": ((0, 5), (1, 0)), "mode": _mode}),
+                ((2, 3, 4), {"pad_width": ((0, 0), (2, 1), (0, 0)), "mode": _mode}), ((1, 3), {"pad_width": 1, "mode": _mode}),
+                ((4,), {"pad_width": (3, 0), "mode": _mode})], public="pad")
+_shape_row("take_along_axis", lambda x, indices, axis=-1: ad.take_along_axis(x, indices, axis), "take_along_axis",
+           [((2, 3, 4), {"indices": np.arange(40).reshape(2, 5, 4) * 7 % 3, "axis": 1}),
+            ((2, 3, 4), {"indices": np.array([[[0, 3, -1]], [[2, 2, 1]]]), "axis": -1}),
+            ((2, 3), {"indices": np.array([[0], [1]]), "axis": 0}),
+            ((5,), {"indices": np.array([4, 0, 0, -2]), "axis": None}),
+            ((2, 3), {"indices": np.zeros((2, 0), int), "axis": 1})])
+row(name="put_along_axis", fn=lambda x, v, indices, axis: ad.put_along_axis(x, indices, v, axis), ref="put_along_axis",
+    public="put_along_axis", tol=EXACT, grad_tol=REDUCTION,
+    samples=lambda rng: [Sample((rng.standard_normal(xs), rng.standard_normal(vs)), f"{xs}-{vs}-{p['axis']}",
+                                params=p)
+                         for xs, vs, p in [((3, 4), (1, 4), {"indices": np.array([[2, 0, 0, 1]]), "axis": 0}),
+                                           ((3, 4), (3, 2), {"indices": np.array([[1, 1], [0, 3], [2, 2]]), "axis": 1}),
+                                           ((3, 4), (), {"indices": np.array([[0], [2], [1]]), "axis": -1}),
+                                           ((6,), (2,), {"indices": np.array([5, 0]), "axis": None})]])
+row(name="scatter_add", fn=lambda x, src, dim, index: ad.scatter_add(x, dim, index, src), ref="scatter_add_along",
+    public="scatter_add", tol=REDUCTION, grad_tol=REDUCTION,
+    samples=lambda rng: [Sample((rng.standard_normal(xs), rng.standard_normal(ss)), f"{xs}-{ss}-{p['dim']}", params=p)
+                         for xs, ss, p in [((3, 4), (2, 4), {"dim": 0, "index": np.array([[2, 0, 0, 1], [2, 2, 0, 1]])}),
+                                           ((3, 4), (3, 5), {"dim": 1, "index": np.array([[1, 1], [0, 3], [3, 3]])}),
+                                           ((3, 4), (2, 2), {"dim": -1, "index": np.zeros((0, 2), int)}),
+                                           ((5,), (3,), {"dim": 0, "index": np.array([4, 4, 0])})]])
+for _name in ("tril", "triu"):
+    _shape_row(_name, lambda x, k=0, _f=getattr(ad, _name): _f(x, k), _name,
+               [((3, 4), {}), ((4, 3), {"k": 1}), ((2, 3, 3), {"k": -1}), ((4,), {}), ((0, 3), {}), ((3, 3), {"k": 5})])
+    _shape_row(_name + "_method", lambda x, k=0, _n=_name: getattr(x, _n)(k), _name, [((3, 3), {"k": 1})], public=_name)
+_shape_row("diagonal", lambda x, **p: ad.diagonal(x, **p), "diagonal",
+           [((3, 4), {}), ((3, 4), {"offset": 1}), ((3, 4), {"offset": -2}), ((2, 3, 4), {"axis1": 2, "axis2": 0}),
+            ((2, 3, 4), {"offset": 1, "axis1": -1, "axis2": 1}), ((3, 4), {"offset": 9}), ((0, 2), {})])
+_shape_row("diagonal_method", lambda x, **p: x.diagonal(**p), "diagonal", [((3, 3), {"offset": -1})], public="diagonal")
