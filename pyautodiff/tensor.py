@@ -641,6 +641,39 @@ class Tensor:
         from .shape_ops import triu
         return triu(self, k)
 
+    # reductions and scans (pyautodiff/reduce_ops.py)
+    def prod(self, axis=None, keepdims=False):
+        from .reduce_ops import prod
+        return prod(self, axis, keepdims)
+
+    def var(self, axis=None, ddof=0, keepdims=False):
+        from .reduce_ops import var
+        return var(self, axis, ddof, keepdims)
+
+    def std(self, axis=None, ddof=0, keepdims=False):
+        from .reduce_ops import std
+        return std(self, axis, ddof, keepdims)
+
+    def cumsum(self, axis=None):
+        from .reduce_ops import cumsum
+        return cumsum(self, axis)
+
+    def cumprod(self, axis=None):
+        from .reduce_ops import cumprod
+        return cumprod(self, axis)
+
+    def argmax(self, axis=None, keepdims=False):
+        from .reduce_ops import argmax
+        return argmax(self, axis, keepdims)
+
+    def argmin(self, axis=None, keepdims=False):
+        from .reduce_ops import argmin
+        return argmin(self, axis, keepdims)
+
+    def argsort(self, axis=-1, descending=False):
+        from .reduce_ops import argsort
+        return argsort(self, axis, descending)
+
     # ---- in-place updates, PyTorch's names (see _update) and conveniences ----
     def add_(self, other, alpha=1):
         return _update(self, "add_", lambda t: t + (other if alpha == 1 else alpha * other), other)

@@ -532,3 +532,71 @@ _shape_row("diagonal", lambda x, **p: ad.diagonal(x, **p), "diagonal",
            [((3, 4), {}), ((3, 4), {"offset": 1}), ((3, 4), {"offset": -2}), ((2, 3, 4), {"axis1": 2, "axis2": 0}),
             ((2, 3, 4), {"offset": 1, "axis1": -1, "axis2": 1}), ((3, 4), {"offset": 9}), ((0, 2), {})])
 _shape_row("diagonal_method", lambda x, **p: x.diagonal(**p), "diagonal", [((3, 3), {"offset": -1})], public="diagonal")
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17, reductions and scans (pyautodiff/reduce_ops.py; references in reference/reduce_ops.py):
+# sums and products associated differently from NumPy's loops (trees, doubling scans): REDUCTION
+# ---------------------------------------------------------------------------------------------
+def _with_zeros(count):
+    """Normal samples with `count` exact zeros in the first slice along axis 0 (prod and cumprod
+    must differentiate through them without 0/0)."""
+    def draw(rng, shape):
+        x = rng.standard_normal(shape)
+        if x.size:
+            x.reshape(-1)[:count] = 0.0
+        return x
+    return draw
+
+
+_PROD_CASES = [((), None, False), ((7,), None, False), ((3, 4), 0, False), ((3, 4), -1, True), ((2, 3, 5), (0, 2), False),
+               ((2, 3, 4), None, True), ((1, 5, 1), 1, False), ((2, 0, 3), 1, False), ((2, 0, 3), 0, True),
+               ((33,), 0, False)]
+for _z in (0, 1, 2):
+    row(name=f"prod_zeros{_z}", fn=ad.prod, ref="prod", public="prod", tol=REDUCTION, grad_tol=REDUCTION,
+        samples=reduction(_with_zeros(_z), _PROD_CASES))
+_reduce_row("prod", None, normal, [((3, 4), 1, False)], method=True)
+for _name in ("var", "std"):
+    for _ddof in (0, 1):
+        row(name=f"{_name}_ddof{_ddof}", fn=lambda x, _f=getattr(ad, _name), **p: _f(x, **p), ref=_name, public=_name,
+            tol=REDUCTION, grad_tol=REDUCTION,
+            samples=_with_params(reduction(normal, [((7,), None, False), ((3, 4), 0, False), ((3, 4), -1, True),
+                                                     ((2, 3, 4), (0, 2), False), ((2, 3, 4), None, True),
+                                                     ((5, 2), (1,), False)]), {"ddof": _ddof}))
+    _reduce_row(_name, None, normal, [((3, 4), 1, False)], method=True)
+
+_NORM_CASES = [((5,), {}), ((3, 4), {}), ((2, 3, 4), {}), ((5,), {"ord": 1}), ((5,), {"ord": np.inf}),
+               ((5,), {"ord": -np.inf}), ((5,), {"ord": 3}), ((5,), {"ord": 0.5}), ((3, 4), {"ord": 2, "axis": 1}),
+               ((3, 4), {"ord": 1, "axis": 0, "keepdims": True}), ((3, 4), {"ord": np.inf, "axis": -1}),
+               ((3, 4), {"ord": "fro"}), ((3, 4), {"ord": 1}), ((3, 4), {"ord": -1}), ((3, 4), {"ord": np.inf}),
+               ((3, 4), {"ord": -np.inf}), ((2, 3, 4), {"ord": "fro", "axis": (2, 0)}),
+               ((2, 3, 4), {"ord": 1, "axis": (0, 2), "keepdims": True}), ((2, 3, 4), {"axis": 1}),
+               ((2, 3, 4), {"ord": np.inf, "axis": (-1, 1)}), ((0, 3), {"axis": 0})]
+row(name="norm", fn=lambda x, **p: ad.norm(x, **p), ref="norm", public="norm", tol=REDUCTION, grad_tol=REDUCTION,
+    samples=_cases(_NORM_CASES))
+row(name="norm_at_zero", fn=lambda x, **p: ad.norm(x, **p), ref="norm", public="norm", tol=REDUCTION,
+    grad_tol=REDUCTION, samples=lambda rng: [Sample((np.zeros((2, 3)),), "zeros", smooth=False, params={}),
+                                             Sample((np.array([[0.0, 0], [1, 2]]),), "zero-row", smooth=False,
+                                                    params={"axis": 1})])
+
+_SCAN_CASES = [((7,), {}), ((7,), {"axis": 0}), ((3, 4), {"axis": 0}), ((3, 4), {"axis": -1}), ((2, 3, 4), {}),
+               ((2, 3, 5), {"axis": 1}), ((1,), {"axis": 0}), ((), {}), ((2, 0), {"axis": 1}), ((0, 3), {"axis": 1}),
+               ((37,), {"axis": 0})]
+row(name="cumsum", fn=lambda x, **p: ad.cumsum(x, **p), ref="cumsum", public="cumsum", tol=REDUCTION,
+    grad_tol=REDUCTION, samples=_cases(_SCAN_CASES))
+for _z in (0, 1, 2):
+    row(name=f"cumprod_zeros{_z}", fn=lambda x, **p: ad.cumprod(x, **p), ref="cumprod", public="cumprod",
+        tol=REDUCTION, grad_tol=REDUCTION, samples=_cases(_SCAN_CASES, _with_zeros(_z)))
+
+_SORT_CASES = [((7,), {}), ((3, 4), {"axis": 0}), ((3, 4), {"axis": -1, "descending": True}), ((2, 3, 4), {"axis": 1}),
+               ((5,), {"axis": None}), ((0, 3), {}), ((1,), {})]
+row(name="sort", fn=lambda x, **p: ad.sort(x, **p), ref="sort", public="sort", tol=EXACT, grad_tol=EXACT,
+    samples=_cases(_SORT_CASES))
+row(name="sort_ties", fn=lambda x, **p: ad.sort(x, **p), ref="sort", public="sort", tol=EXACT, grad_tol=EXACT,
+    samples=lambda rng: [Sample((np.array([[1.0, 0, 1, 0, 1], [2, 2, 2, 1, 1]]),), "ties", smooth=False,
+                                params={"axis": 1, "descending": d}) for d in (False, True)])
+row(name="topk", fn=lambda x, k, descending, axis=-1: ad.topk(x, k, axis, largest=descending)[0], ref="sort",
+    public="topk", tol=EXACT, grad_tol=EXACT,
+    samples=_cases([((7,), {"k": 3, "descending": True}), ((3, 4), {"k": 2, "axis": 0, "descending": True}),
+                    ((3, 4), {"k": 4, "descending": False}), ((2, 3, 4), {"k": 1, "axis": 1, "descending": True}),
+                    ((3, 4), {"k": 0, "descending": True})]))

@@ -1,0 +1,245 @@
+"""Reductions and scans of issue 17: prod, var, std, norm, cumsum, cumprod, and the ordering ops
+argmax, argmin, argsort, sort, topk.
+
+Differentiable ones are compositions of ops that have every rule, so every order of derivative
+comes with them. prod and cumprod use only products (a product tree, a log-depth scan), never a
+division: their gradients are exact where inputs are zero (the gradient of prod at a single zero
+is the product of the others, and 0 with two zeros), where dividing by x would give 0/0.
+The index-returning ops give NumPy integer arrays, as the comparisons give NumPy bool arrays.
+"""
+import numpy as np
+
+from ._capi import int_arg, int_tuple
+from .tensor import Tensor, as_tensor, _slice
+from .ops import (sum as _sum, mean as _mean, max as _max, min as _min, sqrt, abs as _abs, power, reshape,
+                  concatenate, where)
+from .shape_ops import _axis, _axes, take_along_axis
+
+
+def _reduced(axis, ndim, op):
+    """NumPy's reduction axes: None is every axis, an int or a tuple picks axes."""
+    return tuple(range(ndim)) if axis is None else tuple(sorted(_axes(axis, ndim, op)))
+
+
+def _drop(shape, axes, keepdims):
+    return tuple(1 if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes)
+
+
+def _halves(y, ax, n):
+    """The first and second halves of y's first 2*(n//2) entries along axis ax (and the odd one left)."""
+    pre = (slice(None),) * ax
+    h = n // 2
+    rest = _slice(y, pre + (slice(2 * h, n),)) if n % 2 else None
+    return _slice(y, pre + (slice(0, h),)), _slice(y, pre + (slice(h, 2 * h),)), rest
+
+
+def prod(x, axis=None, keepdims=False):
+    """Product over axis (None: all; an int or a tuple), as numpy.prod. A product tree of
+    multiplications (log2(n) levels along each axis): its gradient is the product of the other
+    elements, computed without division, so it is exact at zeros and every order follows."""
+    x = as_tensor(x)
+    shape = x.shape
+    axes = _reduced(axis, len(shape), "prod")
+    out = _drop(shape, axes, keepdims)
+    if any(shape[a] == 0 for a in axes):          # the empty product is 1 (gradient: nothing to reach)
+        return reshape(_sum(x, axes, keepdims=True) * 0.0 + 1.0, out)
+    y = x
+    for ax in axes:
+        n = shape[ax]
+        while n > 1:
+            a, b, rest = _halves(y, ax, n)
+            y = a * b if rest is None else concatenate([a * b, rest], ax)
+            n = n // 2 + n % 2
+    return reshape(y, out)
+
+
+def _scan(x, axis, combine):
+    """Inclusive scan of combine along axis, by doubling (Hillis-Steele): log2(n) levels of
+    y[d:] = combine(y[d:], y[:-d]); each level is differentiable, so the scan is to every order."""
+    n = x.shape[axis]
+    pre = (slice(None),) * axis
+    d = 1
+    while d < n:
+        x = concatenate([_slice(x, pre + (slice(0, d),)),
+                         combine(_slice(x, pre + (slice(d, n),)), _slice(x, pre + (slice(0, n - d),)))], axis)
+        d *= 2
+    return x
+
+
+def _scan_op(x, axis, combine, name):
+    x = as_tensor(x)
+    if axis is None:
+        x, axis = reshape(x, -1), 0
+    axis = _axis(axis, x.ndim, name)
+    return _scan(x, axis, combine) if x.shape[axis] > 1 else x * 1.0
+
+
+def cumsum(x, axis=None):
+    """Running sums along axis (None: over the flattened tensor), as numpy.cumsum."""
+    return _scan_op(x, axis, lambda a, b: a + b, "cumsum")
+
+
+def cumprod(x, axis=None):
+    """Running products along axis (None: over the flattened tensor), as numpy.cumprod; by
+    multiplications only, so its gradient is exact at zeros."""
+    return _scan_op(x, axis, lambda a, b: a * b, "cumprod")
+
+
+def _ddof(ddof, name):
+    if isinstance(ddof, (bool, np.bool_)) or not isinstance(ddof, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: ddof must be a number, got {ddof!r}")
+    return ddof
+
+
+def var(x, axis=None, ddof=0, keepdims=False):
+    """Variance over axis, sum((x - mean)^2) / (N - ddof), as numpy.var (N - ddof <= 0 gives inf or
+    NaN, as NumPy's does, without its warning)."""
+    x = as_tensor(x)
+    axes = _reduced(axis, x.ndim, "var")
+    ddof = _ddof(ddof, "var")
+    count = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    d = x - _mean(x, axes, keepdims=True)
+    with np.errstate(divide="ignore"):
+        scale = float(np.float64(1.0) / np.float64(max(count - ddof, 0)))
+    return _sum(d * d, axes, keepdims) * scale
+
+
+def std(x, axis=None, ddof=0, keepdims=False):
+    """Standard deviation, sqrt(var), as numpy.std. Its gradient is NaN where the slice is
+    constant (std is not differentiable there; PyTorch gives NaN too)."""
+    return sqrt(var(x, axis, ddof, keepdims))
+
+
+def _safe_sqrt(s):
+    """sqrt(s) with gradient 0 where s == 0 (the subgradient PyTorch's norm gives at 0), rather
+    than 0 * inf = NaN: sqrt is taken of 1 there and the result replaced by 0."""
+    zero = s.numpy() == 0
+    if not zero.any():
+        return sqrt(s)
+    return where(zero, 0.0, sqrt(where(zero, 1.0, s)))
+
+
+def _vector_norm(x, ord, axes, keepdims):
+    if ord is None or ord == 2:
+        return _safe_sqrt(_sum(x * x, axes, keepdims))
+    if ord == np.inf:
+        return _max(_abs(x), axes, keepdims)
+    if ord == -np.inf:
+        return _min(_abs(x), axes, keepdims)
+    if ord == 1:
+        return _sum(_abs(x), axes, keepdims)
+    if isinstance(ord, str):
+        raise ValueError(f"norm: ord {ord!r} is for matrices; give a 2-tuple axis (a vector norm takes a number)")
+    if ord == 0:   # the count of nonzero elements: piecewise constant, gradient 0
+        return _sum(where(x.numpy() != 0, 1.0, x * 0.0), axes, keepdims)
+    p = float(ord)
+    return power(_sum(power(_abs(x), p), axes, keepdims), 1.0 / p)
+
+
+def _matrix_norm(x, ord, axes, keepdims):
+    r, c = axes
+    if ord in (None, "fro"):
+        return _safe_sqrt(_sum(x * x, axes, keepdims))
+    if ord in (1, -1, np.inf, -np.inf):
+        # 1: the largest column sum of |x| (sum over rows, then max over columns); inf: rows
+        inner, outer = (r, c) if ord in (1, -1) else (c, r)
+        pick = _max if ord in (1, np.inf) else _min
+        s = _sum(_abs(x), inner, keepdims=True)
+        y = pick(s, outer, keepdims=True)
+        return y if keepdims else reshape(y, _drop(x.shape, axes, False))
+    if ord in (2, -2, "nuc"):
+        raise NotImplementedError(f"norm: ord={ord!r} for matrices needs singular values, which pyautodiff "
+                                  f"does not compute yet; ord None/'fro', 1, -1, inf and -inf are supported")
+    raise ValueError(f"norm: invalid ord {ord!r} for a matrix norm")
+
+
+def norm(x, ord=None, axis=None, keepdims=False):
+    """numpy.linalg.norm: with axis None, the 2-norm of the flattened tensor (ord None) or the
+    vector / matrix norm of a 1-D / 2-D one; an int axis takes vector norms (ord None or 2, 1,
+    inf, -inf, 0, any p), a 2-tuple matrix norms (None or 'fro', 1, -1, inf, -inf). The gradient
+    of the 2-norm at 0 is 0 (a subgradient, as in PyTorch)."""
+    x = as_tensor(x)
+    ndim = x.ndim
+    if axis is None:
+        if ord is None:
+            axes = tuple(range(ndim))
+            return _safe_sqrt(_sum(x * x, axes, keepdims))
+        if ndim not in (1, 2):
+            raise ValueError(f"norm: ord {ord!r} with axis None needs a 1-D or 2-D tensor, got shape {x.shape}")
+        axis = tuple(range(ndim))
+    axes = _axes(axis, ndim, "norm")
+    if len(axes) == 1:
+        return _vector_norm(x, ord, axes, keepdims)
+    if len(axes) == 2:
+        return _matrix_norm(x, ord, axes, keepdims)
+    raise ValueError(f"norm: axis must name 1 or 2 axes, got {axis!r}")
+
+
+# ---- the ordering ops: NumPy integer arrays out; sort and topk values differentiable ----
+
+def _values(x):
+    return x.numpy() if isinstance(x, Tensor) else np.asarray(x)
+
+
+def argmax(x, axis=None, keepdims=False):
+    """Index of the largest element (the first of ties; a NaN counts as largest), as numpy.argmax:
+    a NumPy int64 array (no gradient)."""
+    v = _values(x)
+    if axis is not None:
+        axis = _axis(axis, v.ndim, "argmax")
+    if v.size == 0 or (axis is not None and v.shape[axis] == 0):
+        raise ValueError(f"argmax: an empty sequence has no largest element (shape {v.shape}, axis {axis})")
+    return np.asarray(np.argmax(v, axis=axis, keepdims=keepdims))
+
+
+def argmin(x, axis=None, keepdims=False):
+    """Index of the smallest element (the first of ties), as numpy.argmin: a NumPy int64 array."""
+    v = _values(x)
+    if axis is not None:
+        axis = _axis(axis, v.ndim, "argmin")
+    if v.size == 0 or (axis is not None and v.shape[axis] == 0):
+        raise ValueError(f"argmin: an empty sequence has no smallest element (shape {v.shape}, axis {axis})")
+    return np.asarray(np.argmin(v, axis=axis, keepdims=keepdims))
+
+
+def argsort(x, axis=-1, descending=False):
+    """Indices that sort x along axis (None: flattened), as numpy.argsort with a stable sort: tied
+    elements keep their order (descending=True, as torch's: ties still in their original order)."""
+    v = _values(x)
+    if axis is None:
+        v, axis = v.reshape(-1), 0
+    axis = _axis(axis, v.ndim, "argsort")
+    if descending:
+        # a stable sort of the reversed order, reversed back, would put later ties first; -v
+        # keeps earlier ties first (NaN still sorts last, as in NumPy)
+        return np.argsort(-v, axis=axis, kind="stable")
+    return np.argsort(v, axis=axis, kind="stable")
+
+
+def sort(x, axis=-1, descending=False):
+    """x sorted along axis (None: flattened), as numpy.sort: a gather of x at argsort's indices,
+    so the gradient of each output element goes to the element sorted there (tied elements keep
+    their order, so each receives the cotangent of its own place)."""
+    x = as_tensor(x)
+    if axis is None:
+        x, axis = reshape(x, -1), 0
+    if x.ndim == 0:
+        raise ValueError("sort: a 0-d tensor cannot be sorted along an axis (use axis=None)")
+    axis = _axis(axis, x.ndim, "sort")
+    return take_along_axis(x, argsort(x, axis, descending), axis)
+
+
+def topk(x, k, axis=-1, largest=True, sorted=True):
+    """The k largest (largest=False: smallest) elements along axis and their indices, as
+    torch.topk: (values, a NumPy int64 array of indices). Of tied elements the earlier one comes
+    first; values are differentiable (gather). sorted=False still returns them sorted."""
+    x = as_tensor(x)
+    if x.ndim == 0:
+        raise ValueError("topk: needs at least one axis")
+    axis = _axis(axis, x.ndim, "topk")
+    k = int_arg(k, "topk: k")
+    if not 0 <= k <= x.shape[axis]:
+        raise ValueError(f"topk: k={k} is out of range for an axis of length {x.shape[axis]} (shape {x.shape})")
+    idx = argsort(x, axis, descending=largest)
+    idx = np.ascontiguousarray(np.take(idx, np.arange(k), axis=axis))
+    return take_along_axis(x, idx, axis), idx
