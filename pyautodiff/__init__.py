@@ -9,6 +9,7 @@ from .ops import (gelu, round, isnan, isinf, isfinite, matmul, sum, mean, max, m
 from .shape_ops import (squeeze, expand_dims, unsqueeze, flatten, permute, moveaxis, swapaxes, flip, roll,
                         tile, repeat, pad, take_along_axis, put_along_axis, scatter_add, tril, triu, diagonal)
 from .reduce_ops import (prod, var, std, norm, cumsum, cumprod, argmax, argmin, argsort, sort, topk)
+from .linalg_ops import dot, vdot, outer, inner, tensordot, einsum, trace
 from .numerical import (numerical_grad, numerical_jacobian, gradcheck, GradcheckError, taylor_test,
                         TaylorResult, default_step)
 from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hessian

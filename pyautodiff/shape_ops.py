@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from ._capi import int_arg, int_tuple
-from .tensor import Tensor, as_tensor, _gather, _gather_blocks, _slice, _overwrite
+from ._capi import ffi, lib, int_arg, int_tuple
+from .tensor import Tensor, as_tensor, _gather, _gather_blocks, _slice, _overwrite, _wrap
 from .ops import reshape, transpose, broadcast_to, where, concatenate, _scatter_add
 
 
@@ -265,8 +265,6 @@ def pad(x, pad_width, mode="constant", constant_values=0):
 def _scatter_add_blocks(x, flat, shape, block):
     """Zeros of `shape` with x's consecutive blocks of `block` elements added at the flat
     positions `flat` (one per block, in x's order)."""
-    from ._capi import ffi, lib
-    from .tensor import _wrap
     flat = np.ascontiguousarray(flat, dtype=np.int64).reshape(-1)
     c = ffi.new("int64_t[]", tuple(shape) or (0,))
     ptr = ffi.from_buffer("int64_t[]", flat) if flat.size else ffi.NULL
@@ -391,4 +389,20 @@ def diagonal(x, offset=0, axis1=0, axis2=1):
     if a1 == a2:
         raise ValueError(f"diagonal: axis1 and axis2 cannot be the same (both {a1})")
     offset = int_arg(offset, "diagonal: offset")
-    return _rearranged(x, ndim, lambda g: np.diagonal(g, offset, a1, a2))
+    return _strided(x, *diagonal_view(x.shape, offset, a1, a2))
+
+
+def diagonal_view(shape, offset, a1, a2):
+    """(shape, start, strides) in elements of numpy.diagonal's view of a C-contiguous array: the
+    other axes with their strides, then the diagonal, whose stride is the sum of the two axes'."""
+    strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+    length = max(0, min(shape[a1] - max(0, -offset), shape[a2] - max(0, offset)))
+    start = (offset * strides[a2] if offset >= 0 else -offset * strides[a1]) if length else 0
+    rest = [i for i in range(len(shape)) if i not in (a1, a2)]
+    return ([shape[i] for i in rest] + [length], start, [strides[i] for i in rest] + [strides[a1] + strides[a2]])
+
+
+def _strided(x, shape, start, strides):
+    """One strided copy of x's elements (the slice op, whose VJP adds back through the strides)."""
+    return _wrap(lib.ad_slice(x._h, len(shape), ffi.new("int64_t[]", shape or [0]), start,
+                              ffi.new("int64_t[]", strides or [0])))

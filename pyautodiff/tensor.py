@@ -641,6 +641,14 @@ class Tensor:
         from .shape_ops import triu
         return triu(self, k)
 
+    def trace(self, offset=0, axis1=0, axis2=1):
+        from .linalg_ops import trace
+        return trace(self, offset, axis1, axis2)
+
+    def dot(self, other):
+        from .linalg_ops import dot
+        return dot(self, other)
+
     # reductions and scans (pyautodiff/reduce_ops.py)
     def prod(self, axis=None, keepdims=False):
         from .reduce_ops import prod

@@ -600,3 +600,49 @@ row(name="topk", fn=lambda x, k, descending, axis=-1: ad.topk(x, k, axis, larges
     samples=_cases([((7,), {"k": 3, "descending": True}), ((3, 4), {"k": 2, "axis": 0, "descending": True}),
                     ((3, 4), {"k": 4, "descending": False}), ((2, 3, 4), {"k": 1, "axis": 1, "descending": True}),
                     ((3, 4), {"k": 0, "descending": True})]))
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17, products (pyautodiff/linalg_ops.py; references in reference/linalg_ops.py): on matmul,
+# so MATMUL tolerances
+# ---------------------------------------------------------------------------------------------
+def _operands(cases):
+    """Samples from (label, shapes, params) triples."""
+    def gen(rng):
+        return [Sample(tuple(rng.standard_normal(s) for s in shapes), label, smooth=not _size_zero(*shapes),
+                       params=dict(params)) for label, shapes, params in cases]
+    return gen
+
+
+def _product_row(name, fn, cases, public=None):
+    row(name=name, fn=fn, ref=name if public is None else public, public=public or name, samples=_operands(cases),
+        tol=MATMUL, grad_tol=MATMUL)
+
+
+_product_row("dot", ad.dot, [(l, s, {}) for l, s in [
+    ("vv", [(4,), (4,)]), ("mm", [(3, 4), (4, 2)]), ("mv", [(3, 4), (4,)]), ("vm", [(4,), (4, 3)]), ("s", [(), (2, 3)]),
+    ("3d2d", [(2, 3, 4), (4, 5)]), ("3d3d", [(2, 3, 4), (2, 4, 3)]), ("3d1d", [(2, 3, 4), (4,)]), ("empty", [(0, 3), (3, 2)])]])
+_product_row("vdot", ad.vdot, [("mm", [(2, 3), (3, 2)], {}), ("vv", [(5,), (5,)], {}), ("ss", [(), ()], {})])
+_product_row("outer", ad.outer, [("vv", [(3,), (4,)], {}), ("mv", [(2, 2), (3,)], {}), ("s", [(), (2,)], {}),
+                                 ("empty", [(0,), (3,)], {})])
+_product_row("inner", ad.inner, [("vv", [(4,), (4,)], {}), ("mm", [(3, 4), (2, 4)], {}), ("3d", [(2, 3, 4), (5, 4)], {}),
+                                 ("s", [(), (3,)], {})])
+_product_row("tensordot", lambda a, b, axes: ad.tensordot(a, b, axes),
+             [("2", [(2, 3, 4), (3, 4, 5)], {"axes": 2}), ("0", [(2, 3), (4,)], {"axes": 0}),
+              ("1", [(2, 3), (3, 4)], {"axes": 1}), ("pairs", [(2, 3, 4), (4, 2, 5)], {"axes": ((0, 2), (1, 0))}),
+              ("neg", [(2, 3, 4), (3, 5)], {"axes": ([-2], [0])}), ("empty", [(0, 3), (3, 2)], {"axes": 1})])
+_product_row("trace", lambda x, **p: ad.trace(x, **p),
+             [("m", [(3, 3)], {}), ("rect", [(3, 5)], {"offset": 1}), ("neg", [(4, 3)], {"offset": -1}),
+              ("3d", [(2, 3, 4)], {"axis1": 1, "axis2": -1}), ("far", [(3, 3)], {"offset": 4})])
+_product_row("trace_method", lambda x, **p: x.trace(**p), [("m", [(3, 3)], {"offset": 1})], public="trace")
+EINSUM_CASES = [
+    ("ij,jk->ik", [(3, 4), (4, 2)]), ("ij,jk", [(3, 4), (4, 2)]), ("bij,bjk->bik", [(2, 3, 4), (2, 4, 2)]),
+    ("i,j->ij", [(3,), (4,)]), ("ii->i", [(3, 3)]), ("ii", [(3, 3)]), ("ij->ji", [(2, 3)]), ("ij->", [(2, 3)]),
+    ("...ij,...jk->...ik", [(2, 1, 3, 4), (3, 4, 2)]), ("i,ij,j->", [(3,), (3, 4), (4,)]), ("ijk,jil->kl", [(2, 3, 4), (3, 2, 2)]),
+    ("ij,ij->i", [(2, 3), (2, 3)]), ("bn,anm,bm->ba", [(3, 3), (2, 3, 2), (3, 2)]), ("iij->j", [(2, 2, 3)]),
+    ("i,i", [(1,), (3,)]), ("Ba,ab", [(2, 3), (3, 2)]), ("i...->...", [(3, 2)]), ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 2)]),
+    ("ab,cd->abcd", [(2, 3), (1, 2)]), ("iji->j", [(2, 3, 2)]), ("ij,kj->ik", [(0, 3), (2, 3)]), ("", [()]),
+    ("bhqd,bhkd->bhqk", [(2, 1, 3, 2), (2, 2, 3, 2)]), ("i,i->i", [(3,), (3,)])]
+row(name="einsum", fn=lambda *ts, subscripts: ad.einsum(subscripts, *ts), ref="einsum", public="einsum",
+    samples=_operands([(spec, shapes, {"subscripts": spec}) for spec, shapes in EINSUM_CASES]), tol=MATMUL,
+    grad_tol=MATMUL)

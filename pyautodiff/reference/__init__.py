@@ -43,7 +43,7 @@ keepdims=False)``; ``softmax/log_softmax(x, axis=-1)``; ``reshape(x, shape)``;
 ``elu(x, alpha=1.0)``; ``hardtanh(x, min_val=-1.0, max_val=1.0)``;
 ``gelu(x, approximate="none")`` (``"none"`` or ``"tanh"``).
 """
-from . import elementwise, linalg, reduce, shape, shape_ops, reduce_ops
+from . import elementwise, linalg, reduce, shape, shape_ops, reduce_ops, linalg_ops
 from ._core import RefOp, expand_reduced, normalize_axes, ref_op, unbroadcast, zero_safe
 
 
@@ -57,7 +57,7 @@ def _merge(*families):
     return table
 
 
-REFERENCE = _merge(elementwise, reduce, linalg, shape, shape_ops, reduce_ops)
+REFERENCE = _merge(elementwise, reduce, linalg, shape, shape_ops, reduce_ops, linalg_ops)
 
 __all__ = ["REFERENCE", "RefOp", "ref_op", "unbroadcast", "zero_safe", "normalize_axes",
            "expand_reduced"]
