@@ -54,6 +54,9 @@ typedef enum {
     AD_OP_SCATTER_ADD,
     /* basic indexing: a strided view of x copied (kernels/index.c) */
     AD_OP_SLICE,
+    /* issue 17, reductions and scans: the linear recurrence under cumsum, cumprod and prod
+     * (kernels/scan.c) */
+    AD_OP_SCAN,
     /* a custom function: its rules live in the bindings (ad_custom, csrc/custom.c) */
     AD_OP_CUSTOM,
     AD_OP_COUNT
@@ -131,6 +134,10 @@ int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdi
  * added at out.flat[index[i] : index[i] + block] (repeats accumulate; a block reaching outside
  * the result is AD_ERR_INDEX): the VJP of ad_gather, whose VJP it is. */
 int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index, int64_t block);
+/* The linear recurrence along axis of b with multipliers a (same shape and dtype): forward
+ * s_k = a_k s_{k-1} + b_k (s_{-1} = 0), reverse r_k = a_{k+1} r_{k+1} + b_k (r_len = 0); cumsum is
+ * scan(ones, x), cumprod scan(x, x at k = 0 else 0). Its rules never divide by a. */
+int64_t ad_scan(int64_t a, int64_t b, int axis, int reverse);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
  * accumulate into their grad; without retain_graph the swept graph is released. */

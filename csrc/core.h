@@ -179,6 +179,7 @@ int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int 
 int ad_mk_where(ad_tape *T, int cond_ndim, const int64_t *cond_shape, const uint8_t *cond, ad_node *a, ad_node *b,
                 ad_node **out);
 int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out);
+int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int rev, ad_node **out);
 /* A new constant (unrecorded leaf) shaped like `shape`, every element `value` in dtype. */
 int ad_mk_full(ad_tape *T, int dtype, int ndim, const int64_t *shape, double value, ad_node **out);
 
@@ -435,6 +436,13 @@ int ad_jvp_rec_matmul(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out
 int ad_jvp_rec_layout(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 int ad_jvp_rec_index(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 int ad_jvp_rec_softmax(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+/* issue 17: the scan family (kernels/scan.c), every rule of it */
+int ad_vjp_scan(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_jvp_scan(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_vjp2_scan(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout, int which,
+                 ad_sink *s);
+int ad_vjp_rec_scan(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+int ad_jvp_rec_scan(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 
 /* ---- custom nodes and hooks (custom.c): rules that live in the bindings ----
  * Each runs the bindings' callback with T unlocked (they run ops on this tape) and T locked

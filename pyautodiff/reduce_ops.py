@@ -2,15 +2,16 @@
 argmax, argmin, argsort, sort, topk.
 
 Differentiable ones are compositions of ops that have every rule, so every order of derivative
-comes with them. prod and cumprod use only products (a product tree, a log-depth scan), never a
-division: their gradients are exact where inputs are zero (the gradient of prod at a single zero
-is the product of the others, and 0 with two zeros), where dividing by x would give 0/0.
+comes with them. cumsum, cumprod and prod are one C op, the linear recurrence scan
+(csrc/kernels/scan.c), whose rules multiply and never divide: their gradients are exact where
+inputs are zero (the gradient of prod at a single zero is the product of the others, and 0 with
+two zeros), where dividing by x would give 0/0.
 The index-returning ops give NumPy integer arrays, as the comparisons give NumPy bool arrays.
 """
 import numpy as np
 
-from ._capi import int_arg, int_tuple
-from .tensor import Tensor, as_tensor, _slice
+from ._capi import lib, int_arg
+from .tensor import Tensor, as_tensor, full, _slice, _wrap
 from .ops import (sum as _sum, mean as _mean, max as _max, min as _min, sqrt, abs as _abs, power, reshape,
                   concatenate, where)
 from .shape_ops import _axis, _axes, take_along_axis
@@ -25,18 +26,44 @@ def _drop(shape, axes, keepdims):
     return tuple(1 if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes)
 
 
-def _halves(y, ax, n):
-    """The first and second halves of y's first 2*(n//2) entries along axis ax (and the odd one left)."""
-    pre = (slice(None),) * ax
-    h = n // 2
-    rest = _slice(y, pre + (slice(2 * h, n),)) if n % 2 else None
-    return _slice(y, pre + (slice(0, h),)), _slice(y, pre + (slice(h, 2 * h),)), rest
+def _scan(a, b, axis, reverse=False):
+    """The linear recurrence s_k = a_k s_{k-1} + b_k along axis (csrc/kernels/scan.c): one pass,
+    and rules that are scans again, so every order of derivative follows."""
+    return _wrap(lib.ad_scan(a._h, b._h, axis, 1 if reverse else 0))
+
+
+def _scan_input(x, axis, name):
+    x = as_tensor(x)
+    if axis is None:
+        return reshape(x, -1), 0
+    return x, _axis(axis, x.ndim, name)
+
+
+def cumsum(x, axis=None):
+    """Running sums along axis (None: over the flattened tensor), as numpy.cumsum: one scan."""
+    x, axis = _scan_input(x, axis, "cumsum")
+    return _scan(full(x.shape, 1.0, x.dtype), x, axis)
+
+
+def _cumprod(x, axis):
+    # s_k = x_k s_{k-1} + [k = 0] x_0: the first element enters as b, every later one as a factor
+    first = np.zeros((1,) * axis + (x.shape[axis],) + (1,) * (x.ndim - axis - 1), dtype=bool)
+    first.reshape(-1)[:1] = True
+    return _scan(x, where(first, x, np.zeros((), x.dtype)), axis)
+
+
+def cumprod(x, axis=None):
+    """Running products along axis (None: over the flattened tensor), as numpy.cumprod: one scan
+    whose gradient multiplies the other factors (never divides), so it is exact at zeros."""
+    x, axis = _scan_input(x, axis, "cumprod")
+    return _cumprod(x, axis) if x.shape[axis] else x * 1.0
 
 
 def prod(x, axis=None, keepdims=False):
-    """Product over axis (None: all; an int or a tuple), as numpy.prod. A product tree of
-    multiplications (log2(n) levels along each axis): its gradient is the product of the other
-    elements, computed without division, so it is exact at zeros and every order follows."""
+    """Product over axis (None: all; an int or a tuple), as numpy.prod: the last entry of the
+    running product along each reduced axis. Its gradient is the product of the other elements,
+    computed without division, so it is exact at zeros (at a single zero, the product of the
+    others; with two, 0) and every order follows."""
     x = as_tensor(x)
     shape = x.shape
     axes = _reduced(axis, len(shape), "prod")
@@ -46,43 +73,9 @@ def prod(x, axis=None, keepdims=False):
     y = x
     for ax in axes:
         n = shape[ax]
-        while n > 1:
-            a, b, rest = _halves(y, ax, n)
-            y = a * b if rest is None else concatenate([a * b, rest], ax)
-            n = n // 2 + n % 2
+        if n > 1:
+            y = _slice(_cumprod(y, ax), (slice(None),) * ax + (slice(n - 1, n),))
     return reshape(y, out)
-
-
-def _scan(x, axis, combine):
-    """Inclusive scan of combine along axis, by doubling (Hillis-Steele): log2(n) levels of
-    y[d:] = combine(y[d:], y[:-d]); each level is differentiable, so the scan is to every order."""
-    n = x.shape[axis]
-    pre = (slice(None),) * axis
-    d = 1
-    while d < n:
-        x = concatenate([_slice(x, pre + (slice(0, d),)),
-                         combine(_slice(x, pre + (slice(d, n),)), _slice(x, pre + (slice(0, n - d),)))], axis)
-        d *= 2
-    return x
-
-
-def _scan_op(x, axis, combine, name):
-    x = as_tensor(x)
-    if axis is None:
-        x, axis = reshape(x, -1), 0
-    axis = _axis(axis, x.ndim, name)
-    return _scan(x, axis, combine) if x.shape[axis] > 1 else x * 1.0
-
-
-def cumsum(x, axis=None):
-    """Running sums along axis (None: over the flattened tensor), as numpy.cumsum."""
-    return _scan_op(x, axis, lambda a, b: a + b, "cumsum")
-
-
-def cumprod(x, axis=None):
-    """Running products along axis (None: over the flattened tensor), as numpy.cumprod; by
-    multiplications only, so its gradient is exact at zeros."""
-    return _scan_op(x, axis, lambda a, b: a * b, "cumprod")
 
 
 def _ddof(ddof, name):

@@ -646,3 +646,14 @@ EINSUM_CASES = [
 row(name="einsum", fn=lambda *ts, subscripts: ad.einsum(subscripts, *ts), ref="einsum", public="einsum",
     samples=_operands([(spec, shapes, {"subscripts": spec}) for spec, shapes in EINSUM_CASES]), tol=MATMUL,
     grad_tol=MATMUL)
+
+# the scan op itself (csrc/kernels/scan.c) in both directions, the reverse one being what the
+# forward one's rules record
+_SCAN_OP_CASES = [((5,), 0), ((3, 4), 0), ((3, 4), 1), ((2, 3, 4), 1), ((2, 3, 4), -1), ((1,), 0), ((2, 0), 1),
+                  ((0, 3), 1)]
+for _rev in (False, True):
+    row(name=f"scan_reverse{int(_rev)}", fn=lambda a, b, axis, reverse: ad.reduce_ops._scan(a, b, axis % a.ndim, reverse),
+        ref="scan", public="cumsum", tol=REDUCTION, grad_tol=REDUCTION,
+        samples=lambda rng, _rev=_rev: [Sample((rng.uniform(-1.5, 1.5, s), rng.standard_normal(s)), f"{s}-{ax}",
+                                               smooth=not _size_zero(s), params={"axis": ax % len(s), "reverse": _rev})
+                                        for s, ax in _SCAN_OP_CASES])

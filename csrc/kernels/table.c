@@ -42,6 +42,9 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_LOG_SOFTMAX] = SM("log_softmax"),
     [AD_OP_SCATTER_ADD] = L("scatter_add", index, 0, NONE),
     [AD_OP_SLICE] = L("getitem", index, 0, NONE),
+    /* issue 17, reductions and scans */
+    [AD_OP_SCAN] = {"scan", ad_vjp_scan, 0, ad_jvp_scan, 0, AD_READS_KNOWN | AD_READS_IN0 | AD_READS_OUT,
+                    ad_vjp2_scan, ad_vjp_rec_scan, ad_jvp_rec_scan},
     [AD_OP_CUSTOM] = {"custom", ad_vjp_custom_unused, 0, ad_jvp_custom, 0, 0, 0, ad_vjp_rec_custom_unused, ad_jvp_rec_custom},
 };
 

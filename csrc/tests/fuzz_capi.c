@@ -245,7 +245,14 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(20)) {
+    switch (below(21)) {
+    case 20: {
+        /* the scan (issue 17): a and b the same node (a valid call) or any two handles */
+        int64_t b = any_handle();
+        check_handle("ad_scan", ad_scan(chance(60) ? b : any_handle(), b, chance(90) ? (int)below(6) - 1 : (int)absurd_int(),
+                                        (int)below(3)), 0);
+        break;
+    }
     case 16: {
         /* custom nodes and hooks with no callback set: every sweep through one must fail cleanly
          * (backward's all-or-nothing path included) */
