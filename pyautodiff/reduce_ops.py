@@ -174,25 +174,24 @@ def _values(x):
     return x.numpy() if isinstance(x, Tensor) else np.asarray(x)
 
 
+def _arg_extreme(x, axis, keepdims, name, pick, what):
+    v = _values(x)
+    if axis is not None:
+        axis = _axis(axis, v.ndim, name)
+    if v.size == 0 or (axis is not None and v.shape[axis] == 0):
+        raise ValueError(f"{name}: an empty sequence has no {what} element (shape {v.shape}, axis {axis})")
+    return np.asarray(pick(v, axis=axis, keepdims=keepdims))
+
+
 def argmax(x, axis=None, keepdims=False):
     """Index of the largest element (the first of ties; a NaN counts as largest), as numpy.argmax:
     a NumPy int64 array (no gradient)."""
-    v = _values(x)
-    if axis is not None:
-        axis = _axis(axis, v.ndim, "argmax")
-    if v.size == 0 or (axis is not None and v.shape[axis] == 0):
-        raise ValueError(f"argmax: an empty sequence has no largest element (shape {v.shape}, axis {axis})")
-    return np.asarray(np.argmax(v, axis=axis, keepdims=keepdims))
+    return _arg_extreme(x, axis, keepdims, "argmax", np.argmax, "largest")
 
 
 def argmin(x, axis=None, keepdims=False):
     """Index of the smallest element (the first of ties), as numpy.argmin: a NumPy int64 array."""
-    v = _values(x)
-    if axis is not None:
-        axis = _axis(axis, v.ndim, "argmin")
-    if v.size == 0 or (axis is not None and v.shape[axis] == 0):
-        raise ValueError(f"argmin: an empty sequence has no smallest element (shape {v.shape}, axis {axis})")
-    return np.asarray(np.argmin(v, axis=axis, keepdims=keepdims))
+    return _arg_extreme(x, axis, keepdims, "argmin", np.argmin, "smallest")
 
 
 def argsort(x, axis=-1, descending=False):
