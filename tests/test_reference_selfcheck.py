@@ -222,6 +222,10 @@ CASES = {
                     lambda r: case(smooth(r, (3, 4, 2)), axis=1)],
 }
 
+# the reference ops of issue 17 (shape ops, reductions and scans, products)
+from selfcheck_issue17 import CASES as _ISSUE17  # noqa: E402
+CASES.update(_ISSUE17)
+
 ALL_CASES = [pytest.param(name, i, id=f"{name}-{i}")
              for name, builders in CASES.items() for i in range(len(builders))]
 
