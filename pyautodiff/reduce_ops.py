@@ -13,7 +13,7 @@ import numpy as np
 from ._capi import lib, int_arg
 from .tensor import Tensor, as_tensor, full, _slice, _wrap
 from .ops import (sum as _sum, mean as _mean, max as _max, min as _min, sqrt, abs as _abs, power, reshape,
-                  concatenate, where)
+                  where)
 from .shape_ops import _axis, _axes, take_along_axis
 
 

@@ -4,10 +4,10 @@ and PyTorch's names as aliases where they differ.
 
 Each is a composition of differentiable ops that already have every rule (reshape, transpose, the
 strided slice, gather / scatter_add, broadcast_to, where), so every order of derivative comes with
-them and nothing is written twice. Ops that only move elements are one gather: NumPy's own function
-applied to a grid of flat positions says which element lands where (so the semantics, shapes and
-errors are NumPy's by construction), and the trailing axes an op leaves alone move as whole blocks,
-as `t[rows]` does.
+them and nothing is written twice. Ops that only move elements are one strided copy (flip, diagonal:
+the views NumPy returns) or one gather: NumPy's own function applied to a grid of flat positions
+says which element lands where (so the semantics, shapes and errors are NumPy's by construction),
+and the trailing axes an op leaves alone move as whole blocks, as `t[rows]` does.
 """
 import math
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from ._capi import ffi, lib, int_arg, int_tuple
 from .tensor import Tensor, as_tensor, _gather, _gather_blocks, _slice, _overwrite, _wrap
-from .ops import reshape, transpose, broadcast_to, where, concatenate, _scatter_add
+from .ops import reshape, transpose, broadcast_to, where, _scatter_add
 
 
 def _axis(axis, ndim, op, what="axis"):
