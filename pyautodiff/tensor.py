@@ -682,6 +682,14 @@ class Tensor:
         from .reduce_ops import argsort
         return argsort(self, axis, descending)
 
+    def topk(self, k, axis=-1, largest=True, sorted=True):
+        from .reduce_ops import topk
+        return topk(self, k, axis, largest, sorted)
+
+    def scatter_add(self, dim, index, src):
+        from .shape_ops import scatter_add
+        return scatter_add(self, dim, index, src)
+
     # ---- in-place updates, PyTorch's names (see _update) and conveniences ----
     def add_(self, other, alpha=1):
         return _update(self, "add_", lambda t: t + (other if alpha == 1 else alpha * other), other)

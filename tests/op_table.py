@@ -657,3 +657,9 @@ for _rev in (False, True):
         samples=lambda rng, _rev=_rev: [Sample((rng.uniform(-1.5, 1.5, s), rng.standard_normal(s)), f"{s}-{ax}",
                                                smooth=not _size_zero(s), params={"axis": ax % len(s), "reverse": _rev})
                                         for s, ax in _SCAN_OP_CASES])
+row(name="topk_method", fn=lambda x, k, descending, axis=-1: x.topk(k, axis, largest=descending)[0], ref="sort",
+    public="topk", tol=EXACT, grad_tol=EXACT, samples=_cases([((3, 4), {"k": 2, "axis": 1, "descending": True})]))
+row(name="scatter_add_method", fn=lambda x, src, dim, index: x.scatter_add(dim, index, src), ref="scatter_add_along",
+    public="scatter_add", tol=REDUCTION, grad_tol=REDUCTION,
+    samples=lambda rng: [Sample((rng.standard_normal((3, 4)), rng.standard_normal((2, 4))), "(3, 4)-(2, 4)-0",
+                                params={"dim": 0, "index": np.array([[2, 0, 0, 1], [2, 2, 0, 1]])})])
