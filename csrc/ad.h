@@ -135,9 +135,11 @@ int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdi
  * the result is AD_ERR_INDEX): the VJP of ad_gather, whose VJP it is. */
 int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index, int64_t block);
 /* The linear recurrence along axis of b with multipliers a (same shape and dtype): forward
- * s_k = a_k s_{k-1} + b_k (s_{-1} = 0), reverse r_k = a_{k+1} r_{k+1} + b_k (r_len = 0); cumsum is
- * scan(ones, x), cumprod scan(x, x at k = 0 else 0). Its rules never divide by a. */
-int64_t ad_scan(int64_t a, int64_t b, int axis, int reverse);
+ * s_k = a_k s_{k-1} + b_k from s_{-1} = 0 (mode 0) or 1 (AD_SCAN_UNIT), reverse (AD_SCAN_REVERSE)
+ * r_k = a_{k+1} r_{k+1} + b_k from r_len = 0; cumsum is scan(ones, x), cumprod a unit scan(x, 0).
+ * Its rules never divide by a. */
+enum { AD_SCAN_REVERSE = 1, AD_SCAN_UNIT = 2 };
+int64_t ad_scan(int64_t a, int64_t b, int axis, int mode);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
  * accumulate into their grad; without retain_graph the swept graph is released. */

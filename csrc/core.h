@@ -179,7 +179,7 @@ int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int 
 int ad_mk_where(ad_tape *T, int cond_ndim, const int64_t *cond_shape, const uint8_t *cond, ad_node *a, ad_node *b,
                 ad_node **out);
 int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out);
-int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int rev, ad_node **out);
+int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int mode, ad_node **out);
 /* A new constant (unrecorded leaf) shaped like `shape`, every element `value` in dtype. */
 int ad_mk_full(ad_tape *T, int dtype, int ndim, const int64_t *shape, double value, ad_node **out);
 

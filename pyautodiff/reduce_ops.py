@@ -26,10 +26,11 @@ def _drop(shape, axes, keepdims):
     return tuple(1 if i in axes else d for i, d in enumerate(shape) if keepdims or i not in axes)
 
 
-def _scan(a, b, axis, reverse=False):
-    """The linear recurrence s_k = a_k s_{k-1} + b_k along axis (csrc/kernels/scan.c): one pass,
-    and rules that are scans again, so every order of derivative follows."""
-    return _wrap(lib.ad_scan(a._h, b._h, axis, 1 if reverse else 0))
+def _scan(a, b, axis, reverse=False, unit=False):
+    """The linear recurrence s_k = a_k s_{k-1} + b_k along axis from s_{-1} = 0, or 1 with unit
+    (csrc/kernels/scan.c): one pass, and rules that are scans again, so every order follows."""
+    mode = (lib.AD_SCAN_REVERSE if reverse else 0) | (lib.AD_SCAN_UNIT if unit else 0)
+    return _wrap(lib.ad_scan(a._h, b._h, axis, mode))
 
 
 def _scan_input(x, axis, name):
@@ -46,10 +47,8 @@ def cumsum(x, axis=None):
 
 
 def _cumprod(x, axis):
-    # s_k = x_k s_{k-1} + [k = 0] x_0: the first element enters as b, every later one as a factor
-    first = np.zeros((1,) * axis + (x.shape[axis],) + (1,) * (x.ndim - axis - 1), dtype=bool)
-    first.reshape(-1)[:1] = True
-    return _scan(x, where(first, x, np.zeros((), x.dtype)), axis)
+    # s_k = x_k s_{k-1} from s_{-1} = 1; b is a constant 0, so only x takes a gradient
+    return _scan(x, full(x.shape, 0.0, x.dtype), axis, unit=True)
 
 
 def cumprod(x, axis=None):

@@ -651,12 +651,12 @@ row(name="einsum", fn=lambda *ts, subscripts: ad.einsum(subscripts, *ts), ref="e
 # forward one's rules record
 _SCAN_OP_CASES = [((5,), 0), ((3, 4), 0), ((3, 4), 1), ((2, 3, 4), 1), ((2, 3, 4), -1), ((1,), 0), ((2, 0), 1),
                   ((0, 3), 1)]
-for _rev in (False, True):
-    row(name=f"scan_reverse{int(_rev)}", fn=lambda a, b, axis, reverse: ad.reduce_ops._scan(a, b, axis % a.ndim, reverse),
-        ref="scan", public="cumsum", tol=REDUCTION, grad_tol=REDUCTION,
-        samples=lambda rng, _rev=_rev: [Sample((rng.uniform(-1.5, 1.5, s), rng.standard_normal(s)), f"{s}-{ax}",
-                                               smooth=not _size_zero(s), params={"axis": ax % len(s), "reverse": _rev})
-                                        for s, ax in _SCAN_OP_CASES])
+for _rev, _unit in ((False, False), (True, False), (False, True)):
+    row(name=f"scan_reverse{int(_rev)}_unit{int(_unit)}", ref="scan", public="cumsum", tol=REDUCTION, grad_tol=REDUCTION,
+        fn=lambda a, b, axis, reverse, unit: ad.reduce_ops._scan(a, b, axis % a.ndim, reverse, unit),
+        samples=lambda rng, _rev=_rev, _unit=_unit: [
+            Sample((rng.uniform(-1.5, 1.5, s), rng.standard_normal(s)), f"{s}-{ax}", smooth=not _size_zero(s),
+                   params={"axis": ax % len(s), "reverse": _rev, "unit": _unit}) for s, ax in _SCAN_OP_CASES])
 row(name="topk_method", fn=lambda x, k, descending, axis=-1: x.topk(k, axis, largest=descending)[0], ref="sort",
     public="topk", tol=EXACT, grad_tol=EXACT, samples=_cases([((3, 4), {"k": 2, "axis": 1, "descending": True})]))
 row(name="scatter_add_method", fn=lambda x, src, dim, index: x.scatter_add(dim, index, src), ref="scatter_add_along",

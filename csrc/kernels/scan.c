@@ -11,14 +11,17 @@
  *     reverse: grad_b = mu = forward scan(a, g), grad_a_k = mu_{k-1} r_k
  *              tangent  = reverse scan(a, shifted-forward(ta * r) + tb)
  * Every rule is scans, shifts and products, so the differentiable rules are recorded scans and
- * every order follows. The node keeps the axis in c[0] and the direction in c[1]. */
+ * every order follows. A forward scan may also start from s_{-1} = 1 ("unit": cumprod is then
+ * scan(x, 0), whose zero b takes no gradient, and the shifted output reads 1 at k = 0). The node
+ * keeps the axis in c[0] and the mode (bit 0 reverse, bit 1 unit) in c[1]. */
 #include "../core.h"
 #include <string.h>
 
 typedef struct { int64_t outer, len, inner; } blocks;
 
 static int axis_of(const ad_node *n) { return (int)n->c[0]; }
-static int reversed(const ad_node *n) { return n->c[1] != 0; }
+static int reversed(const ad_node *n) { return ((int)n->c[1] & AD_SCAN_REVERSE) != 0; }
+static int unit_start(const ad_node *n) { return ((int)n->c[1] & AD_SCAN_UNIT) != 0; }
 
 static blocks blocks_of(const ad_node *n)
 {
@@ -32,14 +35,14 @@ static blocks blocks_of(const ad_node *n)
 /* O = the scan of B with multipliers A (NULL: all ones) in direction rev. O may be B. The inner
  * axes run contiguously in the innermost loop, so it vectorises. */
 #define SCAN_T(TT, SUF)                                                                  \
-    static void scan_##SUF(const TT *A, const TT *B, TT *O, blocks b, int rev)           \
+    static void scan_##SUF(const TT *A, const TT *B, TT *O, blocks b, int rev, int unit) \
     {                                                                                    \
         if (!b.len) return;                                                              \
         if (b.inner == 1) {          /* along the last axis: one running value per row */ \
             for (int64_t o = 0; o < b.outer; o++) {                                      \
                 const TT *x = B + o * b.len, *a = A ? A + o * b.len : NULL;              \
-                TT *d = O + o * b.len, acc = 0;                                          \
-                if (!rev) for (int64_t k = 0; k < b.len; k++) { acc = (a && k ? a[k] * acc : acc) + x[k]; d[k] = acc; } \
+                TT *d = O + o * b.len, acc = unit ? 1 : 0;                               \
+                if (!rev) for (int64_t k = 0; k < b.len; k++) { acc = (a && (k || unit) ? a[k] * acc : acc) + x[k]; d[k] = acc; } \
                 else for (int64_t k = b.len - 1; k >= 0; k--) { acc = (a && k + 1 < b.len ? a[k + 1] * acc : acc) + x[k]; d[k] = acc; } \
             }                                                                            \
             return;                                                                      \
@@ -47,7 +50,8 @@ static blocks blocks_of(const ad_node *n)
         for (int64_t o = 0; o < b.outer; o++) {                                          \
             int64_t base = o * b.len * b.inner;                                          \
             int64_t first = rev ? base + (b.len - 1) * b.inner : base;                   \
-            if (O != B) memcpy(O + first, B + first, (size_t)b.inner * sizeof(TT));      \
+            if (unit && !rev) for (int64_t j = 0; j < b.inner; j++) O[first + j] = (A ? A[first + j] : 1) + B[first + j]; \
+            else if (O != B) memcpy(O + first, B + first, (size_t)b.inner * sizeof(TT)); \
             for (int64_t k = 1; k < b.len; k++) {                                        \
                 int64_t row = rev ? base + (b.len - 1 - k) * b.inner : base + k * b.inner; \
                 int64_t prev = rev ? row + b.inner : row - b.inner;                      \
@@ -62,9 +66,28 @@ SCAN_T(double, d)
 SCAN_T(float, f)
 #undef SCAN_T
 
+/* unit: a forward scan from s_{-1} = 1 (the rules' own scans start from 0) */
+static void scan_from(int dtype, const void *A, const void *B, void *O, blocks b, int rev, int unit)
+{
+    if (dtype == AD_F64) scan_d(A, B, O, b, rev, unit); else scan_f(A, B, O, b, rev, unit);
+}
+
 static void scan(int dtype, const void *A, const void *B, void *O, blocks b, int rev)
 {
-    if (dtype == AD_F64) scan_d(A, B, O, b, rev); else scan_f(A, B, O, b, rev);
+    scan_from(dtype, A, B, O, b, rev, 0);
+}
+
+/* D_0 += Q_0 at the first entry of every block: the k = 0 term P_{-1} Q_0 of a lag-1 product
+ * whose P is a unit scan's output (P_{-1} = 1), which `shifted` leaves 0. */
+static void add_first(int dtype, void *D, const void *Q, blocks b)
+{
+    for (int64_t o = 0; o < b.outer; o++) {
+        int64_t row = o * b.len * b.inner;
+        if (dtype == AD_F64) { double *d = (double *)D + row; const double *q = (const double *)Q + row;
+                               for (int64_t j = 0; j < b.inner; j++) d[j] += q[j]; }
+        else { float *d = (float *)D + row; const float *q = (const float *)Q + row;
+               for (int64_t j = 0; j < b.inner; j++) d[j] += q[j]; }
+    }
 }
 
 /* D (+)= P_{k-1} * Q_k (lag 1: P one place back) or P_{k+1} * Q_{k+1} (lag -1: both one place
@@ -102,8 +125,10 @@ static void add_into(int dtype, void *D, const void *S, int64_t n, int acc)
     else { float *d = D; const float *s = S; for (int64_t i = 0; i < n; i++) d[i] += s[i]; }
 }
 
-int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int rev, ad_node **out)
+int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int mode, ad_node **out)
 {
+    if (mode < 0 || mode > (AD_SCAN_REVERSE | AD_SCAN_UNIT) || mode == (AD_SCAN_REVERSE | AD_SCAN_UNIT))
+        return ad_err(AD_ERR_VALUE, "scan: mode %d is not 0, reverse (1) or unit start (2)", mode);
     char b1[160], b2[160];
     if (a->dtype != b->dtype)
         return ad_err(AD_ERR_TYPE, "scan: multipliers and values must have one dtype");
@@ -117,21 +142,21 @@ int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int rev, ad_node **
     int st = ad_node_new(T, AD_OP_SCAN, b->dtype, b->ndim, b->shape, &n);
     if (st) return st;
     n->c[0] = axis;
-    n->c[1] = rev ? 1 : 0;
-    scan(n->dtype, a->data, b->data, n->data, blocks_of(n), rev);
+    n->c[1] = mode;
+    scan_from(n->dtype, a->data, b->data, n->data, blocks_of(n), mode & AD_SCAN_REVERSE, (mode & AD_SCAN_UNIT) != 0);
     ad_node *ins[2] = {a, b};
     if ((st = ad_record(T, n, 2, ins))) return st;
     *out = n;
     return AD_OK;
 }
 
-int64_t ad_scan(int64_t ha, int64_t hb, int axis, int reverse)
+int64_t ad_scan(int64_t ha, int64_t hb, int axis, int mode)
 {
     ad_tape *T;
     int64_t st = ad_lock_current(&T);
     if (st) return st;
     ad_node *a, *b, *n;
-    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) && !(st = ad_mk_scan(T, a, b, axis, reverse, &n)))
+    if (!(st = ad_resolve(T, ha, &a)) && !(st = ad_resolve(T, hb, &b)) && !(st = ad_mk_scan(T, a, b, axis, mode, &n)))
         st = ad_handle(T, n);
     ad_unlock(T);
     return st;
@@ -158,8 +183,10 @@ int ad_vjp_scan(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     if (!lam) return ad_err(AD_ERR_MEMORY, "scan: out of memory in the backward sweep");
     scan(n->dtype, A, g, lam, b, !rev);
     if (which == 1) add_into(n->dtype, s->dst, lam, n->size, s->accumulate);
-    else if (!rev) shifted(n->dtype, s->dst, n->data, lam, 1, NULL, b, s->accumulate);   /* lam_k s_{k-1} */
-    else shifted(n->dtype, s->dst, lam, n->data, 1, NULL, b, s->accumulate);             /* mu_{k-1} r_k */
+    else if (!rev) {
+        shifted(n->dtype, s->dst, n->data, lam, 1, NULL, b, s->accumulate);   /* lam_k s_{k-1} */
+        if (unit_start(n)) add_first(n->dtype, s->dst, lam, b);
+    } else shifted(n->dtype, s->dst, lam, n->data, 1, NULL, b, s->accumulate);             /* mu_{k-1} r_k */
     ad_buf_free(T, lam, bytes);
     return AD_OK;
 }
@@ -175,8 +202,12 @@ int ad_jvp_scan(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void 
         void *o = (char *)tout + (size_t)(r * n->size) * isz;
         const void *ta = tin[0] ? (const char *)tin[0] + (size_t)(r * n->size) * isz : NULL;
         const void *tb = tin[1] ? (const char *)tin[1] + (size_t)(r * n->size) * isz : NULL;
-        if (ta) shifted(n->dtype, o, rev ? ta : n->data, rev ? n->data : ta, rev ? -1 : 1, tb, b, 0);
-        else memcpy(o, tb, (size_t)n->size * isz);
+        if (ta) {
+            shifted(n->dtype, o, rev ? ta : n->data, rev ? n->data : ta, rev ? -1 : 1, tb, b, 0);
+            if (unit_start(n)) add_first(n->dtype, o, ta, b);
+        } else {
+            memcpy(o, tb, (size_t)n->size * isz);
+        }
         scan(n->dtype, n->in[0]->data, o, o, b, rev);
     }
     return AD_OK;
@@ -213,6 +244,7 @@ int ad_vjp2_scan(ad_tape *T, ad_node *n, const void *g, const void *const *tin, 
         /* forward: d(lam_k s_{k-1}) = dlam_k s_{k-1} + lam_k ds_{k-1}; reverse: d(mu_{k-1} r_k) */
         if (!rev) {
             shifted(n->dtype, s->dst, n->data, dlam, 1, NULL, b, s->accumulate);
+            if (unit_start(n)) add_first(n->dtype, s->dst, dlam, b);
             if (tout) shifted(n->dtype, s->dst, tout, lam, 1, NULL, b, 1);
         } else {
             shifted(n->dtype, s->dst, dlam, n->data, 1, NULL, b, s->accumulate);
@@ -227,8 +259,9 @@ int ad_vjp2_scan(ad_tape *T, ad_node *n, const void *g, const void *const *tin, 
 /* ---------------- differentiable rules: recorded scans, shifts and products ---------------- */
 
 /* v shifted one place along the scan axis, a 0 entering at the start (right) or the end (left):
- * a slice of v concatenated with a zero slab, so it is differentiable like both. */
-static int shift_node(ad_tape *T, ad_node *v, int axis, int right, ad_node **out)
+ * a slice of v concatenated with a slab of `fill` (0, or a unit scan's s_{-1} = 1), so it is
+ * differentiable like both. */
+static int shift_node(ad_tape *T, ad_node *v, int axis, int right, double fill, ad_node **out)
 {
     int64_t len = v->shape[axis];
     if (len == 0) { v->refs++; *out = v; return AD_OK; }
@@ -239,7 +272,7 @@ static int shift_node(ad_tape *T, ad_node *v, int axis, int right, ad_node **out
     ss[axis] = len - 1;
     ad_contig_strides(v->ndim, v->shape, strides);
     ad_node *z, *sl;
-    int st = ad_mk_full(T, v->dtype, v->ndim, zs, 0, &z);
+    int st = ad_mk_full(T, v->dtype, v->ndim, zs, fill, &z);
     if (st) return st;
     if ((st = ad_mk_slice(T, v, v->ndim, ss, right ? 0 : strides[axis], strides, &sl))) { ad_node_unref(T, z); return st; }
     ad_node *parts[2] = {right ? z : sl, right ? sl : z};
@@ -250,16 +283,16 @@ static int shift_node(ad_tape *T, ad_node *v, int axis, int right, ad_node **out
 }
 
 /* p * shift(q) (right) or shift(p * q) (left): the products of the rules, as nodes */
-static int times_shifted(ad_tape *T, ad_node *p, ad_node *q, int axis, int right, ad_node **out)
+static int times_shifted(ad_tape *T, ad_node *p, ad_node *q, int axis, int right, double fill, ad_node **out)
 {
     ad_node *t;
     int st;
     if (right) {
-        if ((st = shift_node(T, q, axis, 1, &t))) return st;
+        if ((st = shift_node(T, q, axis, 1, fill, &t))) return st;
         st = ad_mk_binary(T, AD_OP_MUL, p, t, out);
     } else {
         if ((st = ad_mk_binary(T, AD_OP_MUL, p, q, &t))) return st;
-        st = shift_node(T, t, axis, 0, out);
+        st = shift_node(T, t, axis, 0, fill, out);
     }
     ad_node_unref(T, t);
     return st;
@@ -269,12 +302,12 @@ int ad_vjp_rec_scan(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out
 {
     int ax = axis_of(n), rev = reversed(n);
     ad_node *lam, *t;
-    int st = ad_mk_scan(T, n->in[0], g, ax, !rev, &lam);
+    int st = ad_mk_scan(T, n->in[0], g, ax, rev ? 0 : AD_SCAN_REVERSE, &lam);
     if (st || which == 1) { if (!st) *out = lam; return st; }
     if (!rev) {
-        st = times_shifted(T, lam, n, ax, 1, out);          /* lam_k s_{k-1} */
+        st = times_shifted(T, lam, n, ax, 1, unit_start(n), out);          /* lam_k s_{k-1} */
     } else {
-        if (!(st = shift_node(T, lam, ax, 1, &t))) {        /* mu_{k-1} r_k */
+        if (!(st = shift_node(T, lam, ax, 1, 0, &t))) {        /* mu_{k-1} r_k */
             st = ad_mk_binary(T, AD_OP_MUL, t, n, out);
             ad_node_unref(T, t);
         }
@@ -288,7 +321,8 @@ int ad_jvp_rec_scan(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
     int ax = axis_of(n), rev = reversed(n);
     ad_node *c = NULL, *part = NULL;
     int st = AD_OK;
-    if (tin[0] && (st = rev ? times_shifted(T, tin[0], n, ax, 0, &part) : times_shifted(T, tin[0], n, ax, 1, &part)))
+    if (tin[0] && (st = rev ? times_shifted(T, tin[0], n, ax, 0, 0, &part)
+                           : times_shifted(T, tin[0], n, ax, 1, unit_start(n), &part)))
         return st;
     if (part && tin[1]) st = ad_mk_binary(T, AD_OP_ADD, part, tin[1], &c);
     else if (part) { c = part; part = NULL; }
@@ -296,7 +330,7 @@ int ad_jvp_rec_scan(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
     else st = ad_mk_full(T, n->dtype, n->ndim, n->shape, 0, &c);
     if (part) ad_node_unref(T, part);
     if (st) return st;
-    st = ad_mk_scan(T, n->in[0], c, ax, rev, out);
+    st = ad_mk_scan(T, n->in[0], c, ax, rev ? AD_SCAN_REVERSE : 0, out);   /* a tangent starts from 0 */
     ad_node_unref(T, c);
     return st;
 }

@@ -250,7 +250,7 @@ static void one_newer_call(void)
         /* the scan (issue 17): a and b the same node (a valid call) or any two handles */
         int64_t b = any_handle();
         check_handle("ad_scan", ad_scan(chance(60) ? b : any_handle(), b, chance(90) ? (int)below(6) - 1 : (int)absurd_int(),
-                                        (int)below(3)), 0);
+                                        (int)below(5)), 0);   /* modes 3 and 4 are errors */
         break;
     }
     case 16: {

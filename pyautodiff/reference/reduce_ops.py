@@ -232,22 +232,22 @@ OPS["sort"] = ref_op(sort_forward, sort_vjp, sort_jvp, arity=1)
 # forward s_k = a_k s_{k-1} + b_k, reverse r_k = a_{k+1} r_{k+1} + b_k. Its Jacobians along the axis,
 # from the definition: forward ds_k/db_m = P(m, k) = prod_{m<j<=k} a_j (m <= k) and
 # ds_k/da_j = s_{j-1} P(j, k) (1 <= j <= k); reverse dr_k/db_m = P(k, m) (m >= k) and
-# dr_k/da_j = P(k, j - 1) r_j (k < j).
-def _scan_loop(a, b, reverse):
+# dr_k/da_j = P(k, j - 1) r_j (k < j). unit: a forward scan from s_{-1} = 1, so ds_k/da_0 = P(0, k).
+def _scan_loop(a, b, reverse, unit=False):
     s = np.zeros_like(b)
     n = b.shape[-1]
     for i in (range(n - 1, -1, -1) if reverse else range(n)):
         if reverse:
             s[..., i] = b[..., i] + (a[..., i + 1] * s[..., i + 1] if i + 1 < n else 0)
         else:
-            s[..., i] = b[..., i] + (a[..., i] * s[..., i - 1] if i > 0 else 0)
+            s[..., i] = b[..., i] + (a[..., i] * s[..., i - 1] if i > 0 else a[..., 0] if unit else 0)
     return s
 
 
-def _scan_jacobians(a, b, reverse):
+def _scan_jacobians(a, b, reverse, unit=False):
     """(s, Jb, Ja): the scan along the last axis and its Jacobians, shaped (..., n, n) as
     [output k, input m]."""
-    s = _scan_loop(a, b, reverse)
+    s = _scan_loop(a, b, reverse, unit)
     n = b.shape[-1]
     jb = np.zeros(b.shape + (n,), b.dtype)
     ja = np.zeros(b.shape + (n,), b.dtype)
@@ -261,6 +261,8 @@ def _scan_jacobians(a, b, reverse):
                 jb[..., k, m] = p(m, k)
                 if 1 <= m:
                     ja[..., k, m] = s[..., m - 1] * p(m, k)
+                elif unit:
+                    ja[..., k, m] = p(m, k)
             if reverse and m >= k:
                 jb[..., k, m] = p(k, m)
                 if k < m:
@@ -268,18 +270,18 @@ def _scan_jacobians(a, b, reverse):
     return s, jb, ja
 
 
-def scan_forward(a, b, axis, reverse=False):
-    return np.moveaxis(_scan_loop(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1), reverse), -1, axis)
+def scan_forward(a, b, axis, reverse=False, unit=False):
+    return np.moveaxis(_scan_loop(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1), reverse, unit), -1, axis)
 
 
-def scan_vjp(g, out, a, b, axis, reverse=False):
-    _, jb, ja = _scan_jacobians(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1), reverse)
+def scan_vjp(g, out, a, b, axis, reverse=False, unit=False):
+    _, jb, ja = _scan_jacobians(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1), reverse, unit)
     gk = np.moveaxis(g, axis, -1)[..., :, None]
     return (np.moveaxis(np.sum(gk * ja, axis=-2), -1, axis), np.moveaxis(np.sum(gk * jb, axis=-2), -1, axis))
 
 
-def scan_jvp(tangents, out, a, b, axis, reverse=False):
-    _, jb, ja = _scan_jacobians(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1), reverse)
+def scan_jvp(tangents, out, a, b, axis, reverse=False, unit=False):
+    _, jb, ja = _scan_jacobians(np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1), reverse, unit)
     ta, tb = (np.moveaxis(t, axis, -1)[..., None, :] for t in tangents)
     return np.moveaxis(np.sum(ja * ta + jb * tb, axis=-1), -1, axis)
 
