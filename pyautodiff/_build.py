@@ -2,7 +2,8 @@
 
 The cdef is read from csrc/ad.h itself, so the header stays the one description of the C API.
 PYAUTODIFF_SANITIZE=1 builds the same extension with AddressSanitizer + UndefinedBehaviorSanitizer;
-PYAUTODIFF_DEBUG=1 builds it unoptimised with debug information.
+PYAUTODIFF_DEBUG=1 builds it unoptimised with debug information; PYAUTODIFF_FAULT_INJECTION=1 adds
+the out-of-memory fault injector (csrc/fault.c).
 """
 import glob
 import os
@@ -145,6 +146,9 @@ static void pyautodiff_install_custom_rule(void) { ad_set_custom_callback(pyauto
 """
 
 _compile, _link = _flags()
+if os.environ.get("PYAUTODIFF_FAULT_INJECTION") == "1":
+    # out-of-memory tests: ad_fault_arm(n) fails the n-th allocation (csrc/fault.c, tools/oom_sweep.py)
+    _compile = _compile + ["-DAD_FAULT_INJECTION"]
 ffibuilder.set_source(
     "pyautodiff._core",
     _GIL_PREAMBLE,
