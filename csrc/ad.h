@@ -133,7 +133,8 @@ int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdi
 int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index, int64_t block);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
- * accumulate into their grad; without retain_graph the swept graph is released. */
+ * accumulate into their grad; without retain_graph the swept graph is released. All or nothing:
+ * on any error (out of memory included) every grad and the graph are as they were. */
 int ad_backward(int64_t root, int64_t seed, int retain_graph);
 /* The grad of a leaf as a new reference (0 when it has none). */
 int64_t ad_grad(int64_t h);

@@ -32,6 +32,7 @@ def build(dest):
     shutil.copytree(os.path.join(ROOT, "pyautodiff"), os.path.join(tree, "pyautodiff"),
                     ignore=shutil.ignore_patterns("*.so", "__pycache__", "data"))
     env = dict(os.environ, PYAUTODIFF_FAULT_INJECTION="1", PYAUTODIFF_DEBUG="1")
+    env.pop("LD_PRELOAD", None)   # under tools/sanitize.sh: the compiler needs no ASan runtime
     # cffi puts the module at pyautodiff/_core.*.so under tmpdir, the tree itself here
     r = subprocess.run([sys.executable, "-c", "from pyautodiff._build import ffibuilder; ffibuilder.compile(tmpdir='.')"],
                        cwd=tree, env=env, capture_output=True, text=True)
