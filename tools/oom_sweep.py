@@ -30,12 +30,14 @@ def build(dest):
     shutil.rmtree(tree, ignore_errors=True)
     shutil.copytree(os.path.join(ROOT, "csrc"), os.path.join(tree, "csrc"))
     shutil.copytree(os.path.join(ROOT, "pyautodiff"), os.path.join(tree, "pyautodiff"),
-                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "data"))
+                    ignore=shutil.ignore_patterns("*.so", "*.o", "__pycache__"))
     env = dict(os.environ, PYAUTODIFF_FAULT_INJECTION="1", PYAUTODIFF_DEBUG="1")
     env.pop("LD_PRELOAD", None)   # under tools/sanitize.sh: the compiler needs no ASan runtime
+    # _build.py loaded by its path (importing the package would need the module being built);
     # cffi puts the module at pyautodiff/_core.*.so under tmpdir, the tree itself here
-    r = subprocess.run([sys.executable, "-c", "from pyautodiff._build import ffibuilder; ffibuilder.compile(tmpdir='.')"],
-                       cwd=tree, env=env, capture_output=True, text=True)
+    code = ("import importlib.util as u; s = u.spec_from_file_location('_build', 'pyautodiff/_build.py'); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); m.ffibuilder.compile(tmpdir='.')")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"oom_sweep: building the fault-injection module failed:\n{r.stdout[-5000:]}{r.stderr[-5000:]}")
     return tree
