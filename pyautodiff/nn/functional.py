@@ -5,8 +5,11 @@ from .. import ops
 from .._capi import plain_array
 from ..ops import relu, tanh, sigmoid, softmax, log_softmax
 from ..tensor import Tensor, as_tensor, _gather
+from . import _conv
+from ._conv import (unfold, fold, conv1d, conv2d, conv_transpose2d, max_pool2d, avg_pool2d,
+                    adaptive_avg_pool2d)
 
-__all__ = ["cross_entropy", "mse_loss", "relu", "tanh", "sigmoid", "softmax", "log_softmax"]
+__all__ = ["cross_entropy", "mse_loss", "relu", "tanh", "sigmoid", "softmax", "log_softmax"] + _conv.__all__
 
 
 def _labels(labels, n, n_classes):
