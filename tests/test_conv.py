@@ -308,3 +308,25 @@ def test_conv_of_float32_input_and_float64_weight_promotes():
     y = F.conv2d(x, w)
     assert y.dtype == F64
     np.testing.assert_array_equal(y.numpy(), np.full((1, 1, 2, 2), 4.0))
+
+
+def test_unfold_and_fold_are_bit_identical_for_any_thread_count():
+    # both kernels split the work by (n, c) planes across the pool: each plane is computed alike
+    # whatever the split, so 1 to 4 threads give the same bits
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((8, 16, 32, 32))
+    u = rng.standard_normal((8, 16 * 9, 30 * 30))
+    before = ad.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 4):
+            ad.set_num_threads(n)
+            xt = ad.tensor(x, requires_grad=True)
+            cols = F.unfold(xt, 3, dilation=1, padding=0, stride=1)
+            (cols * u).sum().backward()
+            results.append((cols.numpy(), F.fold(u, (32, 32), 3).numpy(), xt.grad.numpy()))
+    finally:
+        ad.set_num_threads(before)
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            np.testing.assert_array_equal(a, b)
