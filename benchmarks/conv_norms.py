@@ -28,15 +28,8 @@ except ImportError:
     torch = None
 
 
-def _ad_run(fn, leaves, g):
-    for t in leaves:
-        t.grad = None
-    out = fn(*leaves)
-    out.backward(g)
-    return [t.grad.numpy() for t in leaves]
-
-
-def _torch_run(fn, leaves, g):
+def _run(fn, leaves, g):
+    """Forward and backward once (pyautodiff or torch: the same calls); the leaves' gradients."""
     for t in leaves:
         t.grad = None
     out = fn(*leaves)
@@ -50,11 +43,11 @@ def conv_case(x_shape, w_shape, padding, dtype, rng):
     leaves = [ad.tensor(a, requires_grad=True) for a in (x, w, b)]
     out_shape = F.conv2d(*leaves, padding=padding).shape
     g = rng.standard_normal(out_shape).astype(dtype)
-    runs = {"pyautodiff": lambda: _ad_run(lambda *a: F.conv2d(*a, padding=padding), leaves, g)}
+    runs = {"pyautodiff": lambda: _run(lambda *a: F.conv2d(*a, padding=padding), leaves, g)}
     if torch is not None:
         tl = [torch.tensor(a, requires_grad=True) for a in (x, w, b)]
         tg = torch.tensor(g)
-        runs["torch"] = lambda: _torch_run(lambda *a: torch.nn.functional.conv2d(*a, padding=padding), tl, tg)
+        runs["torch"] = lambda: _run(lambda *a: torch.nn.functional.conv2d(*a, padding=padding), tl, tg)
     return runs
 
 
@@ -76,7 +69,7 @@ def layer_norm_case(shape, dtype, rng, eps=1e-5):
         gx = rstd * (gxhat - gxhat.mean(-1, keepdims=True) - xhat * (gxhat * xhat).mean(-1, keepdims=True))
         return [gx, gw, gb], out
 
-    return {"pyautodiff": lambda: _ad_run(lambda *a: F.layer_norm(a[0], shape[-1], a[1], a[2], eps), leaves, g),
+    return {"pyautodiff": lambda: _run(lambda *a: F.layer_norm(a[0], shape[-1], a[1], a[2], eps), leaves, g),
             "numpy": lambda: numpy_by_hand()[0]}
 
 
@@ -101,7 +94,7 @@ def batch_norm_case(shape, dtype, rng, eps=1e-5):
         gx = rstd * (gxhat - gxhat.mean(axes, keepdims=True) - xhat * (gxhat * xhat).mean(axes, keepdims=True))
         return [gx, gw, gb], out
 
-    return {"pyautodiff": lambda: _ad_run(lambda *a: F.batch_norm(a[0], None, None, a[1], a[2], True), leaves, g),
+    return {"pyautodiff": lambda: _run(lambda *a: F.batch_norm(a[0], None, None, a[1], a[2], True), leaves, g),
             "numpy": lambda: numpy_by_hand()[0]}
 
 
@@ -117,7 +110,7 @@ def embedding_case(num, dim, idx_shape, dtype, rng):
         np.add.at(gw, idx.reshape(-1), g.reshape(-1, dim))
         return [gw], out
 
-    return {"pyautodiff": lambda: _ad_run(lambda t: F.embedding(idx, t), leaves, g),
+    return {"pyautodiff": lambda: _run(lambda t: F.embedding(idx, t), leaves, g),
             "numpy": lambda: numpy_by_hand()[0]}
 
 

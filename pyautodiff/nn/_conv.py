@@ -128,13 +128,16 @@ def _conv(op, x, weight, bias, stride, padding, dilation, groups):
     else:
         cols = ops.reshape(cols, (n, groups, cg * kh * kw, oh * ow))
         y = ops.matmul(ops.reshape(w, (groups, o // groups, cg * kh * kw)), cols)  # (N, G, O/G, L)
-    y = ops.reshape(y, (n, o, oh, ow))
-    if bias is not None:
-        b = as_tensor(bias)
-        if b.shape != (o,):
-            raise ValueError(f"{op}: bias must have shape ({o},), got {_describe(b)}")
-        y = y + ops.reshape(b, (1, o, 1, 1))
-    return y
+    return _add_bias(op, ops.reshape(y, (n, o, oh, ow)), bias, o)
+
+
+def _add_bias(op, y, bias, o):
+    if bias is None:
+        return y
+    b = as_tensor(bias)
+    if b.shape != (o,):
+        raise ValueError(f"{op}: bias must have shape ({o},), got {_describe(b)}")
+    return y + ops.reshape(b, (1, o, 1, 1))
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -199,12 +202,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         wg = ops.transpose(ops.reshape(w, (groups, c // groups, k)), (0, 2, 1))                     # (G, k, C/G)
         cols = ops.matmul(wg, ops.reshape(x, (n, groups, c // groups, h * wd)))                    # (N, G, k, HW)
         cols = ops.reshape(cols, (n, o * kh * kw, h * wd))
-    y = fold(cols, out_hw, (kh, kw), d, p, s)
-    if bias is not None:
-        b = as_tensor(bias)
-        if b.shape != (o,):
-            raise ValueError(f"{op}: bias must have shape ({o},), got {_describe(b)}")
-        y = y + ops.reshape(b, (1, o, 1, 1))
+    y = _add_bias(op, fold(cols, out_hw, (kh, kw), d, p, s), bias, o)
     return ops.reshape(y, y.shape[1:]) if unbatched else y
 
 
