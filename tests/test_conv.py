@@ -287,6 +287,9 @@ def test_shape_errors_name_the_op_and_the_shapes():
     assert "output_padding" in _msg(F.conv_transpose2d, x, np.zeros((4, 2, 3, 3)), stride=2, output_padding=2)
     assert "weight" in _msg(F.conv1d, np.zeros((2, 4, 5)), w)
     assert "half of kernel_size" in _msg(F.max_pool2d, x, 2, padding=2)
+    assert "ceil_mode=True is not supported" in _msg(F.max_pool2d, x, 2, ceil_mode=True)
+    assert "return_indices=True" in _msg(F.max_pool2d, x, 2, return_indices=True)
+    assert "avg_pool2d: ceil_mode=True" in _msg(F.avg_pool2d, x, 2, 2, 0, True)
     # the C ops check their own boundary
     assert "unfold: input must be 4-D" in _msg(F.unfold, np.zeros((2, 3, 4)), 2)
     assert "fold: input must be 3-D" in _msg(F.fold, np.zeros((2, 7, 16)), (5, 5), 2)

@@ -205,13 +205,13 @@ def test_loss_modules_are_their_functions():
         np.testing.assert_allclose(module(x, y).numpy(), fn().numpy(), rtol=1e-15)
     p = 1 / (1 + np.exp(-x))
     tb = (t > 0).astype(float)
-    for module, fn in [(nn.MSELoss(), F.mse_loss), (nn.L1Loss(reduction="sum"), lambda a, b: F.l1_loss(a, b, "sum")),
+    for module, fn in [(nn.MSELoss(), F.mse_loss), (nn.L1Loss(reduction="sum"), lambda a, b: F.l1_loss(a, b, reduction="sum")),
                        (nn.HuberLoss(delta=0.5), lambda a, b: F.huber_loss(a, b, delta=0.5)),
                        (nn.SmoothL1Loss(beta=0.5), lambda a, b: F.smooth_l1_loss(a, b, beta=0.5)),
                        (nn.BCEWithLogitsLoss(pos_weight=w), lambda a, b: F.binary_cross_entropy_with_logits(
                            a, b, pos_weight=w)),
                        (nn.KLDivLoss(reduction="batchmean", log_target=True),
-                        lambda a, b: F.kl_div(a, b, "batchmean", True))]:
+                        lambda a, b: F.kl_div(a, b, reduction="batchmean", log_target=True))]:
         np.testing.assert_allclose(module(x, tb).numpy(), fn(x, tb).numpy(), rtol=1e-15)
     np.testing.assert_allclose(nn.BCELoss()(p, tb).numpy(), F.binary_cross_entropy(p, tb).numpy(), rtol=1e-15)
 

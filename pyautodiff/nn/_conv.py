@@ -208,6 +208,12 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 # ---- pooling ----
 
+def _unsupported(op, **flags):
+    on = [name for name, v in flags.items() if v]
+    if on:
+        raise ValueError(f"{op}: {on[0]}=True is not supported")
+
+
 def _pool_args(op, x, kernel_size, stride, padding, dilation=1):
     k = _pair(kernel_size, f"{op}: kernel_size", 1)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _pair(stride, f"{op}: stride", 1)
@@ -250,13 +256,15 @@ def _windows(x, k, s, p, d, oh, ow):
     return ops.reshape(unfold(x, k, d, 0, s), (n, c, k[0] * k[1], oh * ow))
 
 
-def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1):
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Maximum over each window, PyTorch's F.max_pool2d (input (N, C, H, W) or (C, H, W); stride
     defaults to kernel_size; padding, at most half the kernel, never wins: it is -inf).
 
     Ties: the gradient of a window's maximum is split equally between its tied elements (the rule
     of ad.max), where PyTorch gives all of it to one of them; both are valid subgradients. A tensor
-    element in several overlapping windows gets the sum of its shares."""
+    element in several overlapping windows gets the sum of its shares. ceil_mode and return_indices
+    are not supported (a ValueError)."""
+    _unsupported("max_pool2d", ceil_mode=ceil_mode, return_indices=return_indices)
     x, unbatched = _batched("max_pool2d", input, 2)
     k, s, p, d, oh, ow = _pool_args("max_pool2d", x, kernel_size, stride, padding, dilation)
     n, c = x.shape[:2]
@@ -268,10 +276,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1):
     return ops.reshape(y, y.shape[1:]) if unbatched else y
 
 
-def avg_pool2d(input, kernel_size, stride=None, padding=0, count_include_pad=True, divisor_override=None):
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
     """Mean over each window, PyTorch's F.avg_pool2d (zero padding, at most half the kernel;
     count_include_pad=False divides by the number of real elements in the window instead of
-    kh*kw; divisor_override divides by that number)."""
+    kh*kw; divisor_override divides by that number). ceil_mode is not supported (a ValueError)."""
+    _unsupported("avg_pool2d", ceil_mode=ceil_mode)
     x, unbatched = _batched("avg_pool2d", input, 2)
     k, s, p, d, oh, ow = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
     n, c, h, w = x.shape

@@ -160,14 +160,16 @@ def embedding(input, weight, padding_idx=None):
     return out
 
 
-def dropout(input, p=0.5, training=True, generator=None):
+def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
     """Zero each element with probability p and scale the rest by 1 / (1 - p), as F.dropout;
     identity when training is False or p is 0.
 
     The mask is keep = generator.random(x.shape) >= p (float64 uniforms), generator a
     numpy.random.Generator, by default the one ad.manual_seed seeds: the same seed gives the same
     mask. The output is x * (keep / (1 - p)), a product with a constant, so the gradient is masked
-    and scaled identically."""
+    and scaled identically. inplace=True is not supported (a ValueError)."""
+    if inplace:
+        raise ValueError("dropout: inplace=True is not supported; use the returned tensor")
     p = float(p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")

@@ -3,7 +3,8 @@ F.mse_loss, F.l1_loss, F.huber_loss, F.smooth_l1_loss, F.kl_div), numerically st
 go through log_softmax or softplus, never through a log of an exponential.
 
 reduction is "mean" (the default), "sum" or "none" (the per-element losses, shaped like the
-target). Shapes of input and target must match exactly where PyTorch would broadcast with a
+target). Options after the inputs (and weight) are keyword-only: PyTorch's signatures still have
+the deprecated size_average and reduce there, so a positional option would mean something else. Shapes of input and target must match exactly where PyTorch would broadcast with a
 warning: a silent (N, 1) against (N,) broadcast is a classic bug."""
 import numpy as np
 
@@ -108,7 +109,7 @@ def _reduce_weighted(op, loss, sample_w, reduction):
     return total / float(sample_w.sum()) if reduction == "mean" else total
 
 
-def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
+def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean"):
     """Negative log-likelihood of class labels under log-probabilities input (N, C) or
     (N, C, d1, ...) (or (C,) with a 0-d target), as F.nll_loss: -input[n, target[n]] * weight[target[n]];
     positions whose label is ignore_index count for nothing; "mean" divides by the total weight
@@ -118,7 +119,7 @@ def nll_loss(input, target, weight=None, ignore_index=-100, reduction="mean"):
     return _reduce_weighted("nll_loss", loss, sample_w, reduction)
 
 
-def cross_entropy(input, target, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """Cross-entropy of logits input (N, C) or (N, C, d1, ...) (or (C,)) against class labels
     (shape (N, d1, ...)) or class probabilities (input's shape), as F.cross_entropy.
 
@@ -193,7 +194,7 @@ def _elementwise_weight(op, loss, weight):
     return loss * w
 
 
-def binary_cross_entropy(input, target, weight=None, reduction="mean"):
+def binary_cross_entropy(input, target, weight=None, *, reduction="mean"):
     """-(t log p + (1 - t) log(1 - p)) for probabilities p = input, as F.binary_cross_entropy:
     each log is clamped at -100 (as PyTorch), so p = 0 or 1 gives a finite loss and gradient.
     For logits use binary_cross_entropy_with_logits, which is exact there."""
@@ -207,7 +208,7 @@ def binary_cross_entropy(input, target, weight=None, reduction="mean"):
     return _reduce("binary_cross_entropy", _elementwise_weight("binary_cross_entropy", loss, weight), reduction)
 
 
-def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean", pos_weight=None):
+def binary_cross_entropy_with_logits(input, target, weight=None, *, reduction="mean", pos_weight=None):
     """Binary cross-entropy of sigmoid(input) against target, as F.binary_cross_entropy_with_logits,
     in the stable form (1 - t) x + (1 + (pos_weight - 1) t) softplus(-x) (softplus(-x) =
     -log sigmoid(x), computed as max(-x, 0) + log1p(exp(-|x|))): finite for any logit."""
@@ -222,7 +223,7 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction="mean
     return _reduce(op, _elementwise_weight(op, loss, weight), reduction)
 
 
-def mse_loss(input, target, reduction="mean"):
+def mse_loss(input, target, *, reduction="mean"):
     """(input - target)**2, reduced. Shapes must match exactly: a silent broadcast of (N, 1)
     against (N,) to (N, N) is a classic bug, so it is a ValueError here."""
     x, t = _pair("mse_loss", input, target)
@@ -230,7 +231,7 @@ def mse_loss(input, target, reduction="mean"):
     return _reduce("mse_loss", d * d, reduction)
 
 
-def l1_loss(input, target, reduction="mean"):
+def l1_loss(input, target, *, reduction="mean"):
     """|input - target|, reduced (gradient sign(input - target), 0 where they are equal)."""
     x, t = _pair("l1_loss", input, target)
     return _reduce("l1_loss", ops.abs(x - t), reduction)
@@ -252,7 +253,7 @@ def huber_loss(input, target, reduction="mean", delta=1.0):
     return _reduce("huber_loss", loss, reduction)
 
 
-def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
+def smooth_l1_loss(input, target, *, reduction="mean", beta=1.0):
     """0.5 d^2 / beta where |d| < beta, else |d| - 0.5 beta (F.smooth_l1_loss; beta = 0 is the L1
     loss). Equals huber_loss / beta."""
     beta = _positive("smooth_l1_loss", "beta", beta, allow_zero=True)
@@ -264,7 +265,7 @@ def smooth_l1_loss(input, target, reduction="mean", beta=1.0):
     return _reduce("smooth_l1_loss", loss, reduction)
 
 
-def kl_div(input, target, reduction="mean", log_target=False):
+def kl_div(input, target, *, reduction="mean", log_target=False):
     """Pointwise KL divergence t (log t - input) for log-probabilities input, as F.kl_div (0 where
     t = 0); log_target=True takes log t as target: exp(t) (t - input). reduction "batchmean"
     divides the sum by the batch size (the true KL divergence per sample); "mean" by the number of
