@@ -230,6 +230,14 @@ def test_avg_pool2d_matches_direct_loops(case, count_include_pad):
     assert ad.gradcheck(lambda t: F.avg_pool2d(t, k, s, p, count_include_pad=count_include_pad), (x,))
 
 
+def test_avg_pool2d_divisor_override():
+    x = np.random.default_rng(12).standard_normal((1, 2, 5, 6))
+    want = pool_loops(x, (3, 2), (2, 2), (1, 1), (1, 1), "avg") * 6 / 5
+    np.testing.assert_allclose(F.avg_pool2d(x, (3, 2), 2, 1, divisor_override=5).numpy(), want, rtol=1e-14)
+    with pytest.raises(ValueError, match="divisor_override must not be 0"):
+        F.avg_pool2d(x, 2, divisor_override=0)
+
+
 def test_max_pool2d_ties_split_the_gradient():
     # documented rule: a window's tied maxima share its cotangent equally (ad.max's rule)
     x = ad.tensor(np.array([[[[1.0, 1.0], [0.0, 1.0]]]]), requires_grad=True)

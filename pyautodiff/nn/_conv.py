@@ -239,7 +239,8 @@ def _tiles(x, k, s, p, d, oh, ow):
 
 
 def _pad_with(x, p, value):
-    """x with p[0] rows and p[1] columns of `value` on both sides (max pooling pads with -inf)."""
+    """x with p[0] rows and p[1] columns of `value` on both sides: max pooling pads with -inf, where
+    unfold's own padding is zeros."""
     n, c, h, w = x.shape
     if p[1]:
         side = full((n, c, h, p[1]), value, dtype=x.dtype)
@@ -251,9 +252,9 @@ def _pad_with(x, p, value):
 
 
 def _windows(x, k, s, p, d, oh, ow):
-    """(N, C, kh*kw, L) windows of an already padded x."""
+    """(N, C, kh*kw, L) windows of x zero-padded by p."""
     n, c = x.shape[:2]
-    return ops.reshape(unfold(x, k, d, 0, s), (n, c, k[0] * k[1], oh * ow))
+    return ops.reshape(unfold(x, k, d, p, s), (n, c, k[0] * k[1], oh * ow))
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -272,7 +273,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if tiles is not None:
         y = ops.max(tiles, axis=(3, 5))
     else:
-        y = ops.reshape(ops.max(_windows(_pad_with(x, p, -np.inf), k, s, (0, 0), d, oh, ow), axis=2), (n, c, oh, ow))
+        y = ops.reshape(ops.max(_windows(_pad_with(x, p, -np.inf), k, s, 0, d, oh, ow), axis=2), (n, c, oh, ow))
     return ops.reshape(y, y.shape[1:]) if unbatched else y
 
 
@@ -293,8 +294,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     if tiles is not None:
         total = ops.sum(tiles, axis=(3, 5))
     else:
-        total = ops.reshape(ops.sum(_windows(x if p == (0, 0) else _pad_with(x, p, 0.0), k, s, (0, 0), d, oh, ow),
-                                    axis=2), (n, c, oh, ow))
+        total = ops.reshape(ops.sum(_windows(x, k, s, p, d, oh, ow), axis=2), (n, c, oh, ow))
     if divisor_override is not None:
         y = total / float(divisor_override)
     elif count_include_pad or p == (0, 0):
