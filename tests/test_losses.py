@@ -205,3 +205,12 @@ def test_loss_errors_name_the_op_and_shapes():
         F.cross_entropy(np.zeros((2, 3)), [0, 1], label_smoothing=1.5)
     with pytest.raises(ValueError, match=r"labels must have shape \(2, 4\)"):
         F.cross_entropy(np.zeros((2, 3, 4)), np.zeros((2, 3), int))
+
+
+def test_unbatched_cross_entropy():
+    # logits (C,) with a 0-d label: one sample, as PyTorch
+    x, w = np.array([0.5, -1.0, 2.0, 0.0]), np.array([1.0, 2.0, 0.5, 1.5])
+    want = ce_numpy(x[None], np.array([2]), w, eps=0.2)
+    np.testing.assert_allclose(F.cross_entropy(x, np.int64(2), weight=w, label_smoothing=0.2).numpy(), want,
+                               rtol=1e-14)
+    assert ad.gradcheck(lambda t: F.cross_entropy(t, np.int64(2), weight=w, label_smoothing=0.2), (x,))

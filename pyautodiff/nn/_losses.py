@@ -77,7 +77,7 @@ def _class_weight(op, weight, c, dtype):
     return np.asarray(w, dtype)
 
 
-def _nll(op, logp, target, weight, ignore_index, reduction):
+def _nll(op, logp, target, weight, ignore_index):
     """-logp[target] per position (weighted), reduced; logp (N, C, d...) log-probabilities."""
     n, c, d, shape = _class_layout(op, logp)
     ignore_index = int_arg(ignore_index, f"{op}: ignore_index")
@@ -115,7 +115,7 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean")
     positions whose label is ignore_index count for nothing; "mean" divides by the total weight
     of the counted positions."""
     x = as_tensor(input)
-    loss, sample_w, *_ = _nll("nll_loss", x, target, weight, ignore_index, reduction)
+    loss, sample_w, *_ = _nll("nll_loss", x, target, weight, ignore_index)
     return _reduce_weighted("nll_loss", loss, sample_w, reduction)
 
 
@@ -141,7 +141,7 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     n, c, d, shape = _class_layout(op, x)
     if _is_probabilities(target, x.shape):
         return _soft_cross_entropy(logp, target, weight, reduction, eps, c)
-    loss, sample_w, labels, valid, w = _nll(op, logp, target, weight, ignore_index, reduction)
+    loss, sample_w, labels, valid, w = _nll(op, logp, target, weight, ignore_index)
     if not eps:
         return _reduce_weighted(op, loss, sample_w, reduction)
     cax = 1 if x.ndim > 1 else 0
