@@ -192,6 +192,9 @@ def test_activation_modules_are_their_functions():
     np.testing.assert_array_equal(nn.Identity(3, k=1)(x), x)
     np.testing.assert_array_equal(nn.Flatten()(np.zeros((2, 3, 4))).shape, (2, 12))
     np.testing.assert_array_equal(nn.Flatten(0, 1)(np.zeros((2, 3, 4))).shape, (6, 4))
+    for bad in (np.zeros(3), np.zeros(())):
+        with pytest.raises(ValueError, match="Flatten: start_dim 1 and end_dim -1 do not fit"):
+            nn.Flatten()(bad)
 
 
 def test_loss_modules_are_their_functions():

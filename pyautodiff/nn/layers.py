@@ -155,10 +155,11 @@ class Flatten(Module):
     def forward(self, x):
         shape = x.shape
         nd = len(shape)
-        s, e = self.start_dim % nd if nd else 0, self.end_dim % nd if nd else 0
-        if nd == 0 or s > e:
+        if not (-nd <= self.start_dim < nd and -nd <= self.end_dim < nd) or \
+                self.start_dim % nd > self.end_dim % nd:
             raise ValueError(f"Flatten: start_dim {self.start_dim} and end_dim {self.end_dim} do not fit a "
                              f"tensor of shape {shape}")
+        s, e = self.start_dim % nd, self.end_dim % nd
         return ops.reshape(x, shape[:s] + (-1 if 0 not in shape[s:e + 1] else 0,) + shape[e + 1:])
 
 
