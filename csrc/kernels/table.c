@@ -1,6 +1,7 @@
 /* The op table: one row per op code, naming its VJP, the shape its contributions take, and its
  * JVP. */
 #include "../core.h"
+#include "conv.h"
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape)
 {
@@ -42,6 +43,8 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_LOG_SOFTMAX] = SM("log_softmax"),
     [AD_OP_SCATTER_ADD] = L("scatter_add", index, 0, NONE),
     [AD_OP_SLICE] = L("getitem", index, 0, NONE),
+    [AD_OP_UNFOLD] = L("unfold", conv, 0, NONE),
+    [AD_OP_FOLD] = L("fold", conv, 0, NONE),
     /* issue 17, reductions and scans */
     [AD_OP_SCAN] = {"scan", ad_vjp_scan, 0, ad_jvp_scan, 0, AD_READS_KNOWN | AD_READS_IN0 | AD_READS_OUT,
                     ad_vjp2_scan, ad_vjp_rec_scan, ad_jvp_rec_scan},
