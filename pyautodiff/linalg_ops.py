@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from ._capi import ffi, lib, int_arg, int_tuple
-from .tensor import as_tensor, _wrap
+from ._capi import ffi, lib, int_arg, int_tuple, _call
+from .tensor import as_tensor
 from .ops import matmul, multiply, reshape, transpose, sum as _sum, broadcast_to
 from .shape_ops import _axis, diagonal, diagonal_view
 
@@ -316,7 +316,7 @@ def _plan(subscripts, shapes):
     return tuple(p.steps), x[0]
 
 
-_RUN = {"strided": lambda v, a: _wrap(lib.ad_slice(v[0]._h, *a)), "sum": lambda v, a: _sum(v[0], a),
+_RUN = {"strided": lambda v, a: _call(lib.ad_slice, v[0]._h, *a), "sum": lambda v, a: _sum(v[0], a),
         "broadcast": lambda v, a: broadcast_to(v[0], a), "transpose": lambda v, a: transpose(v[0], a),
         "reshape": lambda v, a: reshape(v[0], a), "multiply": lambda v, a: multiply(v[0], v[1]),
         "matmul": lambda v, a: matmul(v[0], v[1])}

@@ -10,8 +10,8 @@ The index-returning ops give NumPy integer arrays, as the comparisons give NumPy
 """
 import numpy as np
 
-from ._capi import lib, int_arg
-from .tensor import Tensor, as_tensor, full, _slice, _wrap
+from ._capi import lib, int_arg, _call
+from .tensor import Tensor, as_tensor, full, _slice
 from .ops import (sum as _sum, mean as _mean, max as _max, min as _min, sqrt, abs as _abs, power, reshape,
                   where)
 from .shape_ops import _axis, _axes, take_along_axis
@@ -30,7 +30,7 @@ def _scan(a, b, axis, reverse=False, unit=False):
     """The linear recurrence s_k = a_k s_{k-1} + b_k along axis from s_{-1} = 0, or 1 with unit
     (csrc/kernels/scan.c): one pass, and rules that are scans again, so every order follows."""
     mode = (lib.AD_SCAN_REVERSE if reverse else 0) | (lib.AD_SCAN_UNIT if unit else 0)
-    return _wrap(lib.ad_scan(a._h, b._h, axis, mode))
+    return _call(lib.ad_scan, a._h, b._h, axis, mode)
 
 
 def _scan_input(x, axis, name):

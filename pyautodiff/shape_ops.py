@@ -13,8 +13,8 @@ import math
 
 import numpy as np
 
-from ._capi import ffi, lib, int_arg, int_tuple
-from .tensor import Tensor, as_tensor, _gather, _gather_blocks, _slice, _overwrite, _wrap
+from ._capi import ffi, lib, int_arg, int_tuple, _call
+from .tensor import Tensor, as_tensor, _gather, _gather_blocks, _slice, _overwrite
 from .ops import reshape, transpose, broadcast_to, where, _scatter_add
 
 
@@ -268,7 +268,7 @@ def _scatter_add_blocks(x, flat, shape, block):
     flat = np.ascontiguousarray(flat, dtype=np.int64).reshape(-1)
     c = ffi.new("int64_t[]", tuple(shape) or (0,))
     ptr = ffi.from_buffer("int64_t[]", flat) if flat.size else ffi.NULL
-    return _wrap(lib.ad_scatter_add(x._h, len(shape), c, ptr, block))
+    return _call(lib.ad_scatter_add, x._h, len(shape), c, ptr, block)
 
 
 def _index_array(indices, op):
@@ -404,5 +404,5 @@ def diagonal_view(shape, offset, a1, a2):
 
 def _strided(x, shape, start, strides):
     """One strided copy of x's elements (the slice op, whose VJP adds back through the strides)."""
-    return _wrap(lib.ad_slice(x._h, len(shape), ffi.new("int64_t[]", shape or [0]), start,
-                              ffi.new("int64_t[]", strides or [0])))
+    return _call(lib.ad_slice, x._h, len(shape), ffi.new("int64_t[]", shape or [0]), start,
+                 ffi.new("int64_t[]", strides or [0]))
