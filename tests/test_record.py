@@ -40,18 +40,19 @@ def _perturbed(xs, rng):
                      if x.dtype.kind == "f" else x for x in xs)
 
 
-def _check_vjp_bits(f, xs, g):
+def _check_replays(f, xs, g, rng):
+    """Record f at xs; its replays at xs and at perturbed inputs give eager's bits."""
     n = len(xs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")    # ops with a zero derivative warn alike in both paths
         tf = ad.record(f, *xs, argnums=tuple(range(n)))
-        out0, vjp0 = ad.vjp(f, *xs)
-        out1, vjp1 = tf.vjp(*xs)
-        _same_bits(out1, out0)
-        _same_bits(tf(*xs), out0)
-        for a, b in zip(vjp1(g), vjp0(g)):
-            _same_bits(a, b)
-    return tf
+        for inputs in (xs, _perturbed(xs, rng)):
+            out0, vjp0 = ad.vjp(f, *inputs)
+            out1, vjp1 = tf.vjp(*inputs)
+            _same_bits(out1, out0)
+            _same_bits(tf(*inputs), out0)
+            for a, b in zip(vjp1(g), vjp0(g)):
+                _same_bits(a, b)
 
 
 OP_CASES = [pytest.param(r, i, id=f"{r.name}-{i}-{s.label}") for r in ROWS for i, s in enumerate(r.sample_list())]
@@ -69,17 +70,7 @@ def test_replay_is_bit_identical_on_every_op(r, i, dtype):
     with ad.no_grad():
         out = f(*[ad.tensor(x) for x in xs])
     rng = _rng(r.name, i, str(dtype))
-    g = rng.standard_normal(out.shape).astype(out.dtype)
-    tf = _check_vjp_bits(f, xs, g)
-    # and at other inputs, through the same plan (or a new one where a guard fired)
-    ys = _perturbed(xs, rng)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _, vjp0 = ad.vjp(f, *ys)
-        out1, vjp1 = tf.vjp(*ys)
-        _same_bits(out1, f(*[ad.tensor(y) for y in ys]))
-        for a, b in zip(vjp1(g), vjp0(g)):
-            _same_bits(a, b)
+    _check_replays(f, xs, rng.standard_normal(out.shape).astype(out.dtype), rng)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -89,8 +80,8 @@ def test_replay_is_bit_identical_on_indexing_and_models(case, dtype):
     xs = tuple(a.astype(dtype) for a in arrays)
     with ad.no_grad():
         out = call(*[ad.tensor(x) for x in xs])
-    g = _rng(case[0]).standard_normal(out.shape).astype(out.dtype)
-    _check_vjp_bits(call, xs, g)
+    rng = _rng(case[0], str(dtype))
+    _check_replays(call, xs, rng.standard_normal(out.shape).astype(out.dtype), rng)
 
 
 # ---- composite workloads ----
