@@ -190,8 +190,9 @@ static int pass_to_input(ad_tape *T, ad_node *n, int which, int64_t *pending, in
     if (anomaly) st = anomaly_check(T, n, which, target, acc, &clean);
     if (!st) st = contribute(T, n, which, m, target, acc);
     if (!st && clean) st = ad_anomaly_accumulate(n, j, target);
-    if (st && !acc && (m->flags & F_LEAF)) {
-        /* a grad made for this contribution holds no value yet: the leaf keeps none */
+    if (st && !acc && (m->flags & F_LEAF) && !t_defer_leaves) {
+        /* a grad made for this contribution holds no value yet: the leaf keeps none (a deferred
+         * leaf collected into its adjoint instead, which the sweep's error path frees) */
         ad_node_unref(T, m->grad);
         m->grad = NULL;
     }
