@@ -29,6 +29,8 @@ typedef struct {
     int64_t input;             /* the receiving node's index */
     int32_t which;             /* input slot of node */
     int32_t acc;               /* 0 for the receiver's first contribution (written), else added */
+    ad_ew_wfn d;               /* the elementwise fast path's kernel (see fast_ew), NULL: none */
+    int32_t fast;
 } rstep;
 
 struct ad_plan {
@@ -51,6 +53,7 @@ struct ad_plan {
     int64_t *const_h;          /* handles held on the constants' tensors, and their versions */
     int64_t *const_ver;
     int64_t nops;
+    ad_ew_fn *fwd;             /* per record: the elementwise fast path's forward kernel, or NULL */
     char *arena;
     size_t arena_bytes;
     void *ones;                /* the default cotangent (root of one element) */
@@ -159,6 +162,26 @@ done:
     return AD_OK;
 }
 
+/* The elementwise fast path. An elementwise op whose inputs all have its shape and dtype, below the
+ * size the kernels split over threads, is one call of its generated kernel over the whole tensor in
+ * the eager forward (elementwise.c's fwd_part) and one call of w * d_j per input in ad_vjp's step
+ * (vjp_ew's contiguous route): the replay makes those calls itself, with the same arguments, and
+ * skips the drivers' shape walks, which cost more than a scalar op's arithmetic. */
+static const ad_ew_kernels *fast_ew(const ad_node *n)
+{
+    if (n->size == 0 || n->size >= 65536 || n->nin < 1 || n->nin > 2) return NULL;
+    const ad_ew_kernels *K;
+    if (n->op >= AD_OP_UNARY_FIRST && n->op <= AD_OP_UNARY_LAST) K = &ad_ew_unary[n->op - AD_OP_UNARY_FIRST];
+    else if (n->op >= AD_OP_BINARY_FIRST && n->op <= AD_OP_BINARY_LAST) K = &ad_ew_binary[n->op - AD_OP_BINARY_FIRST];
+    else return NULL;
+    for (int j = 0; j < n->nin; j++) {
+        const ad_node *m = n->in[j];
+        if (m->dtype != n->dtype || m->ndim != n->ndim || memcmp(m->shape, n->shape, (size_t)n->ndim * sizeof(int64_t)))
+            return NULL;
+    }
+    return K;
+}
+
 static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t *inputs, int n_watch,
                         const int64_t *watch, int64_t *watch_index, ad_plan **out)
 {
@@ -204,7 +227,8 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     p->watch_idx = malloc((size_t)(n_watch ? n_watch : 1) * sizeof *p->watch_idx);
     p->const_h = calloc((size_t)(nn ? nn : 1), sizeof *p->const_h);
     p->const_ver = calloc((size_t)(nn ? nn : 1), sizeof *p->const_ver);
-    if (!byptr || !p->nodes || !p->role || !p->adj || !p->input_no || !p->input_idx || !p->input_hit ||
+    p->fwd = calloc((size_t)(nn ? nn : 1), sizeof *p->fwd);
+    if (!p->fwd || !byptr || !p->nodes || !p->role || !p->adj || !p->input_no || !p->input_idx || !p->input_hit ||
         !p->watch_idx || !p->const_h || !p->const_ver) {
         st = ad_err(AD_ERR_MEMORY, "record: out of memory for a plan of %lld nodes", (long long)nn);
         goto fail;
@@ -343,6 +367,16 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     }
     free(val_off);
     free(aux_off);
+    for (int64_t i = 0; i < nn; i++) {
+        const ad_ew_kernels *K = p->role[i] == R_OP ? fast_ew(&p->nodes[i]) : NULL;
+        if (K) p->fwd[i] = K->fwd[p->nodes[i].dtype];
+    }
+    for (int64_t k = 0; k < p->nsteps; k++) {
+        rstep *s = &p->steps[k];
+        const ad_ew_kernels *K = fast_ew(&p->nodes[s->node]);
+        s->fast = K != NULL;
+        s->d = K ? K->d[s->which][p->nodes[s->node].dtype] : NULL;
+    }
     if (p->root >= 0) {
         ad_node *r = &p->nodes[p->root];
         p->ones = p->arena + ones_off;
@@ -396,6 +430,7 @@ void ad_plan_free(ad_plan *p)
     free(p->steps);
     free(p->const_h);
     free(p->const_ver);
+    free(p->fwd);
     free(p->arena);
     free(p);
 }
@@ -478,8 +513,15 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
         p->nodes[p->input_idx[i]].data = (void *)inputs[i];
     }
     int st = AD_OK;
-    for (int64_t i = 0; i < p->nn && !st; i++)
-        if (p->role[i] == R_OP && p->nodes[i].size > 0) st = forward_node(T, &p->nodes[i]);
+    for (int64_t i = 0; i < p->nn && !st; i++) {
+        ad_node *n = &p->nodes[i];
+        if (p->fwd[i]) {
+            const void *in[3] = {n->in[0]->data, n->nin > 1 ? n->in[1]->data : NULL, NULL};
+            p->fwd[i](in, n->data, n->size, n->c);
+        } else if (p->role[i] == R_OP && n->size > 0) {
+            st = forward_node(T, n);
+        }
+    }
     if (!st && out && p->root >= 0) memcpy(out, p->nodes[p->root].data, value_bytes(&p->nodes[p->root]));
     p->fwd_done = !st;
     return st;
@@ -513,6 +555,12 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
         /* an empty output contributes zero, without running its kernel (as pass_to_input) */
         if (n->size == 0) {
             if (!s->acc) memset(target, 0, value_bytes(&p->nodes[s->input]));
+            continue;
+        }
+        if (s->fast) {
+            const void *in[3] = {n->in[0]->data, n->nin > 1 ? n->in[1]->data : NULL, n->data};
+            if (s->d) s->d(in, g, target, n->size, n->c, s->acc);
+            else if (!s->acc) memset(target, 0, value_bytes(n));
             continue;
         }
         st = ad_pass_row(T, n, g, s->which, target, s->acc);
