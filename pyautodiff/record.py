@@ -41,7 +41,7 @@ import warnings
 
 import numpy as np
 
-from ._capi import ffi, lib, check, raise_status
+from ._capi import ffi, lib, check, raise_status, as_float_array, float32, float64
 from .tensor import Tensor, _from_array, _recording
 from .functional import (_argnums, _flatten, _unflatten, _level, _output, _scalar_output, _matching,
                          _handles, _dependence, _pick)
@@ -131,12 +131,16 @@ def _static_key(v):
     return ("object", id(v))
 
 
+_FLOATS = (float32, float64)
+
+
 def _as_input(x):
     """The values of one differentiated leaf as the array a replay reads (what ad.grad's fresh leaf
     would hold)."""
     if isinstance(x, Tensor):
         return x.numpy()
-    from ._capi import as_float_array
+    if type(x) is np.ndarray and x.dtype in _FLOATS and x.flags.c_contiguous:
+        return x                   # what as_float_array would return, without its checks
     return as_float_array(x, what="input")
 
 
@@ -155,6 +159,7 @@ class _Plan:
         self.single = single
         self.out_shape = out_shape
         self.out_dtype = out_dtype
+        self.out_size = int(np.prod(out_shape, dtype=np.int64))
         self.keep = keep           # objects a static key names by identity
         self.lock = threading.Lock()
 
@@ -214,6 +219,7 @@ class Recorded:
         self.argnums = argnums
         self.on_guard = on_guard
         self._plans = {}
+        self._nums = {}            # normalised argnums by number of arguments
         self._lock = threading.Lock()
         self.records = 0           # recordings made so far (the first one included)
         self.__name__ = f"record({getattr(f, '__name__', 'f')})"
@@ -222,7 +228,11 @@ class Recorded:
 
     def _split(self, args, kwargs):
         """(arrays of the differentiated leaves, their specs, single, key)."""
-        single, nums = _argnums(self.argnums, len(args), "record")
+        nargs = len(args)
+        cached = self._nums.get(nargs)
+        if cached is None:
+            cached = self._nums[nargs] = _argnums(self.argnums, nargs, "record")
+        single, nums = cached
         arrays, specs, counts = [], [], []
         for i in nums:
             values = []
@@ -308,8 +318,8 @@ class Recorded:
             if cotangent is not None:
                 seed = np.ascontiguousarray(_matching(cotangent, entry.out_shape, entry.out_dtype,
                                                       f"{name}: the cotangent", "the output of f"))
-            elif want_grads:
-                _scalar_output(types.SimpleNamespace(size=int(np.prod(entry.out_shape)), shape=entry.out_shape), name)
+            elif want_grads and entry.out_size != 1:
+                _scalar_output(types.SimpleNamespace(size=entry.out_size, shape=entry.out_shape), name)
             st, out, grads = entry.run(arrays, seed, want_grads)
             if st == _OK:
                 return entry, out, grads
