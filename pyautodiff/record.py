@@ -44,7 +44,7 @@ import numpy as np
 from ._capi import ffi, lib, check, raise_status, as_float_array, float32, float64
 from .tensor import Tensor, _from_array, _recording
 from .functional import (_argnums, _flatten, _unflatten, _level, _output, _scalar_output, _matching,
-                         _handles, _dependence, _pick)
+                         _handles, _dependence, _pick, _active)
 
 __all__ = ["record", "GuardError"]
 
@@ -147,6 +147,7 @@ def _as_input(x):
 # ---- one plan ----
 
 _OK, _STALE, _GUARD = 0, 1, 2
+MAX_PLANS = 32       # plans one recorded function keeps (one per key: shapes, dtypes, static args)
 
 
 class _Plan:
@@ -301,6 +302,9 @@ class Recorded:
         keep = [a for i, a in enumerate(args) if i not in nums] + list(kwargs.values())
         entry = _Plan(plan, guards, specs, single, out.shape, out.dtype, keep)
         with self._lock:
+            self._plans.pop(key, None)
+            while len(self._plans) >= MAX_PLANS:       # the oldest goes (a cache, like jit's)
+                self._plans.pop(next(iter(self._plans)))
             self._plans[key] = entry
             self.records += 1
         return entry
@@ -308,6 +312,12 @@ class Recorded:
     # -- replays --
 
     def _replay(self, args, kwargs, want_grads, cotangent=None, name="record"):
+        levels = _active()
+        if levels:
+            # its results are plain values: an enclosing transform would see a constant
+            raise RuntimeError(f"{name}: a recorded function called inside the function given to "
+                               f"ad.{levels[-1].name} gives values that ad.{levels[-1].name} cannot "
+                               f"differentiate; call f itself there")
         arrays, specs, single, nums, key = self._split(args, kwargs)
         entry = self._plans.get(key)
         fresh = entry is None

@@ -366,3 +366,17 @@ def test_each_thread_its_own_callable():
         t.join()
     assert not errors, errors[0]
     assert len(results) == 3 and all(a == b for a, b in results.values())
+
+
+def test_a_recorded_function_inside_a_transform_is_refused():
+    tf = ad.record(lambda x: (x * x).sum(), np.ones(2))
+    with pytest.raises(RuntimeError, match="cannot differentiate"):
+        ad.grad(lambda x: tf(x))(np.ones(2))
+
+
+def test_plans_are_a_bounded_cache():
+    from pyautodiff.record import MAX_PLANS
+    tf = ad.record(lambda x, k: (x * k).sum(), np.ones(2), 0)
+    for k in range(MAX_PLANS + 5):
+        assert tf.grad(np.ones(2), k).numpy().tolist() == [k, k]
+    assert tf.plan_stats()["plans"] == MAX_PLANS
