@@ -5,7 +5,11 @@ Recording calls f once, eagerly, on fresh leaves made from the differentiated ar
 the inputs and the output in creation order, with every buffer assigned once. ``tf(*args)``,
 ``tf.grad``, ``tf.value_and_grad`` and ``tf.vjp`` then replay that plan at new values of the
 differentiated arguments, forward and reverse, in one C call with the GIL released: the same
-kernels in the same order as ``ad.grad(f, argnums)(*args)``, so the results are bit-identical.
+kernels in the same order as ``ad.grad(f, argnums)(*args)`` on its numeric path, so the results
+are bit-identical to it. Replays return plain values (no graph): where ad.grad keeps its result on
+the tape for a higher order (f closes over a tensor that requires grad, with grad mode on), the
+recorded rules it then runs agree with the replay to rounding only; inside a transform a replay
+is refused.
 
 What keys a plan. The shapes and dtypes of the differentiated arguments (and their pytree
 structure): a call with another shape records again, as ``jax.jit`` specialises. The other
