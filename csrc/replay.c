@@ -1,7 +1,8 @@
 /* Record once, replay in C. A plan copies the recorded graph between a function's inputs and its
  * output out of the tape: one node record per recorded op, in creation order (a topological
  * order), with its shape, constants and saved index or mask, and its inputs pointing at records
- * of the plan. Every buffer is assigned once, at build time, in one arena: each op's value, each
+ * of the plan. Every buffer is assigned once, at build time, in one arena: the inputs' values
+ * (copied in by each replay, so that every operand address is fixed), each op's value, each
  * adjoint (reused by liveness: an adjoint lives from its first contribution to its node's turn in
  * the reverse sweep, and a freed buffer of the same size takes the next one), and a copy of every
  * constant. A replay then runs, with no Python and no allocation per op:
@@ -24,14 +25,33 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* One step of the reverse sweep: node's adjoint row g handed to input `which`, whose adjoint is
+ * target. Every pointer is fixed at build time (inputs and the cotangent are copied into the
+ * arena), so the fast path reads nothing but this record. */
 typedef struct {
     int64_t node;              /* the node whose adjoint row is handed on */
     int64_t input;             /* the receiving node's index */
     int32_t which;             /* input slot of node */
     int32_t acc;               /* 0 for the receiver's first contribution (written), else added */
-    ad_ew_wfn d;               /* the elementwise fast path's kernel (see fast_ew), NULL: none */
-    int32_t fast;
+    int32_t fast;              /* the elementwise fast path (see fast_ew) */
+    ad_ew_wfn d;               /* its kernel, NULL: the derivative is the constant 0 */
+    const void *in[3];         /* the kernel's operands: node's inputs' values and its own */
+    const void *g;
+    void *target;
+    int64_t n;                 /* node's elements */
+    size_t zero_bytes;         /* the receiver's bytes (a zero contribution) */
+    double c[2];
 } rstep;
+
+/* One op of the forward pass: the fast path's kernel call with its operands, or the node. */
+typedef struct {
+    ad_ew_fn fn;
+    const void *in[3];         /* as fwd_part passes them: the inputs, then NULL */
+    void *out;
+    int64_t n;
+    double c[2];
+    ad_node *node;
+} fstep;
 
 struct ad_plan {
     atomic_flag busy;
@@ -53,22 +73,33 @@ struct ad_plan {
     int64_t *const_h;          /* handles held on the constants' tensors, and their versions */
     int64_t *const_ver;
     int64_t nops;
-    ad_ew_fn *fwd;             /* per record: the elementwise fast path's forward kernel, or NULL */
+    fstep *fsteps;             /* the forward pass, one per op with elements */
+    int64_t nfsteps;
     char *arena;
     size_t arena_bytes;
-    void *ones;                /* the default cotangent (root of one element) */
+    void *seed;                /* the root's cotangent, copied in (or ones) by each reverse sweep */
 };
 
 enum { R_OP = 0, R_INPUT = 1, R_CONST = 2 };
 
 static size_t value_bytes(const ad_node *n) { return (size_t)n->size * ad_itemsize(n->dtype); }
 
-/* 64-byte lines for buffers past a line, 8 bytes below: a scalar chain's values sit side by side */
-static size_t arena_take(size_t *top, size_t bytes)
+/* Where a buffer goes in the arena. A value of one element sits next to the last: a scalar
+ * chain's values share cache lines. Anything larger starts on a 64-byte line and
+ * keeps at least 128 bytes from the next buffer's start, and that is needed for bit-identity, not
+ * only for speed: GCC vectorises the libm kernels with a runtime check that the input and output
+ * are a vector apart, and falls back to the scalar loop (scalar libm, rounding differently from
+ * libmvec) when they are closer; eager ops get separately allocated buffers and take the vector
+ * loop, so the replay must too. */
+static size_t arena_take(size_t *top, size_t bytes, int one_element)
 {
-    size_t align = bytes >= 64 ? 64 : 8;
-    size_t at = (*top + align - 1) & ~(align - 1);
-    *top = at + (bytes ? bytes : 8);
+    if (one_element) {
+        size_t at = (*top + 7) & ~(size_t)7;
+        *top = at + 8;
+        return at;
+    }
+    size_t at = (*top + 63) & ~(size_t)63;
+    *top = at + ((bytes + 63) & ~(size_t)63) + 64;
     return at;
 }
 
@@ -227,8 +258,8 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     p->watch_idx = malloc((size_t)(n_watch ? n_watch : 1) * sizeof *p->watch_idx);
     p->const_h = calloc((size_t)(nn ? nn : 1), sizeof *p->const_h);
     p->const_ver = calloc((size_t)(nn ? nn : 1), sizeof *p->const_ver);
-    p->fwd = calloc((size_t)(nn ? nn : 1), sizeof *p->fwd);
-    if (!p->fwd || !byptr || !p->nodes || !p->role || !p->adj || !p->input_no || !p->input_idx || !p->input_hit ||
+    p->fsteps = calloc((size_t)(nn ? nn : 1), sizeof *p->fsteps);
+    if (!p->fsteps || !byptr || !p->nodes || !p->role || !p->adj || !p->input_no || !p->input_idx || !p->input_hit ||
         !p->watch_idx || !p->const_h || !p->const_ver) {
         st = ad_err(AD_ERR_MEMORY, "record: out of memory for a plan of %lld nodes", (long long)nn);
         goto fail;
@@ -269,11 +300,12 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     if (!val_off || !aux_off) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
     for (int64_t i = 0; i < nn; i++) {
         ad_node *n = list[i].n;
-        val_off[i] = p->role[i] == R_INPUT ? 0 : arena_take(&top, value_bytes(n));
-        aux_off[i] = p->role[i] == R_OP && n->aux_len > 0 ? arena_take(&top, (size_t)n->aux_len * sizeof(int64_t)) : 0;
+        val_off[i] = arena_take(&top, value_bytes(n), n->size <= 1);
+        aux_off[i] = p->role[i] == R_OP && n->aux_len > 0 ? arena_take(&top, (size_t)n->aux_len * sizeof(int64_t), 0) : 0;
     }
     /* adjoints by liveness, in the order of the reverse sweep: the steps of ad_vjp's loop for the
-     * nodes that depend on an input (an input's own adjoint is the caller's gradient buffer) */
+     * nodes that depend on an input (an input's own adjoint has a buffer of its own, copied out
+     * to the caller's gradient at the end) */
     uint8_t *dep = calloc((size_t)(nn ? nn : 1), 1), *has = calloc((size_t)(nn ? nn : 1), 1);
     int64_t cap_steps = 0;
     for (int64_t i = 0; i < nn; i++) if (p->role[i] == R_OP) cap_steps += list[i].n->nin;
@@ -292,6 +324,8 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
             for (int j = 0; j < n->nin; j++) dep[i] |= dep[index_of(byptr, nn, n->in[j])];
     }
     if (p->root >= 0 && dep[p->root]) has[p->root] = 1;
+    for (int i = 0; i < n_inputs; i++)
+        p->adj[p->input_idx[i]] = (int64_t)arena_take(&top, value_bytes(starts[i]), starts[i]->size <= 1);
     for (int64_t i = nn - 1; i >= 0 && !st; i--) {
         ad_node *n = list[i].n;
         if (!has[i] || p->role[i] != R_OP) continue;
@@ -309,7 +343,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
                 /* the most recently freed buffer of this size (a chain reuses one or two) */
                 while (k >= 0 && k >= nfl - 16 && fl[k].bytes != bytes) k--;
                 if (k >= 0 && k >= nfl - 16) { p->adj[m] = (int64_t)fl[k].off; fl[k] = fl[--nfl]; }
-                else p->adj[m] = (int64_t)arena_take(&top, bytes);
+                else p->adj[m] = (int64_t)arena_take(&top, bytes, list[m].n->size <= 1);
             }
             has[m] = 1;
         }
@@ -326,7 +360,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     for (int i = 0; i < n_inputs; i++) p->input_hit[i] = has[p->input_idx[i]] && p->input_idx[i] != p->root;
     free(dep);
     free(has);
-    size_t ones_off = p->root >= 0 ? arena_take(&top, value_bytes(list[p->root].n)) : 0;
+    size_t seed_off = p->root >= 0 ? arena_take(&top, value_bytes(list[p->root].n), list[p->root].n->size <= 1) : 0;
     if (!st && !(p->arena = calloc(1, top ? top : 1))) st = ad_err(AD_ERR_MEMORY, "record: out of memory for a plan arena of %zu bytes", top);
     if (st) { free(val_off); free(aux_off); goto fail; }
     p->arena_bytes = top;
@@ -346,7 +380,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
         r->in_inline[0] = r->in_inline[1] = NULL;
         r->pos = i;
         r->flags = (uint8_t)(F_IN_USE | F_REQUIRES_GRAD);
-        r->data = p->role[i] == R_INPUT ? NULL : p->arena + val_off[i];
+        r->data = p->arena + val_off[i];
         if (p->role[i] == R_CONST) {
             memcpy(r->data, n->data, value_bytes(n));
             r->nin = 0;
@@ -367,21 +401,38 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     }
     free(val_off);
     free(aux_off);
+    if (p->root >= 0) p->seed = p->arena + seed_off;
     for (int64_t i = 0; i < nn; i++) {
-        const ad_ew_kernels *K = p->role[i] == R_OP ? fast_ew(&p->nodes[i]) : NULL;
-        if (K) p->fwd[i] = K->fwd[p->nodes[i].dtype];
+        ad_node *n = &p->nodes[i];
+        if (p->role[i] != R_OP || n->size == 0) continue;   /* an empty op has nothing to compute */
+        fstep *f = &p->fsteps[p->nfsteps++];
+        const ad_ew_kernels *K = fast_ew(n);
+        f->node = n;
+        if (!K) continue;
+        f->fn = K->fwd[n->dtype];
+        f->in[0] = n->in[0]->data;
+        f->in[1] = n->nin > 1 ? n->in[1]->data : NULL;
+        f->out = n->data;
+        f->n = n->size;
+        f->c[0] = n->c[0];
+        f->c[1] = n->c[1];
     }
     for (int64_t k = 0; k < p->nsteps; k++) {
         rstep *s = &p->steps[k];
-        const ad_ew_kernels *K = fast_ew(&p->nodes[s->node]);
+        ad_node *n = &p->nodes[s->node];
+        const ad_ew_kernels *K = fast_ew(n);
+        s->g = s->node == p->root ? p->seed : p->arena + p->adj[s->node];
+        s->target = p->arena + p->adj[s->input];
+        s->zero_bytes = value_bytes(&p->nodes[s->input]);
+        s->n = n->size;
         s->fast = K != NULL;
-        s->d = K ? K->d[s->which][p->nodes[s->node].dtype] : NULL;
-    }
-    if (p->root >= 0) {
-        ad_node *r = &p->nodes[p->root];
-        p->ones = p->arena + ones_off;
-        if (r->dtype == AD_F64) for (int64_t i = 0; i < r->size; i++) ((double *)p->ones)[i] = 1;
-        else for (int64_t i = 0; i < r->size; i++) ((float *)p->ones)[i] = 1;
+        if (!K) continue;
+        s->d = K->d[s->which][n->dtype];
+        s->in[0] = n->in[0]->data;
+        s->in[1] = n->nin > 1 ? n->in[1]->data : NULL;
+        s->in[2] = n->data;
+        s->c[0] = n->c[0];
+        s->c[1] = n->c[1];
     }
     for (int i = 0; i < n_watch; i++) {
         int64_t w = index_of(byptr, nn, starts[n_inputs + 1 + i]);
@@ -430,7 +481,7 @@ void ad_plan_free(ad_plan *p)
     free(p->steps);
     free(p->const_h);
     free(p->const_ver);
-    free(p->fwd);
+    free(p->fsteps);
     free(p->arena);
     free(p);
 }
@@ -509,29 +560,20 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
 {
     if (p->n_inputs > 0 && !inputs) return ad_err(AD_ERR_VALUE, "replay: inputs is NULL");
     for (int i = 0; i < p->n_inputs; i++) {
-        if (!inputs[i] && p->nodes[p->input_idx[i]].size > 0) return ad_err(AD_ERR_VALUE, "replay: input %d is NULL", i);
-        p->nodes[p->input_idx[i]].data = (void *)inputs[i];
+        ad_node *x = &p->nodes[p->input_idx[i]];
+        if (!x->size) continue;
+        if (!inputs[i]) return ad_err(AD_ERR_VALUE, "replay: input %d is NULL", i);
+        memcpy(x->data, inputs[i], value_bytes(x));
     }
     int st = AD_OK;
-    for (int64_t i = 0; i < p->nn && !st; i++) {
-        ad_node *n = &p->nodes[i];
-        if (p->fwd[i]) {
-            const void *in[3] = {n->in[0]->data, n->nin > 1 ? n->in[1]->data : NULL, NULL};
-            p->fwd[i](in, n->data, n->size, n->c);
-        } else if (p->role[i] == R_OP && n->size > 0) {
-            st = forward_node(T, n);
-        }
+    for (int64_t k = 0; k < p->nfsteps && !st; k++) {
+        const fstep *f = &p->fsteps[k];
+        if (f->fn) f->fn(f->in, f->out, f->n, f->c);
+        else st = forward_node(T, f->node);
     }
     if (!st && out && p->root >= 0) memcpy(out, p->nodes[p->root].data, value_bytes(&p->nodes[p->root]));
     p->fwd_done = !st;
     return st;
-}
-
-static void *adjoint_of(ad_plan *p, int64_t i, const void *seed, void *const *grads)
-{
-    if (i == p->root) return (void *)seed;
-    if (p->input_no[i] >= 0) return grads[p->input_no[i]];
-    return p->arena + p->adj[i];
 }
 
 static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const *grads)
@@ -541,34 +583,37 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
     for (int i = 0; i < p->n_inputs; i++)
         if (!grads[i] && p->nodes[p->input_idx[i]].size > 0) return ad_err(AD_ERR_VALUE, "replay: grads[%d] is NULL", i);
     ad_node *root = p->root >= 0 ? &p->nodes[p->root] : NULL;
-    if (!seed) {
-        if (root && root->size != 1)
+    if (root) {
+        if (seed) {
+            memcpy(p->seed, seed, value_bytes(root));
+        } else if (root->size != 1) {
             return ad_err(AD_ERR_RUNTIME, "replay: a cotangent is needed for an output of %lld elements", (long long)root->size);
-        seed = p->ones;
+        } else if (root->dtype == AD_F64) {
+            *(double *)p->seed = 1;
+        } else {
+            *(float *)p->seed = 1;
+        }
     }
     int st = AD_OK;
     for (int64_t k = 0; k < p->nsteps && !st; k++) {
         const rstep *s = &p->steps[k];
-        ad_node *n = &p->nodes[s->node];
-        const void *g = adjoint_of(p, s->node, seed, grads);
-        void *target = adjoint_of(p, s->input, seed, grads);
-        /* an empty output contributes zero, without running its kernel (as pass_to_input) */
-        if (n->size == 0) {
-            if (!s->acc) memset(target, 0, value_bytes(&p->nodes[s->input]));
-            continue;
-        }
         if (s->fast) {
-            const void *in[3] = {n->in[0]->data, n->nin > 1 ? n->in[1]->data : NULL, n->data};
-            if (s->d) s->d(in, g, target, n->size, n->c, s->acc);
-            else if (!s->acc) memset(target, 0, value_bytes(n));
-            continue;
+            if (s->d) s->d(s->in, s->g, s->target, s->n, s->c, s->acc);
+            else if (!s->acc) memset(s->target, 0, s->zero_bytes);
+        } else if (s->n == 0) {
+            /* an empty output contributes zero, without running its kernel (as pass_to_input) */
+            if (!s->acc) memset(s->target, 0, s->zero_bytes);
+        } else {
+            st = ad_pass_row(T, &p->nodes[s->node], s->g, s->which, s->target, s->acc);
         }
-        st = ad_pass_row(T, n, g, s->which, target, s->acc);
     }
     for (int i = 0; i < p->n_inputs && !st; i++) {
         int64_t x = p->input_idx[i];
-        if (x == p->root) memcpy(grads[i], seed, value_bytes(&p->nodes[x]));
-        else if (!p->input_hit[i]) memset(grads[i], 0, value_bytes(&p->nodes[x]));
+        size_t bytes = value_bytes(&p->nodes[x]);
+        if (!bytes) continue;
+        if (x == p->root) memcpy(grads[i], p->seed, bytes);
+        else if (p->input_hit[i]) memcpy(grads[i], p->arena + p->adj[x], bytes);
+        else memset(grads[i], 0, bytes);
     }
     return st;
 }
