@@ -232,15 +232,18 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     p->n_watch = n_watch;
     /* the inputs: distinct leaves of this tape */
     int64_t lo = INT64_MAX;
-    for (int i = 0; i < n_inputs; i++) {
+    for (int i = 0; i < n_inputs && !st; i++) {
         ad_node *x;
-        if ((st = ad_resolve(T, inputs[i], &x))) goto fail;
-        if (x->nin != 0) { st = ad_err(AD_ERR_VALUE, "record: input %d is not a leaf", i); goto fail; }
-        for (int k = 0; k < i; k++)
-            if (starts[k] == x) { st = ad_err(AD_ERR_VALUE, "record: inputs %d and %d are the same tensor", k, i); goto fail; }
+        if ((st = ad_resolve(T, inputs[i], &x))) break;
+        if (x->nin != 0) { st = ad_err(AD_ERR_VALUE, "record: input %d is not a leaf", i); break; }
+        /* F_WALKED marks the inputs seen so far (cleared below): a repeat is found in one look */
+        if (x->flags & F_WALKED) { st = ad_err(AD_ERR_VALUE, "record: input %d repeats an earlier input", i); break; }
+        x->flags |= F_WALKED;
         starts[i] = x;
         if (x->pos < lo) lo = x->pos;
     }
+    for (int i = 0; i < n_inputs && starts[i]; i++) starts[i]->flags &= (uint8_t)~F_WALKED;
+    if (st) goto fail;
     /* the inputs are starts too, so that each has a record even when nothing reaches it (they are
      * leaves: the walk stops at them) */
     starts[n_inputs] = root;
@@ -248,17 +251,18 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
         if ((st = ad_resolve(T, watch[i], &starts[n_inputs + 1 + i]))) goto fail;
     if ((st = walk(starts, n_inputs + 1 + n_watch, lo, &list, &nn))) goto fail;
     qsort(list, (size_t)nn, sizeof *list, entry_cmp_pos);
-    byptr = malloc((size_t)(nn ? nn : 1) * sizeof *byptr);
-    p->nodes = calloc((size_t)(nn ? nn : 1), sizeof *p->nodes);
-    p->role = calloc((size_t)(nn ? nn : 1), sizeof *p->role);
-    p->adj = malloc((size_t)(nn ? nn : 1) * sizeof *p->adj);
-    p->input_no = malloc((size_t)(nn ? nn : 1) * sizeof *p->input_no);
+    size_t cnt = nn > 0 ? (size_t)nn : 1;   /* entries of the per-record arrays */
+    byptr = malloc(cnt * sizeof *byptr);
+    p->nodes = calloc(cnt, sizeof *p->nodes);
+    p->role = calloc(cnt, sizeof *p->role);
+    p->adj = malloc(cnt * sizeof *p->adj);
+    p->input_no = malloc(cnt * sizeof *p->input_no);
     p->input_idx = malloc((size_t)(n_inputs ? n_inputs : 1) * sizeof *p->input_idx);
     p->input_hit = calloc((size_t)(n_inputs ? n_inputs : 1), 1);
     p->watch_idx = malloc((size_t)(n_watch ? n_watch : 1) * sizeof *p->watch_idx);
-    p->const_h = calloc((size_t)(nn ? nn : 1), sizeof *p->const_h);
-    p->const_ver = calloc((size_t)(nn ? nn : 1), sizeof *p->const_ver);
-    p->fsteps = calloc((size_t)(nn ? nn : 1), sizeof *p->fsteps);
+    p->const_h = calloc(cnt, sizeof *p->const_h);
+    p->const_ver = calloc(cnt, sizeof *p->const_ver);
+    p->fsteps = calloc(cnt, sizeof *p->fsteps);
     if (!p->fsteps || !byptr || !p->nodes || !p->role || !p->adj || !p->input_no || !p->input_idx || !p->input_hit ||
         !p->watch_idx || !p->const_h || !p->const_ver) {
         st = ad_err(AD_ERR_MEMORY, "record: out of memory for a plan of %lld nodes", (long long)nn);
@@ -295,8 +299,8 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
         goto fail;
     }
     /* the records: copies of the nodes, their inputs pointing at records */
-    size_t *val_off = malloc((size_t)(nn ? nn : 1) * sizeof *val_off);
-    size_t *aux_off = malloc((size_t)(nn ? nn : 1) * sizeof *aux_off);
+    size_t *val_off = malloc(cnt * sizeof *val_off);
+    size_t *aux_off = malloc(cnt * sizeof *aux_off);
     if (!val_off || !aux_off) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
     for (int64_t i = 0; i < nn; i++) {
         ad_node *n = list[i].n;
@@ -306,7 +310,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     /* adjoints by liveness, in the order of the reverse sweep: the steps of ad_vjp's loop for the
      * nodes that depend on an input (an input's own adjoint has a buffer of its own, copied out
      * to the caller's gradient at the end) */
-    uint8_t *dep = calloc((size_t)(nn ? nn : 1), 1), *has = calloc((size_t)(nn ? nn : 1), 1);
+    uint8_t *dep = calloc(cnt, 1), *has = calloc(cnt, 1);
     int64_t cap_steps = 0;
     for (int64_t i = 0; i < nn; i++) if (p->role[i] == R_OP) cap_steps += list[i].n->nin;
     p->steps = malloc((size_t)(cap_steps ? cap_steps : 1) * sizeof *p->steps);

@@ -251,7 +251,7 @@ class Recorded:
 
     def _record(self, args, kwargs, arrays, specs, single, nums, key):
         specs, counts = specs
-        leaves = [_from_array(np.array(a, copy=True), requires_grad=True) for a in arrays]
+        leaves = [_from_array(a, requires_grad=True) for a in arrays]   # (copied into the core)
         call_args = list(args)
         it = iter(leaves)
         for i, spec, count in zip(nums, specs, counts):
