@@ -409,3 +409,24 @@ def test_a_traced_training_loop_equals_the_eager_one():
     for k in pa:
         _same_bits(pa[k], pb[k])
     assert tf.records == 1
+
+
+def test_the_c_plan_api_checks_its_arguments():
+    from pyautodiff._capi import ffi, lib
+    x = ad.tensor(np.ones(2), requires_grad=True)
+    y = (x * x).sum()
+    pp, where = ffi.new("ad_plan **"), ffi.new("int64_t[]", 1)
+    for inputs, message in [([x._h, x._h], b"repeats an earlier input"), ([y._h], b"is not a leaf")]:
+        assert lib.ad_plan_build(y._h, len(inputs), ffi.new("int64_t[]", inputs), 0, ffi.NULL, where, pp) < 0
+        assert message in ffi.string(lib.ad_last_error())
+    assert lib.ad_plan_build(y._h, 1, ffi.new("int64_t[]", [x._h]), 0, ffi.NULL, where, pp) == 0
+    plan = ffi.gc(pp[0], lib.ad_plan_free)
+    g = np.empty(2)
+    grads = ffi.new("void *[]", [ffi.from_buffer(g)])
+    assert lib.ad_plan_backward(plan, ffi.NULL, grads) < 0
+    assert b"backward before a forward" in ffi.string(lib.ad_last_error())
+    v = np.array([3.0, -1.0])
+    out = np.empty(())
+    assert lib.ad_plan_run(plan, ffi.new("void *[]", [ffi.from_buffer(v)]), ffi.from_buffer(out), ffi.NULL, grads) == 0
+    assert out == 10.0 and g.tolist() == [6.0, -2.0]
+    assert lib.ad_plan_run(plan, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL) < 0     # inputs missing
