@@ -39,6 +39,7 @@ Threads: a plan is private memory, so ``tf`` may be called from any thread. Call
 from several threads are serialized (a lock per plan: each replay runs whole, forward, guards and
 backward, never interleaved); for parallel replays, record one callable per thread.
 """
+import contextlib
 import threading
 import types
 import warnings
@@ -92,17 +93,14 @@ class _Reads:
                 operands.append((None, np.array(other, copy=True) if isinstance(other, np.ndarray) else other))
         self.guards.append(("compare", fn, operands, np.array(mask, copy=True)))
 
+    @contextlib.contextmanager
     def quiet(self):
-        reads = self
-
-        class _Quiet:
-            def __enter__(self):
-                reads._quiet += 1
-
-            def __exit__(self, *exc):
-                reads._quiet -= 1
-                return False
-        return _Quiet()
+        """Reads inside are the bindings' own (a comparison reading its operands), not f's."""
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
 
     def release(self):
         for h in self.watch:
