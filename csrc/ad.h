@@ -54,6 +54,8 @@ typedef enum {
     AD_OP_SCATTER_ADD,
     /* basic indexing: a strided view of x copied (kernels/index.c) */
     AD_OP_SLICE,
+    /* convolution (kernels/conv.c): unfold (im2col) and fold (col2im), each the other's adjoint */
+    AD_OP_UNFOLD, AD_OP_FOLD,
     /* a custom function: its rules live in the bindings (ad_custom, csrc/custom.c) */
     AD_OP_CUSTOM,
     AD_OP_COUNT
@@ -132,8 +134,18 @@ int64_t ad_softmax(int op, int64_t x, int naxes, const int64_t *axes, int keepdi
  * the result is AD_ERR_INDEX): the VJP of ad_gather, whose VJP it is. */
 int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t *index, int64_t block);
 
+/* Convolution windows (kernels/conv.c), PyTorch's F.unfold / F.fold. kernel, stride, padding and
+ * dilation are (rows, columns) pairs; padding is zeros. unfold: x (N, C, H, W) -> (N, C*kh*kw, L),
+ * one column per window position (L = OH * OW, row-major), rows ordered (c, i, j). fold: the
+ * adjoint, (N, C*kh*kw, L) -> (N, C, output_size), overlapping entries summed. */
+int64_t ad_unfold(int64_t x, const int64_t *kernel, const int64_t *stride, const int64_t *padding,
+                  const int64_t *dilation);
+int64_t ad_fold(int64_t x, const int64_t *output_size, const int64_t *kernel, const int64_t *stride,
+                const int64_t *padding, const int64_t *dilation);
+
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
- * accumulate into their grad; without retain_graph the swept graph is released. */
+ * accumulate into their grad; without retain_graph the swept graph is released. All or nothing:
+ * on any error (out of memory included) every grad and the graph are as they were. */
 int ad_backward(int64_t root, int64_t seed, int retain_graph);
 /* The grad of a leaf as a new reference (0 when it has none). */
 int64_t ad_grad(int64_t h);

@@ -7,6 +7,24 @@
 #include <pthread.h>
 #include <stdarg.h>
 
+/* Out-of-memory tests (csrc/fault.c): a build with -DAD_FAULT_INJECTION sends every allocation of
+ * the core through the fault injector, which can fail the n-th one. */
+#ifdef AD_FAULT_INJECTION
+#include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+void *ad_fault_malloc(size_t n);
+void *ad_fault_calloc(size_t n, size_t size);
+void *ad_fault_realloc(void *p, size_t n);
+int ad_fault_fail(void);   /* counts one allocation; 1: it is the one to fail */
+#ifndef AD_FAULT_IMPL
+#define malloc(n) ad_fault_malloc(n)
+#define calloc(n, size) ad_fault_calloc(n, size)
+#define realloc(p, n) ad_fault_realloc(p, n)
+#endif
+#endif
+
 #define AD_MAXIN_INLINE 2
 
 enum {
@@ -239,6 +257,9 @@ int64_t ad_finish(ad_tape *T, ad_node *n, int nin, ad_node **ins);
 void ad_node_discard(ad_tape *T, ad_node *n);
 ad_tape *ad_node_tape(ad_node *n);
 int ad_tape_grow_adj(ad_tape *T, ad_node *n);  /* allocate n->adj (uninitialised) */
+/* Room for releasing every live node at once, so that the releases of a sweep's commit cannot
+ * run out of memory (ad_node_unref would keep a node it has no room to free). */
+int ad_tape_reserve_release(ad_tape *T);
 /* The creation order, and the sweep's hold on it: while held, nodes created (leaves' grads) are
  * appended but the order is never compacted, so positions stay valid; the array itself may still
  * move when it grows, so re-read ad_tape_order after creating a node. */
@@ -446,6 +467,7 @@ int ad_fwd_softmax(ad_tape *T, ad_node *n, ad_node *const *ins);
 int ad_fwd_matmul(ad_node *n, ad_node *const *ins);
 int ad_fwd_layout(ad_node *n, ad_node *const *ins);
 int ad_fwd_index(ad_node *n, ad_node *const *ins);
+int ad_fwd_conv(ad_node *n, ad_node *const *ins);
 /* One cotangent row of n (g, shaped like n) handed to input j's adjoint `target` (+= when acc):
  * the batched reverse sweep's step (sweep.c) for k = 1, so a replayed gradient is bit-identical
  * to ad_vjp's. */

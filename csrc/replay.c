@@ -135,6 +135,46 @@ static int plan_fail(ad_plan *p, int st)
 
 static int is_stop(ad_node *n, int64_t lo) { return n->nin == 0 || n->pos < lo; }
 
+/* The family whose forward (ad_fwd_*) recomputes an op, 0 for none (custom functions: their
+ * forward is Python). The walk refuses an op without one, so a replay never meets it. */
+enum { FAM_NONE, FAM_EW, FAM_REDUCE, FAM_MATMUL, FAM_LAYOUT, FAM_INDEX, FAM_SOFTMAX, FAM_CONV };
+
+static int family_of(int op)
+{
+    if (op >= AD_OP_UNARY_FIRST && op <= AD_OP_BINARY_LAST) return FAM_EW;
+    switch (op) {
+    case AD_OP_SUM: case AD_OP_MEAN: case AD_OP_MAX: case AD_OP_MIN:
+        return FAM_REDUCE;
+    case AD_OP_MATMUL:
+        return FAM_MATMUL;
+    case AD_OP_RESHAPE: case AD_OP_TRANSPOSE: case AD_OP_BROADCAST_TO: case AD_OP_CAST:
+        return FAM_LAYOUT;
+    case AD_OP_GATHER: case AD_OP_CONCATENATE: case AD_OP_STACK: case AD_OP_WHERE: case AD_OP_CLIP:
+    case AD_OP_SCATTER_ADD: case AD_OP_SLICE:
+        return FAM_INDEX;
+    case AD_OP_LOGSUMEXP: case AD_OP_SOFTMAX: case AD_OP_LOG_SOFTMAX:
+        return FAM_SOFTMAX;
+    case AD_OP_UNFOLD: case AD_OP_FOLD:
+        return FAM_CONV;
+    default:
+        return FAM_NONE;
+    }
+}
+
+static int forward_node(ad_tape *T, ad_node *n)
+{
+    switch (family_of(n->op)) {
+    case FAM_EW: return ad_fwd_ew(n, n->in);
+    case FAM_REDUCE: return ad_fwd_reduce(T, n, n->in);
+    case FAM_MATMUL: return ad_fwd_matmul(n, n->in);
+    case FAM_LAYOUT: return ad_fwd_layout(n, n->in);
+    case FAM_INDEX: return ad_fwd_index(n, n->in);
+    case FAM_SOFTMAX: return ad_fwd_softmax(T, n, n->in);
+    case FAM_CONV: return ad_fwd_conv(n, n->in);
+    default: return ad_err(AD_ERR_RUNTIME, "replay: op %s cannot be replayed", ad_ops[n->op].name);
+    }
+}
+
 /* Collect the nodes reached from the starts (root and watched tensors) through recorded inputs,
  * not looking through inputs, leaves, or nodes made before the first input (lo). */
 static int walk(ad_node **starts, int nstart, int64_t lo, node_entry **out, int64_t *count)
@@ -168,6 +208,10 @@ static int walk(ad_node **starts, int nstart, int64_t lo, node_entry **out, int6
             st = ad_err(AD_ERR_RUNTIME, "record: the function uses a %s, which runs Python in its rules; "
                         "a recorded function replays in C only (call it eagerly instead)",
                         m->op == AD_OP_CUSTOM ? "custom function (ad.custom_vjp, ad.Function)" : "gradient hook");
+            goto done;
+        }
+        if (!family_of(m->op)) {
+            st = ad_err(AD_ERR_RUNTIME, "record: op %s has no forward for a replay", ad_ops[m->op].name);
             goto done;
         }
         if (m->flags & F_RELEASED) {
@@ -514,28 +558,6 @@ int ad_plan_stats(const ad_plan *p, int64_t *ops, int64_t *constants, int64_t *b
     if (constants) *constants = p->nconst;
     if (bytes) *bytes = (int64_t)p->arena_bytes;
     return AD_OK;
-}
-
-/* The forward of one record (dispatch on the op's family). */
-static int forward_node(ad_tape *T, ad_node *n)
-{
-    int op = n->op;
-    if (op >= AD_OP_UNARY_FIRST && op <= AD_OP_BINARY_LAST) return ad_fwd_ew(n, n->in);
-    switch (op) {
-    case AD_OP_SUM: case AD_OP_MEAN: case AD_OP_MAX: case AD_OP_MIN:
-        return ad_fwd_reduce(T, n, n->in);
-    case AD_OP_MATMUL:
-        return ad_fwd_matmul(n, n->in);
-    case AD_OP_RESHAPE: case AD_OP_TRANSPOSE: case AD_OP_BROADCAST_TO: case AD_OP_CAST:
-        return ad_fwd_layout(n, n->in);
-    case AD_OP_GATHER: case AD_OP_CONCATENATE: case AD_OP_STACK: case AD_OP_WHERE: case AD_OP_CLIP:
-    case AD_OP_SCATTER_ADD: case AD_OP_SLICE:
-        return ad_fwd_index(n, n->in);
-    case AD_OP_LOGSUMEXP: case AD_OP_SOFTMAX: case AD_OP_LOG_SOFTMAX:
-        return ad_fwd_softmax(T, n, n->in);
-    default:
-        return ad_err(AD_ERR_RUNTIME, "replay: op %s cannot be replayed", ad_ops[op].name);
-    }
 }
 
 static int claim(ad_plan *p, const char *what)

@@ -190,12 +190,6 @@ static int pass_to_input(ad_tape *T, ad_node *n, int which, int64_t *pending, in
     if (anomaly) st = anomaly_check(T, n, which, target, acc, &clean);
     if (!st) st = contribute(T, n, which, m, target, acc);
     if (!st && clean) st = ad_anomaly_accumulate(n, j, target);
-    if (st && !acc && (m->flags & F_LEAF) && !t_defer_leaves) {
-        /* a grad made for this contribution holds no value yet: the leaf keeps none (a deferred
-         * leaf collected into its adjoint instead, which the sweep's error path frees) */
-        ad_node_unref(T, m->grad);
-        m->grad = NULL;
-    }
     return st;
 }
 
@@ -225,8 +219,11 @@ static int uniform_ok(const ad_node *n)
 static int pass_to_inputs(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
 {
     int st = AD_OK;
-    if ((n->flags & F_ADJ_UNIFORM) && !uniform_ok(n) && (st = materialize(T, n))) return st;
-    if (pass_uniform(T, n, pending, anomaly)) {
+    if ((n->flags & F_ADJ_UNIFORM) && !uniform_ok(n)) st = materialize(T, n);
+    if (st) {
+        /* nothing was passed on; the adjoint is consumed all the same (the caller's rollback
+         * takes it as gone) */
+    } else if (pass_uniform(T, n, pending, anomaly)) {
         /* done */
     } else if (n->nin == 2 && n->in[0] == n->in[1] && (ad_ops[n->op].flags & AD_VJP_BOTH)) {
         st = pass_to_input(T, n, AD_BOTH, pending, anomaly);
@@ -294,6 +291,28 @@ static int custom_pass(ad_tape *T, ad_node *n, int64_t *pending)
     return st;
 }
 
+/* What backward's commit needs that can fail, allocated before it changes anything: for swept leaf
+ * k, fresh[k] is a new grad node when the leaf has none or shares its grad (adjoint_target's
+ * rules), else NULL; and room to release the swept graph. On failure nothing is left allocated. */
+static int commit_prepare(ad_tape *T, ad_node **swept, int64_t nswept, ad_node ***fresh)
+{
+    ad_node **f = calloc((size_t)(nswept ? nswept : 1), sizeof *f);
+    int st = f ? AD_OK : ad_err(AD_ERR_MEMORY, "backward: out of memory");
+    for (int64_t k = 0; k < nswept && !st; k++) {
+        ad_node *n = swept[k];
+        if ((n->flags & F_LEAF) && (!n->grad || n->grad->refs > 1 || !(n->grad->flags & F_LEAF)))
+            st = ad_node_new(T, AD_OP_LEAF, n->dtype, n->ndim, n->shape, &f[k]);
+    }
+    if (!st) st = ad_tape_reserve_release(T);
+    if (st && f) {
+        for (int64_t k = 0; k < nswept; k++) if (f[k]) ad_node_unref(T, f[k]);
+        free(f);
+        f = NULL;
+    }
+    *fresh = f;
+    return st;
+}
+
 static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retain)
 {
     ad_node *root, *seed = NULL;
@@ -322,16 +341,16 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     if ((st = ad_versions_check(T, root, 0, "backward"))) return st;
     int64_t pending = 0;
     if (root->flags & F_LEAF) {
+        /* the seed is the contribution: into a buffer first, so that nothing changes on failure */
         void *dst;
         int acc;
-        if ((st = adjoint_target(T, root, &dst, &acc, &pending))) return st;
-        if (!acc) { copy_seed(root, dst, seed); return AD_OK; }
         if ((st = ad_tape_grow_adj(T, root))) return st;
         copy_seed(root, root->adj, seed);
-        ad_add_into(root->dtype, dst, 1, root->adj, root->size);
+        if (!(st = adjoint_target(T, root, &dst, &acc, &pending)))
+            ad_add_into(root->dtype, dst, acc, root->adj, root->size);
         ad_buf_free(T, root->adj, (size_t)root->size * ad_itemsize(root->dtype));
         root->adj = NULL;
-        return AD_OK;
+        return st;
     }
 
     if ((st = ad_tape_grow_adj(T, root))) return st;
@@ -340,15 +359,15 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     pending = 1;
 
     int anomaly = ad_anomaly_on(T);
-    /* ---- custom functions and hooks: an all-or-nothing sweep ----
-     * A custom rule or hook may raise; backward() must then leave every grad and the graph as
-     * they were. So while any custom or hooked node is alive, leaves collect their adjoint like
-     * interior nodes (t_defer_leaves), swept nodes keep their graph, and both are committed once
-     * the whole sweep has succeeded. Without them nothing changes (and nothing is paid). */
-    int txn = ad_custom_live() > 0;
+    /* ---- an all-or-nothing sweep ----
+     * Out of memory, or a custom rule or hook that raises, must leave every grad and the graph as
+     * they were, so that the caller can free memory (or fix the rule) and run backward() again.
+     * So leaves collect their adjoint like interior nodes (t_defer_leaves), swept nodes keep their
+     * graph, and both are committed once the whole sweep has succeeded: first everything the
+     * commit needs that can fail (commit_prepare), then what cannot. */
     ad_node **swept = NULL;
     int64_t nswept = 0, swept_cap = 0;
-    t_defer_leaves = txn;
+    t_defer_leaves = 1;
     /* A leaf's first grad is a new node appended to the tape mid-sweep: hold the order so
      * positions stay put, and re-read the array each step because growing it may move it. */
     ad_tape_hold_order(T, 1);
@@ -361,7 +380,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
                         "earlier backward(); pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
             break;
         }
-        if (txn && nswept == swept_cap) {
+        if (nswept == swept_cap) {
             ad_node **grown = realloc(swept, (size_t)(swept_cap = swept_cap ? 2 * swept_cap : 64) * sizeof *grown);
             if (!grown) { st = ad_err(AD_ERR_MEMORY, "backward: out of memory"); break; }
             swept = grown;
@@ -371,19 +390,14 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
             if ((n->flags & F_ADJ_UNIFORM) && (st = materialize(T, n))) break;
             if ((st = ad_hook_numeric(T, n, n->adj))) break;
         }
-        if (txn && (n->flags & F_LEAF)) {
+        if (n->flags & F_LEAF) {
             swept[nswept++] = n;   /* its adjoint (and reference) wait for the commit */
             pending--;
             continue;
         }
         st = n->op == AD_OP_CUSTOM ? custom_pass(T, n, &pending) : pass_to_inputs(T, n, &pending, anomaly);
         pending--;
-        if (txn) {
-            swept[nswept++] = n;
-        } else {
-            if (!st && !retain) ad_node_drop_graph(T, n);
-            ad_node_unref(T, n);
-        }
+        swept[nswept++] = n;
         if (st) break;
     }
     t_defer_leaves = 0;
@@ -400,15 +414,26 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         }
     }
     /* the commit: leaves' adjoints into their grads, then the swept graph released (or not) */
+    ad_node **fresh = NULL;
+    if (!st) st = commit_prepare(T, swept, nswept, &fresh);
     for (int64_t k = 0; k < nswept && !st; k++) {
         ad_node *n = swept[k];
-        void *dst;
-        int acc;
-        int64_t unused = 0;
         if (!(n->flags & F_LEAF)) continue;
-        /* only out of memory for a first grad can stop this; the grads before it are kept */
-        if ((st = adjoint_target(T, n, &dst, &acc, &unused))) break;
-        ad_add_into(n->dtype, dst, acc, n->adj, n->size);
+        if (!n->grad) {
+            /* the adjoint buffer becomes the grad's values, no copy */
+            void *values = fresh[k]->data;
+            fresh[k]->data = n->adj;
+            n->adj = values;
+            n->grad = fresh[k];
+        } else if (fresh[k]) {
+            /* someone else holds the grad (see adjoint_target): the sum goes into a copy */
+            memcpy(fresh[k]->data, n->grad->data, (size_t)n->size * ad_itemsize(n->dtype));
+            ad_add_into(n->dtype, fresh[k]->data, 1, n->adj, n->size);
+            ad_node_unref(T, n->grad);
+            n->grad = fresh[k];
+        } else {
+            ad_add_into(n->dtype, n->grad->data, 1, n->adj, n->size);
+        }
     }
     for (int64_t k = 0; k < nswept; k++) {
         ad_node *n = swept[k];
@@ -417,6 +442,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         if (!st && !retain && !(n->flags & F_LEAF)) ad_node_drop_graph(T, n);
         ad_node_unref(T, n);
     }
+    free(fresh);
     free(swept);
     ad_tape_hold_order(T, 0);
     return st;
@@ -1585,9 +1611,12 @@ static int backward_graph_locked(ad_tape *T, int64_t root_h, int64_t seed_h)
     for (int64_t i = 0; i < n; i++) hs[i] = ad_handle(T, leaves[i]);
     if (n > INT32_MAX) { st = ad_err(AD_ERR_VALUE, "backward: too many leaves"); goto done; }
     if ((st = vjp_graph_locked(T, root_h, cot_h, (int)n, hs, hs + n))) goto done;
+    /* all or nothing, as ad_backward: every leaf's new grad is built first (hs[n + i] becomes it,
+     * or 0 when the leaf keeps its grad), and installed only once all are */
     for (int64_t i = 0; i < n; i++) {
         ad_node *g, *sum;
         ad_resolve(T, hs[n + i], &g);   /* a fresh result: holds the one reference we own */
+        hs[n + i] = 0;
         if (!st && leaves[i]->refs == leaves[i]->consumers) {
             /* no handle reaches this leaf (only recorded consumers keep it): nobody can read its
              * grad, and storing a recorded grad that refers to the leaf would make a cycle */
@@ -1608,12 +1637,20 @@ static int backward_graph_locked(ad_tape *T, int64_t root_h, int64_t seed_h)
             st = ad_mk_binary(T, AD_OP_ADD, leaves[i]->grad, g, &sum);
             ad_node_unref(T, g);
             if (st) continue;
-            ad_node_unref(T, leaves[i]->grad);
             g = sum;
         } else if (st) {
             ad_node_unref(T, g);
             continue;
         }
+        hs[n + i] = ad_handle(T, g);
+    }
+    if (!st) st = ad_tape_reserve_release(T);
+    for (int64_t i = 0; i < n; i++) {
+        ad_node *g;
+        if (!hs[n + i]) continue;
+        ad_resolve(T, hs[n + i], &g);
+        if (st) { ad_node_unref(T, g); continue; }
+        if (leaves[i]->grad) ad_node_unref(T, leaves[i]->grad);
         leaves[i]->grad = g;
     }
 done:

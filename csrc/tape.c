@@ -136,6 +136,10 @@ static size_t max_buffer_bytes(void)
 #if defined(__SANITIZE_ADDRESS__) && !defined(AD_EXACT_ALLOC)
 #define AD_EXACT_ALLOC 1
 #endif
+/* ... and the fault-injection build, so that every buffer is an allocation that can fail */
+#if defined(AD_FAULT_INJECTION) && !defined(AD_EXACT_ALLOC)
+#define AD_EXACT_ALLOC 1
+#endif
 
 static int size_class(size_t bytes)
 {
@@ -255,6 +259,9 @@ static void pool_trim(ad_tape *T)
  * chunks come from the heap, zeroed (all resident) and fragmenting it. */
 static ad_node *chunk_alloc(void)
 {
+#ifdef AD_FAULT_INJECTION
+    if (ad_fault_fail()) return NULL;
+#endif
 #if defined(__linux__)
     void *p = mmap(NULL, CHUNK * sizeof(ad_node), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
@@ -854,6 +861,17 @@ static int work_push(ad_tape *T, ad_node *n, int64_t *len)
     }
     T->work[(*len)++] = n;
     return 0;
+}
+
+int ad_tape_reserve_release(ad_tape *T)
+{
+    if (T->work_cap > T->live_nodes) return AD_OK;
+    int64_t cap = T->live_nodes + 256;
+    ad_node **w = realloc(T->work, (size_t)cap * sizeof *w);
+    if (!w) return ad_err(AD_ERR_MEMORY, "out of memory for the release worklist (%lld nodes)", (long long)cap);
+    T->work = w;
+    T->work_cap = cap;
+    return AD_OK;
 }
 
 static void node_free_one(ad_tape *T, ad_node *n)

@@ -2,7 +2,8 @@
 
 The cdef is read from csrc/ad.h itself, so the header stays the one description of the C API.
 PYAUTODIFF_SANITIZE=1 builds the same extension with AddressSanitizer + UndefinedBehaviorSanitizer;
-PYAUTODIFF_DEBUG=1 builds it unoptimised with debug information.
+PYAUTODIFF_DEBUG=1 builds it unoptimised with debug information; PYAUTODIFF_FAULT_INJECTION=1 adds
+the out-of-memory fault injector (csrc/fault.c).
 """
 import glob
 import os
@@ -89,6 +90,8 @@ ffibuilder.cdef("void pyautodiff_keep_gil_for_short_calls(void);")
 # custom functions and hooks (pyautodiff/custom.py): the core's one callback into Python
 ffibuilder.cdef('extern "Python" int pyautodiff_custom_rule(int, int64_t, int, const int64_t *, int, int64_t *);')
 ffibuilder.cdef("void pyautodiff_install_custom_rule(void);")
+# the builtins that give every handle an owner at once (pyautodiff/_ownership.h)
+ffibuilder.cdef("int pyautodiff_install_ownership(void);")
 
 # cffi wraps every call in Py_BEGIN/END_ALLOW_THREADS. Releasing and retaking the GIL costs about
 # 35 ns, a fifth of a small op's call, and buys nothing for a call that takes a few hundred
@@ -129,6 +132,7 @@ static int pyautodiff_custom_trampoline(int kind, int64_t node, int nargs, const
 static int64_t pyautodiff_capture_site(void);
 static int64_t pyautodiff_site_trampoline(void) { PYAUTODIFF_CALLBACK(pyautodiff_capture_site()) }
 static void pyautodiff_install_custom_rule(void) { ad_set_custom_callback(pyautodiff_custom_trampoline); }
+#include "_ownership.h"
 #undef Py_BEGIN_ALLOW_THREADS
 #undef Py_END_ALLOW_THREADS
 #define Py_BEGIN_ALLOW_THREADS {
@@ -142,11 +146,14 @@ static void pyautodiff_install_custom_rule(void) { ad_set_custom_callback(pyauto
 """
 
 _compile, _link = _flags()
+if os.environ.get("PYAUTODIFF_FAULT_INJECTION") == "1":
+    # out-of-memory tests: ad_fault_arm(n) fails the n-th allocation (csrc/fault.c, tools/oom_sweep.py)
+    _compile = _compile + ["-DAD_FAULT_INJECTION"]
 ffibuilder.set_source(
     "pyautodiff._core",
     _GIL_PREAMBLE,
     sources=_sources(),
-    include_dirs=[os.path.relpath(CSRC, os.getcwd())],
+    include_dirs=[os.path.relpath(CSRC, os.getcwd()), os.path.relpath(HERE, os.getcwd())],
     extra_compile_args=_compile + (["-fopenmp-simd", "-DAD_HAVE_LIBMVEC=1"] if _MVEC else []),
     extra_link_args=_link,
     libraries=(["mvec"] if _MVEC else []) + ["m", "pthread"],

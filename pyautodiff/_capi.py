@@ -12,6 +12,17 @@ import numpy as np
 
 from ._core import ffi, lib
 
+# Calls that make tensors go through these C builtins (pyautodiff/_ownership.h), so that a handle
+# has its Tensor before any Python code (a signal handler) can run: _call(fn, *args) -> Tensor.
+if lib.pyautodiff_install_ownership():
+    raise ImportError("pyautodiff: could not set up the compiled module's builtins")
+from ._core import _call, _call_out, _borrow, _lend  # noqa: E402
+
+
+def address(cdata):
+    """The address of a cffi array, for _call_out and _lend."""
+    return int(ffi.cast("intptr_t", cdata))
+
 F32, F64 = lib.AD_F32, lib.AD_F64
 MAXDIM = lib.AD_MAXDIM
 float32 = np.dtype(np.float32)

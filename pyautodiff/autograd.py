@@ -9,7 +9,7 @@ backward. The function transforms in ``ad.grad`` and friends are the other door 
 import numpy as np
 
 from ._capi import ffi, lib, check
-from .tensor import Tensor, _from_array, _wrap
+from .tensor import Tensor, _from_array
 from .functional import _dependence, _grads_graph, _handles, _inside_transform, _matching, _rows, _vjp_sweep
 
 __all__ = ["grad"]

@@ -11,9 +11,9 @@ higher order needs the result. f must be deterministic (the rerun must reproduce
 """
 import numpy as np
 
-from ._capi import lib, check
+from ._capi import lib, check, _borrow, _call
 from .custom import _Rule, _record, _grad_on
-from .tensor import Tensor, _from_array, _wrap, ffi
+from .tensor import Tensor, _from_array, ffi
 
 __all__ = ["checkpoint"]
 
@@ -39,7 +39,7 @@ def _closure_leaves(out, args):
 
 def _identity(t):
     """t through a recorded identity op: a sweep may stop at it while the dependence on t stays."""
-    return _wrap(lib.ad_reshape(t._h, t.ndim, ffi.new("int64_t[]", t.shape or (0,))))
+    return _call(lib.ad_reshape, t._h, t.ndim, ffi.new("int64_t[]", t.shape or (0,)))
 
 
 def checkpoint(f):
@@ -61,8 +61,7 @@ def checkpoint(f):
             return out
         params = []
         for h in _closure_leaves(out, tensors):
-            check(lib.ad_retain(h))
-            params.append(_wrap(h))
+            params.append(_borrow(h))
         value = out.detach()
         del out                      # f's recorded graph goes here: only value is kept
         inputs = tensors + params

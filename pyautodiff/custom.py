@@ -31,8 +31,8 @@ import weakref
 
 import numpy as np
 
-from ._capi import ffi, lib, check, as_float_array, set_callback_error
-from .tensor import Tensor, _wrap, _from_array, no_grad
+from ._capi import ffi, lib, check, as_float_array, set_callback_error, _borrow, _call, _lend, address
+from .tensor import Tensor, _from_array, no_grad
 
 __all__ = ["custom_vjp", "custom_jvp", "Function", "FunctionCtx"]
 
@@ -53,12 +53,6 @@ def _reap():
         for i in range(n):
             _records.pop(buf[i], None)    # may free more custom nodes: loop until none is left
             _hooks.pop(buf[i], None)
-
-
-def _borrow(h):
-    """A Tensor holding its own reference to the node behind handle h (one the core lent us)."""
-    check(lib.ad_retain(h))
-    return _wrap(h)
 
 
 class _grad_on:
@@ -240,10 +234,10 @@ def pyautodiff_custom_rule(kind, node, nargs, args, nres, res):
                 raise
         if len(out) != nres:
             raise RuntimeError(f"internal: custom rule made {len(out)} results, the core expects {nres}")
+        at = address(res)
         for i, t in enumerate(out):
             if t is not None:
-                check(lib.ad_retain(t._h))    # the core takes this reference over
-                res[i] = t._h
+                _lend(at, i, t._h)    # the core takes this reference over
         return 0
     except BaseException as e:   # noqa: B902 -- KeyboardInterrupt too: the sweep must abort cleanly
         for i in range(nres):
@@ -268,7 +262,7 @@ def _record(rule, inputs, outputs):
     with no_grad():
         value = rule.pack(outputs)
     handles = ffi.new("int64_t[]", [t._h for t in inputs] or [0])
-    node = _wrap(lib.ad_custom(len(inputs), handles, value._h))
+    node = _call(lib.ad_custom, len(inputs), handles, value._h)
     if not node.requires_grad:
         return None
     rule.key = node._h

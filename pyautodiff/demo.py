@@ -1,5 +1,7 @@
 """The main job: `python -m pyautodiff.demo` trains an MLP on the handwritten digits that ship with
 the package, after checking the model's gradient numerically, and reports where the time went.
+`--model cnn` trains a small CNN instead (two 3x3 convolutions with batch norm, max pooling,
+dropout), which reaches a higher accuracy.
 
 The last line is always `test accuracy: NN.N%`, measured on 360 images (20%) held out from
 training; the split is the same in every run, whatever --seed, so runs are comparable.
@@ -26,10 +28,15 @@ SPLIT_SEED = 12345
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m pyautodiff.demo",
-                                description="Train an MLP classifier on the bundled 8x8 digits with pyautodiff.")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
-    p.add_argument("--hidden", type=int, default=64, help="hidden units (default 64)")
-    p.add_argument("--lr", type=float, default=0.01, help="Adam's initial learning rate, decayed to 0 along a cosine (default 0.01)")
+                                description="Train an MLP (or a small CNN) classifier on the bundled 8x8 digits "
+                                            "with pyautodiff.")
+    p.add_argument("--model", choices=["mlp", "cnn"], default="mlp",
+                   help="mlp: 64 -> hidden -> 10 (default); cnn: two 3x3 conv + batch norm layers, max pooling, "
+                        "dropout, a linear layer")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 20; cnn 10)")
+    p.add_argument("--hidden", type=int, default=64, help="hidden units of the mlp (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="Adam's initial learning rate, decayed to 0 along a cosine "
+                   "(default 0.01; cnn 0.003)")
     p.add_argument("--batch-size", type=int, default=32, help="minibatch size (default 32)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the shuffling (default 0)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float64", help="parameter dtype")
@@ -40,6 +47,11 @@ def parse_args(argv):
     p.add_argument("--graph", metavar="PATH", help="write the model's recorded graph (one batch's loss) to PATH: "
                    "DOT text for .dot, else SVG/PNG/PDF (needs graphviz or the dot program)")
     args = p.parse_args(argv)
+    cnn = args.model == "cnn"
+    if args.epochs is None:
+        args.epochs = 10 if cnn else 20
+    if args.lr is None:
+        args.lr = 0.003 if cnn else 0.01
     if args.stop_after is not None and args.stop_after < 1:
         p.error("--stop-after must be at least 1")
     for name in ("epochs", "hidden", "batch_size"):
@@ -76,15 +88,59 @@ def run_gradcheck(model, X, y):
           f"directions, central differences, 16 images): passed")
 
 
+def build_cnn(seed, dtype):
+    """(N, 1, 8, 8) -> conv 3x3 (16) -> batch norm -> ReLU -> conv 3x3 (32) -> batch norm -> ReLU ->
+    max pool 2 -> dropout 0.25 -> Linear 512 -> 10. Padding 1 keeps the 8x8 grid through both
+    convolutions, so the pooled map is 32 x 4 x 4."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, seed=seed, dtype=dtype), nn.BatchNorm2d(16, dtype=dtype),
+                         nn.ReLU(),
+                         nn.Conv2d(16, 32, 3, padding=1, seed=seed + 1, dtype=dtype), nn.BatchNorm2d(32, dtype=dtype),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25, seed=seed + 2), nn.Flatten(),
+                         nn.Linear(32 * 4 * 4, 10, seed=seed + 3, dtype=dtype))
+
+
+def cnn_loss(params, model, xb, yb, training):
+    """The CNN's loss as a function of its parameters, without dropout; training=True normalizes by
+    the batch's statistics (and leaves the running ones alone), False by the model's running ones."""
+    W1, b1, g1, c1, W2, b2, g2, c2, W3, b3 = params
+    bn1, bn2 = model[1], model[4]
+    stats1 = (None, None) if training else (bn1.running_mean, bn1.running_var)
+    stats2 = (None, None) if training else (bn2.running_mean, bn2.running_var)
+    h = F.relu(F.batch_norm(F.conv2d(xb, W1, b1, padding=1), *stats1, g1, c1, training=training))
+    h = F.relu(F.batch_norm(F.conv2d(h, W2, b2, padding=1), *stats2, g2, c2, training=training))
+    h = F.max_pool2d(h, 2)
+    return F.cross_entropy(ad.reshape(h, (h.shape[0], -1)) @ W3.T + b3, yb)
+
+
+def run_gradcheck_cnn(model, X, y):
+    """ad.gradcheck of the CNN's loss (batch statistics, no dropout) w.r.t. all its parameters, on
+    16 training images, in float64 whatever --dtype."""
+    xb, yb = X[:16].astype(np.float64), y[:16]
+    params = [p.numpy().astype(np.float64) for p in model.parameters()]
+    model.eval()
+    with ad.no_grad():
+        same = np.isclose(cnn_loss(params, model, xb, yb, False).item(), F.cross_entropy(model(xb), yb).item(),
+                          rtol=1e-5)
+    model.train()
+    if not same:
+        raise RuntimeError("demo: the gradcheck's cnn_loss no longer computes the model's loss")
+    ad.gradcheck(lambda *ps: cnn_loss(ps, model, xb, yb, True), tuple(params), n_directions=8, seed=0)
+    n = sum(p.size for p in params)
+    print(f"gradcheck: ad.gradcheck of the loss w.r.t. all {n:,} parameters (float64, batch statistics, 8 random "
+          f"directions, central differences, 16 images): passed")
+
+
 # the options a checkpoint must have been made with for a resumed run to be the same run
-RUN_OPTIONS = ("epochs", "hidden", "lr", "batch_size", "seed", "dtype")
+RUN_OPTIONS = ("model", "epochs", "hidden", "lr", "batch_size", "seed", "dtype")
+# what an option was before it existed (checkpoints written then)
+OPTION_DEFAULTS = {"model": "mlp"}
 
 
 def load_checkpoint(path, args, model, opt, sched, rng):
     """Restore a --save checkpoint into the freshly built run; returns (epoch done, curves)."""
     ckpt = ad.load(path)
     saved = ckpt.get("options", {}) if isinstance(ckpt, dict) else {}
-    differ = [k for k in RUN_OPTIONS if saved.get(k) != getattr(args, k)]
+    differ = [k for k in RUN_OPTIONS if saved.get(k, OPTION_DEFAULTS.get(k)) != getattr(args, k)]
     if differ:
         raise SystemExit(f"--resume: {path} was made with " +
                          ", ".join(f"--{k.replace('_', '-')} {saved.get(k)}" for k in differ) +
@@ -93,18 +149,30 @@ def load_checkpoint(path, args, model, opt, sched, rng):
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
     rng.bit_generator.state = ckpt["rng"]
+    for layer, state in zip(_dropouts(model), ckpt.get("dropout_rngs", [])):
+        layer.generator.bit_generator.state = state
     return ckpt["epoch"], ckpt["curves"]
 
 
 def save_checkpoint(path, args, epoch, model, opt, sched, rng, curves):
     ad.save({"options": {k: getattr(args, k) for k in RUN_OPTIONS}, "epoch": epoch, "model": model.state_dict(),
              "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.bit_generator.state,
-             "curves": curves}, path)
+             "curves": curves, "dropout_rngs": [d.generator.bit_generator.state for d in _dropouts(model)]}, path)
+
+
+def _dropouts(model):
+    """The dropout layers, whose generators a checkpoint keeps (a resumed run draws the same masks)."""
+    return [m for m in model.modules() if isinstance(m, nn.Dropout)]
 
 
 def accuracy(model, X, y):
-    with ad.no_grad():
-        return float(np.mean(model(X).numpy().argmax(axis=1) == y))
+    """In eval mode: dropout off, batch norm by its running statistics (which stay as they are)."""
+    model.eval()
+    try:
+        with ad.no_grad():
+            return float(np.mean(model(X).numpy().argmax(axis=1) == y))
+    finally:
+        model.train()
 
 
 def main(argv=None):
@@ -121,18 +189,27 @@ def main(argv=None):
                   f"(pip install matplotlib, or pip install 'pyautodiff[plot]')")
 
     X, y = load_digits()
+    cnn = args.model == "cnn"
+    if cnn:
+        X = X.reshape(-1, 1, 8, 8)       # one channel of 8x8 pixels
     X_train, y_train, X_test, y_test = split(X.astype(dtype), y)
-    print(f"pyautodiff {ad.__version__} demo: an MLP classifier for the 8x8 handwritten digits bundled "
-          f"with the package")
+    print(f"pyautodiff {ad.__version__} demo: {'a CNN' if cnn else 'an MLP'} classifier for the 8x8 handwritten "
+          f"digits bundled with the package")
     print(f"data: {len(X):,} images (UCI via scikit-learn, BSD-3-Clause), {len(X_train):,} for training, "
           f"{len(X_test):,} held out for testing")
 
-    model = nn.Sequential(nn.Linear(64, args.hidden, seed=args.seed, dtype=dtype), nn.ReLU(),
-                          nn.Linear(args.hidden, 10, seed=args.seed + 1, dtype=dtype))
+    if cnn:
+        model = build_cnn(args.seed, dtype)
+        layout = ("1x8x8 -> Conv2d 3x3 (16) -> BatchNorm2d -> ReLU -> Conv2d 3x3 (32) -> BatchNorm2d -> ReLU -> "
+                  "MaxPool2d 2 -> Dropout 0.25 -> Linear -> 10")
+    else:
+        model = nn.Sequential(nn.Linear(64, args.hidden, seed=args.seed, dtype=dtype), nn.ReLU(),
+                              nn.Linear(args.hidden, 10, seed=args.seed + 1, dtype=dtype))
+        layout = f"64 -> Linear -> ReLU ({args.hidden}) -> Linear -> 10"
     n_params = sum(p.size for p in model.parameters())
-    print(f"model: 64 -> Linear -> ReLU ({args.hidden}) -> Linear -> 10, {n_params:,} parameters, {dtype}; "
+    print(f"model: {layout}, {n_params:,} parameters, {dtype}; "
           f"Adam lr={args.lr:g} (cosine decay), batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
-    run_gradcheck(model, X_train, y_train)
+    (run_gradcheck_cnn if cnn else run_gradcheck)(model, X_train, y_train)
     if args.graph:
         write_graph(model, X_train[:args.batch_size], y_train[:args.batch_size], args.graph)
 

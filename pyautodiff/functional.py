@@ -38,13 +38,14 @@ transform's derivative: there an independent output is the exact derivative of a
 linear in the input, as in ``grad(grad(lambda x: 2 * x))``.)
 """
 import operator
+import sys
 import threading
 import warnings
 
 import numpy as np
 
-from ._capi import ffi, lib, check, as_float_array
-from .tensor import Tensor, _wrap, _from_array
+from ._capi import ffi, lib, check, as_float_array, _call, _call_out, address
+from .tensor import Tensor, _from_array
 
 __all__ = ["grad", "value_and_grad", "vjp", "jvp", "jacrev", "jacfwd", "hvp", "hessian"]
 
@@ -55,10 +56,19 @@ _state = threading.local()
 
 
 def _active():
-    """The transforms evaluating a user function on this thread, outermost first."""
+    """The transforms evaluating a user function on this thread, outermost first. A signal handler
+    that raises (KeyboardInterrupt) as a level's __exit__ begins leaves the level behind: one whose
+    transform's frame is no longer running is dropped here (a walk up the stack, only while a level
+    is recorded)."""
     names = getattr(_state, "names", None)
     if names is None:
         names = _state.names = []
+    elif names:
+        running, f = set(), sys._getframe(1)
+        while f is not None:
+            running.add(id(f))
+            f = f.f_back
+        names[:] = [lv for lv in names if id(lv.frame) in running]
     return names
 
 
@@ -75,13 +85,15 @@ class _level:
         self.inner_derivative = False
 
     def __enter__(self):
+        self.frame = sys._getframe(1)   # the transform's (see _active); a cycle until __exit__
         self._prev = lib.ad_set_grad_enabled(1)
         if self._prev < 0:
             check(self._prev)
         _active().append(self)
 
     def __exit__(self, *exc):
-        _active().pop()
+        self.frame = None
+        _active()                       # drops this level (and any left behind)
         lib.ad_set_grad_enabled(self._prev)
         return False
 
@@ -178,7 +190,7 @@ def _flatten_like(x, spec, what, path=""):
 def _leaf(x):
     """A fresh leaf that requires grad, holding a copy of x's values (x itself is left alone)."""
     if isinstance(x, Tensor):
-        t = _wrap(lib.ad_detach(x._h))
+        t = _call(lib.ad_detach, x._h)
         check(lib.ad_set_requires_grad(t._h, 1))
         return t
     return _from_array(as_float_array(x, what="input"), requires_grad=True)
@@ -229,7 +241,7 @@ class _Call:
     def _own(self, x):
         if self.recording and _on_tape(x):
             self.on_tape = True
-            return _wrap(lib.ad_reshape(x._h, x.ndim, ffi.new("int64_t[]", x.shape or (0,))))
+            return _call(lib.ad_reshape, x._h, x.ndim, ffi.new("int64_t[]", x.shape or (0,)))
         t = _leaf(x)
         self.fresh.append(t)
         return t
@@ -296,23 +308,23 @@ def _rows(arr):
 def _jvp_sweep(out, leaves, seeds, k):
     """out's tangent for k directions, as an array of shape (k, out.size)."""
     res = ffi.new("int64_t *")
-    check(lib.ad_jvp(out._h, len(leaves), _handles(leaves), _handles(seeds), k, res))
-    return _wrap(res[0]).numpy().reshape(k, -1)
+    (t,) = _call_out(lib.ad_jvp, 1, address(res), out._h, len(leaves), _handles(leaves), _handles(seeds), k, res)
+    return t.numpy().reshape(k, -1)
 
 
 def _vjp_sweep(out, leaves, cotangent_rows):
     """Each leaf's k cotangent-weighted gradients, as arrays of shape (k, leaf.size)."""
     k = cotangent_rows.shape[0]
     res = ffi.new("int64_t[]", max(len(leaves), 1))
-    check(lib.ad_vjp(out._h, cotangent_rows._h, len(leaves), _handles(leaves), res))
-    return [_wrap(res[i]).numpy().reshape(k, -1) for i in range(len(leaves))]
+    ts = _call_out(lib.ad_vjp, len(leaves), address(res), out._h, cotangent_rows._h, len(leaves), _handles(leaves), res)
+    return [t.numpy().reshape(k, -1) for t in ts]
 
 
 def _hvp_sweep(out, leaves, seeds, k):
     """Each leaf's k Hessian-vector rows (forward over reverse), as arrays of shape (k, leaf.size)."""
     res = ffi.new("int64_t[]", max(len(leaves), 1))
-    check(lib.ad_hvp(out._h, len(leaves), _handles(leaves), _handles(seeds), k, res))
-    return [_wrap(res[i]).numpy().reshape(k, -1) for i in range(len(leaves))]
+    ts = _call_out(lib.ad_hvp, len(leaves), address(res), out._h, len(leaves), _handles(leaves), _handles(seeds), k, res)
+    return [t.numpy().reshape(k, -1) for t in ts]
 
 
 def _scalar_output(out, name):
@@ -347,15 +359,13 @@ def _pick(single, items):
 def _grads_graph(out, leaves, cotangent):
     """d<cotangent, out>/d leaf for each leaf, as recorded tensors shaped like the leaves."""
     res = ffi.new("int64_t[]", max(len(leaves), 1))
-    check(lib.ad_vjp_graph(out._h, cotangent._h, len(leaves), _handles(leaves), res))
-    return [_wrap(res[i]) for i in range(len(leaves))]
+    return _call_out(lib.ad_vjp_graph, len(leaves), address(res), out._h, cotangent._h, len(leaves), _handles(leaves), res)
 
 
 def _tangent_graph(out, leaves, tangents):
     """out's tangent along one direction (one tangent per leaf), as a recorded tensor."""
     res = ffi.new("int64_t *")
-    check(lib.ad_jvp_graph(out._h, len(leaves), _handles(leaves), _handles(tangents), res))
-    return _wrap(res[0])
+    return _call_out(lib.ad_jvp_graph, 1, address(res), out._h, len(leaves), _handles(leaves), _handles(tangents), res)[0]
 
 
 def _ones(out):

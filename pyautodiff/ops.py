@@ -10,8 +10,8 @@ import operator
 import numpy as np
 
 from . import opdefs
-from ._capi import ffi, lib, int_arg, int_tuple, dtype_code, resolve_dtype
-from .tensor import Tensor, _wrap, as_tensor, _slice, _shape_arg
+from ._capi import ffi, lib, int_arg, int_tuple, dtype_code, resolve_dtype, _call
+from .tensor import Tensor, as_tensor, _slice, _shape_arg
 
 _PY_SCALARS = (float, int, bool)
 
@@ -23,7 +23,7 @@ def _unary_op(op):
     if not op.params:
         def f(x):
             x = as_tensor(x)
-            return _wrap(lib.ad_unary(code, x._h, 0.0, 0.0))
+            return _call(lib.ad_unary, code, x._h, 0.0, 0.0)
     else:
         names = tuple(op.params)
         sig = inspect.Signature(
@@ -40,7 +40,7 @@ def _unary_op(op):
             if op.name == "hardtanh" and c[0] > c[1]:
                 raise ValueError(f"hardtanh: min_val ({c[0]}) must not exceed max_val ({c[1]})")
             x = as_tensor(bound.arguments["x"])
-            return _wrap(lib.ad_unary(code, x._h, c[0], c[1]))
+            return _call(lib.ad_unary, code, x._h, c[0], c[1])
         f.__signature__ = sig
     f.__name__ = f.__qualname__ = op.name
     f.__doc__ = op.doc
@@ -91,13 +91,13 @@ def _binary_op(op):
         if scalar_rhs and type(b) in _PY_SCALARS and type(a) not in _PY_SCALARS:
             k, c = scalar_rhs(b)
             a = as_tensor(a)
-            return _wrap(lib.ad_unary(k, a._h, c, 0.0))
+            return _call(lib.ad_unary, k, a._h, c, 0.0)
         if scalar_lhs and type(a) in _PY_SCALARS and type(b) not in _PY_SCALARS:
             k, c = scalar_lhs(a)
             b = as_tensor(b)
-            return _wrap(lib.ad_unary(k, b._h, c, 0.0))
+            return _call(lib.ad_unary, k, b._h, c, 0.0)
         a, b = _operands(a, b)
-        return _wrap(lib.ad_binary(code, a._h, b._h))
+        return _call(lib.ad_binary, code, a._h, b._h)
     f.__name__ = f.__qualname__ = op.name
     f.__doc__ = op.doc
     return f
@@ -151,7 +151,7 @@ def isfinite(x):
 def matmul(a, b):
     """NumPy matmul: 1-D, 2-D and batched N-D operands with broadcast batch axes."""
     a, b = as_tensor(a), as_tensor(b)
-    return _wrap(lib.ad_matmul(a._h, b._h))
+    return _call(lib.ad_matmul, a._h, b._h)
 
 
 def _axes(axis, name):
@@ -165,7 +165,7 @@ def _reduction(code, name, doc):
     def op(x, axis=None, keepdims=False):
         n, axes = _axes(axis, name)
         x = as_tensor(x)
-        return _wrap(lib.ad_reduce(code, x._h, n, axes, 1 if keepdims else 0))
+        return _call(lib.ad_reduce, code, x._h, n, axes, 1 if keepdims else 0)
     op.__name__ = op.__qualname__ = name
     op.__doc__ = doc
     return op
@@ -186,30 +186,30 @@ def reshape(x, shape):
     """Same values in a new shape (one entry may be -1)."""
     n, c = _shape(shape)
     x = as_tensor(x)
-    return _wrap(lib.ad_reshape(x._h, n, c))
+    return _call(lib.ad_reshape, x._h, n, c)
 
 
 def transpose(x, axes=None):
     """Permute axes (None reverses them), as numpy.transpose."""
     x = as_tensor(x)
     if axes is None:
-        return _wrap(lib.ad_transpose(x._h, -1, ffi.NULL))
+        return _call(lib.ad_transpose, x._h, -1, ffi.NULL)
     n, c = _shape(axes)
-    return _wrap(lib.ad_transpose(x._h, n, c))
+    return _call(lib.ad_transpose, x._h, n, c)
 
 
 def broadcast_to(x, shape):
     """Repeat x along broadcast axes; its gradient sums them back (sum and broadcast are duals)."""
     n, c = _shape(shape)
     x = as_tensor(x)
-    return _wrap(lib.ad_broadcast_to(x._h, n, c))
+    return _call(lib.ad_broadcast_to, x._h, n, c)
 
 
 def astype(x, dtype):
     """x converted to float32 or float64; the gradient is converted back."""
     code = dtype_code(resolve_dtype(dtype))
     x = as_tensor(x)
-    return _wrap(lib.ad_cast(x._h, code))
+    return _call(lib.ad_cast, x._h, code)
 
 
 # ---- indexing and selection (csrc/kernels/index.c) ----
@@ -221,14 +221,14 @@ def concatenate(ts, axis=0):
     if axis is None:
         ts, axis = [reshape(t, -1) for t in ts], 0
     hs = ffi.new("int64_t[]", [t._h for t in ts] or [0])
-    return _wrap(lib.ad_concatenate(len(ts), hs, int_arg(axis, "concatenate: axis"), 0))
+    return _call(lib.ad_concatenate, len(ts), hs, int_arg(axis, "concatenate: axis"), 0)
 
 
 def stack(ts, axis=0):
     """Join same-shaped tensors along a new axis, as numpy.stack."""
     ts = [as_tensor(t) for t in ts]
     hs = ffi.new("int64_t[]", [t._h for t in ts] or [0])
-    return _wrap(lib.ad_concatenate(len(ts), hs, int_arg(axis, "stack: axis"), 1))
+    return _call(lib.ad_concatenate, len(ts), hs, int_arg(axis, "stack: axis"), 1)
 
 
 def split(t, indices_or_sections, axis=0):
@@ -259,7 +259,7 @@ def _scatter_add(t, index, shape):
         raise ValueError(f"scatter_add: {index.size} indices for a tensor of {t.size} elements")
     n, c = _shape(shape)
     ptr = ffi.from_buffer("int64_t[]", index) if index.size else ffi.NULL
-    return _wrap(lib.ad_scatter_add(t._h, n, c, ptr, 1))
+    return _call(lib.ad_scatter_add, t._h, n, c, ptr, 1)
 
 
 def _same_kind(x, like):
@@ -283,7 +283,7 @@ def where(cond, a, b):
     ta, tb = _same_kind(a, b), _same_kind(b, a)
     shape = ffi.new("int64_t[]", cond.shape or (0,))
     ptr = ffi.from_buffer("uint8_t[]", cond) if cond.size else ffi.NULL
-    return _wrap(lib.ad_where(cond.ndim, shape, ptr, ta._h, tb._h))
+    return _call(lib.ad_where, cond.ndim, shape, ptr, ta._h, tb._h)
 
 
 def _bound(v, name, default):
@@ -299,7 +299,7 @@ def clip(t, lo=None, hi=None):
     """Values limited to [lo, hi], as numpy.clip (None: no bound on that side). The gradient is 1
     on the closed interval, boundaries included (as PyTorch's clamp), and 0 strictly outside."""
     t = as_tensor(t)
-    return _wrap(lib.ad_clip(t._h, _bound(lo, "lo", -np.inf), _bound(hi, "hi", np.inf)))
+    return _call(lib.ad_clip, t._h, _bound(lo, "lo", -np.inf), _bound(hi, "hi", np.inf))
 
 
 # ---- normalisers (csrc/kernels/softmax.c): max-shifted, finite at +-1000 ----
@@ -309,14 +309,14 @@ def logsumexp(t, axis=None, keepdims=False):
     neither overflows nor underflows. Its gradient is softmax(t)."""
     n, axes = _axes(axis, "logsumexp")
     t = as_tensor(t)
-    return _wrap(lib.ad_softmax(lib.AD_OP_LOGSUMEXP, t._h, n, axes, 1 if keepdims else 0))
+    return _call(lib.ad_softmax, lib.AD_OP_LOGSUMEXP, t._h, n, axes, 1 if keepdims else 0)
 
 
 def softmax(t, axis=-1):
     """exp(t) / sum(exp(t)) over axis (an int, a tuple, or None for all), max-shifted."""
     n, axes = _axes(axis, "softmax")
     t = as_tensor(t)
-    return _wrap(lib.ad_softmax(lib.AD_OP_SOFTMAX, t._h, n, axes, 0))
+    return _call(lib.ad_softmax, lib.AD_OP_SOFTMAX, t._h, n, axes, 0)
 
 
 def log_softmax(t, axis=-1):
@@ -324,4 +324,4 @@ def log_softmax(t, axis=-1):
     softmax underflows to 0."""
     n, axes = _axes(axis, "log_softmax")
     t = as_tensor(t)
-    return _wrap(lib.ad_softmax(lib.AD_OP_LOG_SOFTMAX, t._h, n, axes, 0))
+    return _call(lib.ad_softmax, lib.AD_OP_LOG_SOFTMAX, t._h, n, axes, 0)

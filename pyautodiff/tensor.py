@@ -16,7 +16,8 @@ import threading
 import numpy as np
 
 from ._capi import (ffi, lib, raise_status, check, as_float_array, int_tuple, dtype_code, dtype_of,
-                    resolve_dtype)
+                    resolve_dtype, _call)
+from . import _core
 
 _new = object.__new__
 _binary = lib.ad_binary
@@ -32,6 +33,8 @@ _PY_SCALARS = (float, int, bool)
 
 
 def _wrap(h):
+    """A Tensor owning handle h, which the caller holds (a handle from C is wrapped by _call
+    instead, before any Python code runs: see _ownership.h)."""
     if h < 0:
         raise_status(h)
     t = _new(Tensor)
@@ -50,7 +53,7 @@ def _from_array(arr, requires_grad=False):
     """Leaf from an array that as_float_array already validated."""
     shape = ffi.new("int64_t[]", arr.shape or (0,))
     ptr = ffi.from_buffer(arr, require_writable=False) if arr.size else ffi.NULL
-    return _wrap(lib.ad_tensor_new(dtype_code(arr.dtype), arr.ndim, shape, ptr, 1 if requires_grad else 0))
+    return _call(lib.ad_tensor_new, dtype_code(arr.dtype), arr.ndim, shape, ptr, 1 if requires_grad else 0)
 
 
 def as_tensor(x, dtype=None):
@@ -76,7 +79,7 @@ def _gather(t, flat, block=1):
 def _gather_blocks(t, flat, shape, block):
     c = ffi.new("int64_t[]", tuple(shape) or (0,))
     ptr = ffi.from_buffer("int64_t[]", flat) if flat.size else ffi.NULL
-    return _wrap(lib.ad_gather(t._h, len(shape), c, ptr, block))
+    return _call(lib.ad_gather, t._h, len(shape), c, ptr, block)
 
 
 _BASIC = (int, np.integer, slice, type(None), type(Ellipsis))
@@ -128,8 +131,8 @@ def _basic_view(shape, parts):
 def _slice(t, parts):
     """t[parts] for a basic index: one strided copy in C (ad_slice), no index array."""
     shape, offset, strides = _basic_view(t.shape, parts)
-    return _wrap(lib.ad_slice(t._h, len(shape), ffi.new("int64_t[]", shape or [0]), offset,
-                              ffi.new("int64_t[]", strides or [0])))
+    return _call(lib.ad_slice, t._h, len(shape), ffi.new("int64_t[]", shape or [0]), offset,
+                 ffi.new("int64_t[]", strides or [0]))
 
 
 def _whole(part):
@@ -202,9 +205,8 @@ class Tensor:
     def __init__(self, data, dtype=None, requires_grad=False):
         _adopt(self, tensor(data, dtype, requires_grad))
 
-    def __del__(self, _release=_release):
-        if self._h:
-            _release(self._h)
+    # __del__ is C (_ownership.h, installed below by _init): a Python one could lose the node to a
+    # signal raised inside it
 
     # ---- inspection ----
     def _info(self):
@@ -353,10 +355,7 @@ class Tensor:
 
     @property
     def grad(self):
-        h = lib.ad_grad(self._h)
-        if h == 0:
-            return None
-        return _wrap(h)
+        return _call(lib.ad_grad, self._h)    # None when there is none
 
     @grad.setter
     def grad(self, value):
@@ -373,7 +372,7 @@ class Tensor:
 
     def detach(self):
         """A new leaf with the same values and no graph."""
-        return _wrap(lib.ad_detach(self._h))
+        return _call(lib.ad_detach, self._h)
 
     # ---- hooks and introspection (pyautodiff/hooks.py) ----
     def register_hook(self, fn):
@@ -397,103 +396,83 @@ class Tensor:
     # ---- arithmetic: one C call each ----
     def __add__(self, other):
         if type(other) is Tensor:
-            h = _binary(ADD, self._h, other._h)
+            return _call(_binary, ADD, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _unary(ADD_S, self._h, other, 0.0)
+            return _call(_unary, ADD_S, self._h, other, 0.0)
         else:
             o = _other("+", other)
             if o is None:
                 return NotImplemented
-            h = _binary(ADD, self._h, o._h)
-        if h < 0:
-            raise_status(h)
-        t = _new(Tensor)
-        t._h = h
-        return t
+            return _call(_binary, ADD, self._h, o._h)
 
     def __radd__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_unary(ADD_S, self._h, other, 0.0))
+            return _call(_unary, ADD_S, self._h, other, 0.0)
         o = _other("+", other)
-        return NotImplemented if o is None else _wrap(_binary(ADD, o._h, self._h))
+        return NotImplemented if o is None else _call(_binary, ADD, o._h, self._h)
 
     def __sub__(self, other):
         if type(other) is Tensor:
-            h = _binary(SUB, self._h, other._h)
+            return _call(_binary, SUB, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _unary(ADD_S, self._h, -other, 0.0)   # x - c == x + (-c) exactly in IEEE arithmetic
+            return _call(_unary, ADD_S, self._h, -other, 0.0)   # x - c == x + (-c) exactly in IEEE arithmetic
         else:
             o = _other("-", other)
             if o is None:
                 return NotImplemented
-            h = _binary(SUB, self._h, o._h)
-        if h < 0:
-            raise_status(h)
-        t = _new(Tensor)
-        t._h = h
-        return t
+            return _call(_binary, SUB, self._h, o._h)
 
     def __rsub__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_unary(RSUB_S, self._h, other, 0.0))
+            return _call(_unary, RSUB_S, self._h, other, 0.0)
         o = _other("-", other)
-        return NotImplemented if o is None else _wrap(_binary(SUB, o._h, self._h))
+        return NotImplemented if o is None else _call(_binary, SUB, o._h, self._h)
 
     def __mul__(self, other):
         if type(other) is Tensor:
-            h = _binary(MUL, self._h, other._h)
+            return _call(_binary, MUL, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _unary(MUL_S, self._h, other, 0.0)
+            return _call(_unary, MUL_S, self._h, other, 0.0)
         else:
             o = _other("*", other)
             if o is None:
                 return NotImplemented
-            h = _binary(MUL, self._h, o._h)
-        if h < 0:
-            raise_status(h)
-        t = _new(Tensor)
-        t._h = h
-        return t
+            return _call(_binary, MUL, self._h, o._h)
 
     def __rmul__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_unary(MUL_S, self._h, other, 0.0))
+            return _call(_unary, MUL_S, self._h, other, 0.0)
         o = _other("*", other)
-        return NotImplemented if o is None else _wrap(_binary(MUL, o._h, self._h))
+        return NotImplemented if o is None else _call(_binary, MUL, o._h, self._h)
 
     def __truediv__(self, other):
         if type(other) is Tensor:
-            h = _binary(DIV, self._h, other._h)
+            return _call(_binary, DIV, self._h, other._h)
         elif type(other) in _PY_SCALARS:
-            h = _unary(DIV_S, self._h, other, 0.0)
+            return _call(_unary, DIV_S, self._h, other, 0.0)
         else:
             o = _other("/", other)
             if o is None:
                 return NotImplemented
-            h = _binary(DIV, self._h, o._h)
-        if h < 0:
-            raise_status(h)
-        t = _new(Tensor)
-        t._h = h
-        return t
+            return _call(_binary, DIV, self._h, o._h)
 
     def __rtruediv__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_unary(RDIV_S, self._h, other, 0.0))
+            return _call(_unary, RDIV_S, self._h, other, 0.0)
         o = _other("/", other)
-        return NotImplemented if o is None else _wrap(_binary(DIV, o._h, self._h))
+        return NotImplemented if o is None else _call(_binary, DIV, o._h, self._h)
 
     def __pow__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_unary(POW_S, self._h, other, 0.0))
+            return _call(_unary, POW_S, self._h, other, 0.0)
         o = other if type(other) is Tensor else _other("**", other)
-        return NotImplemented if o is None else _wrap(_binary(POW, self._h, o._h))
+        return NotImplemented if o is None else _call(_binary, POW, self._h, o._h)
 
     def __rpow__(self, other):
         if type(other) in _PY_SCALARS:
-            return _wrap(_unary(RPOW_S, self._h, other, 0.0))
+            return _call(_unary, RPOW_S, self._h, other, 0.0)
         o = _other("**", other)
-        return NotImplemented if o is None else _wrap(_binary(POW, o._h, self._h))
+        return NotImplemented if o is None else _call(_binary, POW, o._h, self._h)
 
     def __floordiv__(self, other):
         from .ops import floor_divide
@@ -513,25 +492,20 @@ class Tensor:
 
     def __matmul__(self, other):
         o = other if type(other) is Tensor else _other("@", other)
-        return NotImplemented if o is None else _wrap(_matmul(self._h, o._h))
+        return NotImplemented if o is None else _call(_matmul, self._h, o._h)
 
     def __rmatmul__(self, other):
         o = _other("@", other)
-        return NotImplemented if o is None else _wrap(_matmul(o._h, self._h))
+        return NotImplemented if o is None else _call(_matmul, o._h, self._h)
 
     def __neg__(self):
-        h = _unary(NEG, self._h, 0.0, 0.0)
-        if h < 0:
-            raise_status(h)
-        t = _new(Tensor)
-        t._h = h
-        return t
+        return _call(_unary, NEG, self._h, 0.0, 0.0)
 
     def __pos__(self):
         return self
 
     def __abs__(self):
-        return _wrap(_unary(lib.AD_OP_ABS, self._h, 0.0, 0.0))
+        return _call(_unary, lib.AD_OP_ABS, self._h, 0.0, 0.0)
 
     # ---- comparisons: NumPy bool arrays, no gradient ----
     def __lt__(self, other):
@@ -555,7 +529,7 @@ class Tensor:
     # ---- NumPy-style methods (the functions live in ops.py) ----
     @property
     def T(self):
-        return _wrap(lib.ad_transpose(self._h, -1, ffi.NULL))
+        return _call(lib.ad_transpose, self._h, -1, ffi.NULL)
 
     def sum(self, axis=None, keepdims=False):
         from .ops import sum as f
@@ -641,17 +615,17 @@ class Tensor:
 
     def clone(self):
         """A differentiable copy (gradient 1): later in-place updates of either leave the other alone."""
-        return _wrap(_unary(MUL_S, self._h, 1.0, 0.0))   # x * 1.0 is x exactly, -0.0 and NaN included
+        return _call(_unary, MUL_S, self._h, 1.0, 0.0)   # x * 1.0 is x exactly, -0.0 and NaN included
 
     @property
     def data(self):
         """A leaf sharing this tensor's values, not tracked: in-place updates through it change
         this tensor too (and bump the version both report), as PyTorch's .data."""
-        return _wrap(lib.ad_data(self._h))
+        return _call(lib.ad_data, self._h)
 
     def detach_(self):
         """Make this tensor a leaf that does not require grad, keeping its values (shared)."""
-        _rebind(self, _wrap(lib.ad_data(self._h)))
+        _rebind(self, _call(lib.ad_data, self._h))
         return self
 
     @property
@@ -732,6 +706,9 @@ def _update(t, name, fn, operand=None):
     return t
 
 
+_core._init(Tensor, raise_status)   # Tensor.__del__, and where _call puts a handle
+
+
 def _overwrite(t, mask, value, pos=None):
     """t with the elements where mask is true replaced by value (broadcast to pos's shape, the
     positions indexed, or to t's when pos is None), built from recorded ops (where, gather,
@@ -795,7 +772,7 @@ def full(shape, fill_value, dtype=None, requires_grad=False):
     shape = _shape_arg(shape)
     dt = resolve_dtype(dtype) if dtype is not None else np.dtype(np.float64)
     c = ffi.new("int64_t[]", shape or (0,))
-    return _wrap(lib.ad_full(dtype_code(dt), len(shape), c, float(fill_value), 1 if requires_grad else 0))
+    return _call(lib.ad_full, dtype_code(dt), len(shape), c, float(fill_value), 1 if requires_grad else 0)
 
 
 def zeros(shape, dtype=None, requires_grad=False):

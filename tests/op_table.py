@@ -414,6 +414,44 @@ for _target in ("float32", "float64"):
     row(name="astype_method_" + _target, fn=lambda x, dtype: x.astype(np.dtype(dtype)), ref="cast",
         public="astype", samples=_param_samples("dtype", [((2, 3), _target)]), tol=EXACT)
 
+# ---------------------------------------------------------------------------------------------
+# convolution windows: unfold (im2col) and its adjoint fold (col2im), csrc/kernels/conv.c
+# ---------------------------------------------------------------------------------------------
+# (image shape, kernel_size, stride, padding, dilation): odd sizes, stride > 1, padding, dilation,
+# non-square kernels, a kernel as large as the padded image, an empty batch
+CONV_CASES = [((2, 3, 7, 6), (3, 2), (2, 1), (1, 2), (1, 2)), ((1, 2, 5, 5), (1, 1), (1, 1), (0, 0), (1, 1)),
+              ((2, 1, 6, 9), (2, 3), (3, 2), (0, 1), (2, 1)), ((1, 2, 4, 3), (4, 5), (1, 1), (0, 1), (1, 1)),
+              ((3, 2, 5, 4), (3, 3), (1, 1), (1, 1), (1, 1)), ((0, 2, 5, 4), (2, 2), (1, 1), (0, 0), (1, 1))]
+
+
+def _conv_params(k, s, p, d):
+    return {"kernel_size": k, "stride": s, "padding": p, "dilation": d}
+
+
+def _unfold_samples(rng):
+    return [Sample((rng.standard_normal(shape),), f"{shape}-{k}-{s}-{p}-{d}", smooth=not _size_zero(shape),
+                   params=_conv_params(k, s, p, d)) for shape, k, s, p, d in CONV_CASES]
+
+
+def _fold_samples(rng):
+    out = []
+    for (n, c, h, w), k, s, p, d in CONV_CASES:
+        windows = (((h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1) *
+                   ((w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1))
+        shape = (n, c * k[0] * k[1], windows)
+        out.append(Sample((rng.standard_normal(shape),), f"{shape}-{(h, w)}-{k}-{s}-{p}-{d}",
+                          smooth=not _size_zero(shape), params=dict(_conv_params(k, s, p, d), output_size=(h, w))))
+    return out
+
+
+# unfold copies values (EXACT); fold and unfold's VJP (a fold) add up to kh*kw overlapping entries
+# per pixel, kernel by kernel in the reference's order too, so float64 agrees to the last bits and
+# REDUCTION's float32 tolerance covers a different association of those few sums
+row(name="unfold", fn=lambda x, **kw: ad.nn.functional.unfold(x, **kw), ref="unfold", public="unfold",
+    samples=_unfold_samples, tol=EXACT, grad_tol=REDUCTION)
+row(name="fold", fn=lambda x, **kw: ad.nn.functional.fold(x, **kw), ref="fold", public="fold",
+    samples=_fold_samples, tol=REDUCTION, grad_tol=EXACT)
+
 # every op of issue 2 must have at least one row (test_table_covers_every_issue2_op); composite
 # graphs that cross op families are in test_ops.py
 ISSUE2_OPS = ["add", "subtract", "multiply", "divide", "negative", "power", "exp", "log", "sqrt", "abs",

@@ -54,3 +54,26 @@ def test_bad_options_exit_with_usage():
     for argv in (["--epochs", "0"], ["--dtype", "float16"], ["--lr", "-1"]):
         r = subprocess.run([sys.executable, "-m", "pyautodiff.demo", *argv], capture_output=True, text=True)
         assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def test_cnn_reaches_98_5_percent(capsys):
+    # the CNN main job with its defaults (10 epochs, about 10 s here)
+    lines = _lines(capsys, ["--model", "cnn"])
+    assert "a CNN classifier" in lines[0] and "Conv2d 3x3 (16) -> BatchNorm2d" in lines[2]
+    assert lines[3].startswith("gradcheck:") and lines[3].endswith("passed")
+    assert len([line for line in lines if line.startswith("epoch")]) == 10
+    m = re.fullmatch(r"test accuracy: (\d+\.\d)%", lines[-1])
+    assert m and float(m.group(1)) >= 98.5
+
+
+def test_cnn_resumed_run_is_the_uninterrupted_one(capsys, tmp_path):
+    # dropout's generator and batch norm's running statistics are in the checkpoint
+    ck = str(tmp_path / "ck.npz")
+    straight = _lines(capsys, ["--model", "cnn", "--epochs", "2", "--dtype", "float32"])
+    _lines(capsys, ["--model", "cnn", "--epochs", "2", "--dtype", "float32", "--stop-after", "1", "--save", ck])
+    resumed = _lines(capsys, ["--model", "cnn", "--epochs", "2", "--dtype", "float32", "--resume", ck])
+    epoch2 = [re.sub(r"\s+[\d,]+ samples/s$", "", line) for line in (straight + resumed) if line.startswith("epoch   2")]
+    assert len(epoch2) == 2 and epoch2[0] == epoch2[1]
+    assert straight[-1] == resumed[-1]
+    with pytest.raises(SystemExit, match="--model cnn"):
+        demo.main(["--epochs", "2", "--dtype", "float32", "--resume", ck])

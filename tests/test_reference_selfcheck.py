@@ -193,6 +193,11 @@ CASES = {
                      lambda r: case(smooth(r, ()), shape=(2, 2))],
     "cast": [lambda r: case(smooth(r, (2, 3)), dtype=np.float64)],
     "scatter_add": [lambda r: case(smooth(r, (2, 3)), index=[4, 0, 4, 7, 1, 4], shape=(2, 4))],
+    # windows of a (5, 4) image: kernel (3, 2), stride (2, 1), padding 1, dilation (1, 2) -> 3 x 4 windows
+    "unfold": [lambda r: case(smooth(r, (2, 2, 5, 4)), kernel_size=(3, 2), stride=(2, 1), padding=(1, 1),
+                              dilation=(1, 2))],
+    "fold": [lambda r: case(smooth(r, (2, 2 * 3 * 2, 12)), output_size=(5, 4), kernel_size=(3, 2), stride=(2, 1),
+                            padding=(1, 1), dilation=(1, 2))],
     "mul_zero_safe": [lambda r: case(smooth(r, (3, 4)), smooth(r, (4,)))],
     "getitem": [lambda r: case(smooth(r, (4, 5)), index=(slice(None, None, -2), 3)),
                 lambda r: case(smooth(r, (4, 5)), index=(None, Ellipsis, slice(1, 4))),

@@ -1,6 +1,7 @@
 /* The op table: one row per op code, naming its VJP, the shape its contributions take, and its
  * JVP. */
 #include "../core.h"
+#include "conv.h"
 
 void ad_contrib_output(const ad_node *n, int which, int *ndim, int64_t *shape)
 {
@@ -42,6 +43,8 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_LOG_SOFTMAX] = SM("log_softmax"),
     [AD_OP_SCATTER_ADD] = L("scatter_add", index, 0, NONE),
     [AD_OP_SLICE] = L("getitem", index, 0, NONE),
+    [AD_OP_UNFOLD] = L("unfold", conv, 0, NONE),
+    [AD_OP_FOLD] = L("fold", conv, 0, NONE),
     [AD_OP_CUSTOM] = {"custom", ad_vjp_custom_unused, 0, ad_jvp_custom, 0, 0, 0, ad_vjp_rec_custom_unused, ad_jvp_rec_custom},
 };
 

@@ -291,8 +291,27 @@ static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(21)) {
-    case 19: fuzz_plan(); break;
+    switch (below(22)) {
+    case 21: fuzz_plan(); break;
+    case 20: {
+        /* convolution windows: a fitting 4-D or 3-D leaf now and then, parameters mostly sane */
+        int64_t k[2], s[2], p[2], d[2], o[2];
+        for (int i = 0; i < 2; i++) {
+            k[i] = chance(90) ? 1 + below(3) : absurd_int();
+            s[i] = chance(90) ? 1 + below(2) : absurd_int();
+            p[i] = chance(90) ? below(2) : absurd_int();
+            d[i] = chance(90) ? 1 + below(2) : absurd_int();
+            o[i] = chance(90) ? below(6) : absurd_int();
+        }
+        if (chance(40)) {
+            int64_t shp[4] = {below(3), 1 + below(3), below(7), below(7)};
+            check_handle("ad_full", ad_full((int)below(2), 4, shp, 0.5, (int)below(2)), 0);
+        }
+        int64_t x = any_handle();
+        check_handle("ad_unfold", ad_unfold(x, chance(97) ? k : NULL, s, p, chance(97) ? d : NULL), 0);
+        check_handle("ad_fold", ad_fold(any_handle(), chance(97) ? o : NULL, k, s, chance(97) ? p : NULL, d), 0);
+        break;
+    }
     case 16: {
         /* custom nodes and hooks with no callback set: every sweep through one must fail cleanly
          * (backward's all-or-nothing path included) */

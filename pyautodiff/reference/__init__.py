@@ -41,9 +41,10 @@ keepdims=False)``; ``softmax/log_softmax(x, axis=-1)``; ``reshape(x, shape)``;
 ``getitem(x, index)``; ``concatenate(*xs, axis=0)``; ``stack(*xs, axis=0)``;
 ``where(a, b, cond=bool_array)``; ``clip(x, lo, hi)``; ``leaky_relu(x, negative_slope=0.01)``;
 ``elu(x, alpha=1.0)``; ``hardtanh(x, min_val=-1.0, max_val=1.0)``;
-``gelu(x, approximate="none")`` (``"none"`` or ``"tanh"``).
+``gelu(x, approximate="none")`` (``"none"`` or ``"tanh"``); ``unfold(x, kernel_size, stride, padding,
+dilation)`` and ``fold(x, output_size, kernel_size, stride, padding, dilation)`` (pairs of ints).
 """
-from . import elementwise, linalg, reduce, shape
+from . import conv, elementwise, linalg, reduce, shape
 from ._core import RefOp, expand_reduced, normalize_axes, ref_op, unbroadcast, zero_safe
 
 
@@ -57,7 +58,7 @@ def _merge(*families):
     return table
 
 
-REFERENCE = _merge(elementwise, reduce, linalg, shape)
+REFERENCE = _merge(elementwise, reduce, linalg, shape, conv)
 
 __all__ = ["REFERENCE", "RefOp", "ref_op", "unbroadcast", "zero_safe", "normalize_axes",
            "expand_reduced"]
