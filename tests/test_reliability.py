@@ -474,3 +474,16 @@ def test_a_thousand_interrupts_leak_nothing(handler):
     assert int(swallowed) == 0                 # no exception lost in a __del__
     assert grad_mode == "True"
     assert g.strip() == "[0.0, 0.0, 0.0]"      # d/dv sum(v sin v) = sin v + v cos v = 0 at 0
+
+
+def test_no_handle_from_the_core_is_wrapped_by_python_code():
+    """The interrupt guarantee holds only if every handle the core returns is adopted inside the C
+    wrapper (_call / _call_out): `_wrap(lib.ad_X(...))` leaves a window between the C call and the
+    Tensor owning the handle. A new op written that way fails here, naming the line."""
+    import pathlib
+    import re
+    root = pathlib.Path(ad.__file__).parent
+    bad = [f"{p.relative_to(root)}:{i}: {line.strip()}"
+           for p in sorted(root.rglob("*.py")) for i, line in enumerate(p.read_text().splitlines(), 1)
+           if re.search(r"_wrap\(\s*lib\.ad_", line)]
+    assert bad == []

@@ -8,8 +8,8 @@ mean (or, where the windows tile the image, a reshape and the reduction, with no
 import numpy as np
 
 from .. import ops
-from .._capi import ffi, int_arg, lib
-from ..tensor import Tensor, _wrap, as_tensor, full
+from .._capi import _call, ffi, int_arg, lib
+from ..tensor import Tensor, as_tensor, full
 
 __all__ = ["unfold", "fold", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
            "adaptive_avg_pool2d"]
@@ -55,7 +55,7 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1):
     k, d = _pair(kernel_size, "unfold: kernel_size", 1), _pair(dilation, "unfold: dilation", 1)
     p, s = _pair(padding, "unfold: padding", 0), _pair(stride, "unfold: stride", 1)
     x = as_tensor(input)
-    return _wrap(lib.ad_unfold(x._h, _c2(k), _c2(s), _c2(p), _c2(d)))
+    return _call(lib.ad_unfold, x._h, _c2(k), _c2(s), _c2(p), _c2(d))
 
 
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
@@ -65,7 +65,7 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1):
     k, d = _pair(kernel_size, "fold: kernel_size", 1), _pair(dilation, "fold: dilation", 1)
     p, s = _pair(padding, "fold: padding", 0), _pair(stride, "fold: stride", 1)
     x = as_tensor(input)
-    return _wrap(lib.ad_fold(x._h, _c2(o), _c2(k), _c2(s), _c2(p), _c2(d)))
+    return _call(lib.ad_fold, x._h, _c2(o), _c2(k), _c2(s), _c2(p), _c2(d))
 
 
 def _describe(t):
