@@ -349,8 +349,8 @@ void ad_plan_free(ad_plan *p);
 /* The plan's root (i = -1) or input i (0 <= i < n_inputs): shape, dtype, size; data is NULL. */
 int ad_plan_info(const ad_plan *p, int i, ad_info_t *out);
 /* Forward at new input values: inputs[i] holds input i's values (contiguous, its shape and dtype
- * as recorded; unread when the root does not depend on it). The root's values go to out (NULL:
- * kept in the plan only). One replay at a time per plan: a call while another thread's replay of
+ * as recorded; copied into the plan, so it may change once the call returns). The root's values go
+ * to out (NULL: kept in the plan only). One replay at a time per plan: a call while another thread's replay of
  * the same plan runs is an AD_ERR_RUNTIME. */
 int ad_plan_forward(ad_plan *p, const void *const *inputs, void *out);
 /* Watched tensor w's values from the last forward (info->data points into the plan: valid until
