@@ -328,4 +328,50 @@ int ad_hvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
 typedef void (*ad_gil_hook)(void);
 void ad_set_gil_hook(ad_gil_hook hook);
 
+/* ---- record once, replay in C (csrc/replay.c) ----
+ *
+ * A plan is the recorded graph between some inputs and a root, copied out of the tape into a flat
+ * array of node records in creation order, with every buffer it needs (values, adjoints, the
+ * constants it reads) assigned once, at build time, in one arena. A replay runs the forward kernels
+ * and then the batched reverse sweep's VJP step (k = 1) over that array at new input values: the
+ * same code as the eager ops and ad_vjp, in the same order, so the results are bit-identical.
+ * Constants (tensors the graph reads that are not inputs, or were made before them) are copied into
+ * the plan; their versions are checked at every replay. */
+typedef struct ad_plan ad_plan;
+/* Returned (positive) by ad_plan_forward / ad_plan_run when a constant was written in place since
+ * the build: the plan no longer computes what the function would; record again. */
+#define AD_PLAN_STALE 1
+/* Start (on != 0) or end a recording on the calling thread's tape (the calls nest). Returns the
+ * tape's count of values that have left the graph while recording: ops on requires-grad tensors
+ * under no_grad, detach, .data, in-place writes (or a negative status). A recording whose count
+ * moved cannot be replayed. */
+int64_t ad_record_mode(int on);
+/* Plan of root's recorded graph from the n_inputs distinct leaves in inputs, also computing the
+ * n_watch tensors in watch (values the bindings read while recording, checked again at replay):
+ * watch_index[i] receives watch i's index for ad_plan_watch, or -1 when it is a constant of the
+ * plan (its value cannot change without failing the version check). Custom functions, hooks and
+ * released graphs are an AD_ERR_RUNTIME. *out receives the plan (free it with ad_plan_free). */
+int ad_plan_build(int64_t root, int n_inputs, const int64_t *inputs, int n_watch, const int64_t *watch,
+                  int64_t *watch_index, ad_plan **out);
+/* NULL-safe; releases the plan's hold on its constants (from any thread). */
+void ad_plan_free(ad_plan *p);
+/* The plan's root (i = -1) or input i (0 <= i < n_inputs): shape, dtype, size; data is NULL. */
+int ad_plan_info(const ad_plan *p, int i, ad_info_t *out);
+/* Forward at new input values: inputs[i] holds input i's values (contiguous, its shape and dtype
+ * as recorded; copied into the plan, so it may change once the call returns). The root's values go
+ * to out (NULL: kept in the plan only). One replay at a time per plan: a call while another thread's replay of
+ * the same plan runs is an AD_ERR_RUNTIME. */
+int ad_plan_forward(ad_plan *p, const void *const *inputs, void *out);
+/* Watched tensor w's values from the last forward (info->data points into the plan: valid until
+ * the next replay or ad_plan_free). */
+int ad_plan_watch(ad_plan *p, int w, ad_info_t *out);
+/* Reverse sweep after ad_plan_forward: grads[i] (input i's size, its dtype) receives the
+ * cotangent-weighted gradient of the root with respect to input i; seed holds the cotangent
+ * (the root's shape and dtype), or NULL for ones when the root has one element. */
+int ad_plan_backward(ad_plan *p, const void *seed, void *const *grads);
+/* ad_plan_forward, then ad_plan_backward when grads is not NULL, in one call. */
+int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *seed, void *const *grads);
+/* Counters of a plan: ops (recorded nodes replayed), constants, bytes of its arena. */
+int ad_plan_stats(const ad_plan *p, int64_t *ops, int64_t *constants, int64_t *bytes);
+
 #endif

@@ -465,6 +465,26 @@ int ad_vjp2_scan(ad_tape *T, ad_node *n, const void *g, const void *const *tin, 
 int ad_vjp_rec_scan(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
 int ad_jvp_rec_scan(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 
+/* ---- replay (replay.c) ----
+ * The forward of a recorded node from its inputs' values ins[j] (n's own shape, constants and
+ * saved index or mask as recorded), into n->data: the very code its constructor runs, so a
+ * replayed value is bit-identical to the eager one. */
+int ad_fwd_ew(ad_node *n, ad_node *const *ins);
+int ad_fwd_reduce(ad_tape *T, ad_node *n, ad_node *const *ins);
+int ad_fwd_softmax(ad_tape *T, ad_node *n, ad_node *const *ins);
+int ad_fwd_matmul(ad_node *n, ad_node *const *ins);
+int ad_fwd_layout(ad_node *n, ad_node *const *ins);
+int ad_fwd_index(ad_node *n, ad_node *const *ins);
+int ad_fwd_conv(ad_node *n, ad_node *const *ins);
+/* One cotangent row of n (g, shaped like n) handed to input j's adjoint `target` (+= when acc):
+ * the batched reverse sweep's step (sweep.c) for k = 1, so a replayed gradient is bit-identical
+ * to ad_vjp's. */
+int ad_pass_row(ad_tape *T, ad_node *n, const void *g, int j, void *target, int acc);
+/* While the calling thread records (ad_record_begin): a value computed from a node that requires
+ * grad without being recorded (an op under no_grad, detach, .data) or an in-place write; the
+ * recording then fails rather than bake in a value that would not follow new inputs. */
+void ad_tape_escape(ad_tape *T);
+
 /* ---- custom nodes and hooks (custom.c): rules that live in the bindings ----
  * Each runs the bindings' callback with T unlocked (they run ops on this tape) and T locked
  * again on return; results are checked here, at the boundary, before the sweep uses them.

@@ -836,6 +836,11 @@ static int pass_rows_to_input(ad_tape *T, ad_node *n, const void *g, int j, void
     return st;
 }
 
+int ad_pass_row(ad_tape *T, ad_node *n, const void *g, int j, void *target, int acc)
+{
+    return pass_rows_to_input(T, n, g, j, target, acc, 1, NULL);
+}
+
 /* An adjoint slot of the batched reverse sweeps, given a k-row buffer if it has none; *acc says
  * whether it already held a value (so the next contribution adds). */
 static int slot_target(ad_tape *T, ad_recycler *rc, ad_slot *sm, const ad_node *m, int64_t k, int *acc,

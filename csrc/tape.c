@@ -58,6 +58,8 @@ struct ad_tape {
     int64_t pending_site;      /* site_fn's id for the op being recorded */
     uint64_t writes;           /* in-place writes so far (see "versions") */
     uint32_t gen_floor;        /* generation of a fresh slot's first node (see tape_reclaim) */
+    int recording;             /* ad_record_mode depth (owner thread only) */
+    int64_t escapes;           /* values that left the graph while recording (ad_tape_escape) */
 };
 
 /* Every call takes its tape's lock, but it is contended only when another thread reads or drops
@@ -659,8 +661,26 @@ static void versions_save(ad_tape *T, ad_node *n)
     }
 }
 
+void ad_tape_escape(ad_tape *T)
+{
+    if (T->recording) T->escapes++;
+}
+
+int64_t ad_record_mode(int on)
+{
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    if (on) T->recording++;
+    else if (T->recording > 0) T->recording--;
+    int64_t e = T->escapes;
+    ad_unlock(T);
+    return e;
+}
+
 void ad_version_bump(ad_tape *T, ad_node *n)
 {
+    ad_tape_escape(T);
     ad_storage(n)->version++;
     T->writes++;
 }
@@ -757,6 +777,7 @@ int64_t ad_data(int64_t h)
     if (st) return st;
     int64_t r = ad_resolve(T, h, &x);
     if (!r) {
+        if (x->flags & F_REQUIRES_GRAD) ad_tape_escape(T);
         x = ad_storage(x);
         r = ad_node_new(T, AD_OP_LEAF, x->dtype, x->ndim, x->shape, &n);
         if (!r) {
@@ -788,6 +809,7 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
     int any = 0;
     for (int i = 0; i < nin; i++) any |= ins[i]->flags & F_REQUIRES_GRAD;
     if (!any || !T->grad_enabled) {
+        if (any) ad_tape_escape(T);   /* a value of the graph computed off it (no_grad) */
         /* nothing to differentiate: a constant, free of its inputs and parameters */
         if (n->aux) { ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t)); n->aux = NULL; n->aux_len = 0; }
         n->op = AD_OP_LEAF;
@@ -1069,6 +1091,7 @@ int64_t ad_detach(int64_t h)
     if (st) return st;
     int64_t r = ad_resolve(T, h, &x);
     if (!r) {
+        if (x->flags & F_REQUIRES_GRAD) ad_tape_escape(T);
         r = ad_node_new(T, AD_OP_LEAF, x->dtype, x->ndim, x->shape, &n);
         if (!r) {
             memcpy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));

@@ -19,6 +19,7 @@ from .creation import (empty, arange, linspace, eye, rand, randn, full_like, emp
                        manual_seed)
 from .custom import custom_vjp, custom_jvp, Function, FunctionCtx
 from .checkpoint import checkpoint
+from .record import record, GuardError
 from ._capi import lib as _lib
 from . import nn, optim, data, autograd, viz
 

@@ -11,6 +11,7 @@ it; using it in an op on another thread is a RuntimeError.
 import functools
 import inspect
 import operator
+import threading
 
 import numpy as np
 
@@ -244,6 +245,9 @@ class Tensor:
 
     def numpy(self):
         """A copy of the values: writing to it never changes the tensor."""
+        rec = getattr(_recording, "rec", None)
+        if rec is not None:
+            rec.read(self)
         info = self._info()
         dt = dtype_of(info.dtype)
         shape = tuple(info.shape[i] for i in range(info.ndim))
@@ -257,6 +261,9 @@ class Tensor:
         return a if dtype is None else a.astype(dtype, copy=False)
 
     def item(self):
+        rec = getattr(_recording, "rec", None)
+        if rec is not None:
+            rec.read(self)
         info = self._info()
         if info.size != 1:
             raise ValueError(f"item(): only a tensor with one element can be converted to a Python "
@@ -502,22 +509,22 @@ class Tensor:
 
     # ---- comparisons: NumPy bool arrays, no gradient ----
     def __lt__(self, other):
-        return np.asarray(self) < _plain(other)
+        return _compare(np.less, self, other)
 
     def __le__(self, other):
-        return np.asarray(self) <= _plain(other)
+        return _compare(np.less_equal, self, other)
 
     def __gt__(self, other):
-        return np.asarray(self) > _plain(other)
+        return _compare(np.greater, self, other)
 
     def __ge__(self, other):
-        return np.asarray(self) >= _plain(other)
+        return _compare(np.greater_equal, self, other)
 
     def __eq__(self, other):
-        return np.asarray(self) == _plain(other)
+        return _compare(np.equal, self, other)
 
     def __ne__(self, other):
-        return np.asarray(self) != _plain(other)
+        return _compare(np.not_equal, self, other)
 
     # ---- NumPy-style methods (the functions live in ops.py) ----
     @property
@@ -828,6 +835,24 @@ def _overwrite(t, mask, value, pos=None):
 
 def _plain(x):
     return x.numpy() if isinstance(x, Tensor) else x
+
+
+# The recording in progress on this thread (pyautodiff/record.py), if any: every read of a
+# tensor's values (numpy(), item() and what goes through them) and every comparison is reported to
+# it, so that a replay can check that the values it computes would have read the same.
+_recording = threading.local()
+
+
+def _compare(fn, t, other):
+    """A comparison of t's values with other's (a NumPy bool array). While recording it is reported
+    as one, so that the replay checks the mask it gives, not the values behind it."""
+    rec = getattr(_recording, "rec", None)
+    if rec is None:
+        return fn(t.numpy(), _plain(other))
+    with rec.quiet():
+        result = fn(t.numpy(), _plain(other))
+    rec.compare(fn, t, other, result)
+    return result
 
 
 def tensor(data, dtype=None, requires_grad=False):

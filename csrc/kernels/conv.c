@@ -286,3 +286,14 @@ int ad_jvp_rec_conv(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
     default: return ad_err(AD_ERR_RUNTIME, "internal: no differentiable rule for op %s", ad_ops[n->op].name);
     }
 }
+
+/* The forward of a recorded unfold or fold from its input's values (the replay, replay.c): the
+ * pass its constructor ran, with the geometry it kept. */
+int ad_fwd_conv(ad_node *n, ad_node *const *ins)
+{
+    int64_t oh, ow;
+    const ad_conv_geom *geom = geom_of(n, &oh, &ow);
+    if (n->op != AD_OP_UNFOLD && n->op != AD_OP_FOLD) return ad_err(AD_ERR_RUNTIME, "internal: no forward for op %d", n->op);
+    run(n->op == AD_OP_UNFOLD, n->dtype, geom, planes_of(n), oh, ow, ins[0]->data, n->data, 0);
+    return AD_OK;
+}

@@ -487,6 +487,12 @@ int ad_mk_binary(ad_tape *T, int op, ad_node *a, ad_node *b, ad_node **out)
     return st;
 }
 
+int ad_fwd_ew(ad_node *n, ad_node *const *ins)
+{
+    forward(kernels_of(n->op), n, ins[0], n->op <= AD_OP_UNARY_LAST ? NULL : ins[1]);
+    return AD_OK;
+}
+
 int64_t ad_unary(int op, int64_t hx, double c0, double c1)
 {
     AD_ONE_INPUT_ENTRY(hx, ad_mk_unary(T, op, x, c0, c1, &n));

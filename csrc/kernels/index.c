@@ -323,6 +323,29 @@ static int64_t extent(const ad_node *n, const ad_node *x, int axis)
     return n->op == AD_OP_STACK ? 1 : x->shape[axis];
 }
 
+/* n's values from its inputs', along the axis in n->axes (shared with the replay). */
+static void concat_values(ad_node *n, int nx, ad_node *const *ins)
+{
+    int ax = __builtin_ctzll(n->axes);
+    int dtype = n->dtype;
+    int64_t outer, inner;
+    axis_split(n, ax, &outer, &inner);
+    size_t item = ad_itemsize(dtype);
+    char *Y = n->data;
+    for (int64_t o = 0, pos = 0; o < outer; o++) {
+        for (int k = 0; k < nx; k++) {
+            size_t len = (size_t)(extent(n, ins[k], ax) * inner);
+            const char *src = (const char *)ins[k]->data + (size_t)o * len * item;
+            /* stacking on the last axis moves one element per input and outer index: a memcpy
+             * call per element cost more than the copy */
+            if (len == 1 && item == 8) memcpy(Y + (size_t)pos * 8, src, 8);
+            else if (len == 1) memcpy(Y + (size_t)pos * 4, src, 4);
+            else memcpy(Y + (size_t)pos * item, src, len * item);
+            pos += (int64_t)len;
+        }
+    }
+}
+
 int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int new_axis, ad_node **out)
 {
     const char *name = new_axis ? "stack" : "concatenate";
@@ -375,22 +398,7 @@ int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int 
     }
     if ((st = ad_node_new(T, new_axis ? AD_OP_STACK : AD_OP_CONCATENATE, dtype, ndim, shape, &n))) goto out;
     n->axes = (uint64_t)1 << ax;
-    int64_t outer, inner;
-    axis_split(n, ax, &outer, &inner);
-    size_t item = ad_itemsize(dtype);
-    char *Y = n->data;
-    for (int64_t o = 0, pos = 0; o < outer; o++) {
-        for (int k = 0; k < nx; k++) {
-            size_t len = (size_t)(extent(n, ins[k], ax) * inner);
-            const char *src = (const char *)ins[k]->data + (size_t)o * len * item;
-            /* stacking on the last axis moves one element per input and outer index: a memcpy
-             * call per element cost more than the copy */
-            if (len == 1 && item == 8) memcpy(Y + (size_t)pos * 8, src, 8);
-            else if (len == 1) memcpy(Y + (size_t)pos * 4, src, 4);
-            else memcpy(Y + (size_t)pos * item, src, len * item);
-            pos += (int64_t)len;
-        }
-    }
+    concat_values(n, nx, ins);
     if (!(st = ad_record(T, n, nx, ins))) *out = n;
 out:
     for (int k = 0; k < ncast; k++) ad_node_unref(T, casts[k]);
@@ -472,6 +480,32 @@ static void jvp_concatenate(ad_node *n, const void *const *tin, int64_t k, void 
  * while the node is recorded, since the VJP selects with it. */
 static int64_t mask_words(int64_t size) { return (size + 7) / 8; }
 
+/* n = mask ? a : b, mask one byte per element of n (shared with the replay). */
+static void where_select(ad_node *n, const uint8_t *mask, const ad_node *a, const ad_node *b)
+{
+    int nout = n->ndim;
+    const int64_t *shape = n->shape;
+    int64_t so[AD_MAXDIM], sa[AD_MAXDIM], sb[AD_MAXDIM];
+    ad_contig_strides(nout, shape, so);
+    ad_bcast_strides(a->ndim, a->shape, nout, shape, sa);
+    ad_bcast_strides(b->ndim, b->shape, nout, shape, sb);
+    {
+        int64_t *strides[3] = {so, sa, sb};
+        ad_iter it;
+        ad_iter_init(&it, 3, nout, shape, strides);
+        int64_t len = it.shape[it.ndim - 1], d0 = it.st[0][it.ndim - 1], da = it.st[1][it.ndim - 1],
+                db = it.st[2][it.ndim - 1];
+#define SELECT(TT) do {                                                                  \
+        const TT *A = a->data, *B = b->data; TT *Y = n->data;                            \
+        AD_ITER_FOR(it, oo, oa, ob)                                                      \
+            for (int64_t k = 0; k < len; k++)                                            \
+                Y[oo + k * d0] = mask[oo + k * d0] ? A[oa + k * da] : B[ob + k * db];    \
+    } while (0)
+        if (n->dtype == AD_F64) SELECT(double); else SELECT(float);
+#undef SELECT
+    }
+}
+
 int ad_mk_where(ad_tape *T, int cnd, const int64_t *cshape, const uint8_t *cond, ad_node *a, ad_node *b, ad_node **out)
 {
     if (cnd < 0 || cnd > AD_MAXDIM || (cnd > 0 && !cshape))
@@ -495,11 +529,9 @@ int ad_mk_where(ad_tape *T, int cnd, const int64_t *cshape, const uint8_t *cond,
     mask_bytes = (size_t)mask_words(n->size) * sizeof(int64_t);
     mask = ad_buf_alloc(T, mask_bytes);
     if (!mask) { ad_node_discard(T, n); st = ad_err(AD_ERR_MEMORY, "where: out of memory"); goto out; }
-    int64_t sc[AD_MAXDIM], so[AD_MAXDIM], sa[AD_MAXDIM], sb[AD_MAXDIM];
+    int64_t sc[AD_MAXDIM], so[AD_MAXDIM];
     ad_contig_strides(nout, shape, so);
     ad_bcast_strides(cnd, cshape, nout, shape, sc);
-    ad_bcast_strides(a->ndim, a->shape, nout, shape, sa);
-    ad_bcast_strides(b->ndim, b->shape, nout, shape, sb);
     {
         int64_t *strides[2] = {so, sc};
         ad_iter it;
@@ -510,21 +542,7 @@ int ad_mk_where(ad_tape *T, int cnd, const int64_t *cshape, const uint8_t *cond,
             for (int64_t k = 0; k < len; k++) mask[oo + k * d0] = cond[oc + k * d1] != 0;
         }
     }
-    {
-        int64_t *strides[3] = {so, sa, sb};
-        ad_iter it;
-        ad_iter_init(&it, 3, nout, shape, strides);
-        int64_t len = it.shape[it.ndim - 1], d0 = it.st[0][it.ndim - 1], da = it.st[1][it.ndim - 1],
-                db = it.st[2][it.ndim - 1];
-#define SELECT(TT) do {                                                                  \
-        const TT *A = a->data, *B = b->data; TT *Y = n->data;                            \
-        AD_ITER_FOR(it, oo, oa, ob)                                                      \
-            for (int64_t k = 0; k < len; k++)                                            \
-                Y[oo + k * d0] = mask[oo + k * d0] ? A[oa + k * da] : B[ob + k * db];    \
-    } while (0)
-        if (n->dtype == AD_F64) SELECT(double); else SELECT(float);
-#undef SELECT
-    }
+    where_select(n, mask, a, b);
     ad_node *ins[2] = {a, b};
     if (recording(T, 2, ins)) {
         n->aux = (int64_t *)mask;
@@ -618,14 +636,10 @@ static void jvp_where(ad_node *n, const void *const *tin, int64_t k, void *tout)
 
 /* ---------------- clip ---------------- */
 
-/* np.clip is minimum(maximum(x, lo), hi): NaN x stays NaN, lo > hi gives hi, a NaN bound gives NaN. */
-int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out)
+/* n = clip(x, n->c[0], n->c[1]) (shared with the replay). */
+static void clip_values(ad_node *n, const ad_node *x)
 {
-    ad_node *n;
-    int st = ad_node_new(T, AD_OP_CLIP, x->dtype, x->ndim, x->shape, &n);
-    if (st) return st;
-    n->c[0] = lo;
-    n->c[1] = hi;
+    double lo = n->c[0], hi = n->c[1];
     int nan_bound = lo != lo || hi != hi;
 #define CLIP(TT) do {                                                                    \
         const TT *X = x->data; TT *Y = n->data; const TT l = (TT)lo, h = (TT)hi;         \
@@ -636,6 +650,17 @@ int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out)
     } while (0)
     if (n->dtype == AD_F64) CLIP(double); else CLIP(float);
 #undef CLIP
+}
+
+/* np.clip is minimum(maximum(x, lo), hi): NaN x stays NaN, lo > hi gives hi, a NaN bound gives NaN. */
+int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out)
+{
+    ad_node *n;
+    int st = ad_node_new(T, AD_OP_CLIP, x->dtype, x->ndim, x->shape, &n);
+    if (st) return st;
+    n->c[0] = lo;
+    n->c[1] = hi;
+    clip_values(n, x);
     if ((st = ad_record(T, n, 1, &x))) return st;
     *out = n;
     return AD_OK;
@@ -825,5 +850,37 @@ int ad_jvp_rec_index(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
     }
     case AD_OP_CLIP: return clip_times_derivative(T, n, tin[0], out);
     default: return ad_err(AD_ERR_RUNTIME, "internal: no differentiable rule for op %s", ad_ops[n->op].name);
+    }
+}
+
+/* The forward of a recorded node of this family from its inputs' values and its saved index,
+ * mask or view (the replay, replay.c). */
+int ad_fwd_index(ad_node *n, ad_node *const *ins)
+{
+    const ad_node *x = ins[0];
+    switch (n->op) {
+    case AD_OP_GATHER:
+        pick(n->dtype, n->data, x->data, n->aux, n->size / n->block, n->block, 0);
+        return AD_OK;
+    case AD_OP_SCATTER_ADD:
+        put(n->dtype, n->data, n->size, x->data, n->aux, x->size / n->block, n->block, 0);
+        return AD_OK;
+    case AD_OP_SLICE:
+        if (n->size)
+            ad_copy_strided(n->dtype, n->data, (const char *)x->data + (size_t)n->aux[0] * ad_itemsize(n->dtype),
+                            n->ndim, n->shape, n->aux + 1);
+        return AD_OK;
+    case AD_OP_CONCATENATE:
+    case AD_OP_STACK:
+        concat_values(n, n->nin, ins);
+        return AD_OK;
+    case AD_OP_WHERE:
+        where_select(n, (const uint8_t *)n->aux, ins[0], ins[1]);
+        return AD_OK;
+    case AD_OP_CLIP:
+        clip_values(n, x);
+        return AD_OK;
+    default:
+        return ad_err(AD_ERR_RUNTIME, "internal: no forward for op %d", n->op);
     }
 }

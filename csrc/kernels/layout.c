@@ -263,3 +263,30 @@ int ad_jvp_rec_layout(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out
     default: return ad_err(AD_ERR_RUNTIME, "internal: no differentiable rule for op %s", ad_ops[n->op].name);
     }
 }
+
+/* The forward of a recorded layout node from its input's values (the replay, replay.c): the same
+ * copies the constructors above make. */
+int ad_fwd_layout(ad_node *n, ad_node *const *ins)
+{
+    const ad_node *x = ins[0];
+    int64_t src[AD_MAXDIM], xs[AD_MAXDIM];
+    switch (n->op) {
+    case AD_OP_RESHAPE:
+        memcpy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+        return AD_OK;
+    case AD_OP_TRANSPOSE:
+        ad_contig_strides(x->ndim, x->shape, xs);
+        for (int i = 0; i < x->ndim; i++) src[i] = xs[n->aux[i]];
+        ad_copy_strided(x->dtype, n->data, x->data, x->ndim, n->shape, src);
+        return AD_OK;
+    case AD_OP_BROADCAST_TO:
+        ad_bcast_strides(x->ndim, x->shape, n->ndim, n->shape, src);
+        ad_copy_strided(x->dtype, n->data, x->data, n->ndim, n->shape, src);
+        return AD_OK;
+    case AD_OP_CAST:
+        convert(n->dtype, n->data, x->dtype, x->data, x->size, 0);
+        return AD_OK;
+    default:
+        return ad_err(AD_ERR_RUNTIME, "internal: no forward for op %d", n->op);
+    }
+}

@@ -166,6 +166,36 @@ static void batch_offsets(const bplan *p, int64_t t, int64_t *ia, int64_t *ib)
     }
 }
 
+/* n's values from a's and b's (same dtype), shared by ad_mk_matmul and the replay (replay.c). */
+static void matmul_values(ad_node *n, const ad_node *a, const ad_node *b)
+{
+    mview va, vb;
+    bplan p;
+    view_of(a, 0, &va);
+    view_of(b, 1, &vb);
+    plan_batches(&va, &vb, &p);
+    int64_t m = va.rows, k = va.cols, nn = vb.cols;
+    size_t isz = ad_itemsize(a->dtype);
+    /* an empty result may still have 2^50 batches of empty matrices: nothing to compute */
+    int64_t batches = n->size ? p.count : 0;
+    if (batches && folds(&vb, &p)) {
+        ad_gemm(a->dtype, 0, 0, batches * m, nn, k, a->data, k, b->data, nn, 0, n->data, nn);
+        batches = 0;
+    }
+    for (int64_t t = 0; t < batches; t++) {
+        int64_t ia, ib;
+        batch_offsets(&p, t, &ia, &ib);
+        ad_gemm(a->dtype, 0, 0, m, nn, k, (char *)a->data + (size_t)(ia * m * k) * isz, k,
+                (char *)b->data + (size_t)(ib * k * nn) * isz, nn, 0, (char *)n->data + (size_t)(t * m * nn) * isz, nn);
+    }
+}
+
+int ad_fwd_matmul(ad_node *n, ad_node *const *ins)
+{
+    matmul_values(n, ins[0], ins[1]);
+    return AD_OK;
+}
+
 int ad_mk_matmul(ad_tape *T, ad_node *a, ad_node *b, ad_node **out)
 {
     ad_node *n, *tmp = NULL;
@@ -202,20 +232,7 @@ int ad_mk_matmul(ad_tape *T, ad_node *a, ad_node *b, ad_node **out)
         *lo = tmp;
     }
     if ((st = ad_node_new(T, AD_OP_MATMUL, a->dtype, ond, oshape, &n))) goto out;
-    int64_t m = va.rows, k = va.cols, nn = vb.cols;
-    size_t isz = ad_itemsize(a->dtype);
-    /* an empty result may still have 2^50 batches of empty matrices: nothing to compute */
-    int64_t batches = n->size ? p.count : 0;
-    if (batches && folds(&vb, &p)) {
-        ad_gemm(a->dtype, 0, 0, batches * m, nn, k, a->data, k, b->data, nn, 0, n->data, nn);
-        batches = 0;
-    }
-    for (int64_t t = 0; t < batches; t++) {
-        int64_t ia, ib;
-        batch_offsets(&p, t, &ia, &ib);
-        ad_gemm(a->dtype, 0, 0, m, nn, k, (char *)a->data + (size_t)(ia * m * k) * isz, k,
-                (char *)b->data + (size_t)(ib * k * nn) * isz, nn, 0, (char *)n->data + (size_t)(t * m * nn) * isz, nn);
-    }
+    matmul_values(n, a, b);
     ad_node *ins[2] = {a, b};
     if (!(st = ad_record(T, n, 2, ins))) *out = n;
 out:

@@ -122,6 +122,48 @@ static const char *op_label(int op)
     return op == AD_OP_SUM ? "sum" : op == AD_OP_MEAN ? "mean" : op == AD_OP_MAX ? "max" : "min";
 }
 
+/* n's values (n shaped and its axes set) from x's: the forward of every reduction, shared by
+ * ad_mk_reduce and the replay (replay.c). */
+static AD_SIMD int reduce_values(ad_tape *T, ad_node *n, const ad_node *x)
+{
+    int op = n->op, st = AD_OK;
+    uint64_t mask = n->axes;
+    int64_t count = reduced_count(x, mask);
+    size_t tmp_bytes = (size_t)(n->size ? n->size : 1) * sizeof(double);
+    void *tmp = ad_buf_alloc(T, tmp_bytes);
+    if (!tmp) return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op));
+    double scale = op == AD_OP_MEAN ? 1.0 / (double)count : 1.0;
+    if (op == AD_OP_MEAN && count == 0) scale = NAN;
+    switch (op) {
+    case AD_OP_SUM: case AD_OP_MEAN: {
+        double total;
+        int done = 0;
+        if (n->size == 1 && (st = sum_all(T, x, &total, &done))) {
+            ad_buf_free(T, tmp, tmp_bytes);
+            return st;
+        }
+        if (done) {
+            if (x->dtype == AD_F64) *(double *)n->data = total * scale; else *(float *)n->data = (float)(total * scale);
+        } else if (x->dtype == AD_F64) {
+            SUM_FWD(double);
+        } else {
+            SUM_FWD(float);
+        }
+        break;
+    }
+    case AD_OP_MAX:
+        if (x->dtype == AD_F64) EXTREME_FWD(double, v > *y); else EXTREME_FWD(float, v > *y);
+        break;
+    case AD_OP_MIN:
+        if (x->dtype == AD_F64) EXTREME_FWD(double, v < *y); else EXTREME_FWD(float, v < *y);
+        break;
+    }
+    ad_buf_free(T, tmp, tmp_bytes);
+    return AD_OK;
+}
+
+int ad_fwd_reduce(ad_tape *T, ad_node *n, ad_node *const *ins) { return reduce_values(T, n, ins[0]); }
+
 AD_SIMD int ad_mk_reduce(ad_tape *T, int op, ad_node *x, uint64_t mask, int keepdims, ad_node **out)
 {
     if (op < AD_OP_SUM || op > AD_OP_MIN)
@@ -148,37 +190,7 @@ AD_SIMD int ad_mk_reduce(ad_tape *T, int op, ad_node *x, uint64_t mask, int keep
     if ((st = ad_node_new(T, op, x->dtype, ond, oshape, &n))) return st;
     n->axes = mask;
     n->keepdims = keepdims;
-    size_t tmp_bytes = (size_t)(n->size ? n->size : 1) * sizeof(double);
-    void *tmp = ad_buf_alloc(T, tmp_bytes);
-    if (!tmp) { ad_node_discard(T, n); return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); }
-    double scale = op == AD_OP_MEAN ? 1.0 / (double)count : 1.0;
-    if (op == AD_OP_MEAN && count == 0) scale = NAN;
-    switch (op) {
-    case AD_OP_SUM: case AD_OP_MEAN: {
-        double total;
-        int done = 0;
-        if (n->size == 1 && (st = sum_all(T, x, &total, &done))) {
-            ad_buf_free(T, tmp, tmp_bytes);
-            ad_node_discard(T, n);
-            return st;
-        }
-        if (done) {
-            if (x->dtype == AD_F64) *(double *)n->data = total * scale; else *(float *)n->data = (float)(total * scale);
-        } else if (x->dtype == AD_F64) {
-            SUM_FWD(double);
-        } else {
-            SUM_FWD(float);
-        }
-        break;
-    }
-    case AD_OP_MAX:
-        if (x->dtype == AD_F64) EXTREME_FWD(double, v > *y); else EXTREME_FWD(float, v > *y);
-        break;
-    case AD_OP_MIN:
-        if (x->dtype == AD_F64) EXTREME_FWD(double, v < *y); else EXTREME_FWD(float, v < *y);
-        break;
-    }
-    ad_buf_free(T, tmp, tmp_bytes);
+    if ((st = reduce_values(T, n, x))) { ad_node_discard(T, n); return st; }
     if ((st = ad_record(T, n, 1, &x))) return st;
     *out = n;
     return AD_OK;

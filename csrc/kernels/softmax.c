@@ -287,6 +287,28 @@ static void fast_backward(const ad_node *n, const void *g, ad_sink *s, const blo
     }
 }
 
+/* n's values (n shaped and its axes set) from x's, shared by ad_mk_softmax and the replay
+ * (replay.c). */
+static int softmax_values(ad_tape *T, ad_node *n, const ad_node *x)
+{
+    int op = n->op;
+    uint64_t mask = n->axes;
+    int64_t rs[AD_MAXDIM];
+    int64_t nslices = slice_count(n, x, mask, rs);
+    size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
+    double *m = ad_buf_alloc(T, tmp_bytes);
+    if (!m) return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op));
+    double *s = m + (nslices ? nslices : 1);
+    blocks b;
+    if (as_blocks(x, mask, &b)) fast_forward(op, x, n, &b, m, s);
+    else if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
+    else { SHIFT_AND_SUM(float, m, s); FINISH(float); }
+    ad_buf_free(T, m, tmp_bytes);
+    return AD_OK;
+}
+
+int ad_fwd_softmax(ad_tape *T, ad_node *n, ad_node *const *ins) { return softmax_values(T, n, ins[0]); }
+
 int ad_mk_softmax(ad_tape *T, int op, ad_node *x, uint64_t mask, int keepdims, ad_node **out)
 {
     if (op != AD_OP_LOGSUMEXP && op != AD_OP_SOFTMAX && op != AD_OP_LOG_SOFTMAX)
@@ -310,17 +332,7 @@ int ad_mk_softmax(ad_tape *T, int op, ad_node *x, uint64_t mask, int keepdims, a
     if ((st = ad_node_new(T, op, x->dtype, ond, oshape, &n))) return st;
     n->axes = mask;
     n->keepdims = keepdims;
-    int64_t rs[AD_MAXDIM];
-    int64_t nslices = slice_count(n, x, mask, rs);
-    size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
-    double *m = ad_buf_alloc(T, tmp_bytes);
-    if (!m) { ad_node_discard(T, n); return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op)); }
-    double *s = m + (nslices ? nslices : 1);
-    blocks b;
-    if (as_blocks(x, mask, &b)) fast_forward(op, x, n, &b, m, s);
-    else if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
-    else { SHIFT_AND_SUM(float, m, s); FINISH(float); }
-    ad_buf_free(T, m, tmp_bytes);
+    if ((st = softmax_values(T, n, x))) { ad_node_discard(T, n); return st; }
     if ((st = ad_record(T, n, 1, &x))) return st;
     *out = n;
     return AD_OK;

@@ -240,12 +240,59 @@ static void optim_arg(ad_optim_t *o)
     o->lr_decay = chance(80) ? 0 : scalar_arg();
 }
 
+/* A plan (csrc/replay.c) of random roots, inputs and watched tensors, replayed with buffers of the
+ * sizes ad_plan_info gives (or NULL pointers where the API must refuse them), then freed. */
+static double plan_buf[8][4096];
+static void fuzz_plan(void)
+{
+    int64_t hs[16], watch[4], widx[4];
+    int n = chance(10) ? (int)below(30) - 10 : (int)below(4);
+    int nw = chance(10) ? (int)below(10) - 5 : (int)below(3);
+    for (int i = 0; i < 16; i++) hs[i] = any_handle();
+    for (int i = 0; i < 4; i++) watch[i] = any_handle();
+    if (chance(20)) check_status("ad_record_mode", ad_record_mode((int)below(2)) < 0 ? -AD_ERR_VALUE : 0);
+    ad_plan *p = NULL;
+    int st = ad_plan_build(any_handle(), n, n > 16 || chance(5) ? NULL : hs, nw, nw > 4 || chance(5) ? NULL : watch,
+                           chance(5) ? NULL : widx, chance(3) ? NULL : &p);
+    check_status("ad_plan_build", st);
+    if (st || !p) { ad_plan_free(p); return; }
+    const void *in[16];
+    void *grads[16];
+    int fits = 1;
+    ad_info_t info;
+    for (int i = 0; i < n; i++) {
+        check_status("ad_plan_info", ad_plan_info(p, i, &info));
+        fits &= info.size <= 4096;
+        in[i] = plan_buf[i % 4];
+        grads[i] = plan_buf[4 + i % 4];
+    }
+    check_status("ad_plan_info", ad_plan_info(p, -1, &info));
+    fits &= info.size <= 4096 && n <= 4;
+    if (chance(10)) check_status("ad_plan_info(bad)", ad_plan_info(p, (int)below(40) - 20, chance(50) ? NULL : &info));
+    if (fits) {
+        static double out[4096], seed[4096];
+        for (int k = 0; k < 4096; k++) seed[k] = 1;
+        /* inputs and grads alias on purpose sometimes: any values at all must replay cleanly */
+        st = ad_plan_run(p, chance(5) && n ? NULL : in, chance(30) ? NULL : out, chance(50) ? NULL : seed,
+                         chance(30) ? NULL : grads);
+        if (st != AD_PLAN_STALE) check_status("ad_plan_run", st);
+        if (!st && nw > 0) check_status("ad_plan_watch", ad_plan_watch(p, (int)below(nw + 2) - 1, &info));
+        if (!st) check_status("ad_plan_backward", ad_plan_backward(p, chance(50) ? NULL : seed, chance(10) && n ? NULL : grads));
+    } else {
+        check_status("ad_plan_backward", ad_plan_backward(p, NULL, NULL));
+    }
+    int64_t ops, consts, bytes;
+    check_status("ad_plan_stats", ad_plan_stats(p, &ops, &consts, &bytes));
+    ad_plan_free(p);
+}
+
 /* main's later entry points: indexing, selection, normalisers, in-place updates, batched sweeps */
 static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(22)) {
+    switch (below(23)) {
+    case 22: fuzz_plan(); break;
     case 20: {
         /* convolution windows: a fitting 4-D or 3-D leaf now and then, parameters mostly sane */
         int64_t k[2], s[2], p[2], d[2], o[2];

@@ -1,0 +1,230 @@
+"""Record once, replay in C (issue 14): ``ad.record`` against eager pyautodiff in one run.
+
+``python -m benchmarks.record_replay`` (about a minute; ``--quick``: seconds). Interleaved rounds,
+medians; every replay's gradients are checked bit for bit against eager's before timing.
+
+- scalar_chain (10^4 scalar ops, the workload of benchmarks/workloads/scalar_chain.py): ns per op,
+  forward + backward, of the replay (``tf.value_and_grad``, and the C plan alone through
+  ``ad_plan_run``, without the Python call around it) against eager pyautodiff (the workload's
+  own cell: tensor ops then backward) and ``ad.value_and_grad``, and against the same chain
+  hand-written in C with no AD (compiled with ``cc`` when there is one): the floor libm's scalar
+  tanh, exp and log set. Target: <= 10 ns per op replayed.
+  Trace time (``ad.record``) against one eager ``ad.value_and_grad`` call. Target: <= 2x.
+- micrograd_mlp (the workload's 2-16-16-1 MLP on 100 points, ~65,000 scalar ops): one step
+  (forward + gradient) replayed against eager pyautodiff and, when ``torch`` imports, PyTorch
+  eager (the workload's cells). Target: >= 50x faster than PyTorch eager.
+
+PyTorch is not a dependency: to include it, name the site-packages of an environment that has it
+with ``--peers-site DIR`` (appended to sys.path, so this environment's NumPy and pyautodiff come
+first; only ``import torch`` is taken from there). Results go to
+``benchmarks/results/record_replay.json``.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def _median_time(fn, calls):
+    samples = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def _interleaved(cells, rounds, calls):
+    """{name: median over rounds of each round's median call time}, the cells taking turns."""
+    times = {name: [] for name in cells}
+    for _ in range(rounds):
+        for name, fn in cells.items():
+            times[name].append(_median_time(fn, calls))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _same_bits(a, b):
+    import numpy as np
+    return np.asarray(a).tobytes() == np.asarray(b).tobytes()
+
+
+def scalar_chain(ops, rounds, calls):
+    import numpy as np
+    import pyautodiff as ad
+    from pyautodiff._capi import ffi, lib
+    from benchmarks.workloads import scalar_chain as sc
+
+    groups = ops // 5
+
+    def chain(a, b):
+        v = a
+        for _ in range(groups):
+            v = ad.log(ad.exp(ad.tanh((v + a) * b)))
+        return v
+
+    eager_vg = ad.value_and_grad(chain, argnums=(0, 1))
+    eager_vg(0.5, 0.9)                          # warm the pool once, as the replay's first call did
+    trace_s, eager_s = [], []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        tf = ad.record(chain, 0.5, 0.9, argnums=(0, 1))
+        trace_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        eager_vg(0.5, 0.9)
+        eager_s.append(time.perf_counter() - t0)
+    v1, g1 = tf.value_and_grad(0.5, 0.9)
+    v0, g0 = eager_vg(0.5, 0.9)
+    assert _same_bits(v1.numpy(), v0.numpy()) and all(_same_bits(a.numpy(), b.numpy()) for a, b in zip(g1, g0))
+
+    # the plan alone: one ad_plan_run with buffers made once
+    plan = next(iter(tf._plans.values())).plan
+    a, b, out = np.array(0.5), np.array(0.9), np.empty(())
+    ga, gb = np.empty(()), np.empty(())
+    keep = [ffi.from_buffer(x) for x in (a, b, out, ga, gb)]
+    inputs = ffi.new("void *[]", keep[:2])
+    grads = ffi.new("void *[]", keep[3:])
+
+    def plan_only():
+        lib.ad_plan_run(plan, inputs, keep[2], ffi.NULL, grads)
+
+    plan_only()
+    assert _same_bits(ga, g0[0].numpy()) and _same_bits(gb, g0[1].numpy())
+    workload_cell = sc.build_pyautodiff(sc.make_data({"ops": ops}), {"ops": ops})
+    cells = {
+        "replay: tf.value_and_grad": lambda: tf.value_and_grad(0.5, 0.9),
+        "replay: the C plan alone (ad_plan_run)": plan_only,
+        "replay: forward only, tf(a, b)": lambda: tf(0.5, 0.9),
+        "eager: ops + backward (the workload's cell)": workload_cell.step,
+        "eager: ad.value_and_grad": lambda: eager_vg(0.5, 0.9),
+    }
+    t = _interleaved(cells, rounds, calls)
+    floor = c_floor_s(ops)
+    if floor is not None:
+        t["hand-written C, no AD (best of 200; the libm floor)"] = floor
+    rows = [{"what": k, "seconds": v, "ns_per_op": v / ops * 1e9} for k, v in t.items()]
+    return {"ops": ops, "rows": rows, "trace_s": statistics.median(trace_s),
+            "eager_call_s": statistics.median(eager_s),
+            "trace_over_eager": statistics.median(trace_s) / statistics.median(eager_s)}
+
+
+# The same chain hand-written in C with no AD at all (values saved, the reverse loop written out):
+# the floor libm's scalar tanh, exp and log set on this machine.
+_FLOOR_C = r"""
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+int main(int argc, char **argv) {
+    int groups = atoi(argv[1]);
+    double *s = malloc(sizeof(double) * 3 * groups), best = 1e30;
+    volatile double a0 = 0.5, b0 = 0.9, sink;
+    for (int rep = 0; rep < 200; rep++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double a = a0, b = b0, v = a, ga = 0, gb = 0, gv = 1;
+        for (int i = 0; i < groups; i++) {
+            double u = v + a, m = u * b, t = tanh(m), e = exp(t);
+            v = log(e);
+            s[3 * i] = u; s[3 * i + 1] = t; s[3 * i + 2] = e;
+        }
+        for (int i = groups - 1; i >= 0; i--) {
+            double u = s[3 * i], t = s[3 * i + 1], e = s[3 * i + 2];
+            double gm = gv / e * e * (1 - t * t), gu = gm * b;
+            gb += gm * u; ga += gu; gv = gu;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        sink = v + ga + gb;
+        double ns = (t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec);
+        if (ns < best) best = ns;
+    }
+    printf("%.1f\n", best);
+    return 0;
+}
+"""
+
+
+def c_floor_s(ops):
+    """Seconds of the hand-written C chain (best of 200), or None without a C compiler."""
+    with tempfile.TemporaryDirectory() as d:
+        src, exe = os.path.join(d, "floor.c"), os.path.join(d, "floor")
+        with open(src, "w") as f:
+            f.write(_FLOOR_C)
+        cc = os.environ.get("CC", "cc").split()
+        try:
+            subprocess.run(cc + ["-O3", "-std=c11", "-fno-math-errno", src, "-o", exe, "-lm"], check=True,
+                           capture_output=True)
+            out = subprocess.run([exe, str(ops // 5)], check=True, capture_output=True, text=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        return float(out) * 1e-9
+
+
+def micrograd_mlp(points, rounds, calls):
+    import numpy as np
+    import pyautodiff as ad
+    from benchmarks import peers
+    from benchmarks.workloads import micrograd_mlp as mm
+
+    size = {"points": points, "layers": [2, 16, 16, 1]}
+    data = mm.make_data(size)
+    shape = data["layers"]
+
+    def loss(params):
+        it = iter(params)
+        return mm.scalar_loss(mm.map_params(shape, lambda _: next(it)), data["X"], data["y"], relu=ad.relu)
+
+    params = [np.asarray(p) for p in mm.flatten(shape)]
+    t0 = time.perf_counter()
+    tf = ad.record(loss, params)
+    trace = time.perf_counter() - t0
+    g1, g0 = tf.grad(params), ad.grad(loss)(params)
+    assert all(_same_bits(a.numpy(), b.numpy()) for a, b in zip(g1, g0))
+    cells = {"replay: tf.grad": lambda: tf.grad(params),
+             "eager: ops + backward (the workload's cell)": mm.build_pyautodiff(data, size).step}
+    try:
+        peers.load("torch")
+        cells["PyTorch eager (the workload's cell)"] = mm.build_torch(data, size).step
+    except peers.Unavailable as exc:
+        print(f"micrograd_mlp: PyTorch left out ({exc})", file=sys.stderr)
+    t = _interleaved(cells, rounds, calls)
+    replay = t["replay: tf.grad"]
+    rows = [{"what": k, "seconds": v, "replay_speedup": v / replay} for k, v in t.items()]
+    return {"points": points, "ops": mm.n_ops(size), "trace_s": trace, "rows": rows}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--peers-site", metavar="DIR", help="site-packages to import PyTorch from")
+    args = parser.parse_args(argv)
+    if args.peers_site:
+        sys.path.append(args.peers_site)
+    rounds, calls = (3, 3) if args.quick else (5, 7)
+    load = os.getloadavg()
+    chain = scalar_chain(1_000 if args.quick else 10_000, rounds, calls)
+    mlp = micrograd_mlp(4 if args.quick else 100, rounds, 1 if args.quick else 3)
+    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
+    print(f"\nscalar_chain, {chain['ops']:,} scalar ops, forward + backward (median of {rounds} rounds):")
+    for r in chain["rows"]:
+        print(f"  {r['what']:<46} {r['seconds'] * 1e3:9.3f} ms  {r['ns_per_op']:8.1f} ns/op")
+    print(f"  trace (ad.record) {chain['trace_s'] * 1e3:.1f} ms, one eager ad.value_and_grad "
+          f"{chain['eager_call_s'] * 1e3:.1f} ms: {chain['trace_over_eager']:.2f}x (target <= 2x)")
+    print(f"\nmicrograd_mlp, {mlp['points']} points, {mlp['ops']:,} scalar ops per step "
+          f"(trace {mlp['trace_s'] * 1e3:.0f} ms):")
+    for r in mlp["rows"]:
+        print(f"  {r['what']:<46} {r['seconds'] * 1e3:9.3f} ms  {r['replay_speedup']:8.1f}x the replay's time")
+    os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
+    path = os.path.join(os.path.dirname(__file__), "results", "record_replay.json")
+    if not args.quick:
+        with open(path, "w") as f:
+            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,691 @@
+/* Record once, replay in C. A plan copies the recorded graph between a function's inputs and its
+ * output out of the tape: one node record per recorded op, in creation order (a topological
+ * order), with its shape, constants and saved index or mask, and its inputs pointing at records
+ * of the plan. Every buffer is assigned once, at build time, in one arena: the inputs' values
+ * (copied in by each replay, so that every operand address is fixed), each op's value, each
+ * adjoint (reused by liveness: an adjoint lives from its first contribution to its node's turn in
+ * the reverse sweep, and a freed buffer of the same size takes the next one), and a copy of every
+ * constant. A replay then runs, with no Python and no allocation per op:
+ *   forward   each op's forward kernel (ad_fwd_*: the code its constructor runs);
+ *   reverse   the steps of ad_vjp's sweep for one cotangent row (ad_pass_row), in the order it
+ *             takes them, each adding into (or writing, for an adjoint's first contribution) the
+ *             buffer the build assigned.
+ * Same kernels, same order, same first-write/accumulate pattern: the gradient is bit-identical to
+ * ad.grad's. The records are private copies, so a plan outlives the graph it was built from and
+ * can be replayed from any thread (one replay at a time per plan).
+ *
+ * What the graph does not hold is checked instead. A constant (a leaf that is not an input, or a
+ * value made before the inputs were) was copied at build time; the version of the tensor it came
+ * from is compared at every replay, so an in-place write to it since (an optimizer step on a
+ * closed-over parameter) makes the replay return AD_PLAN_STALE instead of a stale result. Values
+ * that left the graph while recording (item(), comparisons, numpy()) are the bindings' guards: the
+ * plan computes the watched tensors they read, and the bindings compare them after the forward. */
+#include "core.h"
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One step of the reverse sweep: node's adjoint row g handed to input `which`, whose adjoint is
+ * target. Every pointer is fixed at build time (inputs and the cotangent are copied into the
+ * arena), so the fast path reads nothing but this record. */
+typedef struct {
+    int64_t node;              /* the node whose adjoint row is handed on */
+    int64_t input;             /* the receiving node's index */
+    int32_t which;             /* input slot of node */
+    int32_t acc;               /* 0 for the receiver's first contribution (written), else added */
+    int32_t fast;              /* the elementwise fast path (see fast_ew) */
+    ad_ew_wfn d;               /* its kernel, NULL: the derivative is the constant 0 */
+    const void *in[3];         /* the kernel's operands: node's inputs' values and its own */
+    const void *g;
+    void *target;
+    int64_t n;                 /* node's elements */
+    size_t zero_bytes;         /* the receiver's bytes (a zero contribution) */
+    double c[2];
+} rstep;
+
+/* One op of the forward pass: the fast path's kernel call with its operands, or the node. */
+typedef struct {
+    ad_ew_fn fn;
+    const void *in[3];         /* as fwd_part passes them: the inputs, then NULL */
+    void *out;
+    int64_t n;
+    double c[2];
+    ad_node *node;
+} fstep;
+
+struct ad_plan {
+    atomic_flag busy;
+    int fwd_done;
+    int n_inputs, n_watch;
+    int64_t nn;                /* node records, creation order */
+    ad_node *nodes;
+    ad_node **ins;             /* input pointer arrays of records with more than 2 inputs */
+    int64_t root;
+    int64_t *input_idx;        /* record of input i */
+    int64_t *watch_idx;
+    int8_t *role;              /* R_OP, R_INPUT, R_CONST */
+    int64_t *adj;              /* arena offset of a node's adjoint (-1: none, or given by the caller) */
+    int32_t *input_no;         /* input number of an input record, else -1 */
+    uint8_t *input_hit;        /* input i receives a contribution */
+    rstep *steps;
+    int64_t nsteps;
+    int64_t nconst;
+    int64_t *const_h;          /* handles held on the constants' tensors, and their versions */
+    int64_t *const_ver;
+    int64_t nops;
+    fstep *fsteps;             /* the forward pass, one per op with elements */
+    int64_t nfsteps;
+    char *arena;
+    size_t arena_bytes;
+    void *seed;                /* the root's cotangent, copied in (or ones) by each reverse sweep */
+};
+
+enum { R_OP = 0, R_INPUT = 1, R_CONST = 2 };
+
+static size_t value_bytes(const ad_node *n) { return (size_t)n->size * ad_itemsize(n->dtype); }
+
+/* Where a buffer goes in the arena. A value of one element sits next to the last: a scalar
+ * chain's values share cache lines. Anything larger starts on a 64-byte line and
+ * keeps at least 128 bytes from the next buffer's start, and that is needed for bit-identity, not
+ * only for speed: GCC vectorises the libm kernels with a runtime check that the input and output
+ * are a vector apart, and falls back to the scalar loop (scalar libm, rounding differently from
+ * libmvec) when they are closer; eager ops get separately allocated buffers and take the vector
+ * loop, so the replay must too. */
+static size_t arena_take(size_t *top, size_t bytes, int one_element)
+{
+    if (one_element) {
+        size_t at = (*top + 7) & ~(size_t)7;
+        *top = at + 8;
+        return at;
+    }
+    size_t at = (*top + 63) & ~(size_t)63;
+    *top = at + ((bytes + 63) & ~(size_t)63) + 64;
+    return at;
+}
+
+typedef struct { ad_node *n; int64_t index; } node_entry;
+
+static int entry_cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const node_entry *)a)->n, y = (uintptr_t)((const node_entry *)b)->n;
+    return x < y ? -1 : x > y;
+}
+
+static int entry_cmp_pos(const void *a, const void *b)
+{
+    int64_t x = ((const node_entry *)a)->n->pos, y = ((const node_entry *)b)->n->pos;
+    return x < y ? -1 : x > y;
+}
+
+/* index of n among the plan's records (sorted by pointer in byptr) */
+static int64_t index_of(const node_entry *byptr, int64_t nn, ad_node *n)
+{
+    node_entry key = {n, 0}, *hit = bsearch(&key, byptr, (size_t)nn, sizeof key, entry_cmp_ptr);
+    return hit ? hit->index : -1;
+}
+
+/* Free list of adjoint buffers by size, for the liveness assignment at build time. */
+typedef struct { size_t bytes, off; } free_buf;
+
+static int plan_fail(ad_plan *p, int st)
+{
+    ad_plan_free(p);
+    return st;
+}
+
+static int is_stop(ad_node *n, int64_t lo) { return n->nin == 0 || n->pos < lo; }
+
+/* The family whose forward (ad_fwd_*) recomputes an op, 0 for none (custom functions: their
+ * forward is Python). The walk refuses an op without one, so a replay never meets it. */
+enum { FAM_NONE, FAM_EW, FAM_REDUCE, FAM_MATMUL, FAM_LAYOUT, FAM_INDEX, FAM_SOFTMAX, FAM_CONV };
+
+static int family_of(int op)
+{
+    if (op >= AD_OP_UNARY_FIRST && op <= AD_OP_BINARY_LAST) return FAM_EW;
+    switch (op) {
+    case AD_OP_SUM: case AD_OP_MEAN: case AD_OP_MAX: case AD_OP_MIN:
+        return FAM_REDUCE;
+    case AD_OP_MATMUL:
+        return FAM_MATMUL;
+    case AD_OP_RESHAPE: case AD_OP_TRANSPOSE: case AD_OP_BROADCAST_TO: case AD_OP_CAST:
+        return FAM_LAYOUT;
+    case AD_OP_GATHER: case AD_OP_CONCATENATE: case AD_OP_STACK: case AD_OP_WHERE: case AD_OP_CLIP:
+    case AD_OP_SCATTER_ADD: case AD_OP_SLICE:
+        return FAM_INDEX;
+    case AD_OP_LOGSUMEXP: case AD_OP_SOFTMAX: case AD_OP_LOG_SOFTMAX:
+        return FAM_SOFTMAX;
+    case AD_OP_UNFOLD: case AD_OP_FOLD:
+        return FAM_CONV;
+    default:
+        return FAM_NONE;
+    }
+}
+
+static int forward_node(ad_tape *T, ad_node *n)
+{
+    switch (family_of(n->op)) {
+    case FAM_EW: return ad_fwd_ew(n, n->in);
+    case FAM_REDUCE: return ad_fwd_reduce(T, n, n->in);
+    case FAM_MATMUL: return ad_fwd_matmul(n, n->in);
+    case FAM_LAYOUT: return ad_fwd_layout(n, n->in);
+    case FAM_INDEX: return ad_fwd_index(n, n->in);
+    case FAM_SOFTMAX: return ad_fwd_softmax(T, n, n->in);
+    case FAM_CONV: return ad_fwd_conv(n, n->in);
+    default: return ad_err(AD_ERR_RUNTIME, "replay: op %s cannot be replayed", ad_ops[n->op].name);
+    }
+}
+
+/* Collect the nodes reached from the starts (root and watched tensors) through recorded inputs,
+ * not looking through inputs, leaves, or nodes made before the first input (lo). */
+static int walk(ad_node **starts, int nstart, int64_t lo, node_entry **out, int64_t *count)
+{
+    int64_t cap = 64, top = 0, seen = 0, seen_cap = 64;
+    ad_node **stack = malloc((size_t)cap * sizeof *stack);
+    node_entry *list = malloc((size_t)seen_cap * sizeof *list);
+    int st = AD_OK;
+    if (!stack || !list) { st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto done; }
+    for (int i = 0; i < nstart; i++) {
+        if (top == cap) {
+            ad_node **g = realloc(stack, (size_t)(cap *= 2) * sizeof *g);
+            if (!g) { st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto done; }
+            stack = g;
+        }
+        stack[top++] = starts[i];
+    }
+    while (top > 0) {
+        ad_node *m = stack[--top];
+        if (m->flags & F_WALKED) continue;
+        if (seen == seen_cap) {
+            node_entry *g = realloc(list, (size_t)(seen_cap *= 2) * sizeof *g);
+            if (!g) { st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto done; }
+            list = g;
+        }
+        m->flags |= F_WALKED;
+        list[seen].n = m;
+        list[seen++].index = 0;
+        if (is_stop(m, lo)) continue;
+        if (m->op == AD_OP_CUSTOM || (m->flags & F_HOOK)) {
+            st = ad_err(AD_ERR_RUNTIME, "record: the function uses a %s, which runs Python in its rules; "
+                        "a recorded function replays in C only (call it eagerly instead)",
+                        m->op == AD_OP_CUSTOM ? "custom function (ad.custom_vjp, ad.Function)" : "gradient hook");
+            goto done;
+        }
+        if (!family_of(m->op)) {
+            st = ad_err(AD_ERR_RUNTIME, "record: op %s has no forward for a replay", ad_ops[m->op].name);
+            goto done;
+        }
+        if (m->flags & F_RELEASED) {
+            st = ad_err(AD_ERR_RUNTIME, "record: part of the graph (a %s node) was released by backward(); "
+                        "record a function whose graph is intact", ad_ops[m->op].name);
+            goto done;
+        }
+        for (int j = 0; j < m->nin; j++) {
+            if (top == cap) {
+                ad_node **g = realloc(stack, (size_t)(cap *= 2) * sizeof *g);
+                if (!g) { st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto done; }
+                stack = g;
+            }
+            stack[top++] = m->in[j];
+        }
+    }
+done:
+    for (int64_t i = 0; i < seen; i++) list[i].n->flags &= (uint8_t)~F_WALKED;
+    free(stack);
+    if (st) { free(list); return st; }
+    *out = list;
+    *count = seen;
+    return AD_OK;
+}
+
+/* The elementwise fast path. An elementwise op whose inputs all have its shape and dtype, below the
+ * size the kernels split over threads, is one call of its generated kernel over the whole tensor in
+ * the eager forward (elementwise.c's fwd_part) and one call of w * d_j per input in ad_vjp's step
+ * (vjp_ew's contiguous route): the replay makes those calls itself, with the same arguments, and
+ * skips the drivers' shape walks, which cost more than a scalar op's arithmetic. */
+static const ad_ew_kernels *fast_ew(const ad_node *n)
+{
+    if (n->size == 0 || n->size >= 65536 || n->nin < 1 || n->nin > 2) return NULL;
+    const ad_ew_kernels *K;
+    if (n->op >= AD_OP_UNARY_FIRST && n->op <= AD_OP_UNARY_LAST) K = &ad_ew_unary[n->op - AD_OP_UNARY_FIRST];
+    else if (n->op >= AD_OP_BINARY_FIRST && n->op <= AD_OP_BINARY_LAST) K = &ad_ew_binary[n->op - AD_OP_BINARY_FIRST];
+    else return NULL;
+    for (int j = 0; j < n->nin; j++) {
+        const ad_node *m = n->in[j];
+        if (m->dtype != n->dtype || m->ndim != n->ndim || memcmp(m->shape, n->shape, (size_t)n->ndim * sizeof(int64_t)))
+            return NULL;
+    }
+    return K;
+}
+
+static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t *inputs, int n_watch,
+                        const int64_t *watch, int64_t *watch_index, ad_plan **out)
+{
+    if (n_inputs < 0 || (n_inputs > 0 && !inputs) || n_watch < 0 || (n_watch > 0 && (!watch || !watch_index)))
+        return ad_err(AD_ERR_VALUE, "record: invalid lists of %d inputs and %d watched tensors", n_inputs, n_watch);
+    ad_node *root;
+    int st = ad_resolve(T, root_h, &root);
+    if (st) return st;
+    ad_plan *p = calloc(1, sizeof *p);
+    ad_node **starts = calloc((size_t)n_inputs + (size_t)n_watch + 1, sizeof *starts);
+    node_entry *list = NULL, *byptr = NULL;
+    free_buf *fl = NULL;
+    int64_t nn = 0;
+    if (!p || !starts) { free(starts); free(p); return ad_err(AD_ERR_MEMORY, "record: out of memory"); }
+    atomic_flag_clear(&p->busy);
+    p->n_inputs = n_inputs;
+    p->n_watch = n_watch;
+    /* the inputs: distinct leaves of this tape */
+    int64_t lo = INT64_MAX;
+    for (int i = 0; i < n_inputs && !st; i++) {
+        ad_node *x;
+        if ((st = ad_resolve(T, inputs[i], &x))) break;
+        if (x->nin != 0) { st = ad_err(AD_ERR_VALUE, "record: input %d is not a leaf", i); break; }
+        /* F_WALKED marks the inputs seen so far (cleared below): a repeat is found in one look */
+        if (x->flags & F_WALKED) { st = ad_err(AD_ERR_VALUE, "record: input %d repeats an earlier input", i); break; }
+        x->flags |= F_WALKED;
+        starts[i] = x;
+        if (x->pos < lo) lo = x->pos;
+    }
+    for (int i = 0; i < n_inputs && starts[i]; i++) starts[i]->flags &= (uint8_t)~F_WALKED;
+    if (st) goto fail;
+    /* the inputs are starts too, so that each has a record even when nothing reaches it (they are
+     * leaves: the walk stops at them) */
+    starts[n_inputs] = root;
+    for (int i = 0; i < n_watch; i++)
+        if ((st = ad_resolve(T, watch[i], &starts[n_inputs + 1 + i]))) goto fail;
+    if ((st = walk(starts, n_inputs + 1 + n_watch, lo, &list, &nn))) goto fail;
+    qsort(list, (size_t)nn, sizeof *list, entry_cmp_pos);
+    size_t cnt = nn > 0 ? (size_t)nn : 1;   /* entries of the per-record arrays */
+    byptr = malloc(cnt * sizeof *byptr);
+    p->nodes = calloc(cnt, sizeof *p->nodes);
+    p->role = calloc(cnt, sizeof *p->role);
+    p->adj = malloc(cnt * sizeof *p->adj);
+    p->input_no = malloc(cnt * sizeof *p->input_no);
+    p->input_idx = malloc((size_t)(n_inputs ? n_inputs : 1) * sizeof *p->input_idx);
+    p->input_hit = calloc((size_t)(n_inputs ? n_inputs : 1), 1);
+    p->watch_idx = malloc((size_t)(n_watch ? n_watch : 1) * sizeof *p->watch_idx);
+    p->const_h = calloc(cnt, sizeof *p->const_h);
+    p->const_ver = calloc(cnt, sizeof *p->const_ver);
+    p->fsteps = calloc(cnt, sizeof *p->fsteps);
+    if (!p->fsteps || !byptr || !p->nodes || !p->role || !p->adj || !p->input_no || !p->input_idx || !p->input_hit ||
+        !p->watch_idx || !p->const_h || !p->const_ver) {
+        st = ad_err(AD_ERR_MEMORY, "record: out of memory for a plan of %lld nodes", (long long)nn);
+        goto fail;
+    }
+    p->nn = nn;
+    for (int64_t i = 0; i < nn; i++) {
+        list[i].index = i;
+        byptr[i] = list[i];
+    }
+    qsort(byptr, (size_t)nn, sizeof *byptr, entry_cmp_ptr);
+    for (int64_t i = 0; i < nn; i++) { p->input_no[i] = -1; p->adj[i] = -1; }
+    for (int i = 0; i < n_inputs; i++) {
+        p->input_idx[i] = index_of(byptr, nn, starts[i]);
+        p->input_no[p->input_idx[i]] = i;
+    }
+    p->root = index_of(byptr, nn, root);
+
+    /* roles, sizes of the arena: values of ops and constants, input pointer arrays */
+    size_t top = 0;
+    int64_t nins = 0;
+    for (int64_t i = 0; i < nn; i++) {
+        ad_node *n = list[i].n;
+        p->role[i] = p->input_no[i] >= 0 ? R_INPUT : is_stop(n, lo) ? R_CONST : R_OP;
+        if (p->role[i] == R_CONST && !n->data) {
+            st = ad_err(AD_ERR_RUNTIME, "record: a %s value the function reads was freed before the plan was built",
+                        ad_ops[n->op].name);
+            goto fail;
+        }
+        if (p->role[i] == R_OP && n->nin > AD_MAXIN_INLINE) nins += n->nin;
+    }
+    if (nins && !(p->ins = malloc((size_t)nins * sizeof *p->ins))) {
+        st = ad_err(AD_ERR_MEMORY, "record: out of memory");
+        goto fail;
+    }
+    /* the records: copies of the nodes, their inputs pointing at records */
+    size_t *val_off = malloc(cnt * sizeof *val_off);
+    size_t *aux_off = malloc(cnt * sizeof *aux_off);
+    if (!val_off || !aux_off) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
+    for (int64_t i = 0; i < nn; i++) {
+        ad_node *n = list[i].n;
+        val_off[i] = arena_take(&top, value_bytes(n), n->size <= 1);
+        aux_off[i] = p->role[i] == R_OP && n->aux_len > 0 ? arena_take(&top, (size_t)n->aux_len * sizeof(int64_t), 0) : 0;
+    }
+    /* adjoints by liveness, in the order of the reverse sweep: the steps of ad_vjp's loop for the
+     * nodes that depend on an input (an input's own adjoint has a buffer of its own, copied out
+     * to the caller's gradient at the end) */
+    uint8_t *dep = calloc(cnt, 1), *has = calloc(cnt, 1);
+    int64_t cap_steps = 0;
+    for (int64_t i = 0; i < nn; i++) if (p->role[i] == R_OP) cap_steps += list[i].n->nin;
+    p->steps = malloc((size_t)(cap_steps ? cap_steps : 1) * sizeof *p->steps);
+    int64_t nfl = 0, cap_fl = 16;
+    fl = malloc((size_t)cap_fl * sizeof *fl);
+    if (!dep || !has || !p->steps || !fl) {
+        free(dep); free(has); free(val_off); free(aux_off);
+        st = ad_err(AD_ERR_MEMORY, "record: out of memory");
+        goto fail;
+    }
+    for (int64_t i = 0; i < nn; i++) {
+        ad_node *n = list[i].n;
+        if (p->role[i] == R_INPUT) dep[i] = 1;
+        else if (p->role[i] == R_OP)
+            for (int j = 0; j < n->nin; j++) dep[i] |= dep[index_of(byptr, nn, n->in[j])];
+    }
+    if (p->root >= 0 && dep[p->root]) has[p->root] = 1;
+    for (int i = 0; i < n_inputs; i++)
+        p->adj[p->input_idx[i]] = (int64_t)arena_take(&top, value_bytes(starts[i]), starts[i]->size <= 1);
+    for (int64_t i = nn - 1; i >= 0 && !st; i--) {
+        ad_node *n = list[i].n;
+        if (!has[i] || p->role[i] != R_OP) continue;
+        for (int j = 0; j < n->nin; j++) {
+            int64_t m = index_of(byptr, nn, n->in[j]);
+            if (!dep[m]) continue;
+            rstep *s = &p->steps[p->nsteps++];
+            s->node = i;
+            s->input = m;
+            s->which = j;
+            s->acc = has[m];
+            if (!has[m] && p->role[m] == R_OP) {
+                size_t bytes = value_bytes(list[m].n);
+                int64_t k = nfl - 1;
+                /* the most recently freed buffer of this size (a chain reuses one or two) */
+                while (k >= 0 && k >= nfl - 16 && fl[k].bytes != bytes) k--;
+                if (k >= 0 && k >= nfl - 16) { p->adj[m] = (int64_t)fl[k].off; fl[k] = fl[--nfl]; }
+                else p->adj[m] = (int64_t)arena_take(&top, bytes, list[m].n->size <= 1);
+            }
+            has[m] = 1;
+        }
+        if (i != p->root && p->adj[i] >= 0) {
+            if (nfl == cap_fl) {
+                free_buf *g = realloc(fl, (size_t)(cap_fl *= 2) * sizeof *g);
+                if (!g) { st = ad_err(AD_ERR_MEMORY, "record: out of memory"); break; }
+                fl = g;
+            }
+            fl[nfl].bytes = value_bytes(n);
+            fl[nfl++].off = (size_t)p->adj[i];
+        }
+    }
+    for (int i = 0; i < n_inputs; i++) p->input_hit[i] = has[p->input_idx[i]] && p->input_idx[i] != p->root;
+    free(dep);
+    free(has);
+    size_t seed_off = p->root >= 0 ? arena_take(&top, value_bytes(list[p->root].n), list[p->root].n->size <= 1) : 0;
+    if (!st && !(p->arena = calloc(1, top ? top : 1))) st = ad_err(AD_ERR_MEMORY, "record: out of memory for a plan arena of %zu bytes", top);
+    if (st) { free(val_off); free(aux_off); goto fail; }
+    p->arena_bytes = top;
+
+    int64_t next_in = 0;
+    for (int64_t i = 0; i < nn; i++) {
+        ad_node *n = list[i].n, *r = &p->nodes[i];
+        *r = *n;
+        r->refs = 1;
+        r->consumers = 0;
+        r->adj = NULL;
+        r->grad = NULL;
+        r->storage = NULL;
+        r->next_free = NULL;
+        r->aux = NULL;
+        r->in = r->in_inline;
+        r->in_inline[0] = r->in_inline[1] = NULL;
+        r->pos = i;
+        r->flags = (uint8_t)(F_IN_USE | F_REQUIRES_GRAD);
+        r->data = p->arena + val_off[i];
+        if (p->role[i] == R_CONST) {
+            memcpy(r->data, n->data, value_bytes(n));
+            r->nin = 0;
+            r->flags |= F_LEAF;
+            n->refs++;   /* held (released by ad_plan_free), so its version can be read */
+            p->const_h[p->nconst] = ad_handle(T, n);
+            p->const_ver[p->nconst++] = ad_storage(n)->version;
+            continue;
+        }
+        if (p->role[i] == R_INPUT) { r->flags |= F_LEAF; continue; }
+        p->nops++;
+        if (n->nin > AD_MAXIN_INLINE) { r->in = p->ins + next_in; next_in += n->nin; }
+        for (int j = 0; j < n->nin; j++) r->in[j] = &p->nodes[index_of(byptr, nn, n->in[j])];
+        if (n->aux_len > 0) {
+            r->aux = (int64_t *)(p->arena + aux_off[i]);
+            memcpy(r->aux, n->aux, (size_t)n->aux_len * sizeof(int64_t));
+        }
+    }
+    free(val_off);
+    free(aux_off);
+    if (p->root >= 0) p->seed = p->arena + seed_off;
+    for (int64_t i = 0; i < nn; i++) {
+        ad_node *n = &p->nodes[i];
+        if (p->role[i] != R_OP || n->size == 0) continue;   /* an empty op has nothing to compute */
+        fstep *f = &p->fsteps[p->nfsteps++];
+        const ad_ew_kernels *K = fast_ew(n);
+        f->node = n;
+        if (!K) continue;
+        f->fn = K->fwd[n->dtype];
+        f->in[0] = n->in[0]->data;
+        f->in[1] = n->nin > 1 ? n->in[1]->data : NULL;
+        f->out = n->data;
+        f->n = n->size;
+        f->c[0] = n->c[0];
+        f->c[1] = n->c[1];
+    }
+    for (int64_t k = 0; k < p->nsteps; k++) {
+        rstep *s = &p->steps[k];
+        ad_node *n = &p->nodes[s->node];
+        const ad_ew_kernels *K = fast_ew(n);
+        s->g = s->node == p->root ? p->seed : p->arena + p->adj[s->node];
+        s->target = p->arena + p->adj[s->input];
+        s->zero_bytes = value_bytes(&p->nodes[s->input]);
+        s->n = n->size;
+        s->fast = K != NULL;
+        if (!K) continue;
+        s->d = K->d[s->which][n->dtype];
+        s->in[0] = n->in[0]->data;
+        s->in[1] = n->nin > 1 ? n->in[1]->data : NULL;
+        s->in[2] = n->data;
+        s->c[0] = n->c[0];
+        s->c[1] = n->c[1];
+    }
+    for (int i = 0; i < n_watch; i++) {
+        int64_t w = index_of(byptr, nn, starts[n_inputs + 1 + i]);
+        p->watch_idx[i] = w;
+        watch_index[i] = p->role[w] == R_CONST ? -1 : i;
+    }
+    free(starts);
+    free(list);
+    free(byptr);
+    free(fl);
+    *out = p;
+    return AD_OK;
+fail:
+    free(starts);
+    free(list);
+    free(byptr);
+    free(fl);
+    return plan_fail(p, st);
+}
+
+int ad_plan_build(int64_t root, int n_inputs, const int64_t *inputs, int n_watch, const int64_t *watch,
+                  int64_t *watch_index, ad_plan **out)
+{
+    if (!out) return ad_err(AD_ERR_VALUE, "record: out is NULL");
+    *out = NULL;
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    st = build_locked(T, root, n_inputs, inputs, n_watch, watch, watch_index, out);
+    ad_unlock(T);
+    return st;
+}
+
+void ad_plan_free(ad_plan *p)
+{
+    if (!p) return;
+    for (int64_t i = 0; i < p->nconst; i++) ad_release(p->const_h[i]);
+    free(p->nodes);
+    free(p->ins);
+    free(p->input_idx);
+    free(p->watch_idx);
+    free(p->role);
+    free(p->adj);
+    free(p->input_no);
+    free(p->input_hit);
+    free(p->steps);
+    free(p->const_h);
+    free(p->const_ver);
+    free(p->fsteps);
+    free(p->arena);
+    free(p);
+}
+
+static void info_of(const ad_node *n, ad_info_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->dtype = n->dtype;
+    out->ndim = n->ndim;
+    memcpy(out->shape, n->shape, sizeof out->shape);
+    out->size = n->size;
+}
+
+int ad_plan_info(const ad_plan *p, int i, ad_info_t *out)
+{
+    if (!p || !out) return ad_err(AD_ERR_VALUE, "plan_info: plan or out is NULL");
+    if (i < -1 || i >= p->n_inputs) return ad_err(AD_ERR_VALUE, "plan_info: no input %d (the plan has %d)", i, p->n_inputs);
+    info_of(&p->nodes[i < 0 ? p->root : p->input_idx[i]], out);
+    return AD_OK;
+}
+
+int ad_plan_stats(const ad_plan *p, int64_t *ops, int64_t *constants, int64_t *bytes)
+{
+    if (!p) return ad_err(AD_ERR_VALUE, "plan_stats: plan is NULL");
+    if (ops) *ops = p->nops;
+    if (constants) *constants = p->nconst;
+    if (bytes) *bytes = (int64_t)p->arena_bytes;
+    return AD_OK;
+}
+
+static int claim(ad_plan *p, const char *what)
+{
+    if (!p) return ad_err(AD_ERR_VALUE, "%s: plan is NULL", what);
+    if (atomic_flag_test_and_set_explicit(&p->busy, memory_order_acquire))
+        return ad_err(AD_ERR_RUNTIME, "%s: another thread is replaying this plan; serialize the calls (the "
+                      "Python callable holds a lock) or record one callable per thread", what);
+    return AD_OK;
+}
+
+static void unclaim(ad_plan *p) { atomic_flag_clear_explicit(&p->busy, memory_order_release); }
+
+/* The constants' versions: an in-place write since the build makes the plan stale. */
+static int constants_current(const ad_plan *p)
+{
+    for (int64_t i = 0; i < p->nconst; i++) {
+        int64_t v = ad_version(p->const_h[i]);
+        if (v < 0) return (int)v;
+        if (v != p->const_ver[i]) return AD_PLAN_STALE;
+    }
+    return AD_OK;
+}
+
+static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, void *out)
+{
+    if (p->n_inputs > 0 && !inputs) return ad_err(AD_ERR_VALUE, "replay: inputs is NULL");
+    for (int i = 0; i < p->n_inputs; i++) {
+        ad_node *x = &p->nodes[p->input_idx[i]];
+        if (!x->size) continue;
+        if (!inputs[i]) return ad_err(AD_ERR_VALUE, "replay: input %d is NULL", i);
+        memcpy(x->data, inputs[i], value_bytes(x));
+    }
+    int st = AD_OK;
+    for (int64_t k = 0; k < p->nfsteps && !st; k++) {
+        const fstep *f = &p->fsteps[k];
+        if (f->fn) f->fn(f->in, f->out, f->n, f->c);
+        else st = forward_node(T, f->node);
+    }
+    if (!st && out && p->root >= 0) memcpy(out, p->nodes[p->root].data, value_bytes(&p->nodes[p->root]));
+    p->fwd_done = !st;
+    return st;
+}
+
+static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const *grads)
+{
+    if (!p->fwd_done) return ad_err(AD_ERR_RUNTIME, "replay: backward before a forward");
+    if (p->n_inputs > 0 && !grads) return ad_err(AD_ERR_VALUE, "replay: grads is NULL");
+    for (int i = 0; i < p->n_inputs; i++)
+        if (!grads[i] && p->nodes[p->input_idx[i]].size > 0) return ad_err(AD_ERR_VALUE, "replay: grads[%d] is NULL", i);
+    ad_node *root = p->root >= 0 ? &p->nodes[p->root] : NULL;
+    if (root) {
+        if (seed) {
+            memcpy(p->seed, seed, value_bytes(root));
+        } else if (root->size != 1) {
+            return ad_err(AD_ERR_RUNTIME, "replay: a cotangent is needed for an output of %lld elements", (long long)root->size);
+        } else if (root->dtype == AD_F64) {
+            *(double *)p->seed = 1;
+        } else {
+            *(float *)p->seed = 1;
+        }
+    }
+    int st = AD_OK;
+    for (int64_t k = 0; k < p->nsteps && !st; k++) {
+        const rstep *s = &p->steps[k];
+        if (s->fast) {
+            if (s->d) s->d(s->in, s->g, s->target, s->n, s->c, s->acc);
+            else if (!s->acc) memset(s->target, 0, s->zero_bytes);
+        } else if (s->n == 0) {
+            /* an empty output contributes zero, without running its kernel (as pass_to_input) */
+            if (!s->acc) memset(s->target, 0, s->zero_bytes);
+        } else {
+            st = ad_pass_row(T, &p->nodes[s->node], s->g, s->which, s->target, s->acc);
+        }
+    }
+    for (int i = 0; i < p->n_inputs && !st; i++) {
+        int64_t x = p->input_idx[i];
+        size_t bytes = value_bytes(&p->nodes[x]);
+        if (!bytes) continue;
+        if (x == p->root) memcpy(grads[i], p->seed, bytes);
+        else if (p->input_hit[i]) memcpy(grads[i], p->arena + p->adj[x], bytes);
+        else memset(grads[i], 0, bytes);
+    }
+    return st;
+}
+
+int ad_plan_forward(ad_plan *p, const void *const *inputs, void *out)
+{
+    return ad_plan_run(p, inputs, out, NULL, NULL);
+}
+
+int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *seed, void *const *grads)
+{
+    int st = claim(p, "replay");
+    if (st) return st;
+    p->fwd_done = 0;
+    /* before locking this thread's tape: a constant may live on it */
+    if ((st = constants_current(p))) { unclaim(p); return st; }
+    ad_tape *T;
+    if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
+    ad_long_work(INT64_MAX);
+    st = forward_locked(T, p, inputs, out);
+    if (!st && grads) st = backward_locked(T, p, seed, grads);
+    ad_unlock(T);
+    unclaim(p);
+    return st;
+}
+
+int ad_plan_backward(ad_plan *p, const void *seed, void *const *grads)
+{
+    int st = claim(p, "replay");
+    if (st) return st;
+    ad_tape *T;
+    if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
+    ad_long_work(INT64_MAX);
+    st = backward_locked(T, p, seed, grads);
+    ad_unlock(T);
+    unclaim(p);
+    return st;
+}
+
+int ad_plan_watch(ad_plan *p, int w, ad_info_t *out)
+{
+    if (!p || !out) return ad_err(AD_ERR_VALUE, "plan_watch: plan or out is NULL");
+    if (w < 0 || w >= p->n_watch) return ad_err(AD_ERR_VALUE, "plan_watch: no watched tensor %d (the plan has %d)", w, p->n_watch);
+    if (!p->fwd_done) return ad_err(AD_ERR_RUNTIME, "plan_watch: no forward has run");
+    const ad_node *n = &p->nodes[p->watch_idx[w]];
+    info_of(n, out);
+    out->data = n->data;
+    return AD_OK;
+}
