@@ -476,6 +476,7 @@ int ad_fwd_matmul(ad_node *n, ad_node *const *ins);
 int ad_fwd_layout(ad_node *n, ad_node *const *ins);
 int ad_fwd_index(ad_node *n, ad_node *const *ins);
 int ad_fwd_conv(ad_node *n, ad_node *const *ins);
+int ad_fwd_scan(ad_node *n, ad_node *const *ins);
 /* One cotangent row of n (g, shaped like n) handed to input j's adjoint `target` (+= when acc):
  * the batched reverse sweep's step (sweep.c) for k = 1, so a replayed gradient is bit-identical
  * to ad_vjp's. */

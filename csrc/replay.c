@@ -137,7 +137,7 @@ static int is_stop(ad_node *n, int64_t lo) { return n->nin == 0 || n->pos < lo; 
 
 /* The family whose forward (ad_fwd_*) recomputes an op, 0 for none (custom functions: their
  * forward is Python). The walk refuses an op without one, so a replay never meets it. */
-enum { FAM_NONE, FAM_EW, FAM_REDUCE, FAM_MATMUL, FAM_LAYOUT, FAM_INDEX, FAM_SOFTMAX, FAM_CONV };
+enum { FAM_NONE, FAM_EW, FAM_REDUCE, FAM_MATMUL, FAM_LAYOUT, FAM_INDEX, FAM_SOFTMAX, FAM_CONV, FAM_SCAN };
 
 static int family_of(int op)
 {
@@ -156,6 +156,8 @@ static int family_of(int op)
         return FAM_SOFTMAX;
     case AD_OP_UNFOLD: case AD_OP_FOLD:
         return FAM_CONV;
+    case AD_OP_SCAN:
+        return FAM_SCAN;
     default:
         return FAM_NONE;
     }
@@ -171,6 +173,7 @@ static int forward_node(ad_tape *T, ad_node *n)
     case FAM_INDEX: return ad_fwd_index(n, n->in);
     case FAM_SOFTMAX: return ad_fwd_softmax(T, n, n->in);
     case FAM_CONV: return ad_fwd_conv(n, n->in);
+    case FAM_SCAN: return ad_fwd_scan(n, n->in);
     default: return ad_err(AD_ERR_RUNTIME, "replay: op %s cannot be replayed", ad_ops[n->op].name);
     }
 }

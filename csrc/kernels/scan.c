@@ -125,6 +125,16 @@ static void add_into(int dtype, void *D, const void *S, int64_t n, int acc)
     else { float *d = D; const float *s = S; for (int64_t i = 0; i < n; i++) d[i] += s[i]; }
 }
 
+/* The forward from the node's own parameters (axis c[0], mode c[1]): the constructor's, and a
+ * replay's (replay.c), so the two cannot drift apart. */
+int ad_fwd_scan(ad_node *n, ad_node *const *ins)
+{
+    int mode = (int)n->c[1];
+    scan_from(n->dtype, ins[0]->data, ins[1]->data, n->data, blocks_of(n), mode & AD_SCAN_REVERSE,
+              (mode & AD_SCAN_UNIT) != 0);
+    return AD_OK;
+}
+
 int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int mode, ad_node **out)
 {
     if (mode < 0 || mode > (AD_SCAN_REVERSE | AD_SCAN_UNIT) || mode == (AD_SCAN_REVERSE | AD_SCAN_UNIT))
@@ -143,8 +153,8 @@ int ad_mk_scan(ad_tape *T, ad_node *a, ad_node *b, int axis, int mode, ad_node *
     if (st) return st;
     n->c[0] = axis;
     n->c[1] = mode;
-    scan_from(n->dtype, a->data, b->data, n->data, blocks_of(n), mode & AD_SCAN_REVERSE, (mode & AD_SCAN_UNIT) != 0);
     ad_node *ins[2] = {a, b};
+    ad_fwd_scan(n, ins);
     if ((st = ad_record(T, n, 2, ins))) return st;
     *out = n;
     return AD_OK;
