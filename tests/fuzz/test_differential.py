@@ -61,6 +61,9 @@ UNARY = [op.name for op in opdefs.UNARY if op.public]
 BINARY = [op.name for op in opdefs.BINARY if op.public]
 REDUCE = ["sum", "mean", "max", "min"]
 SOFTMAX = ["logsumexp", "softmax", "log_softmax"]
+# the op families a step draws from, weighted
+KINDS = (["unary"] * 4 + ["binary"] * 4 + ["scalar"] * 2 + ["reduce"] * 2 + ["softmax", "matmul", "matmul",
+         "reshape", "transpose", "broadcast_to", "cast", "clip", "where", "getitem", "concatenate", "stack"])
 
 
 # ---- values --------------------------------------------------------------------------------
@@ -200,12 +203,11 @@ class Program:
         return len(self.values) - 1
 
     # -- one random op -----------------------------------------------------------------------
-    def step(self):
-        kind = self.draw(st.sampled_from(
-            ["unary"] * 4 + ["binary"] * 4 + ["scalar"] * 2 + ["reduce"] * 2 + ["softmax", "matmul", "matmul",
-             "reshape", "transpose", "broadcast_to", "cast", "clip", "where", "getitem", "concatenate", "stack"]),
-            "op kind")
-        x = self.pick() if self.values and self.draw(st.integers(0, 3), "reuse x") else None
+    def step(self, x=None, kind=None):
+        """One op of a random kind (or of `kind`) on a random earlier value (or on value `x`)."""
+        kind = kind or self.draw(st.sampled_from(KINDS), "op kind")
+        if x is None:
+            x = self.pick() if self.values and self.draw(st.integers(0, 3), "reuse x") else None
         if x is None:
             x = self.leaf(draw_shape(self.data))
         xv = self.values[x]
@@ -551,7 +553,12 @@ def run_program(data, prog):
     n_steps = data.draw(st.integers(1, MAX_STEPS), label="steps")
     for _ in range(n_steps):
         prog.step()
-    root = len(prog.values) - 1
+    check_backward(data, prog, len(prog.values) - 1)
+
+
+def check_backward(data, prog, root):
+    """backward() from value root with a random cotangent; every leaf's .grad against the
+    reference VJPs chained over the program."""
     rv = prog.values[root]
     if rv.leaf or not rv.requires_grad:
         return
