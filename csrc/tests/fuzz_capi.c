@@ -31,7 +31,7 @@ static int64_t owned[POOL * 2];   /* one entry per reference we hold (duplicates
 static int nowned;
 static int64_t stale[POOL];
 static int nstale;
-static int64_t made, errors, calls;
+static int64_t made, errors, calls, fanouts;
 static int failures;
 
 static void fail(const char *what, int64_t r)
@@ -287,12 +287,110 @@ static void fuzz_plan(void)
 }
 
 /* main's later entry points: indexing, selection, normalisers, in-place updates, batched sweeps */
+/* ---- fan-out with a value check ----
+ * x (2, 3, 4) feeds two consumers of any op families; the gradient of sum(c1(x)) + sum(c2(x)) by
+ * backward must be the sum of the two gradients taken one consumer at a time by ad_vjp:
+ * contributions add up at a branch whatever path they take through the sweep (written by the
+ * kernel, summed from a broadcast scratch, handed over, kept as one value). */
+enum { FAN_KINDS = 15 };
+
+static int64_t consumer(int kind, int64_t x, int dtype)
+{
+    static const int64_t perm[3] = {2, 0, 1}, swap[3] = {0, 2, 1}, big[4] = {3, 2, 3, 4}, cshape[4] = {2, 2, 3, 4};
+    static const int64_t rows[4] = {12, 0, 12, 12}, gshape[3] = {4, 3, 4};
+    static const int64_t vshape[3] = {2, 2, 2}, vstrides[3] = {12, 4, 2};
+    int64_t ax, t, r, both[2] = {x, x};
+    switch (kind) {
+    case 0: return ad_unary(AD_OP_TANH, x, 0, 0);
+    case 1: ax = 1; return ad_reduce(AD_OP_SUM, x, 1, &ax, 0);
+    case 2: ax = 2; return ad_reduce(AD_OP_MAX, x, 1, &ax, 0);            /* ties: x holds halves */
+    case 3: t = ad_transpose(x, 3, swap); r = ad_matmul(x, t); ad_release(t); return r;   /* x @ x^T */
+    case 4: return ad_transpose(x, 3, perm);
+    case 5: return ad_gather(x, 3, gshape, rows, 12);                      /* x[[1, 0, 1, 1]] */
+    case 6: ax = 2; return ad_softmax(AD_OP_SOFTMAX, x, 1, &ax, 0);
+    case 7: {                                                              /* x broadcast by where */
+        for (int i = 0; i < 48; i++) cond_buf[i] = (uint8_t)(i % 3 != 1);
+        t = ad_full(dtype, 0, NULL, 0.5, 0);
+        r = ad_where(4, cshape, cond_buf, x, t);
+        ad_release(t);
+        return r;
+    }
+    case 8: return ad_concatenate(2, both, 1, 0);
+    case 9: return ad_broadcast_to(x, 4, big);
+    case 10: return ad_clip(x, -0.5, 0.5);
+    case 11: return ad_binary(AD_OP_MUL, x, x);
+    case 12: return ad_slice(x, 3, vshape, 4, vstrides);                  /* x[:, 1:3, ::2] */
+    case 13:                                                               /* x on both sides */
+        for (int i = 0; i < 24; i++) cond_buf[i] = (uint8_t)(i % 4 == 1);
+        return ad_where(3, cshape + 1, cond_buf, x, x);
+    default: ax = 0; return ad_reduce(AD_OP_MEAN, x, 1, &ax, 1);
+    }
+}
+
+/* sum of every element of c, with the reference c holds handed over */
+static int64_t summed(int64_t c)
+{
+    int64_t s = c > 0 ? ad_reduce(AD_OP_SUM, c, -1, NULL, 0) : c;
+    if (c > 0) ad_release(c);
+    return s;
+}
+
+static int read_values(int64_t h, double *out, int64_t n)
+{
+    ad_info_t info;
+    if (ad_info(h, &info) != AD_OK || info.size != n) return 0;
+    for (int64_t i = 0; i < n; i++)
+        out[i] = info.dtype == AD_F64 ? ((const double *)info.data)[i] : ((const float *)info.data)[i];
+    return 1;
+}
+
+static void fan_out_call(void)
+{
+    static const int64_t shape[3] = {2, 3, 4}, one[1] = {1};
+    int dtype = chance(50) ? AD_F64 : AD_F32;
+    double vals[24], both[24], sep[24] = {0};
+    float vals32[24];
+    for (int i = 0; i < 24; i++) { vals[i] = (double)(below(9) - 4) / 2; vals32[i] = (float)vals[i]; }
+    int k1 = (int)below(FAN_KINDS), k2 = (int)below(FAN_KINDS);
+    int prev = ad_set_grad_enabled(1);
+    int64_t x = ad_tensor_new(dtype, 3, shape, dtype == AD_F64 ? (void *)vals : (void *)vals32, 1);
+    int64_t a = summed(consumer(k1, x, dtype)), b = summed(consumer(k2, x, dtype));
+    int64_t root = a > 0 && b > 0 ? ad_binary(AD_OP_ADD, a, b) : -1;
+    int64_t cot = ad_full(dtype, 1, one, 1.0, 0), g = -1;   /* one cotangent row for a scalar */
+    int ok = x > 0 && root > 0 && cot > 0;
+    /* one consumer at a time (ad_vjp keeps the graphs), then both at once (backward) */
+    for (int j = 0; j < 2 && ok; j++) {
+        int64_t out;
+        double part[24];
+        ok = ad_vjp(j ? b : a, cot, 1, &x, &out) == AD_OK && read_values(out, part, 24);
+        if (ok) { ad_release(out); for (int i = 0; i < 24; i++) sep[i] += part[i]; }
+    }
+    ok = ok && ad_backward(root, 0, 0) == AD_OK && (g = ad_grad(x)) > 0 && read_values(g, both, 24);
+    if (!ok) {
+        fail("fan-out: a valid call failed", (int64_t)(k1 * 100 + k2));
+    } else {
+        double worst = 0, scale = 1;
+        for (int i = 0; i < 24; i++) scale = fmax(scale, fabs(sep[i]));
+        for (int i = 0; i < 24; i++) worst = fmax(worst, fabs(both[i] - sep[i]));
+        if (!(worst <= (dtype == AD_F64 ? 1e-12 : 1e-5) * scale)) {
+            failures++;
+            fprintf(stderr, "fuzz_capi: fan-out of consumers %d and %d (%s): backward's gradient differs from "
+                    "the sum of the two by %g\n", k1, k2, dtype == AD_F64 ? "float64" : "float32", worst);
+        }
+    }
+    fanouts++;
+    int64_t hs[6] = {x, a, b, root, cot, g};
+    for (int i = 0; i < 6; i++) if (hs[i] > 0) ad_release(hs[i]);
+    ad_set_grad_enabled(prev);
+}
+
 static void one_newer_call(void)
 {
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
-    switch (below(23)) {
+    switch (below(25)) {
     case 22: fuzz_plan(); break;
+    case 23: case 24: fan_out_call(); break;
     case 20: {
         /* convolution windows: a fitting 4-D or 3-D leaf now and then, parameters mostly sane */
         int64_t k[2], s[2], p[2], d[2], o[2];
@@ -638,7 +736,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "fuzz_capi: %lld nodes and %lld bytes still live after releasing everything\n",
                 (long long)s.live_nodes, (long long)s.live_bytes);
     }
-    printf("fuzz_capi seed %llu: %lld calls, %lld handles made, %lld error statuses, %d failures\n",
-           (unsigned long long)seed, (long long)calls, (long long)made, (long long)errors, failures);
+    printf("fuzz_capi seed %llu: %lld calls, %lld handles made, %lld error statuses, %lld fan-outs checked, "
+           "%d failures\n", (unsigned long long)seed, (long long)calls, (long long)made, (long long)errors,
+           (long long)fanouts, failures);
     return failures ? 1 : 0;
 }
