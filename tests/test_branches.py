@@ -36,6 +36,16 @@ def _x_values(dtype):
 
 COND = np.random.default_rng(4).random((5,) + SHAPE) < 0.5
 INDEX = np.array([1, 0, 1, 1])
+ELEMENTS = np.array([3, 0, 3])
+
+
+@ad.custom_vjp
+def cube(x):
+    """x ** 3 with its own rule: the sweep adds its contribution from the bindings (custom.c)"""
+    return x * x * x
+
+
+cube.defvjp(lambda x: (cube(x), (x,)), lambda res, g: (g * 3.0 * res[0] * res[0],))
 
 
 @dataclass
@@ -73,6 +83,7 @@ CONSUMERS = [
     Consumer("broadcast_to", "broadcast_to", (X,), lambda p: ad.broadcast_to(p, (3,) + SHAPE),
              {"shape": (3,) + SHAPE}),
     Consumer("gather repeats", "getitem", (X,), lambda p: p[INDEX], {"index": INDEX}),
+    Consumer("gather elements", "getitem", (X,), lambda p: p[..., ELEMENTS], {"index": (Ellipsis, ELEMENTS)}),
     Consumer("slice", "getitem", (X,), lambda p: p[:, 1:3, ::2],
              {"index": (slice(None), slice(1, 3), slice(None, None, 2))}),
     Consumer("softmax last", "softmax", (X,), lambda p: ad.softmax(p, axis=-1), {"axis": -1}),
@@ -82,6 +93,7 @@ CONSUMERS = [
     Consumer("logsumexp", "logsumexp", (X,), lambda p: ad.logsumexp(p, axis=2), {"axis": 2}),
     Consumer("concatenate self", "concatenate", (X, X), lambda p, q: ad.concatenate([p, q], axis=1), {"axis": 1}),
     Consumer("stack last", "stack", (X, _const(SHAPE, 8)), lambda p, q: ad.stack([p, q], axis=-1), {"axis": -1}),
+    Consumer("custom_vjp", "power_scalar", (X,), cube, {"p": 3.0}),
     Consumer("clip", "clip", (X,), lambda p: ad.clip(p, -0.5, 0.5), {"lo": -0.5, "hi": 0.5}, smooth=False),
 ]
 BY_LABEL = {c.label: c for c in CONSUMERS}
@@ -196,17 +208,19 @@ def test_hvp_of_branches_matches_differences_of_the_reference_gradient(labels):
 
 # ---- the two cases of the issue, written out with their numbers ----
 
+@pytest.mark.parametrize("w_shape", [(1, 2, 2), (2, 2)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_weight_shared_by_two_batched_matmuls(dtype):
-    """W (1, 2, 2) meets two batched inputs: each contribution has the batch axis of its input
-    and is summed over it, and the second must add to the first."""
-    W = ad.tensor(np.array([[[1.0, 2.0], [3.0, 4.0]]], dtype), requires_grad=True)
+def test_weight_shared_by_two_batched_matmuls(dtype, w_shape):
+    """W meets two batched inputs: each contribution has the batch axis of its input and is
+    summed over it (W (1, 2, 2): by the sweep, from a scratch; W (2, 2): by one gemm over all the
+    batches' rows), and the second must add to the first."""
+    W = ad.tensor(np.array([[1.0, 2.0], [3.0, 4.0]], dtype).reshape(w_shape), requires_grad=True)
     a = np.array([[[1.0, 0.0]], [[0.0, 1.0]]], dtype)      # (2, 1, 2)
     b = np.array([[[1.0, 1.0]], [[2.0, -1.0]]], dtype)     # (2, 1, 2)
     loss = ad.sum(ad.tensor(a) @ W) + ad.sum((ad.tensor(b) @ W) * 2.0)
     loss.backward()
     # d/dW sum(a_t W) = sum_t a_t^T 1 = [[1, 1], [1, 1]]; for b, twice sum_t b_t^T 1 = [[6, 6], [0, 0]]
-    np.testing.assert_array_equal(W.grad.numpy(), np.array([[[7.0, 7.0], [1.0, 1.0]]], dtype))
+    np.testing.assert_array_equal(W.grad.numpy(), np.array([[7.0, 7.0], [1.0, 1.0]], dtype).reshape(w_shape))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -239,3 +253,15 @@ def test_max_ties_share_the_cotangent_in_every_sweep():
     assert tangent.item() == 1.5
     g_rec, _ = ad.jvp(ad.grad(lambda v: ad.max(v) * 4.0), (x,), (np.ones(3),))
     np.testing.assert_array_equal(g_rec.numpy(), [0.0, 2.0, 2.0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_nan_safety_of_clip_and_of_second_order_terms(dtype):
+    """A zero cotangent (tangent) contributes exactly 0, also where the derivative is NaN or
+    infinite: clip's VJP at a NaN input, and hvp's second-order term of sqrt at 0 (its
+    coefficient -x^(-3/2) / 4 is -inf there) along a zero tangent."""
+    x = ad.tensor(np.array([np.nan, 0.2, 3.0], dtype), requires_grad=True)
+    ad.sum(ad.clip(x, -1.0, 1.0) * np.array([0.0, 2.0, 5.0], dtype)).backward()
+    np.testing.assert_array_equal(x.grad.numpy(), np.array([0.0, 2.0, 0.0], dtype))
+    _, (hv,) = ad.hvp(lambda t: ad.sum(ad.sqrt(t)), (np.array([0.0, 1.0], dtype),), (np.array([0.0, 1.0], dtype),))
+    np.testing.assert_array_equal(hv.numpy(), np.array([0.0, -0.25], dtype))
