@@ -567,3 +567,21 @@ def test_binary_elementwise_shapes_and_dtypes_are_named():
     t = ad.tensor(np.ones(3, np.float32))
     assert ad.hypot(t, 2.0).dtype == np.float32 and (t % 2.0).dtype == np.float32
     assert ad.mod(t, np.ones(3)).dtype == np.float64
+
+
+def test_a_stale_handle_to_a_reused_slot_is_detected():
+    """A released node's slot is reused at once by the next node; the old handle carries the old
+    generation and must be refused, not resolve to the new node."""
+    from pyautodiff._capi import ffi, lib
+    old = lib.ad_full(lib.AD_F64, 0, ffi.NULL, 1.0, 0)
+    assert lib.ad_release(old) == lib.AD_OK
+    new = lib.ad_full(lib.AD_F64, 0, ffi.NULL, 2.0, 0)
+    try:
+        slot = (1 << 26) - 1                  # handle = tape | generation (22 bits) | slot (26 bits)
+        assert new & slot == old & slot and new != old
+        info = ffi.new("ad_info_t *")
+        assert lib.ad_info(old, info) == -lib.AD_ERR_HANDLE       # (statuses are returned negated)
+        assert "released" in ffi.string(lib.ad_last_error()).decode()
+        assert lib.ad_info(new, info) == lib.AD_OK and ffi.cast("double *", info.data)[0] == 2.0
+    finally:
+        lib.ad_release(new)
