@@ -336,3 +336,20 @@ def test_blocked_total_is_thread_independent_and_accurate(op, dtype, restore_thr
     scale = x.size if op == "mean" else 1
     tol = 1e-12 * np.abs(x).sum() / scale + (6e-8 * abs(exact) if dtype == np.float32 else 0)
     assert abs(float(got[0]) - exact) <= tol
+
+
+# the strided copy tiles a transpose once both sides have 8 or more elements along the axes that
+# are contiguous on one side only (shape.c, ad_strided_pass); smaller ones are walked row by row
+TRANSPOSES = [((9, 16), (1, 0)), ((3, 16, 9), (2, 1, 0)), ((8, 5, 33), (0, 2, 1)), ((40, 2, 8), (2, 0, 1))]
+
+
+@pytest.mark.parametrize("shape,axes", TRANSPOSES, ids=[f"{s}-{a}" for s, a in TRANSPOSES])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_tiled_transposes_match_numpy(shape, axes, dtype):
+    x = _data(shape).astype(dtype)
+    t = ad.tensor(x, requires_grad=True)
+    y = ad.transpose(t, axes)
+    np.testing.assert_array_equal(y.numpy(), np.transpose(x, axes))
+    g = _data(y.shape, seed=1).astype(dtype)
+    y.backward(g)
+    np.testing.assert_array_equal(t.grad.numpy(), np.transpose(g, np.argsort(axes)))

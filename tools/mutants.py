@@ -231,7 +231,7 @@ MUTANTS = [
 
 # Fast, focused files first: most mutants are caught within seconds; the rest of the suite follows.
 FIRST = ["tests/test_branches.py", "tests/test_rules.py", "tests/test_sweep_routes.py", "tests/test_inplace_versions.py",
-         "tests/test_forward_mode.py", "tests/test_hessian.py"]
+         "tests/test_forward_mode.py", "tests/test_hessian.py", "tests/test_kernel_paths.py", "tests/test_errors.py"]
 
 
 def select(names):
