@@ -2,7 +2,8 @@
 
 - fan-out: one value (a leaf, or an interior value) consumed by two to four ops of different
   families (elementwise, reduce, matmul, layout, indexing, softmax, where, concatenate/stack,
-  clip, cast), the consumers' sums added into one root, gradients against the reference VJPs
+  clip, cast; and broadcast_to, where and matmul broadcasting it over a new axis), the
+  consumers' sums added into one root, gradients against the reference VJPs
   chained over the program (test_differential's checks, every op's forward included);
 - nested transforms: random smooth programs f(x), and their second order by every route
   (hessian, jacfwd(jacrev), grad of grad, jvp of grad, hvp) against central differences of the
@@ -25,7 +26,8 @@ from hypothesis import strategies as st
 
 import pyautodiff as ad
 from pyautodiff.numerical import numerical_grad, numerical_jacobian
-from test_differential import F32, F64, Program, check_backward, draw_shape
+from hypothesis.extra import numpy as hnp
+from test_differential import DIM, F32, F64, Program, check_backward, draw_shape, src_array
 
 
 def _settings(smoke):
@@ -38,7 +40,32 @@ def _settings(smoke):
 # ---- fan-out through every op family --------------------------------------------------------
 
 FAMILIES = ["unary", "binary", "scalar", "reduce", "softmax", "matmul", "reshape", "transpose",
-            "broadcast_to", "cast", "clip", "where", "getitem", "concatenate", "stack"]
+            "broadcast_to", "cast", "clip", "where", "getitem", "concatenate", "stack",
+            "broadcast_to new axis", "where new axis", "matmul new batch"]
+
+
+def broadcasting_consumer(prog, x, kind):
+    """Consumers that broadcast x over a new leading axis, so that x's contribution is formed
+    output-shaped and summed back by the sweep (its scratch path), not inside a kernel."""
+    data, xv = prog.data, prog.values[x]
+    xs, name = xv.array.shape, xv.name
+    lead = (data.draw(st.sampled_from([2, 3]), label="new axis"),)
+    if kind == "broadcast_to new axis":
+        # and its 1-axes stretched: summed along the innermost axis too
+        shape = lead + tuple(data.draw(st.sampled_from([1, 3, 4]), label="stretch") if d == 1 else d for d in xs)
+        return prog.record("broadcast_to", (x,), {"shape": shape}, lambda t: ad.broadcast_to(t, shape),
+                           f"ad.broadcast_to({name}, {shape!r})")
+    if kind == "where new axis":
+        y = prog.leaf(lead + xs)
+        cond = data.draw(hnp.arrays(np.bool_, lead + xs), label="cond")
+        prog.line(f"cond = {src_array(cond.astype(np.uint8))}.astype(bool)")
+        return prog.record("where", (x, y), {"cond": cond}, lambda p, q: ad.where(cond, p, q),
+                           f"ad.where(cond, {name}, {prog.values[y].name})")
+    if len(xs) < 2:
+        return None
+    a = prog.leaf(lead + xs[:-2] + (data.draw(DIM, label="rows"), xs[-2]))
+    return prog.record("matmul", (a, x), {}, lambda p, q: p @ q if isinstance(p, ad.Tensor) else ad.matmul(p, q),
+                       f"ad.matmul({prog.values[a].name}, {name})")
 
 
 @_settings(smoke=150)
@@ -51,10 +78,11 @@ def test_fan_out_through_every_family(data):
         if data.draw(st.booleans(), label="interior"):
             # an interior value: its adjoint is a buffer of the sweep, not a .grad
             base = prog.step(x=base, kind=data.draw(st.sampled_from(["unary", "scalar", "binary"]))) or base
-        consumers = data.draw(st.lists(st.sampled_from(FAMILIES), min_size=2, max_size=4), label="consumers")
+        # distinct families, each as likely first (swept last: the contribution that must add) as last
+        consumers = data.draw(st.permutations(FAMILIES), label="consumers")[:data.draw(st.integers(2, 4))]
         outs = []
         for kind in consumers:
-            i = prog.step(x=base, kind=kind)
+            i = broadcasting_consumer(prog, base, kind) if "new" in kind else prog.step(x=base, kind=kind)
             if i is not None and prog.values[i].requires_grad:
                 outs.append(i)
                 event(f"consumer {kind}")
