@@ -3,7 +3,7 @@
 - fan-out: one value (a leaf, or an interior value) consumed by two to four ops of different
   families (elementwise, reduce, matmul, layout, indexing, softmax, where, concatenate/stack,
   clip, cast; and broadcast_to, where and matmul broadcasting it over a new axis), the
-  consumers' sums added into one root, gradients against the reference VJPs
+  consumers' sums or means added into one root, gradients against the reference VJPs
   chained over the program (test_differential's checks, every op's forward included);
 - nested transforms: random smooth programs f(x), and their second order by every route
   (hessian, jacfwd(jacrev), grad of grad, jvp of grad, hvp) against central differences of the
@@ -91,7 +91,9 @@ def test_fan_out_through_every_family(data):
         root = None
         for i in outs:
             name = prog.values[i].name
-            s = prog.record("sum", (i,), {"axis": None, "keepdims": False}, ad.sum, f"ad.sum({name})")
+            # a scalar sum or mean hands its input one adjoint value (sweep.c, pass_uniform)
+            red = data.draw(st.sampled_from(["sum", "mean"]), label="reduction")
+            s = prog.record(red, (i,), {"axis": None, "keepdims": False}, getattr(ad, red), f"ad.{red}({name})")
             if root is None:
                 root = s
             else:
