@@ -18,6 +18,7 @@
  *   _lend(addr, i, h)         a new reference to h, stored at ((int64_t *)addr)[i], whose reader
  *                             (the core, after a custom rule) takes it over.
  *   _init(Tensor, raise_status)  once, from tensor.py; installs Tensor.__del__.
+ *   _init_no_grad(no_grad)    once, from tensor.py; installs no_grad's __enter__ and __exit__.
  *
  * Only the limited C API is used, as everywhere in the module (an abi3 wheel). */
 
@@ -237,12 +238,69 @@ static PyObject *pyad_init(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+/* no_grad's __enter__ and __exit__. Switching grad mode and saving (or restoring) the previous
+ * mode happen in one C call: a pending signal is raised only at the next Python instruction, so
+ * it can land before or after the switch, never between the switch and its bookkeeping. A Python
+ * __exit__ interrupted at its first line would leave grad mode off for the rest of the thread. */
+static PyObject *pyad_nograd_enter(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    int prev = ad_set_grad_enabled(0);
+    if (prev < 0) {
+        PyObject *st = PyLong_FromLong(prev);
+        if (st) { pyad_raise(st); Py_DECREF(st); }
+        return NULL;
+    }
+    PyObject *p = PyLong_FromLong(prev);
+    if (!p || PyObject_SetAttrString(self, "_prev", p) < 0) {
+        Py_XDECREF(p);
+        ad_set_grad_enabled(prev);   /* nothing changed if the context cannot be entered */
+        return NULL;
+    }
+    Py_DECREF(p);
+    Py_INCREF(self);
+    return self;
+}
+
+static PyObject *pyad_nograd_exit(PyObject *self, PyObject *args)
+{
+    (void)args;
+    PyObject *p = PyObject_GetAttrString(self, "_prev");   /* AttributeError: never entered */
+    if (!p) return NULL;
+    long prev = PyLong_AsLong(p);
+    Py_DECREF(p);
+    if (prev == -1 && PyErr_Occurred()) return NULL;
+    ad_set_grad_enabled((int)prev);
+    Py_INCREF(Py_False);
+    return Py_False;
+}
+
+static PyMethodDef pyad_nograd_defs[] = {
+    {"__enter__", pyad_nograd_enter, METH_NOARGS, "Turn grad mode off, remembering what it was."},
+    {"__exit__", pyad_nograd_exit, METH_VARARGS, "Restore the grad mode __enter__ found."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* _init_no_grad(no_grad): install the two methods above on the class. */
+static PyObject *pyad_init_no_grad(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 1 || !PyType_Check(args[0])) { PyErr_SetString(PyExc_TypeError, "_init_no_grad(no_grad)"); return NULL; }
+    for (PyMethodDef *d = pyad_nograd_defs; d->ml_name; d++) {
+        PyObject *m = PyDescr_NewMethod((PyTypeObject *)args[0], d);
+        if (!m || PyObject_SetAttrString(args[0], d->ml_name, m) < 0) { Py_XDECREF(m); return NULL; }
+        Py_DECREF(m);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef pyad_defs[] = {
     {"_call", (PyCFunction)(void (*)(void))pyad_call, METH_FASTCALL, NULL},
     {"_call_out", (PyCFunction)(void (*)(void))pyad_call_out, METH_FASTCALL, NULL},
     {"_borrow", (PyCFunction)(void (*)(void))pyad_borrow, METH_FASTCALL, NULL},
     {"_lend", (PyCFunction)(void (*)(void))pyad_lend, METH_FASTCALL, NULL},
     {"_init", (PyCFunction)(void (*)(void))pyad_init, METH_FASTCALL, NULL},
+    {"_init_no_grad", (PyCFunction)(void (*)(void))pyad_init_no_grad, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
 };
 

@@ -900,18 +900,14 @@ class no_grad:
 
     __slots__ = ("_prev",)
 
-    def __enter__(self):
-        self._prev = lib.ad_set_grad_enabled(0)
-        if self._prev < 0:
-            raise_status(self._prev)
-        return self
-
-    def __exit__(self, *exc):
-        lib.ad_set_grad_enabled(self._prev)
-        return False
+    # __enter__ and __exit__ are C (_ownership.h, installed below by _init_no_grad): an interrupt
+    # (Ctrl-C, an alarm) landing at the first line of a Python __exit__ would leave grad mode off.
 
     def __call__(self, fn):
         return _context_decorator(no_grad, fn)
+
+
+_core._init_no_grad(no_grad)
 
 
 def _context_decorator(context, fn):

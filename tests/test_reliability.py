@@ -487,3 +487,48 @@ def test_no_handle_from_the_core_is_wrapped_by_python_code():
            for p in sorted(root.rglob("*.py")) for i, line in enumerate(p.read_text().splitlines(), 1)
            if re.search(r"_wrap\(\s*lib\.ad_", line)]
     assert bad == []
+
+
+def test_an_interrupt_anywhere_in_a_no_grad_block_leaves_grad_mode_on():
+    """An exception raised at each Python function entry of a no_grad block in turn leaves grad
+    mode as it was. A trace function raising at its N-th "call" event stands in for a signal
+    handler: a function's entry is one of the points where the interpreter runs pending signal
+    handlers. With a Python __exit__, the interrupt at its entry left grad mode off for the rest
+    of the thread (tools/soak.py found it). ("line" events are not used: the interpreter fires one
+    between a with-body and its __exit__, where no signal handler can run.)"""
+    import sys
+
+    class Interrupt(BaseException):
+        pass
+
+    x = ad.tensor([1.0, 2.0], requires_grad=True)
+
+    def block():
+        with ad.no_grad():
+            y = x * 2.0
+        return y
+
+    landed = 0
+    for n in range(1, 200):
+        count = [0]
+
+        def tracer(frame, event, arg):
+            if event == "call":
+                count[0] += 1
+                if count[0] == n:
+                    raise Interrupt
+            return None          # no line events inside frames
+
+        sys.settrace(tracer)
+        try:
+            block()
+            finished = True
+        except Interrupt:
+            finished, landed = False, landed + 1
+        finally:
+            sys.settrace(None)
+        assert ad.is_grad_enabled(), f"grad mode left off by an interrupt at trace event {n}"
+        if finished:
+            break
+    assert landed >= 2     # the interrupts did land: at block's entry and at the op's
+    assert (x * 2.0).requires_grad
