@@ -8,6 +8,8 @@
 - nested transforms: random smooth programs f(x), and their second order by every route
   (hessian, jacfwd(jacrev), grad of grad, jvp of grad, hvp) against central differences of the
   first-order gradient (itself checked against differences of f);
+- traced replay: ad.record of a random smooth program against eager value_and_grad, bit for
+  bit, at the recorded input and at a new one (float64 and float32);
 - in-place updates: random sequences of `+=`, `*=`, `[...] =`, `sub_`, `clamp_`, optimizer-style
   steps under no_grad() and recorded graphs that read (or do not read) the updated values, against
   a NumPy mirror of every value and .grad, and against the version counters: backward() raises
@@ -129,7 +131,8 @@ def draw_smooth_program(data, x):
         elif kind in ("binary", "where", "concat"):
             j = data.draw(st.sampled_from(same), label="second operand")   # i itself now and then
             p = {"op": data.draw(st.sampled_from(["add", "subtract", "multiply"]), label="op"),
-                 "cond": rng.random(v.shape) < 0.5, "stack": data.draw(st.booleans(), label="stack")}
+                 "cond": rng.random(v.shape) < 0.5,
+                 "stack": v.ndim == 0 or data.draw(st.booleans(), label="stack")}   # 0-d: stack only
             step = (kind, (i, j), p)
         elif kind == "reduce":
             step = (kind, (i,), {"op": data.draw(st.sampled_from(["sum", "mean"])),
@@ -232,6 +235,32 @@ def test_nested_transforms_match_differences_of_the_lower_order(data):
     if route in ("all", "hvp"):
         _, (hv,) = ad.hvp(f, (x0,), (v,))
         _close(hv.numpy().reshape(n), H @ v.reshape(n), "hvp")
+
+
+# ---- traced replay against eager ----------------------------------------------------------------
+
+@_settings(smoke=40)
+@given(data=st.data())
+def test_replayed_programs_equal_eager_bit_for_bit(data):
+    """ad.record of a random program replays, at the recorded input and at a new one, the value
+    and gradient eager ad.value_and_grad gives, bit for bit (the unfused replay runs the same
+    kernels in the same order; README "Record once, replay")."""
+    shape = data.draw(st.sampled_from(SHAPES), label="shape")
+    dtype = data.draw(st.sampled_from([np.float64, np.float32]), label="dtype")
+    size = int(np.prod(shape))
+    xs = [np.asarray(data.draw(st.lists(st.floats(-1.5, 1.5), min_size=size, max_size=size), label=f"x{i}"),
+                     np.float64).reshape(shape).astype(dtype) for i in range(2)]
+    steps, weights = draw_smooth_program(data, ad.tensor(xs[0]))
+    weights = [w.astype(dtype) for w in weights]
+    note(f"x = {xs!r}\nsteps = {steps!r}")
+    f = smooth_function(steps, weights)
+    tf = ad.record(f, xs[0])
+    for x in xs:
+        value, grad = tf.value_and_grad(x)
+        eager_value, eager_grad = ad.value_and_grad(f)(x)
+        assert value.dtype == eager_value.dtype and grad.dtype == eager_grad.dtype
+        np.testing.assert_array_equal(value.numpy(), eager_value.numpy())
+        np.testing.assert_array_equal(grad.numpy(), eager_grad.numpy())
 
 
 # ---- in-place update sequences against NumPy and the version counters ------------------------
