@@ -306,3 +306,13 @@ def test_dropout_inplace_multiplies_the_input_itself(dtype):
     np.testing.assert_array_equal(t.numpy(), want)
     with pytest.raises(TypeError, match="dropout: inplace=True needs a Tensor input"):
         F.dropout(x, p, inplace=True)
+
+
+def test_max_pool2d_indices_name_the_first_of_tied_maxima():
+    # small integers tie often: PyTorch's index is the first maximum in row-major window order
+    x = np.random.default_rng(12).integers(0, 3, (2, 2, 7, 8)).astype(F64)
+    for k, s, p, d, ceil in [(3, 2, 1, 1, True), ((2, 3), 1, 0, (2, 1), False), (2, 2, 0, 1, True)]:
+        want, want_idx = pool_loops_torch(x, _pair(k), _pair(s), _pair(p), _pair(d), "max", ceil)
+        got, idx = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil, return_indices=True)
+        np.testing.assert_array_equal(got.numpy(), want)
+        np.testing.assert_array_equal(idx, want_idx)
