@@ -20,11 +20,11 @@ def _close(got, want):
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-6 * scale * 4)
 
 
-# (m, k, n): "wide" (m * k small, n >= 64: rows in blocks of 6, the last 7-9 split in two, columns
-# in strips of 16 with a masked tail) and "dots" (A @ B^T with k >= 128: blocks of 4 x 3 dot
+# (m, k, n): "wide" (m * k <= 6144, n >= 64: rows in blocks of 6, the last 7-9 split in two, columns
+# in strips of 16 with a masked tail) and "dots" (A @ B^T with k >= 256, m <= 64, n <= 256: blocks of 4 x 3 dot
 # products, k in slices of 256 with a masked tail)
 SHAPES = [(1, 1, 64), (2, 3, 65), (5, 7, 79), (6, 16, 96), (7, 9, 100), (8, 144, 784), (9, 75, 130), (13, 33, 257),
-          (16, 75, 4096), (32, 144, 784), (144, 32, 784), (4, 300, 64), (11, 1000, 70)]
+          (16, 75, 4096), (32, 144, 784), (144, 32, 784), (4, 300, 64), (11, 1000, 70), (6, 16, 300), (3, 17, 520)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
