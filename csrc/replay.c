@@ -21,6 +21,7 @@
  * that left the graph while recording (item(), comparisons, numpy()) are the bindings' guards: the
  * plan computes the watched tensors they read, and the bindings compare them after the forward. */
 #include "core.h"
+#include "fusion.h"
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,7 @@ struct ad_plan {
     char *arena;
     size_t arena_bytes;
     void *seed;                /* the root's cotangent, copied in (or ones) by each reverse sweep */
+    ad_fusion *fusion;         /* elementwise regions run tile by tile (fusion.c), or NULL */
 };
 
 enum { R_OP = 0, R_INPUT = 1, R_CONST = 2 };
@@ -534,6 +536,7 @@ void ad_plan_free(ad_plan *p)
     free(p->const_ver);
     free(p->fsteps);
     free(p->arena);
+    ad_fusion_free(p->fusion);
     free(p);
 }
 
@@ -596,6 +599,8 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
     }
     int st = AD_OK;
     for (int64_t k = 0; k < p->nfsteps && !st; k++) {
+        int64_t next = p->fusion ? ad_fusion_forward(p->fusion, k) : k;
+        if (next != k) { k = next - 1; continue; }
         const fstep *f = &p->fsteps[k];
         if (f->fn) f->fn(f->in, f->out, f->n, f->c);
         else st = forward_node(T, f->node);
@@ -625,6 +630,8 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
     }
     int st = AD_OK;
     for (int64_t k = 0; k < p->nsteps && !st; k++) {
+        int64_t next = p->fusion ? ad_fusion_reverse(p->fusion, k) : k;
+        if (next != k) { k = next - 1; continue; }
         const rstep *s = &p->steps[k];
         if (s->fast) {
             if (s->d) s->d(s->in, s->g, s->target, s->n, s->c, s->acc);
@@ -678,6 +685,55 @@ int ad_plan_backward(ad_plan *p, const void *seed, void *const *grads)
     ad_long_work(INT64_MAX);
     st = backward_locked(T, p, seed, grads);
     ad_unlock(T);
+    unclaim(p);
+    return st;
+}
+
+int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *ops, int64_t *tile)
+{
+    int st = claim(p, "plan_fuse");
+    if (st) return st;
+    size_t cnt = (size_t)(p->nn > 0 ? p->nn : 1);
+    if (min_elements < 0) {
+        unclaim(p);
+        return ad_err(AD_ERR_VALUE, "plan_fuse: min_elements is %lld; expected 0 (off) or more", (long long)min_elements);
+    }
+    ad_fuse_plan P = {p->nodes, p->nn, NULL, NULL, NULL, p->nfsteps, NULL, p->nsteps};
+    uint8_t *pinned = calloc(cnt, 1);
+    int8_t *is_op = malloc(cnt);
+    int64_t *fnode = malloc((size_t)(p->nfsteps ? p->nfsteps : 1) * sizeof *fnode);
+    ad_fuse_step *steps = malloc((size_t)(p->nsteps ? p->nsteps : 1) * sizeof *steps);
+    ad_fusion *f = NULL;
+    if (!pinned || !is_op || !fnode || !steps) {
+        st = ad_err(AD_ERR_MEMORY, "plan_fuse: out of memory");
+    } else {
+        for (int64_t i = 0; i < p->nn; i++) is_op[i] = p->role[i] == R_OP;
+        if (p->root >= 0) pinned[p->root] = 1;
+        for (int i = 0; i < p->n_watch; i++) pinned[p->watch_idx[i]] = 1;
+        for (int64_t k = 0; k < p->nfsteps; k++) fnode[k] = p->fsteps[k].node - p->nodes;
+        for (int64_t k = 0; k < p->nsteps; k++) {
+            const rstep *s = &p->steps[k];
+            steps[k] = (ad_fuse_step){s->node, s->input, s->which, s->acc, s->g, s->target};
+        }
+        P.is_op = is_op;
+        P.pinned = pinned;
+        P.fnode = fnode;
+        P.steps = steps;
+        st = ad_fusion_build(&P, min_elements, &f);
+    }
+    if (!st) {
+        ad_fusion_free(p->fusion);
+        p->fusion = f;
+        int64_t a, b, c;
+        ad_fusion_counts(f, &a, &b, &c);
+        if (regions) *regions = a;
+        if (ops) *ops = b;
+        if (tile) *tile = c;
+    }
+    free(pinned);
+    free(is_op);
+    free(fnode);
+    free(steps);
     unclaim(p);
     return st;
 }
