@@ -329,6 +329,9 @@ static inline float ad_zero_safe_f(float g, float v) { return g == 0 ? 0 : v; }
         for (; i < n; i++) p[0] += x[i * st];                                        \
         return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));    \
     }
+/* A sum of all of x of 2 * AD_SUM_BLOCK elements or more is AD_SUM of each block of AD_SUM_BLOCK,
+ * the blocks added in order (reduce.c; the fused replay's folded sum, fusion.c, follows it). */
+#define AD_SUM_BLOCK (1 << 16)
 AD_DEF_SUM(ad_sum_f64, double)
 AD_DEF_SUM(ad_sum_f32, float)
 #define AD_SUM(T, x, n, st) _Generic((x), const double *: ad_sum_f64, double *: ad_sum_f64, \

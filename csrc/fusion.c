@@ -25,7 +25,17 @@
  * the tiles, in the same element order, and adds the total at the same point of the sweep. So a
  * fused replay equals the unfused one (which equals eager) exactly; tests/test_fusion.py checks
  * it bit for bit. Tiles run in order on the calling thread (the lanes need the order; the eager
- * ops of 2 * 32768 elements or more are split over the pool instead). */
+ * ops of 2 * 32768 elements or more are split over the pool instead).
+ *
+ * A sum (or mean) of all of the region's last shape that is the plan's root is folded in: the
+ * forward adds each tile into the lanes of AD_SUM, block by block of AD_SUM_BLOCK as reduce.c's
+ * sum does (tiles divide the block), so the summed tensor never goes to memory, and its reverse
+ * step (g copied to every element) becomes a tile of copies. When a replay wants gradients with
+ * the root's cotangent known before the forward (ad_plan_run), such a region runs its reverse
+ * steps in the forward's pass, on the tile's values while they are in cache: one pass reads the
+ * region's inputs and writes their adjoints, nothing else (the reverse later skips the region).
+ * The order of every element's operations is still the unfused one: nothing before the region's
+ * reverse steps touches their targets but the folded sum's step. */
 #include "fusion.h"
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +49,8 @@ typedef struct { char *base; size_t stride; } tref;
 static inline void *at(tref r, int64_t off) { return r.base ? r.base + (size_t)off * r.stride : NULL; }
 
 typedef struct { ad_ew_fn fn; tref in[2]; tref out; const double *c; } top;             /* forward op */
-typedef struct { ad_ew_wfn d; tref in[3]; tref g; tref target; const double *c; int acc; int red; } tvjp;
+/* a reverse step: d's product, or (uniform) the folded sum's copies of its cotangent */
+typedef struct { ad_ew_wfn d; tref in[3]; tref g; tref target; const double *c; int acc, red, uniform; } tvjp;
 typedef struct { void *dst; int acc; double p[8]; } tsum;                                /* into one element */
 typedef struct { char *tile; const void *src; } tfill;                                   /* broadcast value */
 
@@ -54,6 +65,13 @@ typedef struct {
     tfill *fill;
     char *contrib;     /* scratch for a contribution summed into a one-element adjoint */
     void *mem;
+    /* the folded sum (sum_dst NULL: none): of sum_src, into the root's value sum_dst */
+    tref sum_src;
+    void *sum_dst;
+    const void *sum_g;         /* its cotangent (the plan's seed) */
+    double sum_scale;          /* 1, or 1 / n for a mean */
+    int64_t block;
+    int merged;                /* the last forward ran the reverse steps too */
 } region;
 
 struct ad_fusion {
@@ -85,6 +103,13 @@ static int fusable(const ad_node *n, int64_t min_elements)
         if (!same_shape(m, n) && !(m->size == 1 && n->size > 1 && m->ndim <= n->ndim)) return 0;
     }
     return 1;
+}
+
+/* n sums all of a value shaped like a (a run's first op) and is the root (index root). */
+static int folds(const ad_node *n, const ad_node *a, int64_t root, const ad_node *nodes)
+{
+    return (n->op == AD_OP_SUM || n->op == AD_OP_MEAN) && n->size == 1 && n - nodes == root &&
+           n->dtype == a->dtype && same_shape(n->in[0], a);
 }
 
 static void region_free(region *R)
@@ -124,7 +149,9 @@ static int region_make(region *R, int r, const ad_fuse_plan *P, const int32_t *r
     size_t isz = ad_itemsize(dt);
     R->n = first->size;
     R->dtype = dt;
-    R->nops = (int)(R->f_hi - R->f_lo);
+    ad_node *last = &P->nodes[P->fnode[R->f_hi - 1]];
+    int fold = !ew_kernels(last->op);     /* the region ends in a folded sum */
+    R->nops = (int)(R->f_hi - R->f_lo) - fold;
     R->nvjp = (int)(R->s_hi - R->s_lo);
     R->ops = calloc((size_t)R->nops, sizeof *R->ops);
     R->rec = calloc((size_t)R->nops, sizeof *R->rec);
@@ -134,7 +161,7 @@ static int region_make(region *R, int r, const ad_fuse_plan *P, const int32_t *r
     if (!R->ops || !R->rec || !R->vjp || !R->sum || !R->fill) return ad_err(AD_ERR_MEMORY, "record: out of memory for a fused region");
     /* scratch tiles: inner values, inner adjoints, broadcast values, one contribution */
     int64_t nslots = 0;
-    for (int64_t k = R->f_lo; k < R->f_hi; k++) {
+    for (int64_t k = R->f_lo; k < R->f_hi - fold; k++) {
         int64_t i = P->fnode[k];
         slot_of[i] = ext_val[i] ? -1 : nslots++;
         adj_of[i] = -1;
@@ -144,7 +171,7 @@ static int region_make(region *R, int r, const ad_fuse_plan *P, const int32_t *r
         if (reg_of[m] == r && !ext_adj[m] && adj_of[m] < 0) adj_of[m] = nslots++;
     }
     int64_t fill_at = nslots;
-    for (int64_t k = R->f_lo; k < R->f_hi; k++) {
+    for (int64_t k = R->f_lo; k < R->f_hi - fold; k++) {
         const ad_node *n = &P->nodes[P->fnode[k]];
         for (int j = 0; j < n->nin; j++) {
             const ad_node *m = n->in[j];
@@ -155,12 +182,10 @@ static int region_make(region *R, int r, const ad_fuse_plan *P, const int32_t *r
         }
     }
     nslots += R->nfill + 1;
-    /* the tile: all slots within the budget (L2), a multiple of the kernels' split unit */
-    int64_t tile = (int64_t)(TILE_BUDGET / ((size_t)nslots * isz)) / AD_PAR_ALIGN * AD_PAR_ALIGN;
-    int64_t whole = (R->n + AD_PAR_ALIGN - 1) / AD_PAR_ALIGN * AD_PAR_ALIGN;
-    if (tile < AD_PAR_ALIGN) tile = AD_PAR_ALIGN;
-    if (tile > TILE_MAX) tile = TILE_MAX;
-    if (tile > whole) tile = whole;
+    /* the tile: all slots within the budget (L2), the kernels' split unit times a power of 2 (so
+     * that tiles divide a sum's blocks) */
+    int64_t tile = AD_PAR_ALIGN;
+    while (tile * 2 <= TILE_MAX && (size_t)tile * 2 * (size_t)nslots * isz <= TILE_BUDGET && tile < R->n) tile *= 2;
     R->tile = tile;
     size_t slot_bytes = (((size_t)tile * isz + 63) & ~(size_t)63) + 64;
     if (!(R->mem = malloc((size_t)nslots * slot_bytes + 64))) return ad_err(AD_ERR_MEMORY, "record: out of memory for a fused region's tiles");
@@ -172,7 +197,7 @@ static int region_make(region *R, int r, const ad_fuse_plan *P, const int32_t *r
 #define OPERAND(m) (reg_of[(m) - P->nodes] == r ? (slot_of[(m) - P->nodes] >= 0 ? SLOT(slot_of[(m) - P->nodes]) \
                                                   : (tref){(char *)(m)->data, isz})                          \
                     : (m)->size == R->n ? (tref){(char *)(m)->data, isz} : fill_of(R, (m)->data))
-    for (int64_t k = R->f_lo; k < R->f_hi; k++) {
+    for (int64_t k = R->f_lo; k < R->f_hi - fold; k++) {
         ad_node *n = &P->nodes[P->fnode[k]];
         top *o = &R->ops[k - R->f_lo];
         o->fn = ew_kernels(n->op)->fwd[dt];
@@ -185,12 +210,17 @@ static int region_make(region *R, int r, const ad_fuse_plan *P, const int32_t *r
         const ad_fuse_step *S = &P->steps[s];
         ad_node *n = &P->nodes[S->node], *m = &P->nodes[S->input];
         tvjp *v = &R->vjp[s - R->s_lo];
-        v->d = ew_kernels(n->op)->d[S->which][dt];
-        for (int j = 0; j < n->nin; j++) v->in[j] = OPERAND(n->in[j]);
-        v->in[2] = OPERAND(n);
+        const ad_ew_kernels *K = ew_kernels(n->op);
+        v->uniform = !K;
+        v->d = K ? K->d[S->which][dt] : NULL;
+        if (K) {
+            for (int j = 0; j < n->nin; j++) v->in[j] = OPERAND(n->in[j]);
+            v->in[2] = OPERAND(n);
+        }
         v->c = n->c;
         v->acc = S->acc;
         v->g = ext_adj[S->node] ? (tref){(char *)S->g, isz} : SLOT(adj_of[S->node]);
+        if (v->uniform) R->sum_g = S->g;
         v->red = -1;
         if (reg_of[S->input] == r) {
             v->target = ext_adj[S->input] ? (tref){(char *)S->target, isz} : SLOT(adj_of[S->input]);
@@ -202,6 +232,12 @@ static int region_make(region *R, int r, const ad_fuse_plan *P, const int32_t *r
             R->sum[R->nsum++].acc = S->acc;
             v->target = (tref){R->contrib, 0};
         }
+    }
+    if (fold) {
+        R->sum_src = OPERAND(last->in[0]);
+        R->sum_dst = last->data;
+        R->sum_scale = last->op == AD_OP_MEAN ? 1.0 / (double)R->n : 1.0;
+        R->block = R->n >= 2 * AD_SUM_BLOCK ? AD_SUM_BLOCK : R->n;
     }
 #undef OPERAND
 #undef SLOT
@@ -233,13 +269,22 @@ int ad_fusion_build(const ad_fuse_plan *P, int64_t min_elements, ad_fusion **out
             const ad_node *a = &P->nodes[P->fnode[lo]];
             if (a->dtype == n->dtype && same_shape(a, n)) continue;
         }
-        if (lo >= 0 && k - lo >= 2) {
+        /* a sum of all of the run's values that is the root joins it */
+        int fold = lo >= 0 && n && folds(n, &P->nodes[P->fnode[lo]], P->root, P->nodes);
+        if (lo >= 0 && k - lo + fold >= 2) {
             r[nr].f_lo = lo;
-            r[nr].f_hi = k;
+            r[nr].f_hi = k + fold;
             r[nr].s_lo = r[nr].s_hi = -1;
-            for (int64_t q = lo; q < k; q++) reg_of[P->fnode[q]] = (int32_t)nr;
-            nr++;
+            for (int64_t q = lo; q < k + fold; q++) reg_of[P->fnode[q]] = (int32_t)nr;
+            if (fold && reg_of[n->in[0] - P->nodes] != (int32_t)nr) {
+                reg_of[P->fnode[k]] = -1;   /* it sums a value from before the run */
+                r[nr].f_hi = k;
+                fold = 0;
+            }
+            if (r[nr].f_hi - r[nr].f_lo >= 2) nr++;
+            else reg_of[P->fnode[lo]] = -1;
         }
+        if (fold) { lo = -1; continue; }
         lo = ok ? k : -1;
     }
     /* their reverse steps, which must be consecutive (an empty op between two of its ops would
@@ -291,7 +336,7 @@ int ad_fusion_build(const ad_fuse_plan *P, int64_t min_elements, ad_fusion **out
         st = region_make(R, (int)q, P, reg_of, ext_val, ext_adj, slot_of, adj_of);
         f->f_at[R->f_lo] = (int32_t)q;
         if (R->s_hi > R->s_lo) f->s_at[R->s_lo] = (int32_t)q;
-        f->nfused += R->nops;
+        f->nfused += R->f_hi - R->f_lo;   /* with a folded sum */
     }
 done:
     free(r);
@@ -328,47 +373,62 @@ static inline void run_op(const top *o, int64_t off, int64_t m)
     o->fn(in, at(o->out, off), m, o->c);
 }
 
-int64_t ad_fusion_forward(ad_fusion *f, int64_t k)
+/* The reverse steps over the tile at off (m elements); gi: the folded sum's cotangent times its
+ * scale, as SUM_VJP forms it. */
+static void reverse_tile(region *R, int64_t off, int64_t m, double gi)
 {
-    if (k < 0 || k >= f->nf || f->f_at[k] < 0) return k;
-    region *R = &f->r[f->f_at[k]];
-    fill_tiles(R);
-    for (int64_t off = 0; off < R->n; off += R->tile) {
-        int64_t m = R->n - off < R->tile ? R->n - off : R->tile;
-        for (int q = 0; q < R->nops; q++) run_op(&R->ops[q], off, m);
-    }
-    return R->f_hi;
-}
-
-int64_t ad_fusion_reverse(ad_fusion *f, int64_t k)
-{
-    if (k < 0 || k >= f->ns || f->s_at[k] < 0) return k;
-    region *R = &f->r[f->s_at[k]];
     size_t isz = ad_itemsize(R->dtype);
-    fill_tiles(R);
-    for (int q = 0; q < R->nsum; q++) memset(R->sum[q].p, 0, sizeof R->sum[q].p);
-    for (int64_t off = 0; off < R->n; off += R->tile) {
-        int64_t m = R->n - off < R->tile ? R->n - off : R->tile;
-        for (int q = 0; q < R->nrec; q++) run_op(&R->ops[R->rec[q]], off, m);
-        for (int q = 0; q < R->nvjp; q++) {
-            const tvjp *v = &R->vjp[q];
-            const void *in[3] = {at(v->in[0], off), at(v->in[1], off), at(v->in[2], off)};
-            if (v->red >= 0) {
-                /* a zero derivative adds zeros to the lanes, which leaves them as they are */
-                if (!v->d) continue;
-                v->d(in, at(v->g, off), R->contrib, m, v->c, 0);
-                ad_ew_lane_sum(R->dtype, R->contrib, off, m, R->n, R->sum[v->red].p);
-            } else if (v->d) {
-                v->d(in, at(v->g, off), at(v->target, off), m, v->c, v->acc);
-            } else if (!v->acc) {
-                memset(at(v->target, off), 0, (size_t)m * isz);
+    for (int q = 0; q < R->nvjp; q++) {
+        const tvjp *v = &R->vjp[q];
+        const void *in[3] = {at(v->in[0], off), at(v->in[1], off), at(v->in[2], off)};
+        if (v->uniform) {
+            void *t = at(v->target, off);
+            if (R->dtype == AD_F64) {
+                double *d = t;
+                if (v->acc) for (int64_t i = 0; i < m; i++) d[i] += gi;
+                else for (int64_t i = 0; i < m; i++) d[i] = gi;
+            } else {
+                float *d = t, gf = (float)gi;
+                if (v->acc) for (int64_t i = 0; i < m; i++) d[i] += gf;
+                else for (int64_t i = 0; i < m; i++) d[i] = gf;
             }
+        } else if (v->red >= 0) {
+            /* a zero derivative adds zeros to the lanes, which leaves them as they are */
+            if (!v->d) continue;
+            v->d(in, at(v->g, off), R->contrib, m, v->c, 0);
+            ad_ew_lane_sum(R->dtype, R->contrib, off, m, R->n, R->sum[v->red].p);
+        } else if (v->d) {
+            v->d(in, at(v->g, off), at(v->target, off), m, v->c, v->acc);
+        } else if (!v->acc) {
+            memset(at(v->target, off), 0, (size_t)m * isz);
         }
     }
-    /* vjp_ew's end of the run: the adjoint zeroed (a first contribution), then the lanes' total added */
+}
+
+static double lanes_total(const double *p)
+{
+    return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+}
+
+/* SUM_VJP's g * scale, in the dtype (exact for a sum: g * 1) */
+static double sum_cotangent(const region *R)
+{
+    if (!R->sum_g) return 0;
+    if (R->dtype == AD_F64) return *(const double *)R->sum_g * R->sum_scale;
+    return (double)(*(const float *)R->sum_g * (float)R->sum_scale);
+}
+
+static void reverse_begin(region *R)
+{
+    fill_tiles(R);
+    for (int q = 0; q < R->nsum; q++) memset(R->sum[q].p, 0, sizeof R->sum[q].p);
+}
+
+/* vjp_ew's end of the run: the adjoint zeroed (a first contribution), then the lanes' total added */
+static void reverse_end(region *R)
+{
     for (int q = 0; q < R->nsum; q++) {
-        const double *p = R->sum[q].p;
-        double total = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+        double total = lanes_total(R->sum[q].p);
         if (R->dtype == AD_F64) {
             double *d = R->sum[q].dst;
             if (!R->sum[q].acc) *d = 0;
@@ -379,6 +439,57 @@ int64_t ad_fusion_reverse(ad_fusion *f, int64_t k)
             *d += (float)total;
         }
     }
+}
+
+int64_t ad_fusion_forward(ad_fusion *f, int64_t k, int with_reverse)
+{
+    if (k < 0 || k >= f->nf || f->f_at[k] < 0) return k;
+    region *R = &f->r[f->f_at[k]];
+    /* the reverse in this pass: a folded sum's cotangent is the only one the region's steps need
+     * that is not computed by them */
+    R->merged = with_reverse && R->sum_dst && R->sum_g && R->nvjp > 0;
+    double gi = R->merged ? sum_cotangent(R) : 0;
+    if (R->merged) reverse_begin(R);
+    else fill_tiles(R);
+    double lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0}, total = 0;
+    for (int64_t off = 0; off < R->n; off += R->tile) {
+        int64_t m = R->n - off < R->tile ? R->n - off : R->tile;
+        for (int q = 0; q < R->nops; q++) run_op(&R->ops[q], off, m);
+        if (R->sum_dst) {
+            /* reduce.c's order: AD_SUM's lanes over each block, the blocks' sums added in order */
+            int64_t b0 = off / R->block * R->block, blen = R->n - b0 < R->block ? R->n - b0 : R->block;
+            ad_ew_lane_sum(R->dtype, at(R->sum_src, off), off - b0, m, blen, lanes);
+            if (off + m == b0 + blen) {
+                total += lanes_total(lanes);
+                memset(lanes, 0, sizeof lanes);
+            }
+        }
+        if (R->merged) reverse_tile(R, off, m, gi);
+    }
+    if (R->sum_dst) {
+        if (R->dtype == AD_F64) *(double *)R->sum_dst = total * R->sum_scale;
+        else *(float *)R->sum_dst = (float)(total * R->sum_scale);
+    }
+    if (R->merged) reverse_end(R);
+    return R->f_hi;
+}
+
+int64_t ad_fusion_reverse(ad_fusion *f, int64_t k)
+{
+    if (k < 0 || k >= f->ns || f->s_at[k] < 0) return k;
+    region *R = &f->r[f->s_at[k]];
+    if (R->merged) {
+        R->merged = 0;   /* done by the forward; a second reverse of the same forward recomputes */
+        return R->s_hi;
+    }
+    double gi = sum_cotangent(R);
+    reverse_begin(R);
+    for (int64_t off = 0; off < R->n; off += R->tile) {
+        int64_t m = R->n - off < R->tile ? R->n - off : R->tile;
+        for (int q = 0; q < R->nrec; q++) run_op(&R->ops[R->rec[q]], off, m);
+        reverse_tile(R, off, m, gi);
+    }
+    reverse_end(R);
     return R->s_hi;
 }
 

@@ -26,15 +26,17 @@ typedef struct {
     int64_t nf;
     const ad_fuse_step *steps;
     int64_t ns;
+    int64_t root;              /* the root's record, or -1 */
 } ad_fuse_plan;
 
 /* The regions of plan (elementwise ops of at least min_elements elements; see fusion.c). *out is
  * NULL when there is none. */
 int ad_fusion_build(const ad_fuse_plan *plan, int64_t min_elements, ad_fusion **out);
 void ad_fusion_free(ad_fusion *f);
-/* When a region starts at forward (reverse) step k: runs the region and returns the step after
- * it; else returns k. */
-int64_t ad_fusion_forward(ad_fusion *f, int64_t k);
+/* When a region starts at forward (reverse) step k: runs it and returns the step after it; else
+ * returns k. with_reverse: the root's cotangent is in place and the reverse follows, so a region
+ * ending in the root's sum runs its reverse steps in the forward's pass (the reverse skips them). */
+int64_t ad_fusion_forward(ad_fusion *f, int64_t k, int with_reverse);
 int64_t ad_fusion_reverse(ad_fusion *f, int64_t k);
 /* regions, ops fused in them, elements per tile (of the last region) */
 void ad_fusion_counts(const ad_fusion *f, int64_t *regions, int64_t *ops, int64_t *tile);

@@ -588,7 +588,9 @@ static int constants_current(const ad_plan *p)
     return AD_OK;
 }
 
-static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, void *out)
+/* with_reverse: the cotangent is in place (seed_in) and the reverse follows: a fused region may
+ * run its reverse steps in its forward pass (fusion.c) */
+static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, void *out, int with_reverse)
 {
     if (p->n_inputs > 0 && !inputs) return ad_err(AD_ERR_VALUE, "replay: inputs is NULL");
     for (int i = 0; i < p->n_inputs; i++) {
@@ -599,7 +601,7 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
     }
     int st = AD_OK;
     for (int64_t k = 0; k < p->nfsteps && !st; k++) {
-        int64_t next = p->fusion ? ad_fusion_forward(p->fusion, k) : k;
+        int64_t next = p->fusion ? ad_fusion_forward(p->fusion, k, with_reverse) : k;
         if (next != k) { k = next - 1; continue; }
         const fstep *f = &p->fsteps[k];
         if (f->fn) f->fn(f->in, f->out, f->n, f->c);
@@ -610,9 +612,9 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
     return st;
 }
 
-static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const *grads)
+/* The gradients' buffers checked and the root's cotangent copied in, before a reverse sweep. */
+static int seed_in(ad_plan *p, const void *seed, void *const *grads)
 {
-    if (!p->fwd_done) return ad_err(AD_ERR_RUNTIME, "replay: backward before a forward");
     if (p->n_inputs > 0 && !grads) return ad_err(AD_ERR_VALUE, "replay: grads is NULL");
     for (int i = 0; i < p->n_inputs; i++)
         if (!grads[i] && p->nodes[p->input_idx[i]].size > 0) return ad_err(AD_ERR_VALUE, "replay: grads[%d] is NULL", i);
@@ -628,7 +630,14 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
             *(float *)p->seed = 1;
         }
     }
-    int st = AD_OK;
+    return AD_OK;
+}
+
+static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const *grads, int seeded)
+{
+    if (!p->fwd_done) return ad_err(AD_ERR_RUNTIME, "replay: backward before a forward");
+    int st = seeded ? AD_OK : seed_in(p, seed, grads);
+    if (st) return st;
     for (int64_t k = 0; k < p->nsteps && !st; k++) {
         int64_t next = p->fusion ? ad_fusion_reverse(p->fusion, k) : k;
         if (next != k) { k = next - 1; continue; }
@@ -669,8 +678,9 @@ int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *se
     ad_tape *T;
     if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
     ad_long_work(INT64_MAX);
-    st = forward_locked(T, p, inputs, out);
-    if (!st && grads) st = backward_locked(T, p, seed, grads);
+    if (grads) st = seed_in(p, seed, grads);
+    if (!st) st = forward_locked(T, p, inputs, out, grads != NULL);
+    if (!st && grads) st = backward_locked(T, p, seed, grads, 1);
     ad_unlock(T);
     unclaim(p);
     return st;
@@ -683,7 +693,7 @@ int ad_plan_backward(ad_plan *p, const void *seed, void *const *grads)
     ad_tape *T;
     if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
     ad_long_work(INT64_MAX);
-    st = backward_locked(T, p, seed, grads);
+    st = backward_locked(T, p, seed, grads, 0);
     ad_unlock(T);
     unclaim(p);
     return st;
@@ -698,7 +708,7 @@ int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *op
         unclaim(p);
         return ad_err(AD_ERR_VALUE, "plan_fuse: min_elements is %lld; expected 0 (off) or more", (long long)min_elements);
     }
-    ad_fuse_plan P = {p->nodes, p->nn, NULL, NULL, NULL, p->nfsteps, NULL, p->nsteps};
+    ad_fuse_plan P = {p->nodes, p->nn, NULL, NULL, NULL, p->nfsteps, NULL, p->nsteps, p->root};
     uint8_t *pinned = calloc(cnt, 1);
     int8_t *is_op = malloc(cnt);
     int64_t *fnode = malloc((size_t)(p->nfsteps ? p->nfsteps : 1) * sizeof *fnode);
