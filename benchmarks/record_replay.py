@@ -158,20 +158,26 @@ int main(int argc, char **argv) {
 """
 
 
-def c_floor_s(ops):
-    """Seconds of the hand-written C chain (best of 200), or None without a C compiler."""
+def _run_c(source, flags, argv):
+    """stdout of the C program source compiled with cc and flags, run with argv; None without a
+    compiler (or a library the flags name)."""
     with tempfile.TemporaryDirectory() as d:
-        src, exe = os.path.join(d, "floor.c"), os.path.join(d, "floor")
+        src, exe = os.path.join(d, "prog.c"), os.path.join(d, "prog")
         with open(src, "w") as f:
-            f.write(_FLOOR_C)
+            f.write(source)
         cc = os.environ.get("CC", "cc").split()
         try:
-            subprocess.run(cc + ["-O3", "-std=c11", "-fno-math-errno", src, "-o", exe, "-lm"], check=True,
+            subprocess.run(cc + ["-O3", "-std=c11", "-fno-math-errno", src, "-o", exe] + flags, check=True,
                            capture_output=True)
-            out = subprocess.run([exe, str(ops // 5)], check=True, capture_output=True, text=True).stdout
+            return subprocess.run([exe] + [str(a) for a in argv], check=True, capture_output=True, text=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return None
-        return float(out) * 1e-9
+
+
+def c_floor_s(ops):
+    """Seconds of the hand-written C chain (best of 200), or None without a C compiler."""
+    out = _run_c(_FLOOR_C, ["-lm"], [ops // 5])
+    return None if out is None else float(out) * 1e-9
 
 
 # big_elementwise's expressions hand-written as one C loop each, forward and gradient (value and
@@ -240,19 +246,8 @@ int main(int argc, char **argv) {
 def c_limit_s(n, which, reps=31):
     """Median seconds of the hand-written fused C loop for expression `which`, or None without a
     C compiler (or without libmvec)."""
-    with tempfile.TemporaryDirectory() as d:
-        src, exe = os.path.join(d, "limit.c"), os.path.join(d, "limit")
-        with open(src, "w") as f:
-            f.write(_LIMIT_C)
-        cc = os.environ.get("CC", "cc").split()
-        try:
-            subprocess.run(cc + ["-O3", "-march=native", "-std=c11", "-fno-math-errno", "-fopenmp-simd", src, "-o",
-                                 exe, "-lmvec", "-lm"], check=True, capture_output=True)
-            out = subprocess.run([exe, str(n), str(which), str(reps)], check=True, capture_output=True,
-                                 text=True).stdout
-        except (OSError, subprocess.CalledProcessError):
-            return None
-        return float(out) * 1e-9
+    out = _run_c(_LIMIT_C, ["-march=native", "-fopenmp-simd", "-lmvec", "-lm"], [n, which, reps])
+    return None if out is None else float(out) * 1e-9
 
 
 def glibc_heap_state():
