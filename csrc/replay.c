@@ -11,7 +11,8 @@
  *             takes them, each adding into (or writing, for an adjoint's first contribution) the
  *             buffer the build assigned.
  * Same kernels, same order, same first-write/accumulate pattern: the gradient is bit-identical to
- * ad.grad's. The records are private copies, so a plan outlives the graph it was built from and
+ * ad.grad's. ad_plan_fuse (fusion.c) then runs chains of elementwise ops on large tensors tile by
+ * tile, with the same bits. The records are private copies, so a plan outlives the graph it was built from and
  * can be replayed from any thread (one replay at a time per plan).
  *
  * What the graph does not hold is checked instead. A constant (a leaf that is not an input, or a
@@ -734,6 +735,8 @@ int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *op
     if (!st) {
         ad_fusion_free(p->fusion);
         p->fusion = f;
+        /* the last forward left values where the old regions put them: a reverse needs a new one */
+        p->fwd_done = 0;
         int64_t a, b, c;
         ad_fusion_counts(f, &a, &b, &c);
         if (regions) *regions = a;

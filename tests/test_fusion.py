@@ -208,6 +208,12 @@ def test_plan_fuse_in_c():
     plan = next(iter(tf._plans.values())).plan
     counts = ffi.new("int64_t[3]")
     assert lib.ad_plan_fuse(plan, -1, counts, counts + 1, counts + 2) < 0
+    # a new fusion after a forward: the forward's values are where the old regions put them, so a
+    # reverse must not run on them (an error, not a silent wrong gradient)
+    assert lib.ad_plan_forward(plan, ffi.new("void *[]", [ffi.from_buffer(x)]), ffi.NULL) == 0
+    assert lib.ad_plan_fuse(plan, 0, ffi.NULL, ffi.NULL, ffi.NULL) == 0
+    grad0 = np.empty_like(x)
+    assert lib.ad_plan_backward(plan, ffi.NULL, ffi.new("void *[]", [ffi.from_buffer(grad0)])) < 0
     ve, ge = ad.value_and_grad(f)(x)
     out, grad = np.empty(()), np.empty_like(x)
     keep = [ffi.from_buffer(a) for a in (x, out, grad)]
