@@ -329,6 +329,9 @@ static inline float ad_zero_safe_f(float g, float v) { return g == 0 ? 0 : v; }
         for (; i < n; i++) p[0] += x[i * st];                                        \
         return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));    \
     }
+/* A sum of all of x of 2 * AD_SUM_BLOCK elements or more is AD_SUM of each block of AD_SUM_BLOCK,
+ * the blocks added in order (reduce.c; the fused replay's folded sum, fusion.c, follows it). */
+#define AD_SUM_BLOCK (1 << 16)
 AD_DEF_SUM(ad_sum_f64, double)
 AD_DEF_SUM(ad_sum_f32, float)
 #define AD_SUM(T, x, n, st) _Generic((x), const double *: ad_sum_f64, double *: ad_sum_f64, \
@@ -417,6 +420,9 @@ int ad_jvp_rec_ew(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
  * constant node shaped like n; cond ? p : q with cond evaluated like ad_ew_eval. */
 int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out);
 int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_node *q, ad_node **out);
+/* vjp_ew's sum of m contributions v (elements k0.. of a run of len) into one value's eight
+ * lanes p, shared with the fused replay (fusion.c) so that both sum in one order. */
+void ad_ew_lane_sum(int dtype, const void *v, int64_t k0, int64_t m, int64_t len, double *p);
 
 /* Intra-op threads (threads.c): fn(ctx, lo, hi) over parts of [0, n) on the pool, at least grain
  * elements a part, every part but the last a multiple of `align` long (so it starts at a multiple

@@ -60,7 +60,7 @@ static int64_t reduced_count(const ad_node *x, uint64_t mask)
 /* A sum of every element (a loss) over many elements is cut into blocks of SUM_BLOCK, each summed
  * by AD_SUM, and the block sums are added in order: the blocks do not depend on the thread
  * count, so neither does the result, and the blocks can be summed in parallel. */
-enum { SUM_BLOCK = 1 << 16 };
+enum { SUM_BLOCK = AD_SUM_BLOCK };
 
 typedef struct { const void *x; int dtype; int64_t size; double *part; } sum_job;
 
