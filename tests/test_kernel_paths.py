@@ -465,3 +465,28 @@ def test_max_min_contiguous_run(op, n, case, dtype):
         t2 = ad.tensor(xs, requires_grad=True)
         (getattr(ad, op)(t2, axis=axis) * ad.tensor(g) + t2.sum()).sum().backward()
         np.testing.assert_allclose(t2.grad.numpy(), gx + 1, rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("shape,axis", [((300, 700), 1), ((7, 20000), 1), ((3, 500, 50), 1),
+                                        ((5, 130, 7, 20), (1, 2)), ((700, 300), 0)])
+def test_softmax_family_threads_bit_identical(op, shape, axis, dtype, restore_threads):
+    # blocks shared out over the pool (softmax.c, run_blocks): parts of whole blocks, uneven for 3
+    # threads, one block per part when blocks are long; (700, 300) on axis 0 is one block
+    x = _data(shape, seed=25).astype(dtype)
+    x[1, 3] = -np.inf
+    results = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        t = ad.tensor(x, requires_grad=True)
+        out = getattr(ad, op)(t, axis=axis)
+        g = _data(out.shape, seed=26).astype(dtype)
+        out.backward(g)
+        (getattr(ad, op)(t, axis=axis) * 1.5).sum().backward()   # accumulates onto the grad
+        results.append((out.numpy(), t.grad.numpy()))
+    for got in results[1:]:
+        np.testing.assert_array_equal(got[0], results[0][0])
+        np.testing.assert_array_equal(got[1], results[0][1])
+    expected = REFERENCE[op].forward(x, axis=axis)
+    np.testing.assert_allclose(results[0][0], expected, *FWD_TOL[dtype])

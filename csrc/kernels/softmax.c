@@ -216,17 +216,52 @@ static inline float exp_shift_f(float x, double m)
 FAST_FWD(double, d, double)
 FAST_FWD(float, f, float)
 
-/* Forward over all blocks; m and s have room for the slices of one block (inner each). */
+/* ---------------- threads ----------------
+ * Blocks are independent and each is computed the same way whichever thread runs it, so the
+ * blocks are shared out over the pool (threads.c) with bit-identical results for any thread
+ * count: a part is a range of whole blocks, each with its own slices of m and s (the callers'
+ * buffers hold every slice, outer * inner). Parts of at least PAR_GRAIN elements, as the
+ * elementwise passes. */
+enum { PAR_GRAIN = 32768 };
+
+typedef struct {
+    int op;
+    const ad_node *x, *n;
+    const blocks *b;
+    const void *g;        /* backward: the cotangent */
+    ad_sink *s;           /* backward: the sink */
+    double *m, *t;        /* forward: m, s; backward: m, red */
+} sm_job;
+
+static void run_blocks(const blocks *b, ad_par_fn fn, sm_job *j)
+{
+    int64_t xblock = b->len * b->inner;
+    if (b->outer >= 2 && b->outer * xblock >= 2 * PAR_GRAIN)
+        ad_parallel(b->outer, xblock >= PAR_GRAIN ? 1 : PAR_GRAIN / xblock, 1, fn, j);
+    else
+        fn(j, 0, b->outer);
+}
+
+static void fwd_blocks(void *p, int64_t lo, int64_t hi)
+{
+    const sm_job *j = p;
+    const blocks *b = j->b;
+    size_t isz = ad_itemsize(j->x->dtype);
+    int64_t xblock = b->len * b->inner, yblock = j->op == AD_OP_LOGSUMEXP ? b->inner : xblock;
+    for (int64_t o = lo; o < hi; o++) {
+        const char *X = (const char *)j->x->data + (size_t)(o * xblock) * isz;
+        char *Y = (char *)j->n->data + (size_t)(o * yblock) * isz;
+        double *m = j->m + o * b->inner, *s = j->t + o * b->inner;
+        if (j->x->dtype == AD_F64) fast_fwd_d(j->op, (const double *)X, (double *)Y, b->len, b->inner, m, s);
+        else fast_fwd_f(j->op, (const float *)X, (float *)Y, b->len, b->inner, m, s);
+    }
+}
+
+/* Forward over all blocks; m and s have room for every slice (outer * inner each). */
 static void fast_forward(int op, const ad_node *x, ad_node *n, const blocks *b, double *m, double *s)
 {
-    size_t isz = ad_itemsize(x->dtype);
-    int64_t xblock = b->len * b->inner, yblock = op == AD_OP_LOGSUMEXP ? b->inner : xblock;
-    for (int64_t o = 0; o < b->outer; o++) {
-        const char *X = (const char *)x->data + (size_t)(o * xblock) * isz;
-        char *Y = (char *)n->data + (size_t)(o * yblock) * isz;
-        if (x->dtype == AD_F64) fast_fwd_d(op, (const double *)X, (double *)Y, b->len, b->inner, m, s);
-        else fast_fwd_f(op, (const float *)X, (float *)Y, b->len, b->inner, m, s);
-    }
+    sm_job j = {op, x, n, b, NULL, NULL, m, s};
+    run_blocks(b, fwd_blocks, &j);
 }
 
 /* VJPs on one block, D (+)= the contribution (STORE's accumulate rule):
@@ -299,22 +334,32 @@ static void fast_forward(int op, const ad_node *x, ad_node *n, const blocks *b, 
 FAST_VJP(double, d, double)
 FAST_VJP(float, f, float)
 
-static void fast_backward(const ad_node *n, const void *g, ad_sink *s, const blocks *b, double *m, double *red)
+static void vjp_blocks(void *p, int64_t lo, int64_t hi)
 {
-    const ad_node *x = n->in[0];
+    const sm_job *j = p;
+    const ad_node *n = j->n, *x = j->x;
+    const blocks *b = j->b;
     size_t isz = ad_itemsize(x->dtype);
     int64_t xblock = b->len * b->inner, gblock = n->op == AD_OP_LOGSUMEXP ? b->inner : xblock;
-    for (int64_t o = 0; o < b->outer; o++) {
+    for (int64_t o = lo; o < hi; o++) {
         size_t xo = (size_t)(o * xblock) * isz, go = (size_t)(o * gblock) * isz;
         const char *X = (const char *)x->data + xo, *Y = (const char *)n->data + xo;
         if (n->op == AD_OP_LOGSUMEXP) Y = NULL;   /* not read: lse is recomputed from x */
+        double *m = j->m + o * b->inner, *red = j->t + o * b->inner;
         if (x->dtype == AD_F64)
-            fast_vjp_d(n->op, (const double *)X, (const double *)Y, (const double *)((const char *)g + go),
-                       (double *)((char *)s->dst + xo), s->accumulate, b->len, b->inner, m, red);
+            fast_vjp_d(n->op, (const double *)X, (const double *)Y, (const double *)((const char *)j->g + go),
+                       (double *)((char *)j->s->dst + xo), j->s->accumulate, b->len, b->inner, m, red);
         else
-            fast_vjp_f(n->op, (const float *)X, (const float *)Y, (const float *)((const char *)g + go),
-                       (float *)((char *)s->dst + xo), s->accumulate, b->len, b->inner, m, red);
+            fast_vjp_f(n->op, (const float *)X, (const float *)Y, (const float *)((const char *)j->g + go),
+                       (float *)((char *)j->s->dst + xo), j->s->accumulate, b->len, b->inner, m, red);
     }
+}
+
+/* m and red have room for every slice (outer * inner each; one buffer for both but logsumexp's) */
+static void fast_backward(const ad_node *n, const void *g, ad_sink *s, const blocks *b, double *m, double *red)
+{
+    sm_job j = {n->op, n->in[0], n, b, g, s, m, red};
+    run_blocks(b, vjp_blocks, &j);
 }
 
 /* n's values (n shaped and its axes set) from x's, shared by ad_mk_softmax and the replay
