@@ -26,6 +26,7 @@
 #include "../core.h"
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef void (*getrf_t)(int *, int *, void *, int *, int *, int *);
