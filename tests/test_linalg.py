@@ -201,3 +201,28 @@ def test_replay_recomputes_at_new_inputs():
     v1, g1 = ad.value_and_grad(f)(a1)
     np.testing.assert_array_equal(np.asarray(v), np.asarray(v1))
     np.testing.assert_array_equal(np.asarray(g), np.asarray(g1))
+
+
+def test_rules_leave_no_node_behind_and_anomaly_mode_sees_no_nan():
+    # the numeric rules run their formulas on constant nodes made and freed mid-sweep
+    a = well_conditioned(rng, (2, 3, 3))
+    s = spd(rng, (3, 3))
+    before = ad.tape_stats()["live_nodes"]
+    with ad.detect_anomaly():
+        for f, x in [(lambda x: (ad.linalg.inv(x) ** 2).sum() + ad.linalg.det(x).sum(), a),
+                     (lambda x: (ad.linalg.cholesky(x) ** 3).sum() + ad.linalg.slogdet(x).logabsdet, s)]:
+            ad.grad(f)(x)
+            ad.hessian(f)(x)
+            ad.jvp(f, (x,), (np.ones_like(x),))
+            ad.grad(lambda y: (ad.grad(f)(y) ** 2).sum())(x)
+    assert ad.tape_stats()["live_nodes"] == before
+
+
+def test_inplace_write_to_a_saved_matrix_is_caught():
+    a = ad.tensor(well_conditioned(rng, (3, 3)), requires_grad=True)
+    m = a * 1.0
+    y = ad.linalg.inv(m).sum()
+    with ad.no_grad():
+        m[0, 0] = 5.0
+    with pytest.raises(RuntimeError, match="version|modified|overwritten"):
+        y.backward()
