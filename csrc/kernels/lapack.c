@@ -361,9 +361,8 @@ static ad_node *konst(ex *e, const ad_node *x, int kind, const void *data)
         int64_t m = x->shape[x->ndim - 1];
         for (int64_t b = 0; b < (m ? o->size / (m * m) : 0); b++)
             for (int64_t i = 0; i < m; i++)
-                for (int64_t j = 0; j <= i; j++) {
-                    if (kind == K_EYE && j != i) continue;
-                    double v = kind == K_EYE || j == i ? (kind == K_EYE ? 1.0 : 0.5) : 1.0;
+                for (int64_t j = kind == K_EYE ? i : 0; j <= i; j++) {
+                    double v = kind == K_PHI && j == i ? 0.5 : 1.0;
                     int64_t at = (b * m + i) * m + j;
                     if (o->dtype == AD_F64) ((double *)o->data)[at] = v; else ((float *)o->data)[at] = (float)v;
                 }
