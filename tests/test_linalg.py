@@ -42,11 +42,17 @@ def test_batched_values_match_numpy(dtype):
 
 
 def test_float64_forward_is_numpys_bit_for_bit():
-    # the same LAPACK calls on the same column-major copies as numpy.linalg
+    # the same LAPACK calls on the same column-major copies as numpy.linalg; NumPy's and SciPy's
+    # wheels both ship scipy-openblas, so the same kernels run (a NumPy built on another LAPACK
+    # would differ here by a few ulp, and this test would say so)
     a = well_conditioned(rng, (3, 5, 5))
     b = rng.standard_normal((3, 5, 2))
     np.testing.assert_array_equal(ad.linalg.solve(a, b).numpy(), np.linalg.solve(a, b))
     np.testing.assert_array_equal(ad.linalg.inv(a).numpy(), np.linalg.inv(a))
+    np.testing.assert_array_equal(ad.linalg.det(a).numpy(), np.linalg.det(a))
+    np.testing.assert_array_equal(ad.linalg.slogdet(a).logabsdet.numpy(), np.linalg.slogdet(a).logabsdet)
+    s = spd(rng, (3, 5, 5))
+    np.testing.assert_array_equal(ad.linalg.cholesky(s).numpy(), np.linalg.cholesky(s))
 
 
 @pytest.mark.parametrize("sa,sb,expected", [
