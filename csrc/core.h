@@ -430,6 +430,11 @@ typedef void (*ad_par_fn)(void *ctx, int64_t lo, int64_t hi);
 void ad_parallel(int64_t n, int64_t grain, int64_t align, ad_par_fn fn, void *ctx);
 #define AD_PAR_ALIGN 256
 
+/* float32 C = [C +] op(A) op(B) for a small matrix with a long one on AVX2 + FMA (gemm_small.c);
+ * 0 when the shapes or the CPU do not suit it, and nothing was written */
+int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, int beta_one, float *C, int64_t ldc);
+
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
             int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);
