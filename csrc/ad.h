@@ -26,7 +26,8 @@ typedef enum {
     AD_ERR_MEMORY = 4,   /* allocation failed: MemoryError */
     AD_ERR_INDEX = 5,    /* index out of range: IndexError */
     AD_ERR_HANDLE = 6,   /* stale, foreign or malformed handle: RuntimeError */
-    AD_ERR_FLOAT = 7     /* NaN produced while anomaly detection is on: FloatingPointError */
+    AD_ERR_FLOAT = 7,    /* NaN produced while anomaly detection is on: FloatingPointError */
+    AD_ERR_LINALG = 8    /* singular or not positive-definite matrix, not a matrix: numpy.linalg.LinAlgError */
 } ad_status;
 
 typedef enum { AD_F32 = 0, AD_F64 = 1 } ad_dtype;
@@ -59,6 +60,9 @@ typedef enum {
     /* issue 17, reductions and scans: the linear recurrence under cumsum, cumprod and prod
      * (kernels/scan.c) */
     AD_OP_SCAN,
+    /* issue 17, linear algebra on LAPACK (kernels/lapack.c): X = A^-1 B (inv is solve(A, I)),
+     * log|det A| or det A, the Cholesky factor */
+    AD_OP_SOLVE, AD_OP_LOGDET, AD_OP_CHOLESKY,
     /* a custom function: its rules live in the bindings (ad_custom, csrc/custom.c) */
     AD_OP_CUSTOM,
     AD_OP_COUNT
@@ -142,6 +146,14 @@ int64_t ad_scatter_add(int64_t x, int ndim, const int64_t *shape, const int64_t 
  * Its rules never divide by a. */
 enum { AD_SCAN_REVERSE = 1, AD_SCAN_UNIT = 2 };
 int64_t ad_scan(int64_t a, int64_t b, int axis, int mode);
+/* Linear algebra on LAPACK (kernels/lapack.c), batched over leading axes, which a and b share:
+ * X = a^-1 b for a (..., n, n) and b (..., n, k) (name 1: the messages say inv, as b = I); log|det a|
+ * (det 0) or det a (det 1), shaped like the batch, with the sign of det into `sign` (batch-many
+ * values of a's dtype) when it is not NULL; the lower Cholesky factor of a from a's lower
+ * triangle. A singular or not positive-definite matrix is AD_ERR_LINALG naming the batch element. */
+int64_t ad_solve(int64_t a, int64_t b, int name);
+int64_t ad_logdet(int64_t a, int det, void *sign);
+int64_t ad_cholesky(int64_t a);
 
 /* Convolution windows (kernels/conv.c), PyTorch's F.unfold / F.fold. kernel, stride, padding and
  * dilation are (rows, columns) pairs; padding is zeros. unfold: x (N, C, H, W) -> (N, C*kh*kw, L),
@@ -311,6 +323,9 @@ int ad_stats(ad_stats_t *out);
 /* gemm and gemv used by matmul: pointers with the Fortran BLAS signature (e.g. from
  * scipy.linalg.cython_blas), any of them NULL. Without them matmul uses a blocked C loop. */
 int ad_set_blas(void *dgemm, void *sgemm, void *dgemv, void *sgemv);
+/* getrf, getrs and potrf for the linear algebra ops: Fortran LAPACK signatures without hidden
+ * string lengths (scipy.linalg.cython_lapack); without them those ops are an AD_ERR_RUNTIME. */
+int ad_set_lapack(void *dgetrf, void *sgetrf, void *dgetrs, void *sgetrs, void *dpotrf, void *spotrf);
 
 /* Hessian-vector products of a scalar root (forward over reverse), for k directions at once:
  * tangents[i] holds k directions for leaves[i] (shape (k, *leaf.shape)); out_hvp[i] receives a new

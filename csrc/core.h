@@ -510,6 +510,14 @@ int ad_vjp2_scan(ad_tape *T, ad_node *n, const void *g, const void *const *tin, 
                  ad_sink *s);
 int ad_vjp_rec_scan(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
 int ad_jvp_rec_scan(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
+/* issue 17: solve, logdet/det and cholesky (kernels/lapack.c), every rule of them */
+int ad_mk_solve(ad_tape *T, ad_node *a, ad_node *b, int name, ad_node **out);
+int ad_vjp_lapack(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s);
+int ad_jvp_lapack(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void *tout);
+int ad_vjp2_lapack(ad_tape *T, ad_node *n, const void *g, const void *const *tin, const void *tout, int which,
+                   ad_sink *s);
+int ad_vjp_rec_lapack(ad_tape *T, ad_node *n, ad_node *g, int which, ad_node **out);
+int ad_jvp_rec_lapack(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
 
 /* ---- replay (replay.c) ----
  * The forward of a recorded node from its inputs' values ins[j] (n's own shape, constants and
@@ -523,6 +531,7 @@ int ad_fwd_layout(ad_node *n, ad_node *const *ins);
 int ad_fwd_index(ad_node *n, ad_node *const *ins);
 int ad_fwd_conv(ad_node *n, ad_node *const *ins);
 int ad_fwd_scan(ad_node *n, ad_node *const *ins);
+int ad_fwd_lapack(ad_node *n, ad_node *const *ins);
 /* One cotangent row of n (g, shaped like n) handed to input j's adjoint `target` (+= when acc):
  * the batched reverse sweep's step (sweep.c) for k = 1, so a replayed gradient is bit-identical
  * to ad_vjp's. */

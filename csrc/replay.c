@@ -140,7 +140,7 @@ static int is_stop(ad_node *n, int64_t lo) { return n->nin == 0 || n->pos < lo; 
 
 /* The family whose forward (ad_fwd_*) recomputes an op, 0 for none (custom functions: their
  * forward is Python). The walk refuses an op without one, so a replay never meets it. */
-enum { FAM_NONE, FAM_EW, FAM_REDUCE, FAM_MATMUL, FAM_LAYOUT, FAM_INDEX, FAM_SOFTMAX, FAM_CONV, FAM_SCAN };
+enum { FAM_NONE, FAM_EW, FAM_REDUCE, FAM_MATMUL, FAM_LAYOUT, FAM_INDEX, FAM_SOFTMAX, FAM_CONV, FAM_SCAN, FAM_LAPACK };
 
 static int family_of(int op)
 {
@@ -161,6 +161,8 @@ static int family_of(int op)
         return FAM_CONV;
     case AD_OP_SCAN:
         return FAM_SCAN;
+    case AD_OP_SOLVE: case AD_OP_LOGDET: case AD_OP_CHOLESKY:
+        return FAM_LAPACK;
     default:
         return FAM_NONE;
     }
@@ -177,6 +179,7 @@ static int forward_node(ad_tape *T, ad_node *n)
     case FAM_SOFTMAX: return ad_fwd_softmax(T, n, n->in);
     case FAM_CONV: return ad_fwd_conv(n, n->in);
     case FAM_SCAN: return ad_fwd_scan(n, n->in);
+    case FAM_LAPACK: return ad_fwd_lapack(n, n->in);
     default: return ad_err(AD_ERR_RUNTIME, "replay: op %s cannot be replayed", ad_ops[n->op].name);
     }
 }

@@ -1050,6 +1050,7 @@ static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
     ad_recycler rc = {{0}, {0}};
+    int held = 0;
     if ((st = resolve_leaves(T, "hvp", n_leaves, leaves, nodes)) ||
         (st = check_tangents(T, "hvp", n_leaves, nodes, tangents, k, tans)) ||
         (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "hvp")))
@@ -1087,6 +1088,10 @@ static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
             goto done;
         }
     }
+    /* the linear algebra ops' numeric rules make (and free) constant nodes mid-sweep
+     * (kernels/lapack.c): hold the order, so positions stay put, and re-read the array */
+    ad_tape_hold_order(T, 1);
+    held = 1;
     if ((st = tangent_pass(T, order, tan, lo, hi, k, NULL, 1, &rc, "hvp"))) goto done;
 
     /* the root's adjoint is 1 and its derivative along v is 0 (no gdot rows) */
@@ -1096,7 +1101,7 @@ static int hvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
     if (root->dtype == AD_F64) *(double *)sr->buf = 1.0; else *(float *)sr->buf = 1.0f;
 
     for (int64_t i = hi; i >= lo; i--) {
-        ad_node *n = order[i];
+        ad_node *n = ad_tape_order(T)[i];
         ad_slot *a = &adj[i - lo], *at = &adt[i - lo];
         if (!n || !(a->state & S_HAS) || (at->state & S_SEED)) continue;  /* a seed does not flow on */
         if (n->flags & F_RELEASED) {
@@ -1141,9 +1146,11 @@ done:
             memset(outs[i]->data, 0, (size_t)k * node_bytes(nodes[i]));
         out_h[i] = ad_handle(T, outs[i]);
     }
+    order = ad_tape_order(T);
     free_slots(T, order, adt, lo, hi, k);
     free_slots(T, order, adj, lo, hi, 1);
     free_slots(T, order, tan, lo, hi, k);
+    if (held) ad_tape_hold_order(T, 0);
     rc_clear(T, &rc);
     free(nodes);
     return st;

@@ -22,6 +22,7 @@ from .checkpoint import checkpoint
 from .record import record, GuardError
 from ._capi import lib as _lib
 from . import nn, optim, data, autograd, viz
+from . import linalg   # ad.linalg: inv, det, slogdet, solve, cholesky (issue 17)
 
 # the elementwise ops, one per row of opdefs.py (exp, log1p, logaddexp, ...)
 globals().update(_ELEMENTWISE)

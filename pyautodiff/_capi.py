@@ -39,6 +39,7 @@ _EXC = {
     lib.AD_ERR_INDEX: IndexError,
     lib.AD_ERR_HANDLE: RuntimeError,
     lib.AD_ERR_FLOAT: FloatingPointError,
+    lib.AD_ERR_LINALG: np.linalg.LinAlgError,
 }
 
 
@@ -154,13 +155,15 @@ def int_tuple(values, what):
     return tuple(int_arg(v, f"{what} {values!r}: entry") for v in values)
 
 
-def _blas_pointer(name):
-    """Address of a SciPy BLAS routine (its cython_blas C-API), or NULL when SciPy is absent."""
+def _blas_pointer(name, module="cython_blas"):
+    """Address of a SciPy BLAS (or LAPACK) routine (its cython_blas or cython_lapack C-API), or NULL
+    when SciPy is absent."""
     try:
-        from scipy.linalg import cython_blas
+        import importlib
+        capi = importlib.import_module("scipy.linalg." + module).__pyx_capi__
     except ImportError:
         return ffi.NULL
-    capsule = cython_blas.__pyx_capi__[name]
+    capsule = capi[name]
     get_name = ctypes.pythonapi.PyCapsule_GetName
     get_name.restype = ctypes.c_char_p
     get_name.argtypes = [ctypes.py_object]
@@ -171,5 +174,7 @@ def _blas_pointer(name):
 
 
 lib.ad_set_blas(*(_blas_pointer(name) for name in ("dgemm", "sgemm", "dgemv", "sgemv")))
+lib.ad_set_lapack(*(_blas_pointer(name, "cython_lapack")
+                    for name in ("dgetrf", "sgetrf", "dgetrs", "sgetrs", "dpotrf", "spotrf")))
 # short calls keep the GIL, long work releases it (see _build.py)
 lib.pyautodiff_keep_gil_for_short_calls()

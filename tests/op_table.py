@@ -701,3 +701,51 @@ row(name="scatter_add_method", fn=lambda x, src, dim, index: x.scatter_add(dim, 
     public="scatter_add", tol=REDUCTION, grad_tol=REDUCTION,
     samples=lambda rng: [Sample((rng.standard_normal((3, 4)), rng.standard_normal((2, 4))), "(3, 4)-(2, 4)-0",
                                 params={"dim": 0, "index": np.array([[2, 0, 0, 1], [2, 2, 0, 1]])})])
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17, ad.linalg on LAPACK (pyautodiff/linalg.py; references in reference/lapack.py). The
+# matrices are well conditioned (cond ~ 10: diagonally dominant, or R R^T + n I for cholesky),
+# so that the values are about the data and not about conditioning. LINALG: float64 values are
+# NumPy's own LAPACK calls, but the rules chain two or three solves that NumPy's reference forms
+# differently (inv then products): each loses ~cond * eps, so 1e-10 relative leaves a wide margin
+# over the ~1e-14 seen; float32 (2e-4, 2e-5): the same chains at eps = 1.2e-7 (errors seen ~1e-5
+# on the largest gradients, whose entries reach ~10).
+# ---------------------------------------------------------------------------------------------
+LINALG = {F64: (1e-10, 1e-12), F32: (2e-4, 2e-5)}
+
+
+def well_conditioned(rng, shape):
+    """A diagonally weighted random matrix (cond ~ 10), rows of some batch elements negated so
+    that det takes both signs."""
+    m = rng.standard_normal(shape) + shape[-1] * np.eye(shape[-1]) if shape[-1] else np.zeros(shape)
+    if m.size:
+        m.reshape(-1, *shape[-2:])[::2, 0] *= -1
+    return m
+
+
+def spd(rng, shape):
+    """R R^T + n I: symmetric positive definite, cond ~ 10."""
+    r = rng.standard_normal(shape)
+    return r @ np.swapaxes(r, -1, -2) + shape[-1] * np.eye(shape[-1])
+
+
+_SQUARE = [(3, 3), (1, 1), (2, 4, 4), (2, 1, 3, 3), (0, 0), (0, 2, 2)]
+
+
+def _square_row(name, fn, ref, draw=well_conditioned):
+    row(name=name, fn=fn, ref=ref, public=name, tol=LINALG, grad_tol=LINALG,
+        samples=lambda rng: [Sample((draw(rng, s),), f"{s}", smooth=not _size_zero(s)) for s in _SQUARE])
+
+
+_square_row("linalg.inv", lambda a: ad.linalg.inv(a), "inv")
+_square_row("linalg.det", lambda a: ad.linalg.det(a), "det")
+_square_row("linalg.slogdet", lambda a: ad.linalg.slogdet(a).logabsdet, "logdet")
+_square_row("linalg.cholesky", lambda a: ad.linalg.cholesky(a), "cholesky", spd)
+# b a vector when 1-D, else (..., n, k); the batch axes of a and b broadcast
+_SOLVE = [((3, 3), (3,)), ((3, 3), (3, 2)), ((2, 3, 3), (3,)), ((2, 3, 3), (1, 3, 2)), ((3, 3), (2, 3, 1)),
+          ((2, 1, 4, 4), (3, 4, 2)), ((1, 1), (1,)), ((0, 0), (0,)), ((3, 3), (3, 0))]
+row(name="linalg.solve", fn=lambda a, b: ad.linalg.solve(a, b), ref="solve", public="linalg.solve", tol=LINALG,
+    grad_tol=LINALG,
+    samples=lambda rng: [Sample((well_conditioned(rng, sa), rng.standard_normal(sb)), f"{sa}x{sb}",
+                                smooth=not _size_zero(sa, sb)) for sa, sb in _SOLVE])

@@ -230,6 +230,9 @@ CASES = {
 # the reference ops of issue 17 (shape ops, reductions and scans, products)
 from selfcheck_issue17 import CASES as _ISSUE17  # noqa: E402
 CASES.update(_ISSUE17)
+# ad.linalg's (reference/lapack.py)
+from selfcheck_lapack import CASES as _LAPACK  # noqa: E402
+CASES.update(_LAPACK)
 
 ALL_CASES = [pytest.param(name, i, id=f"{name}-{i}")
              for name, builders in CASES.items() for i in range(len(builders))]

@@ -48,6 +48,9 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     /* issue 17, reductions and scans */
     [AD_OP_SCAN] = {"scan", ad_vjp_scan, 0, ad_jvp_scan, 0, AD_READS_KNOWN | AD_READS_IN0 | AD_READS_OUT,
                     ad_vjp2_scan, ad_vjp_rec_scan, ad_jvp_rec_scan},
+    /* issue 17, linear algebra on LAPACK */
+#define LA(name) {name, ad_vjp_lapack, 0, ad_jvp_lapack, 0, 0, ad_vjp2_lapack, ad_vjp_rec_lapack, ad_jvp_rec_lapack}
+    [AD_OP_SOLVE] = LA("solve"), [AD_OP_LOGDET] = LA("logdet"), [AD_OP_CHOLESKY] = LA("cholesky"),
     [AD_OP_CUSTOM] = {"custom", ad_vjp_custom_unused, 0, ad_jvp_custom, 0, 0, 0, ad_vjp_rec_custom_unused, ad_jvp_rec_custom},
 };
 

@@ -84,7 +84,7 @@ static void check_handle(const char *what, int64_t r, int zero_ok)
         if (!zero_ok) fail(what, r);
     } else {
         errors++;
-        if (r < -AD_ERR_FLOAT || ad_last_error()[0] == 0) fail(what, r);
+        if (r < -AD_ERR_LINALG || ad_last_error()[0] == 0) fail(what, r);
     }
 }
 
@@ -92,7 +92,7 @@ static void check_status(const char *what, int64_t st)
 {
     if (st == 0) return;
     errors++;
-    if (st > 0 || st < -AD_ERR_FLOAT || ad_last_error()[0] == 0) fail(what, st);
+    if (st > 0 || st < -AD_ERR_LINALG || ad_last_error()[0] == 0) fail(what, st);
 }
 
 /* ---- inputs ---- */
@@ -420,6 +420,11 @@ static void one_newer_call(void)
         int64_t b = any_handle();
         check_handle("ad_scan", ad_scan(chance(60) ? b : any_handle(), b, chance(90) ? (int)below(6) - 1 : (int)absurd_int(),
                                         (int)below(5)), 0);   /* modes 3 and 4 are errors */
+        /* linear algebra (kernels/lapack.c): shape and dtype checks; without SciPy's LAPACK here a
+         * valid call is a clean AD_ERR_RUNTIME */
+        check_handle("ad_solve", ad_solve(any_handle(), chance(50) ? b : any_handle(), (int)below(2)), 0);
+        check_handle("ad_logdet", ad_logdet(any_handle(), (int)below(2), NULL), 0);
+        check_handle("ad_cholesky", ad_cholesky(any_handle()), 0);
         break;
     }
     case 16: {
@@ -438,7 +443,7 @@ static void one_newer_call(void)
         check_status("ad_node_inputs", st);
         int64_t keys[8];
         int got = ad_custom_reap(chance(5) ? NULL : keys, (int)below(10) - 1);
-        if (got < -AD_ERR_FLOAT || got > 8) fail("ad_custom_reap returned an impossible count", got);
+        if (got < -AD_ERR_LINALG || got > 8) fail("ad_custom_reap returned an impossible count", got);
         break;
     }
     case 14: {

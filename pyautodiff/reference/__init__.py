@@ -45,6 +45,7 @@ keepdims=False)``; ``softmax/log_softmax(x, axis=-1)``; ``reshape(x, shape)``;
 dilation)`` and ``fold(x, output_size, kernel_size, stride, padding, dilation)`` (pairs of ints).
 """
 from . import conv, elementwise, linalg, reduce, shape, shape_ops, reduce_ops, linalg_ops
+from . import lapack
 from ._core import RefOp, expand_reduced, normalize_axes, ref_op, unbroadcast, zero_safe
 
 
@@ -58,7 +59,8 @@ def _merge(*families):
     return table
 
 
-REFERENCE = _merge(elementwise, reduce, linalg, shape, conv, shape_ops, reduce_ops, linalg_ops)
+REFERENCE = _merge(elementwise, reduce, linalg, shape, conv, shape_ops, reduce_ops, linalg_ops,
+                   lapack)
 
 __all__ = ["REFERENCE", "RefOp", "ref_op", "unbroadcast", "zero_safe", "normalize_axes",
            "expand_reduced"]
