@@ -384,7 +384,7 @@ int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *se
  * (hit) gets the gradient as its grad (as zero_grad(), backward() would give it) and is updated in
  * place by its group's optimizer settings (ad_optim_step's rules and state leaves) at step count
  * step + 1, which is stored back; a parameter not reached has its grad cleared and is not
- * updated. loss receives the root's values. One call, one tape lock. phase AD_TRAIN_FORWARD runs
+ * updated. loss receives the root's values. One call, one tape lock; AD_PLAN_STALE as ad_plan_run. phase AD_TRAIN_FORWARD runs
  * the forward only (for the bindings' guards), AD_TRAIN_FINISH the rest after it. On an error the
  * parameters, their state and step counts are unchanged; grads the replay had begun to overwrite
  * are cleared. */
@@ -395,9 +395,6 @@ typedef struct {
     int32_t group;             /* index of its settings in groups */
     int32_t hit;               /* 1: the loss depends on it */
 } ad_train_param_t;
-/* returned when a constant of the plan was written in place since the build (AD_PLAN_STALE's
- * meaning, with a value no error code has) */
-#define AD_TRAIN_STALE 100
 #define AD_TRAIN_STEP 0
 #define AD_TRAIN_FORWARD 1
 #define AD_TRAIN_FINISH 2

@@ -519,8 +519,7 @@ int ad_optim_prepare(ad_tape *T, const ad_optim_t *o, int64_t hp, const int64_t 
 void ad_optim_apply(ad_tape *T, const ad_optim_t *o, ad_node *p, ad_node *const s[3], const void *grad, int64_t t);
 /* A replay with hooks run under the tape's lock (replay.c; train_step.c uses it): prepare before
  * the forward (it may fill the caller's inputs and grads arrays), finish after the replay with its
- * status (its return value is the call's). forward/backward select the passes; a stale constant
- * returns AD_TRAIN_STALE. */
+ * status (its return value is the call's). forward/backward select the passes. */
 typedef struct {
     int (*prepare)(ad_tape *T, void *ctx);
     int (*finish)(ad_tape *T, void *ctx, int st);

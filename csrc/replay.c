@@ -694,7 +694,7 @@ int ad_plan_replay_hooked(ad_plan *p, int forward, int backward, const void *con
     if (st) return st;
     if (forward) {
         p->fwd_done = 0;
-        if ((st = constants_current(p))) { unclaim(p); return st == AD_PLAN_STALE ? AD_TRAIN_STALE : st; }
+        if ((st = constants_current(p))) { unclaim(p); return st; }
     }
     ad_tape *T;
     if ((st = ad_lock_current(&T))) { unclaim(p); return st; }

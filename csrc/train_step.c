@@ -33,7 +33,9 @@ static int prepare(ad_tape *T, void *vc)
         if (q->group < 0 || q->group >= c->n_groups)
             return ad_err(AD_ERR_VALUE, "train_step: parameter %d names group %d of %d", i, (int)q->group, c->n_groups);
         ad_node *p, **s = &c->state[3 * i];
-        int st = ad_optim_prepare(T, &c->groups[q->group], q->param, q->state, q->step + 1, &p, s);
+        /* a parameter the loss does not reach is not updated: it needs no state */
+        int st = q->hit ? ad_optim_prepare(T, &c->groups[q->group], q->param, q->state, q->step + 1, &p, s)
+                        : ad_resolve(T, q->param, &p);
         if (st) return st;
         ad_info_t info;
         if ((st = ad_plan_info(c->plan, i, &info))) return st;

@@ -166,22 +166,22 @@ class TrainStep:
             dptr = ffi.new("void *[]", [ffi.from_buffer(a) for a in arrays] or [ffi.NULL])
             lptr = ffi.from_buffer(loss)
             n = len(entry.params)
+            held = True
             if not entry.guards:
                 st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_STEP, n, cp, n_groups, self._settings, dptr, lptr)
             else:
                 st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_FORWARD, n, cp, n_groups, self._settings,
                                             dptr, lptr)
-                if st == 0 and not entry._guards_hold():
-                    st = -1
-                elif st == 0:
+                held = st != 0 or entry._guards_hold()
+                if st == 0 and held:
                     st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_FINISH, n, cp, n_groups, self._settings,
                                                 dptr, ffi.NULL)
-            if st == 0:
+            if st == 0 and held:
                 for i, state in enumerate(states):
                     if state is not None:
                         state["step"] = cp[i].step
                 return _from_array(loss)
-            if st != -1 and st != lib.AD_TRAIN_STALE:
+            if st != 0 and st != lib.AD_PLAN_STALE:
                 raise_status(st)
             if fresh:
                 raise RuntimeError("record_step: the replay right after recording loss_fn read other values than "
