@@ -198,6 +198,112 @@ def micrograd_mlp(points, rounds, calls):
     return {"points": points, "ops": mm.n_ops(size), "trace_s": trace, "rows": rows}
 
 
+def _torch_or_none(what):
+    from benchmarks import peers
+    try:
+        return peers.load("torch")
+    except peers.Unavailable as exc:
+        print(f"{what}: PyTorch left out ({exc})", file=sys.stderr)
+        return None
+
+
+def train_steps(points, rounds, calls):
+    """A whole training step (zero_grad, loss, backward, optimizer.step): ``ad.record_step``
+    against the eager pyautodiff loop and PyTorch eager's, on micrograd_mlp (337 scalar parameters,
+    SGD with momentum) and small_mlp (784-128-64-10, batch 32, Adam; one-hot targets, so one plan
+    serves every batch). Before timing, three traced steps are checked bit for bit against three
+    eager ones from the same start."""
+    import copy
+    import numpy as np
+    import pyautodiff as ad
+    from benchmarks.workloads import micrograd_mlp as mm, small_mlp as sm
+
+    torch = _torch_or_none("train_steps")
+    results = {}
+
+    # micrograd_mlp: every weight a 0-d tensor
+    size = {"points": points, "layers": [2, 16, 16, 1]}
+    data = mm.make_data(size)
+
+    def scalar_model(leaf):
+        layers = mm.map_params(data["layers"], leaf)
+        return layers, mm.flatten(layers)
+
+    def scalar_loss(layers, relu):
+        return lambda: mm.scalar_loss(layers, data["X"], data["y"], relu=relu)
+
+    def ad_scalar():
+        layers, params = scalar_model(lambda v: ad.tensor(v, requires_grad=True))
+        return scalar_loss(layers, ad.relu), params, ad.optim.SGD(params, lr=0.05, momentum=0.9)
+
+    # small_mlp: six tensors
+    sdata = sm.make_data(sm.size(False))
+    X, onehot = sdata["X"], sdata["onehot"]
+
+    def ad_tensor_mlp():
+        params = [ad.tensor(p, requires_grad=True) for p in sdata["params"]]
+
+        def loss(x, t):
+            h = x
+            for i in range(0, 6, 2):
+                h = h @ params[i] + params[i + 1]
+                if i < 4:
+                    h = ad.relu(h)
+            return -(t * ad.log_softmax(h, axis=1)).sum() * (1.0 / x.shape[0])
+        return loss, params, ad.optim.Adam(params, lr=1e-3)
+
+    cases = {"micrograd_mlp": (ad_scalar, ()), "small_mlp": (ad_tensor_mlp, (X, onehot))}
+    for name, (make, batch) in cases.items():
+        loss_e, params_e, opt_e = make()
+        loss_t, params_t, opt_t = make()
+        t0 = time.perf_counter()
+        step = ad.record_step(loss_t, opt_t, *batch)
+        trace = time.perf_counter() - t0
+
+        def eager(loss_e=loss_e, opt_e=opt_e, batch=batch):
+            opt_e.zero_grad()
+            loss = loss_e(*batch)
+            loss.backward()
+            opt_e.step()
+            return loss
+
+        for _ in range(3):
+            assert _same_bits(eager().numpy(), step(*batch).numpy())
+        assert all(_same_bits(p.numpy(), q.numpy()) for p, q in zip(params_e, params_t))
+        cells = {"traced: ad.record_step": lambda step=step, batch=batch: step(*batch),
+                 "eager pyautodiff: zero_grad, loss, backward, step": eager}
+        if torch is not None:
+            if name == "micrograd_mlp":
+                layers, tparams = scalar_model(lambda v: torch.tensor(v, dtype=torch.float64, requires_grad=True))
+                tloss, targs = scalar_loss(layers, torch.relu), ()
+                topt = torch.optim.SGD(tparams, lr=0.05, momentum=0.9)
+            else:
+                tparams = [torch.tensor(p, requires_grad=True) for p in sdata["params"]]
+
+                def tloss(x, t, tp=tparams):
+                    h = x
+                    for i in range(0, 6, 2):
+                        h = h @ tp[i] + tp[i + 1]
+                        if i < 4:
+                            h = torch.relu(h)
+                    return -(t * torch.log_softmax(h, dim=1)).sum() / x.shape[0]
+                targs = (torch.from_numpy(X), torch.from_numpy(onehot))
+                topt = torch.optim.Adam(tparams, lr=1e-3)
+
+            def torch_step(tloss=tloss, topt=topt, targs=targs):
+                topt.zero_grad()
+                loss = tloss(*targs)
+                loss.backward()
+                topt.step()
+                return loss
+            cells["PyTorch eager: zero_grad, loss, backward, step"] = torch_step
+        t = _interleaved(cells, rounds, calls)
+        traced = t["traced: ad.record_step"]
+        results[name] = {"trace_s": trace, "rows": [{"what": k, "seconds": v, "traced_speedup": v / traced}
+                                                     for k, v in t.items()]}
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -209,6 +315,7 @@ def main(argv=None):
     load = os.getloadavg()
     chain = scalar_chain(1_000 if args.quick else 10_000, rounds, calls)
     mlp = micrograd_mlp(4 if args.quick else 100, rounds, 1 if args.quick else 3)
+    steps = train_steps(4 if args.quick else 100, rounds, 1 if args.quick else 3)
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
     print(f"\nscalar_chain, {chain['ops']:,} scalar ops, forward + backward (median of {rounds} rounds):")
     for r in chain["rows"]:
@@ -219,11 +326,15 @@ def main(argv=None):
           f"(trace {mlp['trace_s'] * 1e3:.0f} ms):")
     for r in mlp["rows"]:
         print(f"  {r['what']:<46} {r['seconds'] * 1e3:9.3f} ms  {r['replay_speedup']:8.1f}x the replay's time")
+    for name, r in steps.items():
+        print(f"\ntraining step, {name} (record_step trace {r['trace_s'] * 1e3:.0f} ms):")
+        for row in r["rows"]:
+            print(f"  {row['what']:<50} {row['seconds'] * 1e3:9.3f} ms  {row['traced_speedup']:8.1f}x the traced step's")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "record_replay.json")
     if not args.quick:
         with open(path, "w") as f:
-            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp}, f, indent=1)
+            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "train_steps": steps}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,9 @@ from .record import Recorded, GuardError, _Plan, _static_key, MAX_PLANS
 __all__ = ["record_step", "TrainStep"]
 
 _FLOATS = (float32, float64)
+# ad_train_param_t as NumPy sees it, to read and write the step counts in one go
+_TABLE = np.dtype([("param", np.int64), ("state", np.int64, 3), ("step", np.int64), ("group", np.int32),
+                   ("hit", np.int32)])
 
 
 def _is_data(v):
@@ -82,6 +85,7 @@ class TrainStep:
         self._plans = {}
         self.records = 0
         self._settings = ffi.new("ad_optim_t[]", 1)
+        self._cache = None
         self.__name__ = f"record_step({getattr(loss_fn, '__name__', 'loss_fn')})"
 
     # -- keys and recording --
@@ -122,31 +126,56 @@ class TrainStep:
 
     def _slots(self, entry):
         """The C description of every parameter (its state leaves made on first use, as
-        optimizer.step() makes them) and of every group's settings, read from the optimizer now:
-        the hyperparameters a scheduler set, state a load_state_dict() replaced."""
+        optimizer.step() makes them) and of every group's settings, read from the optimizer at
+        every call: the hyperparameters a scheduler set, the step counts, state that
+        load_state_dict() or an eager step replaced. The parameter table is kept between calls
+        and checked (identity of every state dict and buffer) rather than rebuilt."""
         opt = self.optimizer
         groups = opt.param_groups
         if len(self._settings) < len(groups):
             self._settings = ffi.new("ad_optim_t[]", len(groups))
-        group_of = {}
+        needs = []
         for gi, g in enumerate(groups):
-            opt._configure(self._settings[gi], g)
-            for p in g["params"]:
-                group_of[id(p)] = (gi, g)
+            o = self._settings[gi]
+            opt._configure(o, g)
+            needs.append((id(g["params"]), len(g["params"]), o.kind, o.momentum != 0, o.amsgrad, o.centered))
+        key = (entry, id(opt.state), tuple(needs))
+        cache = self._cache
+        if cache is None or cache[0] != key or not self._unchanged(cache[3]):
+            cache = self._cache = (key,) + self._table(entry)
+        _, cp, view, checks, hit = cache
+        if hit:
+            view["step"][hit] = [st["step"] for _, st, _ in checks]
+        return cp, view, checks, hit, len(groups)
+
+    def _unchanged(self, checks):
+        state = self.optimizer.state
+        for p, st, items in checks:
+            if state.get(p) is not st:
+                return False
+            for k, b in items:
+                if st.get(k) is not b:
+                    return False
+        return True
+
+    def _table(self, entry):
+        opt = self.optimizer
+        group_of = {id(p): (gi, g) for gi, g in enumerate(opt.param_groups) for p in g["params"]}
         cp = ffi.new("ad_train_param_t[]", max(len(entry.params), 1))
-        states = []
-        for i, (p, hit) in enumerate(zip(entry.params, entry.hit)):
+        view = np.frombuffer(ffi.buffer(cp), dtype=_TABLE)
+        checks, hit = [], []
+        for i, (p, reached) in enumerate(zip(entry.params, entry.hit)):
             gi, g = group_of[id(p)]
-            state = opt.state.setdefault(p, {"step": 0}) if hit else None
-            s = opt._buffers(p, state, g) if hit else (None, None, None)
             c = cp[i]
-            c.param = p._h
+            c.param, c.group, c.hit = p._h, gi, reached
+            if not reached:
+                continue                 # no grad: not stepped, no state made (as optimizer.step())
+            state = opt.state.setdefault(p, {"step": 0})
+            s = opt._buffers(p, state, g)
             c.state = [b._h if b is not None else 0 for b in s]
-            c.step = state["step"] if hit else 0
-            c.group = gi
-            c.hit = hit
-            states.append(state)
-        return cp, states, len(groups)
+            checks.append((p, state, tuple((k, v) for k, v in state.items() if isinstance(v, Tensor))))
+            hit.append(i)
+        return cp, view, checks, hit
 
     # -- a step --
 
@@ -161,7 +190,7 @@ class TrainStep:
         if fresh:
             entry = self._record(batch, kwargs, data, arrays, params, key)
         while True:
-            cp, states, n_groups = self._slots(entry)
+            cp, view, checks, hit, n_groups = self._slots(entry)
             loss = np.empty(entry.out_shape, entry.out_dtype)
             dptr = ffi.new("void *[]", [ffi.from_buffer(a) for a in arrays] or [ffi.NULL])
             lptr = ffi.from_buffer(loss)
@@ -177,9 +206,8 @@ class TrainStep:
                     st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_FINISH, n, cp, n_groups, self._settings,
                                                 dptr, ffi.NULL)
             if st == 0 and held:
-                for i, state in enumerate(states):
-                    if state is not None:
-                        state["step"] = cp[i].step
+                for (_, state, _), t in zip(checks, view["step"][hit].tolist()):
+                    state["step"] = t
                 return _from_array(loss)
             if st != 0 and st != lib.AD_PLAN_STALE:
                 raise_status(st)
