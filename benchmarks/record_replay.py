@@ -198,6 +198,46 @@ def micrograd_mlp(points, rounds, calls):
     return {"points": points, "ops": mm.n_ops(size), "trace_s": trace, "rows": rows}
 
 
+def _rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) / 1e3
+    except OSError:
+        pass
+    return float("nan")
+
+
+def million_ops(ops):
+    """A chain of ``ops`` scalar ops (10^6 in the full run) recorded and replayed: trace time,
+    replay time (median of 3 value_and_grad calls), the plan's arena and the memory the plan holds
+    (resident set with the plan minus without it), and the process's peak resident set (the
+    recording's eager graph and the plan both live at the end of ad.record)."""
+    import gc
+    import resource
+    import pyautodiff as ad
+
+    def chain(a, b):
+        v = a
+        for _ in range(ops // 5):
+            v = ad.log(ad.exp(ad.tanh((v + a) * b)))
+        return v
+
+    t0 = time.perf_counter()
+    tf = ad.record(chain, 0.5, 0.9, argnums=(0, 1))
+    trace = time.perf_counter() - t0
+    replay = _median_time(lambda: tf.value_and_grad(0.4, 0.8), 3)
+    stats = tf.plan_stats()
+    gc.collect()
+    with_plan = _rss_mb()
+    del tf
+    gc.collect()
+    plan_mb = with_plan - _rss_mb()
+    return {"ops": ops, "trace_s": trace, "replay_s": replay, "arena_bytes": stats["bytes"],
+            "plan_resident_mb": plan_mb, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
+
+
 def _torch_or_none(what):
     from benchmarks import peers
     try:
@@ -316,6 +356,7 @@ def main(argv=None):
     chain = scalar_chain(1_000 if args.quick else 10_000, rounds, calls)
     mlp = micrograd_mlp(4 if args.quick else 100, rounds, 1 if args.quick else 3)
     steps = train_steps(4 if args.quick else 100, rounds, 1 if args.quick else 3)
+    big = None if args.quick else million_ops(1_000_000)
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
     print(f"\nscalar_chain, {chain['ops']:,} scalar ops, forward + backward (median of {rounds} rounds):")
     for r in chain["rows"]:
@@ -330,11 +371,17 @@ def main(argv=None):
         print(f"\ntraining step, {name} (record_step trace {r['trace_s'] * 1e3:.0f} ms):")
         for row in r["rows"]:
             print(f"  {row['what']:<50} {row['seconds'] * 1e3:9.3f} ms  {row['traced_speedup']:8.1f}x the traced step's")
+    if big is not None:
+        print(f"\n{big['ops']:,}-op scalar chain: trace {big['trace_s']:.2f} s, replay (forward + backward) "
+              f"{big['replay_s'] * 1e3:.1f} ms ({big['replay_s'] / big['ops'] * 1e9:.1f} ns/op), arena "
+              f"{big['arena_bytes'] / big['ops']:.1f} B/op, plan resident {big['plan_resident_mb'] * 1e6 / big['ops']:.0f} "
+              f"B/op, peak RSS {big['peak_rss_mb']:.0f} MB")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "record_replay.json")
     if not args.quick:
         with open(path, "w") as f:
-            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "train_steps": steps}, f, indent=1)
+            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "train_steps": steps,
+                       "million_ops": big}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -268,3 +268,28 @@ def test_record_follows_values_computed_inside_f_from_tensors_that_do_not_requir
     x = np.array([1.0, -2.0, 0.5])
     assert _bits(tf(x)) == _bits(f(ad.tensor(x)))
     assert _bits(tf.grad(x)) == _bits(ad.grad(f)(x))
+
+
+def test_plan_memory_grows_linearly_with_the_chain():
+    # a chain of n scalar ops: the plan's arena is about a word per op, the same per op at 10x the
+    # length (a quadratic step or a per-op buffer that grows with n would show), and building and
+    # replaying a long chain needs no recursion
+    def chain_of(n):
+        def chain(a, b):
+            v = a
+            for _ in range(n // 5):
+                v = ad.log(ad.exp(ad.tanh((v + a) * b)))
+            return v
+        return chain
+
+    per_op = []
+    for n in (5_000, 50_000):
+        tf = ad.record(chain_of(n), 0.5, 0.9, argnums=(0, 1))
+        stats = tf.plan_stats()
+        assert stats["ops"] == n
+        per_op.append(stats["bytes"] / n)
+        v, g = tf.value_and_grad(0.4, 0.8)
+        v0, g0 = ad.value_and_grad(chain_of(n), argnums=(0, 1))(0.4, 0.8)
+        assert _bits(v) == _bits(v0) and all(_bits(a) == _bits(b) for a, b in zip(g, g0))
+    assert per_op[0] <= 12 and per_op[1] <= 12, per_op     # 8: one value each, adjoints reused
+    assert abs(per_op[1] - per_op[0]) <= 0.5, per_op
