@@ -238,6 +238,134 @@ def million_ops(ops):
             "plan_resident_mb": plan_mb, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
 
 
+JAX_CAP_S = {"quick": 120.0, "full": 150.0}   # trace + compile + timing of one eval in the child
+
+
+def _gradbench_losses(quick):
+    """{eval: (leaves, loss over pyautodiff)}: the workloads' own loss functions."""
+    import numpy as np
+    import pyautodiff as ad
+    from benchmarks.workloads import det, lstm, ode
+
+    out = {}
+    d = lstm.make_data(lstm.size(quick))
+    state, sequence = [ad.tensor(r) for r in d["state"]], [ad.tensor(r) for r in d["sequence"]]
+    out["lstm"] = (d["leaves"], lambda main, extra: lstm.loss(ad, main, extra, state, sequence))
+    d = ode.make_data(ode.size(quick))
+    one, steps = ad.tensor(np.ones(1)), d["s"]
+    out["ode"] = (d["leaves"], lambda x: ode.solve(ad, x, one, steps)[-1])
+    d = det.make_data(det.size(quick))
+    out["det"] = (d["leaves"], det.det_by_minor)
+    return out
+
+
+def _jax_loss(jax, name, quick):
+    """(leaves, loss) as a JAX user writes it: lstm scans over time (unrolled, its 1,023 steps
+    take XLA minutes to compile), ode and det are the workloads' own functions, unrolled."""
+    import types
+    from benchmarks.workloads import det, lstm, ode
+    jnp = jax.numpy
+    if name == "lstm":
+        d = lstm.make_data(lstm.size(quick))
+        sequence = jnp.asarray(d["sequence"])
+        state0 = jnp.asarray(d["state"])
+
+        def loss(main, extra):
+            b = extra.shape[1]
+
+            def step(state, xs):
+                x_in, gold = xs
+                x = x_in * extra[0]
+                new = []
+                for layer in range(0, state.shape[0], 2):
+                    hidden, cell = state[layer], state[layer + 1]
+                    gates = jnp.concatenate([x, hidden, x, hidden]) * main[layer] + main[layer + 1]
+                    forget, ingate = jax.nn.sigmoid(gates[:b]), jax.nn.sigmoid(gates[b:2 * b])
+                    outgate, change = jax.nn.sigmoid(gates[2 * b:3 * b]), jnp.tanh(gates[3 * b:])
+                    cell = cell * forget + ingate * change
+                    hidden = outgate * jnp.tanh(cell)
+                    new += [hidden, cell]
+                    x = hidden
+                y = x * extra[1] + extra[2]
+                return jnp.stack(new), jnp.sum(gold * (y - jnp.log(jnp.sum(jnp.exp(y)) + 2.0)))
+
+            _, terms = jax.lax.scan(step, state0, (sequence[:-1], sequence[1:]))
+            return -jnp.sum(terms) / ((sequence.shape[0] - 1) * b)
+        return d["leaves"], loss
+    if name == "ode":
+        d = ode.make_data(ode.size(quick))
+        one = jnp.ones(1)
+        return d["leaves"], lambda x: ode.solve(types.SimpleNamespace(concatenate=jnp.concatenate), x, one, d["s"])[-1]
+    d = det.make_data(det.size(quick))
+    return d["leaves"], det.det_by_minor
+
+
+def _jax_child(name, quick, rounds, calls):
+    """Run in a child process (so that a compile running away is capped): JSON on stdout."""
+    import numpy as np
+    from benchmarks import peers
+    from benchmarks.workloads import common
+    jax = peers.load("jax")
+    leaves, loss = _jax_loss(jax, name, quick)
+    args = [jax.numpy.asarray(v) for v in leaves]
+    compiled, compile_s = common.jax_compile(jax, jax.value_and_grad(loss, argnums=tuple(range(len(args)))), *args)
+    value, grads = compiled(*args)
+    t = _interleaved({"jax": lambda: jax.block_until_ready(compiled(*args))}, rounds, calls)["jax"]
+    print(json.dumps({"compile_s": compile_s, "seconds": t, "value": float(value),
+                      "grads": [np.asarray(g).tolist() for g in grads]}))
+
+
+def _jax_cell(name, quick, rounds, calls):
+    """{"compile_s", "seconds", "value", "grads"} from the child, or {"error": why}."""
+    cap = JAX_CAP_S["quick" if quick else "full"]
+    cmd = [sys.executable, "-m", "benchmarks.record_replay", "--jax-child", name, "--rounds", str(rounds),
+           "--calls", str(calls)] + (["--quick"] if quick else [])
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=cap,
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    except subprocess.TimeoutExpired:
+        return {"error": f"trace + compile + timing did not finish in {cap:.0f} s"}
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": "not installed" if "not installed" in last else last}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def gradbench_replay(quick, rounds, calls):
+    """GradBench lstm, ode and det: the gradient by ``ad.record`` replay against eager
+    pyautodiff and JAX jit (compiled ahead, in a child process capped at JAX_CAP_S; the compile
+    time beside). JAX is an optional peer: without it the JAX rows are left out."""
+    import numpy as np
+    import pyautodiff as ad
+
+    results = {}
+    for name, (leaves, loss) in _gradbench_losses(quick).items():
+        nums = tuple(range(len(leaves)))
+        t0 = time.perf_counter()
+        tf = ad.record(loss, *leaves, argnums=nums)
+        trace = time.perf_counter() - t0
+        eager = ad.value_and_grad(loss, argnums=nums)
+        v1, g1 = tf.value_and_grad(*leaves)
+        v0, g0 = eager(*leaves)
+        assert _same_bits(v1.numpy(), v0.numpy()) and all(_same_bits(a.numpy(), b.numpy()) for a, b in zip(g1, g0))
+        cells = {"replay: tf.value_and_grad": lambda tf=tf, leaves=leaves: tf.value_and_grad(*leaves),
+                 "eager: ad.value_and_grad": lambda eager=eager, leaves=leaves: eager(*leaves)}
+        t = _interleaved(cells, rounds, calls)
+        jax = _jax_cell(name, quick, rounds, calls)
+        if "error" not in jax:
+            # the same function in another library: equal to rounding, not bit for bit
+            assert np.allclose(jax["value"], float(v0.numpy()), rtol=1e-9, atol=1e-12)
+            assert all(np.allclose(np.asarray(a), b.numpy(), rtol=1e-7, atol=1e-10) for a, b in zip(jax["grads"], g0))
+            t["JAX jit (compiled ahead, another process)"] = jax["seconds"]
+        else:
+            print(f"gradbench {name}: JAX jit left out ({jax['error']})", file=sys.stderr)
+        replay = t["replay: tf.value_and_grad"]
+        results[name] = {"trace_s": trace, "jax_compile_s": jax.get("compile_s"), "jax_error": jax.get("error"),
+                         "ops": tf.plan_stats()["ops"],
+                         "rows": [{"what": k, "seconds": v, "over_replay": v / replay} for k, v in t.items()]}
+    return results
+
+
 def _torch_or_none(what):
     from benchmarks import peers
     try:
@@ -348,15 +476,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--peers-site", metavar="DIR", help="site-packages to import PyTorch from")
+    parser.add_argument("--jax-child", metavar="EVAL", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peers_site:
         sys.path.append(args.peers_site)
     rounds, calls = (3, 3) if args.quick else (5, 7)
+    if args.jax_child:
+        return _jax_child(args.jax_child, args.quick, args.rounds or rounds, args.calls or calls)
     load = os.getloadavg()
     chain = scalar_chain(1_000 if args.quick else 10_000, rounds, calls)
     mlp = micrograd_mlp(4 if args.quick else 100, rounds, 1 if args.quick else 3)
     steps = train_steps(4 if args.quick else 100, rounds, 1 if args.quick else 3)
     big = None if args.quick else million_ops(1_000_000)
+    grad_bench = gradbench_replay(args.quick, rounds, calls)
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
     print(f"\nscalar_chain, {chain['ops']:,} scalar ops, forward + backward (median of {rounds} rounds):")
     for r in chain["rows"]:
@@ -371,6 +505,12 @@ def main(argv=None):
         print(f"\ntraining step, {name} (record_step trace {r['trace_s'] * 1e3:.0f} ms):")
         for row in r["rows"]:
             print(f"  {row['what']:<50} {row['seconds'] * 1e3:9.3f} ms  {row['traced_speedup']:8.1f}x the traced step's")
+    for name, r in grad_bench.items():
+        compile_s = (f", JAX jit: {r['jax_error']}" if r["jax_compile_s"] is None else
+                     f", JAX jit compile {r['jax_compile_s']:.2f} s")
+        print(f"\nGradBench {name} ({r['ops']:,} ops; trace {r['trace_s'] * 1e3:.0f} ms{compile_s}):")
+        for row in r["rows"]:
+            print(f"  {row['what']:<50} {row['seconds'] * 1e3:9.3f} ms  {row['over_replay']:8.2f}x the replay's time")
     if big is not None:
         print(f"\n{big['ops']:,}-op scalar chain: trace {big['trace_s']:.2f} s, replay (forward + backward) "
               f"{big['replay_s'] * 1e3:.1f} ms ({big['replay_s'] / big['ops'] * 1e9:.1f} ns/op), arena "
@@ -381,7 +521,7 @@ def main(argv=None):
     if not args.quick:
         with open(path, "w") as f:
             json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "train_steps": steps,
-                       "million_ops": big}, f, indent=1)
+                       "million_ops": big, "gradbench": grad_bench}, f, indent=1)
 
 
 if __name__ == "__main__":

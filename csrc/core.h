@@ -517,6 +517,9 @@ void ad_add_into(int dtype, void *dst, int acc, const void *src, int64_t n);
 int ad_optim_prepare(ad_tape *T, const ad_optim_t *o, int64_t hp, const int64_t hs[3], int64_t t, ad_node **p,
                      ad_node *s[3]);
 void ad_optim_apply(ad_tape *T, const ad_optim_t *o, ad_node *p, ad_node *const s[3], const void *grad, int64_t t);
+/* Whether a plan can run op (replay.c): tape.c records such an op while recording even when no
+ * input requires grad, so that a plan recomputes it. */
+int ad_op_replayable(int op);
 /* A replay with hooks run under the tape's lock (replay.c; train_step.c uses it): prepare before
  * the forward (it may fill the caller's inputs and grads arrays), finish after the replay with its
  * status (its return value is the call's). forward/backward select the passes. */

@@ -164,6 +164,8 @@ static int family_of(int op)
     }
 }
 
+int ad_op_replayable(int op) { return family_of(op) != FAM_NONE; }
+
 static int forward_node(ad_tape *T, ad_node *n)
 {
     switch (family_of(n->op)) {
