@@ -14,6 +14,14 @@ medians; every replay's gradients are checked bit for bit against eager's before
   (forward + gradient) replayed against eager pyautodiff and, when ``torch`` imports, PyTorch
   eager (the workload's cells). Target: >= 50x faster than PyTorch eager.
 
+- training steps (``ad.record_step``: zero_grad, loss, backward, optimizer.step in one C call)
+  against the eager loop and PyTorch eager's, on micrograd_mlp (SGD with momentum) and small_mlp
+  (Adam).
+- GradBench lstm, ode and det: ``ad.record`` replay against eager and JAX jit (compiled ahead in a
+  child process capped at JAX_CAP_S, its compile time beside; JAX's lstm scans over time). Target:
+  within 2x of JAX jit.
+- a 10^6-op scalar chain (full run only, ~10 s): trace, replay, arena and plan memory per op.
+
 PyTorch is not a dependency: to include it, name the site-packages of an environment that has it
 with ``--peers-site DIR`` (appended to sys.path, so this environment's NumPy and pyautodiff come
 first; only ``import torch`` is taken from there). Results go to
@@ -375,6 +383,17 @@ def _torch_or_none(what):
         return None
 
 
+def _eager_step(loss_fn, optimizer, batch):
+    """The eager training step, the same four lines in pyautodiff and PyTorch."""
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(*batch)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
 def train_steps(points, rounds, calls):
     """A whole training step (zero_grad, loss, backward, optimizer.step): ``ad.record_step``
     against the eager pyautodiff loop and PyTorch eager's, on micrograd_mlp (337 scalar parameters,
@@ -428,13 +447,7 @@ def train_steps(points, rounds, calls):
         step = ad.record_step(loss_t, opt_t, *batch)
         trace = time.perf_counter() - t0
 
-        def eager(loss_e=loss_e, opt_e=opt_e, batch=batch):
-            opt_e.zero_grad()
-            loss = loss_e(*batch)
-            loss.backward()
-            opt_e.step()
-            return loss
-
+        eager = _eager_step(loss_e, opt_e, batch)
         for _ in range(3):
             assert _same_bits(eager().numpy(), step(*batch).numpy())
         assert all(_same_bits(p.numpy(), q.numpy()) for p, q in zip(params_e, params_t))
@@ -457,14 +470,7 @@ def train_steps(points, rounds, calls):
                     return -(t * torch.log_softmax(h, dim=1)).sum() / x.shape[0]
                 targs = (torch.from_numpy(X), torch.from_numpy(onehot))
                 topt = torch.optim.Adam(tparams, lr=1e-3)
-
-            def torch_step(tloss=tloss, topt=topt, targs=targs):
-                topt.zero_grad()
-                loss = tloss(*targs)
-                loss.backward()
-                topt.step()
-                return loss
-            cells["PyTorch eager: zero_grad, loss, backward, step"] = torch_step
+            cells["PyTorch eager: zero_grad, loss, backward, step"] = _eager_step(tloss, topt, targs)
         t = _interleaved(cells, rounds, calls)
         traced = t["traced: ad.record_step"]
         results[name] = {"trace_s": trace, "rows": [{"what": k, "seconds": v, "traced_speedup": v / traced}

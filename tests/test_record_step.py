@@ -134,12 +134,18 @@ def test_parameter_groups_and_unreached_parameters_behave_as_eager():
     assert all(p not in o2.state for p in [extra2])
 
 
-def test_a_grad_the_caller_holds_is_not_overwritten():
+def _recorded(make_optimizer):
+    """(model, optimizer, a batch, its recorded step), after one step."""
     m = _model(np.float64)
-    o = optim.SGD(m.parameters(), lr=0.1)
+    o = make_optimizer(m.parameters())
     x, y = _batches(np.float64, 1)[0]
     step = ad.record_step(lambda x, y: F.mse_loss(m(x), y), o, x, y)
     step(x, y)
+    return m, o, (x, y), step
+
+
+def test_a_grad_the_caller_holds_is_not_overwritten():
+    m, o, (x, y), step = _recorded(lambda ps: optim.SGD(ps, lr=0.1))
     held = m[0].weight.grad
     before = _bits(held)
     step(x + 1, y)
@@ -238,11 +244,7 @@ def test_unsupported_combinations_raise():
 
 
 def test_a_parameter_of_another_shape_is_refused_and_nothing_changes():
-    m = _model(np.float64)
-    o = optim.Adam(m.parameters(), lr=0.1)
-    x, y = _batches(np.float64, 1)[0]
-    step = ad.record_step(lambda x, y: F.mse_loss(m(x), y), o, x, y)
-    step(x, y)
+    m, o, (x, y), step = _recorded(lambda ps: optim.Adam(ps, lr=0.1))
     before = [_bits(p) for p in m.parameters()]
     steps = [s["step"] for s in o.state.values()]
     plan = next(iter(step._plans.values()))
