@@ -196,15 +196,17 @@ class TrainStep:
             lptr = ffi.from_buffer(loss)
             n = len(entry.params)
             held = True
-            if not entry.guards:
-                st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_STEP, n, cp, n_groups, self._settings, dptr, lptr)
-            else:
-                st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_FORWARD, n, cp, n_groups, self._settings,
-                                            dptr, lptr)
-                held = st != 0 or entry._guards_hold()
-                if st == 0 and held:
-                    st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_FINISH, n, cp, n_groups, self._settings,
-                                                dptr, ffi.NULL)
+            with entry.lock:               # calls from several threads run one at a time, as ad.record's
+                if not entry.guards:
+                    st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_STEP, n, cp, n_groups, self._settings,
+                                                dptr, lptr)
+                else:
+                    st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_FORWARD, n, cp, n_groups, self._settings,
+                                                dptr, lptr)
+                    held = st != 0 or entry._guards_hold()
+                    if st == 0 and held:
+                        st = lib.ad_plan_train_step(entry.plan, lib.AD_TRAIN_FINISH, n, cp, n_groups,
+                                                    self._settings, dptr, ffi.NULL)
             if st == 0 and held:
                 for (_, state, _), t in zip(checks, view["step"][hit].tolist()):
                     state["step"] = t
