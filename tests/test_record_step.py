@@ -295,3 +295,25 @@ def test_plan_memory_grows_linearly_with_the_chain():
         assert _bits(v) == _bits(v0) and all(_bits(a) == _bits(b) for a, b in zip(g, g0))
     assert per_op[0] <= 12 and per_op[1] <= 12, per_op     # 8: one value each, adjoints reused
     assert abs(per_op[1] - per_op[0]) <= 0.5, per_op
+
+
+def test_a_step_on_another_thread_is_a_clear_error_and_changes_nothing():
+    # the parameters live on the tape of the thread that made them; a step elsewhere is refused
+    import threading
+    m, o, (x, y), step = _recorded(lambda ps: optim.SGD(ps, lr=0.1, momentum=0.9))
+    before = [_bits(p) for p in m.parameters()]
+    errors = []
+
+    def run():
+        try:
+            step(x, y)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "another thread" in errors[0]
+    assert [_bits(p) for p in m.parameters()] == before
+    step(x, y)                                   # still usable on its own thread
+    assert [_bits(p) for p in m.parameters()] != before
