@@ -6,6 +6,7 @@
  * steps can alternate. The gradient is the plan's (bit-identical to backward's) and the update is
  * ad_optim_step's, so a traced step equals the eager one bit for bit. */
 #include "core.h"
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct {
