@@ -20,6 +20,8 @@ import numpy as np   # noqa: E402
 import pyautodiff as ad                      # noqa: E402
 import pyautodiff.nn.functional as F         # noqa: E402
 
+ad.set_num_threads(1)      # the environment variable above already says so; explicit for the reader
+
 try:
     import torch
     torch.set_num_threads(1)

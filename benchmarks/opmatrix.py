@@ -463,9 +463,13 @@ def cases(np):
     add("softmax", "softmax(S, axis=0), S (512,1000)", lambda n: [(512, 1000)],
         lambda c, x: softmax_fwd(x, 0), lambda c, g, o, x: softmax_vjp(c, g, o, x, 0),
         lambda L, c, x: L.softmax(x, 0), sizes=(512_000,))
-    add("softmax", "softmax(x, axis=1), 2-D", mat, lambda c, x: softmax_fwd(x, 1),
-        lambda c, g, o, x: softmax_vjp(c, g, o, x, 1), lambda L, c, x: L.softmax(x, 1),
-        sizes=(10_000, 1_000_000), dtype="float32")
+    for op, fwd, vjp in (("softmax", softmax_fwd, softmax_vjp),
+                         ("log_softmax", log_softmax_fwd, log_softmax_vjp),
+                         ("logsumexp", logsumexp_fwd, logsumexp_vjp)):
+        add("softmax", f"{op}(x, axis=1), 2-D", mat, lambda c, x, f=fwd: f(x, 1),
+            lambda c, g, o, x, v=vjp: v(c, g, o, x, 1),
+            lambda L, c, x, name=op: getattr(L, name)(x, 1),
+            sizes=(10_000, 1_000_000), dtype="float32")
 
     # concatenate / split on every axis
     def quarters(n):

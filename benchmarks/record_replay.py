@@ -14,6 +14,14 @@ medians; every replay's gradients are checked bit for bit against eager's before
   (forward + gradient) replayed against eager pyautodiff and, when ``torch`` imports, PyTorch
   eager (the workload's cells). Target: >= 50x faster than PyTorch eager.
 
+- big_elementwise (10^6 float64, the workload's sum(tanh(x*w + b) * exp(-x*x)) with 0-d w and b, and
+  a second shape, mean(square(tanh(x) - y) + 0.1 * abs(x)) over two vectors): forward + gradient
+  replayed fused (csrc/fusion.c) and unfused (``fuse=False``), the C plan alone (``ad_plan_run``),
+  against hand-written NumPy, eager ``ad.value_and_grad`` and the physical limit: the same
+  expression and its gradient hand-written as one C loop (read the inputs once, write the
+  gradients once; libmvec's tanh and exp, compiled with ``cc -O3 -march=native`` when there is a
+  compiler). Targets: the fused plan within 2x of the C loop, >= 3x faster than NumPy. NumPy's
+  time depends on glibc's heap (benchmarks/allocator_effect.py): the state is printed.
 - training steps (``ad.record_step``: zero_grad, loss, backward, optimizer.step in one C call)
   against the eager loop and PyTorch eager's, on micrograd_mlp (SGD with momentum) and small_mlp
   (Adam).
@@ -157,20 +165,174 @@ int main(int argc, char **argv) {
 """
 
 
-def c_floor_s(ops):
-    """Seconds of the hand-written C chain (best of 200), or None without a C compiler."""
+def _run_c(source, flags, argv):
+    """stdout of the C program source compiled with cc and flags, run with argv; None without a
+    compiler (or a library the flags name)."""
     with tempfile.TemporaryDirectory() as d:
-        src, exe = os.path.join(d, "floor.c"), os.path.join(d, "floor")
+        src, exe = os.path.join(d, "prog.c"), os.path.join(d, "prog")
         with open(src, "w") as f:
-            f.write(_FLOOR_C)
+            f.write(source)
         cc = os.environ.get("CC", "cc").split()
         try:
-            subprocess.run(cc + ["-O3", "-std=c11", "-fno-math-errno", src, "-o", exe, "-lm"], check=True,
+            subprocess.run(cc + ["-O3", "-std=c11", "-fno-math-errno", src, "-o", exe] + flags, check=True,
                            capture_output=True)
-            out = subprocess.run([exe, str(ops // 5)], check=True, capture_output=True, text=True).stdout
+            return subprocess.run([exe] + [str(a) for a in argv], check=True, capture_output=True, text=True).stdout
         except (OSError, subprocess.CalledProcessError):
             return None
-        return float(out) * 1e-9
+
+
+def c_floor_s(ops):
+    """Seconds of the hand-written C chain (best of 200), or None without a C compiler."""
+    out = _run_c(_FLOOR_C, ["-lm"], [ops // 5])
+    return None if out is None else float(out) * 1e-9
+
+
+# big_elementwise's expressions hand-written as one C loop each, forward and gradient (value and
+# gradient as the replay returns them): the physical limit of a fused pass on this machine.
+_LIMIT_C = r"""
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#pragma omp declare simd notinbranch
+extern double tanh(double);
+#pragma omp declare simd notinbranch
+extern double exp(double);
+static int cmp(const void *a, const void *b) { double x = *(const double *)a, y = *(const double *)b; return x < y ? -1 : x > y; }
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    int which = atoi(argv[2]), reps = atoi(argv[3]);
+    double *x = malloc(n * sizeof *x), *y = malloc(n * sizeof *y), *gx = malloc(n * sizeof *gx),
+           *gy = malloc(n * sizeof *gy), *ns = malloc(reps * sizeof *ns);
+    unsigned long long s = 4;
+    for (long i = 0; i < n; i++) {   /* uniform(-2, 2), as good as normal for the arithmetic */
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        x[i] = (double)(s >> 11) / 9007199254740992.0 * 4 - 2;
+        y[i] = x[i] * 0.5;
+    }
+    volatile double sink;
+    for (int rep = 0; rep < reps; rep++) {
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        double loss = 0, gw = 0, gb = 0;
+        const double w = 0.7, b = -0.2;
+        if (which == 0) {
+#pragma omp simd reduction(+:loss, gw, gb)
+            for (long i = 0; i < n; i++) {
+                double xi = x[i], t = tanh(xi * w + b), e = exp(-xi * xi);
+                loss += t * e;
+                double gu = e * (1 - t * t);
+                gx[i] = gu * w - 2 * xi * t * e;
+                gw += gu * xi;
+                gb += gu;
+            }
+        } else {
+            const double k = 1.0 / n;
+#pragma omp simd reduction(+:loss)
+            for (long i = 0; i < n; i++) {
+                double xi = x[i], t = tanh(xi), d = t - y[i];
+                loss += d * d + 0.1 * fabs(xi);
+                gx[i] = (2 * d * (1 - t * t) + (xi > 0 ? 0.1 : xi < 0 ? -0.1 : 0)) * k;
+                gy[i] = -2 * d * k;
+            }
+            loss *= k;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        sink = loss + gw + gb + gx[n / 2] + gy[n / 3];
+        ns[rep] = (t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec);
+    }
+    qsort(ns, reps, sizeof *ns, cmp);
+    printf("%.1f\n", ns[reps / 2]);
+    return 0;
+}
+"""
+
+
+def c_limit_s(n, which, reps=31):
+    """Median seconds of the hand-written fused C loop for expression `which`, or None without a
+    C compiler (or without libmvec)."""
+    out = _run_c(_LIMIT_C, ["-march=native", "-fopenmp-simd", "-lmvec", "-lm"], [n, which, reps])
+    return None if out is None else float(out) * 1e-9
+
+
+def glibc_heap_state():
+    """What decides NumPy's temporaries' cost (benchmarks/allocator_effect.py)."""
+    env = {k: os.environ[k] for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_") if k in os.environ}
+    if env:
+        return "glibc heap: " + ", ".join(f"{k}={v}" for k, v in env.items()) + " (large temporaries reuse heap memory)"
+    return ("glibc heap: default settings, process warmed (the dynamic mmap threshold has risen past 8 MB "
+            "after the first frees, so NumPy's temporaries reuse heap memory after the first calls)")
+
+
+def big_elementwise(n, rounds, calls):
+    import numpy as np
+    import pyautodiff as ad
+    from pyautodiff._capi import ffi, lib
+
+    rng = np.random.default_rng(4)
+    x, y = rng.normal(size=n), rng.uniform(-1, 1, size=n)
+    w, b = np.asarray(0.7), np.asarray(-0.2)
+
+    def expr0(x, w, b):
+        return ad.sum(ad.tanh(x * w + b) * ad.exp(-x * x))
+
+    def numpy0():   # benchmarks/workloads/big_elementwise.py's hand-written step
+        t = np.tanh(x * 0.7 + -0.2)
+        e = np.exp(-x * x)
+        loss = np.sum(t * e)
+        grad_u = e * (1.0 - t * t)
+        return loss, [grad_u * 0.7 - 2.0 * x * t * e, np.sum(grad_u * x), np.sum(grad_u)]
+
+    def expr1(x, y):
+        return ad.mean(ad.square(ad.tanh(x) - y) + 0.1 * ad.abs(x))
+
+    def numpy1():
+        t = np.tanh(x)
+        d = t - y
+        loss = np.mean(d * d + 0.1 * np.abs(x))
+        k = 1.0 / x.size
+        return loss, [(2 * d * (1 - t * t) + 0.1 * np.sign(x)) * k, -2 * d * k]
+
+    out = []
+    for which, (f, args, hand, text) in enumerate([
+            (expr0, (x, w, b), numpy0, "sum(tanh(x*w + b) * exp(-x*x)), 0-d w and b"),
+            (expr1, (x, y), numpy1, "mean(square(tanh(x) - y) + 0.1 * abs(x))")]):
+        nums = tuple(range(len(args)))
+        fused = ad.record(f, *args, argnums=nums)
+        plain = ad.record(f, *args, argnums=nums, fuse=False)
+        eager = ad.value_and_grad(f, argnums=nums)
+        v0, g0 = eager(*args)
+        for tf in (fused, plain):
+            v1, g1 = tf.value_and_grad(*args)
+            assert _same_bits(v1.numpy(), v0.numpy()) and all(_same_bits(p.numpy(), q.numpy()) for p, q in zip(g1, g0))
+        stats = fused.plan_stats()
+
+        def plan_cell(tf):
+            plan = next(iter(tf._plans.values())).plan
+            res, grads = np.empty(()), [np.empty_like(a) for a in args]
+            keep = [ffi.from_buffer(a) for a in (*args, res, *grads)]
+            inputs, gptr = ffi.new("void *[]", keep[:len(args)]), ffi.new("void *[]", keep[len(args) + 1:])
+            return lambda: lib.ad_plan_run(plan, inputs, keep[len(args)], ffi.NULL, gptr)
+
+        cells = {"replay fused: the C plan alone (ad_plan_run)": plan_cell(fused),
+                 "replay unfused: the C plan alone": plan_cell(plain),
+                 "replay fused: tf.value_and_grad": lambda: fused.value_and_grad(*args),
+                 "replay unfused: tf.value_and_grad": lambda: plain.value_and_grad(*args),
+                 "hand-written NumPy": hand,
+                 "eager: ad.value_and_grad": lambda: eager(*args)}
+        t = _interleaved(cells, rounds, calls)
+        limit = c_limit_s(n, which)
+        if limit is not None:
+            t["one hand-written C loop (the physical limit)"] = limit
+        fused_s = t["replay fused: the C plan alone (ad_plan_run)"]
+        rows = [{"what": k, "seconds": v, "over_fused_plan": v / fused_s} for k, v in t.items()]
+        out.append({"expression": text, "n": n, "fused_regions": stats["fused_regions"],
+                    "fused_ops": stats["fused_ops"], "tile": stats["tile"], "rows": rows,
+                    "fused_over_limit": fused_s / limit if limit else None,
+                    "numpy_over_fused": t["hand-written NumPy"] / fused_s})
+    return out
 
 
 def micrograd_mlp(points, rounds, calls):
@@ -204,6 +366,16 @@ def micrograd_mlp(points, rounds, calls):
     replay = t["replay: tf.grad"]
     rows = [{"what": k, "seconds": v, "replay_speedup": v / replay} for k, v in t.items()]
     return {"points": points, "ops": mm.n_ops(size), "trace_s": trace, "rows": rows}
+
+
+def print_big(big, rounds):
+    for e in big:
+        print(f"\nbig_elementwise, {e['expression']}, n = {e['n']:,}, forward + gradient (median of {rounds} "
+              f"rounds; {e['fused_ops']} ops fused in {e['fused_regions']} region(s), tiles of {e['tile']}):")
+        for r in e["rows"]:
+            print(f"  {r['what']:<46} {r['seconds'] * 1e3:9.3f} ms  {r['over_fused_plan']:6.2f}x the fused plan")
+        limit = f"{e['fused_over_limit']:.2f}x the C loop (target <= 2x)" if e["fused_over_limit"] else "no C loop"
+        print(f"  fused plan: {limit}; NumPy / fused plan {e['numpy_over_fused']:.2f}x (target >= 3x)")
 
 
 def _rss_mb():
@@ -497,6 +669,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--peers-site", metavar="DIR", help="site-packages to import PyTorch from")
+    parser.add_argument("--only-big", action="store_true", help="big_elementwise only (no JSON written)")
     parser.add_argument("--jax-child", metavar="EVAL", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
@@ -507,12 +680,21 @@ def main(argv=None):
     if args.jax_child:
         return _jax_child(args.jax_child, args.quick, args.rounds or rounds, args.calls or calls)
     load = os.getloadavg()
+    big = big_elementwise(100_000 if args.quick else 1_000_000, rounds, calls)
+    if args.only_big:
+        load = os.getloadavg()
+        print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
+        print(glibc_heap_state())
+        print_big(big, rounds)
+        return
     chain = scalar_chain(1_000 if args.quick else 10_000, rounds, calls)
     mlp = micrograd_mlp(4 if args.quick else 100, rounds, 1 if args.quick else 3)
     steps = train_steps(4 if args.quick else 100, rounds, 1 if args.quick else 3)
-    big = None if args.quick else million_ops(1_000_000)
+    million = None if args.quick else million_ops(1_000_000)
     grad_bench = gradbench_replay(args.quick, rounds, calls)
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
+    print(glibc_heap_state())
+    print_big(big, rounds)
     print(f"\nscalar_chain, {chain['ops']:,} scalar ops, forward + backward (median of {rounds} rounds):")
     for r in chain["rows"]:
         print(f"  {r['what']:<46} {r['seconds'] * 1e3:9.3f} ms  {r['ns_per_op']:8.1f} ns/op")
@@ -532,17 +714,18 @@ def main(argv=None):
         print(f"\nGradBench {name} ({r['ops']:,} ops; trace {r['trace_s'] * 1e3:.0f} ms{compile_s}):")
         for row in r["rows"]:
             print(f"  {row['what']:<50} {row['seconds'] * 1e3:9.3f} ms  {row['over_replay']:8.2f}x the replay's time")
-    if big is not None:
-        print(f"\n{big['ops']:,}-op scalar chain: trace {big['trace_s']:.2f} s, replay (forward + backward) "
-              f"{big['replay_s'] * 1e3:.1f} ms ({big['replay_s'] / big['ops'] * 1e9:.1f} ns/op), arena "
-              f"{big['arena_bytes'] / big['ops']:.1f} B/op, plan resident {big['plan_resident_mb'] * 1e6 / big['ops']:.0f} "
-              f"B/op, peak RSS {big['peak_rss_mb']:.0f} MB")
+    if million is not None:
+        m = million
+        print(f"\n{m['ops']:,}-op scalar chain: trace {m['trace_s']:.2f} s, replay (forward + backward) "
+              f"{m['replay_s'] * 1e3:.1f} ms ({m['replay_s'] / m['ops'] * 1e9:.1f} ns/op), arena "
+              f"{m['arena_bytes'] / m['ops']:.1f} B/op, plan resident {m['plan_resident_mb'] * 1e6 / m['ops']:.0f} "
+              f"B/op, peak RSS {m['peak_rss_mb']:.0f} MB")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "record_replay.json")
     if not args.quick:
         with open(path, "w") as f:
-            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "train_steps": steps,
-                       "million_ops": big, "gradbench": grad_bench}, f, indent=1)
+            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "big_elementwise": big,
+                       "train_steps": steps, "million_ops": million, "gradbench": grad_bench}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -329,10 +329,48 @@ static inline float ad_zero_safe_f(float g, float v) { return g == 0 ? 0 : v; }
         for (; i < n; i++) p[0] += x[i * st];                                        \
         return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));    \
     }
+/* A sum of all of x of 2 * AD_SUM_BLOCK elements or more is AD_SUM of each block of AD_SUM_BLOCK,
+ * the blocks added in order (reduce.c; the fused replay's folded sum, fusion.c, follows it). */
+#define AD_SUM_BLOCK (1 << 16)
 AD_DEF_SUM(ad_sum_f64, double)
 AD_DEF_SUM(ad_sum_f32, float)
 #define AD_SUM(T, x, n, st) _Generic((x), const double *: ad_sum_f64, double *: ad_sum_f64, \
                                           const float *: ad_sum_f32, float *: ad_sum_f32)(x, n, st)
+
+/* The max (CMP >) or min (CMP <) of y and n contiguous values, NaN winning as in NumPy: a partial
+ * result takes v where v is NaN or better, and a NaN one stays NaN (nothing compares better than
+ * it). Four vectors of partial results in GCC's (and clang's) vector extensions: the loop
+ * vectoriser leaves such compare-and-select chains scalar, which made max over a whole tensor 2-3x
+ * NumPy's time. Max and min are exact, so the order of the partial results changes no value. */
+#define AD_TAKE(v, y, CMP) ((v) != (v) || (v) CMP (y) ? (v) : (y))
+#define AD_DEF_EXTREME(NAME, T, I, CMP)                                                  \
+    static inline T NAME(const T *x, int64_t n, T y)                                     \
+    {                                                                                    \
+        typedef T vec __attribute__((vector_size(32)));                                  \
+        typedef I ivec __attribute__((vector_size(32)));                                 \
+        enum { W = 32 / sizeof(T) };                                                     \
+        int64_t i = 0;                                                                   \
+        if (n >= 4 * W) {                                                                \
+            vec p[4];                                                                    \
+            for (int k = 0; k < 4; k++)                                                  \
+                for (int l = 0; l < W; l++) p[k][l] = y;                                 \
+            for (; i + 4 * W <= n; i += 4 * W)                                           \
+                for (int k = 0; k < 4; k++) {                                            \
+                    vec v;                                                               \
+                    __builtin_memcpy(&v, x + i + k * W, sizeof v);                       \
+                    ivec take = (v != v) | (v CMP p[k]);                                 \
+                    p[k] = (vec)((take & (ivec)v) | (~take & (ivec)p[k]));               \
+                }                                                                        \
+            for (int k = 0; k < 4; k++)                                                  \
+                for (int l = 0; l < W; l++) y = AD_TAKE(p[k][l], y, CMP);                \
+        }                                                                                \
+        for (; i < n; i++) y = AD_TAKE(x[i], y, CMP);                                    \
+        return y;                                                                        \
+    }
+AD_DEF_EXTREME(ad_max_f64, double, int64_t, >)
+AD_DEF_EXTREME(ad_max_f32, float, int32_t, >)
+AD_DEF_EXTREME(ad_min_f64, double, int64_t, <)
+AD_DEF_EXTREME(ad_min_f32, float, int32_t, <)
 
 /* The sink's accumulate step: adj (in shape, accumulate?) += sum of src (out shape) over
  * broadcast axes. */
@@ -417,6 +455,9 @@ int ad_jvp_rec_ew(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out);
  * constant node shaped like n; cond ? p : q with cond evaluated like ad_ew_eval. */
 int ad_ew_eval(ad_tape *T, ad_node *n, const ad_ew_fn fn[2], ad_node **out);
 int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_node *q, ad_node **out);
+/* vjp_ew's sum of m contributions v (elements k0.. of a run of len) into one value's eight
+ * lanes p, shared with the fused replay (fusion.c) so that both sum in one order. */
+void ad_ew_lane_sum(int dtype, const void *v, int64_t k0, int64_t m, int64_t len, double *p);
 
 /* Intra-op threads (threads.c): fn(ctx, lo, hi) over parts of [0, n) on the pool, at least grain
  * elements a part, every part but the last a multiple of `align` long (so it starts at a multiple
@@ -429,6 +470,11 @@ int ad_ew_where(ad_tape *T, ad_node *n, const ad_ew_fn cond[2], ad_node *p, ad_n
 typedef void (*ad_par_fn)(void *ctx, int64_t lo, int64_t hi);
 void ad_parallel(int64_t n, int64_t grain, int64_t align, ad_par_fn fn, void *ctx);
 #define AD_PAR_ALIGN 256
+
+/* float32 C = [C +] op(A) op(B) for a small matrix with a long one on AVX2 + FMA (gemm_small.c);
+ * 0 when the shapes or the CPU do not suit it, and nothing was written */
+int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
+                      const float *B, int64_t ldb, int beta_one, float *C, int64_t ldc);
 
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,

@@ -11,7 +11,8 @@
  *             takes them, each adding into (or writing, for an adjoint's first contribution) the
  *             buffer the build assigned.
  * Same kernels, same order, same first-write/accumulate pattern: the gradient is bit-identical to
- * ad.grad's. The records are private copies, so a plan outlives the graph it was built from and
+ * ad.grad's. ad_plan_fuse (fusion.c) then runs chains of elementwise ops on large tensors tile by
+ * tile, with the same bits. The records are private copies, so a plan outlives the graph it was built from and
  * can be replayed from any thread (one replay at a time per plan).
  *
  * What the graph does not hold is checked instead. A constant (a leaf that is not an input, or a
@@ -21,6 +22,7 @@
  * that left the graph while recording (item(), comparisons, numpy()) are the bindings' guards: the
  * plan computes the watched tensors they read, and the bindings compare them after the forward. */
 #include "core.h"
+#include "fusion.h"
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +81,7 @@ struct ad_plan {
     char *arena;
     size_t arena_bytes;
     void *seed;                /* the root's cotangent, copied in (or ones) by each reverse sweep */
+    ad_fusion *fusion;         /* elementwise regions run tile by tile (fusion.c), or NULL */
 };
 
 enum { R_OP = 0, R_INPUT = 1, R_CONST = 2 };
@@ -554,6 +557,7 @@ void ad_plan_free(ad_plan *p)
     free(p->const_ver);
     free(p->fsteps);
     free(p->arena);
+    ad_fusion_free(p->fusion);
     free(p);
 }
 
@@ -605,7 +609,9 @@ static int constants_current(const ad_plan *p)
     return AD_OK;
 }
 
-static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, void *out)
+/* with_reverse: the cotangent is in place (seed_in) and the reverse follows: a fused region may
+ * run its reverse steps in its forward pass (fusion.c) */
+static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, void *out, int with_reverse)
 {
     if (p->n_inputs > 0 && !inputs) return ad_err(AD_ERR_VALUE, "replay: inputs is NULL");
     for (int i = 0; i < p->n_inputs; i++) {
@@ -616,6 +622,8 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
     }
     int st = AD_OK;
     for (int64_t k = 0; k < p->nfsteps && !st; k++) {
+        int64_t next = p->fusion ? ad_fusion_forward(p->fusion, k, with_reverse) : k;
+        if (next != k) { k = next - 1; continue; }
         const fstep *f = &p->fsteps[k];
         if (f->fn) f->fn(f->in, f->out, f->n, f->c);
         else st = forward_node(T, f->node);
@@ -625,9 +633,9 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
     return st;
 }
 
-static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const *grads)
+/* The gradients' buffers checked and the root's cotangent copied in, before a reverse sweep. */
+static int seed_in(ad_plan *p, const void *seed, void *const *grads)
 {
-    if (!p->fwd_done) return ad_err(AD_ERR_RUNTIME, "replay: backward before a forward");
     if (p->n_diff > 0 && !grads) return ad_err(AD_ERR_VALUE, "replay: grads is NULL");
     for (int i = 0; i < p->n_diff; i++)
         if (!grads[i] && p->nodes[p->input_idx[i]].size > 0) return ad_err(AD_ERR_VALUE, "replay: grads[%d] is NULL", i);
@@ -643,8 +651,17 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
             *(float *)p->seed = 1;
         }
     }
-    int st = AD_OK;
+    return AD_OK;
+}
+
+static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const *grads, int seeded)
+{
+    if (!p->fwd_done) return ad_err(AD_ERR_RUNTIME, "replay: backward before a forward");
+    int st = seeded ? AD_OK : seed_in(p, seed, grads);
+    if (st) return st;
     for (int64_t k = 0; k < p->nsteps && !st; k++) {
+        int64_t next = p->fusion ? ad_fusion_reverse(p->fusion, k) : k;
+        if (next != k) { k = next - 1; continue; }
         const rstep *s = &p->steps[k];
         if (s->fast) {
             if (s->d) s->d(s->in, s->g, s->target, s->n, s->c, s->acc);
@@ -682,8 +699,9 @@ int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *se
     ad_tape *T;
     if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
     ad_long_work(INT64_MAX);
-    st = forward_locked(T, p, inputs, out);
-    if (!st && grads) st = backward_locked(T, p, seed, grads);
+    if (grads) st = seed_in(p, seed, grads);
+    if (!st) st = forward_locked(T, p, inputs, out, grads != NULL);
+    if (!st && grads) st = backward_locked(T, p, seed, grads, 1);
     ad_unlock(T);
     unclaim(p);
     return st;
@@ -702,8 +720,10 @@ int ad_plan_replay_hooked(ad_plan *p, int forward, int backward, const void *con
     if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
     ad_long_work(INT64_MAX);
     st = h && h->prepare ? h->prepare(T, h->ctx) : AD_OK;
-    if (!st && forward) st = forward_locked(T, p, inputs, out);
-    if (!st && backward) st = backward_locked(T, p, NULL, grads);
+    if (!st && forward && backward) st = seed_in(p, NULL, grads);
+    /* a forward alone is the guarded step's first half: a backward follows when the guards hold */
+    if (!st && forward) st = forward_locked(T, p, inputs, out, 1);
+    if (!st && backward) st = backward_locked(T, p, NULL, grads, forward);
     if (h && h->finish) st = h->finish(T, h->ctx, st);
     ad_unlock(T);
     unclaim(p);
@@ -717,8 +737,59 @@ int ad_plan_backward(ad_plan *p, const void *seed, void *const *grads)
     ad_tape *T;
     if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
     ad_long_work(INT64_MAX);
-    st = backward_locked(T, p, seed, grads);
+    st = backward_locked(T, p, seed, grads, 0);
     ad_unlock(T);
+    unclaim(p);
+    return st;
+}
+
+int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *ops, int64_t *tile)
+{
+    int st = claim(p, "plan_fuse");
+    if (st) return st;
+    size_t cnt = (size_t)(p->nn > 0 ? p->nn : 1);
+    if (min_elements < 0) {
+        unclaim(p);
+        return ad_err(AD_ERR_VALUE, "plan_fuse: min_elements is %lld; expected 0 (off) or more", (long long)min_elements);
+    }
+    ad_fuse_plan P = {p->nodes, p->nn, NULL, NULL, NULL, p->nfsteps, NULL, p->nsteps, p->root};
+    uint8_t *pinned = calloc(cnt, 1);
+    int8_t *is_op = malloc(cnt);
+    int64_t *fnode = malloc((size_t)(p->nfsteps ? p->nfsteps : 1) * sizeof *fnode);
+    ad_fuse_step *steps = malloc((size_t)(p->nsteps ? p->nsteps : 1) * sizeof *steps);
+    ad_fusion *f = NULL;
+    if (!pinned || !is_op || !fnode || !steps) {
+        st = ad_err(AD_ERR_MEMORY, "plan_fuse: out of memory");
+    } else {
+        for (int64_t i = 0; i < p->nn; i++) is_op[i] = p->role[i] == R_OP;
+        if (p->root >= 0) pinned[p->root] = 1;
+        for (int i = 0; i < p->n_watch; i++) pinned[p->watch_idx[i]] = 1;
+        for (int64_t k = 0; k < p->nfsteps; k++) fnode[k] = p->fsteps[k].node - p->nodes;
+        for (int64_t k = 0; k < p->nsteps; k++) {
+            const rstep *s = &p->steps[k];
+            steps[k] = (ad_fuse_step){s->node, s->input, s->which, s->acc, s->g, s->target};
+        }
+        P.is_op = is_op;
+        P.pinned = pinned;
+        P.fnode = fnode;
+        P.steps = steps;
+        st = ad_fusion_build(&P, min_elements, &f);
+    }
+    if (!st) {
+        ad_fusion_free(p->fusion);
+        p->fusion = f;
+        /* the last forward left values where the old regions put them: a reverse needs a new one */
+        p->fwd_done = 0;
+        int64_t a, b, c;
+        ad_fusion_counts(f, &a, &b, &c);
+        if (regions) *regions = a;
+        if (ops) *ops = b;
+        if (tile) *tile = c;
+    }
+    free(pinned);
+    free(is_op);
+    free(fnode);
+    free(steps);
     unclaim(p);
     return st;
 }

@@ -35,6 +35,15 @@ and gradient hooks, whose rules run Python; values computed off the graph from t
 (ops under ``ad.no_grad()``, ``detach()``, ``.data``) and in-place writes inside f, which a replay
 could not follow; ``backward()`` inside f.
 
+Fusion. Chains of elementwise ops on one shape of at least ``fuse`` elements (``FUSE_MIN_ELEMENTS``
+by default; scalars such as a 0-d weight may be broadcast in) run tile by tile, forward and
+reverse (csrc/fusion.c): a tile of a few thousand elements passes through the whole chain while
+it sits in cache, the reverse computes the chain's inner values again per tile instead of reading
+them from memory, and only the chain's inputs, outputs and gradients go to memory. The kernels and
+their order per element are the unfused ones', and a one-value operand's gradient is summed in
+the same lanes in the same order, so a fused replay is bit-identical to the unfused one (and to
+eager). ``fuse=False`` turns it off.
+
 Threads: a plan is private memory, so ``tf`` may be called from any thread. Calls to one ``tf``
 from several threads are serialized (a lock per plan: each replay runs whole, forward, guards and
 backward, never interleaved); for parallel replays, record one callable per thread.
@@ -150,6 +159,9 @@ def _as_input(x):
 
 _OK, _STALE, _GUARD = 0, 1, 2
 MAX_PLANS = 32       # plans one recorded function keeps (one per key: shapes, dtypes, static args)
+# Elements from which an elementwise chain is fused: below it its tensors stay in cache anyway
+# (benchmarks/record_replay.py measures the gain above it).
+FUSE_MIN_ELEMENTS = 16384
 
 
 class _Plan:
@@ -215,9 +227,14 @@ class _Plan:
 class Recorded:
     """A function recorded once and replayed in C (see the module docstring); made by ad.record."""
 
-    def __init__(self, f, argnums, on_guard):
+    def __init__(self, f, argnums, on_guard, fuse=True):
         if on_guard not in ("rerecord", "raise"):
             raise ValueError(f"record: on_guard must be 'rerecord' or 'raise', got {on_guard!r}")
+        if fuse is True or fuse is False:
+            fuse = FUSE_MIN_ELEMENTS if fuse else 0
+        elif not isinstance(fuse, int) or fuse < 1:
+            raise ValueError(f"record: fuse must be True, False or a number of elements >= 1, got {fuse!r}")
+        self.fuse = fuse
         self.f = f
         self.argnums = argnums
         self.on_guard = on_guard
@@ -254,9 +271,10 @@ class Recorded:
         it = iter(leaves)
         for i, spec, count in zip(nums, specs, counts):
             call_args[i] = _unflatten(spec, iter([next(it) for _ in range(count)]))
-        plan, guards, out, _ = self._trace(call_args, kwargs, leaves, len(leaves))
+        plan, guards, out, _, fused = self._trace(call_args, kwargs, leaves, len(leaves))
         keep = [a for i, a in enumerate(args) if i not in nums] + list(kwargs.values())
         entry = _Plan(plan, guards, specs, single, out.shape, out.dtype, keep)
+        entry.fused = (int(fused[0]), int(fused[1]), int(fused[2]))
         with self._lock:
             self._plans.pop(key, None)
             while len(self._plans) >= MAX_PLANS:       # the oldest goes (a cache, like jit's)
@@ -267,8 +285,9 @@ class Recorded:
 
     def _trace(self, call_args, kwargs, inputs, n_diff):
         """Call f eagerly on call_args while recording and build its plan from the input leaves
-        (the first n_diff differentiated, the rest data: record_step.py's batch): (the C plan,
-        the guards, f's output, which of the differentiated inputs the output depends on)."""
+        (the first n_diff differentiated, the rest data: record_step.py's batch), fused unless
+        self.fuse is 0: (the C plan, the guards, f's output, which of the differentiated inputs the
+        output depends on, the fusion's counts)."""
         leaves = inputs[:n_diff]
         reads = _Reads()
         before = lib.ad_record_mode(1)
@@ -305,6 +324,9 @@ class Recorded:
             check(lib.ad_plan_build_data(out._h, len(inputs), _handles(inputs), n_diff, n_watch,
                                          ffi.new("int64_t[]", reads.watch or [0]), where, pp))
             plan = ffi.gc(pp[0], lib.ad_plan_free)
+            fused = ffi.new("int64_t[3]")
+            if self.fuse:
+                check(lib.ad_plan_fuse(plan, self.fuse, fused, fused + 1, fused + 2))
         finally:
             reads.release()
         guards = []
@@ -317,7 +339,7 @@ class Recorded:
                 ops = [(None, v) if w is None or where[w] < 0 else (int(where[w]), None) for w, v in operands]
                 if any(w is not None for w, _ in ops):
                     guards.append(("compare", fn, ops, mask))
-        return plan, guards, out, reached
+        return plan, guards, out, reached, fused
 
     # -- replays --
 
@@ -393,9 +415,11 @@ class Recorded:
         return _from_array(out), vjp_fn
 
     def plan_stats(self):
-        """{"plans", "ops", "constants", "guards", "bytes"} of the plans held (for tests and tuning)."""
+        """{"plans", "ops", "constants", "guards", "bytes", "fused_regions", "fused_ops"} of the plans
+        held, and "tile" (elements per tile of the last fused region), for tests and tuning."""
         ops, consts, nbytes = ffi.new("int64_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
-        total = {"plans": 0, "ops": 0, "constants": 0, "guards": 0, "bytes": 0}
+        total = {"plans": 0, "ops": 0, "constants": 0, "guards": 0, "bytes": 0, "fused_regions": 0,
+                 "fused_ops": 0, "tile": 0}
         for entry in list(self._plans.values()):
             check(lib.ad_plan_stats(entry.plan, ops, consts, nbytes))
             total["plans"] += 1
@@ -403,18 +427,23 @@ class Recorded:
             total["constants"] += consts[0]
             total["guards"] += len(entry.guards)
             total["bytes"] += nbytes[0]
+            total["fused_regions"] += entry.fused[0]
+            total["fused_ops"] += entry.fused[1]
+            total["tile"] = entry.fused[2] or total["tile"]
         return total
 
 
-def record(f, *example_args, argnums=0, on_guard="rerecord", **example_kwargs):
+def record(f, *example_args, argnums=0, on_guard="rerecord", fuse=True, **example_kwargs):
     """Record f once at example_args (eagerly) and return a callable that replays it in C.
 
     ``tf = ad.record(f, *example_args, argnums=0)``; then ``tf(*args)``, ``tf.grad(*args)``,
     ``tf.value_and_grad(*args)`` and ``tf.vjp(*args)`` give what ``f(*args)``, ``ad.grad(f,
     argnums)(*args)``, ``ad.value_and_grad(f, argnums)(*args)`` and ``ad.vjp`` would, bit for bit,
     with the same structures (see the module docstring for guards, keys and what is not
-    supported). ``on_guard``: ``"rerecord"`` (record again when a guard fails) or ``"raise"``."""
-    tf = Recorded(f, argnums, on_guard)
+    supported). ``on_guard``: ``"rerecord"`` (record again when a guard fails) or ``"raise"``.
+    ``fuse``: run elementwise chains of at least FUSE_MIN_ELEMENTS elements tile by tile (True),
+    not (False), or from this many elements (an int); the results are the same bit for bit."""
+    tf = Recorded(f, argnums, on_guard, fuse)
     arrays, specs, single, nums, key = tf._split(example_args, example_kwargs)
     tf._record(example_args, example_kwargs, arrays, specs, single, nums, key)
     return tf

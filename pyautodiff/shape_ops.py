@@ -225,14 +225,15 @@ def _pairs(pad_width, ndim):
 def pad(x, pad_width, mode="constant", constant_values=0):
     """x padded as numpy.pad: pad_width is an int, (before, after) or one pair per axis; mode
     "constant" (constant_values: a number, or pairs like pad_width), "reflect" (mirror without the
-    edge) or "edge" (the edge value repeated). Padding is a gather (reflect, edge) or a
+    edge), "edge" (the edge value repeated) or "wrap" (periodic: the other end's values, PyTorch's
+    "circular"). Padding is a gather (reflect, edge, wrap) or a
     scatter into zeros (constant); the unpadded trailing axes move as whole blocks."""
     x = as_tensor(x)
     shape = x.shape
     w = _pairs(pad_width, len(shape))
     padded = [a for a in range(len(shape)) if w[a].any()]
-    if mode not in ("constant", "reflect", "edge"):
-        raise ValueError(f"pad: mode must be 'constant', 'reflect' or 'edge', got {mode!r}")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise ValueError(f"pad: mode must be 'constant', 'reflect', 'edge' or 'wrap', got {mode!r}")
     if not padded:
         return _slice(x, ())
     k = padded[-1] + 1

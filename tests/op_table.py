@@ -536,7 +536,7 @@ _shape_row("pad", lambda x, pad_width, **p: ad.pad(x, pad_width, **p), "pad_cons
            [((2, 3), {"pad_width": 1}), ((2, 3), {"pad_width": ((0, 2), (1, 0))}), ((2, 3, 4), {"pad_width": ((0, 0), (1, 1), (0, 0))}),
             ((2, 3), {"pad_width": (2, 1), "constant_values": 1.5}), ((2, 3), {"pad_width": ((1, 0), (0, 2)), "constant_values": ((1, 2), (3, 4))}),
             ((3,), {"pad_width": 0}), ((2, 0), {"pad_width": 1}), ((), {"pad_width": 0})])
-for _mode in ("reflect", "edge"):
+for _mode in ("reflect", "edge", "wrap"):
     _shape_row("pad_" + _mode, lambda x, pad_width, mode: ad.pad(x, pad_width, mode=mode), "pad_moves",
                [((3, 4), {"pad_width": 2, "mode": _mode}), ((3, 4), {"pad_width": ((0, 5), (1, 0)), "mode": _mode}),
                 ((2, 3, 4), {"pad_width": ((0, 0), (2, 1), (0, 0)), "mode": _mode}), ((1, 3), {"pad_width": 1, "mode": _mode}),

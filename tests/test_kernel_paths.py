@@ -353,3 +353,140 @@ def test_tiled_transposes_match_numpy(shape, axes, dtype):
     g = _data(y.shape, seed=1).astype(dtype)
     y.backward(g)
     np.testing.assert_array_equal(t.grad.numpy(), np.transpose(g, np.argsort(axes)))
+
+
+# --- float32 softmax family: float exponentials (softmax.c's exp_shift_f), within a few ulps of the
+# same formulas evaluated in float64 ----------------------------------------------------------------
+# Bounds (the worst measured over these cases in brackets, then the old all-double kernels'): each
+# exponential is libmvec's expf of hi, corrected by hi * lo (glibc documents expf's vector versions
+# to 4 ulps), and the sums run in double. softmax's values are within 6 ulps of the float64 result
+# [3.8; 1.4], logsumexp's within 2 [0.5; 0.5]. log_softmax's value (x - m) - log(s) and the
+# gradients cancel, so their errors are in ulps of the terms' magnitude: |x - m| + |log s| for
+# log_softmax [4.0; 4.0], p * (|g| + sum|g p|) for softmax's VJP [3.8; 2.0], |g| + p |sum g| (1 +
+# |y|) for log_softmax's [1.8; 0.8], |g p| for logsumexp's [4.2; 0.5]; plus 2^-40 absolute, the
+# double rounding of s ~ 1 + tiny that float64 evaluations share.
+F32_ULPS = {"softmax": (6, 6), "log_softmax": (6, 4), "logsumexp": (2, 6)}
+
+
+def _softmax64(op, x, axis, g):
+    m = np.max(x, axis=axis, keepdims=True)
+    e = np.exp(x - m)
+    s = e.sum(axis=axis, keepdims=True)
+    p = e / s
+    if op == "softmax":
+        y, scale = p, p
+        gx = p * (g - (g * p).sum(axis=axis, keepdims=True))
+        gscale = p * (np.abs(g) + np.abs(g * p).sum(axis=axis, keepdims=True))
+    elif op == "log_softmax":
+        y, scale = (x - m) - np.log(s), np.abs(x - m) + np.abs(np.log(s))
+        gx = g - p * g.sum(axis=axis, keepdims=True)
+        # the VJP reads p as exp(y) of the float32 output, whose half-ulp rounding exp scales by |y|
+        gscale = np.abs(g) + p * np.abs(g.sum(axis=axis, keepdims=True)) * (1 + np.abs(y))
+    else:
+        y = np.squeeze(m + np.log(s), axis=axis)
+        scale = np.abs(y)
+        gx = np.expand_dims(g, axis) * p
+        gscale = np.abs(gx)
+    return y, np.abs(scale) + 2.0 ** -40, gx, gscale + 2.0 ** -40
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("shape,axis", [((64, 1100), 1), ((1100, 40), 0), ((3, 600, 5), 1),
+                                        ((50, 37), 1), ((7, 1), 1), ((1, 9), 0)])
+def test_softmax_family_float32_within_ulps_of_float64(op, shape, axis):
+    rng = np.random.default_rng(20)
+    fwd_ulps, grad_ulps = F32_ULPS[op]
+    for scale in (1.0, 10.0, 100.0, 1000.0):
+        x = (rng.standard_normal(shape) * scale).astype(np.float32)
+        t = ad.tensor(x, requires_grad=True)
+        out = getattr(ad, op)(t, axis=axis)
+        g = rng.standard_normal(out.shape).astype(np.float32)
+        out.backward(g)
+        y, yscale, gx, gscale = _softmax64(op, x.astype(np.float64), axis, g.astype(np.float64))
+        assert out.dtype == np.float32 and t.grad.dtype == np.float32
+        ulp = np.spacing(yscale.astype(np.float32)).astype(np.float64)
+        assert np.max(np.abs(out.numpy() - y) / ulp) <= fwd_ulps, (op, scale)
+        ulp = np.spacing(gscale.astype(np.float32)).astype(np.float64)
+        assert np.max(np.abs(t.grad.numpy() - gx) / ulp) <= grad_ulps, (op, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("shape,axis", [((0, 5), 1), ((5, 0), 1), ((0, 5), 0), ((1,), 0), ((3, 1), 1)])
+def test_softmax_family_empty_and_single(op, shape, axis, dtype):
+    x = _data(shape, seed=21).astype(dtype)
+    t = ad.tensor(x, requires_grad=True)
+    out = getattr(ad, op)(t, axis=axis)
+    expected = REFERENCE[op].forward(x, axis=axis)
+    assert out.shape == expected.shape and out.dtype == dtype
+    np.testing.assert_allclose(out.numpy(), expected, *FWD_TOL[dtype])
+    g = _data(out.shape, seed=22).astype(dtype)
+    out.backward(g)
+    (gx,) = REFERENCE[op].vjp(g, expected, x, axis=axis)
+    np.testing.assert_allclose(t.grad.numpy(), gx, *GRAD_TOL[dtype])
+
+
+# --- max / min over a contiguous run (core.h's AD_DEF_EXTREME vector loop and its scalar tail):
+# lengths below, at and past the 4 vectors of partial results; NaN in the vector part, in the tail
+# and first; +-inf; ties (the gradient splits equally among them) -------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["max", "min"])
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 31, 32, 33, 1031])
+@pytest.mark.parametrize("case", ["plain", "ties", "nan-first", "nan-middle", "nan-last", "inf", "all-inf"])
+def test_max_min_contiguous_run(op, n, case, dtype):
+    x = _data(n, seed=23).astype(dtype)
+    if case == "ties":
+        x = np.round(x / 3).astype(dtype)        # many ties of the extreme
+    elif case == "nan-first":
+        x[0] = np.nan
+    elif case == "nan-middle":
+        x[n // 2] = np.nan
+        x[n // 3] = np.nan
+    elif case == "nan-last":
+        x[-1] = np.nan
+    elif case == "inf":
+        x[n // 2] = np.inf
+        x[0] = -np.inf
+    elif case == "all-inf":
+        x[:] = -np.inf if op == "max" else np.inf
+    ref = REFERENCE[op]
+    for shape, axis in (((n,), None), ((1, n), 1), ((2, n), (0, 1))):
+        xs = np.broadcast_to(x, shape).copy()
+        t = ad.tensor(xs, requires_grad=True)
+        out = getattr(ad, op)(t, axis=axis)
+        expected = ref.forward(xs, axis=axis)
+        np.testing.assert_array_equal(out.numpy(), expected)
+        g = _data(np.shape(expected), seed=24).astype(dtype) + 3
+        out.backward(g if np.ndim(g) else float(g))
+        (gx,) = ref.vjp(g, expected, xs, axis=axis)
+        np.testing.assert_allclose(t.grad.numpy(), gx, rtol=1e-6 if dtype == np.float32 else 1e-15)
+        # a second use accumulates onto the adjoint
+        t2 = ad.tensor(xs, requires_grad=True)
+        (getattr(ad, op)(t2, axis=axis) * ad.tensor(g) + t2.sum()).sum().backward()
+        np.testing.assert_allclose(t2.grad.numpy(), gx + 1, rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("shape,axis", [((300, 700), 1), ((7, 20000), 1), ((3, 500, 50), 1),
+                                        ((5, 130, 7, 20), (1, 2)), ((700, 300), 0)])
+def test_softmax_family_threads_bit_identical(op, shape, axis, dtype, restore_threads):
+    # blocks shared out over the pool (softmax.c, run_blocks): parts of whole blocks, uneven for 3
+    # threads, one block per part when blocks are long; (700, 300) on axis 0 is one block
+    x = _data(shape, seed=25).astype(dtype)
+    x[1, 3] = -np.inf
+    results = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        t = ad.tensor(x, requires_grad=True)
+        out = getattr(ad, op)(t, axis=axis)
+        g = _data(out.shape, seed=26).astype(dtype)
+        out.backward(g)
+        (getattr(ad, op)(t, axis=axis) * 1.5).sum().backward()   # accumulates onto the grad
+        results.append((out.numpy(), t.grad.numpy()))
+    for got in results[1:]:
+        np.testing.assert_array_equal(got[0], results[0][0])
+        np.testing.assert_array_equal(got[1], results[0][1])
+    expected = REFERENCE[op].forward(x, axis=axis)
+    np.testing.assert_allclose(results[0][0], expected, *FWD_TOL[dtype])

@@ -220,7 +220,7 @@ static void run_inputs(const ad_node *n, const runs *r, int64_t k, int64_t m, ch
 /* Sum of m values in eight lanes carried across the chunks of one run (lane = element % 8 for
  * whole blocks of eight, the tail in lane 0), the order AD_SUM uses: a contribution summed while
  * it is written equals the one summed afterwards by the sink. */
-static void lane_sum(int dtype, const void *v, int64_t k0, int64_t m, int64_t len, double *p)
+void ad_ew_lane_sum(int dtype, const void *v, int64_t k0, int64_t m, int64_t len, double *p)
 {
     /* k0 is a multiple of CHUNK, so of 8: the chunk's whole blocks start at lane 0 */
     int64_t whole = len - len % 8 - k0;
@@ -301,7 +301,7 @@ static int vjp_ew(ad_node *n, const void *g, int which, ad_sink *s)
             if (!wrote && !acc) fill_zero(dt, out, m);
             if (direct) continue;
             if (dR == 0) {
-                lane_sum(dt, &bc.v, k, m, r.len, p);
+                ad_ew_lane_sum(dt, &bc.v, k, m, r.len, p);
             } else {
                 int64_t o = (j == 0 ? r.oa : r.ob) + k * dR;
                 if (dt == AD_F64) for (int64_t i = 0; i < m; i++) ((double *)s->dst)[o + i * dR] += bc.v.d[i];

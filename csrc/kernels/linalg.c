@@ -93,6 +93,8 @@ int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, 
         outer(dtype, m, n, A, transA ? 1 : lda, B, transB ? ldb : 1, beta_one, C, ldc);
         return AD_OK;
     }
+    if (dtype == AD_F32 && ad_gemm_small_f32(transA, transB, m, n, k, A, lda, B, ldb, beta_one, C, ldc))
+        return AD_OK;   /* a small matrix with a long one, without BLAS's packing (gemm_small.c) */
     int fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX;
     /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T */
     if (fits && dtype == AD_F64 && g_dgemm) {

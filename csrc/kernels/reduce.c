@@ -60,7 +60,7 @@ static int64_t reduced_count(const ad_node *x, uint64_t mask)
 /* A sum of every element (a loss) over many elements is cut into blocks of SUM_BLOCK, each summed
  * by AD_SUM, and the block sums are added in order: the blocks do not depend on the thread
  * count, so neither does the result, and the blocks can be summed in parallel. */
-enum { SUM_BLOCK = 1 << 16 };
+enum { SUM_BLOCK = AD_SUM_BLOCK };
 
 typedef struct { const void *x; int dtype; int64_t size; double *part; } sum_job;
 
@@ -94,14 +94,16 @@ static int sum_all(ad_tape *T, const ad_node *x, double *total, int *done)
 
 /* NaN wins, as in NumPy. Every output starts at the identity (-inf for max, +inf for min; an
  * empty slice was refused above) and takes v where v is NaN or BETTER: a NaN result stays NaN, and
- * the select vectorises. A reduced run (the innermost axis reduced) keeps four partial results,
- * so the loop does not wait on one compare-and-select chain. */
+ * the select vectorises. A reduced run (the innermost axis reduced) is AD_DEF_EXTREME's vector
+ * loop when contiguous, else four partial results, so the loop does not wait on one chain. */
 #define TAKE(v, y, BETTER) ((v) != (v) || (BETTER) ? (v) : (y))
-#define EXTREME_FWD(T, BETTER) do {                                                    \
+#define EXTREME_FWD(T, BETTER, RUN) do {                                                    \
         const T *X = x->data; T *Y = n->data;                                          \
         const T init = op == AD_OP_MAX ? -INFINITY : INFINITY;                         \
         for (int64_t i = 0; i < n->size; i++) Y[i] = init;                             \
-        REDUCE_WALK(if (dout == 0) {                                                   \
+        REDUCE_WALK(if (dout == 0 && dx == 1) {                                        \
+            Y[oo] = RUN(X + ox, len, Y[oo]);                                           \
+        } else if (dout == 0) {                                                        \
             T p[4] = {Y[oo], Y[oo], Y[oo], Y[oo]}, *y;                                 \
             int64_t i = 0;                                                             \
             for (; i + 4 <= len; i += 4)                                               \
@@ -152,10 +154,10 @@ static AD_SIMD int reduce_values(ad_tape *T, ad_node *n, const ad_node *x)
         break;
     }
     case AD_OP_MAX:
-        if (x->dtype == AD_F64) EXTREME_FWD(double, v > *y); else EXTREME_FWD(float, v > *y);
+        if (x->dtype == AD_F64) EXTREME_FWD(double, v > *y, ad_max_f64); else EXTREME_FWD(float, v > *y, ad_max_f32);
         break;
     case AD_OP_MIN:
-        if (x->dtype == AD_F64) EXTREME_FWD(double, v < *y); else EXTREME_FWD(float, v < *y);
+        if (x->dtype == AD_F64) EXTREME_FWD(double, v < *y, ad_min_f64); else EXTREME_FWD(float, v < *y, ad_min_f32);
         break;
     }
     ad_buf_free(T, tmp, tmp_bytes);
@@ -231,7 +233,14 @@ int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdi
         const T *G = g, *X = x->data, *Y = n->data; T *D = s->dst;                     \
         double *share = tmp;   /* first the tie count of each output, then its share */ \
         for (int64_t i = 0; i < n->size; i++) share[i] = 0;                            \
-        REDUCE_WALK(if (dout == 0) {                                                   \
+        REDUCE_WALK(if (dout == 0 && dx == 1) {                                        \
+            /* an integer count of a compare, split on y's NaN-ness: vectorises */     \
+            const T *XR = X + ox, y = Y[oo];                                           \
+            int64_t c = 0;                                                             \
+            if (y == y) for (int64_t i = 0; i < len; i++) c += XR[i] == y;             \
+            else for (int64_t i = 0; i < len; i++) c += XR[i] != XR[i];                \
+            share[oo] += (double)c;                                                    \
+        } else if (dout == 0) {                                                        \
             double c = 0;                                                              \
             for (int64_t i = 0; i < len; i++) c += IS_HIT(X[ox + i * dx], Y[oo]);      \
             share[oo] += c;                                                            \
@@ -242,7 +251,12 @@ int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdi
         /* one division per output, not per element (the same quotient, rounded once) */ \
         for (int64_t i = 0; i < n->size; i++) share[i] = G[i] != 0 ? G[i] / share[i] : 0; \
         const int acc_ = s->accumulate;                                                \
-        REDUCE_WALK(if (dout == 0) {                                                   \
+        REDUCE_WALK(if (dout == 0 && dx == 1 && Y[oo] == Y[oo]) {                      \
+            const T *XR = X + ox, y = Y[oo], q = (T)share[oo];                         \
+            T *DR = D + ox;                                                            \
+            if (acc_) for (int64_t i = 0; i < len; i++) DR[i] += XR[i] == y ? q : 0;   \
+            else for (int64_t i = 0; i < len; i++) DR[i] = XR[i] == y ? q : 0;         \
+        } else if (dout == 0) {                                                        \
             const T y = Y[oo], q = (T)share[oo];                                       \
             for (int64_t i = 0; i < len; i++) {                                        \
                 T c = IS_HIT(X[ox + i * dx], y) ? q : 0;                               \

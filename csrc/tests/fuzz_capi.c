@@ -256,6 +256,11 @@ static void fuzz_plan(void)
                            chance(5) ? NULL : widx, chance(3) ? NULL : &p);
     check_status("ad_plan_build", st);
     if (st || !p) { ad_plan_free(p); return; }
+    /* fused from a random size (a negative one is refused), or not */
+    int64_t fused[3];
+    if (chance(50))
+        check_status("ad_plan_fuse", ad_plan_fuse(p, chance(10) ? (int64_t)below(4) - 2 : 1 + (int64_t)below(300),
+                                                  fused, chance(50) ? NULL : fused + 1, fused + 2));
     const void *in[16];
     void *grads[16];
     int fits = 1;

@@ -8,6 +8,7 @@ mean (or, where the windows tile the image, a reshape and the reduction, with no
 import numpy as np
 
 from .. import ops
+from ..shape_ops import pad
 from .._capi import _call, ffi, int_arg, lib
 from ..tensor import Tensor, as_tensor, full
 
@@ -84,11 +85,9 @@ def _batched(op, x, spatial):
 
 
 def _same_padding(op, k, d):
-    total = [di * (ki - 1) for ki, di in zip(k, d)]
-    if any(t % 2 for t in total):
-        raise ValueError(f"{op}: padding='same' needs an even dilation * (kernel_size - 1) on every axis "
-                         f"(symmetric padding), got kernel_size {k} and dilation {d}")
-    return tuple(t // 2 for t in total)
+    """'same': d * (k - 1) zeros in all per axis, half on each side; an odd one more goes on the
+    right (bottom), as PyTorch; that extra one _conv pads itself."""
+    return tuple(di * (ki - 1) // 2 for ki, di in zip(k, d))
 
 
 def _conv_padding(op, padding, k, s, d):
@@ -118,6 +117,9 @@ def _conv(op, x, weight, bias, stride, padding, dilation, groups):
                          f"must be divisible by groups")
     s, d = _pair(stride, f"{op}: stride", 1), _pair(dilation, f"{op}: dilation", 1)
     p = _conv_padding(op, padding, (kh, kw), s, d)
+    if isinstance(padding, str) and padding == "same" and (d[0] * (kh - 1) % 2 or d[1] * (kw - 1) % 2):
+        x = pad(x, ((0, 0), (0, 0), (0, d[0] * (kh - 1) % 2), (0, d[1] * (kw - 1) % 2)))
+        n, c, h, wd = x.shape
     if h + 2 * p[0] < d[0] * (kh - 1) + 1 or wd + 2 * p[1] < d[1] * (kw - 1) + 1:
         raise ValueError(f"{op}: kernel ({kh}, {kw}) with dilation {d} is larger than the padded input "
                          f"({h + 2 * p[0]}, {wd + 2 * p[1]}) (input {_describe(x)}, padding {p})")
@@ -158,13 +160,10 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if w.ndim != 3:
         raise ValueError(f"conv1d: weight must be (out_channels, in_channels / groups, k), got {_describe(w)}")
     s, d = _single(stride, "conv1d: stride", 1), _single(dilation, "conv1d: dilation", 1)
-    if isinstance(padding, str):
-        p = _conv_padding("conv1d", padding, (1, w.shape[2]), (1, s), (1, d))[1]
-    else:
-        p = _single(padding, "conv1d: padding", 0)
+    p = padding if isinstance(padding, str) else (0, _single(padding, "conv1d: padding", 0))
     n, c, length = x.shape
     y = _conv("conv1d", ops.reshape(x, (n, c, 1, length)), ops.reshape(w, w.shape[:2] + (1, w.shape[2])), bias,
-              (1, s), (0, p), (1, d), groups)
+              (1, s), p, (1, d), groups)
     y = ops.reshape(y, (n, y.shape[1], y.shape[3]))
     return ops.reshape(y, y.shape[1:]) if unbatched else y
 
@@ -208,23 +207,35 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
 
 # ---- pooling ----
 
-def _unsupported(op, **flags):
-    on = [name for name, v in flags.items() if v]
-    if on:
-        raise ValueError(f"{op}: {on[0]}=True is not supported")
+def _pool_out(size, k, s, p, d, ceil_mode):
+    """PyTorch's pooling output size: floor, or with ceil_mode the ceiling, of the window count,
+    where a last window that would start past the input and its left padding is dropped."""
+    span = size + 2 * p - d * (k - 1) - 1
+    out = (span + (s - 1 if ceil_mode else 0)) // s + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
 
 
-def _pool_args(op, x, kernel_size, stride, padding, dilation=1):
+def _pool_args(op, x, kernel_size, stride, padding, dilation=1, ceil_mode=False):
+    """kernel, stride, padding, dilation, the output size (oh, ow), and the extra rows and columns
+    (eh, ew) past the bottom and right padding that ceil_mode's last windows reach (PyTorch lets
+    those windows hang over the edge and ignores the part outside)."""
     k = _pair(kernel_size, f"{op}: kernel_size", 1)
     s = k if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _pair(stride, f"{op}: stride", 1)
     p, d = _pair(padding, f"{op}: padding", 0), _pair(dilation, f"{op}: dilation", 1)
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"{op}: ceil_mode must be a bool, got {ceil_mode!r}")
     if p[0] > k[0] // 2 or p[1] > k[1] // 2:
         raise ValueError(f"{op}: padding {p} must be at most half of kernel_size {k}")
     h, w = x.shape[2:]
     if h + 2 * p[0] < d[0] * (k[0] - 1) + 1 or w + 2 * p[1] < d[1] * (k[1] - 1) + 1:
         raise ValueError(f"{op}: kernel_size {k} with dilation {d} is larger than the padded input "
                          f"({h + 2 * p[0]}, {w + 2 * p[1]}) (input {_describe(x)})")
-    return k, s, p, d, _out_size(h, k[0], s[0], p[0], d[0]), _out_size(w, k[1], s[1], p[1], d[1])
+    oh, ow = (_pool_out(size, *a, ceil_mode) for size, a in zip((h, w), zip(k, s, p, d)))
+    eh, ew = (max(0, (o - 1) * si + di * (ki - 1) + 1 - (size + 2 * pi))
+              for o, size, ki, si, pi, di in zip((oh, ow), (h, w), k, s, p, d))
+    return k, s, p, d, oh, ow, (eh, ew)
 
 
 def _tiles(x, k, s, p, d, oh, ow):
@@ -238,16 +249,18 @@ def _tiles(x, k, s, p, d, oh, ow):
     return ops.reshape(x, (n, c, oh, k[0], ow, k[1]))
 
 
-def _pad_with(x, p, value):
-    """x with p[0] rows and p[1] columns of `value` on both sides: max pooling pads with -inf, where
-    unfold's own padding is zeros."""
+def _pad_with(x, p, value, extra=(0, 0)):
+    """x with p[0] rows and p[1] columns of `value` on both sides, and extra[0] more rows at the
+    bottom and extra[1] more columns at the right (ceil_mode's overhanging windows): max pooling
+    pads with -inf, where unfold's own padding is zeros."""
     n, c, h, w = x.shape
-    if p[1]:
-        side = full((n, c, h, p[1]), value, dtype=x.dtype)
-        x = ops.concatenate([side, x, side], axis=3)
-    if p[0]:
-        side = full((n, c, p[0], w + 2 * p[1]), value, dtype=x.dtype)
-        x = ops.concatenate([side, x, side], axis=2)
+    if p[1] or extra[1]:
+        x = ops.concatenate([full((n, c, h, p[1]), value, dtype=x.dtype), x,
+                             full((n, c, h, p[1] + extra[1]), value, dtype=x.dtype)], axis=3)
+    w = x.shape[3]
+    if p[0] or extra[0]:
+        x = ops.concatenate([full((n, c, p[0], w), value, dtype=x.dtype), x,
+                             full((n, c, p[0] + extra[0], w), value, dtype=x.dtype)], axis=2)
     return x
 
 
@@ -257,53 +270,89 @@ def _windows(x, k, s, p, d, oh, ow):
     return ops.reshape(unfold(x, k, d, p, s), (n, c, k[0] * k[1], oh * ow))
 
 
+def _first_max_indices(x, k, s, p, d, oh, ow, extra):
+    """return_indices: for each window, the flat position h * W + w in its (H, W) plane of the
+    window's first maximum in row-major window order (PyTorch's choice among ties), an int64 NumPy
+    array of the output's shape; padding, -inf, never wins."""
+    xv = x.numpy()
+    h, w = xv.shape[2:]
+    xp = np.pad(xv, ((0, 0), (0, 0), (p[0], p[0] + extra[0]), (p[1], p[1] + extra[1])), constant_values=-np.inf)
+    rows = (np.arange(oh) * s[0])[:, None] + np.arange(k[0]) * d[0]       # (oh, kh) rows of xp
+    cols = (np.arange(ow) * s[1])[:, None] + np.arange(k[1]) * d[1]       # (ow, kw) columns of xp
+    win = xp[:, :, rows[:, None, :, None], cols[None, :, None, :]]        # (N, C, oh, ow, kh, kw)
+    i, j = np.divmod(np.argmax(win.reshape(win.shape[:4] + (-1,)), axis=-1), k[1])
+    r = (np.arange(oh) * s[0] - p[0])[:, None] + i * d[0]
+    q = (np.arange(ow) * s[1] - p[1])[None, :] + j * d[1]
+    return (r * w + q).astype(np.int64)
+
+
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """Maximum over each window, PyTorch's F.max_pool2d (input (N, C, H, W) or (C, H, W); stride
     defaults to kernel_size; padding, at most half the kernel, never wins: it is -inf).
+    ceil_mode=True rounds the output size up, as PyTorch: the last windows may hang over the bottom
+    and right edges (the part outside is ignored) but start inside the input or its left padding.
+    return_indices=True returns (output, indices), indices PyTorch's: an int64 NumPy array of the
+    output's shape holding, for each window, the flat position h * W + w of its maximum in its
+    (H, W) plane (the first in row-major window order among ties).
 
     Ties: the gradient of a window's maximum is split equally between its tied elements (the rule
-    of ad.max), where PyTorch gives all of it to one of them; both are valid subgradients. A tensor
-    element in several overlapping windows gets the sum of its shares. ceil_mode and return_indices
-    are not supported (a ValueError)."""
-    _unsupported("max_pool2d", ceil_mode=ceil_mode, return_indices=return_indices)
+    of ad.max), where PyTorch gives all of it to the one its indices name; both are valid
+    subgradients. A tensor element in several overlapping windows gets the sum of its shares."""
     x, unbatched = _batched("max_pool2d", input, 2)
-    k, s, p, d, oh, ow = _pool_args("max_pool2d", x, kernel_size, stride, padding, dilation)
+    k, s, p, d, oh, ow, extra = _pool_args("max_pool2d", x, kernel_size, stride, padding, dilation, ceil_mode)
     n, c = x.shape[:2]
-    tiles = _tiles(x, k, s, p, d, oh, ow)
+    tiles = _tiles(x, k, s, p, d, oh, ow) if extra == (0, 0) else None
     if tiles is not None:
         y = ops.max(tiles, axis=(3, 5))
     else:
-        y = ops.reshape(ops.max(_windows(_pad_with(x, p, -np.inf), k, s, 0, d, oh, ow), axis=2), (n, c, oh, ow))
-    return ops.reshape(y, y.shape[1:]) if unbatched else y
+        y = ops.reshape(ops.max(_windows(_pad_with(x, p, -np.inf, extra), k, s, 0, d, oh, ow), axis=2),
+                        (n, c, oh, ow))
+    if unbatched:
+        y = ops.reshape(y, y.shape[1:])
+    if not return_indices:
+        return y
+    idx = _first_max_indices(x, k, s, p, d, oh, ow, extra)
+    return y, (idx[0] if unbatched else idx)
+
+
+def _window_counts(size, o, k, s, p, count_include_pad):
+    """avg_pool2d's divisor along one axis, PyTorch's: each window's length clipped to the padded
+    input (ceil_mode's overhang does not count), or to the input itself without count_include_pad."""
+    start = np.arange(o) * s - p
+    if count_include_pad:
+        return np.minimum(start + k, size + p) - start
+    return np.minimum(start + k, size) - np.maximum(start, 0)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """Mean over each window, PyTorch's F.avg_pool2d (zero padding, at most half the kernel;
     count_include_pad=False divides by the number of real elements in the window instead of
-    kh*kw; divisor_override divides by that number). ceil_mode is not supported (a ValueError)."""
-    _unsupported("avg_pool2d", ceil_mode=ceil_mode)
+    kh*kw; divisor_override divides by that number). ceil_mode=True rounds the output size up as
+    in max_pool2d; an overhanging window divides by its part inside the padded input (or, without
+    count_include_pad, inside the input), as PyTorch."""
     x, unbatched = _batched("avg_pool2d", input, 2)
-    k, s, p, d, oh, ow = _pool_args("avg_pool2d", x, kernel_size, stride, padding)
+    k, s, p, d, oh, ow, extra = _pool_args("avg_pool2d", x, kernel_size, stride, padding, 1, ceil_mode)
     n, c, h, w = x.shape
-    tiles = _tiles(x, k, s, p, d, oh, ow)
+    tiles = _tiles(x, k, s, p, d, oh, ow) if extra == (0, 0) else None
     if divisor_override is not None:
         divisor_override = int_arg(divisor_override, "avg_pool2d: divisor_override")
         if divisor_override == 0:
             raise ValueError("avg_pool2d: divisor_override must not be 0")
     if tiles is not None:
         total = ops.sum(tiles, axis=(3, 5))
-    else:
+    elif extra == (0, 0):
         total = ops.reshape(ops.sum(_windows(x, k, s, p, d, oh, ow), axis=2), (n, c, oh, ow))
+    else:
+        total = ops.reshape(ops.sum(_windows(_pad_with(x, p, 0.0, extra), k, s, 0, d, oh, ow), axis=2),
+                            (n, c, oh, ow))
     if divisor_override is not None:
         y = total / float(divisor_override)
-    elif count_include_pad or p == (0, 0):
-        y = total / float(k[0] * k[1])
     else:
-        # real elements per window: the windows' overlap with [0, h) x [0, w), one row and one column
-        rows = np.minimum(np.arange(oh) * s[0] - p[0] + k[0], h) - np.maximum(np.arange(oh) * s[0] - p[0], 0)
-        cols = np.minimum(np.arange(ow) * s[1] - p[1] + k[1], w) - np.maximum(np.arange(ow) * s[1] - p[1], 0)
-        y = total / np.outer(rows, cols).astype(np.dtype(x.dtype))
+        # the windows' divisors: a row count times a column count
+        div = np.outer(_window_counts(h, oh, k[0], s[0], p[0], count_include_pad),
+                       _window_counts(w, ow, k[1], s[1], p[1], count_include_pad))
+        y = total / float(k[0] * k[1]) if (div == k[0] * k[1]).all() else total / div.astype(np.dtype(x.dtype))
     return ops.reshape(y, y.shape[1:]) if unbatched else y
 
 

@@ -141,15 +141,39 @@ def _indices(op, idx, limit=None, negative_ok=False):
     return idx
 
 
-def embedding(input, weight, padding_idx=None):
+def _renorm_rows(w, idx, max_norm, norm_type):
+    """embedding's max_norm, PyTorch's embedding_renorm_: each distinct row of w that idx looks up
+    whose norm_type-norm exceeds max_norm is scaled, in place and unrecorded (no_grad), by
+    max_norm / (norm + 1e-7); w's version is bumped, as by any in-place write."""
+    rows = np.unique(idx)
+    if not rows.size:
+        return
+    dt = np.dtype(w.dtype)
+    vals = w.numpy()[rows]
+    norms = np.linalg.norm(vals, ord=norm_type, axis=1)
+    big = norms > max_norm
+    if big.any():
+        scale = (max_norm / (norms[big].astype(np.float64) + 1e-7)).astype(dt)
+        with no_grad():
+            w[rows[big]] = vals[big] * scale[:, None]
+
+
+def embedding(input, weight, padding_idx=None, max_norm=None, norm_type=2.0):
     """Rows of weight (num_embeddings, dim) at the integer indices `input` (any shape; output
     input.shape + (dim,)), as F.embedding: one gather of whole rows, whose gradient scatter-adds
-    into the rows used (repeats accumulate). padding_idx: that row gets no gradient."""
+    into the rows used (repeats accumulate). padding_idx: that row gets no gradient. max_norm:
+    first, as PyTorch, every looked-up row whose norm_type-norm is above max_norm is rescaled in
+    place to norm max_norm (weight must then be a Tensor; the rescaling is not differentiated)."""
+    if max_norm is not None and not isinstance(weight, Tensor):
+        raise TypeError(f"embedding: max_norm rescales weight's rows in place, so weight must be a Tensor, "
+                        f"got {type(weight).__name__}")
     w = as_tensor(weight)
     if w.ndim != 2:
         raise ValueError(f"embedding: weight must be (num_embeddings, embedding_dim), got {_describe(w)}")
     num, dim = w.shape
     idx = _indices("embedding", input, num)
+    if max_norm is not None:
+        _renorm_rows(w, idx, float(max_norm), float(norm_type))
     out = _gather_blocks(w, idx.reshape(-1) * dim, idx.shape + (dim,), dim)
     if padding_idx is not None:
         p = int_arg(padding_idx, "embedding: padding_idx")
@@ -170,9 +194,11 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
     The mask is keep = generator.random(x.shape) >= p (float64 uniforms), generator a
     numpy.random.Generator, by default the one ad.manual_seed seeds: the same seed gives the same
     mask. The output is x * (keep / (1 - p)), a product with a constant, so the gradient is masked
-    and scaled identically. inplace=True is not supported (a ValueError)."""
-    if inplace:
-        raise ValueError("dropout: inplace=True is not supported; use the returned tensor")
+    and scaled identically. inplace=True multiplies input itself (input.mul_, so PyTorch's in-place
+    rules apply: unrecorded under no_grad, a leaf that requires grad refuses, any other tensor
+    rebinds to the recorded product) and returns it."""
+    if inplace and not isinstance(input, Tensor):
+        raise TypeError(f"dropout: inplace=True needs a Tensor input, got {type(input).__name__}")
     p = float(p)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
@@ -181,9 +207,10 @@ def dropout(input, p=0.5, training=True, inplace=False, *, generator=None):
         return x
     rng = generator if generator is not None else creation._rng
     if p == 1.0:
-        return x * np.zeros(x.shape, np.dtype(x.dtype))
-    keep = rng.random(x.shape) >= p
-    return x * (keep * (1.0 / (1.0 - p))).astype(np.dtype(x.dtype))
+        scale = np.zeros(x.shape, np.dtype(x.dtype))
+    else:
+        scale = ((rng.random(x.shape) >= p) * (1.0 / (1.0 - p))).astype(np.dtype(x.dtype))
+    return x.mul_(scale) if inplace else x * scale
 
 
 def one_hot(tensor_, num_classes=-1, dtype=None):

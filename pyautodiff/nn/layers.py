@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import ops
 from .._capi import int_arg
-from ..tensor import _assign, tensor
+from ..shape_ops import pad
+from ..tensor import _assign, as_tensor, tensor
 from . import functional as F
 from .modules import Module
 from .parameter import Parameter
@@ -38,6 +39,10 @@ def _tuple(v, n, what):
     return (int_arg(v, what),) * n
 
 
+# PyTorch's padding modes as ad.pad's (NumPy's) names
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
 class _ConvNd(Module):
     """Weight (out, in / groups, *kernel) for a convolution, (in, out / groups, *kernel) for a
     transposed one; PyTorch's default initialisation kaiming_uniform_(a=sqrt(5)), i.e. U(-k, k)
@@ -55,13 +60,19 @@ class _ConvNd(Module):
         if in_channels < 1 or out_channels < 1 or groups < 1 or in_channels % groups or out_channels % groups:
             raise ValueError(f"{name}: in_channels ({in_channels}) and out_channels ({out_channels}) must be "
                              f"positive and divisible by groups ({groups})")
-        if padding_mode != "zeros":
-            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r}")
+        if padding_mode not in _PAD_MODES:
+            raise ValueError(f"{name}: padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', "
+                             f"got {padding_mode!r}")
+        if self._transposed and padding_mode != "zeros":
+            raise ValueError(f"{name}: only padding_mode='zeros' is supported, got {padding_mode!r} (as PyTorch)")
+        self.padding_mode = padding_mode
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
         self.kernel_size = _tuple(kernel_size, self._n, f"{name}: kernel_size")
         self.stride = _tuple(stride, self._n, f"{name}: stride")
         self.padding = padding if isinstance(padding, str) else _tuple(padding, self._n, f"{name}: padding")
         self.dilation = _tuple(dilation, self._n, f"{name}: dilation")
+        if padding == "same" and self.stride != (1,) * self._n:
+            raise ValueError(f"{name}: padding='same' needs stride 1, got stride {self.stride}")
         if self._transposed:
             shape = (in_channels, out_channels // groups) + self.kernel_size
         else:
@@ -72,8 +83,35 @@ class _ConvNd(Module):
         self.bias = _uniform(rng, k, out_channels, dtype) if bias else None
 
     def extra_repr(self):
+        mode = "" if self.padding_mode == "zeros" else f", padding_mode={self.padding_mode!r}"
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}")
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}"
+                f"{mode}")
+
+    def _padded(self, x):
+        """(input, padding for the conv): padding_mode 'zeros' leaves both to the conv; the other
+        modes pad the input first with ad.pad, as PyTorch's modules do with F.pad, and convolve
+        without padding. 'same' pads d * (k - 1) in all, the odd one on the right, as PyTorch."""
+        if self.padding_mode == "zeros":
+            return x, self.padding if isinstance(self.padding, str) or self._n == 2 else self.padding[0]
+        name = type(self).__name__
+        if self.padding == "valid":
+            pads = ((0, 0),) * self._n
+        elif self.padding == "same":
+            pads = tuple((t // 2, t - t // 2) for t in (d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)))
+        else:
+            pads = tuple((p, p) for p in self.padding)
+        x = as_tensor(x)
+        spatial = x.shape[x.ndim - self._n:]
+        for size, (lo, hi) in zip(spatial, pads):
+            # PyTorch's limits: a reflection stays inside the axis, a wrap goes around at most once
+            if (self.padding_mode == "reflect" and max(lo, hi) >= size) or \
+                    (self.padding_mode == "circular" and max(lo, hi) > size) or (size == 0 and lo + hi):
+                raise ValueError(f"{name}: padding {pads} in mode {self.padding_mode!r} does not fit the input of "
+                                 f"shape {x.shape}: reflect needs padding < size, circular padding <= size")
+        if any(lo or hi for lo, hi in pads):
+            x = pad(x, ((0, 0),) * (x.ndim - self._n) + pads, mode=_PAD_MODES[self.padding_mode])
+        return x, 0
 
 
 class Conv1d(_ConvNd):
@@ -81,16 +119,16 @@ class Conv1d(_ConvNd):
     _n = 1
 
     def forward(self, x):
-        return F.conv1d(x, self.weight, self.bias, self.stride[0],
-                        self.padding if isinstance(self.padding, str) else self.padding[0], self.dilation[0],
-                        self.groups)
+        x, padding = self._padded(x)
+        return F.conv1d(x, self.weight, self.bias, self.stride[0], padding, self.dilation[0], self.groups)
 
 
 class Conv2d(_ConvNd):
     """2-D convolution over (N, C, H, W): F.conv2d with weight (out, in / groups, kh, kw)."""
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x, padding = self._padded(x)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 class ConvTranspose2d(_ConvNd):
@@ -256,9 +294,11 @@ class GroupNorm(Module):
 
 class Embedding(Module):
     """weight (num_embeddings, embedding_dim) drawn from N(0, 1) (PyTorch's default), the
-    padding_idx row zero (and it gets no gradient)."""
+    padding_idx row zero (and it gets no gradient); max_norm and norm_type as F.embedding (the
+    looked-up rows of weight renormalised in place at each forward)."""
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, seed=None, dtype=None):
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, max_norm=None, norm_type=2.0, seed=None,
+                 dtype=None):
         self.num_embeddings = int_arg(num_embeddings, "Embedding: num_embeddings")
         self.embedding_dim = int_arg(embedding_dim, "Embedding: embedding_dim")
         w = np.random.default_rng(seed).standard_normal((self.num_embeddings, self.embedding_dim))
@@ -270,10 +310,11 @@ class Embedding(Module):
             padding_idx %= self.num_embeddings
             w[padding_idx] = 0
         self.padding_idx = padding_idx
+        self.max_norm, self.norm_type = None if max_norm is None else float(max_norm), float(norm_type)
         self.weight = Parameter(w, dtype=_dtype(dtype))
 
     def forward(self, indices):
-        return F.embedding(indices, self.weight, self.padding_idx)
+        return F.embedding(indices, self.weight, self.padding_idx, self.max_norm, self.norm_type)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}"
@@ -283,14 +324,14 @@ class Dropout(Module):
     """F.dropout while training, the identity in eval mode. seed gives the layer its own
     generator (reproducible masks); without one it draws from the generator ad.manual_seed seeds."""
 
-    def __init__(self, p=0.5, seed=None):
-        self.p = float(p)
+    def __init__(self, p=0.5, inplace=False, seed=None):
+        self.p, self.inplace = float(p), bool(inplace)
         if not 0.0 <= self.p <= 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1], got {self.p}")
         self.generator = None if seed is None else np.random.default_rng(seed)
 
     def forward(self, x):
-        return F.dropout(x, self.p, self.training, generator=self.generator)
+        return F.dropout(x, self.p, self.training, self.inplace, generator=self.generator)
 
     def extra_repr(self):
         return f"p={self.p}"

@@ -1,0 +1,43 @@
+/* Fused replay of elementwise regions (fusion.c), for the plans of replay.c. */
+#ifndef AD_FUSION_H
+#define AD_FUSION_H
+#include "core.h"
+
+typedef struct ad_fusion ad_fusion;
+
+/* One step of a plan's reverse sweep, as replay.c ordered it: node's adjoint g handed to its
+ * input `which` (record `input`), whose adjoint is target (written when acc is 0, else added). */
+typedef struct {
+    int64_t node, input;
+    int32_t which, acc;
+    const void *g;
+    void *target;
+} ad_fuse_step;
+
+/* What fusion needs of a plan: its records (values in the plan's arena, inputs pointing at
+ * records), which are ops, which values are read by the caller (root, watched), the record of each
+ * forward step and the reverse steps, both in the order a replay runs them. */
+typedef struct {
+    ad_node *nodes;
+    int64_t nn;
+    const int8_t *is_op;
+    const uint8_t *pinned;
+    const int64_t *fnode;
+    int64_t nf;
+    const ad_fuse_step *steps;
+    int64_t ns;
+    int64_t root;              /* the root's record, or -1 */
+} ad_fuse_plan;
+
+/* The regions of plan (elementwise ops of at least min_elements elements; see fusion.c). *out is
+ * NULL when there is none. */
+int ad_fusion_build(const ad_fuse_plan *plan, int64_t min_elements, ad_fusion **out);
+void ad_fusion_free(ad_fusion *f);
+/* When a region starts at forward (reverse) step k: runs it and returns the step after it; else
+ * returns k. with_reverse: the root's cotangent is in place and the reverse follows, so a region
+ * ending in the root's sum runs its reverse steps in the forward's pass (the reverse skips them). */
+int64_t ad_fusion_forward(ad_fusion *f, int64_t k, int with_reverse);
+int64_t ad_fusion_reverse(ad_fusion *f, int64_t k);
+/* regions, ops fused in them, elements per tile (of the last region) */
+void ad_fusion_counts(const ad_fusion *f, int64_t *regions, int64_t *ops, int64_t *tile);
+#endif
