@@ -22,6 +22,13 @@ medians; every replay's gradients are checked bit for bit against eager's before
   gradients once; libmvec's tanh and exp, compiled with ``cc -O3 -march=native`` when there is a
   compiler). Targets: the fused plan within 2x of the C loop, >= 3x faster than NumPy. NumPy's
   time depends on glibc's heap (benchmarks/allocator_effect.py): the state is printed.
+- training steps (``ad.record_step``: zero_grad, loss, backward, optimizer.step in one C call)
+  against the eager loop and PyTorch eager's, on micrograd_mlp (SGD with momentum) and small_mlp
+  (Adam).
+- GradBench lstm, ode and det: ``ad.record`` replay against eager and JAX jit (compiled ahead in a
+  child process capped at JAX_CAP_S, its compile time beside; JAX's lstm scans over time). Target:
+  within 2x of JAX jit.
+- a 10^6-op scalar chain (full run only, ~10 s): trace, replay, arena and plan memory per op.
 
 PyTorch is not a dependency: to include it, name the site-packages of an environment that has it
 with ``--peers-site DIR`` (appended to sys.path, so this environment's NumPy and pyautodiff come
@@ -371,15 +378,307 @@ def print_big(big, rounds):
         print(f"  fused plan: {limit}; NumPy / fused plan {e['numpy_over_fused']:.2f}x (target >= 3x)")
 
 
+def _rss_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) / 1e3
+    except OSError:
+        pass
+    return float("nan")
+
+
+def million_ops(ops):
+    """A chain of ``ops`` scalar ops (10^6 in the full run) recorded and replayed: trace time,
+    replay time (median of 3 value_and_grad calls), the plan's arena and the memory the plan holds
+    (resident set with the plan minus without it), and the process's peak resident set (the
+    recording's eager graph and the plan both live at the end of ad.record)."""
+    import gc
+    import resource
+    import pyautodiff as ad
+
+    def chain(a, b):
+        v = a
+        for _ in range(ops // 5):
+            v = ad.log(ad.exp(ad.tanh((v + a) * b)))
+        return v
+
+    t0 = time.perf_counter()
+    tf = ad.record(chain, 0.5, 0.9, argnums=(0, 1))
+    trace = time.perf_counter() - t0
+    replay = _median_time(lambda: tf.value_and_grad(0.4, 0.8), 3)
+    stats = tf.plan_stats()
+    gc.collect()
+    with_plan = _rss_mb()
+    del tf
+    gc.collect()
+    plan_mb = with_plan - _rss_mb()
+    return {"ops": ops, "trace_s": trace, "replay_s": replay, "arena_bytes": stats["bytes"],
+            "plan_resident_mb": plan_mb, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3}
+
+
+JAX_CAP_S = {"quick": 120.0, "full": 150.0}   # trace + compile + timing of one eval in the child
+
+
+def _gradbench_losses(quick):
+    """{eval: (leaves, loss over pyautodiff)}: the workloads' own loss functions."""
+    import numpy as np
+    import pyautodiff as ad
+    from benchmarks.workloads import det, lstm, ode
+
+    out = {}
+    d = lstm.make_data(lstm.size(quick))
+    state, sequence = [ad.tensor(r) for r in d["state"]], [ad.tensor(r) for r in d["sequence"]]
+    out["lstm"] = (d["leaves"], lambda main, extra: lstm.loss(ad, main, extra, state, sequence))
+    d = ode.make_data(ode.size(quick))
+    one, steps = ad.tensor(np.ones(1)), d["s"]
+    out["ode"] = (d["leaves"], lambda x: ode.solve(ad, x, one, steps)[-1])
+    d = det.make_data(det.size(quick))
+    out["det"] = (d["leaves"], det.det_by_minor)
+    return out
+
+
+def _jax_loss(jax, name, quick):
+    """(leaves, loss) as a JAX user writes it: lstm scans over time and ode loops over its RK4
+    steps (unrolled, XLA takes minutes to compile them), det is the workload's own function (the
+    expansion by minors has no loop to roll: unrolled, 13,699 scalar ops)."""
+    from benchmarks.workloads import det, lstm, ode
+    jnp = jax.numpy
+    if name == "lstm":
+        d = lstm.make_data(lstm.size(quick))
+        sequence = jnp.asarray(d["sequence"])
+        state0 = jnp.asarray(d["state"])
+
+        def loss(main, extra):
+            b = extra.shape[1]
+
+            def step(state, xs):
+                x_in, gold = xs
+                x = x_in * extra[0]
+                new = []
+                for layer in range(0, state.shape[0], 2):
+                    hidden, cell = state[layer], state[layer + 1]
+                    gates = jnp.concatenate([x, hidden, x, hidden]) * main[layer] + main[layer + 1]
+                    forget, ingate = jax.nn.sigmoid(gates[:b]), jax.nn.sigmoid(gates[b:2 * b])
+                    outgate, change = jax.nn.sigmoid(gates[2 * b:3 * b]), jnp.tanh(gates[3 * b:])
+                    cell = cell * forget + ingate * change
+                    hidden = outgate * jnp.tanh(cell)
+                    new += [hidden, cell]
+                    x = hidden
+                y = x * extra[1] + extra[2]
+                return jnp.stack(new), jnp.sum(gold * (y - jnp.log(jnp.sum(jnp.exp(y)) + 2.0)))
+
+            _, terms = jax.lax.scan(step, state0, (sequence[:-1], sequence[1:]))
+            return -jnp.sum(terms) / ((sequence.shape[0] - 1) * b)
+        return d["leaves"], loss
+    if name == "ode":
+        d = ode.make_data(ode.size(quick))
+        one, steps = jnp.ones(1), d["s"]
+
+        def solve(x):
+            # ode.solve's RK4 step in a fori_loop (unrolled, 100 steps did not compile in 150 s)
+            h = ode.T_FINAL / steps
+
+            def f(y):
+                return x * jnp.concatenate([one, y[:-1]])
+
+            def rk4(_, y):
+                k1 = f(y)
+                k2 = f(y + h / 2 * k1)
+                k3 = f(y + h / 2 * k2)
+                k4 = f(y + h * k3)
+                return y + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+            return jax.lax.fori_loop(0, steps, rk4, x * 0.0)[-1]
+        return d["leaves"], solve
+    d = det.make_data(det.size(quick))
+    return d["leaves"], det.det_by_minor
+
+
+def _jax_child(name, quick, rounds, calls):
+    """Run in a child process (so that a compile running away is capped): JSON on stdout."""
+    import numpy as np
+    from benchmarks import peers
+    from benchmarks.workloads import common
+    jax = peers.load("jax")
+    leaves, loss = _jax_loss(jax, name, quick)
+    args = [jax.numpy.asarray(v) for v in leaves]
+    compiled, compile_s = common.jax_compile(jax, jax.value_and_grad(loss, argnums=tuple(range(len(args)))), *args)
+    value, grads = compiled(*args)
+    t = _interleaved({"jax": lambda: jax.block_until_ready(compiled(*args))}, rounds, calls)["jax"]
+    print(json.dumps({"compile_s": compile_s, "seconds": t, "value": float(value),
+                      "grads": [np.asarray(g).tolist() for g in grads]}))
+
+
+def _jax_cell(name, quick, rounds, calls):
+    """{"compile_s", "seconds", "value", "grads"} from the child, or {"error": why}."""
+    cap = JAX_CAP_S["quick" if quick else "full"]
+    cmd = [sys.executable, "-m", "benchmarks.record_replay", "--jax-child", name, "--rounds", str(rounds),
+           "--calls", str(calls)] + (["--quick"] if quick else [])
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=cap,
+                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    except subprocess.TimeoutExpired:
+        return {"error": f"trace + compile + timing did not finish in {cap:.0f} s"}
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": "not installed" if "not installed" in last else last}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def gradbench_replay(quick, rounds, calls):
+    """GradBench lstm, ode and det: the gradient by ``ad.record`` replay against eager
+    pyautodiff and JAX jit (compiled ahead, in a child process capped at JAX_CAP_S; the compile
+    time beside). JAX is an optional peer: without it the JAX rows are left out."""
+    import numpy as np
+    import pyautodiff as ad
+
+    results = {}
+    for name, (leaves, loss) in _gradbench_losses(quick).items():
+        nums = tuple(range(len(leaves)))
+        t0 = time.perf_counter()
+        tf = ad.record(loss, *leaves, argnums=nums)
+        trace = time.perf_counter() - t0
+        eager = ad.value_and_grad(loss, argnums=nums)
+        v1, g1 = tf.value_and_grad(*leaves)
+        v0, g0 = eager(*leaves)
+        assert _same_bits(v1.numpy(), v0.numpy()) and all(_same_bits(a.numpy(), b.numpy()) for a, b in zip(g1, g0))
+        cells = {"replay: tf.value_and_grad": lambda tf=tf, leaves=leaves: tf.value_and_grad(*leaves),
+                 "eager: ad.value_and_grad": lambda eager=eager, leaves=leaves: eager(*leaves)}
+        t = _interleaved(cells, rounds, calls)
+        jax = _jax_cell(name, quick, rounds, calls)
+        if "error" not in jax:
+            # the same function in another library: equal to rounding, not bit for bit
+            assert np.allclose(jax["value"], float(v0.numpy()), rtol=1e-9, atol=1e-12)
+            assert all(np.allclose(np.asarray(a), b.numpy(), rtol=1e-7, atol=1e-10) for a, b in zip(jax["grads"], g0))
+            t["JAX jit (compiled ahead, another process)"] = jax["seconds"]
+        else:
+            print(f"gradbench {name}: JAX jit left out ({jax['error']})", file=sys.stderr)
+        replay = t["replay: tf.value_and_grad"]
+        results[name] = {"trace_s": trace, "jax_compile_s": jax.get("compile_s"), "jax_error": jax.get("error"),
+                         "ops": tf.plan_stats()["ops"],
+                         "rows": [{"what": k, "seconds": v, "over_replay": v / replay} for k, v in t.items()]}
+    return results
+
+
+def _torch_or_none(what):
+    from benchmarks import peers
+    try:
+        return peers.load("torch")
+    except peers.Unavailable as exc:
+        print(f"{what}: PyTorch left out ({exc})", file=sys.stderr)
+        return None
+
+
+def _eager_step(loss_fn, optimizer, batch):
+    """The eager training step, the same four lines in pyautodiff and PyTorch."""
+    def step():
+        optimizer.zero_grad()
+        loss = loss_fn(*batch)
+        loss.backward()
+        optimizer.step()
+        return loss
+    return step
+
+
+def train_steps(points, rounds, calls):
+    """A whole training step (zero_grad, loss, backward, optimizer.step): ``ad.record_step``
+    against the eager pyautodiff loop and PyTorch eager's, on micrograd_mlp (337 scalar parameters,
+    SGD with momentum) and small_mlp (784-128-64-10, batch 32, Adam; one-hot targets, so one plan
+    serves every batch). Before timing, three traced steps are checked bit for bit against three
+    eager ones from the same start."""
+    import copy
+    import numpy as np
+    import pyautodiff as ad
+    from benchmarks.workloads import micrograd_mlp as mm, small_mlp as sm
+
+    torch = _torch_or_none("train_steps")
+    results = {}
+
+    # micrograd_mlp: every weight a 0-d tensor
+    size = {"points": points, "layers": [2, 16, 16, 1]}
+    data = mm.make_data(size)
+
+    def scalar_model(leaf):
+        layers = mm.map_params(data["layers"], leaf)
+        return layers, mm.flatten(layers)
+
+    def scalar_loss(layers, relu):
+        return lambda: mm.scalar_loss(layers, data["X"], data["y"], relu=relu)
+
+    def ad_scalar():
+        layers, params = scalar_model(lambda v: ad.tensor(v, requires_grad=True))
+        return scalar_loss(layers, ad.relu), params, ad.optim.SGD(params, lr=0.05, momentum=0.9)
+
+    # small_mlp: six tensors
+    sdata = sm.make_data(sm.size(False))
+    X, onehot = sdata["X"], sdata["onehot"]
+
+    def ad_tensor_mlp():
+        params = [ad.tensor(p, requires_grad=True) for p in sdata["params"]]
+
+        def loss(x, t):
+            h = x
+            for i in range(0, 6, 2):
+                h = h @ params[i] + params[i + 1]
+                if i < 4:
+                    h = ad.relu(h)
+            return -(t * ad.log_softmax(h, axis=1)).sum() * (1.0 / x.shape[0])
+        return loss, params, ad.optim.Adam(params, lr=1e-3)
+
+    cases = {"micrograd_mlp": (ad_scalar, ()), "small_mlp": (ad_tensor_mlp, (X, onehot))}
+    for name, (make, batch) in cases.items():
+        loss_e, params_e, opt_e = make()
+        loss_t, params_t, opt_t = make()
+        t0 = time.perf_counter()
+        step = ad.record_step(loss_t, opt_t, *batch)
+        trace = time.perf_counter() - t0
+
+        eager = _eager_step(loss_e, opt_e, batch)
+        for _ in range(3):
+            assert _same_bits(eager().numpy(), step(*batch).numpy())
+        assert all(_same_bits(p.numpy(), q.numpy()) for p, q in zip(params_e, params_t))
+        cells = {"traced: ad.record_step": lambda step=step, batch=batch: step(*batch),
+                 "eager pyautodiff: zero_grad, loss, backward, step": eager}
+        if torch is not None:
+            if name == "micrograd_mlp":
+                layers, tparams = scalar_model(lambda v: torch.tensor(v, dtype=torch.float64, requires_grad=True))
+                tloss, targs = scalar_loss(layers, torch.relu), ()
+                topt = torch.optim.SGD(tparams, lr=0.05, momentum=0.9)
+            else:
+                tparams = [torch.tensor(p, requires_grad=True) for p in sdata["params"]]
+
+                def tloss(x, t, tp=tparams):
+                    h = x
+                    for i in range(0, 6, 2):
+                        h = h @ tp[i] + tp[i + 1]
+                        if i < 4:
+                            h = torch.relu(h)
+                    return -(t * torch.log_softmax(h, dim=1)).sum() / x.shape[0]
+                targs = (torch.from_numpy(X), torch.from_numpy(onehot))
+                topt = torch.optim.Adam(tparams, lr=1e-3)
+            cells["PyTorch eager: zero_grad, loss, backward, step"] = _eager_step(tloss, topt, targs)
+        t = _interleaved(cells, rounds, calls)
+        traced = t["traced: ad.record_step"]
+        results[name] = {"trace_s": trace, "rows": [{"what": k, "seconds": v, "traced_speedup": v / traced}
+                                                     for k, v in t.items()]}
+    return results
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--peers-site", metavar="DIR", help="site-packages to import PyTorch from")
     parser.add_argument("--only-big", action="store_true", help="big_elementwise only (no JSON written)")
+    parser.add_argument("--jax-child", metavar="EVAL", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.peers_site:
         sys.path.append(args.peers_site)
     rounds, calls = (3, 3) if args.quick else (5, 7)
+    if args.jax_child:
+        return _jax_child(args.jax_child, args.quick, args.rounds or rounds, args.calls or calls)
     load = os.getloadavg()
     big = big_elementwise(100_000 if args.quick else 1_000_000, rounds, calls)
     if args.only_big:
@@ -390,6 +689,9 @@ def main(argv=None):
         return
     chain = scalar_chain(1_000 if args.quick else 10_000, rounds, calls)
     mlp = micrograd_mlp(4 if args.quick else 100, rounds, 1 if args.quick else 3)
+    steps = train_steps(4 if args.quick else 100, rounds, 1 if args.quick else 3)
+    million = None if args.quick else million_ops(1_000_000)
+    grad_bench = gradbench_replay(args.quick, rounds, calls)
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} ({os.cpu_count()} cores)")
     print(glibc_heap_state())
     print_big(big, rounds)
@@ -402,11 +704,28 @@ def main(argv=None):
           f"(trace {mlp['trace_s'] * 1e3:.0f} ms):")
     for r in mlp["rows"]:
         print(f"  {r['what']:<46} {r['seconds'] * 1e3:9.3f} ms  {r['replay_speedup']:8.1f}x the replay's time")
+    for name, r in steps.items():
+        print(f"\ntraining step, {name} (record_step trace {r['trace_s'] * 1e3:.0f} ms):")
+        for row in r["rows"]:
+            print(f"  {row['what']:<50} {row['seconds'] * 1e3:9.3f} ms  {row['traced_speedup']:8.1f}x the traced step's")
+    for name, r in grad_bench.items():
+        compile_s = (f", JAX jit: {r['jax_error']}" if r["jax_compile_s"] is None else
+                     f", JAX jit compile {r['jax_compile_s']:.2f} s")
+        print(f"\nGradBench {name} ({r['ops']:,} ops; trace {r['trace_s'] * 1e3:.0f} ms{compile_s}):")
+        for row in r["rows"]:
+            print(f"  {row['what']:<50} {row['seconds'] * 1e3:9.3f} ms  {row['over_replay']:8.2f}x the replay's time")
+    if million is not None:
+        m = million
+        print(f"\n{m['ops']:,}-op scalar chain: trace {m['trace_s']:.2f} s, replay (forward + backward) "
+              f"{m['replay_s'] * 1e3:.1f} ms ({m['replay_s'] / m['ops'] * 1e9:.1f} ns/op), arena "
+              f"{m['arena_bytes'] / m['ops']:.1f} B/op, plan resident {m['plan_resident_mb'] * 1e6 / m['ops']:.0f} "
+              f"B/op, peak RSS {m['peak_rss_mb']:.0f} MB")
     os.makedirs(os.path.join(os.path.dirname(__file__), "results"), exist_ok=True)
     path = os.path.join(os.path.dirname(__file__), "results", "record_replay.json")
     if not args.quick:
         with open(path, "w") as f:
-            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "big_elementwise": big}, f, indent=1)
+            json.dump({"load": load, "scalar_chain": chain, "micrograd_mlp": mlp, "big_elementwise": big,
+                       "train_steps": steps, "million_ops": million, "gradbench": grad_bench}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -368,6 +368,12 @@ int64_t ad_record_mode(int on);
  * released graphs are an AD_ERR_RUNTIME. *out receives the plan (free it with ad_plan_free). */
 int ad_plan_build(int64_t root, int n_inputs, const int64_t *inputs, int n_watch, const int64_t *watch,
                   int64_t *watch_index, ad_plan **out);
+/* ad_plan_build where only inputs [0, n_diff) are differentiated: the others are data, read at
+ * every replay and given no gradient (grads[i] for them is not read nor written). */
+int ad_plan_build_data(int64_t root, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
+                       const int64_t *watch, int64_t *watch_index, ad_plan **out);
+/* The plan's count of inputs and of differentiated inputs (the first ones). */
+int ad_plan_inputs(const ad_plan *p, int *n_inputs, int *n_diff);
 /* NULL-safe; releases the plan's hold on its constants (from any thread). */
 void ad_plan_free(ad_plan *p);
 /* The plan's root (i = -1) or input i (0 <= i < n_inputs): shape, dtype, size; data is NULL. */
@@ -386,6 +392,29 @@ int ad_plan_watch(ad_plan *p, int w, ad_info_t *out);
 int ad_plan_backward(ad_plan *p, const void *seed, void *const *grads);
 /* ad_plan_forward, then ad_plan_backward when grads is not NULL, in one call. */
 int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *seed, void *const *grads);
+/* A traced training step (train_step.c): a plan built by ad_plan_build_data whose n_diff
+ * differentiated inputs are the parameters (params[i].param is input i) and whose other inputs are
+ * the batch (data[j] is input n_diff + j, its values as recorded in shape and dtype), replayed
+ * forward and backward at the parameters' current values; then each parameter the loss reaches
+ * (hit) gets the gradient as its grad (as zero_grad(), backward() would give it) and is updated in
+ * place by its group's optimizer settings (ad_optim_step's rules and state leaves) at step count
+ * step + 1, which is stored back; a parameter not reached has its grad cleared and is not
+ * updated. loss receives the root's values. One call, one tape lock; AD_PLAN_STALE as ad_plan_run. phase AD_TRAIN_FORWARD runs
+ * the forward only (for the bindings' guards), AD_TRAIN_FINISH the rest after it. On an error the
+ * parameters, their state and step counts are unchanged; grads the replay had begun to overwrite
+ * are cleared. */
+typedef struct {
+    int64_t param;             /* the parameter's leaf */
+    int64_t state[3];          /* its optimizer state leaves, as ad_optim_step's s0..s2 (0: none) */
+    int64_t step;              /* its step count before this step */
+    int32_t group;             /* index of its settings in groups */
+    int32_t hit;               /* 1: the loss depends on it */
+} ad_train_param_t;
+#define AD_TRAIN_STEP 0
+#define AD_TRAIN_FORWARD 1
+#define AD_TRAIN_FINISH 2
+int ad_plan_train_step(ad_plan *p, int phase, int n_params, ad_train_param_t *params, int n_groups,
+                       const ad_optim_t *groups, const void *const *data, void *loss);
 /* Counters of a plan: ops (recorded nodes replayed), constants, bytes of its arena. */
 int ad_plan_stats(const ad_plan *p, int64_t *ops, int64_t *constants, int64_t *bytes);
 /* Fuse the plan's chains of elementwise ops of at least min_elements elements (one shape, scalars

@@ -565,4 +565,25 @@ int ad_vjp_rec_custom_unused(ad_tape *T, ad_node *n, ad_node *g, int which, ad_n
 /* dst (+= when acc) n values of src */
 void ad_add_into(int dtype, void *dst, int acc, const void *src, int64_t n);
 
+/* optim.c's step in two parts, for the traced training step (train_step.c) too; T locked.
+ * ad_optim_prepare checks the settings and step count, resolves leaf hp and the state leaves its
+ * step needs (s[i] NULL when not needed); ad_optim_apply updates p from grad (p's size and dtype)
+ * and bumps the versions of p and its state. */
+int ad_optim_prepare(ad_tape *T, const ad_optim_t *o, int64_t hp, const int64_t hs[3], int64_t t, ad_node **p,
+                     ad_node *s[3]);
+void ad_optim_apply(ad_tape *T, const ad_optim_t *o, ad_node *p, ad_node *const s[3], const void *grad, int64_t t);
+/* Whether a plan can run op (replay.c): tape.c records such an op while recording even when no
+ * input requires grad, so that a plan recomputes it. */
+int ad_op_replayable(int op);
+/* A replay with hooks run under the tape's lock (replay.c; train_step.c uses it): prepare before
+ * the forward (it may fill the caller's inputs and grads arrays), finish after the replay with its
+ * status (its return value is the call's). forward/backward select the passes. */
+typedef struct {
+    int (*prepare)(ad_tape *T, void *ctx);
+    int (*finish)(ad_tape *T, void *ctx, int st);
+    void *ctx;
+} ad_plan_hooks;
+int ad_plan_replay_hooked(ad_plan *p, int forward, int backward, const void *const *inputs, void *out,
+                          void *const *grads, const ad_plan_hooks *h);
+
 #endif

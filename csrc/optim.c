@@ -24,7 +24,7 @@ static int state_ok(ad_tape *T, ad_node *p, int64_t h, const char *what, ad_node
 /* SGD: g += wd*theta; b = g (t == 1) or mu*b + (1-dampening)*g; g = nesterov ? g + mu*b : b;
  * theta -= lr*g. Computed in double, stored in the parameter's dtype. */
 #define SGD_STEP(TT) do {                                                                \
-        TT *X = p->data, *B = buf ? buf->data : NULL; const TT *G = p->grad->data;       \
+        TT *X = p->data, *B = buf ? buf->data : NULL; const TT *G = grad;       \
         for (int64_t i = 0; i < p->size; i++) {                                          \
             double g = (double)G[i] + o->weight_decay * (double)X[i];                    \
             if (B) {                                                                     \
@@ -41,7 +41,7 @@ static int state_ok(ad_tape *T, ad_node *p, int64_t h, const char *what, ad_node
  * theta -= lr * (m/(1-b1^t)) / (sqrt(v/(1-b2^t)) + eps). */
 #define ADAM_STEP(TT) do {                                                               \
         TT *X = p->data, *M = m->data, *V = v->data, *VM = vmax ? vmax->data : NULL;     \
-        const TT *G = p->grad->data;                                                     \
+        const TT *G = grad;                                                     \
         double c1 = 1 - pow(o->beta1, (double)t), c2 = 1 - pow(o->beta2, (double)t);    \
         for (int64_t i = 0; i < p->size; i++) {                                          \
             double x = X[i], g = G[i];                                                   \
@@ -61,7 +61,7 @@ static int state_ok(ad_tape *T, ad_node *p, int64_t h, const char *what, ad_node
  * b = mu*b + g/denominator and theta -= lr*b, else theta -= lr*g/denominator. */
 #define RMSPROP_STEP(TT) do {                                                            \
         TT *X = p->data, *V = sq->data, *B = buf ? buf->data : NULL;                     \
-        TT *A = gavg ? gavg->data : NULL; const TT *G = p->grad->data;                   \
+        TT *A = gavg ? gavg->data : NULL; const TT *G = grad;                   \
         for (int64_t i = 0; i < p->size; i++) {                                          \
             double g = (double)G[i] + o->weight_decay * (double)X[i];                    \
             double vi = o->alpha * (double)V[i] + (1 - o->alpha) * g * g, var = vi;      \
@@ -79,7 +79,7 @@ static int state_ok(ad_tape *T, ad_node *p, int64_t h, const char *what, ad_node
 
 /* Adagrad: g += wd*theta; s += g^2; theta -= lr / (1 + (t-1)*lr_decay) * g / (sqrt(s) + eps). */
 #define ADAGRAD_STEP(TT) do {                                                            \
-        TT *X = p->data, *S = sum->data; const TT *G = p->grad->data;                    \
+        TT *X = p->data, *S = sum->data; const TT *G = grad;                    \
         double clr = o->lr / (1 + (double)(t - 1) * o->lr_decay);                        \
         for (int64_t i = 0; i < p->size; i++) {                                          \
             double g = (double)G[i] + o->weight_decay * (double)X[i];                    \
@@ -97,7 +97,10 @@ static void state_needs(const ad_optim_t *o, int need[3])
     need[2] = (o->kind == AD_OPTIM_ADAM && o->amsgrad) || (o->kind == AD_OPTIM_RMSPROP && o->centered);
 }
 
-int ad_optim_step(const ad_optim_t *o, int64_t hp, int64_t hs0, int64_t hs1, int64_t hs2, int64_t t)
+/* Check the settings, resolve p and the state leaves its step needs (s[i] NULL when not needed);
+ * T is locked. Shared by ad_optim_step and the traced training step (train_step.c). */
+int ad_optim_prepare(ad_tape *T, const ad_optim_t *o, int64_t hp, const int64_t hs[3], int64_t t, ad_node **pp,
+                     ad_node *s[3])
 {
     static const char *const names[4][3] = {
         {"momentum buffer", "", ""}, {"first moment", "second moment", "second moment's maximum"},
@@ -106,30 +109,29 @@ int ad_optim_step(const ad_optim_t *o, int64_t hp, int64_t hs0, int64_t hs1, int
     if (o->kind < AD_OPTIM_SGD || o->kind > AD_OPTIM_ADAGRAD)
         return ad_err(AD_ERR_VALUE, "optim_step: unknown optimizer kind %d", o->kind);
     if (t < 1) return ad_err(AD_ERR_VALUE, "optim_step: step count must start at 1, got %lld", (long long)t);
-    ad_tape *T;
-    int st = ad_lock_current(&T);
-    if (st) return st;
-    ad_node *p, *s[3] = {NULL, NULL, NULL};
-    const int64_t hs[3] = {hs0, hs1, hs2};
-    int need[3];
+    ad_node *p;
+    int need[3], st;
+    s[0] = s[1] = s[2] = NULL;
     state_needs(o, need);
-    if ((st = ad_resolve(T, hp, &p))) goto out;
-    if (!(p->flags & F_LEAF)) {
-        st = ad_err(AD_ERR_RUNTIME, "optim_step: only leaf tensors can be updated in place; this one was "
-                    "computed by %s", ad_ops[p->op].name);
-        goto out;
-    }
+    if ((st = ad_resolve(T, hp, &p))) return st;
+    if (!(p->flags & F_LEAF))
+        return ad_err(AD_ERR_RUNTIME, "optim_step: only leaf tensors can be updated in place; this one was "
+                      "computed by %s", ad_ops[p->op].name);
     for (int i = 0; i < 3; i++) {
         if (!need[i]) continue;
-        if ((st = state_ok(T, p, hs[i], names[o->kind][i], &s[i]))) goto out;
+        if ((st = state_ok(T, p, hs[i], names[o->kind][i], &s[i]))) return st;
         for (int j = 0; j < i; j++)
-            if (s[j] && ad_storage(s[j]) == ad_storage(s[i])) {
-                st = ad_err(AD_ERR_VALUE, "optim_step: the %s and the %s must be different tensors",
-                            names[o->kind][j], names[o->kind][i]);
-                goto out;
-            }
+            if (s[j] && ad_storage(s[j]) == ad_storage(s[i]))
+                return ad_err(AD_ERR_VALUE, "optim_step: the %s and the %s must be different tensors",
+                              names[o->kind][j], names[o->kind][i]);
     }
-    if (!p->grad) goto out;
+    *pp = p;
+    return AD_OK;
+}
+
+/* The update of p from grad (p's size and dtype) at step t, after ad_optim_prepare; T is locked. */
+void ad_optim_apply(ad_tape *T, const ad_optim_t *o, ad_node *p, ad_node *const s[3], const void *grad, int64_t t)
+{
     if (o->kind == AD_OPTIM_SGD) {
         ad_node *buf = s[0];
         if (p->dtype == AD_F64) SGD_STEP(double); else SGD_STEP(float);
@@ -147,7 +149,16 @@ int ad_optim_step(const ad_optim_t *o, int64_t hp, int64_t hs0, int64_t hs1, int
     ad_version_bump(T, p);
     for (int i = 0; i < 3; i++)
         if (s[i]) ad_version_bump(T, s[i]);
-out:
+}
+
+int ad_optim_step(const ad_optim_t *o, int64_t hp, int64_t hs0, int64_t hs1, int64_t hs2, int64_t t)
+{
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    ad_node *p, *s[3];
+    const int64_t hs[3] = {hs0, hs1, hs2};
+    if (!(st = ad_optim_prepare(T, o, hp, hs, t, &p, s)) && p->grad) ad_optim_apply(T, o, p, s, p->grad->data, t);
     ad_unlock(T);
     return st;
 }

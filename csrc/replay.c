@@ -59,6 +59,7 @@ struct ad_plan {
     atomic_flag busy;
     int fwd_done;
     int n_inputs, n_watch;
+    int n_diff;                /* inputs [0, n_diff) get gradients, the rest are data */
     int64_t nn;                /* node records, creation order */
     ad_node *nodes;
     ad_node **ins;             /* input pointer arrays of records with more than 2 inputs */
@@ -168,6 +169,8 @@ static int family_of(int op)
     }
 }
 
+int ad_op_replayable(int op) { return family_of(op) != FAM_NONE; }
+
 static int forward_node(ad_tape *T, ad_node *n)
 {
     switch (family_of(n->op)) {
@@ -266,11 +269,13 @@ static const ad_ew_kernels *fast_ew(const ad_node *n)
     return K;
 }
 
-static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t *inputs, int n_watch,
+static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
                         const int64_t *watch, int64_t *watch_index, ad_plan **out)
 {
     if (n_inputs < 0 || (n_inputs > 0 && !inputs) || n_watch < 0 || (n_watch > 0 && (!watch || !watch_index)))
         return ad_err(AD_ERR_VALUE, "record: invalid lists of %d inputs and %d watched tensors", n_inputs, n_watch);
+    if (n_diff < 0 || n_diff > n_inputs)
+        return ad_err(AD_ERR_VALUE, "record: %d differentiated inputs of %d", n_diff, n_inputs);
     ad_node *root;
     int st = ad_resolve(T, root_h, &root);
     if (st) return st;
@@ -282,6 +287,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     if (!p || !starts) { free(starts); free(p); return ad_err(AD_ERR_MEMORY, "record: out of memory"); }
     atomic_flag_clear(&p->busy);
     p->n_inputs = n_inputs;
+    p->n_diff = n_diff;
     p->n_watch = n_watch;
     /* the inputs: distinct leaves of this tape */
     int64_t lo = INT64_MAX;
@@ -376,12 +382,12 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     }
     for (int64_t i = 0; i < nn; i++) {
         ad_node *n = list[i].n;
-        if (p->role[i] == R_INPUT) dep[i] = 1;
+        if (p->role[i] == R_INPUT) dep[i] = p->input_no[i] < n_diff;   /* a data input gets no gradient */
         else if (p->role[i] == R_OP)
             for (int j = 0; j < n->nin; j++) dep[i] |= dep[index_of(byptr, nn, n->in[j])];
     }
     if (p->root >= 0 && dep[p->root]) has[p->root] = 1;
-    for (int i = 0; i < n_inputs; i++)
+    for (int i = 0; i < n_diff; i++)
         p->adj[p->input_idx[i]] = (int64_t)arena_take(&top, value_bytes(starts[i]), starts[i]->size <= 1);
     for (int64_t i = nn - 1; i >= 0 && !st; i--) {
         ad_node *n = list[i].n;
@@ -510,17 +516,31 @@ fail:
     return plan_fail(p, st);
 }
 
-int ad_plan_build(int64_t root, int n_inputs, const int64_t *inputs, int n_watch, const int64_t *watch,
-                  int64_t *watch_index, ad_plan **out)
+int ad_plan_build_data(int64_t root, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
+                       const int64_t *watch, int64_t *watch_index, ad_plan **out)
 {
     if (!out) return ad_err(AD_ERR_VALUE, "record: out is NULL");
     *out = NULL;
     ad_tape *T;
     int st = ad_lock_current(&T);
     if (st) return st;
-    st = build_locked(T, root, n_inputs, inputs, n_watch, watch, watch_index, out);
+    st = build_locked(T, root, n_inputs, inputs, n_diff, n_watch, watch, watch_index, out);
     ad_unlock(T);
     return st;
+}
+
+int ad_plan_build(int64_t root, int n_inputs, const int64_t *inputs, int n_watch, const int64_t *watch,
+                  int64_t *watch_index, ad_plan **out)
+{
+    return ad_plan_build_data(root, n_inputs, inputs, n_inputs, n_watch, watch, watch_index, out);
+}
+
+int ad_plan_inputs(const ad_plan *p, int *n_inputs, int *n_diff)
+{
+    if (!p) return ad_err(AD_ERR_VALUE, "plan_inputs: plan is NULL");
+    if (n_inputs) *n_inputs = p->n_inputs;
+    if (n_diff) *n_diff = p->n_diff;
+    return AD_OK;
 }
 
 void ad_plan_free(ad_plan *p)
@@ -619,8 +639,8 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
 /* The gradients' buffers checked and the root's cotangent copied in, before a reverse sweep. */
 static int seed_in(ad_plan *p, const void *seed, void *const *grads)
 {
-    if (p->n_inputs > 0 && !grads) return ad_err(AD_ERR_VALUE, "replay: grads is NULL");
-    for (int i = 0; i < p->n_inputs; i++)
+    if (p->n_diff > 0 && !grads) return ad_err(AD_ERR_VALUE, "replay: grads is NULL");
+    for (int i = 0; i < p->n_diff; i++)
         if (!grads[i] && p->nodes[p->input_idx[i]].size > 0) return ad_err(AD_ERR_VALUE, "replay: grads[%d] is NULL", i);
     ad_node *root = p->root >= 0 ? &p->nodes[p->root] : NULL;
     if (root) {
@@ -656,7 +676,7 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
             st = ad_pass_row(T, &p->nodes[s->node], s->g, s->which, s->target, s->acc);
         }
     }
-    for (int i = 0; i < p->n_inputs && !st; i++) {
+    for (int i = 0; i < p->n_diff && !st; i++) {
         int64_t x = p->input_idx[i];
         size_t bytes = value_bytes(&p->nodes[x]);
         if (!bytes) continue;
@@ -685,6 +705,29 @@ int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *se
     if (grads) st = seed_in(p, seed, grads);
     if (!st) st = forward_locked(T, p, inputs, out, grads != NULL);
     if (!st && grads) st = backward_locked(T, p, seed, grads, 1);
+    ad_unlock(T);
+    unclaim(p);
+    return st;
+}
+
+int ad_plan_replay_hooked(ad_plan *p, int forward, int backward, const void *const *inputs, void *out,
+                          void *const *grads, const ad_plan_hooks *h)
+{
+    int st = claim(p, "replay");
+    if (st) return st;
+    if (forward) {
+        p->fwd_done = 0;
+        if ((st = constants_current(p))) { unclaim(p); return st; }
+    }
+    ad_tape *T;
+    if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
+    ad_long_work(INT64_MAX);
+    st = h && h->prepare ? h->prepare(T, h->ctx) : AD_OK;
+    if (!st && forward && backward) st = seed_in(p, NULL, grads);
+    /* a forward alone is the guarded step's first half: a backward follows when the guards hold */
+    if (!st && forward) st = forward_locked(T, p, inputs, out, 1);
+    if (!st && backward) st = backward_locked(T, p, NULL, grads, forward);
+    if (h && h->finish) st = h->finish(T, h->ctx, st);
     ad_unlock(T);
     unclaim(p);
     return st;

@@ -20,6 +20,7 @@ from .creation import (empty, arange, linspace, eye, rand, randn, full_like, emp
 from .custom import custom_vjp, custom_jvp, Function, FunctionCtx
 from .checkpoint import checkpoint
 from .record import record, GuardError
+from .record_step import record_step
 from ._capi import lib as _lib
 from . import nn, optim, data, autograd, viz
 from . import linalg   # ad.linalg: inv, det, slogdet, solve, cholesky (issue 17)

@@ -271,6 +271,24 @@ class Recorded:
         it = iter(leaves)
         for i, spec, count in zip(nums, specs, counts):
             call_args[i] = _unflatten(spec, iter([next(it) for _ in range(count)]))
+        plan, guards, out, _, fused = self._trace(call_args, kwargs, leaves, len(leaves))
+        keep = [a for i, a in enumerate(args) if i not in nums] + list(kwargs.values())
+        entry = _Plan(plan, guards, specs, single, out.shape, out.dtype, keep)
+        entry.fused = (int(fused[0]), int(fused[1]), int(fused[2]))
+        with self._lock:
+            self._plans.pop(key, None)
+            while len(self._plans) >= MAX_PLANS:       # the oldest goes (a cache, like jit's)
+                self._plans.pop(next(iter(self._plans)))
+            self._plans[key] = entry
+            self.records += 1
+        return entry
+
+    def _trace(self, call_args, kwargs, inputs, n_diff):
+        """Call f eagerly on call_args while recording and build its plan from the input leaves
+        (the first n_diff differentiated, the rest data: record_step.py's batch), fused unless
+        self.fuse is 0: (the C plan, the guards, f's output, which of the differentiated inputs the
+        output depends on, the fusion's counts)."""
+        leaves = inputs[:n_diff]
         reads = _Reads()
         before = lib.ad_record_mode(1)
         if before < 0:
@@ -299,12 +317,12 @@ class Recorded:
                 warnings.warn("record: the output of f does not depend on the differentiated input, so its "
                               "derivative is zero. If that is unexpected, f may have left the tape (.numpy(), "
                               "float(), np.asarray() or .item() give plain numbers that cannot be differentiated)",
-                              UserWarning, stacklevel=4)
+                              UserWarning, stacklevel=5)
             n_watch = len(reads.watch)
             where = ffi.new("int64_t[]", max(n_watch, 1))
             pp = ffi.new("ad_plan **")
-            check(lib.ad_plan_build(out._h, len(leaves), _handles(leaves), n_watch,
-                                    ffi.new("int64_t[]", reads.watch or [0]), where, pp))
+            check(lib.ad_plan_build_data(out._h, len(inputs), _handles(inputs), n_diff, n_watch,
+                                         ffi.new("int64_t[]", reads.watch or [0]), where, pp))
             plan = ffi.gc(pp[0], lib.ad_plan_free)
             fused = ffi.new("int64_t[3]")
             if self.fuse:
@@ -321,16 +339,7 @@ class Recorded:
                 ops = [(None, v) if w is None or where[w] < 0 else (int(where[w]), None) for w, v in operands]
                 if any(w is not None for w, _ in ops):
                     guards.append(("compare", fn, ops, mask))
-        keep = [a for i, a in enumerate(args) if i not in nums] + list(kwargs.values())
-        entry = _Plan(plan, guards, specs, single, out.shape, out.dtype, keep)
-        entry.fused = (int(fused[0]), int(fused[1]), int(fused[2]))
-        with self._lock:
-            self._plans.pop(key, None)
-            while len(self._plans) >= MAX_PLANS:       # the oldest goes (a cache, like jit's)
-                self._plans.pop(next(iter(self._plans)))
-            self._plans[key] = entry
-            self.records += 1
-        return entry
+        return plan, guards, out, reached, fused
 
     # -- replays --
 

@@ -26,6 +26,8 @@ static int unit_start(const ad_node *n) { return ((int)n->c[1] & AD_SCAN_UNIT) !
 static blocks blocks_of(const ad_node *n)
 {
     int ax = axis_of(n);
+    /* an empty tensor has no blocks; its other dimensions may be huge, so their product is not formed */
+    if (n->size == 0) { blocks none = {0, 0, 0}; return none; }
     blocks b = {1, n->shape[ax], 1};
     for (int i = 0; i < ax; i++) b.outer *= n->shape[i];
     for (int i = ax + 1; i < n->ndim; i++) b.inner *= n->shape[i];
