@@ -674,6 +674,12 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # One BLAS and pyautodiff thread, as `python -m benchmarks` pins them (run.py), before NumPy
+    # loads: on a shared 2-core machine OpenBLAS's threads fighting for busy cores made a batch-32
+    # MLP step 10x slower (README, "Record once, replay"). An explicit setting is kept.
+    from benchmarks.run import THREAD_VARIABLES
+    for variable in THREAD_VARIABLES:
+        os.environ.setdefault(variable, "1")
     if args.peers_site:
         sys.path.append(args.peers_site)
     rounds, calls = (3, 3) if args.quick else (5, 7)
