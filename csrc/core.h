@@ -575,6 +575,9 @@ void ad_optim_apply(ad_tape *T, const ad_optim_t *o, ad_node *p, ad_node *const 
 /* Whether a plan can run op (replay.c): tape.c records such an op while recording even when no
  * input requires grad, so that a plan recomputes it. */
 int ad_op_replayable(int op);
+/* Whether ad_node_link will record op on these inputs rather than make its result a constant
+ * (tape.c): a constructor that saves data only for its rules (an index, a mask) asks this. */
+int ad_will_record(ad_tape *T, int op, int nin, ad_node *const *ins);
 /* A replay with hooks run under the tape's lock (replay.c; train_step.c uses it): prepare before
  * the forward (it may fill the caller's inputs and grads arrays), finish after the replay with its
  * status (its return value is the call's). forward/backward select the passes. */

@@ -804,15 +804,24 @@ int64_t ad_version(int64_t h)
 
 /* ---------- end of versions ---------- */
 
-int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
+/* Whether ad_node_link will record an op on these inputs (1) or make its result a constant (0). */
+int ad_will_record(ad_tape *T, int op, int nin, ad_node *const *ins)
 {
-    int any = 0;
-    for (int i = 0; i < nin; i++) any |= ins[i]->flags & F_REQUIRES_GRAD;
+    if (!T->grad_enabled) return 0;
+    for (int i = 0; i < nin; i++)
+        if (ins[i]->flags & F_REQUIRES_GRAD) return 1;
     /* while a function is recorded (ad.record), a value computed from tensors that do not require
      * grad (w.T of a frozen weight) is recorded too: the plan then recomputes it from them, and an
      * in-place write to one is caught by the plan's version check; a constant would go stale (an op
      * a plan cannot run, a custom function, stays a constant, as before) */
-    if (T->recording && T->grad_enabled && nin > 0 && ad_op_replayable(n->op)) any = 1;
+    return T->recording && nin > 0 && ad_op_replayable(op);
+}
+
+int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
+{
+    int any = 0;
+    for (int i = 0; i < nin; i++) any |= ins[i]->flags & F_REQUIRES_GRAD;
+    if (ad_will_record(T, n->op, nin, ins)) any = 1;
     if (!any || !T->grad_enabled) {
         if (any) ad_tape_escape(T);   /* a value of the graph computed off it (no_grad) */
         /* nothing to differentiate: a constant, free of its inputs and parameters */

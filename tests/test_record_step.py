@@ -272,6 +272,32 @@ def test_record_follows_values_computed_inside_f_from_tensors_that_do_not_requir
     assert _bits(tf.grad(x)) == _bits(ad.grad(f)(x))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_record_follows_index_ops_on_tensors_that_do_not_require_grad(dtype):
+    # gather, scatter_add and where on a constant are recorded too (above); they must then keep
+    # their index or mask as any recorded node does, or the replay reads a missing index
+    # (regression: a segfault, found by the C fuzzer)
+    c = ad.tensor(np.arange(1.0, 7.0).astype(dtype))
+    idx = np.array([0, 2, 2, 5])
+    cond = np.array([True, False, True, False])
+
+    def f(x):
+        picked = c[idx]                                       # gather
+        spread = ad.scatter_add(ad.zeros(6, dtype=dtype), 0, np.array([1, 1, 4, 0]), c[:4])
+        chosen = ad.where(cond, c[:4], c[1:5])                # where's mask
+        return (x * picked).sum() + (x * spread[:4]).sum() + (x * chosen * chosen).sum()
+
+    tf = ad.record(f, np.ones(4, dtype))
+    for x in (np.ones(4, dtype), np.array([2.0, -1.0, 0.5, 3.0], dtype)):
+        assert _bits(tf(x)) == _bits(f(ad.tensor(x)))
+        assert _bits(tf.grad(x)) == _bits(ad.grad(f)(x))
+    with ad.no_grad():
+        c.copy_(c * 3)                                        # the plan recomputes from c
+    x = np.array([2.0, -1.0, 0.5, 3.0], dtype)
+    assert _bits(tf(x)) == _bits(f(ad.tensor(x)))
+    assert _bits(tf.grad(x)) == _bits(ad.grad(f)(x))
+
+
 def test_plan_memory_grows_linearly_with_the_chain():
     # a chain of n scalar ops: the plan's arena is about a word per op, the same per op at 10x the
     # length (a quadratic step or a per-op buffer that grows with n would show), and building and
