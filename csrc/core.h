@@ -242,6 +242,8 @@ int ad_resolve(ad_tape *T, int64_t h, ad_node **out);   /* validate handle again
 void ad_long_work(int64_t elems);
 int64_t ad_handle(ad_tape *T, ad_node *n);
 int ad_grad_mode(ad_tape *T);
+/* Whether ad_node_link will record op on these inputs (its rule, for ops that save data only then) */
+int ad_will_record(ad_tape *T, int op, int nin, ad_node *const *ins);
 void *ad_buf_alloc(ad_tape *T, size_t bytes);
 void ad_buf_free(ad_tape *T, void *p, size_t bytes);
 /* New node with the given shape and an uninitialised value buffer; refs = 1 (the caller's). */

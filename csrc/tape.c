@@ -464,6 +464,14 @@ void ad_unlock(ad_tape *T) { spin_unlock(&T->lock); }
 
 int ad_grad_mode(ad_tape *T) { return T->grad_enabled; }
 
+int ad_will_record(ad_tape *T, int op, int nin, ad_node *const *ins)
+{
+    if (!T->grad_enabled) return 0;
+    for (int i = 0; i < nin; i++)
+        if (ins[i]->flags & F_REQUIRES_GRAD) return 1;
+    return T->recording && nin > 0 && ad_op_replayable(op);
+}
+
 static inline ad_node *slot_node(ad_tape *T, uint32_t slot)
 {
     return &T->chunks[slot >> CHUNK_BITS][slot & (CHUNK - 1)];

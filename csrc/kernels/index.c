@@ -27,14 +27,11 @@ static int upcast(ad_tape *T, ad_node *x, ad_node **out)
     return AD_OK;
 }
 
-/* Will an op on these inputs be recorded? Saved data (indices, masks) is kept only then. */
-static int recording(ad_tape *T, int nin, ad_node **ins)
-{
-    if (!ad_grad_mode(T)) return 0;
-    for (int i = 0; i < nin; i++)
-        if (ins[i]->flags & F_REQUIRES_GRAD) return 1;
-    return 0;
-}
+/* Will an op on these inputs be recorded? Saved data (indices, masks) is kept only then. Asked of
+ * tape.c: while ad.record records, an op on tensors that do not require grad is recorded too, and
+ * the plan's replay reads its index or mask (this checked requires-grad only: a gather from a
+ * frozen tensor replayed a NULL index, found by fuzz_capi seed 5) */
+static int recording(ad_tape *T, int op, int nin, ad_node **ins) { return ad_will_record(T, op, nin, ins); }
 
 /* ---------------- gather ----------------
  * Each index picks a block of `block` consecutive elements (block 1: one element): t[rows] on a
@@ -44,7 +41,7 @@ static int recording(ad_tape *T, int nin, ad_node **ins)
 /* Copy the caller's index into n->aux when n will be recorded (its VJP and JVP read it). */
 static int save_index(ad_tape *T, ad_node *n, ad_node *x, int64_t count, const int64_t *index, const char *name)
 {
-    if (!count || !recording(T, 1, &x)) return AD_OK;
+    if (!count || !recording(T, n->op, 1, &x)) return AD_OK;
     n->aux = ad_buf_alloc(T, (size_t)count * sizeof(int64_t));
     if (!n->aux) return ad_err(AD_ERR_MEMORY, "%s: out of memory saving the index", name);
     memcpy(n->aux, index, (size_t)count * sizeof(int64_t));
@@ -544,7 +541,7 @@ int ad_mk_where(ad_tape *T, int cnd, const int64_t *cshape, const uint8_t *cond,
     }
     where_select(n, mask, a, b);
     ad_node *ins[2] = {a, b};
-    if (recording(T, 2, ins)) {
+    if (recording(T, n->op, 2, ins)) {
         n->aux = (int64_t *)mask;
         n->aux_len = (int32_t)mask_words(n->size);
         if ((int64_t)n->aux_len != mask_words(n->size)) {
