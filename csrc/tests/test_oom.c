@@ -4,7 +4,10 @@
  * the status is AD_ERR_MEMORY with a message, the state is exactly what it was (every leaf's grad
  * bit for bit, the live node and byte counts, the graph not released), and the same call run
  * again without the fault succeeds with the gradients of a run that never failed. Whatever the
- * call made is freed (live counters back to the start, LeakSanitizer at exit). */
+ * call made is freed (live counters back to the start, LeakSanitizer at exit). The calls: every
+ * sweep, on a graph with and without solve/logdet/cholesky (run on the reference LU and Cholesky
+ * below), building, fusing and running a plan, and the traced training step, whose parameters'
+ * values, optimizer state and step counts are part of the state that must not change. */
 #include "check.h"
 #include "../testing.h"
 #include <stdint.h>
