@@ -401,8 +401,8 @@ int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *se
  * step + 1, which is stored back; a parameter not reached has its grad cleared and is not
  * updated. loss receives the root's values. One call, one tape lock; AD_PLAN_STALE as ad_plan_run. phase AD_TRAIN_FORWARD runs
  * the forward only (for the bindings' guards), AD_TRAIN_FINISH the rest after it. On an error the
- * parameters, their state and step counts are unchanged; grads the replay had begun to overwrite
- * are cleared. */
+ * parameters, their grads, their state and step counts are unchanged (grads are written only once
+ * the replay has succeeded). */
 typedef struct {
     int64_t param;             /* the parameter's leaf */
     int64_t state[3];          /* its optimizer state leaves, as ad_optim_step's s0..s2 (0: none) */

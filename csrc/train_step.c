@@ -11,7 +11,7 @@
 
 typedef struct {
     ad_plan *plan;
-    int phase, n_params, n_groups, prepared;
+    int phase, n_params, n_groups;
     ad_train_param_t *params;
     const ad_optim_t *groups;
     const void **inputs;       /* the plan's inputs: the parameters' values, then the batch */
@@ -58,7 +58,6 @@ static int prepare(ad_tape *T, void *vc)
             c->grads[i] = c->fresh[i]->data;
         }
     }
-    c->prepared = 1;
     return AD_OK;
 }
 
@@ -72,8 +71,11 @@ static int finish(ad_tape *T, void *vc, int st)
         if (st || !q->hit) {
             if (fresh) ad_node_unref(T, fresh);
             /* an unreached parameter has no grad, as after zero_grad() and a backward that does not
-             * reach it; after an error, a grad the replay may have begun to overwrite is cleared */
-            if (p && p->grad && (!st || (c->prepared && !fresh))) { ad_node_unref(T, p->grad); p->grad = NULL; }
+             * reach it. After an error every grad stays as it was: the replay copies the gradients
+             * into grads only once the whole reverse sweep has succeeded (replay.c, backward_locked),
+             * so a failed step never wrote to one, and clearing it (as this did) lost a grad an
+             * out-of-memory or singular-matrix error in the forward had not touched */
+            if (!st && p && p->grad) { ad_node_unref(T, p->grad); p->grad = NULL; }
             continue;
         }
         if (fresh) {
@@ -99,7 +101,7 @@ int ad_plan_train_step(ad_plan *p, int phase, int n_params, ad_train_param_t *pa
                       n_params, n_groups, n_diff);
     if (n_inputs > n_diff && !data) return ad_err(AD_ERR_VALUE, "train_step: data is NULL");
     size_t np = (size_t)(n_params ? n_params : 1), ni = (size_t)(n_inputs ? n_inputs : 1);
-    step_ctx c = {p, phase, n_params, n_groups, 0, params, groups, NULL, NULL, NULL, NULL, NULL};
+    step_ctx c = {p, phase, n_params, n_groups, params, groups, NULL, NULL, NULL, NULL, NULL};
     c.inputs = calloc(ni, sizeof *c.inputs);
     c.grads = calloc(ni, sizeof *c.grads);
     c.param = calloc(np, sizeof *c.param);

@@ -430,3 +430,24 @@ def test_the_c_plan_api_checks_its_arguments():
     assert lib.ad_plan_run(plan, ffi.new("void *[]", [ffi.from_buffer(v)]), ffi.from_buffer(out), ffi.NULL, grads) == 0
     assert out == 10.0 and g.tolist() == [6.0, -2.0]
     assert lib.ad_plan_run(plan, ffi.NULL, ffi.NULL, ffi.NULL, ffi.NULL) < 0     # inputs missing
+
+
+def test_an_index_and_a_mask_on_tensors_that_do_not_require_grad_are_replayed():
+    # a gather and a where on a closed-over tensor that does not require grad are recorded (so a
+    # replay recomputes them); the core kept their index and mask only for inputs requiring grad,
+    # and the replay read a NULL index (csrc/kernels/index.c, found by fuzz_capi seed 5)
+    table = ad.tensor(np.arange(12.0).reshape(4, 3))
+    idx = np.array([2, 0, 2, 3])
+    mask = np.array([True, False, True])
+
+    def f(x):
+        return (table[idx] * x).sum() + (ad.where(mask, table, table * 2.0) * x[0]).sum()
+
+    tf = ad.record(f, np.ones(3))
+    x = np.array([0.5, -1.5, 2.0])
+    _same_bits(tf(x), f(x))
+    _same_bits(tf.grad(x), ad.grad(f)(x))
+    t = np.arange(12.0).reshape(4, 3)
+    w = np.where(mask, t, t * 2.0)
+    np.testing.assert_allclose(np.asarray(tf(x)), (t[idx] * x).sum() + w.sum() * x[0], rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(tf.grad(x)), t[idx].sum(0) + np.array([w.sum(), 0, 0]), rtol=1e-12)

@@ -343,3 +343,33 @@ def test_a_step_on_another_thread_is_a_clear_error_and_changes_nothing():
     assert [_bits(p) for p in m.parameters()] == before
     step(x, y)                                   # still usable on its own thread
     assert [_bits(p) for p in m.parameters()] != before
+
+
+def test_a_step_that_fails_in_the_replay_changes_nothing():
+    # a Cholesky of a batch that is not positive definite fails in the replay's forward, after the
+    # step has resolved the parameters: values, grads (overwritten in place by a step, so the core
+    # once cleared them here), optimizer state and step counts stay as they were
+    m = _model(np.float64)
+    o = optim.Adam(m.parameters(), lr=0.1, amsgrad=True)
+    x, y = _batches(np.float64, 1)[0]
+    spd, bad = np.eye(2) * 2.0, np.array([[1.0, 0.0], [0.0, -1.0]])
+    step = ad.record_step(lambda x, y, a: F.mse_loss(m(x), y) + ad.linalg.cholesky(a).sum(), o, x, y, spd)
+    step(x, y, spd)
+    params = [(_bits(p), _bits(p.grad)) for p in m.parameters()]
+    state = copy.deepcopy(o.state_dict())
+    assert all(g is not None for _, g in params)
+    with pytest.raises(np.linalg.LinAlgError, match="cholesky"):
+        step(x, y, bad)
+    assert [(_bits(p), _bits(p.grad)) for p in m.parameters()] == params
+    o2 = optim.Adam(m.parameters(), lr=0.1, amsgrad=True)
+    o2.load_state_dict(state)
+    _same_state(o, o2)
+    # and the next step is the one that would have come
+    m2 = copy.deepcopy(m)
+    o3 = optim.Adam(m2.parameters(), lr=0.1, amsgrad=True)
+    o3.load_state_dict(state)
+    step(x, y, spd)
+    o3.zero_grad()
+    (F.mse_loss(m2(x), y) + ad.linalg.cholesky(ad.tensor(spd)).sum()).backward()
+    o3.step()
+    _same_params(m, m2)

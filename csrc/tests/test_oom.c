@@ -4,11 +4,15 @@
  * the status is AD_ERR_MEMORY with a message, the state is exactly what it was (every leaf's grad
  * bit for bit, the live node and byte counts, the graph not released), and the same call run
  * again without the fault succeeds with the gradients of a run that never failed. Whatever the
- * call made is freed (live counters back to the start, LeakSanitizer at exit). */
+ * call made is freed (live counters back to the start, LeakSanitizer at exit). The calls: every
+ * sweep, on a graph with and without solve/logdet/cholesky (run on the reference LU and Cholesky
+ * below), building, fusing and running a plan, and the traced training step, whose parameters'
+ * values, optimizer state and step counts are part of the state that must not change. */
 #include "check.h"
 #include "../testing.h"
 #include <stdint.h>
 #include <stdlib.h>
+#include <math.h>
 
 const char *__asan_default_options(void) { return "allocator_may_return_null=1:detect_leaks=1"; }
 
@@ -20,9 +24,12 @@ typedef struct {
     int64_t leaf[NLEAF];       /* x (2, 3): no grad; w (3,): a grad it owns; b (3,): a grad the caller holds too */
     int64_t held;              /* the caller's handle to b's grad */
     int64_t root;              /* a scalar */
-    int64_t extra[16];         /* intermediate tensors and sweep inputs, released with the graph */
+    int64_t extra[32];         /* intermediate tensors and sweep inputs, released with the graph */
     int nextra;
     int64_t in[NLEAF];         /* the sweep's cotangent or tangents, made before the fault is armed */
+    ad_plan *plan;             /* a recorded plan of the root (NULL: none), freed with the graph */
+    ad_train_param_t tp[2];    /* the training step's parameters w and b, their state leaves in extra */
+    double res[MAXOUT][MAXVAL]; /* what a plan writes: the root's values, then its inputs' gradients */
 } graph;
 
 static int64_t mk(int ndim, const int64_t *shape, const double *vals, int rg)
@@ -39,10 +46,11 @@ static int64_t keep(graph *g, int64_t h)
 
 /* tanh(x * w + b) (w and b broadcast over rows), its rows times w (w used twice), a logsumexp
  * over x's rows: broadcasting, fan-out, matmul, reductions, a leaf used by several ops. */
+static const double xv[6] = {0.5, -1, 2, 1.5, 0.25, -0.75}, wv[3] = {0.3, -0.2, 0.8}, bv[3] = {0.1, 0.2, -0.3};
+
 static void build(graph *g)
 {
     memset(g, 0, sizeof *g);
-    const double xv[6] = {0.5, -1, 2, 1.5, 0.25, -0.75}, wv[3] = {0.3, -0.2, 0.8}, bv[3] = {0.1, 0.2, -0.3};
     const double gw[3] = {1, 2, 3}, gb[3] = {-1, 0.5, 4};
     int64_t s23[2] = {2, 3}, s3[1] = {3}, ax1[1] = {1};
     int64_t x = mk(2, s23, xv, 1), w = mk(1, s3, wv, 1), b = mk(1, s3, bv, 1);
@@ -67,6 +75,7 @@ static void drop_graph(graph *g)
     ad_release(g->held);
     ad_release(g->root);
     for (int i = 0; i < g->nextra; i++) ad_release(g->extra[i]);
+    ad_plan_free(g->plan);
 }
 
 typedef struct {
@@ -74,6 +83,9 @@ typedef struct {
     int released;
     int has[NLEAF];
     double grad[NLEAF][MAXVAL];
+    double val[NLEAF][MAXVAL];          /* the leaves' values (a training step updates them) */
+    double state[2][3][MAXVAL];         /* the training step's optimizer state leaves */
+    int64_t step[2];                    /* and step counts */
 } snapshot;
 
 static void values(int64_t h, double *out)
@@ -98,14 +110,26 @@ static snapshot snap(const graph *g)
         int64_t gh = ad_grad(g->leaf[i]);
         s.has[i] = gh > 0;
         if (gh > 0) { values(gh, s.grad[i]); ad_release(gh); }
+        values(g->leaf[i], s.val[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        s.step[i] = g->tp[i].step;
+        for (int j = 0; j < 3; j++) if (g->tp[i].state[j] > 0) values(g->tp[i].state[j], s.state[i][j]);
     }
     return s;
 }
 
+/* everything but the live counters (a successful call may make tensors) */
+static int same_state(const snapshot *a, const snapshot *b)
+{
+    return a->released == b->released && !memcmp(a->has, b->has, sizeof a->has) &&
+           !memcmp(a->grad, b->grad, sizeof a->grad) && !memcmp(a->val, b->val, sizeof a->val) &&
+           !memcmp(a->state, b->state, sizeof a->state) && !memcmp(a->step, b->step, sizeof a->step);
+}
+
 static int same_snapshot(const snapshot *a, const snapshot *b)
 {
-    return a->live_nodes == b->live_nodes && a->live_bytes == b->live_bytes && a->released == b->released &&
-           !memcmp(a->has, b->has, sizeof a->has) && !memcmp(a->grad, b->grad, sizeof a->grad);
+    return a->live_nodes == b->live_nodes && a->live_bytes == b->live_bytes && same_state(a, b);
 }
 
 /* One sweep: prep makes its inputs (g->in), run runs it on g, its new tensors into out. */
@@ -145,7 +169,196 @@ static int jvp_recorded(graph *g, int64_t *out) { return ad_jvp_graph(g->root, N
 /* a second backward through a graph kept by the first (which the prep runs) */
 static void first_backward(graph *g) { CHECK(ad_backward(g->root, 0, 1) == AD_OK); }
 
-typedef struct { snapshot after; double out[MAXOUT][MAXVAL * 2]; } result;
+/* ---- plans (replay.c), fused plans (fusion.c) and the traced training step (train_step.c) ---- */
+
+static const int64_t s3[1] = {3}, s33[2] = {3, 3};
+
+/* the root with a chain of elementwise ops of one shape on top, which ad_plan_fuse fuses:
+ * sum(tanh(exp(x * x) + x)) + the root */
+static void fusable(graph *g)
+{
+    int64_t x = g->leaf[0], old = keep(g, g->root);
+    int64_t e = keep(g, ad_unary(AD_OP_EXP, keep(g, ad_binary(AD_OP_MUL, x, x)), 0, 0));
+    int64_t t = keep(g, ad_unary(AD_OP_TANH, keep(g, ad_binary(AD_OP_ADD, e, x)), 0, 0));
+    g->root = ad_binary(AD_OP_ADD, keep(g, ad_reduce(AD_OP_SUM, t, -1, NULL, 0)), old);
+    CHECK(g->root > 0);
+}
+
+/* the plan of the root from x, w, b (all differentiated) */
+static int build_plan(graph *g)
+{
+    const int64_t in[NLEAF] = {g->leaf[0], g->leaf[1], g->leaf[2]};
+    return ad_plan_build(g->root, NLEAF, in, 0, NULL, NULL, &g->plan);
+}
+
+static int fuse(graph *g)
+{
+    int64_t regions = 0;
+    int st = ad_plan_fuse(g->plan, 1, &regions, NULL, NULL);
+    if (!st) CHECK(regions > 0);
+    return st;
+}
+
+static int plan_run(graph *g)
+{
+    const void *in[NLEAF] = {xv, wv, bv};
+    void *grads[NLEAF] = {g->res[1], g->res[2], g->res[3]};
+    return ad_plan_run(g->plan, in, g->res[0], NULL, grads);
+}
+
+static void planned(graph *g) { CHECK(build_plan(g) == AD_OK); }
+static void fusable_planned(graph *g) { fusable(g); planned(g); }
+static void fused(graph *g) { fusable_planned(g); CHECK(fuse(g) == AD_OK); }
+
+/* building, fusing and running a plan in one call; on failure nothing of it is left */
+static int build_fuse_run(graph *g, int64_t *out)
+{
+    (void)out;
+    int st = build_plan(g);
+    if (!st) st = fuse(g);
+    if (!st) st = plan_run(g);
+    if (st) { ad_plan_free(g->plan); g->plan = NULL; }
+    return st;
+}
+static int fuse_run(graph *g, int64_t *out) { (void)out; int st = fuse(g); return st ? st : plan_run(g); }
+static int run_plan(graph *g, int64_t *out) { (void)out; return plan_run(g); }
+
+/* The training step: w (Adam with amsgrad and decay, its grad its own: overwritten in place) and
+ * b (SGD with Nesterov momentum, its grad held by the caller: replaced) at step 3, x the batch. */
+static const ad_optim_t groups[2] = {
+    {.kind = AD_OPTIM_ADAM, .lr = 0.1, .weight_decay = 0.01, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8, .amsgrad = 1},
+    {.kind = AD_OPTIM_SGD, .lr = 0.05, .momentum = 0.9, .nesterov = 1},
+};
+
+static void trainable(graph *g)
+{
+    const int64_t in[NLEAF] = {g->leaf[1], g->leaf[2], g->leaf[0]};
+    CHECK(ad_plan_build_data(g->root, NLEAF, in, 2, 0, NULL, NULL, &g->plan) == AD_OK);
+    const double sv[3][3] = {{0.05, -0.1, 0.2}, {0.01, 0.02, 0.03}, {0.02, 0.03, 0.04}};
+    for (int i = 0; i < 2; i++) {
+        ad_train_param_t *q = &g->tp[i];
+        q->param = g->leaf[1 + i];
+        q->step = 3;
+        q->group = i;
+        q->hit = 1;
+        for (int j = 0; j < (i ? 1 : 3); j++) q->state[j] = keep(g, mk(1, s3, sv[j], 0));
+    }
+}
+static void fused_trainable(graph *g) { fusable(g); trainable(g); CHECK(fuse(g) == AD_OK); }
+
+static int train_step(graph *g, int64_t *out)
+{
+    (void)out;
+    const void *data[1] = {xv};
+    return ad_plan_train_step(g->plan, AD_TRAIN_STEP, 2, g->tp, 2, groups, data, g->res[0]);
+}
+
+/* the bindings' two phases: the forward (then their guards), the rest */
+static int train_phases(graph *g, int64_t *out)
+{
+    (void)out;
+    const void *data[1] = {xv};
+    int st = ad_plan_train_step(g->plan, AD_TRAIN_FORWARD, 2, g->tp, 2, groups, data, g->res[0]);
+    return st ? st : ad_plan_train_step(g->plan, AD_TRAIN_FINISH, 2, g->tp, 2, groups, data, NULL);
+}
+
+/* ---- solve, logdet, cholesky (kernels/lapack.c) ----
+ * No SciPy here: the reference LU with partial pivoting and Cholesky below, in LAPACK's Fortran
+ * signatures (column-major, 1-based pivots), stand in for dgetrf, dgetrs and dpotrf. */
+static void ref_getrf(int *m, int *n, double *a, int *lda, int *ipiv, int *info)
+{
+    int N = *n, L = *lda;
+    CHECK(*m == N);
+    *info = 0;
+    for (int k = 0; k < N; k++) {
+        int p = k;
+        for (int i = k + 1; i < N; i++) if (fabs(a[i + k * L]) > fabs(a[p + k * L])) p = i;
+        ipiv[k] = p + 1;
+        if (p != k) for (int j = 0; j < N; j++) { double t = a[k + j * L]; a[k + j * L] = a[p + j * L]; a[p + j * L] = t; }
+        if (a[k + k * L] == 0) { if (!*info) *info = k + 1; continue; }
+        for (int i = k + 1; i < N; i++) {
+            a[i + k * L] /= a[k + k * L];
+            for (int j = k + 1; j < N; j++) a[i + j * L] -= a[i + k * L] * a[k + j * L];
+        }
+    }
+}
+
+static void ref_getrs(char *trans, int *n, int *nrhs, double *a, int *lda, int *ipiv, double *b, int *ldb, int *info)
+{
+    int N = *n, L = *lda, LB = *ldb;
+    CHECK(trans[0] == 'N');
+    *info = 0;
+    for (int c = 0; c < *nrhs; c++) {
+        double *x = b + c * LB;
+        for (int k = 0; k < N; k++) { int p = ipiv[k] - 1; double t = x[k]; x[k] = x[p]; x[p] = t; }
+        for (int i = 0; i < N; i++) for (int j = 0; j < i; j++) x[i] -= a[i + j * L] * x[j];
+        for (int i = N - 1; i >= 0; i--) {
+            for (int j = i + 1; j < N; j++) x[i] -= a[i + j * L] * x[j];
+            x[i] /= a[i + i * L];
+        }
+    }
+}
+
+static void ref_potrf(char *uplo, int *n, double *a, int *lda, int *info)
+{
+    int N = *n, L = *lda;
+    CHECK(uplo[0] == 'L');
+    *info = 0;
+    for (int j = 0; j < N; j++) {
+        double d = a[j + j * L];
+        for (int k = 0; k < j; k++) d -= a[j + k * L] * a[j + k * L];
+        if (d <= 0) { *info = j + 1; return; }
+        a[j + j * L] = sqrt(d);
+        for (int i = j + 1; i < N; i++) {
+            double v = a[i + j * L];
+            for (int k = 0; k < j; k++) v -= a[i + k * L] * a[j + k * L];
+            a[i + j * L] = v / a[j + j * L];
+        }
+    }
+}
+
+/* A = C * w + 4 I (columns scaled by w; its lower triangle's symmetric matrix positive definite),
+ * B = D * b: the root + sum(solve(A, B)^2) + logdet(A) + sum(cholesky(A)), every rule of the three
+ * ops on the way of backward, vjp, jvp and hvp, and of the plan's replay */
+static void with_linalg(graph *g)
+{
+    const double cv[9] = {0.5, -0.25, 0.1, 0.2, 0.3, -0.4, -0.1, 0.15, 0.6};
+    const double dv[9] = {1, 0.5, -1, 0.25, 2, 0.75, -0.5, 1.5, 1}, iv[9] = {4, 0, 0, 0, 4, 0, 0, 0, 4};
+    int64_t old = keep(g, g->root);
+    int64_t a = keep(g, ad_binary(AD_OP_ADD, keep(g, ad_binary(AD_OP_MUL, keep(g, mk(2, s33, cv, 0)), g->leaf[1])),
+                                  keep(g, mk(2, s33, iv, 0))));
+    int64_t b = keep(g, ad_binary(AD_OP_MUL, keep(g, mk(2, s33, dv, 0)), g->leaf[2]));
+    int64_t x = keep(g, ad_solve(a, b, 0));
+    int64_t sx = keep(g, ad_reduce(AD_OP_SUM, keep(g, ad_binary(AD_OP_MUL, x, x)), -1, NULL, 0));
+    int64_t ld = keep(g, ad_logdet(a, 0, NULL));
+    int64_t sl = keep(g, ad_reduce(AD_OP_SUM, keep(g, ad_cholesky(a)), -1, NULL, 0));
+    g->root = ad_binary(AD_OP_ADD, keep(g, ad_binary(AD_OP_ADD, sx, ld)), keep(g, ad_binary(AD_OP_ADD, sl, old)));
+    CHECK(g->root > 0);
+    g->in[0] = a, g->in[1] = b;
+}
+static void linalg_cotangent_rows(graph *g) { with_linalg(g); cotangent_rows(g); }
+static void linalg_cotangent(graph *g) { with_linalg(g); cotangent(g); }
+static void linalg_tangent_rows(graph *g) { with_linalg(g); tangent_rows(g); }
+static void linalg_tangent(graph *g) { with_linalg(g); tangent(g); }
+static void linalg_planned(graph *g) { with_linalg(g); planned(g); }
+
+/* the three forwards on with_linalg's A and B (in[0], in[1]): their results, or nothing */
+static int linalg_forward(graph *g, int64_t *out)
+{
+    out[0] = ad_solve(g->in[0], g->in[1], 0);
+    out[1] = out[0] > 0 ? ad_logdet(g->in[0], 1, g->res[0]) : 0;
+    out[2] = out[1] > 0 ? ad_cholesky(g->in[0]) : 0;
+    for (int i = 0; i < 3; i++) {
+        if (out[i] > 0) continue;
+        int st = (int)out[i];
+        for (int j = 0; j < i; j++) ad_release(out[j]);
+        memset(out, 0, 3 * sizeof *out);
+        return st;
+    }
+    return AD_OK;
+}
+
+typedef struct { snapshot after; double out[MAXOUT][MAXVAL * 2]; double res[MAXOUT][MAXVAL]; } result;
 
 static result outcome(graph *g, const int64_t *out)
 {
@@ -157,14 +370,14 @@ static result outcome(graph *g, const int64_t *out)
         if (out[i] > 0 && ad_info(out[i], &info) == AD_OK && info.size <= 2 * MAXVAL)
             memcpy(r.out[i], info.data, (size_t)info.size * sizeof(double));
     }
+    memcpy(r.res, g->res, sizeof r.res);
     return r;
 }
 
 static int same_result(const result *a, const result *b)
 {
-    return !memcmp(a->after.has, b->after.has, sizeof a->after.has) &&
-           !memcmp(a->after.grad, b->after.grad, sizeof a->after.grad) &&
-           a->after.released == b->after.released && !memcmp(a->out, b->out, sizeof a->out);
+    return same_state(&a->after, &b->after) && !memcmp(a->out, b->out, sizeof a->out) &&
+           !memcmp(a->res, b->res, sizeof a->res);
 }
 
 static void drop_out(int64_t *out)
@@ -240,6 +453,21 @@ static void test_every_sweep(void)
         {"hvp", tangent_rows, hvp_rows},
         {"vjp_graph", cotangent, vjp_recorded},
         {"jvp_graph", tangent, jvp_recorded},
+        {"plan build + fuse + run", fusable, build_fuse_run},
+        {"plan fuse + run", fusable_planned, fuse_run},
+        {"fused plan run", fused, run_plan},
+        {"train_step", trainable, train_step},
+        {"train_step forward, finish", trainable, train_phases},
+        {"train_step, fused plan", fused_trainable, train_step},
+        {"solve, logdet(det, sign), cholesky", with_linalg, linalg_forward},
+        {"backward through solve/logdet/cholesky", with_linalg, backward_retain},
+        {"backward(create_graph) through solve/logdet/cholesky", with_linalg, backward_graph},
+        {"vjp through solve/logdet/cholesky", linalg_cotangent_rows, vjp_rows},
+        {"jvp through solve/logdet/cholesky", linalg_tangent_rows, jvp_rows},
+        {"hvp through solve/logdet/cholesky", linalg_tangent_rows, hvp_rows},
+        {"vjp_graph through solve/logdet/cholesky", linalg_cotangent, vjp_recorded},
+        {"jvp_graph through solve/logdet/cholesky", linalg_tangent, jvp_recorded},
+        {"plan run through solve/logdet/cholesky", linalg_planned, run_plan},
     };
     for (size_t i = 0; i < sizeof sweeps / sizeof sweeps[0]; i++) sweep_every_allocation(sweeps[i]);
 }
@@ -250,6 +478,8 @@ int main(void)
         fprintf(stderr, "test_oom: the core must be built with -DAD_FAULT_INJECTION\n");
         return 1;
     }
+    /* f64 only: the f32 ops are not swept */
+    CHECK(ad_set_lapack((void *)ref_getrf, NULL, (void *)ref_getrs, NULL, (void *)ref_potrf, NULL) == AD_OK);
     RUN(test_every_sweep);
     ad_stats_t end;
     ad_stats(&end);
