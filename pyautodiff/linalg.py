@@ -47,6 +47,9 @@ def solve(a, b):
         return _call(lib.ad_solve, a._h, b._h, 0)   # the core's error: not a matrix
     vector = b.ndim == 1
     if vector:
+        if b.shape[0] != a.shape[-1]:   # said here: the core would name the (n, 1) column made below
+            raise ValueError(f"solve: b of shape {b.shape} does not match a of shape {a.shape} "
+                             f"(a vector b needs {a.shape[-1]} elements)")
         b = reshape(b, (b.shape[0], 1))
     try:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])

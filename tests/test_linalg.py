@@ -90,8 +90,11 @@ def test_not_square_or_not_a_matrix_is_a_linalgerror(fn):
 
 
 def test_solve_shape_errors():
-    with pytest.raises(ValueError, match=r"solve: b of shape \(4, 1\) does not match a of shape \(3, 3\)"):
+    # a vector b is named as given, not as the (n, 1) column solve makes of it
+    with pytest.raises(ValueError, match=r"solve: b of shape \(4,\) does not match a of shape \(3, 3\)"):
         ad.linalg.solve(np.eye(3), np.ones(4))
+    with pytest.raises(ValueError, match=r"solve: b of shape \(4, 1\) does not match a of shape \(3, 3\)"):
+        ad.linalg.solve(np.eye(3), np.ones((4, 1)))
     with pytest.raises(ValueError, match="do not broadcast"):
         ad.linalg.solve(np.ones((2, 3, 3)), np.ones((4, 3, 1)))
     with pytest.raises(LinAlgError, match="solve: 0-dimensional"):

@@ -316,3 +316,8 @@ def test_max_pool2d_indices_name_the_first_of_tied_maxima():
         got, idx = F.max_pool2d(x, k, s, p, d, ceil_mode=ceil, return_indices=True)
         np.testing.assert_array_equal(got.numpy(), want)
         np.testing.assert_array_equal(idx, want_idx)
+
+
+def test_max_pool_module_shows_ceil_mode():
+    assert repr(ad.nn.MaxPool2d(2, ceil_mode=True)) == (
+        "MaxPool2d(kernel_size=2, stride=None, padding=0, dilation=1, ceil_mode=True)")
