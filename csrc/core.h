@@ -372,6 +372,28 @@ AD_DEF_EXTREME(ad_max_f32, float, int32_t, >)
 AD_DEF_EXTREME(ad_min_f64, double, int64_t, <)
 AD_DEF_EXTREME(ad_min_f32, float, int32_t, <)
 
+/* A reduction over one contiguous run of axes (the last, the first, a middle one, or several
+ * adjacent ones) sees x as `outer` blocks of shape (len, inner): output o * inner + j reduces
+ * x[o, :, j]. Kernels then walk contiguous memory only, and can share blocks (or, with one block,
+ * columns) over threads with every output computed alike. 0 for an empty x, no axes, or a gap
+ * between the reduced axes (those take a general walk). */
+typedef struct { int64_t outer, len, inner; } ad_blocks;
+static inline int ad_as_blocks(const ad_node *x, uint64_t mask, ad_blocks *b)
+{
+    if (!mask || x->size == 0) return 0;
+    int a = __builtin_ctzll(mask);
+    uint64_t run = mask >> a;
+    if (run & (run + 1)) return 0;                 /* a gap between reduced axes */
+    int e = a + __builtin_popcountll(mask);
+    b->outer = b->len = b->inner = 1;
+    for (int i = 0; i < x->ndim; i++) {
+        if (i < a) b->outer *= x->shape[i];
+        else if (i < e) b->len *= x->shape[i];
+        else b->inner *= x->shape[i];
+    }
+    return 1;
+}
+
 /* The sink's accumulate step: adj (in shape, accumulate?) += sum of src (out shape) over
  * broadcast axes. */
 void ad_unbroadcast_into(int dtype, void *adj, int accumulate, int nin, const int64_t *in_shape,

@@ -490,3 +490,26 @@ def test_softmax_family_threads_bit_identical(op, shape, axis, dtype, restore_th
         np.testing.assert_array_equal(got[1], results[0][1])
     expected = REFERENCE[op].forward(x, axis=axis)
     np.testing.assert_allclose(results[0][0], expected, *FWD_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["sum", "mean", "max", "min"])
+@pytest.mark.parametrize("shape,axis", [((300, 700), 1), ((300, 700), 0), ((7, 20000), 0), ((3, 500, 50), 1),
+                                        ((5, 130, 7, 20), (1, 2)), ((2, 3, 30001), (0, 1)),
+                                        ((200003,), None), ((2, 100003), 1)])
+def test_axis_reductions_threads_bit_identical(op, shape, axis, dtype, restore_threads):
+    # one run of reduced axes is shared over the pool (reduce.c, reduce_blocks): by whole blocks,
+    # by column ranges when there is one block (axis 0; parts of 16 columns, uneven for 3
+    # threads), or, for max/min of everything, by runs of AD_SUM_BLOCK; NaN and ties included
+    x = _data(shape, seed=27).astype(dtype)
+    x.reshape(-1)[[5, x.size // 2]] = np.nan if op in ("max", "min") else 0
+    results = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        results.append(getattr(ad, op)(ad.tensor(x), axis=axis).numpy())
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+    # against the float64 result: sums are accumulated in double, more accurately than NumPy's
+    # float32 pairwise sum, so NumPy's own float32 result is the less exact of the two
+    expected = getattr(np, op)(x.astype(np.float64), axis=axis).astype(dtype)
+    np.testing.assert_allclose(results[0], expected, *FWD_TOL[dtype])

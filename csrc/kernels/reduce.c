@@ -119,6 +119,129 @@ static int sum_all(ad_tape *T, const ad_node *x, double *total, int *done)
         });                                                                            \
     } while (0)
 
+/* ---------------- one run of reduced axes, shared over threads ----------------
+ * x as ad_blocks (core.h): output o * inner + j reduces x[o, :, j]. Each output is computed in the
+ * order the general walk above takes (AD_SUM or the vector extreme along a contiguous slice when
+ * inner == 1; else the rows taken one after another, each output in its own double or value), so
+ * the values are the walk's, and columns go in tiles that stay in cache while every row passes.
+ * The work is shared by whole blocks, or with one block by ranges of columns: an output is
+ * computed alike whatever the split, so results are bit-identical for any thread count. */
+enum { PAR_GRAIN = 32768, COL_TILE = 4096 };
+
+typedef struct {
+    int op;
+    const ad_node *x;
+    ad_node *n;
+    ad_blocks b;
+    double *acc;       /* sum and mean: a double per output */
+    double scale;
+} red_job;
+
+#define DEF_RED_RANGE(NAME, T, SUM, MAX, MIN)                                                   \
+    static AD_SIMD void NAME(const red_job *j, int64_t o, int64_t c0, int64_t c1)               \
+    {                                                                                           \
+        const int64_t len = j->b.len, inner = j->b.inner;                                       \
+        const T *X = (const T *)j->x->data + o * len * inner;                                   \
+        T *Y = (T *)j->n->data + o * inner;                                                     \
+        const int sum = j->op == AD_OP_SUM || j->op == AD_OP_MEAN, mx = j->op == AD_OP_MAX;     \
+        const T init = mx ? -INFINITY : INFINITY;                                               \
+        if (inner == 1) {                                                                       \
+            Y[0] = sum ? (T)((0 + SUM(X, len, 1)) * j->scale) : mx ? MAX(X, len, init) : MIN(X, len, init); \
+            return;                                                                             \
+        }                                                                                       \
+        for (int64_t t0 = c0; t0 < c1; t0 += COL_TILE) {                                        \
+            const int64_t t1 = c1 - t0 < COL_TILE ? c1 : t0 + COL_TILE;                         \
+            if (sum) {                                                                          \
+                double *acc = j->acc + o * inner;                                               \
+                for (int64_t c = t0; c < t1; c++) acc[c] = 0;                                   \
+                for (int64_t r = 0; r < len; r++)                                               \
+                    for (int64_t c = t0; c < t1; c++) acc[c] += X[r * inner + c];               \
+                for (int64_t c = t0; c < t1; c++) Y[c] = (T)(acc[c] * j->scale);                \
+            } else {                                                                            \
+                for (int64_t c = t0; c < t1; c++) Y[c] = init;                                  \
+                for (int64_t r = 0; r < len; r++)                                               \
+                    for (int64_t c = t0; c < t1; c++) {                                         \
+                        T v = X[r * inner + c];                                                 \
+                        Y[c] = mx ? AD_TAKE(v, Y[c], >) : AD_TAKE(v, Y[c], <);                  \
+                    }                                                                           \
+            }                                                                                   \
+        }                                                                                       \
+    }
+DEF_RED_RANGE(red_range_d, double, ad_sum_f64, ad_max_f64, ad_min_f64)
+DEF_RED_RANGE(red_range_f, float, ad_sum_f32, ad_max_f32, ad_min_f32)
+
+static void red_range(const red_job *j, int64_t o, int64_t c0, int64_t c1)
+{
+    if (j->x->dtype == AD_F64) red_range_d(j, o, c0, c1); else red_range_f(j, o, c0, c1);
+}
+
+static void red_blocks(void *p, int64_t lo, int64_t hi)
+{
+    const red_job *j = p;
+    for (int64_t o = lo; o < hi; o++) red_range(j, o, 0, j->b.inner);
+}
+
+static void red_cols(void *p, int64_t lo, int64_t hi) { red_range(p, 0, lo, hi); }
+
+/* The max or min of a whole large x (one block, one slice): the vector extreme of each run of
+ * AD_SUM_BLOCK in parallel, the partial results taken in order. Max and min are exact, so this is
+ * the serial value. */
+typedef struct { const ad_node *x; int mx; void *part; } extreme_job;
+
+static AD_SIMD void extreme_blocks(void *p, int64_t lo, int64_t hi)
+{
+    const extreme_job *j = p;
+    for (int64_t b = lo; b < hi; b++) {
+        int64_t s = b * AD_SUM_BLOCK, m = j->x->size - s < AD_SUM_BLOCK ? j->x->size - s : AD_SUM_BLOCK;
+        if (j->x->dtype == AD_F64) {
+            const double *X = (const double *)j->x->data + s;
+            ((double *)j->part)[b] = j->mx ? ad_max_f64(X, m, -INFINITY) : ad_min_f64(X, m, INFINITY);
+        } else {
+            const float *X = (const float *)j->x->data + s;
+            ((float *)j->part)[b] = j->mx ? ad_max_f32(X, m, -INFINITY) : ad_min_f32(X, m, INFINITY);
+        }
+    }
+}
+
+static int extreme_all(ad_tape *T, int op, const ad_node *x, ad_node *n)
+{
+    int64_t nb = (x->size + AD_SUM_BLOCK - 1) / AD_SUM_BLOCK;
+    size_t bytes = (size_t)nb * sizeof(double);
+    void *part = ad_buf_alloc(T, bytes);
+    if (!part) return ad_err(AD_ERR_MEMORY, "%s: out of memory", op == AD_OP_MAX ? "max" : "min");
+    extreme_job j = {x, op == AD_OP_MAX, part};
+    ad_parallel(nb, 1, 1, extreme_blocks, &j);
+    if (x->dtype == AD_F64) {
+        double y = ((double *)part)[0];
+        for (int64_t b = 1; b < nb; b++) y = j.mx ? AD_TAKE(((double *)part)[b], y, >) : AD_TAKE(((double *)part)[b], y, <);
+        *(double *)n->data = y;
+    } else {
+        float y = ((float *)part)[0];
+        for (int64_t b = 1; b < nb; b++) y = j.mx ? AD_TAKE(((float *)part)[b], y, >) : AD_TAKE(((float *)part)[b], y, <);
+        *(float *)n->data = y;
+    }
+    ad_buf_free(T, part, bytes);
+    return AD_OK;
+}
+
+/* The run of reduced axes b of x into n: over threads when x is large enough to pay for them. */
+static int reduce_blocks(ad_tape *T, int op, const ad_node *x, ad_node *n, const ad_blocks *b, double *acc,
+                         double scale)
+{
+    red_job j = {op, x, n, *b, acc, scale};
+    int big = x->size >= 2 * PAR_GRAIN;
+    if (big && b->outer == 1 && b->inner == 1 && op != AD_OP_SUM && op != AD_OP_MEAN)
+        return extreme_all(T, op, x, n);
+    int64_t xblock = b->len * b->inner;
+    if (big && b->outer >= 2)
+        ad_parallel(b->outer, xblock >= PAR_GRAIN ? 1 : PAR_GRAIN / xblock, 1, red_blocks, &j);
+    else if (big && b->inner >= 2)
+        ad_parallel(b->inner, b->len >= PAR_GRAIN ? 16 : (PAR_GRAIN / b->len + 15) / 16 * 16, 16, red_cols, &j);
+    else
+        red_blocks(&j, 0, b->outer);
+    return AD_OK;
+}
+
 static const char *op_label(int op)
 {
     return op == AD_OP_SUM ? "sum" : op == AD_OP_MEAN ? "mean" : op == AD_OP_MAX ? "max" : "min";
@@ -136,6 +259,13 @@ static AD_SIMD int reduce_values(ad_tape *T, ad_node *n, const ad_node *x)
     if (!tmp) return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op));
     double scale = op == AD_OP_MEAN ? 1.0 / (double)count : 1.0;
     if (op == AD_OP_MEAN && count == 0) scale = NAN;
+    ad_blocks b;
+    int whole_sum = (op == AD_OP_SUM || op == AD_OP_MEAN) && n->size == 1 && x->size >= 2 * AD_SUM_BLOCK;
+    if (!whole_sum && ad_as_blocks(x, mask, &b)) {
+        st = reduce_blocks(T, op, x, n, &b, tmp, scale);
+        ad_buf_free(T, tmp, tmp_bytes);
+        return st;
+    }
     switch (op) {
     case AD_OP_SUM: case AD_OP_MEAN: {
         double total;

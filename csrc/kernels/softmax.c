@@ -81,29 +81,10 @@ static int64_t slice_count(const ad_node *n, const ad_node *x, uint64_t mask, in
     } while (0)
 
 /* ---------------- the fast path: one contiguous run of reduced axes ----------------
- * When the reduced axes are one run (the last axis, the first, a middle one, or several adjacent
- * ones), x is `outer` blocks of shape (len, inner) and slice io = o * inner + j is x[o, :, j]. The
- * loops below then walk contiguous memory only: along a slice when inner == 1, along a row of
- * `inner` slices otherwise (every slice of the row advances together), so nothing is read with a
- * stride and the exps run through the vector loop. Other axis sets take the general walk above. */
-typedef struct { int64_t outer, len, inner; } blocks;
-
-static int as_blocks(const ad_node *x, uint64_t mask, blocks *b)
-{
-    if (!mask || x->size == 0) return 0;
-    int a = __builtin_ctzll(mask);
-    uint64_t run = mask >> a;
-    if (run & (run + 1)) return 0;                 /* a gap between reduced axes */
-    int e = a + __builtin_popcountll(mask);
-    b->outer = b->len = b->inner = 1;
-    for (int i = 0; i < x->ndim; i++) {
-        if (i < a) b->outer *= x->shape[i];
-        else if (i < e) b->len *= x->shape[i];
-        else b->inner *= x->shape[i];
-    }
-    return 1;
-}
-
+ * x as ad_blocks (core.h): slice io = o * inner + j is x[o, :, j]. The loops below then walk
+ * contiguous memory only: along a slice when inner == 1, along a row of `inner` slices otherwise
+ * (every slice of the row advances together), so nothing is read with a stride and the exps run
+ * through the vector loop. Other axis sets take the general walk above. */
 /* exps are computed a chunk at a time into a stack buffer, summed from there (AD_SUM's eight
  * partial sums, so the result does not depend on the vector width) */
 #define CHUNK 512
@@ -227,13 +208,13 @@ enum { PAR_GRAIN = 32768 };
 typedef struct {
     int op;
     const ad_node *x, *n;
-    const blocks *b;
+    const ad_blocks *b;
     const void *g;        /* backward: the cotangent */
     ad_sink *s;           /* backward: the sink */
     double *m, *t;        /* forward: m, s; backward: m, red */
 } sm_job;
 
-static void run_blocks(const blocks *b, ad_par_fn fn, sm_job *j)
+static void run_blocks(const ad_blocks *b, ad_par_fn fn, sm_job *j)
 {
     int64_t xblock = b->len * b->inner;
     if (b->outer >= 2 && b->outer * xblock >= 2 * PAR_GRAIN)
@@ -245,7 +226,7 @@ static void run_blocks(const blocks *b, ad_par_fn fn, sm_job *j)
 static void fwd_blocks(void *p, int64_t lo, int64_t hi)
 {
     const sm_job *j = p;
-    const blocks *b = j->b;
+    const ad_blocks *b = j->b;
     size_t isz = ad_itemsize(j->x->dtype);
     int64_t xblock = b->len * b->inner, yblock = j->op == AD_OP_LOGSUMEXP ? b->inner : xblock;
     for (int64_t o = lo; o < hi; o++) {
@@ -258,7 +239,7 @@ static void fwd_blocks(void *p, int64_t lo, int64_t hi)
 }
 
 /* Forward over all blocks; m and s have room for every slice (outer * inner each). */
-static void fast_forward(int op, const ad_node *x, ad_node *n, const blocks *b, double *m, double *s)
+static void fast_forward(int op, const ad_node *x, ad_node *n, const ad_blocks *b, double *m, double *s)
 {
     sm_job j = {op, x, n, b, NULL, NULL, m, s};
     run_blocks(b, fwd_blocks, &j);
@@ -338,7 +319,7 @@ static void vjp_blocks(void *p, int64_t lo, int64_t hi)
 {
     const sm_job *j = p;
     const ad_node *n = j->n, *x = j->x;
-    const blocks *b = j->b;
+    const ad_blocks *b = j->b;
     size_t isz = ad_itemsize(x->dtype);
     int64_t xblock = b->len * b->inner, gblock = n->op == AD_OP_LOGSUMEXP ? b->inner : xblock;
     for (int64_t o = lo; o < hi; o++) {
@@ -356,7 +337,7 @@ static void vjp_blocks(void *p, int64_t lo, int64_t hi)
 }
 
 /* m and red have room for every slice (outer * inner each; one buffer for both but logsumexp's) */
-static void fast_backward(const ad_node *n, const void *g, ad_sink *s, const blocks *b, double *m, double *red)
+static void fast_backward(const ad_node *n, const void *g, ad_sink *s, const ad_blocks *b, double *m, double *red)
 {
     sm_job j = {n->op, n->in[0], n, b, g, s, m, red};
     run_blocks(b, vjp_blocks, &j);
@@ -374,8 +355,8 @@ static int softmax_values(ad_tape *T, ad_node *n, const ad_node *x)
     double *m = ad_buf_alloc(T, tmp_bytes);
     if (!m) return ad_err(AD_ERR_MEMORY, "%s: out of memory", op_label(op));
     double *s = m + (nslices ? nslices : 1);
-    blocks b;
-    if (as_blocks(x, mask, &b)) fast_forward(op, x, n, &b, m, s);
+    ad_blocks b;
+    if (ad_as_blocks(x, mask, &b)) fast_forward(op, x, n, &b, m, s);
     else if (x->dtype == AD_F64) { SHIFT_AND_SUM(double, m, s); FINISH(double); }
     else { SHIFT_AND_SUM(float, m, s); FINISH(float); }
     ad_buf_free(T, m, tmp_bytes);
@@ -464,8 +445,8 @@ int ad_vjp_softmax(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     uint64_t mask = n->axes;
     int64_t rs[AD_MAXDIM];
     int64_t nslices = slice_count(n, x, mask, rs);
-    blocks b;
-    int fast = as_blocks(x, mask, &b);
+    ad_blocks b;
+    int fast = ad_as_blocks(x, mask, &b);
     if (n->op == AD_OP_LOGSUMEXP) {
         size_t tmp_bytes = (size_t)(nslices ? nslices : 1) * 2 * sizeof(double);
         double *m = ad_buf_alloc(T, tmp_bytes);
