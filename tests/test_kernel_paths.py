@@ -513,3 +513,27 @@ def test_axis_reductions_threads_bit_identical(op, shape, axis, dtype, restore_t
     # float32 pairwise sum, so NumPy's own float32 result is the less exact of the two
     expected = getattr(np, op)(x.astype(np.float64), axis=axis).astype(dtype)
     np.testing.assert_allclose(results[0], expected, *FWD_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["sum", "mean"])
+@pytest.mark.parametrize("shape,axis", [((300, 700), 1), ((300, 700), 0), ((3, 500, 50), 1), ((200003,), None),
+                                        ((2, 3, 30001), (0, 1)), ((5, 130, 7, 20), (1, 3))])
+def test_sum_vjp_threads_bit_identical(op, shape, axis, dtype, restore_threads):
+    # the cotangent spread back over one run of axes is shared over the pool by rows (reduce.c,
+    # sum_vjp_rows), written and then accumulated; a gap between axes (1, 3) takes the general walk
+    x = _data(shape, seed=28).astype(dtype)
+    results = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        t = ad.tensor(x, requires_grad=True)
+        out = getattr(ad, op)(t, axis=axis)
+        g = _data(out.shape, seed=29).astype(dtype)
+        out.backward(g)
+        getattr(ad, op)(t * 2.0, axis=axis).backward(g)   # a second contribution accumulates
+        results.append(t.grad.numpy())
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+    count = x.size // np.size(g)
+    gx = np.broadcast_to(np.expand_dims(g, axis) if axis is not None else g, shape).astype(np.float64) * 3
+    np.testing.assert_allclose(results[0], gx / count if op == "mean" else gx, *FWD_TOL[dtype])

@@ -401,6 +401,44 @@ int64_t ad_reduce(int op, int64_t hx, int naxes, const int64_t *axes, int keepdi
         });                                                                            \
     } while (0)
 
+/* The VJP of a sum or mean over one run of axes (x as ad_blocks): row (o, r) of x's adjoint gets
+ * g[o, :] * scale, each element written once and alike however the rows are split: over threads
+ * when large, bit-identical for any thread count. */
+typedef struct { const ad_node *x; const void *g; ad_sink *s; ad_blocks b; double scale; } sum_vjp_job;
+
+#define DEF_SUM_VJP_ROWS(NAME, T)                                                               \
+    static AD_SIMD void NAME(const sum_vjp_job *j, int64_t lo, int64_t hi)                      \
+    {                                                                                           \
+        const int64_t len = j->b.len, inner = j->b.inner;                                       \
+        const T *G = j->g, sc = (T)j->scale;                                                    \
+        T *D = j->s->dst;                                                                       \
+        const int acc = j->s->accumulate;                                                       \
+        for (int64_t u = lo; u < hi;) {                                                         \
+            const int64_t o = u / len, end = (o + 1) * len < hi ? (o + 1) * len : hi;          \
+            const T *Go = G + o * inner;                                                        \
+            if (inner == 1) {                                                                   \
+                const T gi = Go[0] * sc;                                                        \
+                if (acc) for (int64_t i = u; i < end; i++) D[i] += gi;                          \
+                else for (int64_t i = u; i < end; i++) D[i] = gi;                               \
+            } else {                                                                            \
+                for (int64_t r = u; r < end; r++) {                                             \
+                    T *Dr = D + r * inner;                                                      \
+                    if (acc) for (int64_t c = 0; c < inner; c++) Dr[c] += Go[c] * sc;           \
+                    else for (int64_t c = 0; c < inner; c++) Dr[c] = Go[c] * sc;                \
+                }                                                                               \
+            }                                                                                   \
+            u = end;                                                                            \
+        }                                                                                       \
+    }
+DEF_SUM_VJP_ROWS(sum_vjp_rows_d, double)
+DEF_SUM_VJP_ROWS(sum_vjp_rows_f, float)
+
+static void sum_vjp_rows(void *p, int64_t lo, int64_t hi)
+{
+    const sum_vjp_job *j = p;
+    if (j->x->dtype == AD_F64) sum_vjp_rows_d(j, lo, hi); else sum_vjp_rows_f(j, lo, hi);
+}
+
 AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
 {
     (void)which;
@@ -409,7 +447,18 @@ AD_SIMD int ad_vjp_reduce(ad_tape *T, ad_node *n, const void *g, int which, ad_s
     int64_t count = reduced_count(x, mask);
     double scale = n->op == AD_OP_MEAN ? 1.0 / (double)(count ? count : 1) : 1.0;
     if (n->op == AD_OP_SUM || n->op == AD_OP_MEAN) {
-        if (x->dtype == AD_F64) SUM_VJP(double); else SUM_VJP(float);
+        sum_vjp_job j = {x, g, s, {0, 0, 0}, scale};
+        if (ad_as_blocks(x, mask, &j.b)) {
+            int64_t rows = j.b.outer * j.b.len;
+            if (x->size >= 2 * PAR_GRAIN)
+                ad_parallel(rows, j.b.inner >= PAR_GRAIN ? 1 : PAR_GRAIN / j.b.inner, 1, sum_vjp_rows, &j);
+            else
+                sum_vjp_rows(&j, 0, rows);
+        } else if (x->dtype == AD_F64) {
+            SUM_VJP(double);
+        } else {
+            SUM_VJP(float);
+        }
         return AD_OK;
     }
     size_t tmp_bytes = (size_t)(n->size ? n->size : 1) * sizeof(double);
