@@ -57,7 +57,7 @@ int ad_custom_reap(int64_t *keys, int cap)
 
 void ad_add_into(int dtype, void *dst, int acc, const void *src, int64_t n)
 {
-    if (!acc) { memcpy(dst, src, (size_t)n * ad_itemsize(dtype)); return; }
+    if (!acc) { ad_copy(dst, src, (size_t)n * ad_itemsize(dtype)); return; }
     if (dtype == AD_F64) { double *d = dst; const double *s = src; for (int64_t i = 0; i < n; i++) d[i] += s[i]; }
     else { float *d = dst; const float *s = src; for (int64_t i = 0; i < n; i++) d[i] += s[i]; }
 }
@@ -138,7 +138,7 @@ static int node_from(ad_tape *T, const ad_node *like, const void *values, int un
     int st = ad_node_new(T, AD_OP_LEAF, like->dtype, like->ndim, like->shape, out);
     if (st) return st;
     size_t isz = ad_itemsize(like->dtype);
-    if (!uniform) { memcpy((*out)->data, values, (size_t)like->size * isz); return AD_OK; }
+    if (!uniform) { ad_copy((*out)->data, values, (size_t)like->size * isz); return AD_OK; }
     for (int64_t i = 0; i < like->size; i++) memcpy((char *)(*out)->data + i * isz, values, isz);
     return AD_OK;
 }
@@ -178,7 +178,7 @@ int ad_hook_numeric(ad_tape *T, ad_node *n, void *g)
     st = call_rule(T, n, AD_CUSTOM_HOOK, 1, &gn, 1, &r);
     ad_node_unref(T, gn);
     if (!st && (st = check_result(n, AD_CUSTOM_HOOK, 0, r, n)) == AD_OK && r)
-        memcpy(g, r->data, (size_t)n->size * ad_itemsize(n->dtype));
+        ad_copy(g, r->data, (size_t)n->size * ad_itemsize(n->dtype));
     if (!st && r) ad_node_unref(T, r);
     else if (r) ad_node_unref(T, r);
     return st;
@@ -211,7 +211,7 @@ int ad_jvp_custom(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
         if (!st) st = call_rule(T, n, AD_CUSTOM_JVP, n->nin, args, 1, &out);
         if (!st) st = check_result(n, AD_CUSTOM_JVP, 0, out, n);
         if (!st) {
-            if (out) memcpy((char *)tout + r * row, out->data, row);
+            if (out) ad_copy((char *)tout + r * row, out->data, row);
             else memset((char *)tout + r * row, 0, row);
         }
         if (out) ad_node_unref(T, out);
@@ -259,7 +259,7 @@ int64_t ad_custom(int n_in, const int64_t *ins, int64_t value)
     for (int i = 0; i < n_in; i++)
         if ((h = ad_resolve(T, ins[i], &nodes[i]))) goto done;
     if ((h = ad_node_new(T, AD_OP_CUSTOM, v->dtype, v->ndim, v->shape, &n))) goto done;
-    memcpy(n->data, v->data, (size_t)v->size * ad_itemsize(v->dtype));
+    ad_copy(n->data, v->data, (size_t)v->size * ad_itemsize(v->dtype));
     h = ad_finish(T, n, n_in, nodes);
     /* recorded: the bindings keep a record for it until ad_custom_reap reports it freed */
     if (h > 0 && n->op == AD_OP_CUSTOM) atomic_fetch_add(&g_live, 1);

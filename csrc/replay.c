@@ -445,7 +445,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
         r->flags = (uint8_t)(F_IN_USE | F_REQUIRES_GRAD);
         r->data = p->arena + val_off[i];
         if (p->role[i] == R_CONST) {
-            memcpy(r->data, n->data, value_bytes(n));
+            ad_copy(r->data, n->data, value_bytes(n));
             r->nin = 0;
             r->flags |= F_LEAF;
             n->refs++;   /* held (released by ad_plan_free), so its version can be read */
@@ -621,7 +621,7 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
         ad_node *x = &p->nodes[p->input_idx[i]];
         if (!x->size) continue;
         if (!inputs[i]) return ad_err(AD_ERR_VALUE, "replay: input %d is NULL", i);
-        memcpy(x->data, inputs[i], value_bytes(x));
+        ad_copy(x->data, inputs[i], value_bytes(x));
     }
     int st = AD_OK;
     for (int64_t k = 0; k < p->nfsteps && !st; k++) {
@@ -631,7 +631,7 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
         if (f->fn) f->fn(f->in, f->out, f->n, f->c);
         else st = forward_node(T, f->node);
     }
-    if (!st && out && p->root >= 0) memcpy(out, p->nodes[p->root].data, value_bytes(&p->nodes[p->root]));
+    if (!st && out && p->root >= 0) ad_copy(out, p->nodes[p->root].data, value_bytes(&p->nodes[p->root]));
     p->fwd_done = !st;
     return st;
 }
@@ -645,7 +645,7 @@ static int seed_in(ad_plan *p, const void *seed, void *const *grads)
     ad_node *root = p->root >= 0 ? &p->nodes[p->root] : NULL;
     if (root) {
         if (seed) {
-            memcpy(p->seed, seed, value_bytes(root));
+            ad_copy(p->seed, seed, value_bytes(root));
         } else if (root->size != 1) {
             return ad_err(AD_ERR_RUNTIME, "replay: a cotangent is needed for an output of %lld elements", (long long)root->size);
         } else if (root->dtype == AD_F64) {
@@ -680,8 +680,8 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
         int64_t x = p->input_idx[i];
         size_t bytes = value_bytes(&p->nodes[x]);
         if (!bytes) continue;
-        if (x == p->root) memcpy(grads[i], p->seed, bytes);
-        else if (p->input_hit[i]) memcpy(grads[i], p->arena + p->adj[x], bytes);
+        if (x == p->root) ad_copy(grads[i], p->seed, bytes);
+        else if (p->input_hit[i]) ad_copy(grads[i], p->arena + p->adj[x], bytes);
         else memset(grads[i], 0, bytes);
     }
     return st;

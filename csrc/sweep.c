@@ -80,7 +80,7 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
                 ad_node *g;
                 int st = ad_node_new(T, AD_OP_LEAF, m->dtype, m->ndim, m->shape, &g);
                 if (st) return st;
-                memcpy(g->data, m->grad->data, (size_t)m->size * ad_itemsize(m->dtype));
+                ad_copy(g->data, m->grad->data, (size_t)m->size * ad_itemsize(m->dtype));
                 ad_node_unref(T, m->grad);
                 m->grad = g;
             }
@@ -258,7 +258,7 @@ static void copy_seed(ad_node *root, void *dst, const ad_node *seed)
         return;
     }
     if (seed->dtype == root->dtype) {
-        memcpy(dst, seed->data, (size_t)root->size * ad_itemsize(root->dtype));
+        ad_copy(dst, seed->data, (size_t)root->size * ad_itemsize(root->dtype));
     } else if (root->dtype == AD_F64) {
         const float *s = seed->data; double *d = dst;
         for (int64_t i = 0; i < root->size; i++) d[i] = s[i];
@@ -429,7 +429,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
             n->grad = fresh[k];
         } else if (fresh[k]) {
             /* someone else holds the grad (see adjoint_target): the sum goes into a copy */
-            memcpy(fresh[k]->data, n->grad->data, (size_t)n->size * ad_itemsize(n->dtype));
+            ad_copy(fresh[k]->data, n->grad->data, (size_t)n->size * ad_itemsize(n->dtype));
             ad_add_into(n->dtype, fresh[k]->data, 1, n->adj, n->size);
             ad_node_unref(T, n->grad);
             n->grad = fresh[k];
@@ -755,7 +755,7 @@ static int jvp_locked(ad_tape *T, int64_t root_h, int n_leaves, const int64_t *l
         (st = tangent_pass(T, order, slots, lo, hi, k, out->data, 0, &rc, "jvp")))
         goto done;
     /* the root's tangent is the result, written in place unless the root is a seed itself */
-    if (slots[hi - lo].state & S_SEED) memcpy(out->data, slots[hi - lo].buf, (size_t)k * row);
+    if (slots[hi - lo].state & S_SEED) ad_copy(out->data, slots[hi - lo].buf, (size_t)k * row);
 
 done:
     free_slots(T, ad_tape_order(T), slots, lo, hi, k);
@@ -879,7 +879,7 @@ static int custom_rows(ad_tape *T, ad_recycler *rc, ad_slot *slots, int64_t lo, 
     if ((n->flags & F_HOOK) && !(s->state & (S_OWN | S_SEED))) {
         void *own = rc_take(T, rc, (size_t)k * row);
         if (!own) return ad_err(AD_ERR_MEMORY, "vjp: out of memory");
-        memcpy(own, s->buf, (size_t)k * row);
+        ad_copy(own, s->buf, (size_t)k * row);
         s->buf = own;
         s->state |= S_OWN;
     }
@@ -955,7 +955,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
         s->buf = outs[i]->data;   /* a requested node's adjoint is accumulated in place */
     }
     ad_slot *sr = &slots[hi - lo];
-    if (sr->state & S_SEED) memcpy(sr->buf, cot->data, (size_t)k * node_bytes(root));
+    if (sr->state & S_SEED) ad_copy(sr->buf, cot->data, (size_t)k * node_bytes(root));
     else sr->buf = cot->data;    /* only read: the root has no consumers inside the sweep */
     sr->state |= S_HAS;
 

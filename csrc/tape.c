@@ -761,7 +761,7 @@ int ad_write(int64_t dst_h, int64_t src_h)
                     "update of it must be recorded (the bindings record it as a new node)", ad_ops[d->op].name);
     } else {
         if (d->size && ad_storage(d) != ad_storage(s))
-            memcpy(d->data, s->data, (size_t)d->size * ad_itemsize(d->dtype));
+            ad_copy(d->data, s->data, (size_t)d->size * ad_itemsize(d->dtype));
         ad_version_bump(T, d);
     }
 out:
@@ -997,7 +997,7 @@ int64_t ad_tensor_new(int dtype, int ndim, const int64_t *shape, const void *dat
     st = ad_node_new(T, AD_OP_LEAF, dtype, ndim, shape, &n);
     if (!st) {
         size_t bytes = (size_t)n->size * ad_itemsize(dtype);
-        if (data) memcpy(n->data, data, bytes);
+        if (data) ad_copy(n->data, data, bytes);
         else memset(n->data, 0, bytes);
         if (requires_grad) n->flags |= F_REQUIRES_GRAD;
         st = (int)0;
@@ -1108,7 +1108,7 @@ int64_t ad_detach(int64_t h)
         if (x->flags & F_REQUIRES_GRAD) ad_tape_escape(T);
         r = ad_node_new(T, AD_OP_LEAF, x->dtype, x->ndim, x->shape, &n);
         if (!r) {
-            memcpy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+            ad_copy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
             r = ad_handle(T, n);
         }
     }
@@ -1160,7 +1160,7 @@ int ad_set_grad(int64_t h, int64_t gh)
             ad_unlock(T);
             return st;
         }
-        memcpy(c->data, g->data, (size_t)g->size * ad_itemsize(g->dtype));
+        ad_copy(c->data, g->data, (size_t)g->size * ad_itemsize(g->dtype));
         g = c;
     }
     if (n->grad) ad_node_unref(T, n->grad);
@@ -1182,7 +1182,7 @@ int ad_assign(int64_t h, const void *data)
     } else if (n->size && !data) {
         st = ad_err(AD_ERR_VALUE, "assign: data is NULL");
     } else {
-        if (n->size) memcpy(n->data, data, (size_t)n->size * ad_itemsize(n->dtype));
+        if (n->size) ad_copy(n->data, data, (size_t)n->size * ad_itemsize(n->dtype));
         ad_version_bump(T, n);
     }
     ad_unlock(T);

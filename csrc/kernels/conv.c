@@ -60,7 +60,7 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                             continue;                                                                   \
                         }                                                                               \
                         for (int64_t c = 0; c < lo; c++) o[c] = 0;                                      \
-                        if (g->sw == 1) memcpy(o + lo, s + lo, (size_t)(hi - lo) * sizeof(T));          \
+                        if (g->sw == 1) ad_copy(o + lo, s + lo, (size_t)(hi - lo) * sizeof(T));          \
                         else for (int64_t c = lo; c < hi; c++) o[c] = s[c * g->sw];                     \
                         for (int64_t c = hi; c < ow; c++) o[c] = 0;                                     \
                     }                                                                                   \

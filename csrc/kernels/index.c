@@ -80,7 +80,7 @@ static int check_blocks(const char *name, int64_t size, int64_t block, const int
         for (int64_t i = 0; i < count; i++) {                                            \
             TT *d = D + i * block; const TT *r = S + I[i];                               \
             if (acc) for (int64_t j = 0; j < block; j++) d[j] += r[j];                   \
-            else memcpy(d, r, (size_t)block * sizeof(TT));                               \
+            else ad_copy(d, r, (size_t)block * sizeof(TT));                               \
         }                                                                                \
     }                                                                                    \
     static void put_##SUF(TT *D, const TT *S, const int64_t *I, int64_t count, int64_t block) \
@@ -332,7 +332,7 @@ static void concat_values(ad_node *n, int nx, ad_node *const *ins)
              * call per element cost more than the copy */
             if (len == 1 && item == 8) memcpy(Y + (size_t)pos * 8, src, 8);
             else if (len == 1) memcpy(Y + (size_t)pos * 4, src, 4);
-            else memcpy(Y + (size_t)pos * item, src, len * item);
+            else ad_copy(Y + (size_t)pos * item, src, len * item);
             pos += (int64_t)len;
         }
     }
@@ -434,7 +434,7 @@ static int vjp_concatenate(ad_node *n, const void *g, int which, ad_sink *s)
         for (int64_t o = 0; o < outer; o++) {                                            \
             const TT *src = G + o * total + offset * inner; TT *dst = D + o * len;       \
             if (s->accumulate) for (int64_t i = 0; i < len; i++) dst[i] += src[i];       \
-            else memcpy(dst, src, (size_t)len * sizeof(TT));                             \
+            else ad_copy(dst, src, (size_t)len * sizeof(TT));                             \
         }                                                                                \
     } while (0)
     if (n->dtype == AD_F64) SLICE(double); else SLICE(float);
@@ -456,7 +456,7 @@ static void jvp_concatenate(ad_node *n, const void *const *tin, int64_t k, void 
                 const ad_node *x = n->in[j];
                 size_t len = (size_t)(extent(n, x, ax) * inner);
                 if (tin[j])
-                    memcpy(Y + (size_t)pos * item, (const char *)tin[j] + ((size_t)(r * x->size) + (size_t)o * len) * item,
+                    ad_copy(Y + (size_t)pos * item, (const char *)tin[j] + ((size_t)(r * x->size) + (size_t)o * len) * item,
                            len * item);
                 else
                     memset(Y + (size_t)pos * item, 0, len * item);

@@ -356,7 +356,7 @@ static ad_node *konst(ex *e, const ad_node *x, int kind, const void *data)
     int ndim = kind == K_PHI ? 2 : x->ndim;
     const int64_t *shape = kind == K_PHI ? x->shape + x->ndim - 2 : x->shape;
     if (!track(e, ad_mk_full(e->T, x->dtype, ndim, shape, 0, &o), &o)) return NULL;
-    if (data) memcpy(o->data, data, (size_t)o->size * ad_itemsize(o->dtype));
+    if (data) ad_copy(o->data, data, (size_t)o->size * ad_itemsize(o->dtype));
     if (kind) {
         int64_t m = x->shape[x->ndim - 1];
         for (int64_t b = 0; b < (m ? o->size / (m * m) : 0); b++)
@@ -531,7 +531,7 @@ int ad_jvp_lapack(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, voi
         int st = done(&e, rule_jvp(&e, &v, row_of(&e, n->in[0], tin[0], r),
                                    n->nin > 1 ? row_of(&e, n->in[1], tin[1], r) : NULL), &res);
         if (st) return st;
-        memcpy((char *)tout + (size_t)(r * n->size) * ad_itemsize(n->dtype), res->data, (size_t)n->size * ad_itemsize(n->dtype));
+        ad_copy((char *)tout + (size_t)(r * n->size) * ad_itemsize(n->dtype), res->data, (size_t)n->size * ad_itemsize(n->dtype));
         ad_node_unref(T, res);
     }
     return AD_OK;

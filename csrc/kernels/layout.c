@@ -45,7 +45,7 @@ int ad_mk_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_nod
         return ad_err(AD_ERR_VALUE, "reshape: cannot reshape tensor of size %lld (shape %s) into shape %s",
                       (long long)x->size, ad_shape_str(b1, sizeof b1, x->ndim, x->shape), ad_shape_str(b2, sizeof b2, ndim, shape));
     if ((st = ad_node_new(T, AD_OP_RESHAPE, x->dtype, ndim, sh, &n))) return st;
-    memcpy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+    ad_copy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
     if ((st = ad_record(T, n, 1, &x))) return st;
     *out = n;
     return AD_OK;
@@ -139,7 +139,7 @@ int64_t ad_broadcast_to(int64_t hx, int ndim, const int64_t *shape)
 static void convert(int to, void *dst, int from, const void *src, int64_t size, int accumulate)
 {
     if (to == from) {
-        if (!accumulate) { memcpy(dst, src, (size_t)size * ad_itemsize(to)); return; }
+        if (!accumulate) { ad_copy(dst, src, (size_t)size * ad_itemsize(to)); return; }
     }
 #define CONV(TD, TS) do { TD *d = dst; const TS *s = src;                                 \
         if (accumulate) for (int64_t i = 0; i < size; i++) d[i] += (TD)s[i];             \
@@ -272,7 +272,7 @@ int ad_fwd_layout(ad_node *n, ad_node *const *ins)
     int64_t src[AD_MAXDIM], xs[AD_MAXDIM];
     switch (n->op) {
     case AD_OP_RESHAPE:
-        memcpy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+        ad_copy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
         return AD_OK;
     case AD_OP_TRANSPOSE:
         ad_contig_strides(x->ndim, x->shape, xs);

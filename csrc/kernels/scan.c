@@ -53,7 +53,7 @@ static blocks blocks_of(const ad_node *n)
             int64_t base = o * b.len * b.inner;                                          \
             int64_t first = rev ? base + (b.len - 1) * b.inner : base;                   \
             if (unit && !rev) for (int64_t j = 0; j < b.inner; j++) O[first + j] = (A ? A[first + j] : 1) + B[first + j]; \
-            else if (O != B) memcpy(O + first, B + first, (size_t)b.inner * sizeof(TT)); \
+            else if (O != B) ad_copy(O + first, B + first, (size_t)b.inner * sizeof(TT)); \
             for (int64_t k = 1; k < b.len; k++) {                                        \
                 int64_t row = rev ? base + (b.len - 1 - k) * b.inner : base + k * b.inner; \
                 int64_t prev = rev ? row + b.inner : row - b.inner;                      \
@@ -122,7 +122,7 @@ static void shifted(int dtype, void *D, const void *P, const void *Q, int lag, c
 
 static void add_into(int dtype, void *D, const void *S, int64_t n, int acc)
 {
-    if (!acc) { memcpy(D, S, (size_t)n * ad_itemsize(dtype)); return; }
+    if (!acc) { ad_copy(D, S, (size_t)n * ad_itemsize(dtype)); return; }
     if (dtype == AD_F64) { double *d = D; const double *s = S; for (int64_t i = 0; i < n; i++) d[i] += s[i]; }
     else { float *d = D; const float *s = S; for (int64_t i = 0; i < n; i++) d[i] += s[i]; }
 }
@@ -218,7 +218,7 @@ int ad_jvp_scan(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void 
             shifted(n->dtype, o, rev ? ta : n->data, rev ? n->data : ta, rev ? -1 : 1, tb, b, 0);
             if (unit_start(n)) add_first(n->dtype, o, ta, b);
         } else {
-            memcpy(o, tb, (size_t)n->size * isz);
+            ad_copy(o, tb, (size_t)n->size * isz);
         }
         scan(n->dtype, n->in[0]->data, o, o, b, rev);
     }

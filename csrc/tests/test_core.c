@@ -3,6 +3,7 @@
  * core's own live counters return to where they were: a leak in the core shows up here even
  * when no Python is around to hide it, and LSan checks the process as a whole at exit. */
 #include "check.h"
+#include "../core.h"   /* ad_copy, an internal helper, is tested here too */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -751,6 +752,29 @@ static void test_recorded_sweeps(void)
 /* ad_depends: what a root reaches, stopping at a transform's own inputs; ad_backward_graph:
  * recorded grads, accumulated as recorded sums, differentiable again; a numeric backward after it
  * accumulates into a copy (the recorded grad's value stays what its op computed). */
+/* ad_copy (core.h) at every size class (memcpy below 2 KB, the 16-byte loop up to 768 KB, memcpy
+ * above) and every relative alignment: byte-exact, and nothing written past the end. */
+static void test_copy(void)
+{
+    enum { MAX = (800 << 10) + 200 };
+    unsigned char *src = malloc(MAX + 64), *dst = malloc(MAX + 128);
+    CHECK(src && dst);
+    if (!src || !dst) { free(src); free(dst); return; }
+    for (size_t i = 0; i < MAX + 64; i++) src[i] = (unsigned char)(i * 131 + 7);
+    const size_t sizes[] = {0, 1, 63, 64, 65, 2048, 2049, 3000, 8192 + 5, 100000, (768 << 10) - 1, 768 << 10, MAX};
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++)
+        for (int so = 0; so < 32; so += 7)
+            for (int d = 0; d < 40; d += 8) {
+                size_t n = sizes[k];
+                memset(dst, 0xAB, MAX + 128);
+                ad_copy(dst + d, src + so, n);
+                CHECK(memcmp(dst + d, src + so, n) == 0);
+                CHECK(dst[d + n] == 0xAB && (d == 0 || dst[d - 1] == 0xAB));
+            }
+    free(src);
+    free(dst);
+}
+
 static void test_dependence_and_backward_graph(void)
 {
     ad_stats_t base = stats();
@@ -817,6 +841,7 @@ int main(void)
     RUN(test_anomaly);
     RUN(test_recorded_sweeps);
     RUN(test_dependence_and_backward_graph);
+    RUN(test_copy);
     ad_stats_t end = stats();
     /* the core's own counters: everything the tests made is gone */
     CHECK(end.live_nodes == 0 && base.live_nodes == 0);
