@@ -532,19 +532,26 @@ static int lock_handle(int64_t h, ad_tape **T, ad_node **n)
 
 /* ---------- nodes ---------- */
 
+/* Compaction keeps the tape as long as the live graph, so loops run in flat memory and a sweep,
+ * which walks the order from its root down, does not step over the dead entries of every earlier
+ * iteration. Done when more than half the entries are dead (each costs O(1) amortized), never
+ * while a sweep holds the order. */
+static void order_compact(ad_tape *T)
+{
+    if (T->order_dead <= T->order_len / 2 || T->order_held) return;
+    int64_t k = 0;
+    for (int64_t i = 0; i < T->order_len; i++) {
+        ad_node *m = T->order[i];
+        if (m) { m->pos = k; T->order[k++] = m; }
+    }
+    T->order_len = k;
+    T->order_dead = 0;
+}
+
 static int order_push(ad_tape *T, ad_node *n)
 {
     if (T->order_len == T->order_cap) {
-        if (T->order_dead > T->order_len / 2 && !T->order_held) {
-            /* compaction keeps the tape as long as the live graph, so loops run in flat memory */
-            int64_t k = 0;
-            for (int64_t i = 0; i < T->order_len; i++) {
-                ad_node *m = T->order[i];
-                if (m) { m->pos = k; T->order[k++] = m; }
-            }
-            T->order_len = k;
-            T->order_dead = 0;
-        }
+        order_compact(T);
         if (T->order_len == T->order_cap) {
             int64_t cap = T->order_cap ? T->order_cap * 2 : 1024;
             ad_node **o = realloc(T->order, (size_t)cap * sizeof *o);
@@ -1236,4 +1243,11 @@ int ad_stats(ad_stats_t *out)
 /* sweep.c needs to walk the creation order */
 ad_node **ad_tape_order(ad_tape *T) { return T->order; }
 /* counted: a custom rule run inside a sweep may run a sweep of its own */
-void ad_tape_hold_order(ad_tape *T, int hold) { T->order_held += hold ? 1 : -1; }
+void ad_tape_hold_order(ad_tape *T, int hold)
+{
+    T->order_held += hold ? 1 : -1;
+    /* A tape that filled up while held grew instead of compacting; a loop whose every iteration
+     * creates nodes in a sweep (a leaf's first grad) at the same phase would fill it there every
+     * time and grow it forever (each backward then walking all of it): compact on release. */
+    if (!T->order_held) order_compact(T);
+}
