@@ -536,6 +536,8 @@ static int lock_handle(int64_t h, ad_tape **T, ad_node **n)
  * which walks the order from its root down, does not step over the dead entries of every earlier
  * iteration. Done when more than half the entries are dead (each costs O(1) amortized), never
  * while a sweep holds the order. */
+enum { COMPACT_MIN = 1024 };
+
 static void order_compact(ad_tape *T)
 {
     if (T->order_dead <= T->order_len / 2 || T->order_held) return;
@@ -550,6 +552,13 @@ static void order_compact(ad_tape *T)
 
 static int order_push(ad_tape *T, ad_node *n)
 {
+    /* Not only when the array is full: a tape that fills while a sweep holds it grows instead,
+     * and in a loop whose every iteration makes nodes inside a sweep (a leaf's first grad) at
+     * the same phase it would fill there every time and grow forever, each backward walking all
+     * of it. Any push outside a sweep compacts once over COMPACT_MIN entries are dead (and more
+     * than half), so the tape stays within twice the live graph plus that. (Not when a sweep lets
+     * go of the order: it still reads positions after that.) */
+    if (T->order_dead > COMPACT_MIN) order_compact(T);
     if (T->order_len == T->order_cap) {
         order_compact(T);
         if (T->order_len == T->order_cap) {
@@ -1243,11 +1252,4 @@ int ad_stats(ad_stats_t *out)
 /* sweep.c needs to walk the creation order */
 ad_node **ad_tape_order(ad_tape *T) { return T->order; }
 /* counted: a custom rule run inside a sweep may run a sweep of its own */
-void ad_tape_hold_order(ad_tape *T, int hold)
-{
-    T->order_held += hold ? 1 : -1;
-    /* A tape that filled up while held grew instead of compacting; a loop whose every iteration
-     * creates nodes in a sweep (a leaf's first grad) at the same phase would fill it there every
-     * time and grow it forever (each backward then walking all of it): compact on release. */
-    if (!T->order_held) order_compact(T);
-}
+void ad_tape_hold_order(ad_tape *T, int hold) { T->order_held += hold ? 1 : -1; }

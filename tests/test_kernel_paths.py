@@ -537,3 +537,21 @@ def test_sum_vjp_threads_bit_identical(op, shape, axis, dtype, restore_threads):
     count = x.size // np.size(g)
     gx = np.broadcast_to(np.expand_dims(g, axis) if axis is not None else g, shape).astype(np.float64) * 3
     np.testing.assert_allclose(results[0], gx / count if op == "mean" else gx, *FWD_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["add", "multiply", "divide", "power", "maximum"])
+@pytest.mark.parametrize("sa,sb", [((700, 1), (1, 300)), ((700, 300), (300,)), ((3, 1, 40000), (3, 5, 1)),
+                                   ((), (300, 701)), ((70000, 1), (70000, 2)), ((2, 1), (2, 70001))])
+def test_broadcast_forward_threads_bit_identical(op, sa, sb, dtype, restore_threads):
+    # a broadcast forward shares its runs over the pool (elementwise.c, fwd_runs; each run moved
+    # to by runs_seek): long runs, short runs, a scalar, strided (gathered) operands
+    x = (np.abs(_data(sa, seed=30)) + 0.5).astype(dtype)
+    y = (np.abs(_data(sb, seed=31)) + 0.5).astype(dtype)
+    results = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        results.append(getattr(ad, op)(ad.tensor(x), ad.tensor(y)).numpy())
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
+    np.testing.assert_allclose(results[0], getattr(np, op)(x, y), *FWD_TOL[dtype])

@@ -71,6 +71,19 @@ static int runs_next(runs *r)
     return !r->single && !ad_iter_next(&r->it, r->idx, &r->oo, &r->oa, &r->ob);
 }
 
+/* r moved to run k (of n->size / len, in the walk's order), for a thread's part of the runs */
+static void runs_seek(runs *r, int64_t k)
+{
+    r->oo = r->oa = r->ob = 0;
+    for (int d = r->it.ndim - 2; d >= 0; d--) {
+        r->idx[d] = k % r->it.shape[d];
+        k /= r->it.shape[d];
+        r->oo += r->idx[d] * r->it.st[0][d];
+        r->oa += r->idx[d] * r->it.st[1][d];
+        r->ob += r->idx[d] * r->it.st[2][d];
+    }
+}
+
 /* A stack buffer for CHUNK elements of an operand that is not contiguous along a run. */
 typedef struct {
     union { double d[CHUNK]; float f[CHUNK]; } v;
@@ -176,23 +189,22 @@ static void vjp_part(void *p, int64_t lo, int64_t hi)
 
 /* ---------------- forward ---------------- */
 
-static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const ad_node *b)
+/* Runs [lo, hi) of a broadcast forward: each run is computed alike (its chunks counted from its
+ * own start) whichever part it falls in, so the runs can be shared over threads. */
+typedef struct { const ad_ew_kernels *K; ad_node *n; const ad_node *a, *b; runs r; } bc_job;
+
+static void fwd_runs(void *p, int64_t lo, int64_t hi)
 {
+    const bc_job *j = p;
+    ad_node *n = j->n;
+    const ad_node *a = j->a, *b = j->b;
     int dt = n->dtype;
-    if (!b || (a->size == n->size && b->size == n->size)) {
-        ew_job j = {K, n, a->data, b ? b->data : NULL, NULL, n->data, 0, 0, 0, 0};
-        /* a small op (most scalar graphs) calls its kernel here: the pool's bookkeeping would be
-         * a tenth of a 0-d op's C time */
-        if (n->size >= 2 * PAR_GRAIN) ad_parallel(n->size, PAR_GRAIN, AD_PAR_ALIGN, fwd_part, &j);
-        else if (n->size) fwd_part(&j, 0, n->size);
-        return;
-    }
-    ad_ew_fn f = K->fwd[dt];
-    runs r;
-    if (!runs_init(&r, n, a, b)) return;
+    ad_ew_fn f = j->K->fwd[dt];
+    runs r = j->r;
+    runs_seek(&r, lo);
     chunk ba, bb;
     ba.bcast = bb.bcast = NULL;
-    do {
+    for (int64_t q = lo; q < hi; q++) {
         /* contiguous operands go in one call; others in gathered chunks */
         int64_t step = (r.dA == 1 && (!b || r.dB == 1)) ? r.len : CHUNK;
         for (int64_t k = 0; k < r.len; k += step) {
@@ -201,7 +213,27 @@ static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const 
                                  b ? view(dt, b->data, r.ob + k * r.dB, r.dB, m, &bb) : NULL, NULL};
             f(in, at(dt, n->data, r.oo + k), m, n->c);
         }
-    } while (runs_next(&r));
+        if (q + 1 < hi) runs_next(&r);
+    }
+}
+
+static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const ad_node *b)
+{
+    if (!b || (a->size == n->size && b->size == n->size)) {
+        ew_job j = {K, n, a->data, b ? b->data : NULL, NULL, n->data, 0, 0, 0, 0};
+        /* a small op (most scalar graphs) calls its kernel here: the pool's bookkeeping would be
+         * a tenth of a 0-d op's C time */
+        if (n->size >= 2 * PAR_GRAIN) ad_parallel(n->size, PAR_GRAIN, AD_PAR_ALIGN, fwd_part, &j);
+        else if (n->size) fwd_part(&j, 0, n->size);
+        return;
+    }
+    bc_job j = {K, n, a, b, {0}};
+    if (!runs_init(&j.r, n, a, b)) return;
+    int64_t nruns = n->size / j.r.len;
+    if (n->size >= 2 * PAR_GRAIN && nruns >= 2)
+        ad_parallel(nruns, j.r.len >= PAR_GRAIN ? 1 : PAR_GRAIN / j.r.len, 1, fwd_runs, &j);
+    else
+        fwd_runs(&j, 0, nruns);
 }
 
 /* ---------------- VJP ---------------- */
