@@ -227,7 +227,7 @@ static void forward(const ad_ew_kernels *K, ad_node *n, const ad_node *a, const 
         else if (n->size) fwd_part(&j, 0, n->size);
         return;
     }
-    bc_job j = {K, n, a, b, {0}};
+    bc_job j = {.K = K, .n = n, .a = a, .b = b};
     if (!runs_init(&j.r, n, a, b)) return;
     int64_t nruns = n->size / j.r.len;
     if (n->size >= 2 * PAR_GRAIN && nruns >= 2)
