@@ -479,7 +479,7 @@ int main(void)
         return 1;
     }
     /* f64 only: the f32 ops are not swept */
-    CHECK(ad_set_lapack((void *)ref_getrf, NULL, (void *)ref_getrs, NULL, (void *)ref_potrf, NULL) == AD_OK);
+    CHECK(ad_set_lapack((void *)ref_getrf, NULL, (void *)ref_getrs, NULL, (void *)ref_potrf, NULL, NULL, NULL) == AD_OK);
     RUN(test_every_sweep);
     ad_stats_t end;
     ad_stats(&end);
