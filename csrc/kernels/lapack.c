@@ -36,6 +36,7 @@
 #include "../core.h"
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -360,6 +361,9 @@ static int mk_svd(ad_tape *T, ad_node *a, int packed, int jobz, ad_node **out)
     if (a->ndim < 2)
         return ad_err(AD_ERR_LINALG, "%s: %d-dimensional array given; the array must be at least two-dimensional",
                       op, a->ndim);
+    if (a->shape[a->ndim - 2] > INT_MAX || a->shape[a->ndim - 1] > INT_MAX)   /* (and the packed size fits) */
+        return ad_err(AD_ERR_VALUE, "%s: matrices of %lld x %lld exceed LAPACK's int indexing", op,
+                      (long long)a->shape[a->ndim - 2], (long long)a->shape[a->ndim - 1]);
     svd_dims d = svd_dims_of(a, jobz);
     int64_t shape[AD_MAXDIM];
     memcpy(shape, a->shape, (size_t)(a->ndim - 2) * sizeof *shape);
@@ -787,6 +791,7 @@ static du svd_vjp(ex *e, const vals *v, ad_node *g, ad_node *ta, ad_node *ty)
 {
     const ad_node *node = v->node;
     int jobz = (int)node->c[1];
+    if (!LIVE(e) || !v->a || !v->y) return dual(NULL, NULL);   /* the constant copies failed */
     if (node->c[0]) {
         svd_dims d = svd_dims_of(v->a, jobz);
         if (!v->a->size || !d.k) return dual(konst(e, v->a, 0, NULL), NULL);
@@ -815,6 +820,7 @@ static ad_node *svd_jvp(ex *e, const vals *v, ad_node *ta)
 {
     const ad_node *node = v->node;
     int jobz = (int)node->c[1], packed = node->c[0] != 0;
+    if (!LIVE(e) || !v->a || !v->y) return NULL;
     svd_dims d = svd_dims_of(v->a, packed ? jobz : AD_SVD_THIN);
     if (!v->a->size || !d.k) return konst(e, v->y, 0, NULL);
     du u, s, vh;
