@@ -13,8 +13,11 @@ directions.
 
 svd and svdvals run LAPACK's gesdd, as numpy.linalg.svd. The derivative of the singular values
 alone (svdvals, svd's S, the matrix norms ord 2, -2, 'nuc') is U diag(g) V^T: it exists at
-repeated singular values (the identity matrix) and needs nothing else; at an exactly zero
-singular value, where s is not differentiable (a kink, as |x| at 0), that value contributes 0.
+repeated singular values (the identity matrix) and needs nothing else; a loss that treats tied
+values alike (a sum, the norms: max and min split among ties) gets a gradient independent of the
+basis gesdd picks for them, one that does not (s[0] alone at a tie, a kink) the subgradient of
+that basis. At an exactly zero singular value, where s is not differentiable (a kink, as |x| at
+0), that value contributes 0.
 The derivative of U and Vh, and the second derivative of the singular values, divide by
 s_j^2 - s_i^2 (and by s when m != n): they raise LinAlgError at repeated or zero singular values,
 naming the batch element, and U, Vh of full_matrices=True with m != n have no derivative (their

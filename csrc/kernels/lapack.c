@@ -22,7 +22,7 @@
  * copies of the values, so each formula exists once. They are O(n^3) like the forward.
  * det's gradient at a singular matrix is the adjugate, which A^-T cannot give: the rules then
  * raise a LinAlgError (AD_ERR_LINALG) naming the batch element rather than return a wrong
- * number; det itself is 0 there, as NumPy's..
+ * number; det itself is 0 there, as NumPy's.
  *
  * svd (gesdd, as numpy.linalg.svd: divide and conquer, the routine NumPy calls, so the values are
  * NumPy's; gesvd would differ from them in the last bits): the core has one output per node, so
