@@ -61,8 +61,8 @@ typedef enum {
      * (kernels/scan.c) */
     AD_OP_SCAN,
     /* issue 17, linear algebra on LAPACK (kernels/lapack.c): X = A^-1 B (inv is solve(A, I)),
-     * log|det A| or det A, the Cholesky factor */
-    AD_OP_SOLVE, AD_OP_LOGDET, AD_OP_CHOLESKY,
+     * log|det A| or det A, the Cholesky factor; the singular values, or the SVD packed in one output */
+    AD_OP_SOLVE, AD_OP_LOGDET, AD_OP_CHOLESKY, AD_OP_SVD,
     /* a custom function: its rules live in the bindings (ad_custom, csrc/custom.c) */
     AD_OP_CUSTOM,
     AD_OP_COUNT
@@ -154,6 +154,15 @@ int64_t ad_scan(int64_t a, int64_t b, int axis, int mode);
 int64_t ad_solve(int64_t a, int64_t b, int name);
 int64_t ad_logdet(int64_t a, int det, void *sign);
 int64_t ad_cholesky(int64_t a);
+/* The singular value decomposition of each matrix of a (..., m, n), k = min(m, n), on gesdd as
+ * numpy.linalg.svd. jobz 0: out[0] = the singular values (..., k) (jobz 'N', as svdvals), out[1] = 0.
+ * jobz 1 (thin, 'S') or 2 (full, 'A'): out[1] = U (..., m, ku), S (..., k) and Vh (..., kv, n)
+ * packed along one last axis of m*ku + k + kv*n (ku = kv = k thin; ku = m, kv = n full), and
+ * out[0] = those singular values as their own tensor: its rules need no U and V derivative, so
+ * a loss of S alone is differentiable at repeated singular values. A NaN or infinite entry, or
+ * gesdd not converging, is AD_ERR_LINALG naming the batch element. */
+enum { AD_SVD_VALS = 0, AD_SVD_THIN = 1, AD_SVD_FULL = 2 };
+int ad_svd(int64_t a, int jobz, int64_t *out);
 
 /* Convolution windows (kernels/conv.c), PyTorch's F.unfold / F.fold. kernel, stride, padding and
  * dilation are (rows, columns) pairs; padding is zeros. unfold: x (N, C, H, W) -> (N, C*kh*kw, L),
@@ -323,9 +332,10 @@ int ad_stats(ad_stats_t *out);
 /* gemm and gemv used by matmul: pointers with the Fortran BLAS signature (e.g. from
  * scipy.linalg.cython_blas), any of them NULL. Without them matmul uses a blocked C loop. */
 int ad_set_blas(void *dgemm, void *sgemm, void *dgemv, void *sgemv);
-/* getrf, getrs and potrf for the linear algebra ops: Fortran LAPACK signatures without hidden
- * string lengths (scipy.linalg.cython_lapack); without them those ops are an AD_ERR_RUNTIME. */
-int ad_set_lapack(void *dgetrf, void *sgetrf, void *dgetrs, void *sgetrs, void *dpotrf, void *spotrf);
+/* getrf, getrs, potrf and gesdd for the linear algebra ops: Fortran LAPACK signatures without
+ * hidden string lengths (scipy.linalg.cython_lapack); without them those ops are an AD_ERR_RUNTIME. */
+int ad_set_lapack(void *dgetrf, void *sgetrf, void *dgetrs, void *sgetrs, void *dpotrf, void *spotrf,
+                  void *dgesdd, void *sgesdd);
 
 /* Hessian-vector products of a scalar root (forward over reverse), for k directions at once:
  * tangents[i] holds k directions for leaves[i] (shape (k, *leaf.shape)); out_hvp[i] receives a new

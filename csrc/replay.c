@@ -162,7 +162,7 @@ static int family_of(int op)
         return FAM_CONV;
     case AD_OP_SCAN:
         return FAM_SCAN;
-    case AD_OP_SOLVE: case AD_OP_LOGDET: case AD_OP_CHOLESKY:
+    case AD_OP_SOLVE: case AD_OP_LOGDET: case AD_OP_CHOLESKY: case AD_OP_SVD:
         return FAM_LAPACK;
     default:
         return FAM_NONE;

@@ -23,7 +23,7 @@ from .record import record, GuardError
 from .record_step import record_step
 from ._capi import lib as _lib
 from . import nn, optim, data, autograd, viz
-from . import linalg   # ad.linalg: inv, det, slogdet, solve, cholesky (issue 17)
+from . import linalg   # ad.linalg: inv, det, slogdet, solve, cholesky, svd, svdvals (issue 17)
 
 # the elementwise ops, one per row of opdefs.py (exp, log1p, logaddexp, ...)
 globals().update(_ELEMENTWISE)

@@ -175,6 +175,6 @@ def _blas_pointer(name, module="cython_blas"):
 
 lib.ad_set_blas(*(_blas_pointer(name) for name in ("dgemm", "sgemm", "dgemv", "sgemv")))
 lib.ad_set_lapack(*(_blas_pointer(name, "cython_lapack")
-                    for name in ("dgetrf", "sgetrf", "dgetrs", "sgetrs", "dpotrf", "spotrf")))
+                    for name in ("dgetrf", "sgetrf", "dgetrs", "sgetrs", "dpotrf", "spotrf", "dgesdd", "sgesdd")))
 # short calls keep the GIL, long work releases it (see _build.py)
 lib.pyautodiff_keep_gil_for_short_calls()

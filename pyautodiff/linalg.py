@@ -10,19 +10,35 @@ there (the adjugate) is not implemented and raises LinAlgError rather than retur
 cholesky reads a's lower triangle only, as NumPy; its gradient is the derivative of that function
 (zero on the strict upper triangle), which agrees with the symmetric gradient along symmetric
 directions.
+
+svd and svdvals run LAPACK's gesdd, as numpy.linalg.svd. The derivative of the singular values
+alone (svdvals, svd's S, the matrix norms ord 2, -2, 'nuc') is U diag(g) V^T: it exists at
+repeated singular values (the identity matrix) and needs nothing else; a loss that treats tied
+values alike (a sum, the norms: max and min split among ties) gets a gradient independent of the
+basis gesdd picks for them, one that does not (s[0] alone at a tie, a kink) the subgradient of
+that basis. At an exactly zero singular value, where s is not differentiable (a kink, as |x| at
+0), that value contributes 0.
+The derivative of U and Vh, and the second derivative of the singular values, divide by
+s_j^2 - s_i^2 (and by s when m != n): they raise LinAlgError at repeated or zero singular values,
+naming the batch element, and U, Vh of full_matrices=True with m != n have no derivative (their
+extra columns are any orthonormal completion). U and Vh are defined up to the sign of each pair
+(u_i, v_i) (gesdd's choice, as NumPy's): as PyTorch says of its svd, differentiate only losses
+that do not depend on that choice (U diag(c) Vh, |U|, U U^T, S), whose gradients are then right.
 """
 from collections import namedtuple
 
 import numpy as np
 
-from ._capi import ffi, lib, _call, dtype_of
+from ._capi import ffi, lib, _call, _call_out, address, dtype_of
 from .tensor import as_tensor, tensor
 from .ops import broadcast_to, reshape
 
 LinAlgError = np.linalg.LinAlgError
 SlogdetResult = namedtuple("SlogdetResult", ["sign", "logabsdet"])
+SVDResult = namedtuple("SVDResult", ["U", "S", "Vh"])
 
-__all__ = ["inv", "det", "slogdet", "solve", "cholesky", "LinAlgError", "SlogdetResult"]
+__all__ = ["inv", "det", "slogdet", "solve", "cholesky", "svd", "svdvals", "LinAlgError", "SlogdetResult",
+           "SVDResult"]
 
 
 def _same_dtype(a, b):
@@ -96,3 +112,37 @@ def cholesky(a):
     triangle, as numpy.linalg.cholesky. LinAlgError when a matrix is not positive definite."""
     a = as_tensor(a)
     return _call(lib.ad_cholesky, a._h)
+
+
+def _svd(a, jobz):
+    out = ffi.new("int64_t[2]")
+    return _call_out(lib.ad_svd, 2, address(out), a._h, jobz, out)
+
+
+def svdvals(a):
+    """The singular values of each matrix of a (..., m, n), descending, shape (..., min(m, n)), as
+    numpy.linalg.svdvals (gesdd without vectors). Its gradient U diag(g) V^T exists at repeated
+    singular values; its second derivative needs them distinct and nonzero (else LinAlgError)."""
+    return _svd(as_tensor(a), lib.AD_SVD_VALS)[0]
+
+
+def svd(a, full_matrices=True, compute_uv=True):
+    """The singular value decomposition a = U diag(S) Vh of each matrix of a (..., m, n), as
+    numpy.linalg.svd: SVDResult(U, S, Vh) with U (..., m, m) and Vh (..., n, n) (full_matrices) or
+    (..., m, k) and (..., k, n), k = min(m, n); compute_uv=False gives S alone (svdvals).
+    S's gradient needs nothing; U's and Vh's need distinct nonzero singular values and, for m != n,
+    full_matrices=False (else LinAlgError). Each pair (U[:, i], Vh[i]) is defined up to a common
+    sign: differentiate only losses that do not depend on it (see the module's doc)."""
+    a = as_tensor(a)
+    if not compute_uv:
+        return svdvals(a)
+    s, p = _svd(a, lib.AD_SVD_FULL if full_matrices else lib.AD_SVD_THIN)
+    # One node holds U, S and Vh packed along its last axis (the core has one output per node);
+    # U and Vh are slices of it, S the singular values' own node (see csrc/kernels/lapack.c)
+    m, n = a.shape[-2:]
+    k = min(m, n)
+    ku, kv = (m, n) if full_matrices else (k, k)
+    batch = tuple(a.shape[:-2])
+    u = reshape(p[..., :m * ku], batch + (m, ku))
+    vh = reshape(p[..., m * ku + k:], batch + (kv, n))
+    return SVDResult(u, s, vh)

@@ -15,6 +15,8 @@ from .tensor import Tensor, as_tensor, full, _slice
 from .ops import (sum as _sum, mean as _mean, max as _max, min as _min, sqrt, abs as _abs, power, reshape,
                   where)
 from .shape_ops import _axis, _axes, take_along_axis
+from .ops import transpose
+from .linalg import svdvals
 
 
 def _reduced(axis, ndim, op):
@@ -140,16 +142,25 @@ def _matrix_norm(x, ord, axes, keepdims):
         y = pick(s, outer, keepdims=True)
         return y if keepdims else reshape(y, _drop(x.shape, axes, False))
     if ord in (2, -2, "nuc"):
-        raise NotImplementedError(f"norm: ord={ord!r} for matrices needs singular values, which pyautodiff "
-                                  f"does not compute yet; ord None/'fro', 1, -1, inf and -inf are supported")
+        # the largest / smallest / sum of the singular values of the matrices on axes (r, c), moved
+        # last; max and min split the gradient equally among tied largest (smallest) values, which
+        # makes it U_t V_t^T / t over the tied singular vectors: independent of gesdd's choice of
+        # basis for a repeated singular value (the centre of the subdifferential at that kink)
+        s = svdvals(transpose(x, [i for i in range(x.ndim) if i not in axes] + [r, c]))
+        if ord == -2 and s.shape[-1] == 0:
+            raise ValueError(f"norm: ord=-2 of matrices with no singular values (shape {x.shape}, axis {axes}): "
+                             f"the smallest of nothing")
+        y = _sum(s, -1) if ord == "nuc" or s.shape[-1] == 0 else (_max if ord == 2 else _min)(s, -1)
+        return reshape(y, _drop(x.shape, axes, True)) if keepdims else y
     raise ValueError(f"norm: invalid ord {ord!r} for a matrix norm")
 
 
 def norm(x, ord=None, axis=None, keepdims=False):
     """numpy.linalg.norm: with axis None, the 2-norm of the flattened tensor (ord None) or the
     vector / matrix norm of a 1-D / 2-D one; an int axis takes vector norms (ord None or 2, 1,
-    inf, -inf, 0, any p), a 2-tuple matrix norms (None or 'fro', 1, -1, inf, -inf). The gradient
-    of the 2-norm at 0 is 0 (a subgradient, as in PyTorch)."""
+    inf, -inf, 0, any p), a 2-tuple matrix norms (None or 'fro', 1, -1, inf, -inf, and 2, -2,
+    'nuc': the largest, smallest and sum of the singular values, by ad.linalg.svdvals). The
+    gradient of the 2-norm at 0 is 0 (a subgradient, as in PyTorch)."""
     x = as_tensor(x)
     ndim = x.ndim
     if axis is None:

@@ -609,13 +609,20 @@ _NORM_CASES = [((5,), {}), ((3, 4), {}), ((2, 3, 4), {}), ((5,), {"ord": 1}), ((
                ((3, 4), {"ord": "fro"}), ((3, 4), {"ord": 1}), ((3, 4), {"ord": -1}), ((3, 4), {"ord": np.inf}),
                ((3, 4), {"ord": -np.inf}), ((2, 3, 4), {"ord": "fro", "axis": (2, 0)}),
                ((2, 3, 4), {"ord": 1, "axis": (0, 2), "keepdims": True}), ((2, 3, 4), {"axis": 1}),
-               ((2, 3, 4), {"ord": np.inf, "axis": (-1, 1)}), ((0, 3), {"axis": 0})]
+               ((2, 3, 4), {"ord": np.inf, "axis": (-1, 1)}), ((0, 3), {"axis": 0}), ((3, 4), {"ord": 2}),
+               ((4, 3), {"ord": -2}), ((3, 4), {"ord": "nuc"}), ((2, 3, 4), {"ord": 2, "axis": (2, 0), "keepdims": True}),
+               ((2, 3, 4), {"ord": "nuc", "axis": (-1, 1)}), ((2, 3, 4), {"ord": -2, "axis": (0, 1)})]
 row(name="norm", fn=lambda x, **p: ad.norm(x, **p), ref="norm", public="norm", tol=REDUCTION, grad_tol=REDUCTION,
     samples=_cases(_NORM_CASES))
 row(name="norm_at_zero", fn=lambda x, **p: ad.norm(x, **p), ref="norm", public="norm", tol=REDUCTION,
     grad_tol=REDUCTION, samples=lambda rng: [Sample((np.zeros((2, 3)),), "zeros", smooth=False, params={}),
                                              Sample((np.array([[0.0, 0], [1, 2]]),), "zero-row", smooth=False,
-                                                    params={"axis": 1})])
+                                                    params={"axis": 1}),
+                                             # singular values 0: each contributes 0 (the kink's smallest subgradient)
+                                             Sample((np.zeros((2, 3)),), "zeros-nuc", smooth=False, params={"ord": "nuc"}),
+                                             Sample((np.zeros((3, 2)),), "zeros-2", smooth=False, params={"ord": 2}),
+                                             Sample((np.diag([2.0, 0.0]),), "rank-1-nuc", smooth=False,
+                                                    params={"ord": "nuc"})])
 
 _SCAN_CASES = [((7,), {}), ((7,), {"axis": 0}), ((3, 4), {"axis": 0}), ((3, 4), {"axis": -1}), ((2, 3, 4), {}),
                ((2, 3, 5), {"axis": 1}), ((1,), {"axis": 0}), ((), {}), ((2, 0), {"axis": 1}), ((0, 3), {"axis": 1}),
@@ -749,3 +756,56 @@ row(name="linalg.solve", fn=lambda a, b: ad.linalg.solve(a, b), ref="solve", pub
     grad_tol=LINALG,
     samples=lambda rng: [Sample((well_conditioned(rng, sa), rng.standard_normal(sb)), f"{sa}x{sb}",
                                 smooth=not _size_zero(sa, sb)) for sa, sb in _SOLVE])
+
+
+# svd and svdvals (gesdd; reference/lapack.py) on matrices with well-separated singular values
+# (Q1 diag(s) Q2^T, s at least 0.5 apart and from 0), so that F = 1 / (s_j^2 - s_i^2) stays below
+# ~1 and the values are about the data (a repeated singular value is an error for svd's U and Vh,
+# tests/test_svd.py). svd's row returns U, S, Vh packed along the last axis, each pair (u_i, v_i)
+# signed by reference.lapack.svd_signs, a function of a (ad.sign's gradient is 0), so that the
+# reference and finite differences apply whatever signs gesdd picks. LINALG: gesdd is NumPy's own
+# call (bit for bit in float64); the rules chain ~6 products and F, errors seen ~1e-14 (float64)
+# and ~1e-6 (float32) against values of order 1-10.
+def separated(rng, shape):
+    m, n = shape[-2:]
+    k, batch = min(m, n), tuple(shape[:-2])
+    if not k or 0 in batch:
+        return np.zeros(shape)
+    q1 = np.linalg.qr(rng.standard_normal(batch + (m, m)))[0][..., :k]
+    q2 = np.linalg.qr(rng.standard_normal(batch + (n, n)))[0][..., :k]
+    s = 0.5 + 0.6 * np.arange(k)[::-1] + rng.uniform(0, 0.1, batch + (k,))
+    return (q1 * s[..., None, :]) @ np.swapaxes(q2, -1, -2)
+
+
+def _svd_packed(a, full_matrices=False):
+    u, s, vh = ad.linalg.svd(a, full_matrices=full_matrices)
+    sign = ad.sign(ad.sum(u * np.linspace(1.0, 2.0, u.shape[-2], dtype=u.dtype)[:, None], axis=-2, keepdims=True))
+    batch = tuple(s.shape[:-1])
+    return ad.concatenate([ad.reshape(u * sign, batch + (u.shape[-2] * u.shape[-1],)), s,
+                           ad.reshape(vh * ad.swapaxes(sign, -1, -2), batch + (vh.shape[-2] * vh.shape[-1],))], -1)
+
+
+_SVD = [(3, 3), (4, 3), (3, 5), (2, 4, 3), (2, 1, 3, 2), (1, 1), (1, 4), (0, 3), (2, 0, 0)]
+_SVD_EDGES = [(np.eye(3), "identity"), (np.diag([3.0, 0.0, 1.0]), "zero-singular-value"),
+              (np.ones((3, 2)), "rank-1")]
+
+
+def _svd_samples(shapes, edges=()):
+    def gen(rng):
+        return ([Sample((separated(rng, s),), f"{s}", smooth=not _size_zero(s)) for s in shapes]
+                + [Sample((a,), label, smooth=False) for a, label in edges])
+    return gen
+
+
+# svdvals' derivative holds at repeated singular values (identity); a zero one contributes 0
+row(name="linalg.svdvals", fn=lambda a: ad.linalg.svdvals(a), ref="svdvals", public="linalg.svdvals", tol=LINALG,
+    grad_tol=LINALG, samples=_svd_samples(_SVD, _SVD_EDGES[:2]))
+row(name="linalg.svd_S", fn=lambda a: ad.linalg.svd(a).S, ref="svdvals", public="linalg.svd", tol=LINALG,
+    grad_tol=LINALG, samples=_svd_samples(_SVD, _SVD_EDGES[:2]))
+row(name="linalg.svd_compute_uv_false", fn=lambda a: ad.linalg.svd(a, compute_uv=False), ref="svdvals",
+    public="linalg.svd", tol=LINALG, grad_tol=LINALG, samples=_svd_samples([(3, 4), (2, 3, 2)]))
+row(name="linalg.svd", fn=_svd_packed, ref="svd", public="linalg.svd", tol=LINALG, grad_tol=LINALG,
+    samples=_svd_samples(_SVD))
+# full_matrices=True of a square matrix is the thin SVD (not square: no derivative, tests/test_svd.py)
+row(name="linalg.svd_full_square", fn=lambda a: _svd_packed(a, full_matrices=True), ref="svd", public="linalg.svd",
+    tol=LINALG, grad_tol=LINALG, samples=_svd_samples([(3, 3), (2, 2, 2)]))

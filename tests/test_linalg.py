@@ -204,7 +204,10 @@ def test_gradcheck_at_second_order_in_float32_agrees_with_float64(name):
 
 def test_replay_recomputes_at_new_inputs():
     a0, a1 = well_conditioned(rng, (3, 3)), well_conditioned(rng, (3, 3))
-    f = lambda a: ad.linalg.det(a) + (ad.linalg.inv(a) ** 2).sum() + ad.linalg.cholesky(a @ a.T).sum()
+    def f(a):
+        u, s, vh = ad.linalg.svd(a)   # U diag(c) Vh: independent of gesdd's signs
+        return (ad.linalg.det(a) + (ad.linalg.inv(a) ** 2).sum() + ad.linalg.cholesky(a @ a.T).sum()
+                + ad.norm(a, "nuc") + ((u * np.arange(1.0, 4.0)) @ vh).sum() + ad.linalg.svdvals(a).max())
     rec = ad.record(f, a0)
     v, g = rec.value_and_grad(a1)
     v1, g1 = ad.value_and_grad(f)(a1)
@@ -219,7 +222,9 @@ def test_rules_leave_no_node_behind_and_anomaly_mode_sees_no_nan():
     before = ad.tape_stats()["live_nodes"]
     with ad.detect_anomaly():
         for f, x in [(lambda x: (ad.linalg.inv(x) ** 2).sum() + ad.linalg.det(x).sum(), a),
-                     (lambda x: (ad.linalg.cholesky(x) ** 3).sum() + ad.linalg.slogdet(x).logabsdet, s)]:
+                     (lambda x: (ad.linalg.cholesky(x) ** 3).sum() + ad.linalg.slogdet(x).logabsdet, s),
+                     (lambda x: ((lambda u, s, vh: (u * s[..., None, :] ** 2 @ vh * x).sum())(*ad.linalg.svd(x))
+                                 + ad.norm(x, 2, axis=(1, 2)).sum()), a)]:
             ad.grad(f)(x)
             ad.hessian(f)(x)
             ad.jvp(f, (x,), (np.ones_like(x),))

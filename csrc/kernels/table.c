@@ -51,6 +51,7 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     /* issue 17, linear algebra on LAPACK */
 #define LA(name) {name, ad_vjp_lapack, 0, ad_jvp_lapack, 0, 0, ad_vjp2_lapack, ad_vjp_rec_lapack, ad_jvp_rec_lapack}
     [AD_OP_SOLVE] = LA("solve"), [AD_OP_LOGDET] = LA("logdet"), [AD_OP_CHOLESKY] = LA("cholesky"),
+    [AD_OP_SVD] = LA("svd"),
     [AD_OP_CUSTOM] = {"custom", ad_vjp_custom_unused, 0, ad_jvp_custom, 0, 0, 0, ad_vjp_rec_custom_unused, ad_jvp_rec_custom},
 };
 

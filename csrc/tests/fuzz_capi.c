@@ -425,6 +425,18 @@ static void one_newer_call(void)
         check_handle("ad_solve", ad_solve(any_handle(), chance(50) ? b : any_handle(), (int)below(2)), 0);
         check_handle("ad_logdet", ad_logdet(any_handle(), (int)below(2), NULL), 0);
         check_handle("ad_cholesky", ad_cholesky(any_handle()), 0);
+        {   /* the SVD: a status and two handles (the values; the packed SVD for jobz 1 and 2) or none */
+            int64_t out[2] = {-1, -1};
+            int jobz = chance(90) ? (int)below(3) : (int)absurd_int(), null_out = chance(3);
+            int st = ad_svd(any_handle(), jobz, null_out ? NULL : out);
+            check_status("ad_svd", st);
+            if (!null_out && st && (out[0] || out[1])) fail("ad_svd: a handle out after a failure", st);
+            if (!st) {
+                check_handle("ad_svd values", out[0], 0);
+                if (jobz) check_handle("ad_svd packed", out[1], 0);
+                else if (out[1]) fail("ad_svd: a second handle for jobz 0", out[1]);
+            }
+        }
         break;
     }
     case 16: {

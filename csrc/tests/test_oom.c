@@ -5,8 +5,8 @@
  * bit for bit, the live node and byte counts, the graph not released), and the same call run
  * again without the fault succeeds with the gradients of a run that never failed. Whatever the
  * call made is freed (live counters back to the start, LeakSanitizer at exit). The calls: every
- * sweep, on a graph with and without solve/logdet/cholesky (run on the reference LU and Cholesky
- * below), building, fusing and running a plan, and the traced training step, whose parameters'
+ * sweep, on a graph with and without solve/logdet/cholesky and svd/svdvals (run on the reference
+ * LU, Cholesky and SVD below), building, fusing and running a plan, and the traced training step, whose parameters'
  * values, optimizer state and step counts are part of the state that must not change. */
 #include "check.h"
 #include "../testing.h"
@@ -358,6 +358,96 @@ static int linalg_forward(graph *g, int64_t *out)
     return AD_OK;
 }
 
+/* ---- svd, svdvals (kernels/lapack.c) ----
+ * The reference gesdd for dgesdd: one-sided Jacobi (Hestenes) on the columns of a (m >= n here),
+ * singular values sorted descending, in LAPACK's Fortran signature (column-major). */
+static void ref_gesdd(char *jobz, int *m, int *n, double *a, int *lda, double *s, double *u, int *ldu, double *vt,
+                      int *ldvt, double *work, int *lwork, int *iwork, int *info)
+{
+    (void)iwork;
+    int M = *m, N = *n, L = *lda;
+    *info = 0;
+    if (*lwork == -1) { work[0] = 1; return; }
+    CHECK(M >= N && N <= 8);
+    double v[64] = {0};
+    for (int i = 0; i < N; i++) v[i + i * N] = 1;
+    for (int sweep = 0; sweep < 60; sweep++) {
+        int rotated = 0;
+        for (int p = 0; p < N; p++)
+            for (int q = p + 1; q < N; q++) {
+                double al = 0, be = 0, ga = 0;
+                for (int r = 0; r < M; r++) {
+                    al += a[r + p * L] * a[r + p * L];
+                    be += a[r + q * L] * a[r + q * L];
+                    ga += a[r + p * L] * a[r + q * L];
+                }
+                if (fabs(ga) <= 1e-15 * sqrt(al * be)) continue;
+                rotated = 1;
+                double z = (be - al) / (2 * ga), t = (z >= 0 ? 1 : -1) / (fabs(z) + sqrt(1 + z * z));
+                double c = 1 / sqrt(1 + t * t), sn = c * t;
+                for (int r = 0; r < M; r++) {
+                    double x = a[r + p * L], y = a[r + q * L];
+                    a[r + p * L] = c * x - sn * y, a[r + q * L] = sn * x + c * y;
+                }
+                for (int r = 0; r < N; r++) {
+                    double x = v[r + p * N], y = v[r + q * N];
+                    v[r + p * N] = c * x - sn * y, v[r + q * N] = sn * x + c * y;
+                }
+            }
+        if (!rotated) break;
+    }
+    int order[8];
+    double norm[8];
+    for (int i = 0; i < N; i++) {
+        norm[i] = 0;
+        for (int r = 0; r < M; r++) norm[i] += a[r + i * L] * a[r + i * L];
+        norm[i] = sqrt(norm[i]);
+        order[i] = i;
+    }
+    for (int i = 0; i < N; i++)   /* descending */
+        for (int j = i + 1; j < N; j++)
+            if (norm[order[j]] > norm[order[i]]) { int t = order[i]; order[i] = order[j]; order[j] = t; }
+    for (int i = 0; i < N; i++) {
+        int c = order[i];
+        s[i] = norm[c];
+        if (jobz[0] == 'N') continue;
+        for (int r = 0; r < M; r++) u[r + i * *ldu] = a[r + c * L] / norm[c];
+        for (int r = 0; r < N; r++) vt[i + r * *ldvt] = v[r + c * N];
+    }
+}
+
+/* A = C * w + diag(5, 3, 1) (distinct singular values): the root + sum(svdvals(A)^2) + sum(P^3),
+ * P the packed thin SVD of A, so that every rule of both kinds of node is on the way */
+static void with_svd(graph *g)
+{
+    const double cv[9] = {0.5, -0.25, 0.1, 0.2, 0.3, -0.4, -0.1, 0.15, 0.6}, dv[9] = {5, 0, 0, 0, 3, 0, 0, 0, 1};
+    int64_t old = keep(g, g->root), v[2], p[2];
+    int64_t a = keep(g, ad_binary(AD_OP_ADD, keep(g, ad_binary(AD_OP_MUL, keep(g, mk(2, s33, cv, 0)), g->leaf[1])),
+                                  keep(g, mk(2, s33, dv, 0))));
+    CHECK(ad_svd(a, AD_SVD_VALS, v) == AD_OK);
+    CHECK(ad_svd(a, AD_SVD_THIN, p) == AD_OK);
+    keep(g, v[0]), keep(g, p[0]), keep(g, p[1]);
+    int64_t sv = keep(g, ad_reduce(AD_OP_SUM, keep(g, ad_binary(AD_OP_MUL, v[0], v[0])), -1, NULL, 0));
+    int64_t p3 = keep(g, ad_binary(AD_OP_MUL, p[1], keep(g, ad_binary(AD_OP_MUL, p[1], p[1]))));
+    int64_t sp = keep(g, ad_reduce(AD_OP_SUM, p3, -1, NULL, 0));
+    g->root = ad_binary(AD_OP_ADD, keep(g, ad_binary(AD_OP_ADD, sv, sp)), old);
+    CHECK(g->root > 0);
+    g->in[0] = a;
+}
+static void svd_cotangent_rows(graph *g) { with_svd(g); cotangent_rows(g); }
+static void svd_cotangent(graph *g) { with_svd(g); cotangent(g); }
+static void svd_tangent_rows(graph *g) { with_svd(g); tangent_rows(g); }
+static void svd_tangent(graph *g) { with_svd(g); tangent(g); }
+static void svd_planned(graph *g) { with_svd(g); planned(g); }
+
+/* both calls on with_svd's A: the values, then the packed SVD and its values (three handles) */
+static int svd_forward(graph *g, int64_t *out)
+{
+    int st = ad_svd(g->in[0], AD_SVD_VALS, out);   /* out[1] = 0 */
+    if (!st && (st = ad_svd(g->in[0], AD_SVD_FULL, out + 1))) { ad_release(out[0]); out[0] = 0; }
+    return st;
+}
+
 typedef struct { snapshot after; double out[MAXOUT][MAXVAL * 2]; double res[MAXOUT][MAXVAL]; } result;
 
 static result outcome(graph *g, const int64_t *out)
@@ -468,6 +558,15 @@ static void test_every_sweep(void)
         {"vjp_graph through solve/logdet/cholesky", linalg_cotangent, vjp_recorded},
         {"jvp_graph through solve/logdet/cholesky", linalg_tangent, jvp_recorded},
         {"plan run through solve/logdet/cholesky", linalg_planned, run_plan},
+        {"svd, svdvals", with_svd, svd_forward},
+        {"backward through svd/svdvals", with_svd, backward_retain},
+        {"backward(create_graph) through svd/svdvals", with_svd, backward_graph},
+        {"vjp through svd/svdvals", svd_cotangent_rows, vjp_rows},
+        {"jvp through svd/svdvals", svd_tangent_rows, jvp_rows},
+        {"hvp through svd/svdvals", svd_tangent_rows, hvp_rows},
+        {"vjp_graph through svd/svdvals", svd_cotangent, vjp_recorded},
+        {"jvp_graph through svd/svdvals", svd_tangent, jvp_recorded},
+        {"plan run through svd/svdvals", svd_planned, run_plan},
     };
     for (size_t i = 0; i < sizeof sweeps / sizeof sweeps[0]; i++) sweep_every_allocation(sweeps[i]);
 }
@@ -479,7 +578,7 @@ int main(void)
         return 1;
     }
     /* f64 only: the f32 ops are not swept */
-    CHECK(ad_set_lapack((void *)ref_getrf, NULL, (void *)ref_getrs, NULL, (void *)ref_potrf, NULL) == AD_OK);
+    CHECK(ad_set_lapack((void *)ref_getrf, NULL, (void *)ref_getrs, NULL, (void *)ref_potrf, NULL, (void *)ref_gesdd, NULL) == AD_OK);
     RUN(test_every_sweep);
     ad_stats_t end;
     ad_stats(&end);

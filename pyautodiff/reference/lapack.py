@@ -7,6 +7,15 @@ cholesky, with numpy.linalg as the forward and the textbook rules:
     cholesky a = l l^T from a's lower triangle (as NumPy reads it): with Phi the lower triangle,
             diagonal halved, s = l^-T Phi(l^T g) l^-1, ga = Phi(s + s^T) (zero above the
             diagonal: the upper triangle is never read); dl = l Phi(l^-1 (q + q^T) l^-T), q = Phi(da).
+    svdvals s of a = u diag(s) vh (thin, k = min(m, n)): ga = u diag(g) vh; ds = diag(u^T da v)
+            (a zero singular value, where s has a kink, contributes 0).
+    svd     (u, s, vh), each pair (u_i, v_i) signed by svd_signs so that the output is a function
+            of a: with dS = u^T da v, F_ij = 1 / (s_j^2 - s_i^2) (0 on the diagonal),
+            du = u (F o (dS S + S dS^T)) + (da v - u dS) S^-1 [m > n],
+            dv = v (F o (S dS + dS^T S)) + (da^T u - v dS^T) S^-1 [m < n]; ga is their transpose,
+            with J = u^T gu, K = vh gvh^T: u (diag(gs) + (F o (J - J^T)) S + S (F o (K - K^T))) vh
+            + (gu - u J) S^-1 vh [m > n] + u S^-1 (gvh - K^T vh) [m < n]. The output packs u, s
+            and vh (each flattened) along one last axis.
 b in solve is a vector when it is 1-D (numpy.linalg.solve's rule); batch axes broadcast.
 """
 import numpy as np
@@ -95,6 +104,90 @@ def cholesky_jvp(tangents, out, a):
     return out @ _phi(z)
 
 
+def svdvals_forward(a):
+    return np.linalg.svd(a, compute_uv=False)
+
+
+def _positive(s):
+    return (s > 0).astype(s.dtype)
+
+
+def svdvals_vjp(g, out, a):
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    return ((u * (g * _positive(s))[..., None, :]) @ vh,)
+
+
+def svdvals_jvp(tangents, out, a):
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    return np.einsum("...ik,...ij,...kj->...k", u, tangents[0], vh) * _positive(s)
+
+
+def svd_signs(u):
+    """+-1 per column of u (..., 1, k): the sign of its product with fixed weights 1..2, which the
+    test rows (tests/op_table.py) apply to ad.linalg.svd's U and Vh as well, so that both sides
+    return the same pairs (u_i, v_i), whatever signs gesdd chose."""
+    return np.sign(np.sum(u * np.linspace(1.0, 2.0, u.shape[-2], dtype=u.dtype)[:, None], axis=-2, keepdims=True))
+
+
+def _svd_signed(a):
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    sg = svd_signs(u)
+    return u * sg, s, vh * _t(sg)
+
+
+def _pack(u, s, vh):
+    batch = s.shape[:-1]
+    return np.concatenate([u.reshape(batch + (-1,)), s, vh.reshape(batch + (-1,))], -1)
+
+
+def _f_matrix(s):
+    d = s[..., None, :] ** 2 - s[..., :, None] ** 2
+    eye = np.eye(s.shape[-1])
+    return 1 / (d + eye) - eye
+
+
+def svd_forward(a, full_matrices=False):
+    return _pack(*_svd_signed(a))
+
+
+def svd_vjp(g, out, a, full_matrices=False):
+    u, s, vh = _svd_signed(a)
+    m, n = a.shape[-2:]
+    k = s.shape[-1]
+    gu = g[..., :m * k].reshape(u.shape)
+    gs = g[..., m * k:m * k + k]
+    gvh = g[..., m * k + k:].reshape(vh.shape)
+    f = _f_matrix(s)
+    j, kk = _t(u) @ gu, vh @ _t(gvh)
+    srow, scol = s[..., None, :], s[..., :, None]
+    inner = gs[..., None, :] * np.eye(k) + f * (j - _t(j)) * srow + scol * (f * (kk - _t(kk)))
+    ga = u @ inner @ vh
+    if m > n:
+        ga = ga + ((gu - u @ j) / srow) @ vh
+    if m < n:
+        ga = ga + u @ ((gvh - _t(kk) @ vh) / scol)
+    return (ga,)
+
+
+def svd_jvp(tangents, out, a, full_matrices=False):
+    u, s, vh = _svd_signed(a)
+    da = tangents[0]
+    m, n = a.shape[-2:]
+    v = _t(vh)
+    f = _f_matrix(s)
+    srow, scol = s[..., None, :], s[..., :, None]
+    ds = _t(u) @ da @ v
+    du = u @ (f * (ds * srow + _t(ds * srow)))
+    dv = v @ (f * (scol * ds + _t(scol * ds)))
+    if m > n:
+        du = du + (da @ v - u @ ds) / srow
+    if m < n:
+        dv = dv + (_t(da) @ u - v @ _t(ds)) / srow
+    return _pack(du, np.diagonal(ds, axis1=-2, axis2=-1), _t(dv))
+
+
+OPS["svdvals"] = ref_op(svdvals_forward, svdvals_vjp, svdvals_jvp, arity=1)
+OPS["svd"] = ref_op(svd_forward, svd_vjp, svd_jvp, arity=1)
 OPS["solve"] = ref_op(solve_forward, solve_vjp, solve_jvp, arity=2)
 OPS["inv"] = ref_op(inv_forward, inv_vjp, inv_jvp, arity=1)
 OPS["det"] = ref_op(det_forward, *_det_rules(True), arity=1)

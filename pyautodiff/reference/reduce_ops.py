@@ -150,7 +150,8 @@ OPS["std"] = ref_op(std_forward, std_vjp, std_jvp, arity=1)
 # --- norm(x, ord=None, axis=None, keepdims=False): numpy.linalg.norm --------------------------------
 # The derivative by x, shaped like x, with the reduced axes' cotangent broadcast: the 2-norm's is
 # x / |x| (0 at 0), the 1-norm's sign(x), inf / -inf route to the elements of largest / smallest
-# |x| (ties share equally, as max and min do), a p-norm's |x|^(p-1) sign(x) / |x|_p^(p-1).
+# |x| (ties share equally, as max and min do), a p-norm's |x|^(p-1) sign(x) / |x|_p^(p-1); the
+# matrix 2, -2 and 'nuc' norms' U diag(w) V^T (the weights of the singular values they take).
 def norm_forward(x, ord=None, axis=None, keepdims=False):
     return np.linalg.norm(x, ord=ord, axis=axis, keepdims=keepdims)
 
@@ -179,6 +180,14 @@ def _norm_dx(x, ord, axis):
         p = float(ord)
         return axes, np.abs(x) ** (p - 1) * np.sign(x) / n ** (p - 1)
     r, c = axes
+    if ord in (2, -2, "nuc"):
+        # U diag(w) V^T over the matrices on (r, c): w = 1 for 'nuc', and for 2 / -2 the largest /
+        # smallest singular values' share (ties split equally, as max and min); a zero singular
+        # value gets 0 (s is not differentiable there)
+        y = np.moveaxis(x, (r, c), (-2, -1))
+        u, s, vh = np.linalg.svd(y, full_matrices=False)
+        w = np.ones_like(s) if ord == "nuc" else _share(s == (s.max if ord == 2 else s.min)(-1, keepdims=True), (-1,))
+        return axes, np.moveaxis((u * np.where(s > 0, w, 0.0)[..., None, :]) @ vh, (-2, -1), (r, c))
     inner, outer = (r, c) if ord in (1, -1) else (c, r)
     s = np.sum(np.abs(x), axis=inner, keepdims=True)
     return axes, np.sign(x) * _share(s == n, (outer,))
