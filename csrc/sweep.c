@@ -59,6 +59,15 @@ static _Thread_local int t_defer_leaves;
 /* Set while ad_backward runs on this thread: a custom rule or hook it calls must not start
  * another (both would use the nodes' adj fields). */
 static _Thread_local int t_in_backward;
+/* The seed's values when backward's root reads them in place as its adjoint (see
+ * backward_locked): never freed as an adjoint. */
+static _Thread_local const void *t_borrowed_adj;
+
+static void free_adj(ad_tape *T, ad_node *n)
+{
+    if (n->adj != t_borrowed_adj) ad_buf_free(T, n->adj, ad_adj_bytes(n));
+    n->adj = NULL;
+}
 
 /* Where input m's adjoint lives: a leaf's grad node, else m->adj (allocated on first use). */
 static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, int64_t *pending)
@@ -245,8 +254,7 @@ static int pass_to_inputs(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
             (*pending)++;
         }
     }
-    ad_buf_free(T, n->adj, ad_adj_bytes(n));
-    n->adj = NULL;
+    free_adj(T, n);
     n->flags &= (uint8_t)~F_ADJ_UNIFORM;
     return st;
 }
@@ -355,8 +363,22 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         return st;
     }
 
-    if ((st = ad_tape_grow_adj(T, root))) return st;
-    copy_seed(root, root->adj, seed);
+    /* The root's adjoint is read once, by its own VJP, which runs first: unless something could
+     * write it or keep its buffer (a hook, a custom rule, an input that takes the buffer over),
+     * the seed is read in place instead of copied, which saves a pass over the output. */
+    int borrow = seed && seed->dtype == root->dtype && root->size > 0 && !(root->flags & F_HOOK) &&
+                 root->op != AD_OP_CUSTOM;
+    t_defer_leaves = 1;   /* as in the sweep below, for can_hand_over */
+    for (int j = 0; j < root->nin && borrow; j++)
+        if (can_hand_over(root, j)) borrow = 0;
+    t_defer_leaves = 0;
+    if (borrow) {
+        root->adj = seed->data;
+        t_borrowed_adj = seed->data;
+    } else {
+        if ((st = ad_tape_grow_adj(T, root))) return st;
+        copy_seed(root, root->adj, seed);
+    }
     root->refs++;
     pending = 1;
 
@@ -408,8 +430,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         for (; i >= 0 && pending > 0; i--) {
             ad_node *n = ad_tape_order(T)[i];
             if (!n || !n->adj) continue;
-            ad_buf_free(T, n->adj, ad_adj_bytes(n));
-            n->adj = NULL;
+            free_adj(T, n);
             n->flags &= (uint8_t)~F_ADJ_UNIFORM;
             pending--;
             ad_node_unref(T, n);
@@ -439,7 +460,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     }
     for (int64_t k = 0; k < nswept; k++) {
         ad_node *n = swept[k];
-        if (n->adj) { ad_buf_free(T, n->adj, ad_adj_bytes(n)); n->adj = NULL; }
+        if (n->adj) free_adj(T, n);
         n->flags &= (uint8_t)~F_ADJ_UNIFORM;
         if (!st && !retain && !(n->flags & F_LEAF)) ad_node_drop_graph(T, n);
         ad_node_unref(T, n);
@@ -447,6 +468,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     free(fresh);
     free(swept);
     ad_tape_hold_order(T, 0);
+    t_borrowed_adj = NULL;
     return st;
 }
 

@@ -101,3 +101,43 @@ def test_vjp_many_c_api_errors():
     assert "cotangent 0 has shape (2)" in ffi.string(lib.ad_last_error()).decode() or \
         "cotangent 0 has shape" in ffi.string(lib.ad_last_error()).decode()
     assert lib.ad_vjp_many(0, ffi.NULL, ffi.NULL, 1, ffi.new("int64_t[]", [x._h]), res) != 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_reads_its_seed_in_place_and_leaves_it_alone(dtype):
+    """backward(grad) reads grad's values as the root's adjoint (no copy) unless the root's buffer
+    could be written or handed on; in every case grad keeps its values and stays usable."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(4, 5)).astype(dtype)
+    w = rng.normal(size=(2, 5)).astype(dtype)
+    xt = ad.tensor(x, requires_grad=True)
+    wt = ad.tensor(w)
+    xt[1:3].backward(wt)                                  # read in place
+    np.testing.assert_array_equal(xt.grad.numpy(), np.concatenate([np.zeros((1, 5)), w, np.zeros((1, 5))]).astype(dtype))
+    np.testing.assert_array_equal(wt.numpy(), w)
+    # the root hands its adjoint on (x + y): the seed is copied, never taken
+    yt = ad.tensor(x, requires_grad=True)
+    xt.grad = None
+    (xt * 1.0 + yt).backward(ad.tensor(x))
+    np.testing.assert_array_equal(yt.grad.numpy(), x)
+    np.testing.assert_array_equal(xt.grad.numpy(), x)
+    # a hook on the root may replace its gradient: the seed is copied first
+    xt.grad = None
+    s = xt[1:3]
+    s.register_hook(lambda g: g * 2.0)
+    s.backward(wt)
+    np.testing.assert_array_equal(xt.grad.numpy()[1:3], 2 * w)
+    np.testing.assert_array_equal(wt.numpy(), w)
+    # the seed is the root itself, and a failed backward leaves the seed usable
+    xt.grad = None
+    r = xt * 3.0
+    r.backward(r)
+    np.testing.assert_array_equal(xt.grad.numpy(), (3 * (3 * x)).astype(dtype))
+    with pytest.raises(RuntimeError, match="second time"):
+        r.backward(r)
+    np.testing.assert_array_equal(r.numpy(), (3 * x).astype(dtype))
+    # a seed of the other dtype is converted (copied)
+    xt.grad = None
+    other = np.float32 if dtype == np.float64 else np.float64
+    xt[1:3].backward(ad.tensor(w.astype(other)))
+    np.testing.assert_allclose(xt.grad.numpy()[1:3], w, rtol=1e-6)
