@@ -235,6 +235,12 @@ int ad_jvp(int64_t root, int n_leaves, const int64_t *leaves, const int64_t *tan
  * out_grads[i] receives a new tensor of shape (k, *input.shape) (or (k, size)) in the input's
  * dtype. Unlike ad_backward it leaves .grad alone and keeps the graph, so it can run again. */
 int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads);
+/* Reverse mode from several outputs at once (torch.autograd.grad's outputs): the sum over r of the
+ * VJPs of roots[r] with cotangents[r] (each shaped like its root, in its dtype), in one sweep, so
+ * the parts of one tensor (split) add into one adjoint instead of one full-size gradient each.
+ * out_grads[i] receives a new tensor shaped like leaves[i]; .grad and the graph are left alone. */
+int ad_vjp_many(int n_roots, const int64_t *roots, const int64_t *cotangents, int n_leaves, const int64_t *leaves,
+                int64_t *out_grads);
 
 /* Recorded reverse sweep: like ad_vjp for one cotangent shaped like root (root's dtype), but each
  * out_grads[i] (shaped like leaves[i]) is built from recorded ops, so it can be differentiated again

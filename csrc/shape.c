@@ -220,6 +220,15 @@ void ad_strided_pass(int dtype, void *dst, const int64_t *dst_strides, const voi
     if (len >= 8 && (dl != 1 || sl != 1))
         for (int i = 0; i < last; i++)
             if (it.shape[i] >= 8 && ((dl != 1 && it.st[0][i] == 1) || (sl != 1 && it.st[1][i] == 1))) q = i;
+    if (!accumulate && q < 0 && dl == 1 && sl == 1) {
+        /* runs of a slice or a block: ad_copy moves a run of any length at full width */
+        size_t isz = ad_itemsize(dtype), run = (size_t)len * isz;
+        AD_ITER_FOR(it, od, os, o2) {
+            (void)o2;
+            ad_copy((char *)dst + (size_t)od * isz, (const char *)src + (size_t)os * isz, run);
+        }
+        return;
+    }
     if (dtype == AD_F64) { if (accumulate) PASS(double, ADD); else PASS(double, SET); }
     else { if (accumulate) PASS(float, ADD); else PASS(float, SET); }
 }

@@ -59,6 +59,15 @@ static _Thread_local int t_defer_leaves;
 /* Set while ad_backward runs on this thread: a custom rule or hook it calls must not start
  * another (both would use the nodes' adj fields). */
 static _Thread_local int t_in_backward;
+/* The seed's values when backward's root reads them in place as its adjoint (see
+ * backward_locked): never freed as an adjoint. */
+static _Thread_local const void *t_borrowed_adj;
+
+static void free_adj(ad_tape *T, ad_node *n)
+{
+    if (n->adj != t_borrowed_adj) ad_buf_free(T, n->adj, ad_adj_bytes(n));
+    n->adj = NULL;
+}
 
 /* Where input m's adjoint lives: a leaf's grad node, else m->adj (allocated on first use). */
 static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, int64_t *pending)
@@ -245,8 +254,7 @@ static int pass_to_inputs(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
             (*pending)++;
         }
     }
-    ad_buf_free(T, n->adj, ad_adj_bytes(n));
-    n->adj = NULL;
+    free_adj(T, n);
     n->flags &= (uint8_t)~F_ADJ_UNIFORM;
     return st;
 }
@@ -355,8 +363,22 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         return st;
     }
 
-    if ((st = ad_tape_grow_adj(T, root))) return st;
-    copy_seed(root, root->adj, seed);
+    /* The root's adjoint is read once, by its own VJP, which runs first: unless something could
+     * write it or keep its buffer (a hook, a custom rule, an input that takes the buffer over),
+     * the seed is read in place instead of copied, which saves a pass over the output. */
+    int borrow = seed && seed->dtype == root->dtype && root->size > 0 && !(root->flags & F_HOOK) &&
+                 root->op != AD_OP_CUSTOM;
+    t_defer_leaves = 1;   /* as in the sweep below, for can_hand_over */
+    for (int j = 0; j < root->nin && borrow; j++)
+        if (can_hand_over(root, j)) borrow = 0;
+    t_defer_leaves = 0;
+    if (borrow) {
+        root->adj = seed->data;
+        t_borrowed_adj = seed->data;
+    } else {
+        if ((st = ad_tape_grow_adj(T, root))) return st;
+        copy_seed(root, root->adj, seed);
+    }
     root->refs++;
     pending = 1;
 
@@ -408,8 +430,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         for (; i >= 0 && pending > 0; i--) {
             ad_node *n = ad_tape_order(T)[i];
             if (!n || !n->adj) continue;
-            ad_buf_free(T, n->adj, ad_adj_bytes(n));
-            n->adj = NULL;
+            free_adj(T, n);
             n->flags &= (uint8_t)~F_ADJ_UNIFORM;
             pending--;
             ad_node_unref(T, n);
@@ -439,7 +460,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     }
     for (int64_t k = 0; k < nswept; k++) {
         ad_node *n = swept[k];
-        if (n->adj) { ad_buf_free(T, n->adj, ad_adj_bytes(n)); n->adj = NULL; }
+        if (n->adj) free_adj(T, n);
         n->flags &= (uint8_t)~F_ADJ_UNIFORM;
         if (!st && !retain && !(n->flags & F_LEAF)) ad_node_drop_graph(T, n);
         ad_node_unref(T, n);
@@ -447,6 +468,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     free(fresh);
     free(swept);
     ad_tape_hold_order(T, 0);
+    t_borrowed_adj = NULL;
     return st;
 }
 
@@ -909,55 +931,72 @@ static int custom_rows(ad_tape *T, ad_recycler *rc, ad_slot *slots, int64_t lo, 
     return st;
 }
 
-static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, const int64_t *leaves,
-                      int64_t *out_h)
+/* Seed root r's slot with its k cotangent rows. The last-recorded root's cotangent is only read
+ * (nothing inside the sweep consumes it), unless the same root comes twice; every other root is
+ * an input of later nodes, whose contributions add into its slot: it gets a buffer of its own. */
+static int seed_root(ad_tape *T, ad_recycler *rc, ad_slot *s, const ad_node *r, const ad_node *cot, int64_t k,
+                     int64_t hi)
 {
-    char b1[160], b2[160];
-    ad_node *root, *cot;
-    int st;
-    if ((st = ad_resolve(T, root_h, &root)) || (st = ad_resolve(T, cot_h, &cot))) return st;
-    int64_t k = cot->ndim >= 1 ? cot->shape[0] : 0;
-    if (k < 1 || !is_batch_of(cot, root, k) || cot->dtype != root->dtype) {
-        int64_t want[AD_MAXDIM];
-        int nd = batched_shape(root, k < 1 ? 1 : k, want);
-        return ad_err(AD_ERR_VALUE, "vjp: cotangent has shape %s and dtype %s, but the output has shape %s and "
-                      "dtype %s: expected k >= 1 cotangents stacked on a leading axis, e.g. shape %s, dtype %s",
-                      ad_shape_str(b1, sizeof b1, cot->ndim, cot->shape), ad_dtype_name(cot->dtype),
-                      ad_shape_str(b2, sizeof b2, root->ndim, root->shape), ad_dtype_name(root->dtype),
-                      ad_shape_str(b1, sizeof b1, nd, want), ad_dtype_name(root->dtype));
+    size_t bytes = (size_t)k * node_bytes(r);
+    if (!(s->state & S_HAS) && r->pos == hi && !(s->state & S_SEED)) {
+        s->buf = cot->data;
+        s->state |= S_HAS;
+        return AD_OK;
     }
-    if (n_leaves > 0 && !out_h) return ad_err(AD_ERR_VALUE, "vjp: out_grads is NULL");
+    if (!(s->state & (S_OWN | S_SEED))) {
+        void *own = rc_take(T, rc, bytes);
+        if (!own) return ad_err(AD_ERR_MEMORY, "vjp: out of memory for a cotangent (%zu bytes)", bytes);
+        if (s->state & S_HAS) ad_copy(own, s->buf, bytes);   /* a borrowed cotangent, now added to */
+        s->buf = own;
+        s->state |= S_OWN;
+    }
+    ad_add_into(r->dtype, s->buf, !!(s->state & S_HAS), cot->data, k * r->size);
+    s->state |= S_HAS;
+    return AD_OK;
+}
+
+/* The reverse sweep of ad_vjp and ad_vjp_many: the roots' cotangents (k rows each, checked by the
+ * caller) pulled back to the leaves in one pass over the tape. A leaf's result is (k, *shape), or
+ * shaped like the leaf when leaf_shaped (k == 1). */
+static int vjp_sweep(ad_tape *T, const char *op, int n_roots, ad_node **roots, ad_node **cots, int64_t k,
+                     int n_leaves, const int64_t *leaves, int leaf_shaped, int64_t *out_h)
+{
+    int st;
+    if (n_leaves > 0 && !out_h) return ad_err(AD_ERR_VALUE, "%s: out_grads is NULL", op);
     ad_node **nodes = calloc((size_t)(2 * n_leaves + 1), sizeof *nodes);
-    if (!nodes) return ad_err(AD_ERR_MEMORY, "vjp: out of memory");
+    if (!nodes) return ad_err(AD_ERR_MEMORY, "%s: out of memory", op);
     ad_node **outs = nodes + n_leaves;
     ad_slot *slots = NULL;
     ad_node **order = ad_tape_order(T);
     int64_t lo = 0, hi = -1;
     int held = 0;
     ad_recycler rc = {{0}, {0}};
-    if ((st = resolve_leaves(T, "vjp", n_leaves, leaves, nodes)) ||
-        (st = ad_versions_check(T, root, min_pos(n_leaves, nodes, root->pos), "vjp")))
-        goto done;
+    if ((st = resolve_leaves(T, op, n_leaves, leaves, nodes))) goto done;
+    for (int r = 0; r < n_roots; r++)
+        if ((st = ad_versions_check(T, roots[r], min_pos(n_leaves, nodes, roots[r]->pos), op))) goto done;
     /* made before positions are read: creating a node may compact the tape */
     for (int i = 0; i < n_leaves; i++)
-        if ((st = new_batch_node(T, nodes[i], k, &outs[i]))) goto done;
+        if ((st = leaf_shaped ? ad_node_new(T, AD_OP_LEAF, nodes[i]->dtype, nodes[i]->ndim, nodes[i]->shape, &outs[i])
+                              : new_batch_node(T, nodes[i], k, &outs[i])))
+            goto done;
 
-    hi = root->pos;
+    for (int r = 0; r < n_roots; r++)
+        if ((roots[r]->flags & F_REQUIRES_GRAD) && roots[r]->pos > hi) hi = roots[r]->pos;
     lo = min_pos(n_leaves, nodes, hi);
-    if (lo > hi || !(root->flags & F_REQUIRES_GRAD)) goto done;   /* root does not depend on the inputs */
+    if (lo > hi) goto done;   /* no root depends on the inputs */
     order = ad_tape_order(T);
     slots = calloc((size_t)(hi - lo + 1), sizeof *slots);
-    if (!slots) { st = ad_err(AD_ERR_MEMORY, "vjp: out of memory for a sweep over %lld nodes", (long long)(hi - lo + 1)); goto done; }
+    if (!slots) { st = ad_err(AD_ERR_MEMORY, "%s: out of memory for a sweep over %lld nodes", op, (long long)(hi - lo + 1)); goto done; }
     for (int i = 0; i < n_leaves; i++) {
-        if (nodes[i]->pos > hi) continue;   /* recorded after root: its gradient is zero */
+        if (nodes[i]->pos > hi) continue;   /* recorded after every root: its gradient is zero */
         ad_slot *s = &slots[nodes[i]->pos - lo];
         s->state = S_SEED;
         s->buf = outs[i]->data;   /* a requested node's adjoint is accumulated in place */
     }
-    ad_slot *sr = &slots[hi - lo];
-    if (sr->state & S_SEED) ad_copy(sr->buf, cot->data, (size_t)k * node_bytes(root));
-    else sr->buf = cot->data;    /* only read: the root has no consumers inside the sweep */
-    sr->state |= S_HAS;
+    for (int r = 0; r < n_roots; r++) {
+        if (!(roots[r]->flags & F_REQUIRES_GRAD) || roots[r]->pos < lo) continue;
+        if ((st = seed_root(T, &rc, &slots[roots[r]->pos - lo], roots[r], cots[r], k, hi))) goto done;
+    }
 
     /* a custom rule or hook creates nodes mid-sweep: positions must stay put (see ad_tape_order) */
     ad_tape_hold_order(T, 1);
@@ -967,8 +1006,8 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
         ad_slot *s = &slots[i - lo];
         if (!n || !(s->state & S_HAS)) continue;
         if (n->flags & F_RELEASED) {
-            st = ad_err(AD_ERR_RUNTIME, "vjp: part of the graph (a %s node) was released by an earlier backward(); "
-                        "pass retain_graph=True to that backward() to keep it", ad_ops[n->op].name);
+            st = ad_err(AD_ERR_RUNTIME, "%s: part of the graph (a %s node) was released by an earlier backward(); "
+                        "pass retain_graph=True to that backward() to keep it", op, ad_ops[n->op].name);
             goto done;
         }
         if ((n->flags & F_HOOK) || (n->op == AD_OP_CUSTOM && !(s->state & S_SEED))) {
@@ -982,7 +1021,7 @@ static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, c
             if (!(m->flags & F_REQUIRES_GRAD) || m->pos < lo) continue;
             ad_slot *sm = &slots[m->pos - lo];
             int acc;
-            if ((st = slot_target(T, &rc, sm, m, k, &acc, "vjp")) ||
+            if ((st = slot_target(T, &rc, sm, m, k, &acc, op)) ||
                 (st = pass_rows_to_input(T, n, s->buf, j, sm->buf, acc, k, NULL)))
                 goto done;
         }
@@ -1000,7 +1039,7 @@ done:
     for (int i = 0; i < n_leaves; i++) {
         if (!outs[i]) continue;
         if (st) { ad_node_discard(T, outs[i]); continue; }
-        /* an input the root does not depend on has a zero gradient */
+        /* an input no root depends on has a zero gradient */
         if (!slots || nodes[i]->pos > hi || !(slots[nodes[i]->pos - lo].state & S_HAS))
             memset(outs[i]->data, 0, (size_t)k * node_bytes(nodes[i]));
         out_h[i] = ad_handle(T, outs[i]);
@@ -1010,6 +1049,26 @@ done:
     return st;
 }
 
+static int vjp_locked(ad_tape *T, int64_t root_h, int64_t cot_h, int n_leaves, const int64_t *leaves,
+                      int64_t *out_h)
+{
+    char b1[160], b2[160];
+    ad_node *root, *cot;
+    int st;
+    if ((st = ad_resolve(T, root_h, &root)) || (st = ad_resolve(T, cot_h, &cot))) return st;
+    int64_t k = cot->ndim >= 1 ? cot->shape[0] : 0;
+    if (k < 1 || !is_batch_of(cot, root, k) || cot->dtype != root->dtype) {
+        int64_t want[AD_MAXDIM];
+        int nd = batched_shape(root, k < 1 ? 1 : k, want);
+        return ad_err(AD_ERR_VALUE, "vjp: cotangent has shape %s and dtype %s, but the output has shape %s and "
+                      "dtype %s: expected k >= 1 cotangents stacked on a leading axis, e.g. shape %s, dtype %s",
+                      ad_shape_str(b1, sizeof b1, cot->ndim, cot->shape), ad_dtype_name(cot->dtype),
+                      ad_shape_str(b2, sizeof b2, root->ndim, root->shape), ad_dtype_name(root->dtype),
+                      ad_shape_str(b1, sizeof b1, nd, want), ad_dtype_name(root->dtype));
+    }
+    return vjp_sweep(T, "vjp", 1, &root, &cot, k, n_leaves, leaves, 0, out_h);
+}
+
 int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves, int64_t *out_grads)
 {
     ad_tape *T;
@@ -1017,6 +1076,41 @@ int ad_vjp(int64_t root, int64_t cotangent, int n_leaves, const int64_t *leaves,
     if (st) return st;
     ad_long_work(INT64_MAX);
     st = vjp_locked(T, root, cotangent, n_leaves, leaves, out_grads);
+    ad_unlock(T);
+    return st;
+}
+
+static int vjp_many_locked(ad_tape *T, int n_roots, const int64_t *roots_h, const int64_t *cots_h, int n_leaves,
+                           const int64_t *leaves, int64_t *out_h)
+{
+    char b1[160], b2[160];
+    if (n_roots < 1 || !roots_h || !cots_h)
+        return ad_err(AD_ERR_VALUE, "vjp_many: invalid list of %d outputs and their cotangents", n_roots);
+    ad_node **nodes = calloc((size_t)(2 * n_roots), sizeof *nodes);
+    if (!nodes) return ad_err(AD_ERR_MEMORY, "vjp_many: out of memory");
+    ad_node **roots = nodes, **cots = nodes + n_roots;
+    int st = AD_OK;
+    for (int r = 0; r < n_roots && !st; r++) {
+        if ((st = ad_resolve(T, roots_h[r], &roots[r])) || (st = ad_resolve(T, cots_h[r], &cots[r]))) break;
+        if (!same_shape(cots[r]->ndim, cots[r]->shape, roots[r]->ndim, roots[r]->shape) || cots[r]->dtype != roots[r]->dtype)
+            st = ad_err(AD_ERR_VALUE, "vjp_many: cotangent %d has shape %s and dtype %s, but its output has shape %s "
+                        "and dtype %s; they must match", r,
+                        ad_shape_str(b1, sizeof b1, cots[r]->ndim, cots[r]->shape), ad_dtype_name(cots[r]->dtype),
+                        ad_shape_str(b2, sizeof b2, roots[r]->ndim, roots[r]->shape), ad_dtype_name(roots[r]->dtype));
+    }
+    if (!st) st = vjp_sweep(T, "vjp", n_roots, roots, cots, 1, n_leaves, leaves, 1, out_h);
+    free(nodes);
+    return st;
+}
+
+int ad_vjp_many(int n_roots, const int64_t *roots, const int64_t *cotangents, int n_leaves, const int64_t *leaves,
+                int64_t *out_grads)
+{
+    ad_tape *T;
+    int st = ad_lock_current(&T);
+    if (st) return st;
+    ad_long_work(INT64_MAX);
+    st = vjp_many_locked(T, n_roots, roots, cotangents, n_leaves, leaves, out_grads);
     ad_unlock(T);
     return st;
 }

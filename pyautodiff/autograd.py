@@ -8,9 +8,9 @@ backward. The function transforms in ``ad.grad`` and friends are the other door 
 """
 import numpy as np
 
-from ._capi import ffi, lib, check
+from ._capi import ffi, lib, check, _call_out, address
 from .tensor import Tensor, _from_array
-from .functional import _dependence, _grads_graph, _handles, _inside_transform, _matching, _rows, _vjp_sweep
+from .functional import _dependence, _grads_graph, _handles, _inside_transform, _matching
 
 __all__ = ["grad"]
 
@@ -37,22 +37,33 @@ def _cotangents(outputs, grad_outputs):
                 raise RuntimeError(f"autograd.grad: grad can be implicitly created only for outputs with one "
                                    f"element, but output {i} has shape {out.shape}; pass grad_outputs")
             cots.append(np.ones(out.shape, out.dtype))
-        elif isinstance(g, Tensor) and g.requires_grad:
-            _matching(g, out.shape, out.dtype, f"autograd.grad: grad_outputs[{i}]", f"output {i}")
-            cots.append(g)               # on the tape: a recorded sweep differentiates through it
+        elif isinstance(g, Tensor) and g.shape == out.shape and g.dtype == out.dtype:
+            # used as it is, no copy; one that requires grad is on the tape, and a recorded sweep
+            # differentiates through it
+            cots.append(g)
         else:
             cots.append(_matching(g, out.shape, out.dtype, f"autograd.grad: grad_outputs[{i}]", f"output {i}"))
     return cots
 
 
-def _sweep(out, cot, inputs, create_graph):
-    """One output's cotangent-weighted gradients with respect to inputs (counted as independent)."""
-    if create_graph:
-        c = cot if isinstance(cot, Tensor) else _from_array(np.asarray(cot, order="C"))
-        return _grads_graph(out, list(inputs), c)
-    c = cot.numpy() if isinstance(cot, Tensor) else cot
-    rows = _vjp_sweep(out, list(inputs), _rows(np.asarray(c)[np.newaxis]))
-    return [r.reshape(t.shape) for r, t in zip(rows, inputs)]
+def _as_tensor(cot):
+    return cot if isinstance(cot, Tensor) else _from_array(np.asarray(cot, order="C"))
+
+
+def _graph_sweep(out, cot, inputs):
+    """One output's cotangent-weighted gradients with respect to inputs (counted as independent),
+    as recorded tensors."""
+    return _grads_graph(out, list(inputs), _as_tensor(cot))
+
+
+def _numeric_sweep(outputs, cots, inputs):
+    """The sum over outputs of their cotangent-weighted gradients with respect to inputs (counted
+    as independent), in one sweep from all the outputs: the parts of one tensor (split) add into
+    one adjoint, not into one full-size gradient each."""
+    cs = [_as_tensor(c) for c in cots]
+    res = ffi.new("int64_t[]", max(len(inputs), 1))
+    return _call_out(lib.ad_vjp_many, len(inputs), address(res), len(outputs), _handles(outputs), _handles(cs),
+                     len(inputs), _handles(inputs), res)
 
 
 def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=False, allow_unused=False):
@@ -99,17 +110,13 @@ def grad(outputs, inputs, grad_outputs=None, retain_graph=None, create_graph=Fal
     groups = [[i] for i in range(len(inputs))] if chained else [list(range(len(inputs)))]
 
     totals = [None] * len(inputs)
-    for out, cot in zip(outputs, cots):
-        for group in groups:
-            parts = _sweep(out, cot, [inputs[i] for i in group], create_graph)
-            for i, p in zip(group, parts):
-                totals[i] = p if totals[i] is None else totals[i] + p
-    result = []
-    for i, total in enumerate(totals):
-        if not used[i]:
-            result.append(None)
-        elif isinstance(total, Tensor):
-            result.append(total)
+    for group in groups:
+        ins = [inputs[i] for i in group]
+        if create_graph:
+            for out, cot in zip(outputs, cots):
+                for i, p in zip(group, _graph_sweep(out, cot, ins)):
+                    totals[i] = p if totals[i] is None else totals[i] + p
         else:
-            result.append(_from_array(np.asarray(total, order="C")))
-    return tuple(result)
+            for i, p in zip(group, _numeric_sweep(outputs, cots, ins)):
+                totals[i] = p
+    return tuple(total if used[i] else None for i, total in enumerate(totals))

@@ -128,6 +128,19 @@ def _basic_view(shape, parts):
     return out_shape, offset, out_strides
 
 
+_BACKWARD_HELPERS = []
+
+
+def _backward_helpers():
+    """(hooks.backward_scope, functional._inside_transform), imported on first use (both modules
+    import this one) and kept: an import statement in every backward() cost a third of a small one."""
+    if not _BACKWARD_HELPERS:
+        from .hooks import backward_scope
+        from .functional import _inside_transform
+        _BACKWARD_HELPERS[:] = (backward_scope, _inside_transform)
+    return _BACKWARD_HELPERS
+
+
 def _slice(t, parts):
     """t[parts] for a basic index: one strided copy in C (ad_slice), no index array."""
     shape, offset, strides = _basic_view(t.shape, parts)
@@ -336,7 +349,7 @@ class Tensor:
         leaf's graph alive while the leaf is held; unlike PyTorch's reference cycle, dropping the
         leaf's last Tensor frees both. ad.autograd.grad(..., create_graph=True) returns the
         gradients instead of storing them."""
-        from .hooks import backward_scope
+        backward_scope, _inside_transform = _backward_helpers()
         if grad is not None and not isinstance(grad, Tensor):
             arr = np.asarray(grad)
             if arr.dtype.kind not in "fiub":
@@ -348,7 +361,6 @@ class Tensor:
             with backward_scope():
                 check(lib.ad_backward_graph(self._h, 0 if grad is None else grad._h))
             return
-        from .functional import _inside_transform
         _inside_transform("backward() without create_graph=True")
         with backward_scope():
             check(lib.ad_backward(self._h, 0 if grad is None else grad._h, 1 if retain_graph else 0))

@@ -246,16 +246,40 @@ int64_t ad_slice(int64_t hx, int ndim, const int64_t *shape, int64_t offset, con
     AD_ONE_INPUT_ENTRY(hx, ad_mk_slice(T, x, ndim, shape, offset, strides, &n));
 }
 
-/* VJP: zeros, then the cotangent added through the view's strides (added, not stored: a view
- * may reach one element twice, through a stride of 0). */
+/* Does the view reach each element of x at most once? (Sufficient test: with the axes ordered by
+ * |stride|, each stride steps past everything the smaller ones reach.) Basic indexing always
+ * does; the C API also takes strides that overlap, a stride of 0 say. */
+static int view_is_one_to_one(int ndim, const int64_t *shape, const int64_t *strides)
+{
+    int64_t st[AD_MAXDIM], ext[AD_MAXDIM];
+    int k = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] <= 1) continue;
+        int64_t a = strides[i] < 0 ? -strides[i] : strides[i];
+        int j = k++;
+        for (; j > 0 && st[j - 1] > a; j--) { st[j] = st[j - 1]; ext[j] = ext[j - 1]; }
+        st[j] = a;
+        ext[j] = shape[i] - 1;
+    }
+    int64_t reach = 0;   /* the farthest the smaller strides get (in bounds: no overflow) */
+    for (int j = 0; j < k; j++) {
+        if (st[j] <= reach) return 0;
+        reach += st[j] * ext[j];
+    }
+    return 1;
+}
+
+/* VJP: zeros, then the cotangent through the view's strides: stored when the view reaches each
+ * element once, else added (an element reached twice collects both). */
 static int vjp_slice(ad_node *n, const void *g, ad_sink *s)
 {
     if (!s->accumulate) memset(s->dst, 0, (size_t)s->size * ad_itemsize(n->dtype));
     if (!n->size) return AD_OK;
     int64_t gs[AD_MAXDIM];
     ad_contig_strides(n->ndim, n->shape, gs);
+    int add = s->accumulate || !view_is_one_to_one(n->ndim, n->shape, n->aux + 1);
     ad_strided_pass(n->dtype, (char *)s->dst + (size_t)n->aux[0] * ad_itemsize(n->dtype), n->aux + 1, g, gs,
-                    n->ndim, n->shape, 1);
+                    n->ndim, n->shape, add);
     return AD_OK;
 }
 

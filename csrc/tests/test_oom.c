@@ -164,6 +164,13 @@ static int vjp_rows(graph *g, int64_t *out) { return ad_vjp(g->root, g->in[0], N
 static int jvp_rows(graph *g, int64_t *out) { return ad_jvp(g->root, NLEAF, g->leaf, g->in, 2, out); }
 static int hvp_rows(graph *g, int64_t *out) { return ad_hvp(g->root, NLEAF, g->leaf, g->in, 2, out); }
 static int vjp_recorded(graph *g, int64_t *out) { return ad_vjp_graph(g->root, g->in[0], NLEAF, g->leaf, out); }
+/* the root twice: its second cotangent adds into a buffer of the sweep's own */
+static void two_cotangents(graph *g) { cotangent(g); g->in[1] = keep(g, full(0, NULL, -0.5)); }
+static int vjp_many(graph *g, int64_t *out)
+{
+    const int64_t roots[2] = {g->root, g->root};
+    return ad_vjp_many(2, roots, g->in, NLEAF, g->leaf, out);
+}
 static int jvp_recorded(graph *g, int64_t *out) { return ad_jvp_graph(g->root, NLEAF, g->leaf, g->in, out); }
 
 /* a second backward through a graph kept by the first (which the prep runs) */
@@ -542,6 +549,7 @@ static void test_every_sweep(void)
         {"jvp", tangent_rows, jvp_rows},
         {"hvp", tangent_rows, hvp_rows},
         {"vjp_graph", cotangent, vjp_recorded},
+        {"vjp_many", two_cotangents, vjp_many},
         {"jvp_graph", tangent, jvp_recorded},
         {"plan build + fuse + run", fusable, build_fuse_run},
         {"plan fuse + run", fusable_planned, fuse_run},
