@@ -136,21 +136,24 @@ def test_conv2d_gradients_match_finite_differences(case):
     assert ad.gradcheck(f, args)
 
 
-def test_conv2d_vjp_matches_the_loops_transposed():
+@pytest.mark.parametrize("case", [1, 4])   # grouped (unfold and matmul); groups 1 (the conv2d op)
+def test_conv2d_vjp_matches_the_loops_transposed(case):
     # the exact gradient: conv2d is bilinear, so the gradient w.r.t. x at cotangent u is the
-    # derivative of <u, conv2d_loops(x, w)>, i.e. each column of the loop reference's Jacobian
+    # derivative of <u, conv2d_loops(x, w)>, i.e. each column of the loop reference's Jacobian,
+    # and likewise w.r.t. w
     rng = np.random.default_rng(2)
-    xs, ws, s, p, d, g, _ = CONV_CASES[1]
+    xs, ws, s, p, d, g, _ = CONV_CASES[case]
     x, w, _ = _conv_case(rng, xs, ws, False)
     u = rng.standard_normal(conv2d_loops(x, w, None, s, p, d, g).shape)
     xt, wt = ad.tensor(x, requires_grad=True), ad.tensor(w, requires_grad=True)
     (F.conv2d(xt, wt, stride=s, padding=p, dilation=d, groups=g) * u).sum().backward()
-    gx = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[idx] = 1
-        gx[idx] = (conv2d_loops(e, w, None, s, p, d, g) * u).sum()
-    np.testing.assert_allclose(xt.grad.numpy(), gx, rtol=1e-12, atol=1e-12)
+    for arg, got in ((0, xt.grad), (1, wt.grad)):
+        want = np.zeros_like((x, w)[arg])
+        for idx in np.ndindex(*want.shape):
+            e = np.zeros_like(want)
+            e[idx] = 1
+            want[idx] = (conv2d_loops(*((e, w) if arg == 0 else (x, e)), None, s, p, d, g) * u).sum()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
 
 
 def test_conv1d_matches_conv2d_loops():
@@ -333,6 +336,30 @@ def test_unfold_and_fold_are_bit_identical_for_any_thread_count():
             cols = F.unfold(xt, 3, dilation=1, padding=0, stride=1)
             (cols * u).sum().backward()
             results.append((cols.numpy(), F.fold(u, (32, 32), 3).numpy(), xt.grad.numpy()))
+    finally:
+        ad.set_num_threads(before)
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_conv2d_is_bit_identical_for_any_thread_count(dtype):
+    # the conv2d op runs the samples in order, one gemm each, and its column passes split by
+    # planes: forward and both gradients give the same bits for 1 to 4 threads
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 16, 30, 30)).astype(dtype)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(dtype)
+    g = rng.standard_normal((4, 32, 15, 30)).astype(dtype)
+    before = ad.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 4):
+            ad.set_num_threads(n)
+            xt, wt = ad.tensor(x, requires_grad=True), ad.tensor(w, requires_grad=True)
+            y = F.conv2d(xt, wt, stride=(2, 1), padding=1)
+            y.backward(g)
+            results.append((y.numpy(), xt.grad.numpy(), wt.grad.numpy()))
     finally:
         ad.set_num_threads(before)
     for r in results[1:]:
