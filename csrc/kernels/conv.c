@@ -50,6 +50,23 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                     T *restrict row = cb + (ki * g->kw + kj) * L;                                       \
                     int64_t xoff = kj * g->dw - g->pw, lo, hi;                                          \
                     col_range(xoff, g->sw, g->w, ow, &lo, &hi);                                         \
+                    /* windows as wide as the image, stride 1: the image's rows follow each other  \
+                     * as the windows' do, so the rows in the image are one copy, and the columns   \
+                     * outside [lo, hi) (the neighbouring rows' ends) are then set to zero */       \
+                    int64_t r0 = g->ph - ki * g->dh, r1 = g->h + g->ph - ki * g->dh;                    \
+                    r0 = r0 < 0 ? 0 : r0;                                                               \
+                    r1 = r1 > j->oh ? j->oh : r1;                                                       \
+                    if (!j->acc && g->sh == 1 && g->sw == 1 && ow == g->w && hi > lo && r1 > r0) {      \
+                        memset(row, 0, (size_t)(r0 * ow) * sizeof(T));                                  \
+                        memset(row + r1 * ow, 0, (size_t)((j->oh - r1) * ow) * sizeof(T));              \
+                        memcpy(row + r0 * ow + lo, xb + (r0 - g->ph + ki * g->dh) * g->w + xoff + lo,   \
+                               (size_t)((r1 - r0 - 1) * ow + hi - lo) * sizeof(T));                     \
+                        for (int64_t r = r0; r < r1; r++) {                                             \
+                            for (int64_t c = 0; c < lo; c++) row[r * ow + c] = 0;                       \
+                            for (int64_t c = hi; c < ow; c++) row[r * ow + c] = 0;                      \
+                        }                                                                               \
+                        continue;                                                                       \
+                    }                                                                                   \
                     for (int64_t r = 0; r < j->oh; r++) {                                               \
                         T *restrict o = row + r * ow;                                                   \
                         int64_t ih = r * g->sh - g->ph + ki * g->dh;                                    \
