@@ -366,3 +366,26 @@ def test_conv2d_is_bit_identical_for_any_thread_count(dtype):
     for r in results[1:]:
         for a, b in zip(results[0], r):
             np.testing.assert_array_equal(a, b)
+
+
+# float32 convolutions tall enough that the conv2d op runs the forward and the input gradient a
+# few window rows at a time (csrc/kernels/conv2d.c, chunk_rows: at least 256 columns), with a
+# last chunk of fewer rows: stride, dilation, padding, a 'same'-size one (unfold's one-copy path)
+@pytest.mark.parametrize("xs,ws,s,p,d", [((2, 3, 120, 9), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1)),
+                                         ((2, 8, 400, 7), (3, 8, 3, 2), (2, 1), (2, 0), (2, 3)),
+                                         ((1, 2, 400, 5), (2, 2, 5, 3), (1, 1), (4, 1), (2, 1))])
+def test_conv2d_float32_by_window_rows_matches_the_reference(xs, ws, s, p, d):
+    from pyautodiff.reference import REFERENCE
+    rng = np.random.default_rng(13)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    ref = REFERENCE["conv2d"]
+    want = ref.forward(x, w, stride=s, padding=p, dilation=d)
+    u = rng.standard_normal(want.shape)
+    want_gx, want_gw = ref.vjp(u, want, x, w, stride=s, padding=p, dilation=d)
+    xt, wt = ad.tensor(x.astype(F32), requires_grad=True), ad.tensor(w.astype(F32), requires_grad=True)
+    y = F.conv2d(xt, wt, stride=s, padding=p, dilation=d)
+    y.backward(u.astype(F32))
+    # float32 sums of up to 30 (forward), 12 (input) and 2*L (weight) products of unit normals
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(xt.grad.numpy(), want_gx, rtol=1e-5, atol=1e-5 * np.abs(want_gx).max())
+    np.testing.assert_allclose(wt.grad.numpy(), want_gw, rtol=1e-5, atol=1e-5 * np.abs(want_gw).max())

@@ -17,6 +17,7 @@ typedef struct {
     int dtype;
     const ad_conv_geom *g;
     int64_t oh, ow;
+    int64_t rb, nr;            /* the window rows [rb, rb + nr) of the oh, as columns of nr * ow */
     const void *src;
     void *dst;
     int acc;                   /* unfold: add into dst instead of writing; fold: add into dst planes */
@@ -41,7 +42,7 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
     {                                                                                                   \
         const conv_job *j = ctx;                                                                        \
         const ad_conv_geom *g = j->g;                                                                   \
-        const int64_t L = j->oh * j->ow, ow = j->ow;                                                    \
+        const int64_t L = j->nr * j->ow, ow = j->ow;                                                    \
         for (int64_t p = p0; p < p1; p++) {                                                             \
             const T *xb = (const T *)j->src + p * g->h * g->w;                                          \
             T *cb = (T *)j->dst + p * g->kh * g->kw * L;                                                \
@@ -53,13 +54,13 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                     /* windows as wide as the image, stride 1: the image's rows follow each other  \
                      * as the windows' do, so the rows in the image are one copy, and the columns   \
                      * outside [lo, hi) (the neighbouring rows' ends) are then set to zero */       \
-                    int64_t r0 = g->ph - ki * g->dh, r1 = g->h + g->ph - ki * g->dh;                    \
+                    int64_t r0 = g->ph - ki * g->dh - j->rb, r1 = g->h + g->ph - ki * g->dh - j->rb;    \
                     r0 = r0 < 0 ? 0 : r0;                                                               \
-                    r1 = r1 > j->oh ? j->oh : r1;                                                       \
+                    r1 = r1 > j->nr ? j->nr : r1;                                                       \
                     if (!j->acc && g->sh == 1 && g->sw == 1 && ow == g->w && hi > lo && r1 > r0) {      \
                         memset(row, 0, (size_t)(r0 * ow) * sizeof(T));                                  \
-                        memset(row + r1 * ow, 0, (size_t)((j->oh - r1) * ow) * sizeof(T));              \
-                        memcpy(row + r0 * ow + lo, xb + (r0 - g->ph + ki * g->dh) * g->w + xoff + lo,   \
+                        memset(row + r1 * ow, 0, (size_t)((j->nr - r1) * ow) * sizeof(T));              \
+                        memcpy(row + r0 * ow + lo, xb + (j->rb + r0 - g->ph + ki * g->dh) * g->w + xoff + lo, \
                                (size_t)((r1 - r0 - 1) * ow + hi - lo) * sizeof(T));                     \
                         for (int64_t r = r0; r < r1; r++) {                                             \
                             for (int64_t c = 0; c < lo; c++) row[r * ow + c] = 0;                       \
@@ -67,9 +68,9 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                         }                                                                               \
                         continue;                                                                       \
                     }                                                                                   \
-                    for (int64_t r = 0; r < j->oh; r++) {                                               \
+                    for (int64_t r = 0; r < j->nr; r++) {                                               \
                         T *restrict o = row + r * ow;                                                   \
-                        int64_t ih = r * g->sh - g->ph + ki * g->dh;                                    \
+                        int64_t ih = (j->rb + r) * g->sh - g->ph + ki * g->dh;                          \
                         if (ih < 0 || ih >= g->h) {                                                     \
                             if (!j->acc) memset(o, 0, (size_t)ow * sizeof(T));                          \
                             continue;                                                                   \
@@ -91,7 +92,7 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
     {                                                                                                   \
         const conv_job *j = ctx;                                                                        \
         const ad_conv_geom *g = j->g;                                                                   \
-        const int64_t L = j->oh * j->ow, ow = j->ow;                                                    \
+        const int64_t L = j->nr * j->ow, ow = j->ow;                                                    \
         for (int64_t p = p0; p < p1; p++) {                                                             \
             T *xb = (T *)j->dst + p * g->h * g->w;                                                      \
             const T *cb = (const T *)j->src + p * g->kh * g->kw * L;                                    \
@@ -101,8 +102,8 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                     const T *restrict row = cb + (ki * g->kw + kj) * L;                                 \
                     int64_t xoff = kj * g->dw - g->pw, lo, hi;                                          \
                     col_range(xoff, g->sw, g->w, ow, &lo, &hi);                                         \
-                    for (int64_t r = 0; r < j->oh; r++) {                                               \
-                        int64_t ih = r * g->sh - g->ph + ki * g->dh;                                    \
+                    for (int64_t r = 0; r < j->nr; r++) {                                               \
+                        int64_t ih = (j->rb + r) * g->sh - g->ph + ki * g->dh;                          \
                         if (ih < 0 || ih >= g->h) continue;                                             \
                         const T *restrict o = row + r * ow;                                             \
                         T *restrict d = xb + ih * g->w + xoff;                                          \
@@ -117,14 +118,20 @@ DEF_CONV_KERNELS(f64, double)
 
 /* Planes per thread part: about 64K elements of columns each, so small convolutions stay on the
  * calling thread. */
-void ad_conv_windows(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
-                     const void *src, void *dst, int acc)
+void ad_conv_windows_rows(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
+                          int64_t rb, int64_t nr, const void *src, void *dst, int acc)
 {
-    conv_job j = {dtype, g, oh, ow, src, dst, acc};
-    int64_t per_plane = g->kh * g->kw * oh * ow + g->h * g->w;
+    conv_job j = {dtype, g, oh, ow, rb, nr, src, dst, acc};
+    int64_t per_plane = g->kh * g->kw * nr * ow + g->h * g->w;
     int64_t grain = per_plane >= 65536 ? 1 : 65536 / (per_plane ? per_plane : 1);
     ad_par_fn fn = unfold ? (dtype == AD_F64 ? im2col_f64 : im2col_f32) : (dtype == AD_F64 ? col2im_f64 : col2im_f32);
     if (planes) ad_parallel(planes, grain, 1, fn, &j);
+}
+
+void ad_conv_windows(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
+                     const void *src, void *dst, int acc)
+{
+    ad_conv_windows_rows(unfold, dtype, g, planes, oh, ow, 0, oh, src, dst, acc);
 }
 
 /* The output size of the windows, or an error naming the op and every parameter. Each parameter

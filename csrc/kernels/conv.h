@@ -23,6 +23,10 @@ int ad_mk_fold(ad_tape *T, ad_node *x, const ad_conv_geom *g, ad_node **out);
  * split over the thread pool by planes. */
 void ad_conv_windows(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
                      const void *src, void *dst, int acc);
+/* The same for the window rows [rb, rb + nr) of the oh alone: columns of nr * ow at dst (unfold)
+ * or src (fold); fold then adds into the planes (acc) or zeroes them first. */
+void ad_conv_windows_rows(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
+                          int64_t rb, int64_t nr, const void *src, void *dst, int acc);
 /* g's output size (oh, ow), or an error naming op and every parameter (g's h, w are the image's). */
 int ad_conv_geom_check(const char *op, const ad_conv_geom *g, int64_t *oh, int64_t *ow);
 

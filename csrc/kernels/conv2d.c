@@ -56,23 +56,47 @@ static int scratch_for(const conv_dims *d, const char *op, void **out)
 
 #define AT(p, i) ((char *)(p) + (size_t)(i) * isz)
 
+/* Window rows per pass of the forward and the input gradient. float32 products of a filter bank
+ * small enough for gemm_small.c's kernels (which read the columns in place) run on a few rows at
+ * a time, about 96 KB of columns (at least 256 columns): those stay in L2 between the pass that
+ * writes them and the product that reads them, where a whole sample's (450 KB at C*kh*kw = 144,
+ * L = 784) spill. Others, on BLAS, which packs its operands anyway, take the whole sample. */
+static int64_t chunk_rows(const conv_dims *d)
+{
+    if (d->dtype != AD_F32 || d->o * d->k > 6144 || d->k == 0) return d->oh;
+    int64_t cols = (96 * 1024) / (d->k * (int64_t)sizeof(float));
+    if (cols < 256) cols = 256;
+    int64_t r = (cols + d->ow - 1) / d->ow;
+    return r < d->oh ? r : d->oh;
+}
+
 /* y = [y +] conv(x, w) */
 static void forward(const conv_dims *d, const void *x, const void *w, void *y, int beta_one, void *cols)
 {
     size_t isz = ad_itemsize(d->dtype);
-    for (int64_t s = 0; s < d->n; s++) {
-        ad_conv_windows(1, d->dtype, d->g, d->c, d->oh, d->ow, AT(x, s * d->in_size), cols, 0);
-        ad_gemm(d->dtype, 0, 0, d->o, d->l, d->k, w, d->k, cols, d->l, beta_one, AT(y, s * d->o * d->l), d->l);
-    }
+    int64_t rows = chunk_rows(d);
+    for (int64_t s = 0; s < d->n; s++)
+        for (int64_t rb = 0; rb < d->oh; rb += rows) {
+            int64_t nr = d->oh - rb < rows ? d->oh - rb : rows, m = nr * d->ow;
+            ad_conv_windows_rows(1, d->dtype, d->g, d->c, d->oh, d->ow, rb, nr, AT(x, s * d->in_size), cols, 0);
+            ad_gemm(d->dtype, 0, 0, d->o, m, d->k, w, d->k, cols, m, beta_one, AT(y, s * d->o * d->l + rb * d->ow),
+                    d->l);
+        }
 }
 
 /* dx = [dx +] the input's gradient for cotangent g */
 static void grad_input(const conv_dims *d, const void *w, const void *g, void *dx, int accumulate, void *cols)
 {
     size_t isz = ad_itemsize(d->dtype);
+    int64_t rows = chunk_rows(d);
     for (int64_t s = 0; s < d->n; s++) {
-        ad_gemm(d->dtype, 1, 0, d->k, d->l, d->o, w, d->k, AT(g, s * d->o * d->l), d->l, 0, cols, d->l);
-        ad_conv_windows(0, d->dtype, d->g, d->c, d->oh, d->ow, cols, AT(dx, s * d->in_size), accumulate);
+        void *dxs = AT(dx, s * d->in_size);
+        if (!accumulate) memset(dxs, 0, (size_t)d->in_size * isz);
+        for (int64_t rb = 0; rb < d->oh; rb += rows) {
+            int64_t nr = d->oh - rb < rows ? d->oh - rb : rows, m = nr * d->ow;
+            ad_gemm(d->dtype, 1, 0, d->k, m, d->o, w, d->k, AT(g, s * d->o * d->l + rb * d->ow), d->l, 0, cols, m);
+            ad_conv_windows_rows(0, d->dtype, d->g, d->c, d->oh, d->ow, rb, nr, cols, dxs, 1);
+        }
     }
 }
 
