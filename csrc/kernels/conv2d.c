@@ -14,10 +14,12 @@
  *   forward        y_n = W (O x K) @ cols_n (K x L)
  *   input grad     dx_n = fold(W^T (K x O) @ G_n (O x L))
  *   weight grad    dW += G_n (O x L) @ cols_n^T, over n in order
- * Samples run in order and each product is one gemm, so results are the same for any thread
- * count (the column passes split over planes as unfold's do). Bilinear: the JVP is the forward
- * at each tangent, the second-order term the VJP with the other input at its tangent, and the
- * differentiable rules are unfold, fold, matmul and sum recorded. */
+ * (the forward and the input gradient in float32 a few window rows at a time, chunk_rows).
+ * Samples and chunks run in order on the calling thread, the same gemm calls whatever the thread
+ * count, so results are bit-identical for any thread count (only the column passes split, over
+ * planes, as unfold's do; the products do not go to the thread pool). Bilinear: the JVP is the
+ * forward at each tangent, the second-order term the VJP with the other input at its tangent,
+ * and the differentiable rules are unfold, fold, matmul and sum recorded. */
 #include "conv.h"
 #include <stdlib.h>
 #include <string.h>
