@@ -55,8 +55,9 @@ typedef enum {
     AD_OP_SCATTER_ADD,
     /* basic indexing: a strided view of x copied (kernels/index.c) */
     AD_OP_SLICE,
-    /* convolution (kernels/conv.c): unfold (im2col) and fold (col2im), each the other's adjoint */
-    AD_OP_UNFOLD, AD_OP_FOLD,
+    /* convolution (kernels/conv.c): unfold (im2col) and fold (col2im), each the other's adjoint;
+     * conv2d of an image by a filter bank (kernels/conv2d.c) */
+    AD_OP_UNFOLD, AD_OP_FOLD, AD_OP_CONV2D,
     /* issue 17, reductions and scans: the linear recurrence under cumsum, cumprod and prod
      * (kernels/scan.c) */
     AD_OP_SCAN,
@@ -172,6 +173,9 @@ int64_t ad_unfold(int64_t x, const int64_t *kernel, const int64_t *stride, const
                   const int64_t *dilation);
 int64_t ad_fold(int64_t x, const int64_t *output_size, const int64_t *kernel, const int64_t *stride,
                 const int64_t *padding, const int64_t *dilation);
+/* conv2d (kernels/conv2d.c), PyTorch's F.conv2d with groups 1 and no bias: x (N, C, H, W) and w
+ * (O, C, kh, kw) of one dtype -> (N, O, OH, OW), the windows as in unfold. */
+int64_t ad_conv2d(int64_t x, int64_t w, const int64_t *stride, const int64_t *padding, const int64_t *dilation);
 
 /* Reverse sweep from root. seed == 0 means ones (root must have one element). Leaves' adjoints
  * accumulate into their grad; without retain_graph the swept graph is released. All or nothing:

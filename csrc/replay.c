@@ -158,7 +158,7 @@ static int family_of(int op)
         return FAM_INDEX;
     case AD_OP_LOGSUMEXP: case AD_OP_SOFTMAX: case AD_OP_LOG_SOFTMAX:
         return FAM_SOFTMAX;
-    case AD_OP_UNFOLD: case AD_OP_FOLD:
+    case AD_OP_UNFOLD: case AD_OP_FOLD: case AD_OP_CONV2D:
         return FAM_CONV;
     case AD_OP_SCAN:
         return FAM_SCAN;

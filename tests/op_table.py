@@ -452,6 +452,24 @@ row(name="unfold", fn=lambda x, **kw: ad.nn.functional.unfold(x, **kw), ref="unf
 row(name="fold", fn=lambda x, **kw: ad.nn.functional.fold(x, **kw), ref="fold", public="fold",
     samples=_fold_samples, tol=REDUCTION, grad_tol=EXACT)
 
+
+def _conv2d_samples(rng):
+    """CONV_CASES' windows with 3 filters (kernel_size is the weight's), and one with no filters."""
+    out = []
+    for shape, k, s, p, d in CONV_CASES + [((2, 3, 5, 4), (2, 2), (1, 1), (0, 0), (1, 1))]:
+        filters = 0 if shape == (2, 3, 5, 4) else 3
+        w = rng.standard_normal((filters, shape[1]) + k)
+        out.append(Sample((rng.standard_normal(shape), w), f"{shape}-{w.shape}-{s}-{p}-{d}",
+                          smooth=not (_size_zero(shape) or _size_zero(w.shape)),
+                          params={"stride": s, "padding": p, "dilation": d}))
+    return out
+
+
+# conv2d (csrc/kernels/conv2d.c): sums of C*kh*kw products per output and of N*L per weight
+# gradient, in gemm's order, hence MATMUL's tolerance
+row(name="conv2d", fn=lambda x, w, **kw: ad.nn.functional.conv2d(x, w, **kw), ref="conv2d", public="conv2d",
+    samples=_conv2d_samples, tol=MATMUL)
+
 # every op of issue 2 must have at least one row (test_table_covers_every_issue2_op); composite
 # graphs that cross op families are in test_ops.py
 ISSUE2_OPS = ["add", "subtract", "multiply", "divide", "negative", "power", "exp", "log", "sqrt", "abs",

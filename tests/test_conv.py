@@ -104,6 +104,7 @@ CONV_CASES = [
     ((1, 6, 8, 7), (6, 1, 3, 3), (2, 3), (1, 1), (2, 1), 6, False),     # depthwise
     ((3, 2, 5, 5), (3, 2, 5, 5), (1, 1), (0, 0), (1, 1), 1, True),      # kernel = image: 1x1 output
     ((1, 3, 6, 10), (2, 3, 1, 4), (3, 2), (2, 0), (1, 3), 1, False),
+    ((2, 3, 6, 7), (4, 3, 3, 3), (1, 1), (2, 2), (2, 2), 1, True),      # 'same' size: unfold's one-copy path
 ]
 
 
@@ -136,21 +137,24 @@ def test_conv2d_gradients_match_finite_differences(case):
     assert ad.gradcheck(f, args)
 
 
-def test_conv2d_vjp_matches_the_loops_transposed():
+@pytest.mark.parametrize("case", [1, 4])   # grouped (unfold and matmul); groups 1 (the conv2d op)
+def test_conv2d_vjp_matches_the_loops_transposed(case):
     # the exact gradient: conv2d is bilinear, so the gradient w.r.t. x at cotangent u is the
-    # derivative of <u, conv2d_loops(x, w)>, i.e. each column of the loop reference's Jacobian
+    # derivative of <u, conv2d_loops(x, w)>, i.e. each column of the loop reference's Jacobian,
+    # and likewise w.r.t. w
     rng = np.random.default_rng(2)
-    xs, ws, s, p, d, g, _ = CONV_CASES[1]
+    xs, ws, s, p, d, g, _ = CONV_CASES[case]
     x, w, _ = _conv_case(rng, xs, ws, False)
     u = rng.standard_normal(conv2d_loops(x, w, None, s, p, d, g).shape)
     xt, wt = ad.tensor(x, requires_grad=True), ad.tensor(w, requires_grad=True)
     (F.conv2d(xt, wt, stride=s, padding=p, dilation=d, groups=g) * u).sum().backward()
-    gx = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        e = np.zeros_like(x)
-        e[idx] = 1
-        gx[idx] = (conv2d_loops(e, w, None, s, p, d, g) * u).sum()
-    np.testing.assert_allclose(xt.grad.numpy(), gx, rtol=1e-12, atol=1e-12)
+    for arg, got in ((0, xt.grad), (1, wt.grad)):
+        want = np.zeros_like((x, w)[arg])
+        for idx in np.ndindex(*want.shape):
+            e = np.zeros_like(want)
+            e[idx] = 1
+            want[idx] = (conv2d_loops(*((e, w) if arg == 0 else (x, e)), None, s, p, d, g) * u).sum()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
 
 
 def test_conv1d_matches_conv2d_loops():
@@ -338,3 +342,50 @@ def test_unfold_and_fold_are_bit_identical_for_any_thread_count():
     for r in results[1:]:
         for a, b in zip(results[0], r):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+def test_conv2d_is_bit_identical_for_any_thread_count(dtype):
+    # the conv2d op runs the samples in order, one gemm each, and its column passes split by
+    # planes: forward and both gradients give the same bits for 1 to 4 threads
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((4, 16, 30, 30)).astype(dtype)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(dtype)
+    g = rng.standard_normal((4, 32, 15, 30)).astype(dtype)
+    before = ad.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3, 4):
+            ad.set_num_threads(n)
+            xt, wt = ad.tensor(x, requires_grad=True), ad.tensor(w, requires_grad=True)
+            y = F.conv2d(xt, wt, stride=(2, 1), padding=1)
+            y.backward(g)
+            results.append((y.numpy(), xt.grad.numpy(), wt.grad.numpy()))
+    finally:
+        ad.set_num_threads(before)
+    for r in results[1:]:
+        for a, b in zip(results[0], r):
+            np.testing.assert_array_equal(a, b)
+
+
+# float32 convolutions tall enough that the conv2d op runs the forward and the input gradient a
+# few window rows at a time (csrc/kernels/conv2d.c, chunk_rows: at least 256 columns), with a
+# last chunk of fewer rows: stride, dilation, padding, a 'same'-size one (unfold's one-copy path)
+@pytest.mark.parametrize("xs,ws,s,p,d", [((2, 3, 120, 9), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1)),
+                                         ((2, 8, 400, 7), (3, 8, 3, 2), (2, 1), (2, 0), (2, 3)),
+                                         ((1, 2, 400, 5), (2, 2, 5, 3), (1, 1), (4, 1), (2, 1))])
+def test_conv2d_float32_by_window_rows_matches_the_reference(xs, ws, s, p, d):
+    from pyautodiff.reference import REFERENCE
+    rng = np.random.default_rng(13)
+    x, w = rng.standard_normal(xs), rng.standard_normal(ws)
+    ref = REFERENCE["conv2d"]
+    want = ref.forward(x, w, stride=s, padding=p, dilation=d)
+    u = rng.standard_normal(want.shape)
+    want_gx, want_gw = ref.vjp(u, want, x, w, stride=s, padding=p, dilation=d)
+    xt, wt = ad.tensor(x.astype(F32), requires_grad=True), ad.tensor(w.astype(F32), requires_grad=True)
+    y = F.conv2d(xt, wt, stride=s, padding=p, dilation=d)
+    y.backward(u.astype(F32))
+    # float32 sums of up to 30 (forward), 12 (input) and 2*L (weight) products of unit normals
+    np.testing.assert_allclose(y.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(xt.grad.numpy(), want_gx, rtol=1e-5, atol=1e-5 * np.abs(want_gx).max())
+    np.testing.assert_allclose(wt.grad.numpy(), want_gw, rtol=1e-5, atol=1e-5 * np.abs(want_gw).max())

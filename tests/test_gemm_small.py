@@ -22,9 +22,11 @@ def _close(got, want):
 
 # (m, k, n): "wide" (m * k <= 6144, n >= 64: rows in blocks of 6, the last 7-9 split in two, columns
 # in strips of 16 with a masked tail) and "dots" (A @ B^T with k >= 256, m <= 64, n <= 256: blocks of 4 x 3 dot
-# products, k in slices of 256 with a masked tail)
+# products, k in even slices of at most 64K / n floats (at least 256) with a masked tail: (5, 200, 2001) is seven
+# slices, 288 long and a last of 273)
 SHAPES = [(1, 1, 64), (2, 3, 65), (5, 7, 79), (6, 16, 96), (7, 9, 100), (8, 144, 784), (9, 75, 130), (13, 33, 257),
-          (16, 75, 4096), (32, 144, 784), (144, 32, 784), (4, 300, 64), (11, 1000, 70), (6, 16, 300), (3, 17, 520)]
+          (16, 75, 4096), (32, 144, 784), (144, 32, 784), (4, 300, 64), (11, 1000, 70), (6, 16, 300), (3, 17, 520),
+          (5, 200, 2001)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

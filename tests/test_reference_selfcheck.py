@@ -198,6 +198,9 @@ CASES = {
                               dilation=(1, 2))],
     "fold": [lambda r: case(smooth(r, (2, 2 * 3 * 2, 12)), output_size=(5, 4), kernel_size=(3, 2), stride=(2, 1),
                             padding=(1, 1), dilation=(1, 2))],
+    # the same windows with 3 filters
+    "conv2d": [lambda r: case(smooth(r, (2, 2, 5, 4)), smooth(r, (3, 2, 3, 2)), stride=(2, 1), padding=(1, 1),
+                              dilation=(1, 2))],
     "mul_zero_safe": [lambda r: case(smooth(r, (3, 4)), smooth(r, (4,)))],
     "getitem": [lambda r: case(smooth(r, (4, 5)), index=(slice(None, None, -2), 3)),
                 lambda r: case(smooth(r, (4, 5)), index=(None, Ellipsis, slice(1, 4))),

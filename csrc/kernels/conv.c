@@ -17,6 +17,7 @@ typedef struct {
     int dtype;
     const ad_conv_geom *g;
     int64_t oh, ow;
+    int64_t rb, nr;            /* the window rows [rb, rb + nr) of the oh, as columns of nr * ow */
     const void *src;
     void *dst;
     int acc;                   /* unfold: add into dst instead of writing; fold: add into dst planes */
@@ -33,12 +34,15 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
     *hi = h;
 }
 
+/* The rows copied are short (an image row, tens of elements): a call to memcpy per row costs more
+ * than the copy, so GCC must not turn the copy loops back into calls. */
+#define NO_MEMCPY __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #define DEF_CONV_KERNELS(SUF, T)                                                                        \
-    static void im2col_##SUF(void *ctx, int64_t p0, int64_t p1)                                         \
+    NO_MEMCPY static void im2col_##SUF(void *ctx, int64_t p0, int64_t p1)                               \
     {                                                                                                   \
         const conv_job *j = ctx;                                                                        \
         const ad_conv_geom *g = j->g;                                                                   \
-        const int64_t L = j->oh * j->ow, ow = j->ow;                                                    \
+        const int64_t L = j->nr * j->ow, ow = j->ow;                                                    \
         for (int64_t p = p0; p < p1; p++) {                                                             \
             const T *xb = (const T *)j->src + p * g->h * g->w;                                          \
             T *cb = (T *)j->dst + p * g->kh * g->kw * L;                                                \
@@ -47,9 +51,26 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                     T *restrict row = cb + (ki * g->kw + kj) * L;                                       \
                     int64_t xoff = kj * g->dw - g->pw, lo, hi;                                          \
                     col_range(xoff, g->sw, g->w, ow, &lo, &hi);                                         \
-                    for (int64_t r = 0; r < j->oh; r++) {                                               \
+                    /* windows as wide as the image, stride 1: the image's rows follow each other  \
+                     * as the windows' do, so the rows in the image are one copy, and the columns   \
+                     * outside [lo, hi) (the neighbouring rows' ends) are then set to zero */       \
+                    int64_t r0 = g->ph - ki * g->dh - j->rb, r1 = g->h + g->ph - ki * g->dh - j->rb;    \
+                    r0 = r0 < 0 ? 0 : r0;                                                               \
+                    r1 = r1 > j->nr ? j->nr : r1;                                                       \
+                    if (!j->acc && g->sh == 1 && g->sw == 1 && ow == g->w && hi > lo && r1 > r0) {      \
+                        memset(row, 0, (size_t)(r0 * ow) * sizeof(T));                                  \
+                        memset(row + r1 * ow, 0, (size_t)((j->nr - r1) * ow) * sizeof(T));              \
+                        ad_copy(row + r0 * ow + lo, xb + (j->rb + r0 - g->ph + ki * g->dh) * g->w + xoff + lo, \
+                               (size_t)((r1 - r0 - 1) * ow + hi - lo) * sizeof(T));                     \
+                        for (int64_t r = r0; r < r1; r++) {                                             \
+                            for (int64_t c = 0; c < lo; c++) row[r * ow + c] = 0;                       \
+                            for (int64_t c = hi; c < ow; c++) row[r * ow + c] = 0;                      \
+                        }                                                                               \
+                        continue;                                                                       \
+                    }                                                                                   \
+                    for (int64_t r = 0; r < j->nr; r++) {                                               \
                         T *restrict o = row + r * ow;                                                   \
-                        int64_t ih = r * g->sh - g->ph + ki * g->dh;                                    \
+                        int64_t ih = (j->rb + r) * g->sh - g->ph + ki * g->dh;                          \
                         if (ih < 0 || ih >= g->h) {                                                     \
                             if (!j->acc) memset(o, 0, (size_t)ow * sizeof(T));                          \
                             continue;                                                                   \
@@ -60,7 +81,7 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                             continue;                                                                   \
                         }                                                                               \
                         for (int64_t c = 0; c < lo; c++) o[c] = 0;                                      \
-                        if (g->sw == 1) ad_copy(o + lo, s + lo, (size_t)(hi - lo) * sizeof(T));          \
+                        if (g->sw == 1) for (int64_t c = lo; c < hi; c++) o[c] = s[c];                  \
                         else for (int64_t c = lo; c < hi; c++) o[c] = s[c * g->sw];                     \
                         for (int64_t c = hi; c < ow; c++) o[c] = 0;                                     \
                     }                                                                                   \
@@ -71,7 +92,7 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
     {                                                                                                   \
         const conv_job *j = ctx;                                                                        \
         const ad_conv_geom *g = j->g;                                                                   \
-        const int64_t L = j->oh * j->ow, ow = j->ow;                                                    \
+        const int64_t L = j->nr * j->ow, ow = j->ow;                                                    \
         for (int64_t p = p0; p < p1; p++) {                                                             \
             T *xb = (T *)j->dst + p * g->h * g->w;                                                      \
             const T *cb = (const T *)j->src + p * g->kh * g->kw * L;                                    \
@@ -81,12 +102,13 @@ static void col_range(int64_t xoff, int64_t sw, int64_t w, int64_t ow, int64_t *
                     const T *restrict row = cb + (ki * g->kw + kj) * L;                                 \
                     int64_t xoff = kj * g->dw - g->pw, lo, hi;                                          \
                     col_range(xoff, g->sw, g->w, ow, &lo, &hi);                                         \
-                    for (int64_t r = 0; r < j->oh; r++) {                                               \
-                        int64_t ih = r * g->sh - g->ph + ki * g->dh;                                    \
+                    for (int64_t r = 0; r < j->nr; r++) {                                               \
+                        int64_t ih = (j->rb + r) * g->sh - g->ph + ki * g->dh;                          \
                         if (ih < 0 || ih >= g->h) continue;                                             \
                         const T *restrict o = row + r * ow;                                             \
                         T *restrict d = xb + ih * g->w + xoff;                                          \
-                        for (int64_t c = lo; c < hi; c++) d[c * g->sw] += o[c];                         \
+                        if (g->sw == 1) for (int64_t c = lo; c < hi; c++) d[c] += o[c];                 \
+                        else for (int64_t c = lo; c < hi; c++) d[c * g->sw] += o[c];                    \
                     }                                                                                   \
                 }                                                                                       \
         }                                                                                               \
@@ -96,19 +118,25 @@ DEF_CONV_KERNELS(f64, double)
 
 /* Planes per thread part: about 64K elements of columns each, so small convolutions stay on the
  * calling thread. */
-static void run(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
-                const void *src, void *dst, int acc)
+void ad_conv_windows_rows(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
+                          int64_t rb, int64_t nr, const void *src, void *dst, int acc)
 {
-    conv_job j = {dtype, g, oh, ow, src, dst, acc};
-    int64_t per_plane = g->kh * g->kw * oh * ow + g->h * g->w;
+    conv_job j = {dtype, g, oh, ow, rb, nr, src, dst, acc};
+    int64_t per_plane = g->kh * g->kw * nr * ow + g->h * g->w;
     int64_t grain = per_plane >= 65536 ? 1 : 65536 / (per_plane ? per_plane : 1);
     ad_par_fn fn = unfold ? (dtype == AD_F64 ? im2col_f64 : im2col_f32) : (dtype == AD_F64 ? col2im_f64 : col2im_f32);
     if (planes) ad_parallel(planes, grain, 1, fn, &j);
 }
 
+void ad_conv_windows(int unfold, int dtype, const ad_conv_geom *g, int64_t planes, int64_t oh, int64_t ow,
+                     const void *src, void *dst, int acc)
+{
+    ad_conv_windows_rows(unfold, dtype, g, planes, oh, ow, 0, oh, src, dst, acc);
+}
+
 /* The output size of the windows, or an error naming the op and every parameter. Each parameter
  * is bounded so that no product below overflows. */
-static int geom_check(const char *op, const ad_conv_geom *g, int64_t *oh, int64_t *ow)
+int ad_conv_geom_check(const char *op, const ad_conv_geom *g, int64_t *oh, int64_t *ow)
 {
     const int64_t big = (int64_t)1 << 31;
     int ok = g->kh >= 1 && g->kw >= 1 && g->sh >= 1 && g->sw >= 1 && g->dh >= 1 && g->dw >= 1 && g->ph >= 0 &&
@@ -159,7 +187,7 @@ int ad_mk_unfold(ad_tape *T, ad_node *x, const ad_conv_geom *geom, ad_node **out
     g.h = x->shape[2];
     g.w = x->shape[3];
     int64_t oh, ow, k, L, sh[3];
-    int st = geom_check("unfold", &g, &oh, &ow);
+    int st = ad_conv_geom_check("unfold", &g, &oh, &ow);
     if (st) return st;
     if (mul3(x->shape[1], g.kh, g.kw, &k) || mul3(oh, ow, 1, &L) || mul3(x->shape[0], k, L, &sh[2]))
         return ad_err(AD_ERR_VALUE, "unfold: the columns of a %s input would be too large",
@@ -169,7 +197,7 @@ int ad_mk_unfold(ad_tape *T, ad_node *x, const ad_conv_geom *geom, ad_node **out
     sh[2] = L;
     ad_node *n;
     if ((st = ad_node_new(T, AD_OP_UNFOLD, x->dtype, 3, sh, &n))) return st;
-    run(1, x->dtype, &g, x->shape[0] * x->shape[1], oh, ow, x->data, n->data, 0);
+    ad_conv_windows(1, x->dtype, &g, x->shape[0] * x->shape[1], oh, ow, x->data, n->data, 0);
     return finish(T, n, x, &g, "unfold", out);
 }
 
@@ -177,7 +205,7 @@ int ad_mk_fold(ad_tape *T, ad_node *x, const ad_conv_geom *g, ad_node **out)
 {
     char b[160];
     int64_t oh, ow, L;
-    int st = geom_check("fold", g, &oh, &ow);
+    int st = ad_conv_geom_check("fold", g, &oh, &ow);
     if (st) return st;
     if (mul3(oh, ow, 1, &L)) return ad_err(AD_ERR_VALUE, "fold: output size (%lld, %lld) is too large", (long long)g->h, (long long)g->w);
     if (x->ndim != 3 || x->shape[1] % (g->kh * g->kw) || x->shape[2] != L)
@@ -191,7 +219,7 @@ int ad_mk_fold(ad_tape *T, ad_node *x, const ad_conv_geom *g, ad_node **out)
         return ad_err(AD_ERR_VALUE, "fold: an output of shape %s would be too large", ad_shape_str(b, sizeof b, 4, sh));
     ad_node *n;
     if ((st = ad_node_new(T, AD_OP_FOLD, x->dtype, 4, sh, &n))) return st;
-    run(0, x->dtype, g, sh[0] * c, oh, ow, x->data, n->data, 0);
+    ad_conv_windows(0, x->dtype, g, sh[0] * c, oh, ow, x->data, n->data, 0);
     return finish(T, n, x, g, "fold", out);
 }
 
@@ -249,7 +277,7 @@ int ad_vjp_conv(ad_tape *T, ad_node *n, const void *g, int which, ad_sink *s)
     const ad_conv_geom *geom = geom_of(n, &oh, &ow);
     if (n->op != AD_OP_UNFOLD && n->op != AD_OP_FOLD) return ad_err(AD_ERR_RUNTIME, "internal: no VJP for op %d", n->op);
     /* the adjoint of unfold is fold, and of fold unfold */
-    run(n->op == AD_OP_FOLD, n->dtype, geom, planes_of(n), oh, ow, g, s->dst, s->accumulate);
+    ad_conv_windows(n->op == AD_OP_FOLD, n->dtype, geom, planes_of(n), oh, ow, g, s->dst, s->accumulate);
     return AD_OK;
 }
 
@@ -261,7 +289,7 @@ int ad_jvp_conv(ad_tape *T, ad_node *n, const void *const *tin, int64_t k, void 
     if (n->op != AD_OP_UNFOLD && n->op != AD_OP_FOLD) return ad_err(AD_ERR_RUNTIME, "internal: no JVP for op %d", n->op);
     size_t isz = ad_itemsize(n->dtype);
     for (int64_t r = 0; r < k; r++)
-        run(n->op == AD_OP_UNFOLD, n->dtype, geom, planes_of(n), oh, ow,
+        ad_conv_windows(n->op == AD_OP_UNFOLD, n->dtype, geom, planes_of(n), oh, ow,
             (const char *)tin[0] + (size_t)(r * n->in[0]->size) * isz, (char *)tout + (size_t)(r * n->size) * isz, 0);
     return AD_OK;
 }
@@ -292,8 +320,9 @@ int ad_jvp_rec_conv(ad_tape *T, ad_node *n, ad_node *const *tin, ad_node **out)
 int ad_fwd_conv(ad_node *n, ad_node *const *ins)
 {
     int64_t oh, ow;
+    if (n->op == AD_OP_CONV2D) return ad_fwd_conv2d(n, ins);
     const ad_conv_geom *geom = geom_of(n, &oh, &ow);
     if (n->op != AD_OP_UNFOLD && n->op != AD_OP_FOLD) return ad_err(AD_ERR_RUNTIME, "internal: no forward for op %d", n->op);
-    run(n->op == AD_OP_UNFOLD, n->dtype, geom, planes_of(n), oh, ow, ins[0]->data, n->data, 0);
+    ad_conv_windows(n->op == AD_OP_UNFOLD, n->dtype, geom, planes_of(n), oh, ow, ins[0]->data, n->data, 0);
     return AD_OK;
 }

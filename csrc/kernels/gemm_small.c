@@ -196,10 +196,14 @@ int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, c
      * 1.5x on squarer products (256x256, 512x512), so only a few rows of A, with a slice of B
      * (n x 256 floats) that fits L2, come here. */
     if (!transA && transB && k >= 256 && m <= 64 && n <= 256) {
-        /* in slices of 256 along k: the slice of B (n x 256 floats, at most 512 KB) stays in L2
-         * while every block of A's rows passes over it */
-        for (int64_t p = 0; p < k; p += 256)
-            dots(m, n, k - p < 256 ? k - p : 256, A + p, lda, B + p, ldb, beta_one || p > 0, C, ldc);
+        /* in slices along k: the slice of B (n rows) stays in L2 while every block of A's rows
+         * passes over it. Each slice ends in 12 horizontal sums per block, so the slices are as
+         * long as 256 KB of B allows (at least 256 floats) and of even length: k = 784 (a 28x28
+         * image's windows) is two slices of 392, not three of 256 and one of 16. */
+        int64_t most = 65536 / n < 256 ? 256 : (65536 / n) & ~(int64_t)7;
+        int64_t parts = (k + most - 1) / most, slice = ((k + parts - 1) / parts + 7) & ~(int64_t)7;
+        for (int64_t p = 0; p < k; p += slice)
+            dots(m, n, k - p < slice ? k - p : slice, A + p, lda, B + p, ldb, beta_one || p > 0, C, ldc);
         return 1;
     }
     return 0;

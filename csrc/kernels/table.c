@@ -45,6 +45,8 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_SLICE] = L("getitem", index, 0, NONE),
     [AD_OP_UNFOLD] = L("unfold", conv, 0, NONE),
     [AD_OP_FOLD] = L("fold", conv, 0, NONE),
+    [AD_OP_CONV2D] = {"conv2d", ad_vjp_conv2d, 0, ad_jvp_conv2d, 0, INS, ad_vjp2_conv2d, ad_vjp_rec_conv2d,
+                      ad_jvp_rec_conv2d},
     /* issue 17, reductions and scans */
     [AD_OP_SCAN] = {"scan", ad_vjp_scan, 0, ad_jvp_scan, 0, AD_READS_KNOWN | AD_READS_IN0 | AD_READS_OUT,
                     ad_vjp2_scan, ad_vjp_rec_scan, ad_jvp_rec_scan},

@@ -413,6 +413,11 @@ static void one_newer_call(void)
         int64_t x = any_handle();
         check_handle("ad_unfold", ad_unfold(x, chance(97) ? k : NULL, s, p, chance(97) ? d : NULL), 0);
         check_handle("ad_fold", ad_fold(any_handle(), chance(97) ? o : NULL, k, s, chance(97) ? p : NULL, d), 0);
+        if (chance(40)) {   /* a filter bank that fits x's channels now and then */
+            int64_t wshp[4] = {below(3), 1 + below(3), 1 + below(3), 1 + below(3)};
+            check_handle("ad_full", ad_full((int)below(2), 4, wshp, 0.25, (int)below(2)), 0);
+        }
+        check_handle("ad_conv2d", ad_conv2d(x, any_handle(), chance(97) ? s : NULL, p, chance(97) ? d : NULL), 0);
         break;
     }
     case 21: {

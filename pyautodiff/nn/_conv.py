@@ -103,8 +103,9 @@ def _conv_padding(op, padding, k, s, d):
 
 
 def _conv(op, x, weight, bias, stride, padding, dilation, groups):
-    """conv2d on a batched 4-D input, weight (O, C/groups, kh, kw): unfold, then per group one
-    (O/groups, C/groups*kh*kw) @ (C/groups*kh*kw, L) matmul for every sample."""
+    """conv2d on a batched 4-D input, weight (O, C/groups, kh, kw): one conv2d op (groups 1, one
+    dtype), otherwise unfold, then per group one (O/groups, C/groups*kh*kw) @ (C/groups*kh*kw, L)
+    matmul for every sample (a mixed-dtype pair promotes in the matmul)."""
     w = as_tensor(weight)
     groups = int_arg(groups, f"{op}: groups")
     if w.ndim != 4:
@@ -123,6 +124,9 @@ def _conv(op, x, weight, bias, stride, padding, dilation, groups):
     if h + 2 * p[0] < d[0] * (kh - 1) + 1 or wd + 2 * p[1] < d[1] * (kw - 1) + 1:
         raise ValueError(f"{op}: kernel ({kh}, {kw}) with dilation {d} is larger than the padded input "
                          f"({h + 2 * p[0]}, {wd + 2 * p[1]}) (input {_describe(x)}, padding {p})")
+    if groups == 1 and x.dtype == w.dtype:
+        # one op, one sample's columns at a time (csrc/kernels/conv2d.c)
+        return _add_bias(op, _call(lib.ad_conv2d, x._h, w._h, _c2(s), _c2(p), _c2(d)), bias, o)
     oh, ow = _out_size(h, kh, s[0], p[0], d[0]), _out_size(wd, kw, s[1], p[1], d[1])
     cols = unfold(x, (kh, kw), d, p, s)                      # (N, C*kh*kw, L)
     if groups == 1:

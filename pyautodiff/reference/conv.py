@@ -75,3 +75,31 @@ def fold_jvp(tangents, out, cols, output_size, kernel_size, stride, padding, dil
 
 OPS["unfold"] = ref_op(unfold_forward, unfold_vjp, unfold_jvp, arity=1)
 OPS["fold"] = ref_op(fold_forward, fold_vjp, fold_jvp, arity=1)
+
+
+def _conv2d_cols(x, w, stride, padding, dilation):
+    """x's columns (N, C*kh*kw, L), w as a matrix (O, C*kh*kw), and the output's (OH, OW)."""
+    cols = unfold_forward(x, w.shape[2:], stride, padding, dilation)
+    return cols, w.reshape(w.shape[0], int(np.prod(w.shape[1:]))), _windows(*x.shape[2:], w.shape[2:], stride, padding, dilation)
+
+
+def conv2d_forward(x, w, stride, padding, dilation):
+    """PyTorch's F.conv2d with groups 1 and no bias: x (N, C, H, W), w (O, C, kh, kw)."""
+    cols, w2, (oh, ow) = _conv2d_cols(x, w, stride, padding, dilation)
+    return np.matmul(w2, cols).reshape(x.shape[0], w.shape[0], oh, ow)
+
+
+def conv2d_vjp(g, out, x, w, stride, padding, dilation):
+    cols, w2, _ = _conv2d_cols(x, w, stride, padding, dilation)
+    g3 = g.reshape(g.shape[0], g.shape[1], g.shape[2] * g.shape[3])
+    gx = fold_forward(np.matmul(w2.T, g3), x.shape[2:], w.shape[2:], stride, padding, dilation)
+    gw = np.matmul(g3, np.swapaxes(cols, 1, 2)).sum(axis=0).reshape(w.shape)
+    return gx, gw
+
+
+def conv2d_jvp(tangents, out, x, w, stride, padding, dilation):
+    tx, tw = tangents
+    return conv2d_forward(tx, w, stride, padding, dilation) + conv2d_forward(x, tw, stride, padding, dilation)
+
+
+OPS["conv2d"] = ref_op(conv2d_forward, conv2d_vjp, conv2d_jvp, arity=2)
