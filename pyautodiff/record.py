@@ -44,6 +44,12 @@ their order per element are the unfused ones', and a one-value operand's gradien
 the same lanes in the same order, so a fused replay is bit-identical to the unfused one (and to
 eager). ``fuse=False`` turns it off.
 
+Scalars. Runs of one-element elementwise steps (a chain of 0-d values, a graph of numbers like
+micrograd's) replay as a compact program of one interpreter loop (csrc/scalar_replay.c) whose
+cases compute each op from the same generated expressions as its kernel, so with the same bits
+(a NaN result is left to the kernel itself: its sign depends on the compiler's operand order);
+the other steps of the plan run as before. ``plan_stats()`` counts the steps it ran.
+
 Threads: a plan is private memory, so ``tf`` may be called from any thread. Calls to one ``tf``
 from several threads are serialized (a lock per plan: each replay runs whole, forward, guards and
 backward, never interleaved); for parallel replays, record one callable per thread.

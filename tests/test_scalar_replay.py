@@ -213,3 +213,19 @@ def test_a_closed_over_scalar_written_in_place_is_seen():
         w.add_(0.25)
     _same(tf.grad(np.asarray(0.2)), ad.grad(f)(np.asarray(0.2)), "after")
     assert tf.records == 2
+
+
+def test_a_nan_in_the_middle_of_a_chain_keeps_eager_bits():
+    """A NaN made mid-chain (log of a negative value, inf - inf) is computed by its kernel, and
+    the ops after it read it back from its slot: every later value and gradient is eager's."""
+    def f(x, y):
+        u = ad.log(x) * y                    # NaN for x < 0
+        v = ad.tanh(u) + y * y
+        w = (v - ad.square(v)) * ad.sigmoid(y) + u
+        return ad.maximum(w, y) * x + ad.minimum(u, x)
+
+    for dtype in DTYPES:
+        inputs = [(np.asarray(x, dtype), np.asarray(y, dtype)) for x, y in
+                  ((0.7, 0.3), (-0.7, 0.3), (np.nan, -1.2), (0.0, np.inf), (-np.inf, -0.0))]
+        tf = _check(f, inputs, dtype, "nan chain")
+        assert tf.plan_stats()["scalar_ops"] == tf.plan_stats()["ops"]

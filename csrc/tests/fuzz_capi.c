@@ -31,7 +31,7 @@ static int64_t owned[POOL * 2];   /* one entry per reference we hold (duplicates
 static int nowned;
 static int64_t stale[POOL];
 static int nstale;
-static int64_t made, errors, calls, fanouts;
+static int64_t made, errors, calls, fanouts, scalar_plans;
 static int failures;
 
 static void fail(const char *what, int64_t r)
@@ -286,8 +286,11 @@ static void fuzz_plan(void)
     } else {
         check_status("ad_plan_backward", ad_plan_backward(p, NULL, NULL));
     }
-    int64_t ops, consts, bytes;
+    int64_t ops, consts, bytes, sf = 0, sr = 0;
     check_status("ad_plan_stats", ad_plan_stats(p, &ops, &consts, &bytes));
+    /* plans whose replays above ran steps in the scalar program (csrc/scalar_replay.c) */
+    check_status("ad_plan_scalar_ops", ad_plan_scalar_ops(chance(5) ? NULL : p, &sf, chance(50) ? NULL : &sr));
+    scalar_plans += sf + sr > 0;
     ad_plan_free(p);
 }
 
@@ -747,7 +750,7 @@ int main(int argc, char **argv)
                 (long long)s.live_nodes, (long long)s.live_bytes);
     }
     printf("fuzz_capi seed %llu: %lld calls, %lld handles made, %lld error statuses, %lld fan-outs checked, "
-           "%d failures\n", (unsigned long long)seed, (long long)calls, (long long)made, (long long)errors,
-           (long long)fanouts, failures);
+           "%lld plans with a scalar program, %d failures\n", (unsigned long long)seed, (long long)calls, (long long)made,
+           (long long)errors, (long long)fanouts, (long long)scalar_plans, failures);
     return failures ? 1 : 0;
 }
