@@ -812,14 +812,18 @@ int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *op
         P.steps = steps;
         st = ad_fusion_build(&P, min_elements, &f);
     }
-    /* the scalar program leaves the new regions' steps to them */
+    /* the scalar program leaves the new regions' steps to them (without regions before or
+     * after, the one the build made stays) */
     ad_scalar *sc = NULL;
-    if (!st && (st = scalar_program(p, f, &sc))) ad_fusion_free(f);
+    int remake = f || p->fusion;
+    if (!st && remake && (st = scalar_program(p, f, &sc))) ad_fusion_free(f);
     if (!st) {
         ad_fusion_free(p->fusion);
         p->fusion = f;
-        ad_scalar_free(p->scalar);
-        p->scalar = sc;
+        if (remake) {
+            ad_scalar_free(p->scalar);
+            p->scalar = sc;
+        }
         /* the last forward left values where the old regions put them: a reverse needs a new one */
         p->fwd_done = 0;
         int64_t a, b, c;

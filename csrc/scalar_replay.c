@@ -163,16 +163,34 @@ static int compile(arena_t A, const ad_node *n, int fast, int which, const ad_sc
     return 1;
 }
 
-/* Runs of the steps that compile (ok[k]), laid out in code from *top, each ended by AD_SP_END. */
-static void lay_out(const instr *one, const uint8_t *ok, int64_t n, run_at *runs, instr *code, int64_t *top,
-                    int64_t *count)
+/* The plan's steps: forward steps 0 .. nf - 1, then the reverse ones. */
+typedef struct {
+    arena_t A;
+    const ad_scalar_fstep *f;
+    const ad_scalar_rstep *s;
+    const uint8_t *f_skip, *s_skip;
+    int64_t nf;
+} steps_t;
+
+/* step k compiled into *out, 0 when it stays out of the program */
+static int step(const steps_t *S, int64_t k, instr *out)
+{
+    if (k < S->nf) return !(S->f_skip && S->f_skip[k]) && compile(S->A, S->f[k].node, S->f[k].fast, -1, NULL, out);
+    k -= S->nf;
+    return !(S->s_skip && S->s_skip[k]) && compile(S->A, S->s[k].node, S->s[k].fast, S->s[k].which, &S->s[k], out);
+}
+
+/* Runs of steps from..from + n - 1 that compile (ok), compiled again into code from *top (no
+ * staging copy: a long plan's build is part of the recording's time), each ended by AD_SP_END. */
+static void lay_out(const steps_t *S, const uint8_t *ok, int64_t from, int64_t n, run_at *runs, instr *code,
+                    int64_t *top, int64_t *count)
 {
     for (int64_t k = 0; k < n; k++) runs[k].at = -1;
     for (int64_t k = 0; k < n;) {
-        if (!ok[k]) { k++; continue; }
+        if (!ok[from + k]) { k++; continue; }
         int64_t lo = k;
         runs[lo].at = *top;
-        while (k < n && ok[k]) code[(*top)++] = one[k++];
+        for (; k < n && ok[from + k]; k++) step(S, from + k, &code[(*top)++]);
         code[(*top)++] = (instr){.code = AD_SP_END};
         runs[lo].next = k;
         *count += k - lo;
@@ -183,30 +201,26 @@ int ad_scalar_build(char *arena, size_t arena_bytes, const ad_scalar_fstep *f, i
                     const ad_scalar_rstep *s, int64_t ns, const uint8_t *s_skip, ad_scalar **out)
 {
     *out = NULL;
-    arena_t A = {arena, arena_bytes};
-    int64_t n = nf + ns;
-    instr *one = malloc((size_t)(n ? n : 1) * sizeof *one);
+    steps_t S = {{arena, arena_bytes}, f, s, f_skip, s_skip, nf};
+    int64_t n = nf + ns, good = 0, runs = 0;
     uint8_t *ok = malloc((size_t)(n ? n : 1));
     ad_scalar *p = calloc(1, sizeof *p);
     int st = AD_OK;
-    int64_t good = 0;
-    if (!one || !ok || !p) { st = ad_err(AD_ERR_MEMORY, "record: out of memory for a scalar program"); goto done; }
-    for (int64_t k = 0; k < nf; k++)
-        good += ok[k] = !(f_skip && f_skip[k]) && compile(A, f[k].node, f[k].fast, -1, NULL, &one[k]);
-    for (int64_t k = 0; k < ns; k++)
-        good += ok[nf + k] = !(s_skip && s_skip[k]) &&
-                             compile(A, s[k].node, s[k].fast, s[k].which, &s[k], &one[nf + k]);
+    if (!ok || !p) { st = ad_err(AD_ERR_MEMORY, "record: out of memory for a scalar program"); goto done; }
+    for (int64_t k = 0; k < n; k++) {
+        instr scratch;
+        good += ok[k] = (uint8_t)step(&S, k, &scratch);
+        runs += ok[k] && (k == 0 || k == nf || !ok[k - 1]);
+    }
     if (!good) goto done;
-    /* at most one end per step that compiled */
-    p->code = malloc((size_t)(2 * good) * sizeof *p->code);
+    p->code = malloc((size_t)(good + runs) * sizeof *p->code);
     p->f_run = malloc((size_t)(nf ? nf : 1) * sizeof *p->f_run);
     p->s_run = malloc((size_t)(ns ? ns : 1) * sizeof *p->s_run);
     if (!p->code || !p->f_run || !p->s_run) { st = ad_err(AD_ERR_MEMORY, "record: out of memory for a scalar program"); goto done; }
     int64_t top = 0;
-    lay_out(one, ok, nf, p->f_run, p->code, &top, &p->nfwd);
-    lay_out(one + nf, ok + nf, ns, p->s_run, p->code, &top, &p->nrev);
+    lay_out(&S, ok, 0, nf, p->f_run, p->code, &top, &p->nfwd);
+    lay_out(&S, ok, nf, ns, p->s_run, p->code, &top, &p->nrev);
 done:
-    free(one);
     free(ok);
     if (st || !good) {
         ad_scalar_free(p);
