@@ -437,6 +437,9 @@ int ad_plan_train_step(ad_plan *p, int phase, int n_params, ad_train_param_t *pa
                        const ad_optim_t *groups, const void *const *data, void *loss);
 /* Counters of a plan: ops (recorded nodes replayed), constants, bytes of its arena. */
 int ad_plan_stats(const ad_plan *p, int64_t *ops, int64_t *constants, int64_t *bytes);
+/* Steps of a plan run by its scalar program (one-element elementwise steps, csrc/scalar_replay.c):
+ * forward and reverse. */
+int ad_plan_scalar_ops(const ad_plan *p, int64_t *fwd, int64_t *rev);
 /* Fuse the plan's chains of elementwise ops of at least min_elements elements (one shape, scalars
  * broadcast) into tiled passes, forward and reverse (csrc/fusion.c; same results, bit for bit);
  * min_elements 0 turns fusion off. Counts of the fused regions, their ops and the elements per tile

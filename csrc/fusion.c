@@ -499,3 +499,12 @@ void ad_fusion_counts(const ad_fusion *f, int64_t *regions, int64_t *ops, int64_
     *ops = f ? f->nfused : 0;
     *tile = f && f->nregions ? f->r[f->nregions - 1].tile : 0;
 }
+
+void ad_fusion_mark(const ad_fusion *f, uint8_t *fwd, uint8_t *rev)
+{
+    for (int64_t q = 0; f && q < f->nregions; q++) {
+        const region *R = &f->r[q];
+        memset(fwd + R->f_lo, 1, (size_t)(R->f_hi - R->f_lo));
+        memset(rev + R->s_lo, 1, (size_t)(R->s_hi - R->s_lo));
+    }
+}

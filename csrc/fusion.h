@@ -38,6 +38,8 @@ void ad_fusion_free(ad_fusion *f);
  * ending in the root's sum runs its reverse steps in the forward's pass (the reverse skips them). */
 int64_t ad_fusion_forward(ad_fusion *f, int64_t k, int with_reverse);
 int64_t ad_fusion_reverse(ad_fusion *f, int64_t k);
+/* Sets fwd[k] (rev[k]) for each forward (reverse) step k that a region runs. */
+void ad_fusion_mark(const ad_fusion *f, uint8_t *fwd, uint8_t *rev);
 /* regions, ops fused in them, elements per tile (of the last region) */
 void ad_fusion_counts(const ad_fusion *f, int64_t *regions, int64_t *ops, int64_t *tile);
 #endif

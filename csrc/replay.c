@@ -23,6 +23,7 @@
  * plan computes the watched tensors they read, and the bindings compare them after the forward. */
 #include "core.h"
 #include "fusion.h"
+#include "scalar_replay.h"
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,7 @@ struct ad_plan {
     size_t arena_bytes;
     void *seed;                /* the root's cotangent, copied in (or ones) by each reverse sweep */
     ad_fusion *fusion;         /* elementwise regions run tile by tile (fusion.c), or NULL */
+    ad_scalar *scalar;         /* runs of one-element elementwise steps (scalar_replay.c), or NULL */
 };
 
 enum { R_OP = 0, R_INPUT = 1, R_CONST = 2 };
@@ -267,6 +269,32 @@ static const ad_ew_kernels *fast_ew(const ad_node *n)
             return NULL;
     }
     return K;
+}
+
+/* The scalar program of p's fast one-element steps, leaving out those fusion's regions run. */
+static int scalar_program(const ad_plan *p, const ad_fusion *fusion, ad_scalar **out)
+{
+    size_t nf = (size_t)(p->nfsteps ? p->nfsteps : 1), ns = (size_t)(p->nsteps ? p->nsteps : 1);
+    ad_scalar_fstep *f = malloc(nf * sizeof *f);
+    ad_scalar_rstep *s = malloc(ns * sizeof *s);
+    uint8_t *f_skip = fusion ? calloc(nf, 1) : NULL, *s_skip = fusion ? calloc(ns, 1) : NULL;
+    int st;
+    if (!f || !s || (fusion && (!f_skip || !s_skip))) {
+        st = ad_err(AD_ERR_MEMORY, "record: out of memory for a scalar program");
+    } else {
+        for (int64_t k = 0; k < p->nfsteps; k++) f[k] = (ad_scalar_fstep){p->fsteps[k].node, p->fsteps[k].fn != NULL};
+        for (int64_t k = 0; k < p->nsteps; k++) {
+            const rstep *r = &p->steps[k];
+            s[k] = (ad_scalar_rstep){&p->nodes[r->node], r->g, r->target, r->which, r->acc, r->fast};
+        }
+        ad_fusion_mark(fusion, f_skip, s_skip);
+        st = ad_scalar_build(p->arena, p->arena_bytes, f, p->nfsteps, f_skip, s, p->nsteps, s_skip, out);
+    }
+    free(f);
+    free(s);
+    free(f_skip);
+    free(s_skip);
+    return st;
 }
 
 static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
@@ -502,6 +530,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
         p->watch_idx[i] = w;
         watch_index[i] = p->role[w] == R_CONST ? -1 : i;
     }
+    if ((st = scalar_program(p, NULL, &p->scalar))) goto fail;
     free(starts);
     free(list);
     free(byptr);
@@ -561,6 +590,7 @@ void ad_plan_free(ad_plan *p)
     free(p->fsteps);
     free(p->arena);
     ad_fusion_free(p->fusion);
+    ad_scalar_free(p->scalar);
     free(p);
 }
 
@@ -626,6 +656,8 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
     int st = AD_OK;
     for (int64_t k = 0; k < p->nfsteps && !st; k++) {
         int64_t next = p->fusion ? ad_fusion_forward(p->fusion, k, with_reverse) : k;
+        if (next == k) next = ad_scalar_forward(p->scalar, k, p->arena);
+        if (next < 0) { st = ad_err(AD_ERR_RUNTIME, "replay: the scalar program has an unknown instruction"); break; }
         if (next != k) { k = next - 1; continue; }
         const fstep *f = &p->fsteps[k];
         if (f->fn) f->fn(f->in, f->out, f->n, f->c);
@@ -664,6 +696,8 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
     if (st) return st;
     for (int64_t k = 0; k < p->nsteps && !st; k++) {
         int64_t next = p->fusion ? ad_fusion_reverse(p->fusion, k) : k;
+        if (next == k) next = ad_scalar_reverse(p->scalar, k, p->arena);
+        if (next < 0) { st = ad_err(AD_ERR_RUNTIME, "replay: the scalar program has an unknown instruction"); break; }
         if (next != k) { k = next - 1; continue; }
         const rstep *s = &p->steps[k];
         if (s->fast) {
@@ -778,9 +812,18 @@ int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *op
         P.steps = steps;
         st = ad_fusion_build(&P, min_elements, &f);
     }
+    /* the scalar program leaves the new regions' steps to them (without regions before or
+     * after, the one the build made stays) */
+    ad_scalar *sc = NULL;
+    int remake = f || p->fusion;
+    if (!st && remake && (st = scalar_program(p, f, &sc))) ad_fusion_free(f);
     if (!st) {
         ad_fusion_free(p->fusion);
         p->fusion = f;
+        if (remake) {
+            ad_scalar_free(p->scalar);
+            p->scalar = sc;
+        }
         /* the last forward left values where the old regions put them: a reverse needs a new one */
         p->fwd_done = 0;
         int64_t a, b, c;
@@ -795,6 +838,13 @@ int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *op
     free(steps);
     unclaim(p);
     return st;
+}
+
+int ad_plan_scalar_ops(const ad_plan *p, int64_t *fwd, int64_t *rev)
+{
+    if (!p) return ad_err(AD_ERR_VALUE, "plan_scalar_ops: plan is NULL");
+    ad_scalar_counts(p->scalar, fwd, rev);
+    return AD_OK;
 }
 
 int ad_plan_watch(ad_plan *p, int w, ad_info_t *out)

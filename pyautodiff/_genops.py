@@ -397,7 +397,7 @@ class Unit:
         for T, suf in (("double", "d"), ("float", "f")):
             loads, per, params = _operands(op, e, T)
             d = c_expr(e, T, list(op.params))
-            val = "(d_ == 0 ? 0 : w_ * d_)" if route else f"ad_zero_safe_{suf}(w_, w_ * d_)"
+            val = weighted_value(route, suf)
             sig = "const void *const *in, const void *w, void *out, int64_t n, const double *cs, int acc"
             head = (f"    (void)in; (void)cs;{params}\n    {loads}\n"
                     f"    const {T} *restrict W_ = w; {T} *restrict O_ = out;\n")
@@ -435,15 +435,23 @@ class Unit:
             self.lines.append(f"{attr}void {fname}({sig})\n{{\n{head}{body('')}\n}}\n")
 
 
-def _operands(op, e, T):
-    """The declarations a kernel of e needs: pointer loads, per-element values, parameters."""
+def weighted_value(route, suf):
+    """w_ * d_ (a cotangent times a derivative) with the NaN-safety rule: a zero weight gives
+    exactly 0; route: a zero d_ gives exactly 0."""
+    return "(d_ == 0 ? 0 : w_ * d_)" if route else f"ad_zero_safe_{suf}(w_, w_ * d_)"
+
+
+def _operands(op, e, T, at=None, consts="cs"):
+    """The declarations a kernel of e needs: pointer loads, per-element values, parameters. at:
+    where each variable's element is read (default: the kernels' X_[i]); consts: the array of the
+    parameters."""
     used = variables(e)
     ins = inputs_of(op)
     loads = [f"const {T} *restrict {v.upper()}_ = in[{i}];" for i, v in enumerate(ins) if v in used]
     if "y" in used:
         loads.append(f"const {T} *restrict Y_ = in[2];")
-    per = " ".join(f"{T} {v} = {v.upper()}_[i];" for v in ins + ("y",) if v in used)
-    params = "".join(f" const {T} {p} = ({T})cs[{i}];" for i, p in enumerate(op.params) if ("par", i) in leaves(e, "par"))
+    per = " ".join(f"{T} {v} = {at[v] if at else v.upper() + '_[i]'};" for v in ins + ("y",) if v in used)
+    params = "".join(f" const {T} {p} = ({T}){consts}[{i}];" for i, p in enumerate(op.params) if ("par", i) in leaves(e, "par"))
     return " ".join(loads), per, params
 
 
@@ -671,6 +679,36 @@ def scalar_functions():
     return "\n".join(lines)
 
 
+def scalar_cases():
+    """The cases of the scalar replay's interpreter (csrc/scalar_replay.c): every op's forward and
+    each derivative that is not the constant 0 times its cotangent, at one element, both dtypes.
+    They are the kernels' per-element statements made from the same expressions (forward_expr,
+    derivatives, weighted_value), so an op replayed here rounds as its kernel does at n = 1; a NaN
+    result goes to `nan`, where the kernel computes it (its sign is the compiler's choice)."""
+    lines = [HEADER, "/* The scalar replay's cases (csrc/scalar_replay.c expands them): AD_SP_OP(op, 0, dtype, body) "
+             "computes", " * op's forward into slot y, AD_SP_OP(op, 1 + j, dtype, body) its cotangent in slot g "
+             "times dy/d(input j),", " * written (acc 0) or added (acc 1) into slot t. x or a is slot a, b slot b, "
+             "y the op's value. A NaN", " * result is left to the kernel (goto nan). */", ""]
+    for op in opdefs.ALL:
+        ins = inputs_of(op)
+        pnames = list(op.params)
+        fwd = forward_expr(op)
+        for T, suf, dt in (("double", "d", "AD_F64"), ("float", "f", "AD_F32")):
+            at = {v: f"AD_SV({T}, ip->{'b' if v == 'b' else 'y' if v == 'y' else 'a'})" for v in ins + ("y",)}
+            _, per, params = _operands(op, fwd, T, at, "ip->c")
+            lines.append(f"AD_SP_OP({op.code}, 0, {dt},{params} {per} {T} r_ = {c_expr(fwd, T, pnames)}; "
+                         f"if (r_ != r_) goto nan; AD_SV({T}, ip->y) = r_;)")
+            for j, d in enumerate(derivatives(op)):
+                if is_num(d, 0.0):
+                    continue   # the interpreter's AD_SP_ZERO
+                _, per, params = _operands(op, d, T, at, "ip->c")
+                lines.append(f"AD_SP_OP({op.code}, {j + 1}, {dt},{params} {per} {T} w_ = AD_SV({T}, ip->g), "
+                             f"d_ = {c_expr(d, T, pnames)}, v_ = {weighted_value(op.route, suf)}; "
+                             f"{T} *t_ = &AD_SV({T}, ip->t), r_ = ip->acc ? *t_ + v_ : v_; if (r_ != r_) goto nan; "
+                             f"*t_ = r_;)")
+    return "\n".join(lines) + "\n"
+
+
 def table_rows():
     lines = [HEADER]
     for op in opdefs.ALL:
@@ -713,6 +751,7 @@ def outputs(root=ROOT):
         header_path: header_enum(header),
         os.path.join(csrc, "kernels", "ops_table.inc"): table_rows(),
         os.path.join(csrc, "kernels", "ops_scalar.h"): scalar_functions(),
+        os.path.join(csrc, "kernels", "ops_scalar_cases.inc"): scalar_cases(),
         **kernel_files(csrc),
     }
 

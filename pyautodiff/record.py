@@ -44,6 +44,12 @@ their order per element are the unfused ones', and a one-value operand's gradien
 the same lanes in the same order, so a fused replay is bit-identical to the unfused one (and to
 eager). ``fuse=False`` turns it off.
 
+Scalars. Runs of one-element elementwise steps (a chain of 0-d values, a graph of numbers like
+micrograd's) replay as a compact program of one interpreter loop (csrc/scalar_replay.c) whose
+cases compute each op from the same generated expressions as its kernel, so with the same bits
+(a NaN result is left to the kernel itself: its sign depends on the compiler's operand order);
+the other steps of the plan run as before. ``plan_stats()`` counts the steps it ran.
+
 Threads: a plan is private memory, so ``tf`` may be called from any thread. Calls to one ``tf``
 from several threads are serialized (a lock per plan: each replay runs whole, forward, guards and
 backward, never interleaved); for parallel replays, record one callable per thread.
@@ -416,12 +422,18 @@ class Recorded:
 
     def plan_stats(self):
         """{"plans", "ops", "constants", "guards", "bytes", "fused_regions", "fused_ops"} of the plans
-        held, and "tile" (elements per tile of the last fused region), for tests and tuning."""
+        held, "tile" (elements per tile of the last fused region), and "scalar_ops",
+        "scalar_steps" (forward and reverse steps run by the scalar program, csrc/scalar_replay.c),
+        for tests and tuning."""
         ops, consts, nbytes = ffi.new("int64_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
+        sf, sr = ffi.new("int64_t *"), ffi.new("int64_t *")
         total = {"plans": 0, "ops": 0, "constants": 0, "guards": 0, "bytes": 0, "fused_regions": 0,
-                 "fused_ops": 0, "tile": 0}
+                 "fused_ops": 0, "tile": 0, "scalar_ops": 0, "scalar_steps": 0}
         for entry in list(self._plans.values()):
             check(lib.ad_plan_stats(entry.plan, ops, consts, nbytes))
+            check(lib.ad_plan_scalar_ops(entry.plan, sf, sr))
+            total["scalar_ops"] += sf[0]
+            total["scalar_steps"] += sr[0]
             total["plans"] += 1
             total["ops"] += ops[0]
             total["constants"] += consts[0]

@@ -31,7 +31,7 @@ static int64_t owned[POOL * 2];   /* one entry per reference we hold (duplicates
 static int nowned;
 static int64_t stale[POOL];
 static int nstale;
-static int64_t made, errors, calls, fanouts;
+static int64_t made, errors, calls, fanouts, scalar_plans;
 static int failures;
 
 static void fail(const char *what, int64_t r)
@@ -286,9 +286,88 @@ static void fuzz_plan(void)
     } else {
         check_status("ad_plan_backward", ad_plan_backward(p, NULL, NULL));
     }
-    int64_t ops, consts, bytes;
+    int64_t ops, consts, bytes, sf = 0, sr = 0;
     check_status("ad_plan_stats", ad_plan_stats(p, &ops, &consts, &bytes));
+    /* plans whose replays above ran steps in the scalar program (csrc/scalar_replay.c) */
+    check_status("ad_plan_scalar_ops", ad_plan_scalar_ops(chance(5) ? NULL : p, &sf, chance(50) ? NULL : &sr));
+    scalar_plans += sf + sr > 0;
     ad_plan_free(p);
+}
+
+/* A plan of one-element values and random elementwise ops, the kind the scalar program runs
+ * (csrc/scalar_replay.c), sometimes fused too, replayed at the inputs it was recorded at: its
+ * value and gradients must be the graph's own (ad_vjp's), bit for bit, NaN included. It draws
+ * its own random numbers, so that the other calls' stream (the seeds that reproduced past
+ * failures) stays as it was. */
+static uint64_t sp_rng;
+static uint64_t sp_below(uint64_t n)
+{
+    sp_rng = sp_rng * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (sp_rng >> 33) % n;
+}
+
+static int same_bits(int64_t h, const void *data, size_t bytes)
+{
+    ad_info_t info;
+    return ad_info(h, &info) == AD_OK && info.size == 1 && !memcmp(info.data, data, bytes);
+}
+
+static void fuzz_scalar_plan(void)
+{
+    static const double vals[] = {0.0, -0.0, 1.5, -0.75, 2.0, 0.3, -3.0, 1e300, INFINITY, -INFINITY, NAN};
+    enum { NV = sizeof vals / sizeof vals[0] };
+    if (!sp_rng) sp_rng = g_rng;
+    int dt = sp_below(2) ? AD_F64 : AD_F32, nin = 1 + (int)sp_below(3), nh = 0;
+    size_t isz = dt == AD_F64 ? 8 : 4;
+    double in64[3];
+    float in32[3];
+    const void *in[3];
+    int64_t h[24], leaves[3], grads[3] = {0, 0, 0}, cot = 0, shape[1] = {1};
+    ad_plan *p = NULL;
+    for (int i = 0; i < nin; i++) {
+        in64[i] = vals[sp_below(NV)];
+        in32[i] = (float)in64[i];
+        in[i] = dt == AD_F64 ? (const void *)&in64[i] : (const void *)&in32[i];
+        if ((leaves[i] = h[nh] = ad_tensor_new(dt, 0, shape, in[i], 1)) <= 0) { fail("ad_tensor_new(0-d)", h[nh]); goto done; }
+        nh++;
+    }
+    for (int k = 0, nops = 1 + (int)sp_below(16); k < nops && nh < 24; k++) {
+        int64_t a = h[sp_below((uint64_t)nh)], b = h[sp_below((uint64_t)nh)], r;
+        if (sp_below(3))
+            r = ad_unary(AD_OP_UNARY_FIRST + (int)sp_below(AD_OP_UNARY_LAST - AD_OP_UNARY_FIRST + 1), a,
+                         vals[sp_below(NV)], vals[sp_below(NV)]);
+        else
+            r = ad_binary(AD_OP_BINARY_FIRST + (int)sp_below(AD_OP_BINARY_LAST - AD_OP_BINARY_FIRST + 1), a, b);
+        if (r > 0) h[nh++] = r;    /* an op may refuse its constants (hardtanh's bounds) */
+    }
+    if (nh == nin) goto done;
+    int64_t root = h[nh - 1];
+    int st = ad_plan_build(root, nin, leaves, 0, NULL, NULL, &p);
+    if (st) { fail("ad_plan_build(scalars)", st); goto done; }
+    int64_t fused[3];
+    if (sp_below(3) == 0) check_status("ad_plan_fuse(scalars)", ad_plan_fuse(p, 1, fused, fused + 1, fused + 2));
+    double out[1], g64[3];
+    float g32[3];
+    void *gp[3];
+    for (int i = 0; i < nin; i++) gp[i] = dt == AD_F64 ? (void *)&g64[i] : (void *)&g32[i];
+    if ((st = ad_plan_run(p, in, out, NULL, gp))) { fail("ad_plan_run(scalars)", st); goto done; }
+    if ((cot = ad_full(dt, 1, shape, 1.0, 0)) <= 0) { fail("ad_full(cotangent)", cot); goto done; }
+    if ((st = ad_vjp(root, cot, nin, leaves, grads))) { fail("ad_vjp(scalars)", st); goto done; }
+    int ok = same_bits(root, out, isz);
+    for (int i = 0; i < nin; i++) ok &= same_bits(grads[i], gp[i], isz);
+    if (!ok) {
+        failures++;
+        fprintf(stderr, "fuzz_capi: call #%lld a scalar plan (%s, %d ops) replayed other bits than the graph\n",
+                (long long)calls, dt == AD_F64 ? "float64" : "float32", nh - nin);
+    }
+    int64_t sf = 0;
+    check_status("ad_plan_scalar_ops", ad_plan_scalar_ops(p, &sf, NULL));
+    scalar_plans += sf > 0;
+done:
+    ad_plan_free(p);
+    for (int i = 0; i < nh; i++) ad_release(h[i]);
+    for (int i = 0; i < nin; i++) if (grads[i] > 0) ad_release(grads[i]);
+    if (cot > 0) ad_release(cot);
 }
 
 /* main's later entry points: indexing, selection, normalisers, in-place updates, batched sweeps */
@@ -394,7 +473,7 @@ static void one_newer_call(void)
     int64_t sh[16], axes[16], hs[16], outs[16];
     int nd;
     switch (below(25)) {
-    case 22: fuzz_plan(); break;
+    case 22: fuzz_plan(); fuzz_scalar_plan(); break;
     case 23: case 24: fan_out_call(); break;
     case 20: {
         /* convolution windows: a fitting 4-D or 3-D leaf now and then, parameters mostly sane */
@@ -764,7 +843,7 @@ int main(int argc, char **argv)
                 (long long)s.live_nodes, (long long)s.live_bytes);
     }
     printf("fuzz_capi seed %llu: %lld calls, %lld handles made, %lld error statuses, %lld fan-outs checked, "
-           "%d failures\n", (unsigned long long)seed, (long long)calls, (long long)made, (long long)errors,
-           (long long)fanouts, failures);
+           "%lld plans with a scalar program, %d failures\n", (unsigned long long)seed, (long long)calls, (long long)made,
+           (long long)errors, (long long)fanouts, (long long)scalar_plans, failures);
     return failures ? 1 : 0;
 }
