@@ -211,6 +211,19 @@ def restore_threads():
     ad.set_num_threads(before)
 
 
+def _same_for_any_thread_count(run):
+    """run() (a tuple of arrays) under 1, 2, 3 and 4 intra-op threads: every result must equal the
+    1-thread one bit for bit; returns that one."""
+    results = []
+    for threads in (1, 2, 3, 4):
+        ad.set_num_threads(threads)
+        results.append(run())
+    for got in results[1:]:
+        for a, b in zip(got, results[0]):
+            np.testing.assert_array_equal(a, b)
+    return results[0]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("op", ["tanh", "exp", "log1p", "sin", "gelu", "multiply", "divide", "power", "maximum"])
 def test_threads_give_bit_identical_results(op, dtype, restore_threads):
@@ -476,18 +489,14 @@ def test_softmax_family_threads_bit_identical(op, shape, axis, dtype, restore_th
     # threads, one block per part when blocks are long; (700, 300) on axis 0 is one block
     x = _data(shape, seed=25).astype(dtype)
     x[1, 3] = -np.inf
-    results = []
-    for threads in (1, 2, 3, 4):
-        ad.set_num_threads(threads)
+
+    def run():
         t = ad.tensor(x, requires_grad=True)
         out = getattr(ad, op)(t, axis=axis)
-        g = _data(out.shape, seed=26).astype(dtype)
-        out.backward(g)
+        out.backward(_data(out.shape, seed=26).astype(dtype))
         (getattr(ad, op)(t, axis=axis) * 1.5).sum().backward()   # accumulates onto the grad
-        results.append((out.numpy(), t.grad.numpy()))
-    for got in results[1:]:
-        np.testing.assert_array_equal(got[0], results[0][0])
-        np.testing.assert_array_equal(got[1], results[0][1])
+        return out.numpy(), t.grad.numpy()
+    results = [_same_for_any_thread_count(run)]
     expected = REFERENCE[op].forward(x, axis=axis)
     np.testing.assert_allclose(results[0][0], expected, *FWD_TOL[dtype])
 
@@ -503,12 +512,7 @@ def test_axis_reductions_threads_bit_identical(op, shape, axis, dtype, restore_t
     # threads), or, for max/min of everything, by runs of AD_SUM_BLOCK; NaN and ties included
     x = _data(shape, seed=27).astype(dtype)
     x.reshape(-1)[[5, x.size // 2]] = np.nan if op in ("max", "min") else 0
-    results = []
-    for threads in (1, 2, 3, 4):
-        ad.set_num_threads(threads)
-        results.append(getattr(ad, op)(ad.tensor(x), axis=axis).numpy())
-    for got in results[1:]:
-        np.testing.assert_array_equal(got, results[0])
+    results = _same_for_any_thread_count(lambda: (getattr(ad, op)(ad.tensor(x), axis=axis).numpy(),))
     # against the float64 result: sums are accumulated in double, more accurately than NumPy's
     # float32 pairwise sum, so NumPy's own float32 result is the less exact of the two
     expected = getattr(np, op)(x.astype(np.float64), axis=axis).astype(dtype)
@@ -523,17 +527,14 @@ def test_sum_vjp_threads_bit_identical(op, shape, axis, dtype, restore_threads):
     # the cotangent spread back over one run of axes is shared over the pool by rows (reduce.c,
     # sum_vjp_rows), written and then accumulated; a gap between axes (1, 3) takes the general walk
     x = _data(shape, seed=28).astype(dtype)
-    results = []
-    for threads in (1, 2, 3, 4):
-        ad.set_num_threads(threads)
+    g = _data(np.sum(x, axis=axis).shape, seed=29).astype(dtype)
+
+    def run():
         t = ad.tensor(x, requires_grad=True)
-        out = getattr(ad, op)(t, axis=axis)
-        g = _data(out.shape, seed=29).astype(dtype)
-        out.backward(g)
+        getattr(ad, op)(t, axis=axis).backward(g)
         getattr(ad, op)(t * 2.0, axis=axis).backward(g)   # a second contribution accumulates
-        results.append(t.grad.numpy())
-    for got in results[1:]:
-        np.testing.assert_array_equal(got, results[0])
+        return (t.grad.numpy(),)
+    results = _same_for_any_thread_count(run)
     count = x.size // np.size(g)
     gx = np.broadcast_to(np.expand_dims(g, axis) if axis is not None else g, shape).astype(np.float64) * 3
     np.testing.assert_allclose(results[0], gx / count if op == "mean" else gx, *FWD_TOL[dtype])
@@ -548,10 +549,5 @@ def test_broadcast_forward_threads_bit_identical(op, sa, sb, dtype, restore_thre
     # to by runs_seek): long runs, short runs, a scalar, strided (gathered) operands
     x = (np.abs(_data(sa, seed=30)) + 0.5).astype(dtype)
     y = (np.abs(_data(sb, seed=31)) + 0.5).astype(dtype)
-    results = []
-    for threads in (1, 2, 3, 4):
-        ad.set_num_threads(threads)
-        results.append(getattr(ad, op)(ad.tensor(x), ad.tensor(y)).numpy())
-    for got in results[1:]:
-        np.testing.assert_array_equal(got, results[0])
+    results = _same_for_any_thread_count(lambda: (getattr(ad, op)(ad.tensor(x), ad.tensor(y)).numpy(),))
     np.testing.assert_allclose(results[0], getattr(np, op)(x, y), *FWD_TOL[dtype])
