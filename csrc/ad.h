@@ -376,6 +376,9 @@ typedef struct ad_plan ad_plan;
 /* Returned (positive) by ad_plan_forward / ad_plan_run when a constant was written in place since
  * the build: the plan no longer computes what the function would; record again. */
 #define AD_PLAN_STALE 1
+/* Elements from which a plan's elementwise chains are worth fusing (ad_plan_fuse; the bindings'
+ * default): below it the chain's tensors stay in cache anyway. */
+#define AD_PLAN_FUSE_MIN 16384
 /* Start (on != 0) or end a recording on the calling thread's tape (the calls nest). Returns the
  * tape's count of values that have left the graph while recording: ops on requires-grad tensors
  * under no_grad, detach, .data, in-place writes (or a negative status). A recording whose count
@@ -389,9 +392,12 @@ int64_t ad_record_mode(int on);
 int ad_plan_build(int64_t root, int n_inputs, const int64_t *inputs, int n_watch, const int64_t *watch,
                   int64_t *watch_index, ad_plan **out);
 /* ad_plan_build where only inputs [0, n_diff) are differentiated: the others are data, read at
- * every replay and given no gradient (grads[i] for them is not read nor written). */
+ * every replay and given no gradient (grads[i] for them is not read nor written). Values of fewer
+ * than fuse_from elements that no reverse step reads share buffers by liveness; ad_plan_fuse leaves
+ * them out of its regions, so pass the min_elements it will get (ad_plan_build: AD_PLAN_FUSE_MIN;
+ * INT64_MAX when it will not be called). */
 int ad_plan_build_data(int64_t root, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
-                       const int64_t *watch, int64_t *watch_index, ad_plan **out);
+                       const int64_t *watch, int64_t *watch_index, int64_t fuse_from, ad_plan **out);
 /* The plan's count of inputs and of differentiated inputs (the first ones). */
 int ad_plan_inputs(const ad_plan *p, int *n_inputs, int *n_diff);
 /* NULL-safe; releases the plan's hold on its constants (from any thread). */

@@ -94,12 +94,13 @@ static int same_shape(const ad_node *a, const ad_node *b)
 
 /* An op a region can hold: each operand of its shape and dtype, or one value broadcast (size 1,
  * the output larger: eager's broadcast route, one run along the whole output). */
-static int fusable(const ad_node *n, int64_t min_elements)
+static int fusable(const ad_fuse_plan *P, const ad_node *n, int64_t min_elements)
 {
     if (n->size < min_elements || n->nin < 1 || n->nin > 2 || !ew_kernels(n->op)) return 0;
+    if (P->transient && P->transient[n - P->nodes]) return 0;
     for (int j = 0; j < n->nin; j++) {
         const ad_node *m = n->in[j];
-        if (m->dtype != n->dtype) return 0;
+        if (m->dtype != n->dtype || (P->transient && P->transient[m - P->nodes])) return 0;
         if (!same_shape(m, n) && !(m->size == 1 && n->size > 1 && m->ndim <= n->ndim)) return 0;
     }
     return 1;
@@ -264,7 +265,7 @@ int ad_fusion_build(const ad_fuse_plan *P, int64_t min_elements, ad_fusion **out
     int64_t nr = 0, lo = -1;
     for (int64_t k = 0; k <= P->nf; k++) {
         const ad_node *n = k < P->nf ? &P->nodes[P->fnode[k]] : NULL;
-        int ok = n && fusable(n, min_elements);
+        int ok = n && fusable(P, n, min_elements);
         if (ok && lo >= 0) {
             const ad_node *a = &P->nodes[P->fnode[lo]];
             if (a->dtype == n->dtype && same_shape(a, n)) continue;

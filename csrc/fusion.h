@@ -27,6 +27,9 @@ typedef struct {
     const ad_fuse_step *steps;
     int64_t ns;
     int64_t root;              /* the root's record, or -1 */
+    /* values whose buffer a later value takes once their last forward reader ran (replay.c): a
+     * region reads its operands and arena values again in its reverse, so it holds none of them */
+    const uint8_t *transient;
 } ad_fuse_plan;
 
 /* The regions of plan (elementwise ops of at least min_elements elements; see fusion.c). *out is

@@ -84,6 +84,7 @@ struct ad_plan {
     void *seed;                /* the root's cotangent, copied in (or ones) by each reverse sweep */
     ad_fusion *fusion;         /* elementwise regions run tile by tile (fusion.c), or NULL */
     ad_scalar *scalar;         /* runs of one-element elementwise steps (scalar_replay.c), or NULL */
+    uint8_t *transient;        /* a value whose buffer a later value takes once its last reader ran */
 };
 
 enum { R_OP = 0, R_INPUT = 1, R_CONST = 2 };
@@ -130,8 +131,44 @@ static int64_t index_of(const node_entry *byptr, int64_t nn, ad_node *n)
     return hit ? hit->index : -1;
 }
 
-/* Free list of adjoint buffers by size, for the liveness assignment at build time. */
+/* Freed buffers by size, for the liveness assignments at build time (values, adjoints). */
 typedef struct { size_t bytes, off; } free_buf;
+typedef struct { free_buf *b; int64_t n, cap; } free_list;
+
+/* A buffer of `bytes`: the most recently freed one of that size among the last 16 (a chain reuses
+ * one or two; looking further would make a build of 10^6 ops quadratic), else a new one. */
+static size_t take_freed(free_list *fl, size_t *top, size_t bytes, int one_element)
+{
+    int64_t k = fl->n - 1;
+    while (k >= 0 && k >= fl->n - 16 && fl->b[k].bytes != bytes) k--;
+    if (k < 0 || k < fl->n - 16) return arena_take(top, bytes, one_element);
+    size_t off = fl->b[k].off;
+    fl->b[k] = fl->b[--fl->n];
+    return off;
+}
+
+static int give_back(free_list *fl, size_t bytes, size_t off)
+{
+    if (fl->n == fl->cap) {
+        int64_t cap = fl->cap ? 2 * fl->cap : 16;
+        free_buf *g = realloc(fl->b, (size_t)cap * sizeof *g);
+        if (!g) return ad_err(AD_ERR_MEMORY, "record: out of memory");
+        fl->b = g;
+        fl->cap = cap;
+    }
+    fl->b[fl->n++] = (free_buf){bytes, off};
+    return AD_OK;
+}
+
+/* Does n's op read input i's value (i == -1: its own) in its VJP or JVP? The rule of ad_record's
+ * F_VALUE_READ: an op that does not say, and every input after the second, reads it. */
+static int op_reads(const ad_node *n, int i)
+{
+    int reads = ad_ops[n->op].flags;
+    if (!(reads & AD_READS_KNOWN)) return 1;
+    if (i < 0) return !!(reads & AD_READS_OUT);
+    return i > 1 || (reads & (AD_READS_IN0 << i));
+}
 
 static int plan_fail(ad_plan *p, int st)
 {
@@ -298,7 +335,7 @@ static int scalar_program(const ad_plan *p, const ad_fusion *fusion, ad_scalar *
 }
 
 static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
-                        const int64_t *watch, int64_t *watch_index, ad_plan **out)
+                        const int64_t *watch, int64_t *watch_index, int64_t fuse_from, ad_plan **out)
 {
     if (n_inputs < 0 || (n_inputs > 0 && !inputs) || n_watch < 0 || (n_watch > 0 && (!watch || !watch_index)))
         return ad_err(AD_ERR_VALUE, "record: invalid lists of %d inputs and %d watched tensors", n_inputs, n_watch);
@@ -310,7 +347,9 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     ad_plan *p = calloc(1, sizeof *p);
     ad_node **starts = calloc((size_t)n_inputs + (size_t)n_watch + 1, sizeof *starts);
     node_entry *list = NULL, *byptr = NULL;
-    free_buf *fl = NULL;
+    free_list fl = {0}, vfl = {0};
+    uint8_t *kept = NULL;
+    int64_t *last = NULL;
     int64_t nn = 0;
     if (!p || !starts) { free(starts); free(p); return ad_err(AD_ERR_MEMORY, "record: out of memory"); }
     atomic_flag_clear(&p->busy);
@@ -389,11 +428,48 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     size_t *val_off = malloc(cnt * sizeof *val_off);
     size_t *aux_off = malloc(cnt * sizeof *aux_off);
     if (!val_off || !aux_off) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
+    /* values by liveness too: a value no reverse step, guard or caller reads (kept[i] == 0) is
+     * needed only until its last reader in the forward, and its buffer then goes to a later value
+     * of the same size. Without it a replay's forward writes every value of the graph to fresh
+     * memory: the ode eval's 2,500 values of 8 KB are 20 MB, far out of cache. A buffer is given
+     * back after its reader's own value has one, never to it: an op never writes over its operand,
+     * as eager never does (arena_take says why that matters to the bits). Values of fuse_from
+     * elements and more keep theirs: a fused region (fusion.c) reads its operands again in its
+     * reverse, and saves more than reuse does. */
+    kept = malloc(cnt);
+    last = malloc(cnt * sizeof *last);
+    if (!kept || !last) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
     for (int64_t i = 0; i < nn; i++) {
         ad_node *n = list[i].n;
-        val_off[i] = arena_take(&top, value_bytes(n), n->size <= 1);
-        aux_off[i] = p->role[i] == R_OP && n->aux_len > 0 ? arena_take(&top, (size_t)n->aux_len * sizeof(int64_t), 0) : 0;
+        last[i] = i;
+        kept[i] = p->role[i] != R_OP || n->size <= 1 || n->size >= fuse_from || op_reads(n, -1);
+        if (p->role[i] != R_OP) continue;
+        for (int j = 0; j < n->nin; j++) {
+            int64_t m = index_of(byptr, nn, n->in[j]);
+            last[m] = i;
+            if (op_reads(n, j)) kept[m] = 1;
+        }
     }
+    if (p->root >= 0) kept[p->root] = 1;
+    for (int i = 0; i < n_watch; i++) kept[index_of(byptr, nn, starts[n_inputs + 1 + i])] = 1;
+    p->transient = calloc(cnt, 1);
+    if (!p->transient) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
+    for (int64_t i = 0; i < nn && !st; i++) {
+        ad_node *n = list[i].n;
+        size_t bytes = value_bytes(n);
+        val_off[i] = kept[i] ? arena_take(&top, bytes, n->size <= 1) : take_freed(&vfl, &top, bytes, 0);
+        aux_off[i] = p->role[i] == R_OP && n->aux_len > 0 ? arena_take(&top, (size_t)n->aux_len * sizeof(int64_t), 0) : 0;
+        if (p->role[i] != R_OP) continue;
+        /* operands read here for the last time (once each: x * x names x twice), then i itself
+         * if nothing reads it */
+        for (int j = 0; j <= n->nin && !st; j++) {
+            int64_t m = j < n->nin ? index_of(byptr, nn, n->in[j]) : i;
+            if (kept[m] || last[m] != i || p->transient[m]) continue;
+            p->transient[m] = 1;
+            st = give_back(&vfl, value_bytes(list[m].n), val_off[m]);
+        }
+    }
+    if (st) { free(val_off); free(aux_off); goto fail; }
     /* adjoints by liveness, in the order of the reverse sweep: the steps of ad_vjp's loop for the
      * nodes that depend on an input (an input's own adjoint has a buffer of its own, copied out
      * to the caller's gradient at the end) */
@@ -401,9 +477,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     int64_t cap_steps = 0;
     for (int64_t i = 0; i < nn; i++) if (p->role[i] == R_OP) cap_steps += list[i].n->nin;
     p->steps = malloc((size_t)(cap_steps ? cap_steps : 1) * sizeof *p->steps);
-    int64_t nfl = 0, cap_fl = 16;
-    fl = malloc((size_t)cap_fl * sizeof *fl);
-    if (!dep || !has || !p->steps || !fl) {
+    if (!dep || !has || !p->steps) {
         free(dep); free(has); free(val_off); free(aux_off);
         st = ad_err(AD_ERR_MEMORY, "record: out of memory");
         goto fail;
@@ -428,25 +502,11 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
             s->input = m;
             s->which = j;
             s->acc = has[m];
-            if (!has[m] && p->role[m] == R_OP) {
-                size_t bytes = value_bytes(list[m].n);
-                int64_t k = nfl - 1;
-                /* the most recently freed buffer of this size (a chain reuses one or two) */
-                while (k >= 0 && k >= nfl - 16 && fl[k].bytes != bytes) k--;
-                if (k >= 0 && k >= nfl - 16) { p->adj[m] = (int64_t)fl[k].off; fl[k] = fl[--nfl]; }
-                else p->adj[m] = (int64_t)arena_take(&top, bytes, list[m].n->size <= 1);
-            }
+            if (!has[m] && p->role[m] == R_OP)
+                p->adj[m] = (int64_t)take_freed(&fl, &top, value_bytes(list[m].n), list[m].n->size <= 1);
             has[m] = 1;
         }
-        if (i != p->root && p->adj[i] >= 0) {
-            if (nfl == cap_fl) {
-                free_buf *g = realloc(fl, (size_t)(cap_fl *= 2) * sizeof *g);
-                if (!g) { st = ad_err(AD_ERR_MEMORY, "record: out of memory"); break; }
-                fl = g;
-            }
-            fl[nfl].bytes = value_bytes(n);
-            fl[nfl++].off = (size_t)p->adj[i];
-        }
+        if (i != p->root && p->adj[i] >= 0) st = give_back(&fl, value_bytes(n), (size_t)p->adj[i]);
     }
     for (int i = 0; i < n_inputs; i++) p->input_hit[i] = has[p->input_idx[i]] && p->input_idx[i] != p->root;
     free(dep);
@@ -534,26 +594,32 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     free(starts);
     free(list);
     free(byptr);
-    free(fl);
+    free(fl.b);
+    free(vfl.b);
+    free(kept);
+    free(last);
     *out = p;
     return AD_OK;
 fail:
     free(starts);
     free(list);
     free(byptr);
-    free(fl);
+    free(fl.b);
+    free(vfl.b);
+    free(kept);
+    free(last);
     return plan_fail(p, st);
 }
 
 int ad_plan_build_data(int64_t root, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
-                       const int64_t *watch, int64_t *watch_index, ad_plan **out)
+                       const int64_t *watch, int64_t *watch_index, int64_t fuse_from, ad_plan **out)
 {
     if (!out) return ad_err(AD_ERR_VALUE, "record: out is NULL");
     *out = NULL;
     ad_tape *T;
     int st = ad_lock_current(&T);
     if (st) return st;
-    st = build_locked(T, root, n_inputs, inputs, n_diff, n_watch, watch, watch_index, out);
+    st = build_locked(T, root, n_inputs, inputs, n_diff, n_watch, watch, watch_index, fuse_from, out);
     ad_unlock(T);
     return st;
 }
@@ -561,7 +627,7 @@ int ad_plan_build_data(int64_t root, int n_inputs, const int64_t *inputs, int n_
 int ad_plan_build(int64_t root, int n_inputs, const int64_t *inputs, int n_watch, const int64_t *watch,
                   int64_t *watch_index, ad_plan **out)
 {
-    return ad_plan_build_data(root, n_inputs, inputs, n_inputs, n_watch, watch, watch_index, out);
+    return ad_plan_build_data(root, n_inputs, inputs, n_inputs, n_watch, watch, watch_index, AD_PLAN_FUSE_MIN, out);
 }
 
 int ad_plan_inputs(const ad_plan *p, int *n_inputs, int *n_diff)
@@ -588,6 +654,7 @@ void ad_plan_free(ad_plan *p)
     free(p->const_h);
     free(p->const_ver);
     free(p->fsteps);
+    free(p->transient);
     free(p->arena);
     ad_fusion_free(p->fusion);
     ad_scalar_free(p->scalar);
@@ -789,7 +856,7 @@ int ad_plan_fuse(ad_plan *p, int64_t min_elements, int64_t *regions, int64_t *op
         unclaim(p);
         return ad_err(AD_ERR_VALUE, "plan_fuse: min_elements is %lld; expected 0 (off) or more", (long long)min_elements);
     }
-    ad_fuse_plan P = {p->nodes, p->nn, NULL, NULL, NULL, p->nfsteps, NULL, p->nsteps, p->root};
+    ad_fuse_plan P = {p->nodes, p->nn, NULL, NULL, NULL, p->nfsteps, NULL, p->nsteps, p->root, p->transient};
     uint8_t *pinned = calloc(cnt, 1);
     int8_t *is_op = malloc(cnt);
     int64_t *fnode = malloc((size_t)(p->nfsteps ? p->nfsteps : 1) * sizeof *fnode);

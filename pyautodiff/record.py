@@ -166,8 +166,9 @@ def _as_input(x):
 _OK, _STALE, _GUARD = 0, 1, 2
 MAX_PLANS = 32       # plans one recorded function keeps (one per key: shapes, dtypes, static args)
 # Elements from which an elementwise chain is fused: below it its tensors stay in cache anyway
-# (benchmarks/record_replay.py measures the gain above it).
-FUSE_MIN_ELEMENTS = 16384
+# (benchmarks/record_replay.py measures the gain above it), and the plan reuses their buffers.
+FUSE_MIN_ELEMENTS = lib.AD_PLAN_FUSE_MIN
+_NO_FUSION = 2**63 - 1   # ad_plan_build_data's fuse_from when fusion is off: every size shares buffers
 
 
 class _Plan:
@@ -328,7 +329,8 @@ class Recorded:
             where = ffi.new("int64_t[]", max(n_watch, 1))
             pp = ffi.new("ad_plan **")
             check(lib.ad_plan_build_data(out._h, len(inputs), _handles(inputs), n_diff, n_watch,
-                                         ffi.new("int64_t[]", reads.watch or [0]), where, pp))
+                                         ffi.new("int64_t[]", reads.watch or [0]), where,
+                                         self.fuse or _NO_FUSION, pp))
             plan = ffi.gc(pp[0], lib.ad_plan_free)
             fused = ffi.new("int64_t[3]")
             if self.fuse:

@@ -451,3 +451,79 @@ def test_an_index_and_a_mask_on_tensors_that_do_not_require_grad_are_replayed():
     w = np.where(mask, t, t * 2.0)
     np.testing.assert_allclose(np.asarray(tf(x)), (t[idx] * x).sum() + w.sum() * x[0], rtol=1e-12)
     np.testing.assert_allclose(np.asarray(tf.grad(x)), t[idx].sum(0) + np.array([w.sum(), 0, 0]), rtol=1e-12)
+
+
+# ---- value buffers shared by liveness (csrc/replay.c) ----
+
+def _mixed_chain(x, y):
+    """Values of three sizes with fan-out: some that reverse steps read (exp's own value, the
+    operands of *, tanh's value), the rest (sums, slices, concatenations, scalar ops, +) read only
+    by later ops of the forward, whose buffers later values take."""
+    h = x
+    for k in range(9):
+        a = ad.exp(h * 0.1) + y
+        b = ad.concatenate([a[1:], a[:1] * 2.0])
+        c = b * h - ad.sum(a, axis=0, keepdims=True) / 7.0
+        h = ad.tanh(c) if k % 3 else ad.sin(c)[::-1] + 0.5
+        h = ad.stack([h[:, 0] - 1.0, h[:, 1]], axis=1) if k == 4 else h
+    return ad.sum(h * h) + ad.sum(ad.mean(h, axis=1) ** 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fuse-default", "no-fusion"])
+def test_values_sharing_buffers_replay_bit_identically(dtype, fuse):
+    rng = _rng("shared-buffers", str(dtype))
+    xs = (rng.standard_normal((23, 2)).astype(dtype), rng.standard_normal((23, 2)).astype(dtype))
+    tf = ad.record(_mixed_chain, *xs, argnums=(0, 1), fuse=fuse)
+    for inputs in (xs, _perturbed(xs, rng), _perturbed(xs, rng)):
+        v0, g0 = ad.value_and_grad(_mixed_chain, argnums=(0, 1))(*inputs)
+        v1, g1 = tf.value_and_grad(*inputs)
+        _same_bits(v1, v0)
+        for a, b in zip(g1, g0):
+            _same_bits(a, b)
+    assert tf.records == 1
+
+
+def test_a_chain_nothing_reads_backward_takes_a_few_buffers_not_one_per_op():
+    n, ops = 1000, 400
+    x = np.linspace(-1, 1, n)
+
+    def chain(x):
+        for k in range(ops):
+            x = x * 1.001 + 0.001 if k % 2 else x[::-1] - 0.5
+        return ad.sum(x)
+
+    tf = ad.record(chain, x)
+    value = 8 * n
+    # the input, its gradient, the root's seed, two adjoints and a few values take turns
+    assert tf.plan_stats()["bytes"] < 12 * (value + 128), tf.plan_stats()
+    _same_bits(tf.grad(x * 0.5), ad.grad(chain)(x * 0.5))
+
+
+def test_a_region_never_holds_a_value_whose_buffer_is_shared():
+    # a plan built for the default fusion size (AD_PLAN_FUSE_MIN) shares the buffers of smaller
+    # values; fused later at 1 element, its regions must leave those values out (a region reads
+    # its operands again in its reverse), and the replay still equals eager
+    from pyautodiff._capi import ffi, lib
+    xv = np.linspace(0.1, 2.0, 1000)
+    x = ad.tensor(xv, requires_grad=True)
+    y = ((ad.exp(x * 0.5) + 1.0) * x * 0.25 - 2.0).sum()
+    pp, where = ffi.new("ad_plan **"), ffi.new("int64_t[]", 1)
+    assert lib.ad_plan_build(y._h, 1, ffi.new("int64_t[]", [x._h]), 0, ffi.NULL, where, pp) == 0
+    plan = ffi.gc(pp[0], lib.ad_plan_free)
+    counts = ffi.new("int64_t[3]")
+    assert lib.ad_plan_fuse(plan, 1, counts, counts + 1, counts + 2) == 0
+    # shared: x * 0.5 (so exp, reading it, stays out too), (.) * x, * 0.25 and - 2.0; kept: exp's
+    # value (its rule reads it) and exp(.) + 1.0 (the product's rule reads it). That leaves + 1.0
+    # alone, and a region needs two ops: nothing fuses (all six do without the check)
+    assert counts[1] == 0
+    v = xv[::-1].copy()
+    out, g = np.empty(()), np.empty(1000)
+    assert lib.ad_plan_run(plan, ffi.new("void *[]", [ffi.from_buffer(v)]), ffi.from_buffer(out), ffi.NULL,
+                           ffi.new("void *[]", [ffi.from_buffer(g)])) == 0
+
+    def f(x):
+        return ((ad.exp(x * 0.5) + 1.0) * x * 0.25 - 2.0).sum()
+    v0, g0 = ad.value_and_grad(f)(v)
+    _same_bits(out, v0)
+    _same_bits(g, g0)

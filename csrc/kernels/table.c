@@ -34,8 +34,9 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_BROADCAST_TO] = L("broadcast_to", layout, ad_contrib_output, 0),
     [AD_OP_CAST] = L("cast", layout, 0, 0),
     [AD_OP_GATHER] = L("getitem", index, 0, 0),
-    [AD_OP_CONCATENATE] = L("concatenate", index, 0, 0),
-    [AD_OP_STACK] = L("stack", index, 0, 0),
+    /* their rules cut the cotangent by the inputs' shapes, never reading a value */
+    [AD_OP_CONCATENATE] = L("concatenate", index, 0, NONE),
+    [AD_OP_STACK] = L("stack", index, 0, NONE),
     [AD_OP_WHERE] = L("where", index, ad_contrib_output, 0),
     [AD_OP_CLIP] = L("clip", index, 0, 0),
     [AD_OP_LOGSUMEXP] = SM("logsumexp"),

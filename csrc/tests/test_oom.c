@@ -240,7 +240,7 @@ static const ad_optim_t groups[2] = {
 static void trainable(graph *g)
 {
     const int64_t in[NLEAF] = {g->leaf[1], g->leaf[2], g->leaf[0]};
-    CHECK(ad_plan_build_data(g->root, NLEAF, in, 2, 0, NULL, NULL, &g->plan) == AD_OK);
+    CHECK(ad_plan_build_data(g->root, NLEAF, in, 2, 0, NULL, NULL, AD_PLAN_FUSE_MIN, &g->plan) == AD_OK);
     const double sv[3][3] = {{0.05, -0.1, 0.2}, {0.01, 0.02, 0.03}, {0.02, 0.03, 0.04}};
     for (int i = 0; i < 2; i++) {
         ad_train_param_t *q = &g->tp[i];
