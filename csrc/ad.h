@@ -416,7 +416,10 @@ int ad_plan_watch(ad_plan *p, int w, ad_info_t *out);
  * cotangent-weighted gradient of the root with respect to input i; seed holds the cotangent
  * (the root's shape and dtype), or NULL for ones when the root has one element. */
 int ad_plan_backward(ad_plan *p, const void *seed, void *const *grads);
-/* ad_plan_forward, then ad_plan_backward when grads is not NULL, in one call. */
+/* ad_plan_forward, then ad_plan_backward when grads is not NULL, in one call. With grads, large
+ * inputs are read and large gradients written in place rather than copied (unless the caller's
+ * buffers overlap), so the inputs must not change during the call, and a later ad_plan_backward
+ * alone needs a forward first. */
 int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *seed, void *const *grads);
 /* A traced training step (train_step.c): a plan built by ad_plan_build_data whose n_diff
  * differentiated inputs are the parameters (params[i].param is input i) and whose other inputs are

@@ -123,6 +123,31 @@ static void region_free(region *R)
     free(R->mem);
 }
 
+void ad_fusion_rebind(ad_fusion *f, const void *from, void *to)
+{
+    if (!f || from == to) return;
+#define REBIND(ptr) do { if ((const void *)(ptr) == from) (ptr) = to; } while (0)
+    for (int64_t i = 0; i < f->nregions; i++) {
+        region *R = &f->r[i];
+        for (int k = 0; k < R->nops; k++) {
+            REBIND(R->ops[k].in[0].base);
+            REBIND(R->ops[k].in[1].base);
+            REBIND(R->ops[k].out.base);
+        }
+        for (int k = 0; k < R->nvjp; k++) {
+            for (int j = 0; j < 3; j++) REBIND(R->vjp[k].in[j].base);
+            REBIND(R->vjp[k].g.base);
+            REBIND(R->vjp[k].target.base);
+        }
+        for (int q = 0; q < R->nsum; q++) REBIND(R->sum[q].dst);
+        for (int q = 0; q < R->nfill; q++) REBIND(R->fill[q].src);
+        REBIND(R->sum_src.base);
+        REBIND(R->sum_dst);
+        REBIND(R->sum_g);
+    }
+#undef REBIND
+}
+
 void ad_fusion_free(ad_fusion *f)
 {
     if (!f) return;

@@ -36,6 +36,9 @@ typedef struct {
  * NULL when there is none. */
 int ad_fusion_build(const ad_fuse_plan *plan, int64_t min_elements, ad_fusion **out);
 void ad_fusion_free(ad_fusion *f);
+/* Every buffer address of the regions equal to from becomes to (NULL-safe): replay.c binds a
+ * caller's buffer to an input's value or adjoint for one replay, then binds the plan's back. */
+void ad_fusion_rebind(ad_fusion *f, const void *from, void *to);
 /* When a region starts at forward (reverse) step k: runs it and returns the step after it; else
  * returns k. with_reverse: the root's cotangent is in place and the reverse follows, so a region
  * ending in the root's sum runs its reverse steps in the forward's pass (the reverse skips them). */

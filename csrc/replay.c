@@ -85,6 +85,11 @@ struct ad_plan {
     ad_fusion *fusion;         /* elementwise regions run tile by tile (fusion.c), or NULL */
     ad_scalar *scalar;         /* runs of one-element elementwise steps (scalar_replay.c), or NULL */
     uint8_t *transient;        /* a value whose buffer a later value takes once its last reader ran */
+    /* the caller's buffers in place (bind_caller) */
+    uint8_t *bound;            /* per input: BOUND_VALUE, BOUND_ADJ */
+    void **home;               /* per input: its value's buffer in the arena */
+    struct fixup *fix;         /* the steps' pointers to large inputs' values and adjoints */
+    int64_t nfix;
 };
 
 enum { R_OP = 0, R_INPUT = 1, R_CONST = 2 };
@@ -332,6 +337,117 @@ static int scalar_program(const ad_plan *p, const ad_fusion *fusion, ad_scalar *
     free(f_skip);
     free(s_skip);
     return st;
+}
+
+/* ---- the caller's buffers in place ----
+ * ad_plan_run with gradients runs the forward and the reverse in one call, while the caller's
+ * arrays are alive and unchanged: a large input is then read where it is and a large gradient
+ * written where the caller wants it, instead of a copy in and a copy out (two of an elementwise
+ * plan's four or five passes over memory). For the call, the plan's pointers to the input's value
+ * (its record's data, the fast steps' operands, the fused regions') and to its adjoint (the steps'
+ * targets) point at the caller's buffers; after it, back at the arena. The bits do not change: no
+ * kernel's result depends on where its buffers are (loops are cut by element counts, never by
+ * alignment), and distinct buffers of this size are far more than a vector apart, as arena_take
+ * wants. Small inputs keep the copy: it costs less than the binding and keeps them near the rest. */
+enum { INPLACE_MIN_BYTES = 32768, BOUND_VALUE = 1, BOUND_ADJ = 2 };
+enum { FX_FWD_IN0, FX_FWD_IN1, FX_REV_IN0, FX_REV_IN1, FX_REV_TARGET };
+struct fixup { int64_t k; int32_t input; int32_t what; };
+
+static int large_input(const ad_plan *p, const ad_node *m)
+{
+    int64_t idx = m - p->nodes;
+    return p->role[idx] == R_INPUT && value_bytes(m) >= INPLACE_MIN_BYTES;
+}
+
+/* The steps' pointers to large inputs (counted when fix is NULL). */
+static int64_t list_fixups(const ad_plan *p, struct fixup *fix)
+{
+    int64_t c = 0;
+#define ADD(kk, m, w) do { if (fix) fix[c] = (struct fixup){(kk), p->input_no[(m) - p->nodes], (w)}; c++; } while (0)
+    for (int64_t k = 0; k < p->nfsteps; k++) {
+        const ad_node *n = p->fsteps[k].node;
+        if (!p->fsteps[k].fn) continue;   /* a node's forward reads its inputs' records */
+        for (int j = 0; j < n->nin && j < 2; j++)
+            if (large_input(p, n->in[j])) ADD(k, n->in[j], FX_FWD_IN0 + j);
+    }
+    for (int64_t k = 0; k < p->nsteps; k++) {
+        const rstep *s = &p->steps[k];
+        const ad_node *n = &p->nodes[s->node];
+        if (s->fast)
+            for (int j = 0; j < n->nin && j < 2; j++)
+                if (large_input(p, n->in[j])) ADD(k, n->in[j], FX_REV_IN0 + j);
+        if (large_input(p, &p->nodes[s->input])) ADD(k, &p->nodes[s->input], FX_REV_TARGET);
+    }
+#undef ADD
+    return c;
+}
+
+/* Input i's value (what BOUND_VALUE) or adjoint (BOUND_ADJ), now at from, at to. */
+static void rebind(ad_plan *p, int i, int what, void *from, void *to)
+{
+    for (int64_t q = 0; q < p->nfix; q++) {
+        const struct fixup *x = &p->fix[q];
+        if (x->input != i || (x->what == FX_REV_TARGET) != (what == BOUND_ADJ)) continue;
+        switch (x->what) {
+        case FX_FWD_IN0: case FX_FWD_IN1: p->fsteps[x->k].in[x->what - FX_FWD_IN0] = to; break;
+        case FX_REV_IN0: case FX_REV_IN1: p->steps[x->k].in[x->what - FX_REV_IN0] = to; break;
+        default: p->steps[x->k].target = to; break;
+        }
+    }
+    if (what == BOUND_VALUE) p->nodes[p->input_idx[i]].data = to;
+    ad_fusion_rebind(p->fusion, from, to);
+}
+
+static int overlap(const void *a, size_t na, const void *b, size_t nb)
+{
+    uintptr_t x = (uintptr_t)a, y = (uintptr_t)b;
+    return na && nb && x < y + nb && y < x + na;
+}
+
+/* Binds the large inputs and gradients of a replay with gradients and returns how many, none when
+ * one of them overlaps another of the caller's buffers (a gradient written over an input the
+ * reverse still reads, an output over an input): the copies keep such calls as they were. None
+ * either in a plan with watched tensors, whose values ad_plan_watch reads after the call. */
+static int bind_caller(ad_plan *p, const void *const *inputs, const void *out, void *const *grads)
+{
+    if (!p->nfix || !inputs || p->n_watch) return 0;
+    size_t out_bytes = out && p->root >= 0 ? value_bytes(&p->nodes[p->root]) : 0;
+    for (int i = 0; i < p->n_inputs; i++) {
+        size_t bi = value_bytes(&p->nodes[p->input_idx[i]]);
+        if (!large_input(p, &p->nodes[p->input_idx[i]])) continue;
+        const void *gi = i < p->n_diff ? grads[i] : NULL;
+        if (overlap(inputs[i], bi, out, out_bytes) || overlap(gi, gi ? bi : 0, out, out_bytes)) return 0;
+        for (int j = 0; j < p->n_inputs; j++) {
+            size_t bj = value_bytes(&p->nodes[p->input_idx[j]]);
+            const void *gj = j < p->n_diff ? grads[j] : NULL;
+            if (overlap(inputs[i], bi, gj, gj ? bj : 0) || overlap(gi, gi ? bi : 0, inputs[j], bj) ||
+                (j != i && overlap(gi, gi ? bi : 0, gj, gj ? bj : 0)))
+                return 0;
+        }
+    }
+    int bound = 0;
+    for (int i = 0; i < p->n_inputs; i++) {
+        int64_t x = p->input_idx[i];
+        if (!large_input(p, &p->nodes[x]) || !inputs[i]) continue;
+        rebind(p, i, BOUND_VALUE, p->home[i], (void *)inputs[i]);
+        p->bound[i] |= BOUND_VALUE;
+        bound++;
+        if (i < p->n_diff && grads[i] && p->input_hit[i] && x != p->root) {
+            rebind(p, i, BOUND_ADJ, p->arena + p->adj[x], grads[i]);
+            p->bound[i] |= BOUND_ADJ;
+            bound++;
+        }
+    }
+    return bound;
+}
+
+static void unbind_caller(ad_plan *p, const void *const *inputs, void *const *grads)
+{
+    for (int i = 0; i < p->n_inputs; i++) {
+        if (p->bound[i] & BOUND_VALUE) rebind(p, i, BOUND_VALUE, (void *)inputs[i], p->home[i]);
+        if (p->bound[i] & BOUND_ADJ) rebind(p, i, BOUND_ADJ, grads[i], p->arena + p->adj[p->input_idx[i]]);
+        p->bound[i] = 0;
+    }
 }
 
 static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t *inputs, int n_diff, int n_watch,
@@ -591,6 +707,13 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
         watch_index[i] = p->role[w] == R_CONST ? -1 : i;
     }
     if ((st = scalar_program(p, NULL, &p->scalar))) goto fail;
+    p->nfix = list_fixups(p, NULL);
+    p->bound = calloc((size_t)(n_inputs ? n_inputs : 1), 1);
+    p->home = malloc((size_t)(n_inputs ? n_inputs : 1) * sizeof *p->home);
+    p->fix = malloc((size_t)(p->nfix ? p->nfix : 1) * sizeof *p->fix);
+    if (!p->bound || !p->home || !p->fix) { st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
+    list_fixups(p, p->fix);
+    for (int i = 0; i < n_inputs; i++) p->home[i] = p->nodes[p->input_idx[i]].data;
     free(starts);
     free(list);
     free(byptr);
@@ -655,6 +778,9 @@ void ad_plan_free(ad_plan *p)
     free(p->const_ver);
     free(p->fsteps);
     free(p->transient);
+    free(p->bound);
+    free(p->home);
+    free(p->fix);
     free(p->arena);
     ad_fusion_free(p->fusion);
     ad_scalar_free(p->scalar);
@@ -718,7 +844,7 @@ static int forward_locked(ad_tape *T, ad_plan *p, const void *const *inputs, voi
         ad_node *x = &p->nodes[p->input_idx[i]];
         if (!x->size) continue;
         if (!inputs[i]) return ad_err(AD_ERR_VALUE, "replay: input %d is NULL", i);
-        ad_copy(x->data, inputs[i], value_bytes(x));
+        if (!(p->bound[i] & BOUND_VALUE)) ad_copy(x->data, inputs[i], value_bytes(x));
     }
     int st = AD_OK;
     for (int64_t k = 0; k < p->nfsteps && !st; k++) {
@@ -782,6 +908,7 @@ static int backward_locked(ad_tape *T, ad_plan *p, const void *seed, void *const
         size_t bytes = value_bytes(&p->nodes[x]);
         if (!bytes) continue;
         if (x == p->root) ad_copy(grads[i], p->seed, bytes);
+        else if (p->bound[i] & BOUND_ADJ) continue;   /* the reverse wrote it there */
         else if (p->input_hit[i]) ad_copy(grads[i], p->arena + p->adj[x], bytes);
         else memset(grads[i], 0, bytes);
     }
@@ -804,8 +931,13 @@ int ad_plan_run(ad_plan *p, const void *const *inputs, void *out, const void *se
     if ((st = ad_lock_current(&T))) { unclaim(p); return st; }
     ad_long_work(INT64_MAX);
     if (grads) st = seed_in(p, seed, grads);
+    int bound = !st && grads ? bind_caller(p, inputs, out, grads) : 0;
     if (!st) st = forward_locked(T, p, inputs, out, grads != NULL);
     if (!st && grads) st = backward_locked(T, p, seed, grads, 1);
+    if (bound) {
+        unbind_caller(p, inputs, grads);
+        p->fwd_done = 0;   /* the inputs' values were the caller's: a backward alone needs a forward again */
+    }
     ad_unlock(T);
     unclaim(p);
     return st;

@@ -527,3 +527,78 @@ def test_a_region_never_holds_a_value_whose_buffer_is_shared():
     v0, g0 = ad.value_and_grad(f)(v)
     _same_bits(out, v0)
     _same_bits(g, g0)
+
+
+# ---- large inputs and gradients in place (csrc/replay.c, bind_caller) ----
+
+def _shifted(a, shift):
+    """a's values in a buffer starting `shift` bytes past a 64-byte line: the caller's arrays are
+    wherever NumPy put them, and the replay reads and writes them there."""
+    raw = np.zeros(a.nbytes + 128, np.uint8)
+    at = (-raw.ctypes.data) % 64 + shift
+    out = raw[at:at + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "unfused"])
+def test_large_inputs_and_gradients_in_place_give_eager_bits(dtype, fuse):
+    rng = _rng("in-place", str(dtype))
+    n = 20_000   # above both AD_PLAN_FUSE_MIN and INPLACE_MIN_BYTES in float32 and float64
+
+    def f(x, y, w):
+        return ad.mean(ad.square(ad.tanh(x * w) - y) + 0.1 * ad.abs(x)) + ad.sum(ad.exp(-x * x) * y[::-1])
+
+    x0, y0 = rng.standard_normal(n).astype(dtype), rng.uniform(-1, 1, n).astype(dtype)
+    w0 = np.asarray(0.7, dtype)
+    tf = ad.record(f, x0, y0, w0, argnums=(0, 1, 2), fuse=fuse)
+    assert (tf.plan_stats()["fused_ops"] > 0) == fuse
+    for shift in (0, 8, 24):
+        x, y = _shifted(x0 * (1 + shift / 100), shift), _shifted(y0, 40 - shift)
+        keep = x.copy(), y.copy()
+        v0, g0 = ad.value_and_grad(f, argnums=(0, 1, 2))(x, y, w0)
+        v1, g1 = tf.value_and_grad(x, y, w0)
+        _same_bits(v1, v0)
+        for a, b in zip(g1, g0):
+            _same_bits(a, b)
+        _same_bits(x, keep[0])   # read in place, never written
+        _same_bits(y, keep[1])
+
+
+def test_buffers_in_place_fall_back_to_copies_when_the_caller_overlaps_them():
+    from pyautodiff._capi import ffi, lib
+    n = 10_000
+    xv, yv = np.linspace(-1, 1, n), np.linspace(2, 0, n)
+
+    def f(x, y):
+        return ad.sum(ad.sin(x) * y)
+
+    tf = ad.record(f, xv, yv, argnums=(0, 1))
+    plan = next(iter(tf._plans.values())).plan
+    _, (gx0, gy0) = ad.value_and_grad(f, argnums=(0, 1))(xv, yv)
+    out = np.empty(())
+
+    def run(inputs, grads):
+        return lib.ad_plan_run(plan, ffi.new("void *[]", [ffi.from_buffer(a) for a in inputs]), ffi.from_buffer(out),
+                               ffi.NULL, ffi.new("void *[]", [ffi.from_buffer(g) for g in grads]))
+
+    # y's gradient written over x: in place, the reverse would write sin(x) there before sin's
+    # step reads x for cos(x), and x's gradient would be wrong
+    x, y, gx = xv.copy(), yv.copy(), np.empty(n)
+    assert run([x, y], [gx, x]) == 0
+    _same_bits(gx, gx0)
+    _same_bits(x, gy0)
+    # the buffers did not change the plan: separate ones give the same bits again
+    gx, gy = np.empty(n), np.empty(n)
+    assert run([xv, yv], [gx, gy]) == 0
+    _same_bits(gx, gx0)
+    _same_bits(gy, gy0)
+    # the inputs were the caller's: a backward alone needs a forward first
+    assert lib.ad_plan_backward(plan, ffi.NULL, ffi.new("void *[]", [ffi.from_buffer(gx), ffi.from_buffer(gy)])) < 0
+    assert b"backward before a forward" in ffi.string(lib.ad_last_error())
+    assert lib.ad_plan_forward(plan, ffi.new("void *[]", [ffi.from_buffer(xv), ffi.from_buffer(yv)]), ffi.NULL) == 0
+    gx, gy = np.empty(n), np.empty(n)
+    assert lib.ad_plan_backward(plan, ffi.NULL, ffi.new("void *[]", [ffi.from_buffer(gx), ffi.from_buffer(gy)])) == 0
+    _same_bits(gx, gx0)
+    _same_bits(gy, gy0)
