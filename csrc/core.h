@@ -195,6 +195,9 @@ int ad_mk_scatter_add(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, co
 int ad_mk_slice(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides,
                 ad_node **out);
 int ad_mk_concatenate(ad_tape *T, int nx, ad_node *const *xs, int64_t axis, int new_axis, ad_node **out);
+/* Is input `which` of concatenation (or stack) n one contiguous block of n's values (nothing
+ * outside the joined axis but ones before it)? Then *offset is the block's first element. */
+int ad_concat_block(const ad_node *n, int which, int64_t *offset);
 int ad_mk_where(ad_tape *T, int cond_ndim, const int64_t *cond_shape, const uint8_t *cond, ad_node *a, ad_node *b,
                 ad_node **out);
 int ad_mk_clip(ad_tape *T, ad_node *x, double lo, double hi, ad_node **out);

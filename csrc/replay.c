@@ -181,6 +181,32 @@ static int plan_fail(ad_plan *p, int st)
     return st;
 }
 
+/* Does node n's reverse step to its input m (slot j) copy n's adjoint unchanged into m's first
+ * one (add, subtract's first operand, add_scalar: AD_VJP_PASS0/1)? Then m can take over n's
+ * adjoint buffer, as eager's sweep hands it over, and the step goes: one pass less per such op,
+ * same bits (a copy is exact). Not when m is n's operand twice (x + x: the second step would add
+ * the buffer into itself), nor for the root (its cotangent is the caller's seed: the caller
+ * checks), one-element nodes (the scalar program's) or values of fuse_from elements and more
+ * (fused regions run the plan's steps as they are; the nodes involved are marked transient for
+ * ad_plan_fuse too). */
+static int hands_over(const ad_node *n, int j, const ad_node *m, int64_t fuse_from)
+{
+    int flags = ad_ops[n->op].flags;
+    if (j > 1 || !(flags & (j ? AD_VJP_PASS1 : AD_VJP_PASS0))) return 0;
+    if (m->size != n->size || m->dtype != n->dtype || n->size <= 1 || n->size >= fuse_from) return 0;
+    for (int k = 0; k < n->nin; k++)
+        if (k != j && n->in[k] == n->in[j]) return 0;
+    return 1;
+}
+
+/* The same for a concatenation's step to the one input that needs a gradient, when that input
+ * is one block of it (*at: the block's first element): the step copies the block, so the input's
+ * adjoint can be the block itself ([1, y[:-1]] in an ODE's right-hand side). */
+static int views_block(const ad_node *n, int j, const ad_node *m, int64_t fuse_from, int64_t *at)
+{
+    return m->size > 1 && m->dtype == n->dtype && n->size < fuse_from && ad_concat_block(n, j, at);
+}
+
 static int is_stop(ad_node *n, int64_t lo) { return n->nin == 0 || n->pos < lo; }
 
 /* The family whose forward (ad_fwd_*) recomputes an op, 0 for none (custom functions: their
@@ -590,11 +616,13 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
      * nodes that depend on an input (an input's own adjoint has a buffer of its own, copied out
      * to the caller's gradient at the end) */
     uint8_t *dep = calloc(cnt, 1), *has = calloc(cnt, 1);
+    /* an adjoint's buffer (offset, bytes), which a handed-over adjoint may be a block of */
+    size_t *home = malloc(cnt * sizeof *home), *home_bytes = malloc(cnt * sizeof *home_bytes);
     int64_t cap_steps = 0;
     for (int64_t i = 0; i < nn; i++) if (p->role[i] == R_OP) cap_steps += list[i].n->nin;
     p->steps = malloc((size_t)(cap_steps ? cap_steps : 1) * sizeof *p->steps);
-    if (!dep || !has || !p->steps) {
-        free(dep); free(has); free(val_off); free(aux_off);
+    if (!dep || !has || !p->steps || !home || !home_bytes) {
+        free(dep); free(has); free(val_off); free(aux_off); free(home); free(home_bytes);
         st = ad_err(AD_ERR_MEMORY, "record: out of memory");
         goto fail;
     }
@@ -610,20 +638,39 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     for (int64_t i = nn - 1; i >= 0 && !st; i--) {
         ad_node *n = list[i].n;
         if (!has[i] || p->role[i] != R_OP) continue;
+        int handed = 0, deps = 0;
+        for (int j = 0; j < n->nin; j++) deps += dep[index_of(byptr, nn, n->in[j])];
         for (int j = 0; j < n->nin; j++) {
             int64_t m = index_of(byptr, nn, n->in[j]);
             if (!dep[m]) continue;
+            int64_t at = 0;
+            if (!has[m] && p->role[m] == R_OP && !handed && i != p->root &&
+                (hands_over(n, j, list[m].n, fuse_from) || (deps == 1 && views_block(n, j, list[m].n, fuse_from, &at)))) {
+                /* the step would copy i's adjoint (or a block of it) into m's fresh one: m takes
+                 * the buffer (the block of it) instead, and gives the buffer back when done */
+                p->adj[m] = p->adj[i] + at * (int64_t)ad_itemsize(n->dtype);
+                home[m] = home[i];
+                home_bytes[m] = home_bytes[i];
+                p->transient[m] = p->transient[i] = 1;
+                handed = has[m] = 1;
+                continue;
+            }
             rstep *s = &p->steps[p->nsteps++];
             s->node = i;
             s->input = m;
             s->which = j;
             s->acc = has[m];
-            if (!has[m] && p->role[m] == R_OP)
-                p->adj[m] = (int64_t)take_freed(&fl, &top, value_bytes(list[m].n), list[m].n->size <= 1);
+            if (!has[m] && p->role[m] == R_OP) {
+                home_bytes[m] = value_bytes(list[m].n);
+                home[m] = take_freed(&fl, &top, home_bytes[m], list[m].n->size <= 1);
+                p->adj[m] = (int64_t)home[m];
+            }
             has[m] = 1;
         }
-        if (i != p->root && p->adj[i] >= 0) st = give_back(&fl, value_bytes(n), (size_t)p->adj[i]);
+        if (i != p->root && p->adj[i] >= 0 && !handed) st = give_back(&fl, home_bytes[i], home[i]);
     }
+    free(home);
+    free(home_bytes);
     for (int i = 0; i < n_inputs; i++) p->input_hit[i] = has[p->input_idx[i]] && p->input_idx[i] != p->root;
     free(dep);
     free(has);

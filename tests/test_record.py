@@ -602,3 +602,52 @@ def test_buffers_in_place_fall_back_to_copies_when_the_caller_overlaps_them():
     assert lib.ad_plan_backward(plan, ffi.NULL, ffi.new("void *[]", [ffi.from_buffer(gx), ffi.from_buffer(gy)])) == 0
     _same_bits(gx, gx0)
     _same_bits(gy, gy0)
+
+
+# ---- adjoints handed over instead of copied (csrc/replay.c, hands_over and views_block) ----
+
+def _rhs_mix(x, y):
+    """Steps that copy an adjoint unchanged (the sum's, subtract's first operand, + scalar) or a
+    block of it (a concatenation or stack along its first axis with one input needing a
+    gradient), beside ones that must not hand anything over: x + x, a concatenation along the
+    last axis, one whose two inputs both need gradients."""
+    one = ad.tensor(np.ones(1, dtype=x.dtype))
+    z = x
+    for _ in range(3):
+        k = x * ad.concatenate([one, z[:-1]])                 # the ODE's right-hand side
+        z = z + 0.5 * k - (k + 1.0)
+        z = z + z
+    m = ad.reshape(z, (5, -1))
+    m = ad.concatenate([m, m * 2.0], axis=1) - ad.stack([y, y * 0.5, y, y, y])[:, :1]
+    w = ad.concatenate([z, y])
+    s = ad.stack([z, ad.tensor(np.zeros(z.shape, z.dtype))])
+    return ad.sum(m * m) + ad.sum(ad.tanh(w)) + ad.sum(s[0] * s[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adjoints_handed_over_or_viewed_give_eager_bits(dtype):
+    rng = _rng("handover", str(dtype))
+    xs = (rng.uniform(0, 1, 300).astype(dtype), rng.standard_normal(300).astype(dtype))
+    tf = ad.record(_rhs_mix, *xs, argnums=(0, 1))
+    for inputs in (xs, _perturbed(xs, rng)):
+        v0, g0 = ad.value_and_grad(_rhs_mix, argnums=(0, 1))(*inputs)
+        v1, g1 = tf.value_and_grad(*inputs)
+        _same_bits(v1, v0)
+        for a, b in zip(g1, g0):
+            _same_bits(a, b)
+
+
+def test_the_ode_workload_replays_bit_identically():
+    from benchmarks.workloads import ode
+    x = np.random.default_rng(3).random(24)   # y(2)[-1] reaches x[i] after 24 - i stages: 7 steps have 28
+    one = ad.tensor(np.ones(1))
+
+    def loss(x):
+        return ode.solve(ad, x, one, 7)[-1]
+
+    tf = ad.record(loss, x)
+    for v in (x, x[::-1].copy()):
+        _same_bits(tf.grad(v), ad.grad(loss)(v))
+    _, expected = ode.numpy_gradient(x, 7)
+    assert np.all(expected != 0)
+    np.testing.assert_allclose(tf.grad(x).numpy(), expected, rtol=1e-12, atol=0)

@@ -339,6 +339,18 @@ static int64_t extent(const ad_node *n, const ad_node *x, int axis)
     return n->op == AD_OP_STACK ? 1 : x->shape[axis];
 }
 
+int ad_concat_block(const ad_node *n, int which, int64_t *offset)
+{
+    if ((n->op != AD_OP_CONCATENATE && n->op != AD_OP_STACK) || which < 0 || which >= n->nin) return 0;
+    int ax = axis_of(n);
+    int64_t outer, inner, at = 0;
+    axis_split(n, ax, &outer, &inner);
+    if (outer != 1) return 0;
+    for (int k = 0; k < which; k++) at += extent(n, n->in[k], ax);
+    *offset = at * inner;
+    return 1;
+}
+
 /* n's values from its inputs', along the axis in n->axes (shared with the replay). */
 static void concat_values(ad_node *n, int nx, ad_node *const *ins)
 {
