@@ -29,6 +29,7 @@ typedef struct {
     int64_t in[NLEAF];         /* the sweep's cotangent or tangents, made before the fault is armed */
     ad_plan *plan;             /* a recorded plan of the root (NULL: none), freed with the graph */
     ad_train_param_t tp[2];    /* the training step's parameters w and b, their state leaves in extra */
+    int64_t fuse_from;         /* the plan's (0: AD_PLAN_FUSE_MIN, whose small values share buffers) */
     double res[MAXOUT][MAXVAL]; /* what a plan writes: the root's values, then its inputs' gradients */
 } graph;
 
@@ -189,13 +190,15 @@ static void fusable(graph *g)
     int64_t t = keep(g, ad_unary(AD_OP_TANH, keep(g, ad_binary(AD_OP_ADD, e, x)), 0, 0));
     g->root = ad_binary(AD_OP_ADD, keep(g, ad_reduce(AD_OP_SUM, t, -1, NULL, 0)), old);
     CHECK(g->root > 0);
+    g->fuse_from = 1;   /* fuse() fuses from one element: the plan keeps every value for it */
 }
 
 /* the plan of the root from x, w, b (all differentiated) */
 static int build_plan(graph *g)
 {
     const int64_t in[NLEAF] = {g->leaf[0], g->leaf[1], g->leaf[2]};
-    return ad_plan_build(g->root, NLEAF, in, 0, NULL, NULL, &g->plan);
+    return ad_plan_build_data(g->root, NLEAF, in, NLEAF, 0, NULL, NULL, g->fuse_from ? g->fuse_from : AD_PLAN_FUSE_MIN,
+                              &g->plan);
 }
 
 static int fuse(graph *g)
@@ -240,7 +243,8 @@ static const ad_optim_t groups[2] = {
 static void trainable(graph *g)
 {
     const int64_t in[NLEAF] = {g->leaf[1], g->leaf[2], g->leaf[0]};
-    CHECK(ad_plan_build_data(g->root, NLEAF, in, 2, 0, NULL, NULL, AD_PLAN_FUSE_MIN, &g->plan) == AD_OK);
+    CHECK(ad_plan_build_data(g->root, NLEAF, in, 2, 0, NULL, NULL, g->fuse_from ? g->fuse_from : AD_PLAN_FUSE_MIN,
+                             &g->plan) == AD_OK);
     const double sv[3][3] = {{0.05, -0.1, 0.2}, {0.01, 0.02, 0.03}, {0.02, 0.03, 0.04}};
     for (int i = 0; i < 2; i++) {
         ad_train_param_t *q = &g->tp[i];
