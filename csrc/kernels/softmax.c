@@ -268,6 +268,46 @@ static void fast_forward(int op, const ad_node *x, ad_node *n, const ad_blocks *
     run_blocks(b, fwd_blocks, &j);
 }
 
+/* sum(SAFE(g, g * y)) over n contiguous values, in double: sixteen partial sums in four vectors,
+ * so four add chains (AD_SUM's eight partial sums over a buffer of the products were bound by the
+ * add latency, half of softmax's VJP), in GCC's vector extensions, which fix the order for every
+ * clone (the same loop over scalar partial sums lost lanes 4-7 in GCC 12's AVX2 clone). */
+typedef double sm_v4d __attribute__((vector_size(32)));
+typedef int64_t sm_v4l __attribute__((vector_size(32)));
+typedef float sm_v4f __attribute__((vector_size(16)));
+typedef int32_t sm_v4i __attribute__((vector_size(16)));
+
+/* a += SAFE(g, g * y) at four values: g * y in TT (what SAFE rounds the double product to), +0
+ * where g is 0 (through a pointer: a vector passed or returned by value changes the non-AVX ABI) */
+static inline void safe_acc4_f(sm_v4d *a, const float *G, const float *Y)
+{
+    sm_v4f g, y;
+    memcpy(&g, G, sizeof g);
+    memcpy(&y, Y, sizeof y);
+    *a += __builtin_convertvector((sm_v4f)((sm_v4i)(g * y) & (g != 0)), sm_v4d);
+}
+static inline void safe_acc4_d(sm_v4d *a, const double *G, const double *Y)
+{
+    sm_v4d g, y;
+    memcpy(&g, G, sizeof g);
+    memcpy(&y, Y, sizeof y);
+    *a += (sm_v4d)((sm_v4l)(g * y) & (g != 0));
+}
+#define SAFE_DOT(TT, SUF)                                                                \
+    static inline double safe_dot_##SUF(const TT *G, const TT *Y, int64_t n)             \
+    {                                                                                    \
+        sm_v4d a[4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}};         \
+        int64_t i = 0;                                                                   \
+        for (; i + 16 <= n; i += 16)                                                     \
+            for (int k = 0; k < 4; k++) safe_acc4_##SUF(&a[k], G + i + 4 * k, Y + i + 4 * k); \
+        double t = 0;                                                                    \
+        for (; i < n; i++) t += SAFE(G[i], (double)G[i] * Y[i]);                         \
+        a[0] = (a[0] + a[1]) + (a[2] + a[3]);                                            \
+        return ((a[0][0] + a[0][1]) + (a[0][2] + a[0][3])) + t;                          \
+    }
+SAFE_DOT(double, d)
+SAFE_DOT(float, f)
+
 /* The elementwise pass of the VJPs below on one slice of len elements (a block with inner == 1),
  * r its reduction (red, or logsumexp's lse): one fused loop, each element as the row layout
  * computes it, with no per-slice buffers to fill. */
@@ -314,15 +354,9 @@ SLICE_VJP(float, f)
             for (int64_t j = 0; j < inner; j++) red[j] = log(red[j]) + m[j];             \
         } else if (inner == 1) {                                                         \
             red[0] = 0;                                                                  \
-            for (int64_t c = 0; c < len; c += CHUNK) {                                   \
-                int64_t w = len - c < CHUNK ? len - c : CHUNK;                           \
-                if (op == AD_OP_SOFTMAX) {                                               \
-                    for (int64_t i = 0; i < w; i++) e[i] = SAFE(G[c + i], (double)G[c + i] * Y[c + i]); \
-                    red[0] += AD_SUM(double, e, w, 1);                                   \
-                } else {                                                                 \
-                    red[0] += AD_SUM(TT, G + c, w, 1);                                   \
-                }                                                                        \
-            }                                                                            \
+            if (op == AD_OP_SOFTMAX) red[0] = safe_dot_##SUF(G, Y, len);                 \
+            else for (int64_t c = 0; c < len; c += CHUNK)                                \
+                red[0] += AD_SUM(TT, G + c, len - c < CHUNK ? len - c : CHUNK, 1);       \
         } else {                                                                         \
             for (int64_t j = 0; j < inner; j++) red[j] = 0;                              \
             for (int64_t r = 0; r < len; r++) {                                          \
