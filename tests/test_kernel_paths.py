@@ -81,6 +81,47 @@ def test_softmax_family_zero_cotangent_contributes_zero(op):
     np.testing.assert_array_equal(t.grad.numpy(), np.zeros_like(x))
 
 
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "softmax-acc"])
+def test_softmax_family_one_hot_cotangent_in_every_lane(op, dtype):
+    # a cotangent nonzero in one element only, at every position of two vectors of 8 and a tail:
+    # the reduction sum(g * y) (or sum(g)) must pick it up whichever vector lane holds it (an
+    # eight-partial-sum loop that dropped lanes 4-7 in GCC 12's AVX2 clone passed random g)
+    acc = op.endswith("-acc")
+    op = op.removesuffix("-acc")
+    x = _data(20, seed=27).astype(dtype)
+    expected = REFERENCE[op].forward(x, axis=0)
+    for k in range(20):
+        g = np.zeros(20, dtype)
+        g[k] = 1.5
+        t = ad.tensor(x, requires_grad=True)
+        out = getattr(ad, op)(t, axis=0)
+        out.backward(g)
+        if acc:
+            (t * 2.0).sum().backward()
+        (gx,) = REFERENCE[op].vjp(g, expected, x, axis=0)
+        np.testing.assert_allclose(t.grad.numpy(), gx + (2.0 if acc else 0.0), *GRAD_TOL[dtype],
+                                   err_msg=f"{op}, cotangent at {k}")
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_softmax_family_float32_shift_past_the_float_range(op):
+    # x - max = -6e38 is past float32's range: its exponential is 0 (as the reference's), not
+    # 0 * inf = NaN from a correction term computed from the overflowed difference
+    x = np.array([[-3e38, 3e38, 1.0], [2.0, -3e38, 3e38]], np.float32)
+    t = ad.tensor(x, requires_grad=True)
+    out = getattr(ad, op)(t, axis=1)
+    with np.errstate(over="ignore"):
+        expected = REFERENCE[op].forward(x, axis=1)
+    assert not np.isnan(out.numpy()).any()
+    np.testing.assert_array_equal(out.numpy(), expected)
+    g = np.full(out.shape, 0.5, np.float32)
+    out.backward(g)
+    with np.errstate(over="ignore", invalid="ignore"):
+        (gx,) = REFERENCE[op].vjp(g, expected, x, axis=1)
+    np.testing.assert_allclose(t.grad.numpy(), gx, *GRAD_TOL[np.float32])
+
 # --- indexing: basic indices are strided views (slice), leading integer arrays / masks with whole
 # trailing axes gather rows (blocks), everything else gathers single elements ---------------------
 
@@ -368,16 +409,16 @@ def test_tiled_transposes_match_numpy(shape, axes, dtype):
     np.testing.assert_array_equal(t.grad.numpy(), np.transpose(g, np.argsort(axes)))
 
 
-# --- float32 softmax family: float exponentials (softmax.c's exp_shift_f), within a few ulps of the
+# --- float32 softmax family: float exponentials (softmax.c's exp_shift_ff), within a few ulps of the
 # same formulas evaluated in float64 ----------------------------------------------------------------
 # Bounds (the worst measured over these cases in brackets, then the old all-double kernels'): each
 # exponential is libmvec's expf of hi, corrected by hi * lo (glibc documents expf's vector versions
 # to 4 ulps), and the sums run in double. softmax's values are within 6 ulps of the float64 result
-# [3.8; 1.4], logsumexp's within 2 [0.5; 0.5]. log_softmax's value (x - m) - log(s) and the
-# gradients cancel, so their errors are in ulps of the terms' magnitude: |x - m| + |log s| for
-# log_softmax [4.0; 4.0], p * (|g| + sum|g p|) for softmax's VJP [3.8; 2.0], |g| + p |sum g| (1 +
-# |y|) for log_softmax's [1.8; 0.8], |g p| for logsumexp's [4.2; 0.5]; plus 2^-40 absolute, the
-# double rounding of s ~ 1 + tiny that float64 evaluations share.
+# [4.1, a float reciprocal since; 1.4], logsumexp's within 2 [0.5; 0.5]. log_softmax's value
+# (x - m) - log(s) and the gradients cancel, so their errors are in ulps of the terms' magnitude:
+# |x - m| + |log s| for log_softmax [4.0; 4.0], p * (|g| + sum|g p|) for softmax's VJP [3.8; 2.0],
+# |g| + p |sum g| (1 + |y|) for log_softmax's [1.8; 0.8], |g p| for logsumexp's [4.2; 0.5]; plus
+# 2^-40 absolute, the double rounding of s ~ 1 + tiny that float64 evaluations share.
 F32_ULPS = {"softmax": (6, 6), "log_softmax": (6, 4), "logsumexp": (2, 6)}
 
 

@@ -4,8 +4,8 @@
  * largest term is exactly 1 (no log(0) for inputs like -1000). A slice whose max is not finite
  * (all -inf, +inf, NaN, or empty) is not shifted, since inf - inf would invent a NaN: its
  * logsumexp is then -inf, +inf or NaN, as in SciPy. Sums and logs run in double for both dtypes.
- * On the contiguous fast path float32 takes its exponentials in float (exp_shift_f), through
- * libmvec's 8-wide expf: the double exps made float32 softmax 2.9x PyTorch's time.
+ * On the contiguous fast path float32 takes its exponentials in float (exp_shift_ff, exp_shift_f),
+ * through libmvec's 8-wide expf: the double exps made float32 softmax 2.9x PyTorch's time.
  *
  * VJPs (out = the op's output):  logsumexp  dx = g * softmax(x)
  *                                softmax    dx = out * (g - sum(g * out))
@@ -91,21 +91,41 @@ static int64_t slice_count(const ad_node *n, const ad_node *x, uint64_t mask, in
 /* fast_fwd's op for "the shift and the sum only" (logsumexp's VJP) */
 #define SHIFT_ONLY (-1)
 
-/* exp(x - m) for a float32 x and a double shift m (a slice's max, or logsumexp's output in its
- * VJP), in float: t = x - m is formed in double and split into float hi + lo, so exp(t) =
- * expf(hi) * (1 + lo) to within expf's own error plus a rounding, a few ulps whatever |t|
- * (expf(x - m) in float would carry the rounding of x - m, |t| / 2 ulps). lo is NaN only where t
- * is +-inf or NaN, where expf(hi) is already exact (0, inf) or NaN. Static inline, so the vector
- * loops that call it inline it and call libmvec's expf. */
+/* exp(hi + lo) for float hi and a correction lo of at most half an ulp of hi: expf(hi) * (1 + lo),
+ * to within expf's own error plus a rounding. lo is not finite only where hi overflowed to +-inf
+ * (the shift of a huge x by a huge m of the other sign), where expf(hi) is already exact (0, inf)
+ * or NaN: e * lo would make 0 * inf = NaN of a 0. */
+static inline float exp_hi_lo(float hi, float lo)
+{
+    float e = expf(hi);
+    return lo - lo == 0 ? e + e * lo : e;
+}
+
+/* exp(x - m) for a float32 x and a double shift m (logsumexp's output, in its VJP), in float:
+ * t = x - m is formed in double and split into float hi + lo, so the result is within a few ulps
+ * whatever |t| (expf(x - m) in float would carry the rounding of x - m, |t| / 2 ulps). Static
+ * inline, so the vector loops that call it inline it and call libmvec's expf. */
 static inline float exp_shift_f(float x, double m)
 {
     double t = (double)x - m;
-    float hi = (float)t, lo = (float)(t - hi);
-    float e = expf(hi);
-    return lo == lo ? e + e * lo : e;
+    float hi = (float)t;
+    return exp_hi_lo(hi, (float)(t - hi));
+}
+
+/* The same for a float shift m (a slice's max, or 0): x - m = hi + lo exactly by Knuth's TwoSum,
+ * in float, so 8 lanes a vector and no conversions to double (those made float32 softmax's
+ * forward 1.5x PyTorch's). hi and lo are those of exp_shift_f wherever x - m is exact in double
+ * (exponents of x and m less than 29 apart); elsewhere lo differs by far below an ulp of hi. */
+static inline float exp_shift_ff(float x, float m)
+{
+    float hi = x - m, v = hi - x;
+    return exp_hi_lo(hi, (x - (hi - v)) - (m + v));
 }
 #define EXP_SHIFT_d(x, m) exp((double)(x) - (m))
 #define EXP_SHIFT_f(x, m) exp_shift_f((x), (m))
+/* the same, m a slice's shift: a float32 value (a max of float32 values, or 0) */
+#define EXP_MSHIFT_d(x, m) exp((double)(x) - (m))
+#define EXP_MSHIFT_f(x, m) exp_shift_ff((x), (float)(m))
 #define EXP_d exp
 #define EXP_f expf
 
@@ -140,10 +160,11 @@ static inline float exp_shift_f(float x, double m)
             MAX_RUN(TT, X, len, mm);                                                     \
             for (int64_t c = 0; c < len; c += CHUNK) {                                   \
                 int64_t w = len - c < CHUNK ? len - c : CHUNK;                           \
+                /* softmax's exps go straight to its output, normalised below */         \
+                ET *E = op == AD_OP_SOFTMAX ? Y0 + c : e;                                \
                 AD_VEC_LOOP                                                              \
-                for (int64_t i = 0; i < w; i++) e[i] = EXP_SHIFT_##SUF(X[c + i], mm);   \
-                ss += AD_SUM(ET, e, w, 1);                                               \
-                if (op == AD_OP_SOFTMAX) for (int64_t i = 0; i < w; i++) Y0[c + i] = (TT)e[i]; \
+                for (int64_t i = 0; i < w; i++) E[i] = EXP_MSHIFT_##SUF(X[c + i], mm);   \
+                ss += AD_SUM(ET, E, w, 1);                                               \
             }                                                                            \
             m[0] = mm; s[0] = ss;                                                        \
         } else {                                                                         \
@@ -154,7 +175,7 @@ static inline float exp_shift_f(float x, double m)
                 for (int64_t c = 0; c < inner; c += CHUNK) {                             \
                     int64_t w = inner - c < CHUNK ? inner - c : CHUNK;                   \
                     AD_VEC_LOOP                                                          \
-                    for (int64_t i = 0; i < w; i++) e[i] = EXP_SHIFT_##SUF(R[c + i], m[c + i]); \
+                    for (int64_t i = 0; i < w; i++) e[i] = EXP_MSHIFT_##SUF(R[c + i], m[c + i]); \
                     for (int64_t i = 0; i < w; i++) s[c + i] += e[i];                    \
                     if (op == AD_OP_SOFTMAX)                                             \
                         for (int64_t i = 0; i < w; i++) Y0[r * inner + c + i] = (TT)e[i]; \
@@ -168,16 +189,20 @@ static inline float exp_shift_f(float x, double m)
              * float, and a double divide per element was a third of the forward's time) */ \
             for (int64_t j = 0; j < inner; j++) s[j] = 1 / s[j];                         \
             if (inner == 1) {   /* one flat loop: the (len, 1) nest below stays scalar */ \
-                const double r1 = s[0];                                                  \
-                for (int64_t i = 0; i < len; i++) Y0[i] = (TT)((double)Y0[i] * r1);     \
+                /* in float, the reciprocal rounded once more (half an ulp): the conversions \
+                 * to double and back bound the loop, a sixth of the forward's time */   \
+                const TT r1 = (TT)s[0];                                                  \
+                for (int64_t i = 0; i < len; i++) Y0[i] = Y0[i] * r1;                    \
             } else {                                                                     \
                 for (int64_t r = 0; r < len; r++)                                        \
                     for (int64_t j = 0; j < inner; j++)                                  \
                         Y0[r * inner + j] = (TT)((double)Y0[r * inner + j] * s[j]);      \
             }                                                                            \
         } else if (op == AD_OP_SOFTMAX && inner == 1) {                                  \
-            const double s1 = s[0];                                                      \
-            for (int64_t i = 0; i < len; i++) Y0[i] = (TT)((double)Y0[i] / s1);         \
+            /* float64: times the reciprocal too (an ulp at most, under libmvec exp's own 4; \
+             * the divide per element was a sixth of the forward's time) */              \
+            const double r1 = 1 / s[0];                                                  \
+            for (int64_t i = 0; i < len; i++) Y0[i] = (TT)((double)Y0[i] * r1);         \
         } else if (op == AD_OP_SOFTMAX) {                                                \
             for (int64_t r = 0; r < len; r++)                                            \
                 for (int64_t j = 0; j < inner; j++)                                      \
@@ -245,33 +270,95 @@ static void fast_forward(int op, const ad_node *x, ad_node *n, const ad_blocks *
     run_blocks(b, fwd_blocks, &j);
 }
 
+/* sum(SAFE(g, g * y)) over n contiguous values, in double: sixteen partial sums in four vectors,
+ * so four add chains (AD_SUM's eight partial sums over a buffer of the products were bound by the
+ * add latency, half of softmax's VJP), in GCC's vector extensions, which fix the order for every
+ * clone (the same loop over scalar partial sums lost lanes 4-7 in GCC 12's AVX2 clone). */
+typedef double sm_v4d __attribute__((vector_size(32)));
+typedef int64_t sm_v4l __attribute__((vector_size(32)));
+typedef float sm_v4f __attribute__((vector_size(16)));
+typedef int32_t sm_v4i __attribute__((vector_size(16)));
+
+/* a += SAFE(g, g * y) at four values: g * y in TT (what SAFE rounds the double product to), +0
+ * where g is 0 (through a pointer: a vector passed or returned by value changes the non-AVX ABI) */
+static inline void safe_acc4_f(sm_v4d *a, const float *G, const float *Y)
+{
+    sm_v4f g, y;
+    memcpy(&g, G, sizeof g);
+    memcpy(&y, Y, sizeof y);
+    *a += __builtin_convertvector((sm_v4f)((sm_v4i)(g * y) & (g != 0)), sm_v4d);
+}
+static inline void safe_acc4_d(sm_v4d *a, const double *G, const double *Y)
+{
+    sm_v4d g, y;
+    memcpy(&g, G, sizeof g);
+    memcpy(&y, Y, sizeof y);
+    *a += (sm_v4d)((sm_v4l)(g * y) & (g != 0));
+}
+#define SAFE_DOT(TT, SUF)                                                                \
+    static inline double safe_dot_##SUF(const TT *G, const TT *Y, int64_t n)             \
+    {                                                                                    \
+        sm_v4d a[4] = {{0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}};         \
+        int64_t i = 0;                                                                   \
+        for (; i + 16 <= n; i += 16)                                                     \
+            for (int k = 0; k < 4; k++) safe_acc4_##SUF(&a[k], G + i + 4 * k, Y + i + 4 * k); \
+        double t = 0;                                                                    \
+        for (; i < n; i++) t += SAFE(G[i], (double)G[i] * Y[i]);                         \
+        a[0] = (a[0] + a[1]) + (a[2] + a[3]);                                            \
+        return ((a[0][0] + a[0][1]) + (a[0][2] + a[0][3])) + t;                          \
+    }
+SAFE_DOT(double, d)
+SAFE_DOT(float, f)
+
+/* The elementwise pass of the VJPs below on one slice of len elements (a block with inner == 1),
+ * r its reduction (red, or logsumexp's lse): one fused loop, each element as the row layout
+ * computes it, with no per-slice buffers to fill. */
+#define SLICE_STORE(TT, VEC, EXPR) do {                                                  \
+        if (acc) { VEC for (int64_t i = 0; i < len; i++) D[i] += (TT)(EXPR); }           \
+        else { VEC for (int64_t i = 0; i < len; i++) D[i] = (TT)(EXPR); }                \
+    } while (0)
+#define SLICE_VJP(TT, SUF)                                                               \
+    AD_VEC_FN static void slice_vjp_##SUF(int op, const TT *X, const TT *Y, const TT *G, TT *D, int acc, \
+                                          int64_t len, double r)                         \
+    {                                                                                    \
+        if (op == AD_OP_LOGSUMEXP) {                                                     \
+            const TT g0 = G[0];                                                          \
+            SLICE_STORE(TT, AD_VEC_LOOP, SAFE(g0, g0 * (double)EXP_SHIFT_##SUF(X[i], r)));   \
+        } else if (op == AD_OP_SOFTMAX) {                                                \
+            /* SAFE(d, y * d), d = g - r: d is 0 only where r is a TT value and g equals it, \
+             * tested in TT (the double test's masks cost a third of the loop) */        \
+            const TT rt = (TT)r;                                                         \
+            if ((double)rt != r) SLICE_STORE(TT, , Y[i] * ((double)G[i] - r));           \
+            else SLICE_STORE(TT, , G[i] == rt ? 0 : Y[i] * ((double)G[i] - r));          \
+        } else if (r == 0) {                                                             \
+            SLICE_STORE(TT, , G[i]);                                                     \
+        } else {                                                                         \
+            SLICE_STORE(TT, AD_VEC_LOOP, G[i] - (double)EXP_##SUF(Y[i]) * r);            \
+        }                                                                                \
+    }
+SLICE_VJP(double, d)
+SLICE_VJP(float, f)
+
 /* VJPs on one block, D (+)= the contribution (STORE's accumulate rule):
  *   logsumexp   SAFE(g, g * exp(x - lse)), lse = log(s) + m recomputed in double from x (as the
  *               general path does; see LSE_VJP), g one value per slice
  *   softmax     SAFE(d, y * d), d = g - red, red = sum(SAFE(g, g * y))
  *   log_softmax red == 0 ? g : g - exp(y) * red, red = sum(g)
- * The elementwise pass sees inner == 1 as one run of len elements sharing slice 0's values (held
- * in a chunk-wide buffer, so the loop reads them like the per-slice arrays of the row layout). */
+ * The elementwise pass of a block with inner == 1 (one slice) is slice_vjp's fused loop. */
 #define FAST_VJP(TT, SUF, ET)                                                            \
     AD_VEC_FN static void fast_vjp_##SUF(int op, const TT *X, const TT *Y, const TT *G, TT *D, int acc, \
                                          int64_t len, int64_t inner, double *m, double *red) \
     {                                                                                    \
-        double e[CHUNK], rb[CHUNK];                                                      \
+        double e[CHUNK];                                                                 \
         ET ex[CHUNK];                                                                    \
-        TT gb[CHUNK];                                                                    \
         if (op == AD_OP_LOGSUMEXP) {                                                     \
             fast_fwd_##SUF(SHIFT_ONLY, X, NULL, len, inner, m, red);                     \
             for (int64_t j = 0; j < inner; j++) red[j] = log(red[j]) + m[j];             \
         } else if (inner == 1) {                                                         \
             red[0] = 0;                                                                  \
-            for (int64_t c = 0; c < len; c += CHUNK) {                                   \
-                int64_t w = len - c < CHUNK ? len - c : CHUNK;                           \
-                if (op == AD_OP_SOFTMAX)                                                 \
-                    for (int64_t i = 0; i < w; i++) e[i] = SAFE(G[c + i], (double)G[c + i] * Y[c + i]); \
-                else                                                                     \
-                    for (int64_t i = 0; i < w; i++) e[i] = G[c + i];                     \
-                red[0] += AD_SUM(double, e, w, 1);                                       \
-            }                                                                            \
+            if (op == AD_OP_SOFTMAX) red[0] = safe_dot_##SUF(G, Y, len);                 \
+            else for (int64_t c = 0; c < len; c += CHUNK)                                \
+                red[0] += AD_SUM(TT, G + c, len - c < CHUNK ? len - c : CHUNK, 1);       \
         } else {                                                                         \
             for (int64_t j = 0; j < inner; j++) red[j] = 0;                              \
             for (int64_t r = 0; r < len; r++) {                                          \
@@ -282,17 +369,18 @@ static void fast_forward(int op, const ad_node *x, ad_node *n, const ad_blocks *
                     for (int64_t j = 0; j < inner; j++) red[j] += GR[j];                 \
             }                                                                            \
         }                                                                                \
-        int64_t rows = inner == 1 ? 1 : len, width = inner == 1 ? len : inner;           \
-        if (inner == 1)                                                                  \
-            for (int i = 0; i < CHUNK; i++) { rb[i] = red[0]; gb[i] = op == AD_OP_LOGSUMEXP ? G[0] : 0; } \
-        for (int64_t r = 0; r < rows; r++) {                                             \
-            const TT *XR = X + r * width, *YR = Y + r * width, *GR = G + r * width;     \
-            TT *DR = D + r * width;                                                      \
-            for (int64_t c = 0; c < width; c += CHUNK) {                                 \
-                int64_t w = width - c < CHUNK ? width - c : CHUNK;                       \
-                const double *RD = inner == 1 ? rb : red + c;                            \
+        if (inner == 1) {                                                                \
+            slice_vjp_##SUF(op, X, Y, G, D, acc, len, red[0]);                           \
+            return;                                                                      \
+        }                                                                                \
+        for (int64_t r = 0; r < len; r++) {                                              \
+            const TT *XR = X + r * inner, *YR = Y + r * inner, *GR = G + r * inner;      \
+            TT *DR = D + r * inner;                                                      \
+            for (int64_t c = 0; c < inner; c += CHUNK) {                                 \
+                int64_t w = inner - c < CHUNK ? inner - c : CHUNK;                       \
+                const double *RD = red + c;                                              \
                 if (op == AD_OP_LOGSUMEXP) {                                             \
-                    const TT *GS = inner == 1 ? gb : G + c;                              \
+                    const TT *GS = G + c;                                                \
                     AD_VEC_LOOP                                                          \
                     for (int64_t i = 0; i < w; i++) ex[i] = EXP_SHIFT_##SUF(XR[c + i], RD[i]); \
                     for (int64_t i = 0; i < w; i++) e[i] = SAFE(GS[i], GS[i] * (double)ex[i]); \
