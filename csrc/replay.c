@@ -207,6 +207,20 @@ static int views_block(const ad_node *n, int j, const ad_node *m, int64_t fuse_f
     return m->size > 1 && m->dtype == n->dtype && n->size < fuse_from && ad_concat_block(n, j, at);
 }
 
+/* Are n's values one contiguous block of its operand's, in order (*at: the first element)? */
+static int is_view(const ad_node *n, int64_t *at)
+{
+    if (n->size <= 1 || n->dtype != n->in[0]->dtype) return 0;
+    if (n->op == AD_OP_RESHAPE) { *at = 0; return 1; }
+    if (n->op != AD_OP_SLICE || n->aux_len != n->ndim + 1) return 0;
+    int64_t contig[AD_MAXDIM];
+    ad_contig_strides(n->ndim, n->shape, contig);
+    for (int d = 0; d < n->ndim; d++)
+        if (n->shape[d] > 1 && n->aux[1 + d] != contig[d]) return 0;
+    *at = n->aux[0];
+    return 1;
+}
+
 static int is_stop(ad_node *n, int64_t lo) { return n->nin == 0 || n->pos < lo; }
 
 /* The family whose forward (ad_fwd_*) recomputes an op, 0 for none (custom functions: their
@@ -491,7 +505,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     node_entry *list = NULL, *byptr = NULL;
     free_list fl = {0}, vfl = {0};
     uint8_t *kept = NULL;
-    int64_t *last = NULL;
+    int64_t *last = NULL, *view = NULL;
     int64_t nn = 0;
     if (!p || !starts) { free(starts); free(p); return ad_err(AD_ERR_MEMORY, "record: out of memory"); }
     atomic_flag_clear(&p->busy);
@@ -594,22 +608,37 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     }
     if (p->root >= 0) kept[p->root] = 1;
     for (int i = 0; i < n_watch; i++) kept[index_of(byptr, nn, starts[n_inputs + 1 + i])] = 1;
+    /* views: a reshape, or a slice that is one block of its operand ([1, y[:-1]]'s y[:-1]), of a
+     * value of the plan below fuse_from elements is that value's block, not a copy of it (no
+     * forward step): the operand then lives as long as the view is read, and is kept if it is */
+    view = malloc(2 * cnt * sizeof *view);
     p->transient = calloc(cnt, 1);
-    if (!p->transient) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
+    if (!view || !p->transient) { free(val_off); free(aux_off); st = ad_err(AD_ERR_MEMORY, "record: out of memory"); goto fail; }
+    int64_t *view_at = view + cnt;
+    for (int64_t i = nn - 1; i >= 0; i--) {
+        ad_node *n = list[i].n;
+        view[i] = p->role[i] == R_OP && n->size < fuse_from && n->nin == 1 && is_view(n, &view_at[i])
+                      ? index_of(byptr, nn, n->in[0]) : -1;
+        if (view[i] < 0 || p->role[view[i]] != R_OP) { view[i] = -1; continue; }
+        kept[view[i]] |= kept[i];
+        if (last[i] > last[view[i]]) last[view[i]] = last[i];
+        p->transient[i] = 1;
+    }
     for (int64_t i = 0; i < nn && !st; i++) {
         ad_node *n = list[i].n;
         size_t bytes = value_bytes(n);
-        val_off[i] = kept[i] ? arena_take(&top, bytes, n->size <= 1) : take_freed(&vfl, &top, bytes, 0);
+        if (view[i] >= 0) val_off[i] = val_off[view[i]] + (size_t)view_at[i] * ad_itemsize(n->dtype);
+        else val_off[i] = kept[i] ? arena_take(&top, bytes, n->size <= 1) : take_freed(&vfl, &top, bytes, 0);
         aux_off[i] = p->role[i] == R_OP && n->aux_len > 0 ? arena_take(&top, (size_t)n->aux_len * sizeof(int64_t), 0) : 0;
         if (p->role[i] != R_OP) continue;
         /* operands read here for the last time (once each: x * x names x twice), then i itself
-         * if nothing reads it */
-        for (int j = 0; j <= n->nin && !st; j++) {
-            int64_t m = j < n->nin ? index_of(byptr, nn, n->in[j]) : i;
-            if (kept[m] || last[m] != i || p->transient[m]) continue;
-            p->transient[m] = 1;
-            st = give_back(&vfl, value_bytes(list[m].n), val_off[m]);
-        }
+         * if nothing reads it; a view owns no buffer, the value it is a block of does */
+        for (int j = 0; j <= n->nin && !st; j++)
+            for (int64_t m = j < n->nin ? index_of(byptr, nn, n->in[j]) : i; m >= 0 && !st; m = view[m]) {
+                if (kept[m] || last[m] != i || p->transient[m]) continue;
+                p->transient[m] = 1;
+                st = give_back(&vfl, value_bytes(list[m].n), val_off[m]);
+            }
     }
     if (st) { free(val_off); free(aux_off); goto fail; }
     /* adjoints by liveness, in the order of the reverse sweep: the steps of ad_vjp's loop for the
@@ -718,7 +747,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     if (p->root >= 0) p->seed = p->arena + seed_off;
     for (int64_t i = 0; i < nn; i++) {
         ad_node *n = &p->nodes[i];
-        if (p->role[i] != R_OP || n->size == 0) continue;   /* an empty op has nothing to compute */
+        if (p->role[i] != R_OP || n->size == 0 || view[i] >= 0) continue;   /* nothing to compute */
         fstep *f = &p->fsteps[p->nfsteps++];
         const ad_ew_kernels *K = fast_ew(n);
         f->node = n;
@@ -768,6 +797,7 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     free(vfl.b);
     free(kept);
     free(last);
+    free(view);
     *out = p;
     return AD_OK;
 fail:
@@ -778,6 +808,7 @@ fail:
     free(vfl.b);
     free(kept);
     free(last);
+    free(view);
     return plan_fail(p, st);
 }
 

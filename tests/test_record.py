@@ -651,3 +651,41 @@ def test_the_ode_workload_replays_bit_identically():
     _, expected = ode.numpy_gradient(x, 7)
     assert np.all(expected != 0)
     np.testing.assert_allclose(tf.grad(x).numpy(), expected, rtol=1e-12, atol=0)
+
+
+# ---- views: slices that are one block of their operand, and reshapes (csrc/replay.c, is_view) ----
+
+def _views(x):
+    k = (x - 1.0)[2:]
+    w = k[:-1] * k[1:]              # views a rule reads in the reverse: their operand is kept
+    a = x * 2.0
+    v = a[1:]                       # a block of a, read after a's last direct reader
+    b = a + 1.0
+    c = (b * 3.0 - 0.5) * 0.25      # values that would take a's buffer if v did not keep it alive
+    r = ad.reshape(c, (4, -1))[1:]  # a view of a view (a block of the reshape)
+    late = v + c[1:]                # a's block read after c's values were made: no rule reads
+                                    # a, v or late, so only v's reads keep a's buffer from them
+    t = ad.reshape(x * x, (4, -1))[:, 1:3]   # not one block: copied
+    u = (x + 0.5)[::-1]                      # not in order: copied
+    return ad.sum(late) + ad.sum(r * r) + ad.sum(t) + ad.sum(u * c) + ad.sum(w), v[:5]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_views_replay_bit_identically(dtype):
+    rng = _rng("views", str(dtype))
+    x = rng.standard_normal(40).astype(dtype)
+    loss = lambda x: _views(x)[0]
+    tf = ad.record(loss, x)
+    for v in (x, _perturbed((x,), rng)[0]):
+        val0, g0 = ad.value_and_grad(loss)(v)
+        val1, g1 = tf.value_and_grad(v)
+        _same_bits(val1, val0)
+        _same_bits(g1, g0)
+    # a view as the output, through vjp
+    out = lambda x: _views(x)[1]
+    tv = ad.record(out, x)
+    ct = rng.standard_normal(5).astype(dtype)
+    o0, vjp0 = ad.vjp(out, x)
+    o1, vjp1 = tv.vjp(x)
+    _same_bits(o1, o0)
+    _same_bits(vjp1(ct)[0], vjp0(ct)[0])
