@@ -388,6 +388,20 @@ static inline void ad_copy(void *dst, const void *src, size_t n)
     else memcpy(dst, src, n);
 }
 
+/* An op that writes AD_STREAM_BYTES or more in all (its output, or all of a cotangent's blocks)
+ * copies with streaming stores (ad_copy_stream, shape.c): written around the caches, the result
+ * costs no read of each line before its write and does not evict what the op reads (its inputs,
+ * the cotangent), which the next call of a loop reads again. Measured on this 2-core AMD machine
+ * (32 MB L3): concatenate and stack of 4 x (500, 500) float64 on axis 0, forward + backward,
+ * 1.3-1.7x faster. Smaller results stay in cache, where the next op most likely reads them. */
+#define AD_STREAM_BYTES ((size_t)4 << 20)
+void ad_copy_stream(void *restrict dst, const void *restrict src, size_t n);
+static inline void ad_copy_to(void *dst, const void *src, size_t n, int stream)
+{
+    if (stream) ad_copy_stream(dst, src, n);
+    else ad_copy(dst, src, n);
+}
+
 /* A reduction over one contiguous run of axes (the last, the first, a middle one, or several
  * adjacent ones) sees x as `outer` blocks of shape (len, inner): output o * inner + j reduces
  * x[o, :, j]. Kernels then walk contiguous memory only, and can share blocks (or, with one block,
