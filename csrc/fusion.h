@@ -27,8 +27,10 @@ typedef struct {
     const ad_fuse_step *steps;
     int64_t ns;
     int64_t root;              /* the root's record, or -1 */
-    /* values whose buffer a later value takes once their last forward reader ran (replay.c): a
-     * region reads its operands and arena values again in its reverse, so it holds none of them */
+    /* records whose buffers replay.c shares (a value whose buffer a later value takes once its
+     * last forward reader ran, a view into another value's buffer, a node whose adjoint buffer
+     * another took over): a region reads its operands and arena values again in its reverse and
+     * runs the plan's steps as they are, so it holds none of them */
     const uint8_t *transient;
 } ad_fuse_plan;
 

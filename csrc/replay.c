@@ -84,7 +84,7 @@ struct ad_plan {
     void *seed;                /* the root's cotangent, copied in (or ones) by each reverse sweep */
     ad_fusion *fusion;         /* elementwise regions run tile by tile (fusion.c), or NULL */
     ad_scalar *scalar;         /* runs of one-element elementwise steps (scalar_replay.c), or NULL */
-    uint8_t *transient;        /* a value whose buffer a later value takes once its last reader ran */
+    uint8_t *transient;        /* records whose buffers are shared (fusion.h says which): never fused */
     /* the caller's buffers in place (bind_caller) */
     uint8_t *bound;            /* per input: BOUND_VALUE, BOUND_ADJ */
     void **home;               /* per input: its value's buffer in the arena */
