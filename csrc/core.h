@@ -222,6 +222,17 @@ void ad_contrib_matmul(const ad_node *n, int which, int *ndim, int64_t *shape);
 
 extern const ad_opdef ad_ops[AD_OP_COUNT];
 
+/* May op n's VJP, JVP or second-order term read input i's value (i == -1: its own)? The flags
+ * name the first two inputs only, so any later input counts as read; an op that does not say
+ * reads everything. Used to free values early (tape.c) and to share a plan's buffers (replay.c). */
+static inline int ad_op_reads(const ad_node *n, int i)
+{
+    int reads = ad_ops[n->op].flags;
+    if (!(reads & AD_READS_KNOWN)) return 1;
+    if (i < 0) return !!(reads & AD_READS_OUT);
+    return i > 1 || (reads & (AD_READS_IN0 << i));
+}
+
 /* errors: set the thread's message, return -code (usable directly as a handle result) */
 int ad_err(int code, const char *fmt, ...);
 

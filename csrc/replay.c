@@ -165,15 +165,6 @@ static int give_back(free_list *fl, size_t bytes, size_t off)
     return AD_OK;
 }
 
-/* Does n's op read input i's value (i == -1: its own) in its VJP or JVP? The rule of ad_record's
- * F_VALUE_READ: an op that does not say, and every input after the second, reads it. */
-static int op_reads(const ad_node *n, int i)
-{
-    int reads = ad_ops[n->op].flags;
-    if (!(reads & AD_READS_KNOWN)) return 1;
-    if (i < 0) return !!(reads & AD_READS_OUT);
-    return i > 1 || (reads & (AD_READS_IN0 << i));
-}
 
 static int plan_fail(ad_plan *p, int st)
 {
@@ -497,6 +488,9 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
         return ad_err(AD_ERR_VALUE, "record: invalid lists of %d inputs and %d watched tensors", n_inputs, n_watch);
     if (n_diff < 0 || n_diff > n_inputs)
         return ad_err(AD_ERR_VALUE, "record: %d differentiated inputs of %d", n_diff, n_inputs);
+    if (fuse_from < 1)
+        return ad_err(AD_ERR_VALUE, "record: fuse_from is %lld; expected 1 or more (INT64_MAX when nothing is fused)",
+                      (long long)fuse_from);
     ad_node *root;
     int st = ad_resolve(T, root_h, &root);
     if (st) return st;
@@ -598,12 +592,12 @@ static int build_locked(ad_tape *T, int64_t root_h, int n_inputs, const int64_t 
     for (int64_t i = 0; i < nn; i++) {
         ad_node *n = list[i].n;
         last[i] = i;
-        kept[i] = p->role[i] != R_OP || n->size <= 1 || n->size >= fuse_from || op_reads(n, -1);
+        kept[i] = p->role[i] != R_OP || n->size <= 1 || n->size >= fuse_from || ad_op_reads(n, -1);
         if (p->role[i] != R_OP) continue;
         for (int j = 0; j < n->nin; j++) {
             int64_t m = index_of(byptr, nn, n->in[j]);
             last[m] = i;
-            if (op_reads(n, j)) kept[m] = 1;
+            if (ad_op_reads(n, j)) kept[m] = 1;
         }
     }
     if (p->root >= 0) kept[p->root] = 1;

@@ -849,12 +849,11 @@ int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins)
         n->in = ad_buf_alloc(T, ins_bytes(nin));
         if (!n->in) { n->in = n->in_inline; return ad_err(AD_ERR_MEMORY, "out of memory recording %s", ad_ops[n->op].name); }
     }
-    int reads = ad_ops[n->op].flags;
     for (int i = 0; i < nin; i++) {
         n->in[i] = ins[i];
         ins[i]->refs++;
         ins[i]->consumers++;
-        if (!(reads & AD_READS_KNOWN) || i > 1 || (reads & (AD_READS_IN0 << i))) ins[i]->flags |= F_VALUE_READ;
+        if (ad_op_reads(n, i)) ins[i]->flags |= F_VALUE_READ;
     }
     n->nin = nin;
     n->flags = (uint8_t)((n->flags & ~F_LEAF) | F_REQUIRES_GRAD);

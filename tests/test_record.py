@@ -419,6 +419,8 @@ def test_the_c_plan_api_checks_its_arguments():
     for inputs, message in [([x._h, x._h], b"repeats an earlier input"), ([y._h], b"is not a leaf")]:
         assert lib.ad_plan_build(y._h, len(inputs), ffi.new("int64_t[]", inputs), 0, ffi.NULL, where, pp) < 0
         assert message in ffi.string(lib.ad_last_error())
+    assert lib.ad_plan_build_data(y._h, 1, ffi.new("int64_t[]", [x._h]), 1, 0, ffi.NULL, where, 0, pp) < 0
+    assert b"fuse_from is 0" in ffi.string(lib.ad_last_error())
     assert lib.ad_plan_build(y._h, 1, ffi.new("int64_t[]", [x._h]), 0, ffi.NULL, where, pp) == 0
     plan = ffi.gc(pp[0], lib.ad_plan_free)
     g = np.empty(2)
