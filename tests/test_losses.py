@@ -109,6 +109,70 @@ def test_all_ignored_mean_is_nan_as_pytorch():
     assert np.isnan(F.cross_entropy(np.zeros((2, 3)), [-100, -100]).item())
 
 
+def _loss_and_grad(fn, x):
+    t = ad.tensor(x, requires_grad=True)
+    loss = fn(t)
+    (loss * np.arange(1.0, loss.size + 1).reshape(loss.shape).astype(x.dtype)).sum().backward()
+    return loss.numpy(), t.grad.numpy()
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("shape", [(7, 5), (3, 4, 2)])
+def test_unweighted_labels_give_the_bits_of_unit_weights(shape, reduction, dtype):
+    # without weights or ignored labels the loss skips the weight masks (and folds its minus sign
+    # into the divisor); the result must be the weighted path's with every weight 1, bit for bit
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    labels = rng.integers(0, shape[1], (shape[0],) + shape[2:])
+    want_loss, want_grad = _loss_and_grad(
+        lambda t: F.cross_entropy(t, labels, weight=np.ones(shape[1], dtype), reduction=reduction), x)
+    got_loss, got_grad = _loss_and_grad(lambda t: F.cross_entropy(t, labels, reduction=reduction), x)
+    np.testing.assert_array_equal(got_loss, want_loss)
+    np.testing.assert_array_equal(got_grad, want_grad)
+    np.testing.assert_allclose(got_loss, ce_numpy(x.astype(F64), labels, reduction=reduction),
+                               rtol=1e-13 if dtype == F64 else 2e-6)
+    logp = _log_softmax(x.astype(F64), 1).astype(dtype)
+    np.testing.assert_array_equal(
+        _loss_and_grad(lambda t: F.nll_loss(t, labels, reduction=reduction), logp)[1],
+        _loss_and_grad(lambda t: F.nll_loss(t, labels, weight=np.ones(shape[1], dtype), reduction=reduction),
+                       logp)[1])
+
+
+@pytest.mark.parametrize("labels, ignore_index", [
+    ([0, 2, 1, 2, 3], 0),         # ignore_index is the smallest label
+    ([0, 2, 1, 2, 3], 3),         # ... the largest
+    ([0, 3, 1, 3, 0], 2),         # between the labels, but none equals it
+    ([0, 6, 1, 6, 3], 6),         # past the classes: ignored, not out of range
+    ([0, -7, 1, 2, -7], -7),      # negative
+    (np.array([0, 2, 1, 2, 3], np.uint8), -100),
+    (ad.tensor([0.0, 2.0, 1.0, 3.0, 3.0]), 1),   # float labels held in a tensor
+])
+def test_labels_against_ignore_index(labels, ignore_index):
+    x = np.random.default_rng(9).standard_normal((5, 4))
+    plain = np.asarray(labels.numpy() if isinstance(labels, ad.Tensor) else labels).astype(np.int64)
+    for reduction in ["mean", "sum", "none"]:
+        want = ce_numpy(x, plain, ignore_index=ignore_index, reduction=reduction)
+        got = F.cross_entropy(x, labels, ignore_index=ignore_index, reduction=reduction)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-13, atol=1e-15)
+    assert ad.gradcheck(lambda t: F.cross_entropy(t, labels, ignore_index=ignore_index), (x,))
+    out_of_range = plain.copy()
+    out_of_range[0] = 4
+    with pytest.raises(IndexError, match="label 4 is out of range for 4 classes"):
+        F.cross_entropy(x, out_of_range, ignore_index=ignore_index)
+
+
+def test_empty_batch():
+    x = ad.tensor(np.zeros((0, 3)), requires_grad=True)
+    assert np.isnan(F.cross_entropy(x, np.zeros(0, int)).item())
+    loss = F.cross_entropy(x, np.zeros(0, int), reduction="sum")
+    assert loss.item() == 0.0
+    loss.backward()
+    assert x.grad.shape == (0, 3)
+    # no spatial positions
+    assert F.cross_entropy(np.zeros((2, 3, 0)), np.zeros((2, 0), int), reduction="sum").item() == 0.0
+
+
 def test_bce_and_bce_with_logits():
     rng = np.random.default_rng(4)
     z, t, w = rng.standard_normal(7) * 4, rng.uniform(0, 1, 7), rng.uniform(0.5, 2, 7)

@@ -6,6 +6,8 @@ reduction is "mean" (the default), "sum" or "none" (the per-element losses, shap
 target). Options after the inputs (and weight) are keyword-only: PyTorch's signatures still have
 the deprecated size_average and reduce there, so a positional option would mean something else. Shapes of input and target must match exactly where PyTorch would broadcast with a
 warning: a silent (N, 1) against (N,) broadcast is a classic bug."""
+import math
+
 import numpy as np
 
 from .. import ops
@@ -38,7 +40,7 @@ def _pair(op, input, target):
 
 def _labels(op, labels, shape, n_classes, ignore_index):
     """Integer class labels of `shape` (input's shape without the class axis), in [0, C) except
-    where equal to ignore_index."""
+    where equal to ignore_index, and the mask of the positions that count (None: all of them)."""
     if isinstance(labels, Tensor):
         labels = labels.numpy()
     labels = plain_array(labels, f"{op}: labels")
@@ -52,20 +54,25 @@ def _labels(op, labels, shape, n_classes, ignore_index):
     if labels.shape != shape:
         rows = f" to match logits with {shape[0]} rows" if len(shape) == 1 else f" to match input"
         raise ValueError(f"{op}: labels must have shape {shape}{rows}, got {labels.shape}")
-    bad = ((labels < 0) | (labels >= n_classes)) & (labels != ignore_index)
-    if np.any(bad):
-        raise IndexError(f"{op}: label {labels[bad][0]} is out of range for {n_classes} classes")
-    return labels.astype(np.int64)
+    # the labels' range decides which masks are needed at all: a training step's labels are all in
+    # [0, C) and none is ignore_index, and building masks cost more than the loss's ops
+    lo, hi = (labels.min(), labels.max()) if labels.size else (0, 0)
+    valid = labels != ignore_index if lo <= ignore_index <= hi else None
+    if lo < 0 or hi >= n_classes:
+        bad = ((labels < 0) | (labels >= n_classes)) & (labels != ignore_index)
+        if np.any(bad):
+            raise IndexError(f"{op}: label {labels[bad][0]} is out of range for {n_classes} classes")
+    return labels.astype(np.int64), valid
 
 
-def _class_layout(op, x):
-    """(N, C, d1, ...) input -> N, C, D = prod(d...); (C,) is one unbatched sample."""
-    if x.ndim == 0:
-        raise ValueError(f"{op}: input must be (N, C) or (N, C, d1, ...), got shape {x.shape}")
-    if x.ndim == 1:
-        return 1, x.shape[0], 1, ()
-    n, c = x.shape[:2]
-    return n, c, int(np.prod(x.shape[2:], dtype=np.int64)), (n,) + x.shape[2:]
+def _class_layout(op, shape):
+    """(N, C, d1, ...) input shape -> N, C, D = prod(d...); (C,) is one unbatched sample."""
+    if not shape:
+        raise ValueError(f"{op}: input must be (N, C) or (N, C, d1, ...), got shape {shape}")
+    if len(shape) == 1:
+        return 1, shape[0], 1, ()
+    n, c = shape[:2]
+    return n, c, math.prod(shape[2:]), (n,) + shape[2:]
 
 
 def _class_weight(op, weight, c, dtype):
@@ -77,35 +84,50 @@ def _class_weight(op, weight, c, dtype):
     return np.asarray(w, dtype)
 
 
-def _nll(op, logp, target, weight, ignore_index):
-    """-logp[target] per position (weighted), reduced; logp (N, C, d...) log-probabilities."""
-    n, c, d, shape = _class_layout(op, logp)
+def _nll(op, logp, layout, target, weight, ignore_index):
+    """The entries logp[target] of log-probabilities logp (N, C, d...) (layout: _class_layout) and
+    their weights: (picked, sample_w, labels, valid, w); sample_w and valid are None when every
+    position counts with weight 1. The per-position loss is -picked * sample_w (_nll_loss)."""
+    n, c, d, shape = layout
     ignore_index = int_arg(ignore_index, f"{op}: ignore_index")
-    labels = _labels(op, target, shape, c, ignore_index)
-    dt = np.dtype(logp.dtype)
-    valid = labels != ignore_index
-    safe = np.where(valid, labels, 0)
+    labels, valid = _labels(op, target, shape, c, ignore_index)
+    safe = labels if valid is None else np.where(valid, labels, 0)
     if shape:
         # flat position of (sample, label, spatial position) in logp's (N, C, D) layout
-        sample = np.arange(n).reshape((n,) + (1,) * (len(shape) - 1))
-        position = np.arange(d).reshape(shape[1:])
-        flat = sample * (c * d) + safe * d + position
+        flat = np.arange(n).reshape((n,) + (1,) * (len(shape) - 1)) * (c * d) + safe * d
+        if d > 1:
+            flat = flat + np.arange(d).reshape(shape[1:])
     else:
         flat = safe                      # one unbatched sample: logp is (C,)
-    picked = _gather(logp, np.asarray(flat, np.int64))
+    picked = _gather(logp, flat)
+    if weight is None and valid is None:
+        return picked, None, labels, None, None
+    dt = np.dtype(logp.dtype)
     w = _class_weight(op, weight, c, dt)
-    sample_w = (np.ones(labels.shape, dt) if w is None else w[safe]) * valid
-    loss = -picked * sample_w
-    return loss, sample_w, labels, valid, w
+    sample_w = np.ones(labels.shape, dt) if w is None else w[safe]
+    if valid is not None:
+        sample_w = sample_w * valid
+    return picked, sample_w, labels, valid, w
 
 
-def _reduce_weighted(op, loss, sample_w, reduction):
+def _nll_loss(picked, sample_w):
+    return -picked if sample_w is None else -picked * sample_w
+
+
+def _reduce_weighted(op, picked, sample_w, count, reduction):
+    """_nll's per-position losses (count positions), reduced: "mean" divides by the total weight
+    of the counted positions, as PyTorch (NaN if none count)."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if reduction == "none":
-        return loss
-    total = ops.sum(loss)
-    # mean: divided by the total weight of the counted positions, as PyTorch (NaN if none count)
+        return _nll_loss(picked, sample_w)
+    if sample_w is None:
+        # every position counts once: the minus sign goes into the divisor, which is exact (IEEE
+        # negation commutes with the sum and the quotient), so the loss and its gradient have the
+        # same bits as -picked summed and divided, with two ops fewer on the tape
+        total = ops.sum(picked)
+        return total / -float(count) if reduction == "mean" else -total
+    total = ops.sum(-picked * sample_w)
     return total / float(sample_w.sum()) if reduction == "mean" else total
 
 
@@ -115,8 +137,9 @@ def nll_loss(input, target, weight=None, *, ignore_index=-100, reduction="mean")
     positions whose label is ignore_index count for nothing; "mean" divides by the total weight
     of the counted positions."""
     x = as_tensor(input)
-    loss, sample_w, *_ = _nll("nll_loss", x, target, weight, ignore_index)
-    return _reduce_weighted("nll_loss", loss, sample_w, reduction)
+    picked, sample_w, labels, *_ = _nll("nll_loss", x, _class_layout("nll_loss", x.shape), target, weight,
+                                        ignore_index)
+    return _reduce_weighted("nll_loss", picked, sample_w, labels.size, reduction)
 
 
 def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -130,22 +153,29 @@ def cross_entropy(input, target, weight=None, *, ignore_index=-100, reduction="m
     w.r.t. the logits is (softmax - onehot) / N."""
     op = "cross_entropy"
     x = as_tensor(input)
-    if x.ndim < 2 and not (x.ndim == 1 and np.ndim(target.numpy() if isinstance(target, Tensor) else target) == 0):
-        raise ValueError(f"{op}: logits must have shape (N, C) or (N, C, d1, ...), got {x.shape}")
+    xshape = x.shape
+    ndim = len(xshape)
+    if ndim < 2 and not (ndim == 1 and np.ndim(target.numpy() if isinstance(target, Tensor) else target) == 0):
+        raise ValueError(f"{op}: logits must have shape (N, C) or (N, C, d1, ...), got {xshape}")
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"{op}: label_smoothing must be in [0, 1], got {eps}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    logp = log_softmax(x, axis=1 if x.ndim > 1 else 0)
-    n, c, d, shape = _class_layout(op, x)
-    if _is_probabilities(target, x.shape):
+    logp = log_softmax(x, axis=1 if ndim > 1 else 0)
+    layout = _class_layout(op, xshape)
+    c = layout[1]
+    if _is_probabilities(target, xshape):
         return _soft_cross_entropy(logp, target, weight, reduction, eps, c)
-    loss, sample_w, labels, valid, w = _nll(op, logp, target, weight, ignore_index)
+    picked, sample_w, labels, valid, w = _nll(op, logp, layout, target, weight, ignore_index)
     if not eps:
-        return _reduce_weighted(op, loss, sample_w, reduction)
-    cax = 1 if x.ndim > 1 else 0
-    weighted = logp if w is None else logp * w.reshape((c,) + (1,) * (x.ndim - 1 - cax))
+        return _reduce_weighted(op, picked, sample_w, labels.size, reduction)
+    # the smoothing terms below weigh by both masks
+    valid = np.ones(labels.shape, bool) if valid is None else valid
+    sample_w = np.ones(labels.shape, np.dtype(x.dtype)) if sample_w is None else sample_w
+    loss = _nll_loss(picked, sample_w)
+    cax = 1 if ndim > 1 else 0
+    weighted = logp if w is None else logp * w.reshape((c,) + (1,) * (ndim - 1 - cax))
     smooth = -ops.sum(weighted, axis=cax) * valid.astype(np.dtype(x.dtype))
     if reduction == "none":
         return (1 - eps) * loss + smooth * (eps / c)
