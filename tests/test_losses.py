@@ -278,3 +278,25 @@ def test_unbatched_cross_entropy():
     np.testing.assert_allclose(F.cross_entropy(x, np.int64(2), weight=w, label_smoothing=0.2).numpy(), want,
                                rtol=1e-14)
     assert ad.gradcheck(lambda t: F.cross_entropy(t, np.int64(2), weight=w, label_smoothing=0.2), (x,))
+
+
+@pytest.mark.parametrize("dtype", [F64, F32])
+def test_cross_entropy_second_derivatives(dtype):
+    # mean cross-entropy's Hessian in the logits: (diag(p) - p p^T) / N within each row, 0 across
+    # rows; through hessian (forward over reverse) and through backward(create_graph=True)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((4, 3)).astype(dtype)
+    labels = np.array([2, 0, 1, 2])
+    p = np.exp(_log_softmax(x.astype(F64), 1))
+    want = np.zeros((4, 3, 4, 3))
+    for i in range(4):
+        want[i, :, i, :] = (np.diag(p[i]) - np.outer(p[i], p[i])) / 4
+    tol = dict(rtol=1e-12, atol=1e-15) if dtype == F64 else dict(rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ad.hessian(lambda t: F.cross_entropy(t, labels))(x).numpy(), want, **tol)
+    t = ad.tensor(x, requires_grad=True)
+    F.cross_entropy(t, labels).backward(create_graph=True)
+    v = rng.standard_normal((4, 3))
+    g = t.grad
+    t.grad = None
+    (g * v.astype(dtype)).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), np.einsum("ijkl,ij->kl", want, v), **tol)
