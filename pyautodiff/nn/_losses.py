@@ -55,7 +55,8 @@ def _labels(op, labels, shape, n_classes, ignore_index):
         rows = f" to match logits with {shape[0]} rows" if len(shape) == 1 else f" to match input"
         raise ValueError(f"{op}: labels must have shape {shape}{rows}, got {labels.shape}")
     # the labels' range decides which masks are needed at all: a training step's labels are all in
-    # [0, C) and none is ignore_index, and building masks cost more than the loss's ops
+    # [0, C) and none is ignore_index, and at a small batch the masks' NumPy calls cost more than
+    # the loss's own ops
     lo, hi = (labels.min(), labels.max()) if labels.size else (0, 0)
     valid = labels != ignore_index if lo <= ignore_index <= hi else None
     if lo < 0 or hi >= n_classes:
