@@ -261,6 +261,11 @@ void *ad_buf_alloc(ad_tape *T, size_t bytes);
 void ad_buf_free(ad_tape *T, void *p, size_t bytes);
 /* New node with the given shape and an uninitialised value buffer; refs = 1 (the caller's). */
 int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, ad_node **out);
+/* A node whose values are base's, read as `shape` (as many elements): a view. It shares base's
+ * storage (kept alive by it; in-place writes through either are seen by both and bump the one
+ * version). Only .data and the public reshape make these (as PyTorch's reshape, which may return a
+ * view): rules and sweeps build with copies, so a grad never aliases another tensor. */
+int ad_node_new_view(ad_tape *T, int op, ad_node *base, int ndim, const int64_t *shape, ad_node **out);
 /* Connect inputs if grad mode is on and any requires grad; takes references on them. */
 int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins);
 void ad_node_unref(ad_tape *T, ad_node *n);

@@ -599,7 +599,10 @@ static ad_node *node_take(ad_tape *T)
     return n;
 }
 
-int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, ad_node **out)
+/* A fresh node of op and shape. Its values are a new buffer or, when `base` is given, base's
+ * values (a view: no buffer of its own; the node holds base's storage, which keeps the values
+ * alive and carries their version). */
+static int node_make(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, ad_node *base, ad_node **out)
 {
     if (ndim < 0 || ndim > AD_MAXDIM)
         return ad_err(AD_ERR_VALUE, "%s: tensors have at most %d dimensions, got %d", ad_ops[op].name, AD_MAXDIM, ndim);
@@ -615,11 +618,11 @@ int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, a
     size_t bytes = (size_t)size * ad_itemsize(dtype);
     if (size > 0 && (uint64_t)size > ((uint64_t)1 << 56) / ad_itemsize(dtype))
         return ad_err(AD_ERR_MEMORY, "%s: cannot allocate %lld elements", ad_ops[op].name, (long long)size);
-    void *data = ad_buf_alloc(T, bytes);
+    void *data = base ? base->data : ad_buf_alloc(T, bytes);
     if (!data)
         return ad_err(AD_ERR_MEMORY, "%s: out of memory allocating %zu bytes", ad_ops[op].name, bytes);
     ad_node *n = node_take(T);
-    if (!n) { ad_buf_free(T, data, bytes); return -AD_ERR_MEMORY; }
+    if (!n) { if (!base) ad_buf_free(T, data, bytes); return -AD_ERR_MEMORY; }
     uint32_t gen = (n->gen + 1) & GEN_MASK;
     uint32_t slot = n->slot;
     memset(n, 0, sizeof *n);
@@ -636,7 +639,7 @@ int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, a
     n->in = n->in_inline;
     int st = order_push(T, n);
     if (st) {
-        ad_buf_free(T, data, bytes);
+        if (!base) ad_buf_free(T, data, bytes);
         n->flags = 0;
         n->next_free = T->free_nodes;
         T->free_nodes = n;
@@ -644,8 +647,22 @@ int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, a
     }
     T->live_nodes++;
     T->live_bytes += (int64_t)sizeof(ad_node);
+    if (base) {
+        n->storage = ad_storage(base);
+        n->storage->refs++;
+    }
     *out = n;
     return AD_OK;
+}
+
+int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, ad_node **out)
+{
+    return node_make(T, op, dtype, ndim, shape, NULL, out);
+}
+
+int ad_node_new_view(ad_tape *T, int op, ad_node *base, int ndim, const int64_t *shape, ad_node **out)
+{
+    return node_make(T, op, base->dtype, ndim, shape, base, out);
 }
 
 /* ---------- versions: in-place writes ----------
@@ -794,15 +811,8 @@ int64_t ad_data(int64_t h)
     int64_t r = ad_resolve(T, h, &x);
     if (!r) {
         if (x->flags & F_REQUIRES_GRAD) ad_tape_escape(T);
-        x = ad_storage(x);
-        r = ad_node_new(T, AD_OP_LEAF, x->dtype, x->ndim, x->shape, &n);
-        if (!r) {
-            ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
-            n->data = x->data;
-            n->storage = x;
-            x->refs++;
-            r = ad_handle(T, n);
-        }
+        r = ad_node_new_view(T, AD_OP_LEAF, x, x->ndim, x->shape, &n);
+        if (!r) r = ad_handle(T, n);
     }
     ad_unlock(T);
     return r;
@@ -1056,11 +1066,12 @@ int ad_retain(int64_t h)
  * neither they (F_VALUE_READ) nor its own op's VJP/JVP read its value, nothing ever will (no
  * new consumer can be made without a handle), so the value is freed now rather than when the
  * graph goes. Only a count of the holders that are consumers is needed: any other holder (the
- * caller, a sweep, a leaf whose grad it is) makes refs exceed it and keeps the value. */
+ * caller, a sweep, a leaf whose grad it is, a view of it) makes refs exceed it and keeps the
+ * value. A view has no buffer of its own to free. */
 static void drop_unread_value(ad_tape *T, ad_node *n)
 {
     int flags = ad_ops[n->op].flags;
-    if (n->refs - 1 != n->consumers || n->consumers == 0 || (n->flags & (F_LEAF | F_VALUE_READ)) ||
+    if (n->refs - 1 != n->consumers || n->consumers == 0 || (n->flags & (F_LEAF | F_VALUE_READ)) || n->storage ||
         n->op == AD_OP_LEAF || !(flags & AD_READS_KNOWN) || (flags & AD_READS_OUT) || !n->data)
         return;
     ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));

@@ -183,7 +183,10 @@ def _shape(shape):
 
 
 def reshape(x, shape):
-    """Same values in a new shape (one entry may be -1)."""
+    """Same values in a new shape (one entry may be -1). A view, as PyTorch's reshape of a
+    contiguous tensor (every tensor here is one): no copy, and an in-place update of either made
+    outside grad mode (no_grad, an optimizer step, .data) is seen by both. With grad mode on, an
+    update is recorded as a new tensor and leaves the other alone (see Tensor.add_)."""
     n, c = _shape(shape)
     x = as_tensor(x)
     return _call(lib.ad_reshape, x._h, n, c)

@@ -53,7 +53,7 @@ def _rearranged(x, k, fn):
     return _gather_blocks(x, flat, out_shape, block)
 
 
-# ---- axes added, removed, reordered: reshape and transpose ----
+# ---- axes added, removed, reordered: reshape (a view of x's values) and transpose (a copy) ----
 
 def squeeze(x, axis=None):
     """x without its size-1 axes (all of them, or those in axis: an int or a tuple), as numpy.squeeze."""
@@ -87,7 +87,8 @@ def unsqueeze(x, dim):
 
 def flatten(x, start_dim=0, end_dim=-1):
     """Axes start_dim..end_dim (inclusive) merged into one, as torch.flatten; the defaults give the
-    1-D copy of numpy's ndarray.flatten() (a 0-d tensor becomes shape (1,))."""
+    1-D values of numpy's ndarray.flatten() (a 0-d tensor becomes shape (1,)). A view sharing x's
+    values, as reshape."""
     x = as_tensor(x)
     shape = x.shape
     n = max(len(shape), 1)

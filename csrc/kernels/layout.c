@@ -1,5 +1,6 @@
 /* Layout ops: reshape, transpose, broadcast_to, cast. Values are copied into the new layout, so
- * every tensor stays contiguous and kernels never see strides from the user. */
+ * every tensor stays contiguous and kernels never see strides from the user; a public reshape is a
+ * view instead, which needs no strides: a contiguous tensor read with another shape. */
 #include "../core.h"
 #include <string.h>
 
@@ -14,7 +15,10 @@ int ad_mk_full(ad_tape *T, int dtype, int ndim, const int64_t *shape, double val
     return AD_OK;
 }
 
-int ad_mk_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out)
+/* x's values read as `shape`: copied (ad_mk_reshape, what rules and sweeps build with), or a view
+ * sharing them (the public ad_reshape, as PyTorch's reshape of a contiguous tensor, which every
+ * tensor here is: no copy forward, and the gradient is handed down unchanged). */
+static int reshape_to(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, int view, ad_node **out)
 {
     char b1[160], b2[160];
     int64_t sh[AD_MAXDIM], known = 1;
@@ -44,11 +48,20 @@ int ad_mk_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_nod
     if (known != x->size)
         return ad_err(AD_ERR_VALUE, "reshape: cannot reshape tensor of size %lld (shape %s) into shape %s",
                       (long long)x->size, ad_shape_str(b1, sizeof b1, x->ndim, x->shape), ad_shape_str(b2, sizeof b2, ndim, shape));
-    if ((st = ad_node_new(T, AD_OP_RESHAPE, x->dtype, ndim, sh, &n))) return st;
-    ad_copy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+    if (view) {
+        if ((st = ad_node_new_view(T, AD_OP_RESHAPE, x, ndim, sh, &n))) return st;
+    } else {
+        if ((st = ad_node_new(T, AD_OP_RESHAPE, x->dtype, ndim, sh, &n))) return st;
+        ad_copy(n->data, x->data, (size_t)x->size * ad_itemsize(x->dtype));
+    }
     if ((st = ad_record(T, n, 1, &x))) return st;
     *out = n;
     return AD_OK;
+}
+
+int ad_mk_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out)
+{
+    return reshape_to(T, x, ndim, shape, 0, out);
 }
 
 int ad_rec_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_node **out)
@@ -63,7 +76,7 @@ int ad_rec_reshape(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, ad_no
 
 int64_t ad_reshape(int64_t hx, int ndim, const int64_t *shape)
 {
-    AD_ONE_INPUT_ENTRY(hx, ad_mk_reshape(T, x, ndim, shape, &n));
+    AD_ONE_INPUT_ENTRY(hx, reshape_to(T, x, ndim, shape, 1, &n));
 }
 
 int ad_mk_transpose(ad_tape *T, ad_node *x, int naxes, const int64_t *perm, ad_node **out)
