@@ -134,6 +134,8 @@ def int_arg(value, what):
     """One integer argument (an axis, a shape entry) as a Python int, as NumPy takes it: a bool or
     a float is a TypeError (True is not axis 1), a value past int64 a ValueError (cffi would raise
     OverflowError when it packs it)."""
+    if type(value) is int and -2**63 <= value < 2**63:   # the common case, with no message made
+        return value
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{what} must be an int, got {value!r} (a bool)")
     try:
@@ -148,6 +150,11 @@ def int_arg(value, what):
 
 def int_tuple(values, what):
     """An int or a sequence of ints (a shape, axes) as a tuple of Python ints (see int_arg)."""
+    # the common cases first: formatting the messages below for every entry cost ~2 µs per op
+    if type(values) is int and -2**63 <= values < 2**63:
+        return (values,)
+    if type(values) is tuple and all(type(v) is int and -2**63 <= v < 2**63 for v in values):
+        return values
     if isinstance(values, (int, np.integer)) and not isinstance(values, (bool, np.bool_)):
         values = (values,)
     if isinstance(values, (bool, np.bool_)) or not hasattr(values, "__iter__"):
