@@ -13,6 +13,10 @@ from .linalg_ops import dot, vdot, outer, inner, tensordot, einsum, trace
 from .numerical import (numerical_grad, numerical_jacobian, gradcheck, GradcheckError, taylor_test,
                         TaylorResult, default_step)
 from .functional import grad, value_and_grad, vjp, jvp, jacrev, jacfwd, hvp, hessian
+from . import ops as _ops, shape_ops as _shape_ops, reduce_ops as _reduce_ops, linalg_ops as _linalg_ops
+from . import hooks as _hooks, functional as _functional
+from .tensor import _bind_late
+_bind_late(_ops, _shape_ops, _reduce_ops, _linalg_ops, _hooks, _functional)   # Tensor's methods call these
 from .anomaly import detect_anomaly
 from .serialization import save, load
 from .creation import (empty, arange, linspace, eye, rand, randn, full_like, empty_like, rand_like, randn_like,

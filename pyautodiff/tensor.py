@@ -128,17 +128,16 @@ def _basic_view(shape, parts):
     return out_shape, offset, out_strides
 
 
-_BACKWARD_HELPERS = []
+# The modules that import this one, which Tensor's methods call into (x.sum() is ops.sum(x), ...):
+# bound by pyautodiff/__init__.py once all are loaded. A function-level import statement in each
+# method cost 2-4 µs per call, more than a small op itself.
+_ops = _shape_ops = _reduce_ops = _linalg_ops = _hooks = _functional = None
 
 
-def _backward_helpers():
-    """(hooks.backward_scope, functional._inside_transform), imported on first use (both modules
-    import this one) and kept: an import statement in every backward() cost a third of a small one."""
-    if not _BACKWARD_HELPERS:
-        from .hooks import backward_scope
-        from .functional import _inside_transform
-        _BACKWARD_HELPERS[:] = (backward_scope, _inside_transform)
-    return _BACKWARD_HELPERS
+def _bind_late(ops, shape_ops, reduce_ops, linalg_ops, hooks, functional):
+    global _ops, _shape_ops, _reduce_ops, _linalg_ops, _hooks, _functional
+    _ops, _shape_ops, _reduce_ops, _linalg_ops, _hooks, _functional = (
+        ops, shape_ops, reduce_ops, linalg_ops, hooks, functional)
 
 
 def _slice(t, parts):
@@ -349,7 +348,7 @@ class Tensor:
         leaf's graph alive while the leaf is held; unlike PyTorch's reference cycle, dropping the
         leaf's last Tensor frees both. ad.autograd.grad(..., create_graph=True) returns the
         gradients instead of storing them."""
-        backward_scope, _inside_transform = _backward_helpers()
+        backward_scope, _inside_transform = _hooks.backward_scope, _functional._inside_transform
         if grad is not None and not isinstance(grad, Tensor):
             arr = np.asarray(grad)
             if arr.dtype.kind not in "fiub":
@@ -391,19 +390,16 @@ class Tensor:
         """Call fn(grad) whenever a gradient flows into this tensor in a reverse sweep (backward,
         ad.grad, ad.vjp, autograd.grad); a returned tensor replaces the gradient. Returns a
         handle whose remove() takes the hook off."""
-        from .hooks import register_hook
-        return register_hook(self, fn)
+        return _hooks.register_hook(self, fn)
 
     def retain_grad(self):
         """Keep this computed tensor's gradient in .grad at backward() (leaves always do)."""
-        from .hooks import retain_grad
-        retain_grad(self)
+        _hooks.retain_grad(self)
 
     @property
     def grad_fn(self):
         """The recorded op that made this tensor (name, next_functions), None for a leaf."""
-        from .hooks import grad_fn
-        return grad_fn(self)
+        return _hooks.grad_fn(self)
 
     # ---- arithmetic: one C call each ----
     def __add__(self, other):
@@ -487,20 +483,16 @@ class Tensor:
         return NotImplemented if o is None else _call(_binary, POW, o._h, self._h)
 
     def __floordiv__(self, other):
-        from .ops import floor_divide
-        return floor_divide(self, other)
+        return _ops.floor_divide(self, other)
 
     def __rfloordiv__(self, other):
-        from .ops import floor_divide
-        return floor_divide(other, self)
+        return _ops.floor_divide(other, self)
 
     def __mod__(self, other):
-        from .ops import mod
-        return mod(self, other)
+        return _ops.mod(self, other)
 
     def __rmod__(self, other):
-        from .ops import mod
-        return mod(other, self)
+        return _ops.mod(other, self)
 
     def __matmul__(self, other):
         o = other if type(other) is Tensor else _other("@", other)
@@ -544,144 +536,110 @@ class Tensor:
         return _call(lib.ad_transpose, self._h, -1, ffi.NULL)
 
     def sum(self, axis=None, keepdims=False):
-        from .ops import sum as f
-        return f(self, axis, keepdims)
+        return _ops.sum(self, axis, keepdims)
 
     def mean(self, axis=None, keepdims=False):
-        from .ops import mean as f
-        return f(self, axis, keepdims)
+        return _ops.mean(self, axis, keepdims)
 
     def max(self, axis=None, keepdims=False):
-        from .ops import max as f
-        return f(self, axis, keepdims)
+        return _ops.max(self, axis, keepdims)
 
     def min(self, axis=None, keepdims=False):
-        from .ops import min as f
-        return f(self, axis, keepdims)
+        return _ops.min(self, axis, keepdims)
 
     def round(self, decimals=0):
-        from .ops import round as f
-        return f(self, decimals)
+        return _ops.round(self, decimals)
 
     def reshape(self, *shape):
-        from .ops import reshape as f
-        return f(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+        return _ops.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
 
     def transpose(self, *axes):
-        from .ops import transpose as f
         if len(axes) == 1 and not isinstance(axes[0], int):
             axes = axes[0]
-        return f(self, axes if axes else None)
+        return _ops.transpose(self, axes if axes else None)
 
     def clip(self, lo=None, hi=None):
-        from .ops import clip as f
-        return f(self, lo, hi)
+        return _ops.clip(self, lo, hi)
 
     def astype(self, dtype):
-        from .ops import astype as f
-        return f(self, dtype)
+        return _ops.astype(self, dtype)
 
     # shape ops (pyautodiff/shape_ops.py); repeat is NumPy's (torch's Tensor.repeat is ad.tile)
     def squeeze(self, axis=None):
-        from .shape_ops import squeeze
-        return squeeze(self, axis)
+        return _shape_ops.squeeze(self, axis)
 
     def unsqueeze(self, dim):
-        from .shape_ops import unsqueeze
-        return unsqueeze(self, dim)
+        return _shape_ops.unsqueeze(self, dim)
 
     def flatten(self, start_dim=0, end_dim=-1):
-        from .shape_ops import flatten
-        return flatten(self, start_dim, end_dim)
+        return _shape_ops.flatten(self, start_dim, end_dim)
 
     def permute(self, *dims):
-        from .shape_ops import permute
-        return permute(self, *dims)
+        return _shape_ops.permute(self, *dims)
 
     def moveaxis(self, source, destination):
-        from .shape_ops import moveaxis
-        return moveaxis(self, source, destination)
+        return _shape_ops.moveaxis(self, source, destination)
 
     def swapaxes(self, axis1, axis2):
-        from .shape_ops import swapaxes
-        return swapaxes(self, axis1, axis2)
+        return _shape_ops.swapaxes(self, axis1, axis2)
 
     def flip(self, axis=None):
-        from .shape_ops import flip
-        return flip(self, axis)
+        return _shape_ops.flip(self, axis)
 
     def roll(self, shift, axis=None):
-        from .shape_ops import roll
-        return roll(self, shift, axis)
+        return _shape_ops.roll(self, shift, axis)
 
     def tile(self, reps):
-        from .shape_ops import tile
-        return tile(self, reps)
+        return _shape_ops.tile(self, reps)
 
     def repeat(self, repeats, axis=None):
-        from .shape_ops import repeat
-        return repeat(self, repeats, axis)
+        return _shape_ops.repeat(self, repeats, axis)
 
     def diagonal(self, offset=0, axis1=0, axis2=1):
-        from .shape_ops import diagonal
-        return diagonal(self, offset, axis1, axis2)
+        return _shape_ops.diagonal(self, offset, axis1, axis2)
 
     def tril(self, k=0):
-        from .shape_ops import tril
-        return tril(self, k)
+        return _shape_ops.tril(self, k)
 
     def triu(self, k=0):
-        from .shape_ops import triu
-        return triu(self, k)
+        return _shape_ops.triu(self, k)
 
     def trace(self, offset=0, axis1=0, axis2=1):
-        from .linalg_ops import trace
-        return trace(self, offset, axis1, axis2)
+        return _linalg_ops.trace(self, offset, axis1, axis2)
 
     def dot(self, other):
-        from .linalg_ops import dot
-        return dot(self, other)
+        return _linalg_ops.dot(self, other)
 
     # reductions and scans (pyautodiff/reduce_ops.py)
     def prod(self, axis=None, keepdims=False):
-        from .reduce_ops import prod
-        return prod(self, axis, keepdims)
+        return _reduce_ops.prod(self, axis, keepdims)
 
     def var(self, axis=None, ddof=0, keepdims=False):
-        from .reduce_ops import var
-        return var(self, axis, ddof, keepdims)
+        return _reduce_ops.var(self, axis, ddof, keepdims)
 
     def std(self, axis=None, ddof=0, keepdims=False):
-        from .reduce_ops import std
-        return std(self, axis, ddof, keepdims)
+        return _reduce_ops.std(self, axis, ddof, keepdims)
 
     def cumsum(self, axis=None):
-        from .reduce_ops import cumsum
-        return cumsum(self, axis)
+        return _reduce_ops.cumsum(self, axis)
 
     def cumprod(self, axis=None):
-        from .reduce_ops import cumprod
-        return cumprod(self, axis)
+        return _reduce_ops.cumprod(self, axis)
 
     def argmax(self, axis=None, keepdims=False):
-        from .reduce_ops import argmax
-        return argmax(self, axis, keepdims)
+        return _reduce_ops.argmax(self, axis, keepdims)
 
     def argmin(self, axis=None, keepdims=False):
-        from .reduce_ops import argmin
-        return argmin(self, axis, keepdims)
+        return _reduce_ops.argmin(self, axis, keepdims)
 
     def argsort(self, axis=-1, descending=False):
-        from .reduce_ops import argsort
-        return argsort(self, axis, descending)
+        return _reduce_ops.argsort(self, axis, descending)
 
     def topk(self, k, axis=-1, largest=True, sorted=True):
-        from .reduce_ops import topk
-        return topk(self, k, axis, largest, sorted)
+        return _reduce_ops.topk(self, k, axis, largest, sorted)
 
     def scatter_add(self, dim, index, src):
-        from .shape_ops import scatter_add
-        return scatter_add(self, dim, index, src)
+        return _shape_ops.scatter_add(self, dim, index, src)
 
     # ---- in-place updates, PyTorch's names (see _update) and conveniences ----
     def add_(self, other, alpha=1):
@@ -699,8 +657,7 @@ class Tensor:
     __iadd__, __isub__, __imul__, __itruediv__ = add_, sub_, mul_, div_
 
     def clamp_(self, min=None, max=None):
-        from .ops import clip
-        return _update(self, "clamp_", lambda t: clip(t, min, max))
+        return _update(self, "clamp_", lambda t: _ops.clip(t, min, max))
 
     def fill_(self, value):
         return _update(self, "fill_", lambda t: _overwrite(t, np.ones(t.shape, bool), value), value)
