@@ -89,43 +89,63 @@ def _is_basic(part):
     return isinstance(part, _BASIC) and not isinstance(part, (bool, np.bool_))
 
 
-def _basic_view(shape, parts):
-    """(shape, offset, strides) in elements of the view a basic index (ints, slices, None,
-    Ellipsis) takes of a C-contiguous array of `shape`, with NumPy's rules and IndexErrors."""
-    if sum(p is Ellipsis for p in parts) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    used = sum(p is not None and p is not Ellipsis for p in parts)
-    if used > len(shape):
-        raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, but {used} were indexed")
-    if Ellipsis not in parts:
-        parts = parts + (Ellipsis,)
-    strides, step = [0] * len(shape), 1
-    for d in range(len(shape) - 1, -1, -1):
-        strides[d] = step
-        step *= shape[d]
-    out_shape, out_strides, offset, d = [], [], 0, 0
+_INT, _SLICE, _NO_START, _NO_STOP = lib.AD_INDEX_INT, lib.AD_INDEX_SLICE, lib.AD_INDEX_NO_START, lib.AD_INDEX_NO_STOP
+_NEWAXIS, _ELLIPSIS = (lib.AD_INDEX_NEWAXIS, 0, 0, 1), (lib.AD_INDEX_ELLIPSIS, 0, 0, 1)
+_index = lib.ad_index
+
+
+def _bound(v):
+    """A slice bound or step that is not an int or None, as slice.indices reads it (np.int64, ...)."""
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError("slice indices must be integers or None or have an __index__ method") from None
+
+
+def _basic_code(parts):
+    """The parts of a basic index (ints, slices, None, Ellipsis) as ad_index reads them, four
+    int64 a part; None when a part is anything else (arrays, lists, masks, bools: NumPy's indexing)."""
+    code = []
     for p in parts:
-        if p is None:
-            out_shape.append(1)
-            out_strides.append(0)
+        tp = type(p)
+        if tp is int:
+            code += (_INT, p, 0, 1)
+        elif tp is slice:
+            start, stop, step, kind = p.start, p.stop, p.step, _SLICE
+            if start is None:
+                start, kind = 0, kind | _NO_START
+            elif type(start) is not int:
+                start = _bound(start)
+            if stop is None:
+                stop, kind = 0, kind | _NO_STOP
+            elif type(stop) is not int:
+                stop = _bound(stop)
+            if step is None:
+                step = 1
+            elif type(step) is not int:
+                step = _bound(step)
+            code += (kind, start, stop, step)
+        elif p is None:
+            code += _NEWAXIS
         elif p is Ellipsis:
-            for _ in range(len(shape) - used):
-                out_shape.append(shape[d])
-                out_strides.append(strides[d])
-                d += 1
-        elif isinstance(p, slice):
-            start, stop, step = p.indices(shape[d])
-            out_shape.append(len(range(start, stop, step)))
-            out_strides.append(strides[d] * step)
-            offset += start * strides[d]
-            d += 1
+            code += _ELLIPSIS
         else:
-            i = operator.index(p)
-            if not -shape[d] <= i < shape[d]:
-                raise IndexError(f"index {i} is out of bounds for axis {d} with size {shape[d]}")
-            offset += (i + shape[d] if i < 0 else i) * strides[d]
-            d += 1
-    return out_shape, offset, out_strides
+            i = _int_part(p)
+            if i is None:
+                return None
+            code += (_INT, i, 0, 1)
+    return code
+
+
+def _int_part(p):
+    """p as an integer index where NumPy takes it as one (np.integer, any other __index__ but a
+    bool's or an array's), else None."""
+    if isinstance(p, (bool, np.bool_, np.ndarray, Tensor)):
+        return None
+    try:
+        return operator.index(p)
+    except TypeError:
+        return None
 
 
 _BACKWARD_HELPERS = []
@@ -142,10 +162,8 @@ def _backward_helpers():
 
 
 def _slice(t, parts):
-    """t[parts] for a basic index: one strided copy in C (ad_slice), no index array."""
-    shape, offset, strides = _basic_view(t.shape, parts)
-    return _call(lib.ad_slice, t._h, len(shape), ffi.new("int64_t[]", shape or [0]), offset,
-                 ffi.new("int64_t[]", strides or [0]))
+    """t[parts] for a basic index: one call, in which C works out the view and copies it."""
+    return _call(_index, t._h, len(parts), _basic_code(parts))
 
 
 def _whole(part):
@@ -298,10 +316,14 @@ class Tensor:
         """NumPy indexing: ints, slices (any step), None, Ellipsis, integer arrays and boolean
         masks. The result is a new tensor (a copy, as in any op); the gradient scatter-adds back,
         so an element picked twice receives both cotangents."""
-        _check_index(index)
         parts = index if isinstance(index, tuple) else (index,)
-        if all(_is_basic(p) for p in parts):
-            return _slice(self, parts)
+        code = _basic_code(parts)
+        if code is not None:
+            try:
+                return _call(_index, self._h, len(parts), code)
+            except OverflowError:   # a number past int64, which NumPy's indexing below takes
+                pass
+        _check_index(index)
         rows = _rows(self, parts)
         return rows if rows is not None else _gather(self, _index_grid(self)[index])
 
@@ -310,7 +332,7 @@ class Tensor:
         # loop
         if not self.shape:
             raise TypeError("iteration over a 0-d tensor")
-        return (_slice(self, (i,)) for i in range(self.shape[0]))
+        return (_call(_index, self._h, 1, (_INT, i, 0, 1)) for i in range(self.shape[0]))
 
     def __bool__(self):
         if self.size != 1:
