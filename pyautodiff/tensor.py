@@ -10,6 +10,7 @@ it; using it in an op on another thread is a RuntimeError.
 """
 import functools
 import inspect
+import math
 import operator
 import threading
 
@@ -47,6 +48,10 @@ def _adopt(self, t):
     held before (__init__ called a second time) goes to t, which releases it as it dies: a swap
     leaves no moment in which a node belongs to nobody."""
     self._h, t._h = t._h, self._h
+    if t._h:   # __init__ again: the shape and dtype self cached were its old node's
+        for slot in ("_shape", "_dtype"):
+            if hasattr(self, slot):
+                delattr(self, slot)
 
 
 def _from_array(arr, requires_grad=False):
@@ -223,7 +228,9 @@ def _other(op, other):
 class Tensor:
     """An n-dimensional float32/float64 array on the autodiff tape (see ad.tensor)."""
 
-    __slots__ = ("_h", "__weakref__")
+    # _shape, _dtype: cached by the first read of shape or dtype (a node's never change; a Tensor
+    # changes node keeping them, _rebind, or in _adopt, which forgets them); unset until then
+    __slots__ = ("_h", "_shape", "_dtype", "__weakref__")
     # make NumPy defer to our reflected operators: ndarray @ Tensor calls Tensor.__rmatmul__
     __array_ufunc__ = None
     __array_priority__ = 1000
@@ -245,22 +252,35 @@ class Tensor:
         check(lib.ad_info(self._h, info))
         return info
 
+    def _describe(self):
+        """Read shape and dtype from the core once, into the slots the properties read."""
+        info = self._info()
+        self._shape = tuple(info.shape[0:info.ndim])
+        self._dtype = dtype_of(info.dtype)
+
     @property
     def shape(self):
-        info = self._info()
-        return tuple(info.shape[0:info.ndim])
+        try:
+            return self._shape
+        except AttributeError:
+            self._describe()
+            return self._shape
 
     @property
     def ndim(self):
-        return self._info().ndim
+        return len(self.shape)
 
     @property
     def size(self):
-        return self._info().size
+        return math.prod(self.shape)
 
     @property
     def dtype(self):
-        return dtype_of(self._info().dtype)
+        try:
+            return self._dtype
+        except AttributeError:
+            self._describe()
+            return self._dtype
 
     @property
     def requires_grad(self):
@@ -803,7 +823,8 @@ class Tensor:
 
 
 def _rebind(t, r):
-    """Tensor t takes over r's node (t's old node is released; r is left empty)."""
+    """Tensor t takes over r's node (t's old node is released; r is left empty). r has t's shape
+    and dtype (every caller makes sure), so what t cached of them stays true."""
     h, r._h = r._h, 0
     old, t._h = t._h, h
     _release(old)
