@@ -228,8 +228,8 @@ def _other(op, other):
 class Tensor:
     """An n-dimensional float32/float64 array on the autodiff tape (see ad.tensor)."""
 
-    # _shape, _dtype: cached by the first read of shape or dtype (a node's never change; a Tensor
-    # changes node keeping them, _rebind, or in _adopt, which forgets them); unset until then
+    # _shape, _dtype: set by the first read of shape or dtype (a node's never change; a Tensor
+    # changes node keeping them, _rebind, or in _adopt, which forgets them)
     __slots__ = ("_h", "_shape", "_dtype", "__weakref__")
     # make NumPy defer to our reflected operators: ndarray @ Tensor calls Tensor.__rmatmul__
     __array_ufunc__ = None
@@ -243,28 +243,14 @@ class Tensor:
     def __init__(self, data, dtype=None, requires_grad=False):
         _adopt(self, tensor(data, dtype, requires_grad))
 
-    # __del__ is C (_ownership.h, installed below by _init): a Python one could lose the node to a
-    # signal raised inside it
+    # __del__, shape and dtype are C (_ownership.h, installed below by _init): a Python __del__
+    # could lose the node to a signal raised inside it; shape and dtype read the node only once
 
     # ---- inspection ----
     def _info(self):
         info = ffi.new("ad_info_t *")
         check(lib.ad_info(self._h, info))
         return info
-
-    def _describe(self):
-        """Read shape and dtype from the core once, into the slots the properties read."""
-        info = self._info()
-        self._shape = tuple(info.shape[0:info.ndim])
-        self._dtype = dtype_of(info.dtype)
-
-    @property
-    def shape(self):
-        try:
-            return self._shape
-        except AttributeError:
-            self._describe()
-            return self._shape
 
     @property
     def ndim(self):
@@ -273,14 +259,6 @@ class Tensor:
     @property
     def size(self):
         return math.prod(self.shape)
-
-    @property
-    def dtype(self):
-        try:
-            return self._dtype
-        except AttributeError:
-            self._describe()
-            return self._dtype
 
     @property
     def requires_grad(self):
@@ -863,7 +841,8 @@ def _update(t, name, fn, operand=None):
     return t
 
 
-_core._init(Tensor, raise_status)   # Tensor.__del__, and where _call puts a handle
+# Tensor.__del__, shape and dtype, and where _call puts a handle
+_core._init(Tensor, raise_status, (dtype_of(0), dtype_of(1)))   # dtypes by code: AD_F32 = 0, AD_F64 = 1
 
 
 def _overwrite(t, mask, value, pos=None):
