@@ -247,7 +247,7 @@ static PyObject *pyad_described(PyObject *self, Py_ssize_t offset)
     PyObject *v = *(PyObject **)((char *)self + offset);
     if (!v && pyad_describe(self) == 0) {
         v = *(PyObject **)((char *)self + offset);
-        if (!v) PyErr_SetString(PyExc_RuntimeError, "Tensor: the cached shape was deleted while it was read");
+        if (!v) PyErr_SetString(PyExc_RuntimeError, "Tensor: its shape or dtype slot was emptied while it was read");
     }
     Py_XINCREF(v);
     return v;
@@ -294,9 +294,10 @@ static PyObject *pyad_init(PyObject *self, PyObject *const *args, Py_ssize_t nar
     Py_ssize_t size = basic ? PyLong_AsSsize_t(basic) : -1;
     Py_XDECREF(basic);
     if (!alloc || size < 0) return NULL;
-    Py_ssize_t h = pyad_slot_offset(type, alloc, size, "_h"), shape = pyad_slot_offset(type, alloc, size, "_shape"),
-               dtype = pyad_slot_offset(type, alloc, size, "_dtype");
-    if (h < 0 || shape < 0 || dtype < 0) return NULL;
+    Py_ssize_t h, shape, dtype;
+    if ((h = pyad_slot_offset(type, alloc, size, "_h")) < 0 || (shape = pyad_slot_offset(type, alloc, size, "_shape")) < 0 ||
+        (dtype = pyad_slot_offset(type, alloc, size, "_dtype")) < 0)
+        return NULL;
     PyObject *del = PyDescr_NewMethod(type, &pyad_del_def);
     if (!del || PyObject_SetAttrString(args[0], "__del__", del) < 0) { Py_XDECREF(del); return NULL; }
     Py_DECREF(del);
