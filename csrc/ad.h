@@ -128,6 +128,16 @@ int64_t ad_gather(int64_t x, int ndim, const int64_t *shape, const int64_t *inde
  * elements, any sign; what NumPy's view of the index has). A view reaching outside x is
  * AD_ERR_INDEX. */
 int64_t ad_slice(int64_t x, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides);
+/* Basic indexing from the index as written, x[part_0, ..., part_{n-1}] with NumPy's rules:
+ * each part is four int64 {kind, a, b, c}. AD_INDEX_INT: a is the index (negative counts from
+ * the end); AD_INDEX_SLICE: a:b:c, bounds clamped as Python's slice.indices does, c != 0, with
+ * AD_INDEX_NO_START / AD_INDEX_NO_STOP or'ed into kind for an omitted bound (a or b is then
+ * ignored); AD_INDEX_NEWAXIS (None) and AD_INDEX_ELLIPSIS ignore a, b, c. NumPy's errors: an
+ * index out of range, a second Ellipsis or more indices than axes are AD_ERR_INDEX, step 0 or an
+ * unknown kind AD_ERR_VALUE. The result is a copy recorded as ad_slice's. */
+enum { AD_INDEX_INT = 0, AD_INDEX_SLICE = 1, AD_INDEX_NEWAXIS = 2, AD_INDEX_ELLIPSIS = 3,
+       AD_INDEX_NO_START = 4, AD_INDEX_NO_STOP = 8 };
+int64_t ad_index(int64_t x, int nparts, const int64_t *parts);
 /* NumPy concatenate (new_axis == 0) or stack (new_axis == 1) of n tensors along axis. */
 int64_t ad_concatenate(int n, const int64_t *xs, int64_t axis, int new_axis);
 /* cond ? a : b with cond (bytes, 0 or 1, C order) broadcasting against a and b. */

@@ -17,7 +17,9 @@
  *   _borrow(h)                a new reference to h (ad_retain), owned by a new Tensor.
  *   _lend(addr, i, h)         a new reference to h, stored at ((int64_t *)addr)[i], whose reader
  *                             (the core, after a custom rule) takes it over.
- *   _init(Tensor, raise_status)  once, from tensor.py; installs Tensor.__del__.
+ *   _init(Tensor, raise_status, dtypes)  once, from tensor.py; installs Tensor.__del__ and the
+ *                             getters Tensor.shape and Tensor.dtype (dtypes: NumPy's dtype per
+ *                             ad_dtype code).
  *   _init_no_grad(no_grad)    once, from tensor.py; installs no_grad's __enter__ and __exit__.
  *
  * Only the limited C API is used, as everywhere in the module (an abi3 wheel). */
@@ -25,6 +27,8 @@
 static PyTypeObject *pyad_tensor_type;
 static PyObject *pyad_raise_status;
 static Py_ssize_t pyad_h_offset;   /* where a Tensor keeps its `_h` slot (found by _init) */
+static Py_ssize_t pyad_shape_offset, pyad_dtype_offset;   /* and its `_shape` and `_dtype` slots */
+static PyObject *pyad_dtypes;
 static allocfunc pyad_alloc;
 
 #ifndef METH_FASTCALL   /* the limited API of the oldest version names neither; both exist since 3.7 */
@@ -201,40 +205,120 @@ static PyObject *pyad_del(PyObject *self, PyObject *unused)
 static PyMethodDef pyad_del_def = {"__del__", pyad_del, METH_NOARGS,
                                    "Drop this tensor's reference to its node (C: no signal is lost here)."};
 
-/* _init(Tensor, raise_status): find where Tensor keeps `_h` (write a marker through the slot and
- * look for it in the object), then install __del__. */
+/* Tensor.shape and Tensor.dtype: read from the node by the first use and kept in the slots
+ * `_shape` and `_dtype`, since a node's shape and dtype never change (tensor.py's _adopt forgets
+ * them when a second __init__ gives the Tensor another node). C, because the first read is one
+ * ad_info with no cffi objects, so that caching costs a fresh tensor nothing. */
+static void pyad_store(PyObject *self, Py_ssize_t offset, PyObject *value)
+{
+    PyObject **slot = (PyObject **)((char *)self + offset), *old = *slot;
+    *slot = value;
+    Py_XDECREF(old);
+}
+
+static int pyad_describe(PyObject *self)
+{
+    PyObject *hobj = *(PyObject **)((char *)self + pyad_h_offset);
+    int64_t h = hobj ? PyLong_AsLongLong(hobj) : 0;
+    if (h == -1 && PyErr_Occurred()) return -1;
+    ad_info_t info;
+    int st = ad_info(h, &info);
+    pyad_regain();   /* a big tensor's node counts as long work: the core let the GIL go */
+    if (st) {
+        PyObject *s = PyLong_FromLong(st);
+        if (s) { pyad_raise(s); Py_DECREF(s); }
+        return -1;
+    }
+    PyObject *dtype = PyTuple_GetItem(pyad_dtypes, info.dtype), *shape = dtype ? PyTuple_New(info.ndim) : NULL;
+    for (int i = 0; shape && i < info.ndim; i++) {
+        PyObject *d = PyLong_FromLongLong(info.shape[i]);
+        if (!d) Py_CLEAR(shape);
+        else PyTuple_SetItem(shape, i, d);
+    }
+    if (!shape) return -1;
+    Py_INCREF(dtype);
+    pyad_store(self, pyad_shape_offset, shape);
+    pyad_store(self, pyad_dtype_offset, dtype);
+    return 0;
+}
+
+static PyObject *pyad_described(PyObject *self, Py_ssize_t offset)
+{
+    PyObject *v = *(PyObject **)((char *)self + offset);
+    if (!v && pyad_describe(self) == 0) {
+        v = *(PyObject **)((char *)self + offset);
+        if (!v) PyErr_SetString(PyExc_RuntimeError, "Tensor: its shape or dtype slot was emptied while it was read");
+    }
+    Py_XINCREF(v);
+    return v;
+}
+
+static PyObject *pyad_get_shape(PyObject *self, void *unused) { (void)unused; return pyad_described(self, pyad_shape_offset); }
+static PyObject *pyad_get_dtype(PyObject *self, void *unused) { (void)unused; return pyad_described(self, pyad_dtype_offset); }
+
+static PyGetSetDef pyad_getset_defs[] = {
+    {"shape", pyad_get_shape, NULL, "The tensor's shape, a tuple of ints (as NumPy's).", NULL},
+    {"dtype", pyad_get_dtype, NULL, "The tensor's dtype, numpy.float32 or numpy.float64.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+/* Where a Tensor made by alloc keeps the slot `name`: write a marker through the slot and look for
+ * it in the object (size bytes). -1 with an exception set when it is not found exactly once. */
+static Py_ssize_t pyad_slot_offset(PyTypeObject *type, allocfunc alloc, Py_ssize_t size, const char *name)
+{
+    PyObject *probe = alloc(type, 0), *marker = PyLong_FromLong(-12345);
+    Py_ssize_t found = -1;
+    if (probe && marker && PyObject_SetAttrString(probe, name, marker) == 0) {
+        for (Py_ssize_t off = 0; off + (Py_ssize_t)sizeof(PyObject *) <= size; off += sizeof(PyObject *))
+            if (*(PyObject **)((char *)probe + off) == marker) found = found < 0 ? off : -2;
+        PyObject_SetAttrString(probe, name, Py_None);
+    }
+    Py_XDECREF(marker);
+    Py_XDECREF(probe);   /* its __del__ is still the Python one here: it finds no handle */
+    if (PyErr_Occurred()) return -1;
+    if (found < 0) { PyErr_Format(PyExc_RuntimeError, "_init: cannot find Tensor's %s slot", name); return -1; }
+    return found;
+}
+
+/* _init(Tensor, raise_status, dtypes): find Tensor's slots, then install __del__, shape and dtype. */
 static PyObject *pyad_init(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
-    if (nargs != 2 || !PyType_Check(args[0])) { PyErr_SetString(PyExc_TypeError, "_init(Tensor, raise_status)"); return NULL; }
+    if (nargs != 3 || !PyType_Check(args[0]) || !PyTuple_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "_init(Tensor, raise_status, dtypes)");
+        return NULL;
+    }
     PyTypeObject *type = (PyTypeObject *)args[0];
     allocfunc alloc = (allocfunc)PyType_GetSlot(type, Py_tp_alloc);
     PyObject *basic = PyObject_GetAttrString(args[0], "__basicsize__");
     Py_ssize_t size = basic ? PyLong_AsSsize_t(basic) : -1;
     Py_XDECREF(basic);
     if (!alloc || size < 0) return NULL;
-    PyObject *probe = alloc(type, 0), *marker = PyLong_FromLong(-12345);
-    Py_ssize_t found = -1;
-    if (probe && marker && PyObject_SetAttrString(probe, "_h", marker) == 0) {
-        for (Py_ssize_t off = 0; off + (Py_ssize_t)sizeof(PyObject *) <= size; off += sizeof(PyObject *))
-            if (*(PyObject **)((char *)probe + off) == marker) found = found < 0 ? off : -2;
-        PyObject_SetAttrString(probe, "_h", Py_None);
-    }
-    Py_XDECREF(marker);
-    Py_XDECREF(probe);   /* its __del__ is still the Python one here: it finds no handle */
-    if (PyErr_Occurred()) return NULL;
-    if (found < 0) { PyErr_SetString(PyExc_RuntimeError, "_init: cannot find Tensor's _h slot"); return NULL; }
+    Py_ssize_t h, shape, dtype;
+    if ((h = pyad_slot_offset(type, alloc, size, "_h")) < 0 || (shape = pyad_slot_offset(type, alloc, size, "_shape")) < 0 ||
+        (dtype = pyad_slot_offset(type, alloc, size, "_dtype")) < 0)
+        return NULL;
     PyObject *del = PyDescr_NewMethod(type, &pyad_del_def);
     if (!del || PyObject_SetAttrString(args[0], "__del__", del) < 0) { Py_XDECREF(del); return NULL; }
     Py_DECREF(del);
+    for (PyGetSetDef *d = pyad_getset_defs; d->name; d++) {
+        PyObject *g = PyDescr_NewGetSet(type, d);
+        if (!g || PyObject_SetAttrString(args[0], d->name, g) < 0) { Py_XDECREF(g); return NULL; }
+        Py_DECREF(g);
+    }
     Py_INCREF(args[0]);
     Py_INCREF(args[1]);
+    Py_INCREF(args[2]);
     Py_XDECREF((PyObject *)pyad_tensor_type);
     Py_XDECREF(pyad_raise_status);
+    Py_XDECREF(pyad_dtypes);
     pyad_tensor_type = type;
     pyad_raise_status = args[1];
+    pyad_dtypes = args[2];
     pyad_alloc = alloc;
-    pyad_h_offset = found;
+    pyad_h_offset = h;
+    pyad_shape_offset = shape;
+    pyad_dtype_offset = dtype;
     Py_RETURN_NONE;
 }
 

@@ -10,6 +10,7 @@ it; using it in an op on another thread is a RuntimeError.
 """
 import functools
 import inspect
+import math
 import operator
 import threading
 
@@ -47,6 +48,10 @@ def _adopt(self, t):
     held before (__init__ called a second time) goes to t, which releases it as it dies: a swap
     leaves no moment in which a node belongs to nobody."""
     self._h, t._h = t._h, self._h
+    if t._h:   # __init__ again: the shape and dtype self cached were its old node's
+        for slot in ("_shape", "_dtype"):
+            if hasattr(self, slot):
+                delattr(self, slot)
 
 
 def _from_array(arr, requires_grad=False):
@@ -89,43 +94,63 @@ def _is_basic(part):
     return isinstance(part, _BASIC) and not isinstance(part, (bool, np.bool_))
 
 
-def _basic_view(shape, parts):
-    """(shape, offset, strides) in elements of the view a basic index (ints, slices, None,
-    Ellipsis) takes of a C-contiguous array of `shape`, with NumPy's rules and IndexErrors."""
-    if sum(p is Ellipsis for p in parts) > 1:
-        raise IndexError("an index can only have a single ellipsis ('...')")
-    used = sum(p is not None and p is not Ellipsis for p in parts)
-    if used > len(shape):
-        raise IndexError(f"too many indices for array: array is {len(shape)}-dimensional, but {used} were indexed")
-    if Ellipsis not in parts:
-        parts = parts + (Ellipsis,)
-    strides, step = [0] * len(shape), 1
-    for d in range(len(shape) - 1, -1, -1):
-        strides[d] = step
-        step *= shape[d]
-    out_shape, out_strides, offset, d = [], [], 0, 0
+_INT, _SLICE, _NO_START, _NO_STOP = lib.AD_INDEX_INT, lib.AD_INDEX_SLICE, lib.AD_INDEX_NO_START, lib.AD_INDEX_NO_STOP
+_NEWAXIS, _ELLIPSIS = (lib.AD_INDEX_NEWAXIS, 0, 0, 1), (lib.AD_INDEX_ELLIPSIS, 0, 0, 1)
+_index = lib.ad_index
+
+
+def _bound(v):
+    """A slice bound or step that is not an int or None, as slice.indices reads it (np.int64, ...)."""
+    try:
+        return operator.index(v)
+    except TypeError:
+        raise TypeError("slice indices must be integers or None or have an __index__ method") from None
+
+
+def _basic_code(parts):
+    """The parts of a basic index (ints, slices, None, Ellipsis) as ad_index reads them, four
+    int64 a part; None when a part is anything else (arrays, lists, masks, bools: NumPy's indexing)."""
+    code = []
     for p in parts:
-        if p is None:
-            out_shape.append(1)
-            out_strides.append(0)
+        tp = type(p)
+        if tp is int:
+            code += (_INT, p, 0, 1)
+        elif tp is slice:
+            start, stop, step, kind = p.start, p.stop, p.step, _SLICE
+            if start is None:
+                start, kind = 0, kind | _NO_START
+            elif type(start) is not int:
+                start = _bound(start)
+            if stop is None:
+                stop, kind = 0, kind | _NO_STOP
+            elif type(stop) is not int:
+                stop = _bound(stop)
+            if step is None:
+                step = 1
+            elif type(step) is not int:
+                step = _bound(step)
+            code += (kind, start, stop, step)
+        elif p is None:
+            code += _NEWAXIS
         elif p is Ellipsis:
-            for _ in range(len(shape) - used):
-                out_shape.append(shape[d])
-                out_strides.append(strides[d])
-                d += 1
-        elif isinstance(p, slice):
-            start, stop, step = p.indices(shape[d])
-            out_shape.append(len(range(start, stop, step)))
-            out_strides.append(strides[d] * step)
-            offset += start * strides[d]
-            d += 1
+            code += _ELLIPSIS
         else:
-            i = operator.index(p)
-            if not -shape[d] <= i < shape[d]:
-                raise IndexError(f"index {i} is out of bounds for axis {d} with size {shape[d]}")
-            offset += (i + shape[d] if i < 0 else i) * strides[d]
-            d += 1
-    return out_shape, offset, out_strides
+            i = _int_part(p)
+            if i is None:
+                return None
+            code += (_INT, i, 0, 1)
+    return code
+
+
+def _int_part(p):
+    """p as an integer index where NumPy takes it as one (np.integer, any other __index__ but a
+    bool's or an array's), else None."""
+    if isinstance(p, (bool, np.bool_, np.ndarray, Tensor)):
+        return None
+    try:
+        return operator.index(p)
+    except TypeError:
+        return None
 
 
 # The modules that import this one, which Tensor's methods call into (x.sum() is ops.sum(x), ...):
@@ -141,10 +166,8 @@ def _bind_late(ops, shape_ops, reduce_ops, linalg_ops, hooks, functional):
 
 
 def _slice(t, parts):
-    """t[parts] for a basic index: one strided copy in C (ad_slice), no index array."""
-    shape, offset, strides = _basic_view(t.shape, parts)
-    return _call(lib.ad_slice, t._h, len(shape), ffi.new("int64_t[]", shape or [0]), offset,
-                 ffi.new("int64_t[]", strides or [0]))
+    """t[parts] for a basic index: one call, in which C works out the view and copies it."""
+    return _call(_index, t._h, len(parts), _basic_code(parts))
 
 
 def _whole(part):
@@ -204,7 +227,9 @@ def _other(op, other):
 class Tensor:
     """An n-dimensional float32/float64 array on the autodiff tape (see ad.tensor)."""
 
-    __slots__ = ("_h", "__weakref__")
+    # _shape, _dtype: set by the first read of shape or dtype (a node's never change; a Tensor
+    # changes node keeping them, _rebind, or in _adopt, which forgets them)
+    __slots__ = ("_h", "_shape", "_dtype", "__weakref__")
     # make NumPy defer to our reflected operators: ndarray @ Tensor calls Tensor.__rmatmul__
     __array_ufunc__ = None
     __array_priority__ = 1000
@@ -217,8 +242,8 @@ class Tensor:
     def __init__(self, data, dtype=None, requires_grad=False):
         _adopt(self, tensor(data, dtype, requires_grad))
 
-    # __del__ is C (_ownership.h, installed below by _init): a Python one could lose the node to a
-    # signal raised inside it
+    # __del__, shape and dtype are C (_ownership.h, installed below by _init): a Python __del__
+    # could lose the node to a signal raised inside it; shape and dtype read the node only once
 
     # ---- inspection ----
     def _info(self):
@@ -227,21 +252,12 @@ class Tensor:
         return info
 
     @property
-    def shape(self):
-        info = self._info()
-        return tuple(info.shape[0:info.ndim])
-
-    @property
     def ndim(self):
-        return self._info().ndim
+        return len(self.shape)
 
     @property
     def size(self):
-        return self._info().size
-
-    @property
-    def dtype(self):
-        return dtype_of(self._info().dtype)
+        return math.prod(self.shape)
 
     @property
     def requires_grad(self):
@@ -297,10 +313,14 @@ class Tensor:
         """NumPy indexing: ints, slices (any step), None, Ellipsis, integer arrays and boolean
         masks. The result is a new tensor (a copy, as in any op); the gradient scatter-adds back,
         so an element picked twice receives both cotangents."""
-        _check_index(index)
         parts = index if isinstance(index, tuple) else (index,)
-        if all(_is_basic(p) for p in parts):
-            return _slice(self, parts)
+        code = _basic_code(parts)
+        if code is not None:
+            try:
+                return _call(_index, self._h, len(parts), code)
+            except OverflowError:   # a number past int64, which NumPy's indexing below takes
+                pass
+        _check_index(index)
         rows = _rows(self, parts)
         return rows if rows is not None else _gather(self, _index_grid(self)[index])
 
@@ -309,7 +329,7 @@ class Tensor:
         # loop
         if not self.shape:
             raise TypeError("iteration over a 0-d tensor")
-        return (_slice(self, (i,)) for i in range(self.shape[0]))
+        return (_call(_index, self._h, 1, (_INT, i, 0, 1)) for i in range(self.shape[0]))
 
     def __bool__(self):
         if self.size != 1:
@@ -738,7 +758,8 @@ class Tensor:
 
 
 def _rebind(t, r):
-    """Tensor t takes over r's node (t's old node is released; r is left empty)."""
+    """Tensor t takes over r's node (t's old node is released; r is left empty). r has t's shape
+    and dtype (every caller makes sure), so what t cached of them stays true."""
     h, r._h = r._h, 0
     old, t._h = t._h, h
     _release(old)
@@ -777,7 +798,8 @@ def _update(t, name, fn, operand=None):
     return t
 
 
-_core._init(Tensor, raise_status)   # Tensor.__del__, and where _call puts a handle
+# Tensor.__del__, shape and dtype, and where _call puts a handle
+_core._init(Tensor, raise_status, (dtype_of(0), dtype_of(1)))   # dtypes by code: AD_F32 = 0, AD_F64 = 1
 
 
 def _overwrite(t, mask, value, pos=None):

@@ -197,8 +197,8 @@ static void jvp_scatter(ad_node *n, const void *const *tin, int64_t k, void *tou
 
 /* ---------------- slice: basic indexing ----------------
  * Integers, slices with any step, None and Ellipsis select a strided view of x: an offset and
- * one stride per output axis (in elements, any sign), which the bindings read off NumPy's own
- * view of the index. One strided copy makes the value, with no index array at all; the VJP adds
+ * one stride per output axis (in elements, any sign), which ad_index (below) works out from the
+ * index as written. One strided copy makes the value, with no index array at all; the VJP adds
  * the cotangent back through the same strides. aux holds the offset, then the strides. */
 
 /* Is every element of the view inside x? (the lowest and highest positions it reaches) */
@@ -244,6 +244,88 @@ int ad_mk_slice(ad_tape *T, ad_node *x, int ndim, const int64_t *shape, int64_t 
 int64_t ad_slice(int64_t hx, int ndim, const int64_t *shape, int64_t offset, const int64_t *strides)
 {
     AD_ONE_INPUT_ENTRY(hx, ad_mk_slice(T, x, ndim, shape, offset, strides, &n));
+}
+
+/* ---------------- index: basic indexing from the index as written ----------------
+ * The bindings pass x[...]'s parts as they are (ad.h: four int64 each) and the view is worked out
+ * here, with NumPy's rules and messages, so that t[3] is one call with no arithmetic in Python.
+ * The result is a slice node: replay, VJP and JVP are slice's. */
+
+/* One slice bound, clamped into x's axis of n elements as slice.indices (PySlice_AdjustIndices) does. */
+static int64_t slice_bound(int64_t v, int64_t n, int64_t step)
+{
+    if (v < 0) {
+        v += n;
+        if (v < 0) v = step < 0 ? -1 : 0;
+    } else if (v >= n) {
+        v = step < 0 ? n - 1 : n;
+    }
+    return v;
+}
+
+static int index_node(ad_tape *T, ad_node *x, int nparts, const int64_t *parts, ad_node **out)
+{
+    if (nparts < 0 || (nparts > 0 && !parts))
+        return ad_err(AD_ERR_VALUE, "getitem: %d index parts%s", nparts, parts ? "" : " at NULL");
+    int ellipses = 0, used = 0, added = 0;   /* Ellipses; parts that take an axis; axes they add */
+    for (int i = 0; i < nparts; i++) {
+        int64_t kind = parts[4 * i], base = kind & 3, flags = kind & ~(int64_t)3;
+        if (kind < 0 || (flags & ~(int64_t)(AD_INDEX_NO_START | AD_INDEX_NO_STOP)) || (flags && base != AD_INDEX_SLICE))
+            return ad_err(AD_ERR_VALUE, "getitem: part %d has unknown kind %lld", i, (long long)kind);
+        ellipses += base == AD_INDEX_ELLIPSIS;
+        used += base == AD_INDEX_INT || base == AD_INDEX_SLICE;
+        added += base == AD_INDEX_NEWAXIS || base == AD_INDEX_SLICE;
+    }
+    /* in NumPy's order, with NumPy's words */
+    if (ellipses > 1) return ad_err(AD_ERR_INDEX, "an index can only have a single ellipsis ('...')");
+    if (used > x->ndim)
+        return ad_err(AD_ERR_INDEX, "too many indices for array: array is %d-dimensional, but %d were indexed",
+                      x->ndim, used);
+    int ndim = added + x->ndim - used;
+    if (ndim > AD_MAXDIM)
+        return ad_err(AD_ERR_VALUE, "getitem: the result would have %d dimensions; tensors have at most %d", ndim, AD_MAXDIM);
+    int64_t xstrides[AD_MAXDIM], shape[AD_MAXDIM], strides[AD_MAXDIM], offset = 0;
+    ad_contig_strides(x->ndim, x->shape, xstrides);
+    int d = 0, k = 0;   /* x's next axis, the view's next axis */
+    for (int i = 0; i <= nparts; i++) {
+        const int64_t *p = i < nparts ? parts + 4 * i : NULL;
+        if (!p && ellipses) break;
+        int64_t base = p ? p[0] & 3 : AD_INDEX_ELLIPSIS;   /* no Ellipsis written: one at the end */
+        if (base == AD_INDEX_NEWAXIS) {
+            shape[k] = 1;
+            strides[k++] = 0;
+        } else if (base == AD_INDEX_ELLIPSIS) {
+            for (int e = x->ndim - used; e > 0; e--) {
+                shape[k] = x->shape[d];
+                strides[k++] = xstrides[d++];
+            }
+        } else if (base == AD_INDEX_INT) {
+            int64_t at = p[1], n = x->shape[d];
+            if (at < -n || at >= n)
+                return ad_err(AD_ERR_INDEX, "index %lld is out of bounds for axis %d with size %lld", (long long)at, d,
+                              (long long)n);
+            offset += (at < 0 ? at + n : at) * xstrides[d++];
+        } else {
+            int64_t n = x->shape[d], step = p[3], len = 0;
+            if (step == 0) return ad_err(AD_ERR_VALUE, "slice step cannot be zero");
+            if (step < -INT64_MAX) step = -INT64_MAX;   /* as Python does: -step must not overflow */
+            int64_t start = p[0] & AD_INDEX_NO_START ? (step < 0 ? n - 1 : 0) : slice_bound(p[1], n, step);
+            int64_t stop = p[0] & AD_INDEX_NO_STOP ? (step < 0 ? -1 : n) : slice_bound(p[2], n, step);
+            if (step < 0 ? stop < start : start < stop)
+                len = step < 0 ? (start - stop - 1) / -step + 1 : (stop - start - 1) / step + 1;
+            /* a step that reaches a second element is at most n: strides[d] * step cannot overflow */
+            shape[k] = len;
+            strides[k++] = len > 1 ? xstrides[d] * step : xstrides[d];
+            if (len) offset += start * xstrides[d];
+            d++;
+        }
+    }
+    return ad_mk_slice(T, x, ndim, shape, offset, strides, out);
+}
+
+int64_t ad_index(int64_t hx, int nparts, const int64_t *parts)
+{
+    AD_ONE_INPUT_ENTRY(hx, index_node(T, x, nparts, parts, &n));
 }
 
 /* Does the view reach each element of x at most once? (Sufficient test: with the axes ordered by

@@ -551,6 +551,15 @@ static void one_newer_call(void)
         int64_t off = chance(90) ? (int64_t)below(12) : absurd_int();
         check_handle("ad_slice", ad_slice(any_handle(), nd, chance(90) ? sh : shape_arg(sh, nd), off,
                                           chance(95) ? st : NULL), 0);
+        /* the same from the index as written: small parts mostly, bounds and steps of any size */
+        int64_t parts[4 * 16];
+        int np = chance(5) ? (int)absurd_int() : (int)below(6);
+        for (int i = 0; i < 16; i++) {
+            int64_t *p = parts + 4 * i;
+            p[0] = chance(97) ? (chance(30) ? AD_INDEX_SLICE | 4 * below(4) : below(4)) : absurd_int();
+            for (int j = 1; j < 4; j++) p[j] = chance(90) ? below(9) - 4 : absurd_int();
+        }
+        check_handle("ad_index", ad_index(any_handle(), np, np > 16 || chance(3) ? NULL : parts), 0);
         break;
     }
     case 0: {
