@@ -180,27 +180,6 @@ def _blas_pointer(name, module="cython_blas"):
     return ffi.cast("void *", get_ptr(capsule, get_name(capsule)))
 
 
-def _blas_thread_setter():
-    """SciPy's OpenBLAS thread count setter (the BLAS that _blas_pointer's routines run on), so that
-    ad.set_num_threads governs matmul too; None when SciPy is absent or its BLAS is not the OpenBLAS
-    its wheels bundle (a system BLAS keeps its own setting: OPENBLAS_NUM_THREADS, threadpoolctl)."""
-    try:
-        import glob
-        import os
-        import scipy
-    except ImportError:
-        return None
-    for path in sorted(glob.glob(os.path.join(os.path.dirname(scipy.__path__[0]), "scipy.libs",
-                                              "libscipy_openblas*"))):
-        try:
-            setter = ctypes.CDLL(path).scipy_openblas_set_num_threads   # already loaded: same handle
-        except (OSError, AttributeError):
-            continue
-        setter.argtypes, setter.restype = [ctypes.c_int], None
-        return setter
-    return None
-
-
 lib.ad_set_blas(*(_blas_pointer(name) for name in ("dgemm", "sgemm", "dgemv", "sgemv")))
 lib.ad_set_lapack(*(_blas_pointer(name, "cython_lapack")
                     for name in ("dgetrf", "sgetrf", "dgetrs", "sgetrs", "dpotrf", "spotrf", "dgesdd", "sgesdd")))

@@ -17,7 +17,7 @@ import threading
 import numpy as np
 
 from ._capi import (ffi, lib, raise_status, check, as_float_array, int_tuple, dtype_code, dtype_of,
-                    resolve_dtype, _call, _blas_thread_setter)
+                    resolve_dtype, _call)
 from . import _core
 
 _new = object.__new__
@@ -955,22 +955,13 @@ def set_num_threads(n):
     """Threads that one large elementwise op (forward or VJP, >= 32768 elements, nothing
     broadcast) splits its work over. The default is PYAUTODIFF_NUM_THREADS, else OMP_NUM_THREADS,
     else the machine's cores (at most 64). Results are
-    bit-identical for any setting. Matmul's BLAS follows it when it is the OpenBLAS bundled with
-    SciPy's wheels (set_num_threads(1) then makes every op single-threaded); another BLAS keeps its
-    own setting (OPENBLAS_NUM_THREADS, MKL_NUM_THREADS, threadpoolctl)."""
+    bit-identical for any setting. BLAS (matmul) keeps its own setting: OPENBLAS_NUM_THREADS or
+    threadpoolctl set SciPy's OpenBLAS threads."""
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"set_num_threads: expected an int, got {type(n).__name__}")
     if not -2**31 <= n < 2**31:
         raise ValueError(f"set_num_threads: {n} threads is out of range")
     check(lib.ad_set_num_threads(int(n)))
-    global _blas_threads
-    if _blas_threads is None:
-        _blas_threads = _blas_thread_setter() or False
-    if _blas_threads:
-        _blas_threads(int(n))
-
-
-_blas_threads = None   # SciPy's OpenBLAS setter, looked up on first use (False: none)
 
 
 def get_num_threads():

@@ -298,28 +298,6 @@ def test_set_num_threads_validates(restore_threads):
     assert ad.get_num_threads() == 3
 
 
-def test_set_num_threads_governs_scipys_openblas(restore_threads):
-    # matmul runs on SciPy's BLAS; with the OpenBLAS its wheels bundle, set_num_threads sets its
-    # thread count too (OpenBLAS caps it at the threads it started with, the machine's cores)
-    import ctypes
-    import glob
-    import os
-    import scipy
-    libs = glob.glob(os.path.join(os.path.dirname(scipy.__path__[0]), "scipy.libs", "libscipy_openblas*"))
-    if not libs:
-        pytest.skip("SciPy's BLAS is not its wheels' bundled OpenBLAS: it keeps its own setting")
-    count = ctypes.CDLL(libs[0]).scipy_openblas_get_num_threads
-    ad.set_num_threads(1)
-    assert count() == 1
-    ad.set_num_threads(2)
-    assert count() == min(2, os.cpu_count())
-    ad.set_num_threads(1)
-    a = ad.tensor(np.arange(12.0).reshape(3, 4), requires_grad=True)
-    (a @ ad.tensor(np.ones((4, 2)))).sum().backward()
-    np.testing.assert_array_equal(a.grad.numpy(), np.full((3, 4), 2.0))
-    assert count() == 1
-
-
 def test_forked_child_runs_parallel_ops(restore_threads):
     # the child has no pool workers; its first parallel op starts new ones (threads.c's atfork)
     import os
