@@ -164,9 +164,21 @@ static void *big_alloc(size_t bytes)
     return p;
 }
 
+/* The bytes a buffer takes: at least 64, so two live buffers always start a whole AVX-512 vector
+ * apart. GCC's vectorised libm loops check at run time that the output is at least a vector away
+ * from each input (a broadcast 0-d operand included) and otherwise run the scalar loop (scalar libm,
+ * which rounds differently from libmvec). With malloc's 32- and 48-byte neighbours a small op's
+ * last bits depended on where its buffers happened to land (logaddexp of a 0-d and a (4,) tensor:
+ * about 1 call in 12 with a stirred heap), and then differed from its replay, whose arena keeps
+ * buffers apart for the same reason (replay.c arena_take). */
+static size_t buf_bytes(size_t bytes)
+{
+    return bytes < 64 ? 64 : bytes;
+}
+
 void *ad_buf_alloc(ad_tape *T, size_t bytes)
 {
-    if (bytes == 0) bytes = 1;
+    bytes = buf_bytes(bytes);
 #ifdef AD_EXACT_ALLOC
     void *q = bytes > max_buffer_bytes() ? NULL : malloc(bytes);
     if (q) T->live_bytes += (int64_t)bytes;
@@ -195,7 +207,7 @@ void *ad_buf_alloc(ad_tape *T, size_t bytes)
 void ad_buf_free(ad_tape *T, void *p, size_t bytes)
 {
     if (!p) return;
-    if (bytes == 0) bytes = 1;
+    bytes = buf_bytes(bytes);
 #ifdef AD_EXACT_ALLOC
     T->live_bytes -= (int64_t)bytes;
     free(p);
