@@ -3,16 +3,16 @@ vectorised libm loops check at run time that the output is a vector away from ea
 broadcast 0-d operand included) and run the scalar loop (scalar libm, other rounding) otherwise.
 Buffers under 64 bytes came from malloc 32 or 48 bytes apart, so logaddexp of a 0-d and a (4,)
 tensor gave other last bits in about 1 call in 12 with a stirred heap, and then differed from its
-replay, whose arena keeps buffers apart (test_record's case failed in a full run)."""
+replay, whose arena keeps buffers apart (test_record's case failed in a full run). That symptom
+shows only in some heap states (never in 200 stirred calls under pytest on the old code), so the
+test below checks the invariant itself, which failed on the old code at once."""
 
 import random
 
 import numpy as np
 
 import pyautodiff as ad
-import test_record
 from pyautodiff._capi import ffi
-from op_table import ROWS
 
 
 def _address(t):
@@ -31,13 +31,3 @@ def test_live_buffers_start_a_vector_apart():
     gaps = np.diff(addresses)
     assert gaps.min() >= 64, gaps.min()
 
-
-def test_small_op_bits_do_not_depend_on_the_heap():
-    # the symptom: eager against its replay with the heap stirred between calls
-    row = next(r for r in ROWS if r.name == "logaddexp")
-    rng = random.Random(0)
-    for _ in range(200):
-        keep = [ad.tensor(np.ones(rng.randint(1, 40))) for _ in range(rng.randint(0, 30))]
-        del keep[::2]
-        for dtype in test_record.DTYPES:
-            test_record.test_replay_is_bit_identical_on_every_op(row, 2, dtype)
