@@ -50,6 +50,8 @@ struct ad_node {
     int32_t ndim;
     int32_t nin;
     int32_t consumers;         /* recorded nodes that have this one as an input (part of refs) */
+    int32_t cow_deps;          /* copy-on-write (tape.c, "aliases"): on a storage node, how many
+                                * aliases read its values; -1 marks an alias itself */
     int64_t size;
     int64_t shape[AD_MAXDIM];
     void *data;
@@ -266,6 +268,19 @@ int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, a
  * version). Only .data and the public reshape make these (as PyTorch's reshape, which may return a
  * view): rules and sweeps build with copies, so a grad never aliases another tensor. */
 int ad_node_new_view(ad_tape *T, int op, ad_node *base, int ndim, const int64_t *shape, ad_node **out);
+/* Aliases (tape.c): a leaf's grad that reads `data` (in base's values) in place, copy-on-write.
+ * backward(W) makes them when the cotangent reaches a leaf unchanged (x + y, concatenate's rows),
+ * as NumPy's and PyTorch's gradients there are views of W; here a write to either side first gives
+ * the alias a copy of its own (ad_write_begin), so neither ever sees the other's writes. An alias
+ * has no views (making one copies it first), and its storage never requires grad (which keeps
+ * grads from referring to each other in a cycle). */
+int ad_node_new_alias(ad_tape *T, ad_node *base, void *data, int ndim, const int64_t *shape, ad_node **out);
+/* Call before writing into n's values in place: separates n, or the aliases of n's storage, from
+ * the memory about to change (a copy each; out of memory leaves every value as it was). */
+int ad_write_begin(ad_tape *T, ad_node *n);
+/* A leaf's grad that backward must not add into in place: someone else holds it, it is recorded
+ * (create_graph), or it is an alias of other values. */
+static inline int ad_grad_shared(const ad_node *g) { return g->refs > 1 || !(g->flags & F_LEAF) || g->cow_deps < 0; }
 /* Connect inputs if grad mode is on and any requires grad; takes references on them. */
 int ad_node_link(ad_tape *T, ad_node *n, int nin, ad_node **ins);
 void ad_node_unref(ad_tape *T, ad_node *n);

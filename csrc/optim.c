@@ -125,6 +125,10 @@ int ad_optim_prepare(ad_tape *T, const ad_optim_t *o, int64_t hp, const int64_t 
                 return ad_err(AD_ERR_VALUE, "optim_step: the %s and the %s must be different tensors",
                               names[o->kind][j], names[o->kind][i]);
     }
+    /* no grad may go on reading the values about to change in place (tape.c, "aliases") */
+    if ((st = ad_write_begin(T, p))) return st;
+    for (int i = 0; i < 3; i++)
+        if (s[i] && (st = ad_write_begin(T, s[i]))) return st;
     *pp = p;
     return AD_OK;
 }

@@ -59,14 +59,35 @@ static _Thread_local int t_defer_leaves;
 /* Set while ad_backward runs on this thread: a custom rule or hook it calls must not start
  * another (both would use the nodes' adj fields). */
 static _Thread_local int t_in_backward;
-/* The seed's values when backward's root reads them in place as its adjoint (see
- * backward_locked): never freed as an adjoint. */
-static _Thread_local const void *t_borrowed_adj;
+/* The seed's values when backward reads them in place as adjoints (see backward_locked): the
+ * bytes [t_borrow_lo, t_borrow_hi) of t_borrow_seed. An adjoint inside them is never freed or
+ * written; with t_borrow_share, several nodes may hold it (or a block of it) at once, and a leaf
+ * that ends up with one gets a grad that aliases the seed (tape.c, "aliases"). */
+static _Thread_local const char *t_borrow_lo, *t_borrow_hi;
+static _Thread_local ad_node *t_borrow_seed;
+static _Thread_local int t_borrow_share;
+
+static int borrowed(const void *adj)
+{
+    return (const char *)adj >= t_borrow_lo && (const char *)adj < t_borrow_hi;
+}
 
 static void free_adj(ad_tape *T, ad_node *n)
 {
-    if (n->adj != t_borrowed_adj) ad_buf_free(T, n->adj, ad_adj_bytes(n));
+    if (!borrowed(n->adj)) ad_buf_free(T, n->adj, ad_adj_bytes(n));
     n->adj = NULL;
+}
+
+/* n's adjoint is about to be written: a borrowed one is copied into a buffer of n's own first. */
+static int own_adj(ad_tape *T, ad_node *n)
+{
+    if (!borrowed(n->adj)) return AD_OK;
+    void *mine = ad_buf_alloc(T, ad_adj_bytes(n));
+    if (!mine) return ad_err(AD_ERR_MEMORY, "backward: out of memory for the adjoint of a %s node (%zu bytes)",
+                             ad_ops[n->op].name, ad_adj_bytes(n));
+    ad_copy(mine, n->adj, (size_t)n->size * ad_itemsize(n->dtype));
+    n->adj = mine;
+    return AD_OK;
 }
 
 /* Where input m's adjoint lives: a leaf's grad node, else m->adj (allocated on first use). */
@@ -80,7 +101,7 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
             m->grad = g;
             *accumulate = 0;
         } else {
-            if (m->grad->refs > 1 || !(m->grad->flags & F_LEAF)) {
+            if (ad_grad_shared(m->grad)) {
                 /* Someone else holds the grad (the user's tensor from .grad, or a graph whose
                  * VJPs read its values after `x.grad = y`): accumulate into a copy, so what they
                  * hold never changes under them (PyTorch's AccumulateGrad does the same). A
@@ -105,7 +126,7 @@ static int adjoint_target(ad_tape *T, ad_node *m, void **dst, int *accumulate, i
         (*pending)++;
         *accumulate = 0;
     } else {
-        int st = (m->flags & F_ADJ_UNIFORM) ? materialize(T, m) : AD_OK;
+        int st = (m->flags & F_ADJ_UNIFORM) ? materialize(T, m) : own_adj(T, m);
         if (st) return st;
         *accumulate = 1;
     }
@@ -238,6 +259,24 @@ static int pass_to_inputs(ad_tape *T, ad_node *n, int64_t *pending, int anomaly)
         /* done */
     } else if (n->nin == 2 && n->in[0] == n->in[1] && (ad_ops[n->op].flags & AD_VJP_BOTH)) {
         st = pass_to_input(T, n, AD_BOTH, pending, anomaly);
+    } else if (t_borrow_share && borrowed(n->adj)) {
+        /* the seed, read in place: every input it passes to unchanged (both of x + y, each input
+         * of a concatenation along its first axis: a block of rows) holds it too, without a copy */
+        for (int j = 0; j < n->nin && !st; j++) {
+            ad_node *m = n->in[j];
+            int64_t at = 0;
+            if (can_hand_over(n, j)) {
+                m->adj = n->adj;
+            } else if ((m->flags & F_REQUIRES_GRAD) && !m->adj && m->size > 0 && m->dtype == n->dtype &&
+                       ad_concat_block(n, j, &at)) {
+                m->adj = (char *)n->adj + (size_t)at * ad_itemsize(n->dtype);
+            } else {
+                if (m->flags & F_REQUIRES_GRAD) st = pass_to_input(T, n, j, pending, anomaly);
+                continue;
+            }
+            m->refs++;   /* as adjoint_target: the sweep keeps m alive until its own turn */
+            (*pending)++;
+        }
     } else {
         /* the input that takes the buffer over goes last, once the others have read it; anomaly
          * mode need not check it: a NaN in it was already in n's adjoint */
@@ -295,8 +334,7 @@ static int custom_pass(ad_tape *T, ad_node *n, int64_t *pending)
         for (int j = 0; j < n->nin; j++) if (res[j]) ad_node_unref(T, res[j]);
         if (res != inl) free(res);
     }
-    ad_buf_free(T, n->adj, ad_adj_bytes(n));
-    n->adj = NULL;
+    free_adj(T, n);
     n->flags &= (uint8_t)~F_ADJ_UNIFORM;
     return st;
 }
@@ -310,7 +348,10 @@ static int commit_prepare(ad_tape *T, ad_node **swept, int64_t nswept, ad_node *
     int st = f ? AD_OK : ad_err(AD_ERR_MEMORY, "backward: out of memory");
     for (int64_t k = 0; k < nswept && !st; k++) {
         ad_node *n = swept[k];
-        if ((n->flags & F_LEAF) && (!n->grad || n->grad->refs > 1 || !(n->grad->flags & F_LEAF)))
+        if (!(n->flags & F_LEAF) || (n->grad && !ad_grad_shared(n->grad))) continue;
+        if (!n->grad && borrowed(n->adj))
+            st = ad_node_new_alias(T, t_borrow_seed, n->adj, n->ndim, n->shape, &f[k]);
+        else
             st = ad_node_new(T, AD_OP_LEAF, n->dtype, n->ndim, n->shape, &f[k]);
     }
     if (!st) st = ad_tape_reserve_release(T);
@@ -363,18 +404,25 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         return st;
     }
 
-    /* The root's adjoint is read once, by its own VJP, which runs first: unless something could
-     * write it or keep its buffer (a hook, a custom rule, an input that takes the buffer over),
-     * the seed is read in place instead of copied, which saves a pass over the output. */
+    /* The seed is read in place as the root's adjoint, not copied, unless a hook or a custom rule
+     * could write it. When it does not require grad it may also pass on, unchanged, to inputs
+     * (x + y, a concatenation's blocks) and become leaves' grads: aliases of it, copy-on-write,
+     * as NumPy's and PyTorch's gradients there are views of the cotangent. A seed that requires
+     * grad could have a grad of its own aliasing another, a cycle: it is read only by the root's
+     * VJP, so no input may take it over. */
     int borrow = seed && seed->dtype == root->dtype && root->size > 0 && !(root->flags & F_HOOK) &&
                  root->op != AD_OP_CUSTOM;
+    int share = borrow && !(seed->flags & F_REQUIRES_GRAD) && !(ad_storage(seed)->flags & F_REQUIRES_GRAD);
     t_defer_leaves = 1;   /* as in the sweep below, for can_hand_over */
-    for (int j = 0; j < root->nin && borrow; j++)
+    for (int j = 0; j < root->nin && borrow && !share; j++)
         if (can_hand_over(root, j)) borrow = 0;
     t_defer_leaves = 0;
     if (borrow) {
         root->adj = seed->data;
-        t_borrowed_adj = seed->data;
+        t_borrow_lo = seed->data;
+        t_borrow_hi = t_borrow_lo + (size_t)root->size * ad_itemsize(root->dtype);
+        t_borrow_seed = seed;
+        t_borrow_share = share;
     } else {
         if ((st = ad_tape_grow_adj(T, root))) return st;
         copy_seed(root, root->adj, seed);
@@ -412,7 +460,7 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
         if (n->flags & F_HOOK) {
             /* n's gradient is complete here: every consumer has been swept */
             if ((n->flags & F_ADJ_UNIFORM) && (st = materialize(T, n))) break;
-            if ((st = ad_hook_numeric(T, n, n->adj))) break;
+            if ((st = own_adj(T, n)) || (st = ad_hook_numeric(T, n, n->adj))) break;
         }
         if (n->flags & F_LEAF) {
             swept[nswept++] = n;   /* its adjoint (and reference) wait for the commit */
@@ -442,7 +490,10 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     for (int64_t k = 0; k < nswept && !st; k++) {
         ad_node *n = swept[k];
         if (!(n->flags & F_LEAF)) continue;
-        if (!n->grad) {
+        if (!n->grad && fresh[k]->cow_deps < 0) {
+            /* the seed, read in place: the grad is an alias of it (commit_prepare) */
+            n->grad = fresh[k];
+        } else if (!n->grad) {
             /* the adjoint buffer becomes the grad's values, no copy */
             void *values = fresh[k]->data;
             fresh[k]->data = n->adj;
@@ -468,7 +519,9 @@ static int backward_locked(ad_tape *T, int64_t root_h, int64_t seed_h, int retai
     free(fresh);
     free(swept);
     ad_tape_hold_order(T, 0);
-    t_borrowed_adj = NULL;
+    t_borrow_lo = t_borrow_hi = NULL;
+    t_borrow_seed = NULL;
+    t_borrow_share = 0;
     return st;
 }
 

@@ -60,6 +60,8 @@ struct ad_tape {
     uint32_t gen_floor;        /* generation of a fresh slot's first node (see tape_reclaim) */
     int recording;             /* ad_record_mode depth (owner thread only) */
     int64_t escapes;           /* values that left the graph while recording (ad_tape_escape) */
+    ad_node **cows;            /* every live alias (see "aliases"), in no order */
+    int64_t ncows, cows_cap;
 };
 
 /* Every call takes its tape's lock, but it is contended only when another thread reads or drops
@@ -322,6 +324,9 @@ static void tape_reclaim(ad_tape *T)
     free(T->chunks);
     free(T->order);
     free(T->work);
+    free(T->cows);
+    T->cows = NULL;
+    T->ncows = T->cows_cap = 0;
     T->chunks = NULL;
     T->nchunks = T->nslots = 0;
     T->free_nodes = NULL;
@@ -611,6 +616,9 @@ static ad_node *node_take(ad_tape *T)
     return n;
 }
 
+static void cow_forget(ad_tape *T, ad_node *g);
+static int cow_detach(ad_tape *T, ad_node *g);
+
 /* A fresh node of op and shape. Its values are a new buffer or, when `base` is given, base's
  * values (a view: no buffer of its own; the node holds base's storage, which keeps the values
  * alive and carries their version). */
@@ -674,7 +682,72 @@ int ad_node_new(ad_tape *T, int op, int dtype, int ndim, const int64_t *shape, a
 
 int ad_node_new_view(ad_tape *T, int op, ad_node *base, int ndim, const int64_t *shape, ad_node **out)
 {
-    return node_make(T, op, base->dtype, ndim, shape, base, out);
+    /* a write through a view of an alias would land in the alias's storage: copy it first */
+    int st = base->cow_deps < 0 ? cow_detach(T, base) : AD_OK;
+    return st ? st : node_make(T, op, base->dtype, ndim, shape, base, out);
+}
+
+/* ---------- aliases: grads that read other values in place, copy-on-write ----------
+ * An alias is a view (it holds its storage S, whose version it shares) whose data may start
+ * anywhere in S's values, listed in T->cows and counted in S->cow_deps. Writers call
+ * ad_write_begin first: a write to the alias gives it a copy of its values (cow_detach), a write
+ * to S or to a view of S gives every alias of S one. The list is scanned only when S has aliases
+ * (and on an alias's release): there are as many as leaves that took backward's cotangent. */
+static void cow_forget(ad_tape *T, ad_node *g)
+{
+    for (int64_t i = T->ncows; i-- > 0;)
+        if (T->cows[i] == g) { T->cows[i] = T->cows[--T->ncows]; break; }
+    g->storage->cow_deps--;
+    g->cow_deps = 0;
+}
+
+static int cow_detach(ad_tape *T, ad_node *g)
+{
+    size_t bytes = (size_t)g->size * ad_itemsize(g->dtype);
+    void *buf = ad_buf_alloc(T, bytes);
+    if (!buf)
+        return ad_err(AD_ERR_MEMORY, "out of memory copying a gradient of shape %s before a write (%zu bytes)",
+                      ad_shape_str((char[160]){0}, 160, g->ndim, g->shape), bytes);
+    ad_copy(buf, g->data, bytes);
+    ad_node *S = g->storage;
+    cow_forget(T, g);
+    g->version = S->version;   /* graphs that read g saved S's version: still current */
+    g->data = buf;
+    g->storage = NULL;
+    ad_node_unref(T, S);
+    return AD_OK;
+}
+
+int ad_node_new_alias(ad_tape *T, ad_node *base, void *data, int ndim, const int64_t *shape, ad_node **out)
+{
+    ad_node *S = ad_storage(base);
+    if (T->ncows == T->cows_cap) {
+        int64_t cap = T->cows_cap ? 2 * T->cows_cap : 16;
+        ad_node **c = realloc(T->cows, (size_t)cap * sizeof *c);
+        if (!c) return ad_err(AD_ERR_MEMORY, "backward: out of memory");
+        T->cows = c;
+        T->cows_cap = cap;
+    }
+    int st = node_make(T, AD_OP_LEAF, base->dtype, ndim, shape, S, out);
+    if (st) return st;
+    (*out)->data = data;
+    (*out)->cow_deps = -1;
+    S->cow_deps++;
+    T->cows[T->ncows++] = *out;
+    return AD_OK;
+}
+
+int ad_write_begin(ad_tape *T, ad_node *n)
+{
+    if (n->cow_deps < 0) return cow_detach(T, n);
+    ad_node *S = ad_storage(n);
+    /* from the end: cow_detach moves the last entry into the freed place, already visited */
+    for (int64_t i = T->ncows; S->cow_deps > 0 && i-- > 0;)
+        if (T->cows[i]->storage == S) {
+            int st = cow_detach(T, T->cows[i]);
+            if (st) return st;
+        }
+    return AD_OK;
 }
 
 /* ---------- versions: in-place writes ----------
@@ -804,8 +877,10 @@ int ad_write(int64_t dst_h, int64_t src_h)
         /* with grad mode on, an in-place op on a recorded tensor must itself be recorded */
         st = ad_err(AD_ERR_RUNTIME, "write: the tensor was computed by %s and grad mode is on: an in-place "
                     "update of it must be recorded (the bindings record it as a new node)", ad_ops[d->op].name);
-    } else {
-        if (d->size && ad_storage(d) != ad_storage(s))
+    } else if (!(st = ad_write_begin(T, d))) {
+        /* the same memory (t.copy_(t.data)): nothing to copy; aliases at different places in
+         * one storage hold different values, so the pointers are compared, not the storages */
+        if (d->size && d->data != s->data)
             ad_copy(d->data, s->data, (size_t)d->size * ad_itemsize(d->dtype));
         ad_version_bump(T, d);
     }
@@ -925,8 +1000,10 @@ int ad_tape_reserve_release(ad_tape *T)
     return AD_OK;
 }
 
+
 static void node_free_one(ad_tape *T, ad_node *n)
 {
+    if (n->cow_deps < 0) cow_forget(T, n);
     if (!n->storage) ad_buf_free(T, n->data, (size_t)n->size * ad_itemsize(n->dtype));
     if (n->adj) ad_buf_free(T, n->adj, ad_adj_bytes(n));
     if (n->aux) ad_buf_free(T, n->aux, (size_t)n->aux_len * sizeof(int64_t));
@@ -1128,7 +1205,10 @@ int ad_set_requires_grad(int64_t h, int flag)
         st = ad_err(AD_ERR_RUNTIME, "requires_grad can only be changed on leaf tensors; use detach() "
                     "to make a leaf from a computed tensor");
     } else if (flag) {
-        n->flags |= F_REQUIRES_GRAD;
+        /* the storage of an alias never requires grad: its own grad could then be an alias of
+         * the first one's owner, a reference cycle (see "aliases") */
+        if (n->cow_deps >= 0) st = ad_write_begin(T, n);
+        if (!st) n->flags |= F_REQUIRES_GRAD;
     } else {
         n->flags &= (uint8_t)~F_REQUIRES_GRAD;
     }
@@ -1219,7 +1299,7 @@ int ad_assign(int64_t h, const void *data)
                     "was computed by %s", ad_ops[n->op].name);
     } else if (n->size && !data) {
         st = ad_err(AD_ERR_VALUE, "assign: data is NULL");
-    } else {
+    } else if (!(st = ad_write_begin(T, n))) {
         if (n->size) ad_copy(n->data, data, (size_t)n->size * ad_itemsize(n->dtype));
         ad_version_bump(T, n);
     }

@@ -51,7 +51,7 @@ static int prepare(ad_tape *T, void *vc)
         if (c->phase == AD_TRAIN_FORWARD) continue;
         /* the grad is overwritten in place when nobody else holds it (backward's rule for
          * accumulating into it), else a new one replaces it, so a grad the caller kept never changes */
-        if (p->grad && p->grad->refs == 1 && (p->grad->flags & F_LEAF)) {
+        if (p->grad && !ad_grad_shared(p->grad)) {
             c->grads[i] = p->grad->data;
         } else {
             if ((st = ad_node_new(T, AD_OP_LEAF, p->dtype, p->ndim, p->shape, &c->fresh[i]))) return st;
