@@ -125,7 +125,7 @@ enum {
     AD_VJP_REDUCES = 1,  /* honours ad_sink.reduce */
     AD_VJP_BOTH = 2,     /* which == AD_BOTH: in[0] and in[1] are one node; write the sum of both
                           * contributions in one pass (x * x) */
-    AD_VJP_PASS0 = 4,    /* the contribution to in[0] is the cotangent itself (add, subtract) ... */
+    AD_VJP_PASS0 = 4,    /* the contribution to in[0] is the cotangent itself (add, subtract, reshape) ... */
     AD_VJP_PASS1 = 8,    /* ... to in[1] (add): the sweep may hand the buffer over, not copy it */
     AD_VJP_CONST = 16,   /* the VJP does not depend on the primal values (or only through
                           * comparisons): its second-order term is zero, so it needs no vjp2 */

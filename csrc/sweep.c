@@ -224,15 +224,17 @@ static int pass_to_input(ad_tape *T, ad_node *n, int which, int64_t *pending, in
 }
 
 /* When n's cotangent passes unchanged to an input that has no adjoint yet, the buffer itself can
- * become that input's adjoint: a + b hands its adjoint down without a copy. A leaf takes it too
- * while backward() defers leaves (their adjoint is collected in m->adj and becomes the grad's
- * values at the commit): x + y of two leaves then copies the cotangent once, not twice. */
+ * become that input's adjoint: a + b and a reshape hand their adjoint down without a copy. A leaf
+ * takes it too while backward() defers leaves (their adjoint is collected in m->adj and becomes
+ * the grad's values at the commit): x + y of two leaves then copies the cotangent once, not twice.
+ * Equal sizes are enough: broadcasting that does not change the size only adds axes of one
+ * element, so the cotangent's elements are already in the input's order. */
 static int can_hand_over(const ad_node *n, int j)
 {
     const ad_node *m = n->in[j];
     return j < 2 && (ad_ops[n->op].flags & (AD_VJP_PASS0 << j)) && (m->flags & F_REQUIRES_GRAD) &&
            (!(m->flags & F_LEAF) || t_defer_leaves) && !m->adj && m->dtype == n->dtype && n->size > 0 &&
-           same_shape(m->ndim, m->shape, n->ndim, n->shape);
+           m->size == n->size;
 }
 
 /* Can n's uniform adjoint go to its VJP as one value: a binary op, each input's contribution

@@ -297,3 +297,50 @@ def test_grads_through_aliases_match_finite_differences_and_higher_order():
     out.backward(ad.tensor(w), create_graph=True)
     ad.sum(x2.grad).backward()
     np.testing.assert_allclose(x2.grad.numpy(), 2 * a * w[:3] + 2 * w[:3], rtol=1e-12)
+
+
+def test_a_graph_that_read_an_alias_stays_valid_after_the_seed_is_written():
+    # the alias gets a copy of its own at the write, with the version the graph saved: no false
+    # "modified by an in-place operation" error, and the graph's gradient uses the old values
+    (_, _), (x, y) = _leaves(np.float64, (4,), (4,))
+    w = np.arange(1.0, 5.0)
+    W = ad.tensor(w)
+    with ad.no_grad():
+        W.mul_(1.0)                              # W's version is 1, not 0
+    (x + y).backward(W)
+    v = ad.tensor(np.full(4, 2.0), requires_grad=True)
+    z = ad.sum(x.grad * v)                       # reads x.grad's values for v's gradient
+    with ad.no_grad():
+        W.add_(100.0)
+    z.backward()
+    np.testing.assert_array_equal(v.grad.numpy(), w)
+    # a write to the alias itself after the graph read it is an error, as for any tensor
+    z2 = ad.sum(y.grad * v)
+    with ad.no_grad():
+        y.grad.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an in-place operation"):
+        z2.backward()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_reshape_hands_its_cotangent_down(dtype):
+    # reshape's VJP is the cotangent read in the input's shape: the buffer passes down, and from
+    # the seed the leaf's grad aliases it
+    (a,), (x,) = _leaves(dtype, (3, 4))
+    w, W = _seed(dtype, (2, 6))
+    x.reshape(2, 6).backward(W)
+    np.testing.assert_array_equal(x.grad.numpy(), w.reshape(3, 4))
+    with ad.no_grad():
+        W.mul_(0.0)
+    np.testing.assert_array_equal(x.grad.numpy(), w.reshape(3, 4))
+    # interior: tanh(x).reshape: the reshape's adjoint buffer becomes tanh's
+    (a,), (x,) = _leaves(dtype, (3, 4))
+    ad.sum(ad.tanh(x).reshape(12) * ad.tensor(w.reshape(12))).backward()
+    tol = 1e-6 if dtype == np.float32 else 1e-15
+    np.testing.assert_allclose(x.grad.numpy(), (1 - np.tanh(a) ** 2) * w.reshape(3, 4), rtol=tol)
+    # broadcasting that keeps the size: (3,) + (1, 3) hands the (1, 3) cotangent to both
+    (p, q), (xp, xq) = _leaves(dtype, (3,), (1, 3))
+    w3, W3 = _seed(dtype, (1, 3))
+    (xp + xq).backward(W3)
+    np.testing.assert_array_equal(xp.grad.numpy(), w3.reshape(3))
+    np.testing.assert_array_equal(xq.grad.numpy(), w3)

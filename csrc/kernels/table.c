@@ -29,7 +29,8 @@ const ad_opdef ad_ops[AD_OP_COUNT] = {
     [AD_OP_SUM] = R("sum", NONE), [AD_OP_MEAN] = R("mean", NONE), [AD_OP_MAX] = R("max", 0), [AD_OP_MIN] = R("min", 0),
     [AD_OP_MATMUL] = {"matmul", ad_vjp_matmul, ad_contrib_matmul, ad_jvp_matmul, ad_vjp_rows_matmul, 0,
                       ad_vjp2_matmul, ad_vjp_rec_matmul, ad_jvp_rec_matmul},
-    [AD_OP_RESHAPE] = L("reshape", layout, 0, NONE),   /* reshapes the cotangent or tangent only */
+    /* reshapes the cotangent or tangent only: the cotangent's buffer passes down as it is */
+    [AD_OP_RESHAPE] = L("reshape", layout, 0, NONE | AD_VJP_PASS0),
     [AD_OP_TRANSPOSE] = L("transpose", layout, 0, 0),
     [AD_OP_BROADCAST_TO] = L("broadcast_to", layout, ad_contrib_output, 0),
     [AD_OP_CAST] = L("cast", layout, 0, 0),
