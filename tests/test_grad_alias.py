@@ -344,3 +344,26 @@ def test_a_reshape_hands_its_cotangent_down(dtype):
     (xp + xq).backward(W3)
     np.testing.assert_array_equal(xp.grad.numpy(), w3.reshape(3))
     np.testing.assert_array_equal(xq.grad.numpy(), w3)
+
+
+@pytest.mark.parametrize("case", ["add", "add3", "concat0", "stack0", "reshape"])
+def test_grads_that_alias_the_seed_take_no_memory_of_their_own(case):
+    # the point of the aliases: backward(W) through these ops allocates no gradient buffer
+    n = 20_000
+    shapes, fn = {
+        "add": (((n,), (n,)), lambda x, y: x + y),
+        "add3": (((n,), (n,), (n,)), lambda x, y, z: (x + y) + z),
+        "concat0": (((n, 2), (n, 2)), lambda *xs: ad.concatenate(list(xs), 0)),
+        "stack0": (((n,), (n,)), lambda *xs: ad.stack(list(xs), 0)),
+        "reshape": (((n, 2),), lambda x: x.reshape(2, n)),
+    }[case]
+    _, xs = _leaves(np.float64, *shapes)
+    out_shape = fn(*xs).shape
+    _, W = _seed(np.float64, out_shape)
+    gc.collect()
+    before = ad.tape_stats()["live_bytes"]
+    fn(*xs).backward(W)
+    gc.collect()
+    grown = ad.tape_stats()["live_bytes"] - before
+    assert all(x.grad is not None for x in xs)
+    assert grown < 8 * n // 4, f"{grown} bytes for grads of {len(xs)} x {8 * n * 2 // len(xs)} bytes"
