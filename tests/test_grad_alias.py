@@ -367,3 +367,58 @@ def test_grads_that_alias_the_seed_take_no_memory_of_their_own(case):
     grown = ad.tape_stats()["live_bytes"] - before
     assert all(x.grad is not None for x in xs)
     assert grown < 8 * n // 4, f"{grown} bytes for grads of {len(xs)} x {8 * n * 2 // len(xs)} bytes"
+
+
+def test_seeds_that_are_grads_roots_or_views_of_parameters():
+    # a grad that aliases W, used as the next seed: the new grads alias W's values too
+    xs, W, w, ref = _run("add", np.float64)
+    (_, _), (p, q) = _leaves(np.float64, (5, 3), (5, 3))
+    (p + q).backward(xs[0].grad)
+    with ad.no_grad():
+        W.add_(1.0)
+        xs[0].grad.mul_(3.0)
+    np.testing.assert_array_equal(p.grad.numpy(), w)
+    np.testing.assert_array_equal(q.grad.numpy(), w)
+    np.testing.assert_array_equal(xs[0].grad.numpy(), 3 * w)
+    np.testing.assert_array_equal(xs[1].grad.numpy(), w)
+    # the root as its own seed (it requires grad: read by the root's VJP only)
+    (a, b), (x, y) = _leaves(np.float64, (4,), (4,))
+    r = x + y
+    r.backward(r)
+    np.testing.assert_array_equal(x.grad.numpy(), a + b)
+    np.testing.assert_array_equal(y.grad.numpy(), a + b)
+    # .data of a parameter: a view whose storage requires grad, so never aliased
+    (a, b), (x, y) = _leaves(np.float64, (4,), (4,))
+    par = ad.tensor(np.arange(4.0), requires_grad=True)
+    (x + y).backward(par.data)
+    with ad.no_grad():
+        par.add_(5.0)
+    np.testing.assert_array_equal(x.grad.numpy(), np.arange(4.0))
+
+
+def test_retain_grad_on_a_node_handed_the_seed():
+    (_, _, _), (a, b, c) = _leaves(np.float64, (3,), (3,), (3,))
+    w, W = _seed(np.float64, (3,))
+    z = a + b
+    z.retain_grad()
+    (z + c).backward(W)
+    with ad.no_grad():
+        W.mul_(-1.0)
+    np.testing.assert_array_equal(z.grad.numpy(), w)
+    np.testing.assert_array_equal(a.grad.numpy(), w)
+    np.testing.assert_array_equal(c.grad.numpy(), w)
+
+
+def test_an_empty_seed_and_a_converted_seed():
+    (_, _), (x, y) = _leaves(np.float64, (0, 3), (0, 3))
+    (x + y).backward(ad.tensor(np.zeros((0, 3))))
+    assert x.grad.shape == (0, 3) and y.grad.shape == (0, 3)
+    (a, b), (x, y) = _leaves(np.float64, (3,), (3,))
+    w32 = np.array([0.1, 0.2, 0.3], np.float32)
+    W32 = ad.tensor(w32)
+    (x + y).backward(W32)                    # float32 seed, float64 root: converted, not aliased
+    assert x.grad.dtype == np.float64
+    np.testing.assert_array_equal(x.grad.numpy(), w32.astype(np.float64))
+    with ad.no_grad():
+        W32.add_(1.0)
+    np.testing.assert_array_equal(y.grad.numpy(), w32.astype(np.float64))

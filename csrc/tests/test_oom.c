@@ -177,6 +177,36 @@ static int jvp_recorded(graph *g, int64_t *out) { return ad_jvp_graph(g->root, N
 /* a second backward through a graph kept by the first (which the prep runs) */
 static void first_backward(graph *g) { CHECK(ad_backward(g->root, 0, 1) == AD_OK); }
 
+/* backward(seed) where the seed reaches leaves unchanged, concatenate([w, b]) + reshape(x): x's
+ * grad becomes an alias of the seed (tape.c, "aliases"), w adds it into the grad it owns, b into a
+ * copy of the one the caller holds. The root goes in in[1], the seed in in[0]. */
+static void aliasing_root(graph *g)
+{
+    int64_t s6[1] = {6};
+    const int64_t wb[2] = {g->leaf[1], g->leaf[2]};
+    int64_t cat = keep(g, ad_concatenate(2, wb, 0, 0));
+    int64_t flat = keep(g, ad_reshape(g->leaf[0], 1, s6));
+    g->in[1] = keep(g, ad_binary(AD_OP_ADD, cat, flat));
+    g->in[0] = keep(g, full(1, s6, 1.5));
+}
+static int backward_seeded(graph *g, int64_t *out) { (void)out; return ad_backward(g->in[1], g->in[0], 0); }
+/* then writes to the seed and to the alias: each first copies the alias's values */
+static void aliased(graph *g) { aliasing_root(g); CHECK(ad_backward(g->in[1], g->in[0], 1) == AD_OK); }
+static int write_seed(graph *g, int64_t *out)
+{
+    static const double v[6] = {9, 9, 9, 9, 9, 9};
+    (void)out;
+    return ad_assign(g->in[0], v);
+}
+static int write_alias(graph *g, int64_t *out)
+{
+    (void)out;
+    int64_t gx = ad_grad(g->leaf[0]);
+    int st = gx > 0 ? ad_write(gx, g->leaf[0]) : (int)gx;
+    ad_release(gx);
+    return st;
+}
+
 /* ---- plans (replay.c), fused plans (fusion.c) and the traced training step (train_step.c) ---- */
 
 static const int64_t s3[1] = {3}, s33[2] = {3, 3};
@@ -554,6 +584,9 @@ static void test_every_sweep(void)
         {"hvp", tangent_rows, hvp_rows},
         {"vjp_graph", cotangent, vjp_recorded},
         {"vjp_many", two_cotangents, vjp_many},
+        {"backward(seed) with grads aliasing the seed", aliasing_root, backward_seeded},
+        {"a write to a seed that grads alias", aliased, write_seed},
+        {"a write to a grad that aliases a seed", aliased, write_alias},
         {"jvp_graph", tangent, jvp_recorded},
         {"plan build + fuse + run", fusable, build_fuse_run},
         {"plan fuse + run", fusable_planned, fuse_run},
