@@ -70,6 +70,7 @@ struct ad_node {
     ad_node *next_free;
     /* in-place writes and versions (tape.c, "versions"): */
     uint32_t version;          /* in-place writes to the values (kept on the storage node) */
+    int32_t views;             /* references held on this node as storage by views and aliases */
     uint32_t saved_ver[AD_MAXIN_INLINE]; /* inputs' versions when recorded (nin > 2: after in[]) */
     uint64_t oldest;           /* recorded: the tape's write count when n or its oldest recorded
                                 * ancestor was recorded (a sweep skips the check when current) */

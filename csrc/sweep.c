@@ -1775,9 +1775,10 @@ static int backward_graph_locked(ad_tape *T, int64_t root_h, int64_t seed_h)
         ad_node *g, *sum;
         ad_resolve(T, hs[n + i], &g);   /* a fresh result: holds the one reference we own */
         hs[n + i] = 0;
-        if (!st && leaves[i]->refs == leaves[i]->consumers) {
-            /* no handle reaches this leaf (only recorded consumers keep it): nobody can read its
-             * grad, and storing a recorded grad that refers to the leaf would make a cycle */
+        if (!st && leaves[i]->refs == leaves[i]->consumers + leaves[i]->views) {
+            /* no handle reaches this leaf (only recorded consumers and views of it keep it):
+             * nobody can read its grad, and storing a recorded grad that refers to the leaf would
+             * make a cycle (tape.c, unref_one) */
             ad_node_unref(T, g);
             continue;
         }

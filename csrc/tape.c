@@ -670,6 +670,7 @@ static int node_make(ad_tape *T, int op, int dtype, int ndim, const int64_t *sha
     if (base) {
         n->storage = ad_storage(base);
         n->storage->refs++;
+        n->storage->views++;
     }
     *out = n;
     return AD_OK;
@@ -714,6 +715,7 @@ static int cow_detach(ad_tape *T, ad_node *g)
     g->version = S->version;   /* graphs that read g saved S's version: still current */
     g->data = buf;
     g->storage = NULL;
+    S->views--;
     ad_node_unref(T, S);
     return AD_OK;
 }
@@ -1025,9 +1027,10 @@ static void node_free_one(ad_tape *T, ad_node *n)
 
 /* Drop one reference; whatever reaches zero is freed, and so are the inputs it alone kept. */
 /* One reference fewer on m (it stays alive, or goes on the worklist to be freed). A node with a
- * grad that only its recorded consumers still reference has no handle that could read the grad
- * any more, so the grad goes too: a grad recorded by ad_backward_graph refers to its own leaf, a
- * cycle that would otherwise keep both alive for good. */
+ * grad that only its recorded consumers and its views still reference has no handle that could
+ * read the grad any more (a view's handle reads the view's grad), so the grad goes too: a grad
+ * recorded by ad_backward_graph refers to its own leaf, possibly through a view of it (x.reshape),
+ * a cycle that would otherwise keep both alive for good. */
 static void unref_one(ad_tape *T, ad_node *m, int64_t *len)
 {
     if (--m->refs == 0) {
@@ -1035,7 +1038,7 @@ static void unref_one(ad_tape *T, ad_node *m, int64_t *len)
         if (work_push(T, m, len)) m->refs = 1;
         return;
     }
-    if (m->grad && m->refs == m->consumers) {
+    if (m->grad && m->refs == m->consumers + m->views) {
         ad_node *g = m->grad;
         m->grad = NULL;
         unref_one(T, g, len);
@@ -1055,7 +1058,10 @@ void ad_node_unref(ad_tape *T, ad_node *n)
             unref_one(T, m, &len);
         }
         if (cur->grad) unref_one(T, cur->grad, &len);
-        if (cur->storage) unref_one(T, cur->storage, &len);
+        if (cur->storage) {
+            cur->storage->views--;
+            unref_one(T, cur->storage, &len);
+        }
         node_free_one(T, cur);
         if (!len) break;
         cur = T->work[--len];
