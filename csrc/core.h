@@ -549,6 +549,11 @@ int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, c
 int ad_gemm_skinny_f64(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
                        const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc);
 
+/* float64 C = [C +] op(A) op(B) with every side large, blocked on AVX-512F (dgemm_avx512.c); 0 when
+ * the shapes or the CPU do not suit it */
+int ad_dgemm_avx512(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
+                    const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc);
+
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
             int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);

@@ -1,13 +1,15 @@
-"""Matmuls with two small sides, which csrc/kernels/gemm_skinny.c computes in float64 on AVX-512F
-instead of BLAS (on other CPUs, and in float32, BLAS or gemm_small.c computes them and these tests
-still hold): forward, both VJPs, JVP and Hessians through the product, against NumPy in float64
-(and float32, against float64 NumPy), on shapes that reach every block size and tail:
+"""float64 matmuls that csrc/kernels/gemm_skinny.c (two small sides) and dgemm_avx512.c (every side
+large) compute on AVX-512F instead of BLAS (on other CPUs, and in float32, BLAS or gemm_small.c
+computes them and these tests still hold): forward, both VJPs, JVP and Hessians through the
+product, against NumPy in float64 (and float32, against float64 NumPy), on shapes that reach every
+block size and tail:
 
   "tall"       (m x k) @ op(B) (k x n), k <= 64, n <= 32, m >= 8: rows in blocks of 16/12/8/6 (for
                n in 1-8 / 9-16 / 17-24 / 25-32), then 4, then 1; op(B) copied and zero-padded unless
                B is untransposed with n a multiple of 8; the last vector of a row masked.
   "long inner" A^T G, (k x m) @ (m x n), k <= 64, n <= 32: C's rows in blocks of 16/12/8/6, then 4,
                then 1; m in chunks of 128 rows whose sums are added to C in order.
+  "blocked"    every side >= 128: 8 x 24 tiles of C over packed panels (see BLOCKED below).
 
 Tolerance: float64 sums of k products of unit normals differ from NumPy's (BLAS's) order by a few
 ulp of sqrt(k) * the largest term; float32 by a few float32 ulp of the same."""
@@ -94,6 +96,22 @@ def test_long_inner_gradients(shape, dtype):
     _check((m, k), (k, n), dtype, seed=m * 10_000 + k * 100 + n)
 
 
+# (m, k, n) for dgemm_avx512.c's blocked product (every side >= 128; 127 stays on BLAS): tiles of
+# 8 x 24 with partial ones at the edges (1, 4, 6, 8, 10 and 13 columns wide: masked last vectors
+# of 1, 2, 4, 5 and 6 lanes), k in blocks of 192 (193, 385: a one-step last block), A's rows in
+# blocks of 192, n in blocks of 672 (700: one and a part; 1345: two and one column); the VJPs run it
+# with B transposed (dA) and A transposed (dB)
+BLOCKED = [(128, 128, 128), (129, 193, 130), (140, 150, 157), (200, 385, 700), (385, 130, 1345), (127, 300, 300),
+           (250, 128, 127)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
+@pytest.mark.parametrize("shape", BLOCKED, ids=str)
+def test_blocked_products_and_their_gradients(shape, dtype):
+    m, k, n = shape
+    _check((m, k), (k, n), dtype, seed=m + k + n)
+
+
 BATCHED = [((25, 10, 10), (25, 10, 10)), ((25, 100, 10), (25, 10, 10)), ((8, 100, 32), (32, 32)),
            ((8, 13, 7), (7,)), ((4, 1, 40, 16), (1, 3, 16, 16)), ((50, 10), (25, 10, 10)), ((9,), (3, 9, 20)),
            ((3, 17, 12), (3, 12, 5)), ((2, 3, 20, 9), (9, 30))]
@@ -133,6 +151,17 @@ def test_gradients_accumulate(dtype):
     _close(at.grad.numpy(), (W1 + W2) @ B1.T + W2 @ B2.T, dtype, 10)
     _close(bt1.grad.numpy(), A.T @ (W1 + W2), dtype, 37)
     _close(bt2.grad.numpy(), A.T @ W2, dtype, 37)
+
+    # the same through the blocked kernel (every side >= 128)
+    a = rng.standard_normal((130, 200)).astype(dtype)
+    b1, b2 = rng.standard_normal((200, 150)).astype(dtype), rng.standard_normal((200, 150)).astype(dtype)
+    w1, w2 = rng.standard_normal((130, 150)).astype(dtype), rng.standard_normal((130, 150)).astype(dtype)
+    at = ad.tensor(a, requires_grad=True)
+    bt1, bt2 = ad.tensor(b1, requires_grad=True), ad.tensor(b2, requires_grad=True)
+    ((at @ bt1) * ad.tensor(w1) + (at @ bt2) * ad.tensor(w2)).sum().backward()
+    A, B1, B2, W1, W2 = (x.astype(np.float64) for x in (a, b1, b2, w1, w2))
+    _close(at.grad.numpy(), W1 @ B1.T + W2 @ B2.T, dtype, 300)
+    _close(bt1.grad.numpy(), A.T @ W1, dtype, 130)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
@@ -189,9 +218,13 @@ def test_results_do_not_depend_on_the_row_count():
     rng = np.random.default_rng(9)
     a, b = rng.standard_normal((100, 30)), rng.standard_normal((30, 20))
     full = (ad.tensor(a) @ ad.tensor(b)).numpy()
-    for lo, hi in [(0, 8), (3, 15), (50, 100), (97, 100), (10, 27)]:
-        if hi - lo >= 8:
-            np.testing.assert_array_equal((ad.tensor(a[lo:hi]) @ ad.tensor(b)).numpy(), full[lo:hi])
+    for lo, hi in [(0, 8), (3, 15), (50, 100), (10, 27)]:
+        np.testing.assert_array_equal((ad.tensor(a[lo:hi]) @ ad.tensor(b)).numpy(), full[lo:hi])
+    # the blocked kernel likewise: rows in any block of 8 or 192 sum in the same order
+    a2, b2 = rng.standard_normal((400, 300)), rng.standard_normal((300, 200))
+    full = (ad.tensor(a2) @ ad.tensor(b2)).numpy()
+    for lo, hi in [(0, 128), (5, 200), (190, 400)]:
+        np.testing.assert_array_equal((ad.tensor(a2[lo:hi]) @ ad.tensor(b2)).numpy(), full[lo:hi])
     # and the same product twice gives the same bits (the long-inner sums too)
     g = rng.standard_normal((100, 20))
     grads = []
