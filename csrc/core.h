@@ -560,6 +560,16 @@ void ad_parallel(int64_t n, int64_t grain, int64_t align, ad_par_fn fn, void *ct
 int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
                       const float *B, int64_t ldb, int beta_one, float *C, int64_t ldc);
 
+/* float64 C = [C +] op(A) op(B) with two small sides on AVX-512F (gemm_skinny.c): A (m x k) @
+ * op(B) with k, n small, or A^T G with m, n small; 0 when the shapes or the CPU do not suit it */
+int ad_gemm_skinny_f64(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
+                       const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc);
+
+/* float64 C = [C +] op(A) op(B) with every side large, blocked on AVX-512F (dgemm_avx512.c); 0 when
+ * the shapes or the CPU do not suit it */
+int ad_dgemm_avx512(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
+                    const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc);
+
 /* forward helpers shared with the sweep */
 int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, const void *A,
             int64_t lda, const void *B, int64_t ldb, int beta_one, void *C, int64_t ldc);
