@@ -39,6 +39,22 @@
 /* lanes [0, r) of 8, r = n - 8 * (NV - 1) in 1..8 */
 static __mmask8 tail_lanes(int64_t n) { int r = (int)(n - ((n - 1) / 8) * 8); return (__mmask8)((1u << r) - 1); }
 
+/* rows [0, R) of C = [C +] acc, NV vectors each; the last vector through a mask: C's rows are n
+ * long, and the next row follows */
+AVX512 INLINE void store_rows(const int R, const int NV, __m512d acc[16][4], double *C, int64_t ldc, __mmask8 last,
+                              int beta_one)
+{
+    for (int r = 0; r < R; r++) {
+        double *c = C + r * ldc;
+        for (int v = 0; v < NV - 1; v++) {
+            if (beta_one) acc[r][v] = _mm512_add_pd(acc[r][v], _mm512_loadu_pd(c + 8 * v));
+            _mm512_storeu_pd(c + 8 * v, acc[r][v]);
+        }
+        if (beta_one) acc[r][NV - 1] = _mm512_add_pd(acc[r][NV - 1], _mm512_maskz_loadu_pd(last, c + 8 * (NV - 1)));
+        _mm512_mask_storeu_pd(c + 8 * (NV - 1), last, acc[r][NV - 1]);
+    }
+}
+
 /* C[r, 0:n] (r < MR) = [C +] sum_p A[r * lda + p] Bp[p * ldp + 0:8 * NV], op(B) as whole vectors */
 AVX512 INLINE void tall_block(const int MR, const int NV, int64_t k, const double *A, int64_t lda, const double *Bp,
                               int64_t ldp, double *C, int64_t ldc, __mmask8 last, int beta_one)
@@ -54,16 +70,7 @@ AVX512 INLINE void tall_block(const int MR, const int NV, int64_t k, const doubl
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_pd(a, b[v], acc[r][v]);
         }
     }
-    for (int r = 0; r < MR; r++) {
-        double *c = C + r * ldc;
-        for (int v = 0; v < NV - 1; v++) {
-            if (beta_one) acc[r][v] = _mm512_add_pd(acc[r][v], _mm512_loadu_pd(c + 8 * v));
-            _mm512_storeu_pd(c + 8 * v, acc[r][v]);
-        }
-        /* the last vector through a mask: C's rows are n long, and the next row follows */
-        if (beta_one) acc[r][NV - 1] = _mm512_add_pd(acc[r][NV - 1], _mm512_maskz_loadu_pd(last, c + 8 * (NV - 1)));
-        _mm512_mask_storeu_pd(c + 8 * (NV - 1), last, acc[r][NV - 1]);
-    }
+    store_rows(MR, NV, acc, C, ldc, last, beta_one);
 }
 
 /* rows in blocks of MR (MR * NV accumulators, at most 24 of the 32 zmm registers), the rest in
@@ -121,15 +128,7 @@ AVX512 INLINE void inner_block(const int KB, const int NV, int64_t rows, const d
             for (int v = 0; v < NV; v++) acc[r][v] = _mm512_fmadd_pd(a, g[v], acc[r][v]);
         }
     }
-    for (int r = 0; r < KB; r++) {
-        double *c = C + r * ldc;
-        for (int v = 0; v < NV - 1; v++) {
-            if (beta_one) acc[r][v] = _mm512_add_pd(acc[r][v], _mm512_loadu_pd(c + 8 * v));
-            _mm512_storeu_pd(c + 8 * v, acc[r][v]);
-        }
-        if (beta_one) acc[r][NV - 1] = _mm512_add_pd(acc[r][NV - 1], _mm512_maskz_loadu_pd(last, c + 8 * (NV - 1)));
-        _mm512_mask_storeu_pd(c + 8 * (NV - 1), last, acc[r][NV - 1]);
-    }
+    store_rows(KB, NV, acc, C, ldc, last, beta_one);
 }
 
 #define INNER_ROWS(KB, NV)                                                                         \
