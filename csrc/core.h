@@ -556,17 +556,18 @@ void ad_parallel(int64_t n, int64_t grain, int64_t align, ad_par_fn fn, void *ct
 #define AD_PAR_ALIGN 256
 
 /* float32 C = [C +] op(A) op(B) for a small matrix with a long one on AVX2 + FMA (gemm_small.c);
- * 0 when the shapes or the CPU do not suit it, and nothing was written */
+ * 0 when the shapes do not suit it, and nothing was written. These three kernels exist on x86-64
+ * only, and the caller (ad_gemm) checks that the CPU has their instructions. */
 int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
                       const float *B, int64_t ldb, int beta_one, float *C, int64_t ldc);
 
 /* float64 C = [C +] op(A) op(B) with two small sides on AVX-512F (gemm_skinny.c): A (m x k) @
- * op(B) with k, n small, or A^T G with m, n small; 0 when the shapes or the CPU do not suit it */
+ * op(B) with k, n small, or A^T G with m, n small; 0 when the shapes do not suit it */
 int ad_gemm_skinny_f64(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
                        const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc);
 
 /* float64 C = [C +] op(A) op(B) with every side large, blocked on AVX-512F (dgemm_avx512.c); 0 when
- * the shapes or the CPU do not suit it */
+ * the shapes do not suit it */
 int ad_dgemm_avx512(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
                     const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc);
 

@@ -16,7 +16,7 @@
  * Each element of C is a chain of FMAs over k in order within each KC block, the blocks added to C
  * in order: the summation order depends on the shapes only (deterministic, independent of thread
  * count; single-threaded). Edges (m % 8, n % 24) are padded with zeros in the packed copies and
- * written through a masked store. Only AVX-512F CPUs (checked at run time) and shapes measured to
+ * written through a masked store. Only AVX-512F CPUs (ad_gemm checks the CPU) and shapes measured to
  * win come here (ad_dgemm_avx512 returns 0 otherwise, writing nothing). */
 #include "../core.h"
 #include <stdlib.h>
@@ -129,19 +129,12 @@ AVX512 static void pack_b(int transB, const double *B, int64_t ldb, int64_t p0, 
     }
 }
 
-static int have_avx512(void)
-{
-    static int have = -1;   /* a benign race: every thread computes the same value */
-    if (have < 0) have = __builtin_cpu_supports("avx512f");
-    return have;
-}
-
 int ad_dgemm_avx512(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
                     const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc)
 {
     /* every side >= 128, where it was measured to win (below, the packing is a larger share and
      * gemm_skinny.c or BLAS take the product) */
-    if (!have_avx512() || m < 128 || n < 128 || k < 128) return 0;
+    if (m < 128 || n < 128 || k < 128) return 0;
     int64_t ncmax = n < NC ? (n + NR - 1) / NR * NR : NC;
     double *Bp = aligned_alloc(64, (size_t)(KC * ncmax) * sizeof(double));
     double *Ap = aligned_alloc(64, (size_t)(MC * KC) * sizeof(double));
@@ -169,16 +162,6 @@ int ad_dgemm_avx512(int transA, int transB, int64_t m, int64_t n, int64_t k, con
     free(Bp);
     free(Ap);
     return 1;
-}
-
-#else
-
-int ad_dgemm_avx512(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
-                    const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc)
-{
-    (void)transA; (void)transB; (void)m; (void)n; (void)k; (void)A; (void)lda; (void)B; (void)ldb;
-    (void)beta_one; (void)C; (void)ldc;
-    return 0;
 }
 
 #endif

@@ -22,7 +22,7 @@
  * blocking of rows, so results are deterministic and independent of the thread count. They differ
  * from BLAS's in the last bits, as BLAS's own kernels differ from one another.
  *
- * Only x86-64 CPUs with AVX-512F (checked at run time) and shapes where this wins come here
+ * Only x86-64 CPUs with AVX-512F (ad_gemm checks the CPU) and shapes where this wins come here
  * (ad_gemm_skinny_f64 returns 0 otherwise, writing nothing, and ad_gemm goes on to BLAS). */
 #include "../core.h"
 
@@ -163,17 +163,10 @@ AVX512 static void long_inner(int64_t m, int64_t n, int64_t k, const double *A, 
     }
 }
 
-static int have_avx512(void)
-{
-    static int have = -1;   /* a benign race: every thread computes the same value */
-    if (have < 0) have = __builtin_cpu_supports("avx512f");
-    return have;
-}
-
 int ad_gemm_skinny_f64(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
                        const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc)
 {
-    if (m <= 0 || n <= 0 || k <= 0 || !have_avx512()) return 0;
+    if (m <= 0 || n <= 0 || k <= 0) return 0;
     /* at least 8 rows: with fewer, copying op(B) costs more than BLAS's packing of A saves
      * (3 x 64 x 32: 1.2x OpenBLAS's time; 50 x 32 x 32 and larger m: 0.45-0.95x) */
     if (!transA && n <= MAX_N && k <= MAX_K && m >= 8) {
@@ -184,16 +177,6 @@ int ad_gemm_skinny_f64(int transA, int transB, int64_t m, int64_t n, int64_t k, 
         long_inner(m, n, k, A, lda, B, ldb, beta_one, C, ldc);
         return 1;
     }
-    return 0;
-}
-
-#else
-
-int ad_gemm_skinny_f64(int transA, int transB, int64_t m, int64_t n, int64_t k, const double *A, int64_t lda,
-                       const double *B, int64_t ldb, int beta_one, double *C, int64_t ldc)
-{
-    (void)transA; (void)transB; (void)m; (void)n; (void)k; (void)A; (void)lda; (void)B; (void)ldb;
-    (void)beta_one; (void)C; (void)ldc;
     return 0;
 }
 

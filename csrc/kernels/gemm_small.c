@@ -12,7 +12,7 @@
  * a few KB) stays in L1 while every 6-row block of A is broadcast against it; the dots kernel
  * streams 4 rows of A and 3 of B at once into 12 vector accumulators.
  *
- * Only x86-64 with AVX2 and FMA (checked at run time) and shapes where this wins take these
+ * Only x86-64 with AVX2 and FMA (ad_gemm checks the CPU) and shapes where this wins take these
  * paths (ad_gemm_small_f32 returns 0 otherwise, and ad_gemm goes on to BLAS). Summation order
  * differs from BLAS's, as BLAS's differs between its own kernels: results agree to rounding. */
 #include "../core.h"
@@ -172,17 +172,10 @@ AVX2_FMA static void dots(int64_t m, int64_t n, int64_t k, const float *A, int64
     }
 }
 
-static int have_avx2_fma(void)
-{
-    static int have = -1;   /* a benign race: every thread computes the same value */
-    if (have < 0) have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    return have;
-}
-
 int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
                       const float *B, int64_t ldb, int beta_one, float *C, int64_t ldc)
 {
-    if (!have_avx2_fma() || m <= 0 || n <= 0 || k <= 0) return 0;
+    if (m <= 0 || n <= 0 || k <= 0) return 0;
     /* op(A) small enough to stay in L1 (24 KB) while every strip of B passes over it, B wide and
      * row-major. Measured against OpenBLAS (1 thread, min of 20): 0.6-0.7x its time at m x k =
      * 32x144, 144x32, 16x75, 64x10; 1.1-1.4x at 128x64, 256x64, 512x16 (A spills L1), so those
@@ -206,16 +199,6 @@ int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, c
             dots(m, n, k - p < slice ? k - p : slice, A + p, lda, B + p, ldb, beta_one || p > 0, C, ldc);
         return 1;
     }
-    return 0;
-}
-
-#else
-
-int ad_gemm_small_f32(int transA, int transB, int64_t m, int64_t n, int64_t k, const float *A, int64_t lda,
-                      const float *B, int64_t ldb, int beta_one, float *C, int64_t ldc)
-{
-    (void)transA; (void)transB; (void)m; (void)n; (void)k; (void)A; (void)lda; (void)B; (void)ldb;
-    (void)beta_one; (void)C; (void)ldc;
     return 0;
 }
 

@@ -93,12 +93,18 @@ int ad_gemm(int dtype, int transA, int transB, int64_t m, int64_t n, int64_t k, 
         outer(dtype, m, n, A, transA ? 1 : lda, B, transB ? ldb : 1, beta_one, C, ldc);
         return AD_OK;
     }
-    if (dtype == AD_F32 && ad_gemm_small_f32(transA, transB, m, n, k, A, lda, B, ldb, beta_one, C, ldc))
+#if defined(__x86_64__) && defined(__GNUC__)
+    /* kernels of our own for the shapes where BLAS packs more than it multiplies, or loses to
+     * MKL; each is built for x86-64 only, runs only where the CPU has its instructions (checked
+     * here, once for all of them) and returns 0 for shapes it was not measured to win */
+    if (dtype == AD_F32 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        ad_gemm_small_f32(transA, transB, m, n, k, A, lda, B, ldb, beta_one, C, ldc))
         return AD_OK;   /* a small matrix with a long one, without BLAS's packing (gemm_small.c) */
-    if (dtype == AD_F64 && ad_gemm_skinny_f64(transA, transB, m, n, k, A, lda, B, ldb, beta_one, C, ldc))
-        return AD_OK;   /* two small sides, on AVX-512 without BLAS's packing (gemm_skinny.c) */
-    if (dtype == AD_F64 && ad_dgemm_avx512(transA, transB, m, n, k, A, lda, B, ldb, beta_one, C, ldc))
-        return AD_OK;   /* every side large, on AVX-512 (dgemm_avx512.c) */
+    if (dtype == AD_F64 && __builtin_cpu_supports("avx512f") &&
+        (ad_gemm_skinny_f64(transA, transB, m, n, k, A, lda, B, ldb, beta_one, C, ldc) ||  /* two small sides */
+         ad_dgemm_avx512(transA, transB, m, n, k, A, lda, B, ldb, beta_one, C, ldc)))     /* every side large */
+        return AD_OK;
+#endif
     int fits = m <= INT_MAX && n <= INT_MAX && k <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX;
     /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T */
     if (fits && dtype == AD_F64 && g_dgemm) {
